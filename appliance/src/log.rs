@@ -1,0 +1,28 @@
+//! Structured log lines: one event per line on stderr (the serial console on the appliance).
+//!
+//! Every line starts with the time since boot (CLOCK_BOOTTIME, like the kernel's own console
+//! lines) so a console capture reads as one timeline from firmware to health 200. Callers pass
+//! only facts that are safe to print: this module never sees keys, and nothing here formats them.
+
+use std::io::Write;
+
+/// Seconds since the machine booted, as the kernel counts them for its own log lines.
+pub fn uptime_seconds() -> f64 {
+    match nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME) {
+        Ok(ts) => ts.tv_sec() as f64 + ts.tv_nsec() as f64 / 1e9,
+        Err(_) => 0.0,
+    }
+}
+
+/// Writes one log line; use the [`crate::log!`] macro rather than calling this directly.
+pub fn write_line(args: std::fmt::Arguments) {
+    let line = format!("[{:>12.6}] bastion: {}\n", uptime_seconds(), args);
+    // One write call per line so lines from different threads never interleave mid-line.
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+}
+
+/// `log!("peer {} handshake completed", name)`: one event, one line.
+#[macro_export]
+macro_rules! log {
+    ($($arg:tt)*) => { $crate::log::write_line(format_args!($($arg)*)) };
+}
