@@ -5,6 +5,7 @@
 
 mod config;
 mod health;
+mod init;
 mod keys;
 mod log;
 mod nat;
