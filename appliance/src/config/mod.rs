@@ -88,6 +88,10 @@ pub struct Health {
 #[derive(Debug, Clone)]
 pub struct SelfTest {
     pub interval_seconds: u64,
+    /// The tunnel address the in-process self-test client uses (`[selftest] address`; default:
+    /// the highest host address of the interface's first IPv4 network, e.g. `10.100.0.254` for
+    /// `10.100.0.1/24`). Never inside any peer's allowed_ips.
+    pub address: IpAddr,
     /// TCP targets in the private subnets the self-test connects to through the tunnel.
     pub probes: Vec<SocketAddr>,
 }

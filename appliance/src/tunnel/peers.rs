@@ -1,0 +1,260 @@
+//! The peer table: every peer's boringtun `Tunn`, endpoint and counters, and the three ways a
+//! packet finds its peer — by session index (data, response, cookie), by static public key
+//! (handshake initiation), and by allowed IPs (cryptokey routing, both directions).
+//!
+//! Session indices are derived from the peer's public key, not drawn at random: every bastion
+//! of a cluster with the same peer set gives a peer the same index, so a packet carrying a
+//! session index names its peer on any of them (the basis of fast failover).
+
+use crate::keys::PublicKey;
+use boringtun::noise::Tunn;
+use ip_network::IpNetwork;
+use ip_network_table::IpNetworkTable;
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock};
+
+/// boringtun keeps the low 8 bits of a receiver index for its session ring, so a peer's own
+/// index has 24 bits.
+const INDEX_BITS: u32 = 24;
+
+/// What a peer is built from: the config's view plus the flags the service adds.
+pub struct PeerSpec {
+    pub name: String,
+    pub public_key: PublicKey,
+    pub preshared_key: Option<[u8; 32]>,
+    pub allowed_ips: Vec<IpNetwork>,
+    pub endpoint: Option<SocketAddr>,
+    pub persistent_keepalive: Option<u16>,
+    /// Accept packets for this peer only from a loopback source (the self-test's own peer).
+    pub loopback_only: bool,
+}
+
+/// Counters a status page shows; all relaxed atomics, updated on the data path.
+#[derive(Default)]
+pub struct PeerCounters {
+    pub handshakes: AtomicU64,
+    pub rx_packets: AtomicU64,
+    pub tx_packets: AtomicU64,
+    /// Decrypted packets whose source was outside the peer's allowed IPs.
+    pub rejected_source: AtomicU64,
+}
+
+pub struct Peer {
+    pub name: String,
+    pub public_key: PublicKey,
+    /// The 24-bit session index base (boringtun appends 8 bits per session).
+    pub index: u32,
+    pub tunn: Mutex<Tunn>,
+    pub endpoint: RwLock<Option<SocketAddr>>,
+    pub allowed_ips: Vec<IpNetwork>,
+    pub loopback_only: bool,
+    pub counters: PeerCounters,
+}
+
+impl Peer {
+    pub fn endpoint(&self) -> Option<SocketAddr> {
+        *self.endpoint.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records the authenticated source of a packet; returns the old endpoint when it moved.
+    pub fn update_endpoint(&self, source: SocketAddr) -> Option<Option<SocketAddr>> {
+        if self.endpoint() == Some(source) {
+            return None;
+        }
+        let mut slot = self.endpoint.write().unwrap_or_else(|e| e.into_inner());
+        let old = *slot;
+        if old == Some(source) {
+            return None;
+        }
+        *slot = Some(source);
+        Some(old)
+    }
+
+    /// Whether a packet from `source` may speak for this peer at all.
+    pub fn admits_source(&self, source: &SocketAddr) -> bool {
+        !self.loopback_only || source.ip().to_canonical().is_loopback()
+    }
+
+    pub fn lock_tunn(&self) -> std::sync::MutexGuard<'_, Tunn> {
+        self.tunn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn count(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Index of a peer in the table.
+pub type PeerId = usize;
+
+pub struct PeerTable {
+    peers: Vec<Peer>,
+    by_index: HashMap<u32, PeerId>,
+    by_key: HashMap<[u8; 32], PeerId>,
+    routes: IpNetworkTable<PeerId>,
+}
+
+impl PeerTable {
+    /// Builds the table. `make_tunn(spec, index)` creates each peer's `Tunn` (the caller owns
+    /// the private key and the rate-limiter choice).
+    pub fn new(specs: Vec<PeerSpec>, mut make_tunn: impl FnMut(&PeerSpec, u32) -> Tunn) -> Self {
+        let keys: Vec<PublicKey> = specs.iter().map(|s| s.public_key).collect();
+        let indices = derive_session_indices(&keys);
+        let mut table = PeerTable {
+            peers: Vec::with_capacity(specs.len()),
+            by_index: HashMap::new(),
+            by_key: HashMap::new(),
+            routes: IpNetworkTable::new(),
+        };
+        for (id, (spec, index)) in specs.into_iter().zip(indices).enumerate() {
+            let tunn = make_tunn(&spec, index);
+            table.by_index.insert(index, id);
+            table.by_key.insert(spec.public_key.0, id);
+            for net in &spec.allowed_ips {
+                table.routes.insert(*net, id);
+            }
+            table.peers.push(Peer {
+                name: spec.name,
+                public_key: spec.public_key,
+                index,
+                tunn: Mutex::new(tunn),
+                endpoint: RwLock::new(spec.endpoint),
+                allowed_ips: spec.allowed_ips,
+                loopback_only: spec.loopback_only,
+                counters: PeerCounters::default(),
+            });
+        }
+        table
+    }
+
+    pub fn get(&self, id: PeerId) -> &Peer {
+        &self.peers[id]
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Peer> {
+        self.peers.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// The peer a receiver index (from a data, response or cookie message) belongs to.
+    pub fn by_receiver_index(&self, receiver_index: u32) -> Option<PeerId> {
+        self.by_index.get(&(receiver_index >> 8)).copied()
+    }
+
+    pub fn by_public_key(&self, key: &[u8; 32]) -> Option<PeerId> {
+        self.by_key.get(key).copied()
+    }
+
+    /// Outbound cryptokey routing: the peer whose allowed IPs hold `destination` most closely.
+    pub fn route(&self, destination: IpAddr) -> Option<PeerId> {
+        self.routes.longest_match(destination).map(|(_, id)| *id)
+    }
+
+    /// Inbound cryptokey routing: a packet decrypted from `peer` with this source address is
+    /// accepted only when routing the source would lead back to the same peer.
+    pub fn source_allowed(&self, peer: PeerId, source: IpAddr) -> bool {
+        self.route(source) == Some(peer)
+    }
+}
+
+/// Gives each key a 24-bit session index derived from the key alone, the same on every bastion
+/// with the same peer set. Collisions (rare: two keys whose hashes share 24 bits) are resolved
+/// by re-hashing with a counter, visiting keys in sorted order so the outcome does not depend on
+/// the order of the config file. Returns the indices in the order of `keys`.
+pub fn derive_session_indices(keys: &[PublicKey]) -> Vec<u32> {
+    let mut order: Vec<usize> = (0..keys.len()).collect();
+    order.sort_by_key(|&i| keys[i].0);
+    let mut taken = HashSet::new();
+    let mut indices = vec![0u32; keys.len()];
+    for i in order {
+        let mut attempt: u32 = 0;
+        loop {
+            let candidate = session_index_candidate(&keys[i], attempt);
+            if candidate != 0 && taken.insert(candidate) {
+                indices[i] = candidate;
+                break;
+            }
+            attempt += 1;
+        }
+    }
+    indices
+}
+
+fn session_index_candidate(key: &PublicKey, attempt: u32) -> u32 {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(b"bastion session index v1");
+    ctx.update(&key.0);
+    ctx.update(&attempt.to_le_bytes());
+    let digest = ctx.finish();
+    let bytes = digest.as_ref();
+    u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) & ((1 << INDEX_BITS) - 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::PrivateKey;
+
+    fn key(n: u8) -> PublicKey {
+        PrivateKey::from_bytes([n; 32]).public_key()
+    }
+
+    #[test]
+    fn indices_do_not_depend_on_config_order() {
+        let keys = vec![key(1), key(2), key(3)];
+        let forward = derive_session_indices(&keys);
+        let reversed: Vec<PublicKey> = keys.iter().rev().copied().collect();
+        let mut backward = derive_session_indices(&reversed);
+        backward.reverse();
+        assert_eq!(forward, backward);
+        assert!(forward.iter().all(|&i| i != 0 && i < (1 << 24)));
+    }
+
+    #[test]
+    fn indices_are_unique_for_many_peers() {
+        let keys: Vec<PublicKey> = (0..=255u8).map(key).collect();
+        let indices = derive_session_indices(&keys);
+        let unique: HashSet<u32> = indices.iter().copied().collect();
+        assert_eq!(unique.len(), keys.len());
+    }
+
+    #[test]
+    fn cryptokey_routing_uses_longest_prefix_and_checks_sources() {
+        let private = PrivateKey::from_bytes([9; 32]);
+        let specs = vec![
+            PeerSpec {
+                name: "site".into(),
+                public_key: key(1),
+                preshared_key: None,
+                allowed_ips: vec!["10.0.0.0/8".parse().unwrap()],
+                endpoint: None,
+                persistent_keepalive: None,
+                loopback_only: false,
+            },
+            PeerSpec {
+                name: "alice".into(),
+                public_key: key(2),
+                preshared_key: None,
+                allowed_ips: vec!["10.1.2.3/32".parse().unwrap()],
+                endpoint: None,
+                persistent_keepalive: None,
+                loopback_only: false,
+            },
+        ];
+        let table = PeerTable::new(specs, |spec, index| {
+            Tunn::new(private.to_x25519(), spec.public_key.to_x25519(), None, None, index, None)
+        });
+        assert_eq!(table.route("10.1.2.3".parse().unwrap()), Some(1));
+        assert_eq!(table.route("10.1.2.4".parse().unwrap()), Some(0));
+        assert_eq!(table.route("192.168.0.1".parse().unwrap()), None);
+        assert!(table.source_allowed(1, "10.1.2.3".parse().unwrap()));
+        assert!(!table.source_allowed(0, "10.1.2.3".parse().unwrap()));
+        let alice_index = table.get(1).index;
+        assert_eq!(table.by_receiver_index((alice_index << 8) | 7), Some(1));
+    }
+}
