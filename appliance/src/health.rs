@@ -43,6 +43,9 @@ const BIND_PATIENCE: Duration = Duration::from_secs(5);
 /// A running responder; `stop` (or drop) closes the port.
 pub struct HealthResponder {
     server: Arc<tiny_http::Server>,
+    /// Our own handle on the listening socket: shutting it down stops the listening at once
+    /// (tiny_http would otherwise close it only after its accept thread notices).
+    listener: Option<std::os::fd::OwnedFd>,
     stopping: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -53,6 +56,7 @@ impl HealthResponder {
         judge: impl Fn() -> Verdict + Send + 'static,
     ) -> io::Result<HealthResponder> {
         let listener = bind(listen)?;
+        let own_handle = std::os::fd::AsFd::as_fd(&listener).try_clone_to_owned()?;
         let server = tiny_http::Server::from_listener(listener, None)
             .map_err(|e| io::Error::other(format!("health listener on {listen}: {e}")))?;
         let server = Arc::new(server);
@@ -64,7 +68,7 @@ impl HealthResponder {
                 .name("health".into())
                 .spawn(move || serve(&server, &stopping, &judge))?
         };
-        Ok(HealthResponder { server, stopping, thread: Some(thread) })
+        Ok(HealthResponder { server, listener: Some(own_handle), stopping, thread: Some(thread) })
     }
 
     pub fn stop(mut self) {
@@ -73,6 +77,9 @@ impl HealthResponder {
 
     fn shutdown(&mut self) {
         self.stopping.store(true, Ordering::Relaxed);
+        if let Some(listener) = self.listener.take() {
+            let _ = nix::sys::socket::shutdown(std::os::fd::AsRawFd::as_raw_fd(&listener), nix::sys::socket::Shutdown::Both);
+        }
         self.server.unblock();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
@@ -109,26 +116,23 @@ fn serve(server: &tiny_http::Server, stopping: &AtomicBool, judge: &dyn Fn() -> 
             Err(_) => break,
         };
         let (status, body, head) = answer(request.method(), request.url(), judge);
-        let mut response = tiny_http::Response::from_string(body).with_status_code(status);
-        if let Ok(h) = "Content-Type: text/plain; charset=utf-8".parse::<tiny_http::Header>() {
-            response.add_header(h);
-        }
+        let length = body.len();
+        let mut headers = vec![header("Content-Type", "text/plain; charset=utf-8")];
         if status == 405 {
-            if let Ok(h) = "Allow: GET, HEAD".parse::<tiny_http::Header>() {
-                response.add_header(h);
-            }
+            headers.push(header("Allow", "GET, HEAD"));
         }
-        let _ = if head {
-            // Same status and length as GET, no body.
-            let length = response.data_length();
-            request.respond(
-                tiny_http::Response::empty(status)
-                    .with_header("Content-Type: text/plain; charset=utf-8".parse::<tiny_http::Header>().unwrap_or_else(|_| unreachable!()))
-                    .with_data(io::empty(), length),
-            )
-        } else {
-            request.respond(response)
-        };
+        // HEAD: the same status and length as GET, no body.
+        let data: Box<dyn io::Read + Send> =
+            if head { Box::new(io::empty()) } else { Box::new(io::Cursor::new(body.into_bytes())) };
+        let response = tiny_http::Response::new(status.into(), headers, data, Some(length), None);
+        let _ = request.respond(response);
+    }
+}
+
+fn header(name: &str, value: &str) -> tiny_http::Header {
+    tiny_http::Header {
+        field: name.parse().unwrap_or_else(|_| unreachable!("static header names are ASCII")),
+        value: value.parse().unwrap_or_else(|_| unreachable!("static header values are ASCII")),
     }
 }
 

@@ -11,6 +11,7 @@
 use crate::config::{self, Config, Egress};
 use crate::health::{HealthResponder, Verdict};
 use crate::log;
+use crate::status::{self, StatusServer};
 use crate::nat::{self, Allow, NatPlan};
 use crate::netlink::route;
 use crate::tunnel::{DataPlane, PeerSpec, TunnelSpec};
@@ -133,6 +134,7 @@ struct Service {
     // Field order is drop order: health stops answering first, the watchdog stops, then the
     // table goes, then the data plane (and with it the TUN).
     health: Option<HealthResponder>,
+    status: Option<StatusServer>,
     watchdog: Watchdog,
     nat: Arc<InstalledNat>,
     data_plane: Arc<DataPlane>,
@@ -176,7 +178,21 @@ impl Service {
         let health = HealthResponder::start(config.health.listen, judge)
             .map_err(|e| format!("health responder: {e}"))?;
         log!("health: listening on {}", config.health.listen);
-        Ok(Service { config, state, health: Some(health), watchdog, nat, data_plane })
+        let report = {
+            let state = state.clone();
+            let data_plane = data_plane.clone();
+            let config = config.clone();
+            move || report(&state, &data_plane, &config, ipv6)
+        };
+        // Status is a convenience: a second service in the same namespace must not fail on it.
+        let status = match StatusServer::start(&config.interface.name, report) {
+            Ok(server) => Some(server),
+            Err(e) => {
+                log!("status: not available: {e}");
+                None
+            }
+        };
+        Ok(Service { config, state, health: Some(health), status, watchdog, nat, data_plane })
     }
 
     /// Health 503 at once; keep serving for drain_seconds or until a second signal.
@@ -198,6 +214,9 @@ impl Service {
     fn stop(mut self) {
         if let Some(health) = self.health.take() {
             health.stop();
+        }
+        if let Some(status) = self.status.take() {
+            status.stop();
         }
         self.watchdog.stop();
         let Service { nat, data_plane, .. } = self;
@@ -330,6 +349,50 @@ fn judge(state: &ServiceState, data_plane: &DataPlane, name: &str, ipv6: bool) -
     } else {
         Verdict::Unhealthy(failing)
     }
+}
+
+/// The text `bastion status` prints: no keys, ever.
+fn report(state: &ServiceState, data_plane: &DataPlane, config: &Config, ipv6: bool) -> String {
+    use std::fmt::Write;
+    let mut text = String::new();
+    let name = &config.interface.name;
+    let verdict = judge(state, data_plane, name, ipv6);
+    let _ = writeln!(text, "interface: {name}  UDP port {}  health {}", config.interface.listen_port, verdict.status());
+    if let Verdict::Unhealthy(reasons) = &verdict {
+        for reason in reasons {
+            let _ = writeln!(text, "  {reason}");
+        }
+    }
+    let _ = writeln!(text, "draining: {}", if state.draining() { "yes" } else { "no" });
+    let peers = data_plane.peers();
+    let _ = writeln!(text, "peers: {}", peers.iter().filter(|p| !p.internal).count());
+    for peer in peers.iter().filter(|p| !p.internal) {
+        let endpoint = peer.endpoint.map(|e| e.to_string()).unwrap_or_else(|| "-".into());
+        let handshake = peer
+            .last_handshake
+            .map(|d| format!("{} s ago", d.as_secs()))
+            .unwrap_or_else(|| "never".into());
+        let _ = writeln!(
+            text,
+            "  {}  endpoint {endpoint}  last handshake {handshake}  handshakes {}  received {}  sent {}",
+            peer.name,
+            peer.handshakes,
+            status::bytes(peer.rx_bytes),
+            status::bytes(peer.tx_bytes)
+        );
+    }
+    let c = data_plane.counters();
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let _ = writeln!(
+        text,
+        "dropped: {} datagrams not ours, {} rejected, {} handshakes from unknown keys, {} cookie replies, {} TUN packets with no peer",
+        load(&c.dropped_datagrams),
+        load(&c.rejected_datagrams),
+        load(&c.unknown_peer_handshakes),
+        load(&c.cookie_replies),
+        load(&c.dropped_tun_packets)
+    );
+    text
 }
 
 /// Puts our table back when something outside removed it, every `interval`.
