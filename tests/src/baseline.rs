@@ -25,7 +25,10 @@ impl WireguardGoBastion {
                 .iter()
                 .map(|c| WgPeer {
                     public_key: c.keys.public.clone(),
-                    allowed_ips: vec![format!("{}/32", c.tunnel_v4), format!("{}/128", c.tunnel_v6)],
+                    allowed_ips: vec![
+                        format!("{}/32", c.tunnel_v4),
+                        format!("{}/128", c.tunnel_v6),
+                    ],
                     ..WgPeer::default()
                 })
                 .collect(),

@@ -66,14 +66,21 @@ impl BastionSetup {
         let mut s = String::new();
         writeln!(s, "[interface]").unwrap();
         writeln!(s, "private_key = \"{}\"", topo.bastion_keys.private).unwrap();
-        writeln!(s, "address = [\"{BASTION_TUNNEL_V4}/24\", \"{BASTION_TUNNEL_V6}/64\"]").unwrap();
+        writeln!(
+            s,
+            "address = [\"{BASTION_TUNNEL_V4}/24\", \"{BASTION_TUNNEL_V6}/64\"]"
+        )
+        .unwrap();
         writeln!(s, "listen_port = {LISTEN_PORT}").unwrap();
         writeln!(s, "name = \"{}\"", self.interface_name).unwrap();
         for (i, client) in topo.clients.iter().enumerate() {
             writeln!(s, "\n[[peer]]").unwrap();
             writeln!(s, "name = \"{}\"", client.name).unwrap();
             writeln!(s, "public_key = \"{}\"", client.keys.public).unwrap();
-            let allowed = [format!("{}/32", client.tunnel_v4), format!("{}/128", client.tunnel_v6)];
+            let allowed = [
+                format!("{}/32", client.tunnel_v4),
+                format!("{}/128", client.tunnel_v6),
+            ];
             writeln!(s, "allowed_ips = {}", toml_list(&allowed)).unwrap();
             if let Some(reach) = self.peer_reach.get(i).filter(|r| !r.is_empty()) {
                 writeln!(s, "reach = {}", toml_list(reach)).unwrap();
@@ -106,10 +113,17 @@ impl Bastion {
     /// bastion namespace. Does not wait: see [`Bastion::wait_healthy`].
     pub fn start(topo: &Topology, binary: &std::path::Path, setup: BastionSetup) -> Bastion {
         let name = crate::unique_name("cfg");
-        let config = topo.dir.write(&format!("bastion-{name}.toml"), &setup.to_toml(topo));
+        let config = topo
+            .dir
+            .write(&format!("bastion-{name}.toml"), &setup.to_toml(topo));
         let mut process = topo.bastion.spawn(
             "bastion run",
-            &[binary.as_os_str(), "run".as_ref(), "--config".as_ref(), config.as_os_str()],
+            &[
+                binary.as_os_str(),
+                "run".as_ref(),
+                "--config".as_ref(),
+                config.as_os_str(),
+            ],
             &[],
             &topo.dir.path().join(format!("bastion-{name}.log")),
         );
@@ -147,13 +161,32 @@ impl Bastion {
         accept: impl Fn(&HttpResponse) -> bool,
     ) -> Result<HttpResponse, String> {
         let result = wait_until(what, timeout, || {
+            if self.process.try_exit().is_some() {
+                // Not worth waiting for: say so now (the log is appended below).
+                return Ok(Err(format!("{} exited", self.process.label())));
+            }
             match self.health() {
-                Ok(r) if accept(&r) => Ok(r),
+                Ok(r) if accept(&r) => Ok(Ok(r)),
                 Ok(r) => Err(format!("health answered {} {:?}", r.status, r.body)),
                 Err(e) => Err(e),
             }
         });
-        result.map_err(|e| format!("{e}\n{}", self.process.log_report()))
+        let exited = |e: String| {
+            let status = self
+                .process
+                .try_exit()
+                .map(Process::describe)
+                .unwrap_or_default();
+            format!(
+                "{e} ({status}) while waiting for {what}\n{}",
+                self.process.log_report()
+            )
+        };
+        match result {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) => Err(exited(e)),
+            Err(e) => Err(format!("{e}\n{}", self.process.log_report())),
+        }
     }
 
     /// Waits for 200 with body `NAME up`.

@@ -51,7 +51,11 @@ pub fn run_with_input<S: AsRef<OsStr>>(argv: &[S], stdin: Option<&[u8]>) -> Outp
     let mut command = Command::new(&argv[0]);
     command
         .args(&argv[1..])
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = command

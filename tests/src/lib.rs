@@ -43,7 +43,11 @@ pub fn run_prefix() -> &'static str {
     static PREFIX: OnceLock<String> = OnceLock::new();
     PREFIX.get_or_init(|| {
         let random = random_u64() % (36 * 36);
-        format!("b{}{}", base36(std::process::id() as u64), pad2(base36(random)))
+        format!(
+            "b{}{}",
+            base36(std::process::id() as u64),
+            pad2(base36(random))
+        )
     })
 }
 

@@ -7,8 +7,19 @@ use crate::netns::Netns;
 /// only need to be unique per namespace) and sets both ends up.
 pub fn veth(a: &Netns, a_name: &str, b: &Netns, b_name: &str) {
     crate::command::run_ok(&[
-        "ip", "-n", a.name(), "link", "add", a_name, "type", "veth", "peer", "name", b_name,
-        "netns", b.name(),
+        "ip",
+        "-n",
+        a.name(),
+        "link",
+        "add",
+        a_name,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        b_name,
+        "netns",
+        b.name(),
     ]);
     a.run(&["ip", "link", "set", a_name, "up"]);
     b.run(&["ip", "link", "set", b_name, "up"]);
@@ -18,7 +29,18 @@ pub fn veth(a: &Netns, a_name: &str, b: &Netns, b_name: &str) {
 pub fn bridge(ns: &Netns, name: &str) {
     ns.run(&["ip", "link", "add", name, "type", "bridge"]);
     // No STP: a port forwards at once instead of after the listening/learning delay.
-    ns.run(&["ip", "link", "set", name, "type", "bridge", "stp_state", "0", "forward_delay", "0"]);
+    ns.run(&[
+        "ip",
+        "link",
+        "set",
+        name,
+        "type",
+        "bridge",
+        "stp_state",
+        "0",
+        "forward_delay",
+        "0",
+    ]);
     ns.run(&["ip", "link", "set", name, "up"]);
 }
 

@@ -23,14 +23,20 @@ impl Netns {
     pub fn new(name: &str) -> Netns {
         command::run_ok(&["ip", "netns", "add", name]);
         // From here on drop deletes it, even if the next step fails.
-        let ns = Netns { name: name.to_string(), owned: true };
+        let ns = Netns {
+            name: name.to_string(),
+            owned: true,
+        };
         ns.run(&["ip", "link", "set", "lo", "up"]);
         ns
     }
 
     /// A handle on a namespace someone else owns (and deletes).
     pub fn borrowed(name: &str) -> Netns {
-        Netns { name: name.to_string(), owned: false }
+        Netns {
+            name: name.to_string(),
+            owned: false,
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -38,8 +44,12 @@ impl Netns {
     }
 
     fn argv<S: AsRef<OsStr>>(&self, argv: &[S]) -> Vec<std::ffi::OsString> {
-        let mut full: Vec<std::ffi::OsString> =
-            vec!["ip".into(), "netns".into(), "exec".into(), self.name.clone().into()];
+        let mut full: Vec<std::ffi::OsString> = vec![
+            "ip".into(),
+            "netns".into(),
+            "exec".into(),
+            self.name.clone().into(),
+        ];
         full.extend(argv.iter().map(|a| a.as_ref().to_os_string()));
         full
     }

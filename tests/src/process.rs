@@ -5,6 +5,7 @@ use std::ffi::OsStr;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::wait::{wait_until, POLL};
@@ -12,9 +13,11 @@ use crate::wait::{wait_until, POLL};
 pub struct Process {
     label: String,
     command: String,
-    child: Child,
+    /// The child and, once reaped, its status; behind a lock so every method takes `&self`
+    /// and a guard can be shared with the threads of a test.
+    state: Mutex<(Child, Option<ExitStatus>)>,
+    pid: i32,
     log_path: PathBuf,
-    exit: Option<ExitStatus>,
     /// How long drop waits after SIGTERM before SIGKILL.
     grace: Duration,
 }
@@ -58,9 +61,9 @@ impl Process {
         Process {
             label: label.to_string(),
             command,
-            child,
+            pid: child.id() as i32,
+            state: Mutex::new((child, None)),
             log_path: log_path.to_path_buf(),
-            exit: None,
             grace: Duration::from_secs(3),
         }
     }
@@ -71,7 +74,7 @@ impl Process {
     }
 
     pub fn pid(&self) -> i32 {
-        self.child.id() as i32
+        self.pid
     }
 
     pub fn label(&self) -> &str {
@@ -120,40 +123,64 @@ impl Process {
         needle: &str,
         timeout: Duration,
     ) -> Result<String, String> {
-        wait_until(&format!("{} to log {needle:?}", self.label), timeout, || {
-            let log = self.log();
-            let fresh = log.get(offset..).unwrap_or("");
-            match fresh.lines().find(|l| l.contains(needle)) {
-                Some(line) => Ok(line.to_string()),
-                None => Err(self.log_report()),
-            }
-        })
+        wait_until(
+            &format!("{} to log {needle:?}", self.label),
+            timeout,
+            || {
+                let log = self.log();
+                let fresh = log.get(offset..).unwrap_or("");
+                match fresh.lines().find(|l| l.contains(needle)) {
+                    Some(line) => Ok(line.to_string()),
+                    None => Err(self.log_report()),
+                }
+            },
+        )
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, (Child, Option<ExitStatus>)> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn signal(&self, signal: i32) {
-        if self.exit.is_none() {
+        // Under the lock: a reaped pid could be reused, so never signal after reaping.
+        let state = self.state();
+        if state.1.is_none() {
             unsafe {
-                libc::kill(self.pid(), signal);
+                libc::kill(self.pid, signal);
             }
         }
     }
 
     /// The exit status if the process has ended (reaping it), else `None`.
-    pub fn try_exit(&mut self) -> Option<ExitStatus> {
-        if self.exit.is_none() {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                self.exit = Some(status);
+    pub fn try_exit(&self) -> Option<ExitStatus> {
+        let mut state = self.state();
+        if state.1.is_none() {
+            if let Ok(Some(status)) = state.0.try_wait() {
+                state.1 = Some(status);
             }
         }
-        self.exit
+        state.1
     }
 
-    pub fn is_running(&mut self) -> bool {
+    pub fn is_running(&self) -> bool {
         self.try_exit().is_none()
     }
 
+    /// `Err` with the exit status and the log once the process has ended.
+    pub fn check_running(&self) -> Result<(), String> {
+        match self.try_exit() {
+            None => Ok(()),
+            Some(status) => Err(format!(
+                "{} has exited ({})\n{}",
+                self.label,
+                Self::describe(status),
+                self.log_report()
+            )),
+        }
+    }
+
     /// Waits for the process to end by itself; on timeout the error holds the log.
-    pub fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus, String> {
+    pub fn wait_exit(&self, timeout: Duration) -> Result<ExitStatus, String> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.try_exit() {
@@ -181,7 +208,7 @@ impl Process {
     }
 
     /// SIGTERM, wait up to the grace period, then SIGKILL; always reaps.
-    pub fn stop(&mut self) -> ExitStatus {
+    pub fn stop(&self) -> ExitStatus {
         if let Some(status) = self.try_exit() {
             return status;
         }
@@ -190,8 +217,9 @@ impl Process {
             return status;
         }
         self.signal(libc::SIGKILL);
-        let status = self.child.wait().expect("reap after SIGKILL");
-        self.exit = Some(status);
+        let mut state = self.state();
+        let status = state.0.wait().expect("reap after SIGKILL");
+        state.1 = Some(status);
         status
     }
 }

@@ -102,7 +102,10 @@ impl WgInterface {
     /// Starts `wireguard-go -f NAME` in `ns` and waits for its control socket. `name` must be
     /// unique on the machine (the socket folder is shared): use [`crate::unique_name`].
     pub fn start(ns: &Netns, name: &str, dir: &RunDir) -> WgInterface {
-        assert!(name.len() <= 15, "interface name {name} is longer than 15 characters");
+        assert!(
+            name.len() <= 15,
+            "interface name {name} is longer than 15 characters"
+        );
         let socket = PathBuf::from(format!("/var/run/wireguard/{name}.sock"));
         assert!(
             !socket.exists(),
@@ -142,8 +145,8 @@ impl WgInterface {
         &self.name
     }
 
-    pub fn process(&mut self) -> &mut Process {
-        &mut self.process
+    pub fn process(&self) -> &Process {
+        &self.process
     }
 
     pub fn log_report(&self) -> String {
@@ -151,8 +154,12 @@ impl WgInterface {
     }
 
     fn ns_exec<S: AsRef<std::ffi::OsStr>>(&self, argv: &[S]) -> command::Output {
-        let mut full: Vec<std::ffi::OsString> =
-            vec!["ip".into(), "netns".into(), "exec".into(), self.ns_name.clone().into()];
+        let mut full: Vec<std::ffi::OsString> = vec![
+            "ip".into(),
+            "netns".into(),
+            "exec".into(),
+            self.ns_name.clone().into(),
+        ];
         full.extend(argv.iter().map(|a| a.as_ref().to_os_string()));
         command::run(&full)
     }
@@ -176,7 +183,12 @@ impl WgInterface {
             .open(&self.conf_path)
             .and_then(|mut f| std::io::Write::write_all(&mut f, conf.to_text().as_bytes()))
             .unwrap_or_else(|e| panic!("cannot write {}: {e}", self.conf_path.display()));
-        self.ns_run(&["wg", "setconf", &self.name, self.conf_path.to_str().unwrap()]);
+        self.ns_run(&[
+            "wg",
+            "setconf",
+            &self.name,
+            self.conf_path.to_str().unwrap(),
+        ]);
     }
 
     /// `wg set NAME ARGS...` (e.g. `["peer", KEY, "endpoint", "..."]`).
@@ -238,7 +250,10 @@ impl WgInterface {
 
 /// Seconds since the Unix epoch, as `wg show latest-handshakes` counts.
 pub fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 impl Drop for WgInterface {
