@@ -151,10 +151,12 @@ fn guards_clean_up_even_when_the_test_panics() {
     let mut names = Vec::new();
     let mut pids = Vec::new();
     let mut sockets = Vec::new();
+    let mut dir = None;
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let topo = Topology::build();
         let bastion = WireguardGoBastion::start(&topo);
         let client = topo.start_client_tunnel(0, topo.endpoint_v4());
+        dir = Some(topo.dir.path().to_path_buf());
         names.extend(
             [
                 &topo.internet,
@@ -196,6 +198,14 @@ fn guards_clean_up_even_when_the_test_panics() {
             "process {pid} left behind"
         );
     }
+    // The scratch folder is the one thing kept after a failure, for its logs.
+    let dir = dir.unwrap();
+    assert!(
+        dir.join("http-host0.log").exists(),
+        "logs of a failed test not kept in {}",
+        dir.display()
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// A process we killed but do not parent (the stray `sleep`) is reaped by init, not by us; give
