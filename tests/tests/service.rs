@@ -542,3 +542,35 @@ fn garbage_udp_flood_neither_crashes_nor_locks_out_clients() {
         .wait_for_log("peer bob handshake completed", STEP)
         .unwrap_or_else(|e| panic!("{e}"));
 }
+
+#[test]
+fn client_roams_to_a_new_endpoint() {
+    let binary = binary_or_skip!();
+    let s = Setup::start(&binary, 1, 1, BastionSetup::default());
+    s.fetch_page_and_source(0, 0);
+    let client = &s.topo.clients[0];
+    let first = s
+        .bastion
+        .process
+        .wait_for_log(&format!("with {}:", client.public_v4), STEP)
+        .unwrap_or_else(|e| panic!("the handshake log should name the client's endpoint: {e}"));
+
+    // The client's endpoint changes, as when its NAT rebinds: wireguard-go moves to a new UDP
+    // port, and its session goes on from there.
+    let port = 40_000 + (bastion_tests::random_u64() % 20_000) as u16;
+    s.tunnels[0].wg_set(&["listen-port", &port.to_string()]);
+    let offset = s.bastion.process.log_len();
+    assert_eq!(
+        s.fetch_page_and_source(0, 0),
+        BASTION_PRIVATE_V4.to_string()
+    );
+    let line = s
+        .bastion
+        .process
+        .wait_for_log_after(offset, "peer alice roamed from", STEP)
+        .unwrap_or_else(|e| panic!("after the handshake line {first:?}: {e}"));
+    assert!(
+        line.contains(&format!("to {}:{port}", client.public_v4)),
+        "roamed to the wrong endpoint: {line}"
+    );
+}
