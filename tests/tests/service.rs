@@ -574,3 +574,70 @@ fn client_roams_to_a_new_endpoint() {
         "roamed to the wrong endpoint: {line}"
     );
 }
+
+#[test]
+fn health_reports_forwarding_off() {
+    let binary = binary_or_skip!();
+    let s = Setup::start(&binary, 1, 1, BastionSetup::default());
+    s.topo.bastion.sysctl("net.ipv4.ip_forward", "0");
+    let off = s
+        .bastion
+        .wait_health("503 after net.ipv4.ip_forward=0", STEP, |r| r.status == 503)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        off.body.contains("forwarding"),
+        "the 503 must name forwarding: {off:?}"
+    );
+    s.topo.bastion.sysctl("net.ipv4.ip_forward", "1");
+    s.bastion
+        .wait_healthy(STEP)
+        .unwrap_or_else(|e| panic!("after forwarding came back: {e}"));
+    s.fetch_page_and_source(0, 0);
+}
+
+#[test]
+fn restart_after_a_crash_replaces_the_table() {
+    let binary = binary_or_skip!();
+    let mut s = Setup::start(&binary, 1, 1, BastionSetup::default());
+    s.fetch_page_and_source(0, 0);
+    // A crash: no drain, no cleanup. Our table stays behind in the kernel.
+    s.bastion.process.signal(libc::SIGKILL);
+    s.bastion
+        .process
+        .wait_exit(STEP)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        has_bastion_table(&s.nft_tables()),
+        "expected the crashed service's table to remain"
+    );
+
+    let again = Bastion::start(&s.topo, &binary, BastionSetup::default());
+    let crashed = std::mem::replace(&mut s.bastion, again);
+    s.bastion.wait_healthy(START).unwrap_or_else(|e| {
+        panic!(
+            "restart over a leftover table: {e}\nbefore the crash:\n{}",
+            crashed.log_report()
+        )
+    });
+    let tables = s.nft_tables();
+    assert_eq!(
+        tables
+            .lines()
+            .filter(|l| l.trim() == "table inet bastion")
+            .count(),
+        1,
+        "{tables}"
+    );
+    // The client's old session is gone with the old process; it re-handshakes.
+    let ruleset = s
+        .topo
+        .bastion
+        .run(&["nft", "list", "table", "inet", "bastion"]);
+    let source = s.fetch_page_and_source(0, 0);
+    assert_eq!(
+        source,
+        BASTION_PRIVATE_V4.to_string(),
+        "after the restart\n{ruleset}\n{}",
+        s.report()
+    );
+}
