@@ -136,9 +136,9 @@ pub fn link_by_index(index: u32) -> io::Result<Option<Link>> {
 
 /// Sets the link administratively up or down.
 pub fn set_link_up(index: u32, up: bool) -> io::Result<()> {
-    let doing = format!("set {} {}", describe(index), if up { "up" } else { "down" });
-    let ifindex = to_ifindex(index).map_err(|e| context(e, &doing))?;
-    acknowledged(&doing, |seq| {
+    let doing = || format!("set {} {}", describe(index), if up { "up" } else { "down" });
+    let ifindex = to_ifindex(index).map_err(|e| context(e, doing()))?;
+    acknowledged(doing, |seq| {
         let mut m = MessageBuilder::new(RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK, seq);
         m.fixed(&ifinfomsg(libc::AF_UNSPEC as u8, ifindex, if up { IFF_UP } else { 0 }, IFF_UP));
         m.finish()
@@ -146,9 +146,9 @@ pub fn set_link_up(index: u32, up: bool) -> io::Result<()> {
 }
 
 pub fn set_mtu(index: u32, mtu: u32) -> io::Result<()> {
-    let doing = format!("set mtu of {} to {mtu}", describe(index));
-    let ifindex = to_ifindex(index).map_err(|e| context(e, &doing))?;
-    acknowledged(&doing, |seq| {
+    let doing = || format!("set mtu of {} to {mtu}", describe(index));
+    let ifindex = to_ifindex(index).map_err(|e| context(e, doing()))?;
+    acknowledged(doing, |seq| {
         let mut m = MessageBuilder::new(RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK, seq);
         m.fixed(&ifinfomsg(libc::AF_UNSPEC as u8, ifindex, 0, 0));
         m.attr_u32(IFLA_MTU, mtu);
@@ -161,8 +161,8 @@ pub fn set_mtu(index: u32, mtu: u32) -> io::Result<()> {
 /// IPv6 addresses skip duplicate address detection: they are usable at once, which is what a
 /// tunnel address needs (there is nobody on a TUN to collide with).
 pub fn add_address(index: u32, address: IpAddr, prefix_len: u8) -> io::Result<()> {
-    let doing = format!("add address {address}/{prefix_len} to {}", describe(index));
-    let ifindex = to_ifindex(index).map_err(|e| context(e, &doing))?;
+    let doing = || format!("add address {address}/{prefix_len} to {}", describe(index));
+    let ifindex = to_ifindex(index).map_err(|e| context(e, doing()))?;
     let (family, bytes, max) = match address {
         IpAddr::V4(a) => (libc::AF_INET as u8, a.octets().to_vec(), 32),
         IpAddr::V6(a) => (libc::AF_INET6 as u8, a.octets().to_vec(), 128),
@@ -170,10 +170,10 @@ pub fn add_address(index: u32, address: IpAddr, prefix_len: u8) -> io::Result<()
     if prefix_len > max {
         return Err(context(
             io::Error::new(io::ErrorKind::InvalidInput, format!("prefix length must be at most {max}")),
-            &doing,
+            doing(),
         ));
     }
-    let result = acknowledged(&doing, |seq| {
+    let result = acknowledged(doing, |seq| {
         let flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL;
         let mut m = MessageBuilder::new(RTM_NEWADDR, flags, seq);
         let mut header = [0u8; IFADDRMSG_LEN];
@@ -197,18 +197,18 @@ pub fn add_address(index: u32, address: IpAddr, prefix_len: u8) -> io::Result<()
 
 /// The addresses of link `index`, IPv4 and IPv6.
 pub fn addresses(index: u32) -> io::Result<Vec<Address>> {
-    let doing = format!("list addresses of {}", describe(index));
-    let mut socket = Socket::open(libc::NETLINK_ROUTE).map_err(|e| context(e, &doing))?;
+    let doing = || format!("list addresses of {}", describe(index));
+    let mut socket = Socket::open(libc::NETLINK_ROUTE).map_err(|e| context(e, doing()))?;
     let answers = socket
         .dump(|seq| {
             let mut m = MessageBuilder::new(RTM_GETADDR, NLM_F_REQUEST | NLM_F_DUMP, seq);
             m.fixed(&[libc::AF_UNSPEC as u8, 0, 0, 0, 0, 0, 0, 0]);
             m.finish()
         })
-        .map_err(|e| context(e, &doing))?;
+        .map_err(|e| context(e, doing()))?;
     let mut result = Vec::new();
     for answer in answers.iter().filter(|a| a.kind == RTM_NEWADDR) {
-        let (on, address) = parse_address(&answer.payload).map_err(|e| context(e, &doing))?;
+        let (on, address) = parse_address(&answer.payload).map_err(|e| context(e, doing()))?;
         if on == index {
             result.extend(address);
         }
@@ -218,9 +218,9 @@ pub fn addresses(index: u32) -> io::Result<Vec<Address>> {
 
 /// Installs (or replaces) the IPv4 default route through `gateway` on link `index`.
 pub fn replace_default_route(gateway: Ipv4Addr, index: u32) -> io::Result<()> {
-    let doing = format!("set default route via {gateway} on {}", describe(index));
-    let ifindex = to_ifindex(index).map_err(|e| context(e, &doing))?;
-    acknowledged(&doing, |seq| {
+    let doing = || format!("set default route via {gateway} on {}", describe(index));
+    let ifindex = to_ifindex(index).map_err(|e| context(e, doing()))?;
+    acknowledged(doing, |seq| {
         let flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE;
         let mut m = MessageBuilder::new(RTM_NEWROUTE, flags, seq);
         m.fixed(&rtmsg(libc::AF_INET as u8, 0, RT_TABLE_MAIN, RTPROT_BOOT, RT_SCOPE_UNIVERSE, RTN_UNICAST));
@@ -261,9 +261,11 @@ pub fn default_route_interface() -> io::Result<Option<String>> {
     }
 }
 
-fn acknowledged(doing: &str, build: impl FnOnce(u32) -> io::Result<Vec<u8>>) -> io::Result<()> {
-    let mut socket = Socket::open(libc::NETLINK_ROUTE).map_err(|e| context(e, doing))?;
-    socket.request(build).map(|_| ()).map_err(|e| context(e, doing))
+/// One change acknowledged by the kernel. `doing` describes it for an error, and is only
+/// called then (it looks the link's name up).
+fn acknowledged(doing: impl Fn() -> String, build: impl FnOnce(u32) -> io::Result<Vec<u8>>) -> io::Result<()> {
+    let mut socket = Socket::open(libc::NETLINK_ROUTE).map_err(|e| context(e, doing()))?;
+    socket.request(build).map(|_| ()).map_err(|e| context(e, doing()))
 }
 
 /// "link 7 (wg0)" for error messages; only the index when the name cannot be had.
