@@ -222,7 +222,7 @@ fn sysctl_on(path: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::netlink::testns::{run, NamedNetns, ScratchNetns, Spawned};
+    use crate::netlink::testns::{drop_capabilities, run, NamedNetns, ScratchNetns, Spawned};
 
     fn net(s: &str) -> IpNetwork {
         s.parse().unwrap()
@@ -380,6 +380,24 @@ mod tests {
             // Same name in another family is not ours.
             netns.command_ok("nft", &["add", "table", "ip", "bastion"]);
             assert!(!table_present().unwrap());
+        });
+    }
+
+    #[test]
+    fn kernel_errors_say_what_failed() {
+        run(|_netns| {
+            install(&plan()).unwrap();
+            drop_capabilities();
+            let e = install(&plan()).unwrap_err();
+            assert!(e.0.contains("nftables batch: batch begin failed: Operation not permitted"), "{e}");
+            let e = remove().unwrap_err();
+            assert!(e.0.starts_with("remove table inet bastion: "), "{e}");
+            assert!(e.0.contains("Operation not permitted"), "{e}");
+            let e = enable_forwarding(false).unwrap_err();
+            assert!(e.0.contains("write 1 to /proc/sys/net/ipv4/ip_forward"), "{e}");
+            // nfnetlink wants CAP_NET_ADMIN even to read (unlike rtnetlink).
+            let e = table_present().unwrap_err();
+            assert_eq!(e.0, "read back table inet bastion: Operation not permitted (os error 1)");
         });
     }
 

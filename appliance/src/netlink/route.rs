@@ -445,7 +445,7 @@ fn bad_length(what: &str, len: usize) -> io::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::netlink::testns::{run, ScratchNetns};
+    use crate::netlink::testns::{drop_capabilities, run, ScratchNetns};
 
     fn link_message(index: i32, flags: u32, attrs: &[(u16, &[u8])]) -> Vec<u8> {
         let mut m = MessageBuilder::new(RTM_NEWLINK, 0, 0);
@@ -606,6 +606,13 @@ mod tests {
             assert_eq!(errno(&err), Some(libc::EINVAL));
             let err = set_link_up(999_999, true).unwrap_err();
             assert!(err.to_string().contains("set link 999999 up"), "{err}");
+
+            drop_capabilities();
+            let err = set_mtu(link.index, 1400).unwrap_err();
+            assert_eq!(errno(&err), Some(libc::EPERM));
+            assert!(err.to_string().starts_with("set mtu of link"), "{err}");
+            // Reading needs no privilege.
+            assert!(link_by_name("bnl-link").unwrap().is_some());
         });
     }
 
