@@ -616,6 +616,25 @@ mod tests {
         });
     }
 
+    /// What the data plane does with its TUN: MTU, addresses of both families, up.
+    #[test]
+    fn kernel_tun_setup() {
+        run(|netns| {
+            netns.command_ok("ip", &["tuntap", "add", "mode", "tun", "name", "bnl-tun0"]);
+            let tun = link_by_name("bnl-tun0").unwrap().unwrap();
+            assert!(tun.mac.is_empty(), "a TUN has no hardware address");
+            set_mtu(tun.index, 1420).unwrap();
+            add_address(tun.index, "10.99.0.1".parse().unwrap(), 24).unwrap();
+            add_address(tun.index, "fd99::1".parse().unwrap(), 64).unwrap();
+            set_link_up(tun.index, true).unwrap();
+            let shown = ip_json(netns, &["addr", "show", "dev", "bnl-tun0"]);
+            assert!(shown.contains("\"mtu\":1420"), "{shown}");
+            assert!(shown.contains("\"local\":\"10.99.0.1\",\"prefixlen\":24"), "{shown}");
+            assert!(shown.contains("\"local\":\"fd99::1\",\"prefixlen\":64"), "{shown}");
+            assert!(link_by_name("bnl-tun0").unwrap().unwrap().up);
+        });
+    }
+
     #[test]
     fn kernel_addresses_are_idempotent() {
         run(|netns| {
