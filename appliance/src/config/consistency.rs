@@ -134,19 +134,21 @@ fn check_overlaps(peers: &[PeerDraft], report: &mut Report) {
             open.pop();
         }
         if let Some(other) = open.iter().rev().find(|o| o.peer != entry.peer) {
-            let other_peer = &peers[other.peer];
+            // Reported where the later of the two is written: that is usually the line just added.
+            let (here, there) =
+                if other.item.span.start > entry.item.span.start { (*other, entry) } else { (entry, *other) };
             report.at(
-                entry.item.span.clone(),
-                format!("peer[{}].allowed_ips[{}]", entry.peer, entry.item.index),
+                here.item.span.clone(),
+                format!("peer[{}].allowed_ips[{}]", here.peer, here.item.index),
                 format!(
                     "{} of peer {:?} overlaps {} of peer[{}] {:?} (line {}); each tunnel address \
                      must belong to one peer only",
-                    entry.item.value,
-                    peers[entry.peer].name,
-                    other.item.value,
-                    other.peer,
-                    other_peer.name,
-                    report.line_of(other.item.span.start)
+                    here.item.value,
+                    peers[here.peer].name,
+                    there.item.value,
+                    there.peer,
+                    peers[there.peer].name,
+                    report.line_of(there.item.span.start)
                 ),
             );
         }

@@ -77,12 +77,22 @@ pub fn parse<'i>(text: &'i str, report: &mut Report) -> Option<DeTable<'i>> {
     if errors.is_empty() {
         return Some(table.into_inner());
     }
-    for error in &errors {
+    // After one error toml's recovery often trips over the same line again (an unclosed array
+    // swallows the next lines): one problem per line keeps the first, most telling one.
+    let mut errors: Vec<(Option<usize>, &toml::de::Error)> =
+        errors.iter().map(|e| (e.span().map(|s| s.start), e)).collect();
+    errors.sort_by_key(|(start, _)| start.unwrap_or(usize::MAX));
+    let mut seen_lines = std::collections::HashSet::new();
+    for (start, error) in errors {
         // `message()` is toml's description only; its Display would quote the source line,
         // which may hold a key.
         let message = format!("TOML syntax: {}", error.message());
-        match error.span() {
-            Some(span) => report.at(span, "file", message),
+        match start {
+            Some(start) => {
+                if seen_lines.insert(report.line_of(start)) {
+                    report.at(start..start, "file", message);
+                }
+            }
             None => report.at_line(None, "file", message),
         }
     }
@@ -177,12 +187,13 @@ impl<'a, 'i> Table<'a, 'i> {
 
 /// A known name that `unknown` is probably meant to be: the same letters once case, `_` and `-`
 /// are ignored (`PrivateKey` → `private_key`, `AllowedIPs` → `allowed_ips`).
-fn suggestion(unknown: &str, known: &[&'static str]) -> Option<&'static str> {
-    let fold = |s: &str| -> String {
-        s.chars().filter(|c| *c != '_' && *c != '-').flat_map(char::to_lowercase).collect()
-    };
+pub fn suggestion(unknown: &str, known: &[&'static str]) -> Option<&'static str> {
     let wanted = fold(unknown);
     known.iter().copied().find(|k| fold(k) == wanted)
+}
+
+fn fold(name: &str) -> String {
+    name.chars().filter(|c| *c != '_' && *c != '-').flat_map(char::to_lowercase).collect()
 }
 
 fn kind(value: &DeValue) -> &'static str {
@@ -226,15 +237,15 @@ pub fn boolean(report: &mut Report, field: &str, value: &Spanned<DeValue>) -> Op
     }
 }
 
-/// An integer within `range`; `what` says what the number is (e.g. "a UDP port").
+/// An integer within `range`; `expected` describes it with its range (e.g. "a UDP port
+/// 1–65535").
 pub fn integer(
     report: &mut Report,
     field: &str,
     value: &Spanned<DeValue>,
     range: RangeInclusive<i128>,
-    what: &str,
+    expected: &str,
 ) -> Option<i128> {
-    let expected = format!("{what} ({}–{})", range.start(), range.end());
     let DeValue::Integer(int) = value.get_ref() else {
         wrong_type(report, field, value, &format!("an integer: {expected}"));
         return None;

@@ -11,6 +11,9 @@ mod schema;
 mod values;
 pub mod wg_quick;
 
+#[cfg(test)]
+mod tests;
+
 use crate::keys::{PresharedKey, PrivateKey, PublicKey};
 use ip_network::IpNetwork;
 use std::net::{IpAddr, SocketAddr};

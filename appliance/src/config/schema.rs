@@ -171,7 +171,7 @@ fn root_hint(name: &str) -> Option<String> {
     let folded = name.to_ascii_lowercase();
     if let Some(section) = SECTIONS.iter().find(|s| **s == folded) {
         let header = if *section == "peer" { "[[peer]]".to_string() } else { format!("[{section}]") };
-        return Some(format!("{header}; `bastion convert` turns a wg-quick file into this format"));
+        return Some(header);
     }
     let owners: [(&str, &[&str]); 5] = [
         ("[interface]", INTERFACE_FIELDS),
@@ -182,8 +182,7 @@ fn root_hint(name: &str) -> Option<String> {
     ];
     owners
         .iter()
-        .find(|(_, fields)| fields.contains(&name))
-        .map(|(header, _)| format!("{name} under {header}"))
+        .find_map(|(header, fields)| document::suggestion(name, fields).map(|f| format!("{f} under {header}")))
 }
 
 fn read_interface(t: &Table, base_dir: Option<&Path>, report: &mut Report) -> InterfaceDraft {
@@ -248,7 +247,7 @@ fn read_interface(t: &Table, base_dir: Option<&Path>, report: &mut Report) -> In
 
     let listen_port = t
         .get("listen_port")
-        .and_then(|v| document::integer(report, &t.field("listen_port"), v, 1..=65535, "a UDP port"))
+        .and_then(|v| document::integer(report, &t.field("listen_port"), v, 1..=65535, "a UDP port 1–65535"))
         .map_or(DEFAULT_LISTEN_PORT, |n| n as u16);
     let mtu = t
         .get("mtu")
@@ -258,8 +257,8 @@ fn read_interface(t: &Table, base_dir: Option<&Path>, report: &mut Report) -> In
                 &t.field("mtu"),
                 v,
                 MIN_MTU as i128..=MAX_MTU as i128,
-                "an MTU: at least IPv6's minimum, at most a 9001-byte VPC frame less 80 bytes of \
-                 WireGuard",
+                "an MTU from 1280 (IPv6's minimum) to 8921 (a 9001-byte VPC jumbo frame less 80 \
+                 bytes of WireGuard over IPv6)",
             )
         })
         .map_or(DEFAULT_MTU, |n| n as u16);
@@ -392,7 +391,7 @@ fn read_peer(t: &Table, index: usize, base_dir: Option<&Path>, report: &mut Repo
             &t.field("persistent_keepalive"),
             v,
             1..=65535,
-            "seconds between keepalives; leave the field out for none",
+            "seconds between keepalives, 1–65535 (leave the field out for none)",
         )
         .map(|n| n as u16)
     });
@@ -461,7 +460,13 @@ fn read_health(t: &Table, report: &mut Report) -> HealthDraft {
     let drain_seconds = t
         .get("drain_seconds")
         .and_then(|v| {
-            document::integer(report, &t.field("drain_seconds"), v, 0..=MAX_DRAIN_SECONDS as i128, "seconds")
+            document::integer(
+                report,
+                &t.field("drain_seconds"),
+                v,
+                0..=MAX_DRAIN_SECONDS as i128,
+                "seconds, 0–3600 (the NLB's longest deregistration delay)",
+            )
         })
         .map_or(DEFAULT_DRAIN_SECONDS, |n| n as u64);
     t.finish(report);
@@ -477,7 +482,7 @@ fn read_selftest(t: &Table, report: &mut Report) -> SelfTestDraft {
                 &t.field("interval_seconds"),
                 v,
                 1..=MAX_SELFTEST_INTERVAL as i128,
-                "seconds",
+                "seconds, 1–86400",
             )
         })
         .map_or(DEFAULT_SELFTEST_INTERVAL, |n| n as u64);
