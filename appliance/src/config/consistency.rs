@@ -3,6 +3,7 @@
 //! address (chosen, or checked when the operator set it).
 
 use super::document::Report;
+use super::values;
 use super::schema::{InterfaceDraft, PeerDraft, SelfTestDraft};
 use ip_network::IpNetwork;
 use std::collections::HashMap;
@@ -238,13 +239,19 @@ pub fn selftest_address(
         }
     }
     let list: Vec<String> = networks.iter().map(|n| n.to_string()).collect();
+    let single_hosts = interface.addresses.iter().all(|a| a.value.prefix_len == values::max_prefix(&a.value.address));
+    let expected = if single_hosts {
+        "expected interface.address with the tunnel network's prefix (e.g. 10.100.0.1/24, not /32: \
+         that is a client's way of writing it)"
+    } else {
+        "expected [selftest] address = an unused address inside a tunnel network"
+    };
     report.at_line(
         selftest.line.or(interface.line),
         "selftest.address",
         format!(
             "no free address for the self-test client: every host address of {} is the bastion's \
-             own or inside a peer's allowed_ips; expected [selftest] address = an unused address \
-             inside a tunnel network",
+             own or inside a peer's allowed_ips; {expected}",
             list.join(", ")
         ),
     );

@@ -333,6 +333,10 @@ fn no_free_selftest_address_asks_the_operator_for_one() {
     let text = minimal().replace("10.100.0.1/24", "10.100.0.2/32").replace("allowed_ips = [\"10.100.0.2/32\"]", "allowed_ips = [\"10.100.0.0/24\"]");
     let p = problem(&text, "selftest.address");
     assert_eq!(p.line, Some(1));
+    assert!(p.message.contains("not /32: that is a client's way"), "{}", p.message);
+    // A real tunnel network whose every host belongs to peers: set the address by hand.
+    let text = minimal().replace("10.100.0.1/24", "10.100.0.1/30").replace("10.100.0.2/32", "10.100.0.2/31");
+    let p = problem(&text, "selftest.address");
     assert!(p.message.contains("expected [selftest] address ="), "{}", p.message);
 }
 
