@@ -313,8 +313,7 @@ pub fn selftest_address(
     None
 }
 
-/// The highest host address of `net` outside every range in `taken`. Each step jumps below a
-/// whole taken range, so the loop runs at most once per range.
+/// The highest host address of `net` outside every range in `taken`.
 fn highest_free(net: &IpNetwork, taken: &[Range]) -> Option<IpAddr> {
     let r = range(net);
     let (first, last) = match net {
@@ -325,19 +324,21 @@ fn highest_free(net: &IpNetwork, taken: &[Range]) -> Option<IpAddr> {
         IpNetwork::V6(n) if n.netmask() <= 126 => (r.first + 1, r.last),
         IpNetwork::V6(_) => (r.first, r.last),
     };
+    // Walking the ranges by their top address, highest first, the candidate only moves down:
+    // once a range ends below it, every later one does too. O(n log n) however the peers'
+    // addresses are laid out.
+    let mut ranges: Vec<&Range> = taken.iter().filter(|t| t.v6 == r.v6).collect();
+    ranges.sort_by(|a, b| b.last.cmp(&a.last));
     let mut candidate = last;
-    loop {
-        if candidate < first {
-            return None;
+    for t in ranges {
+        if t.last < candidate {
+            break;
         }
-        match taken
-            .iter()
-            .find(|t| t.v6 == r.v6 && t.first <= candidate && candidate <= t.last)
-        {
-            None => return Some(ip_of(r.v6, candidate)),
-            Some(t) => candidate = t.first.checked_sub(1)?,
+        if t.first <= candidate {
+            candidate = t.first.checked_sub(1)?;
         }
     }
+    (candidate >= first).then(|| ip_of(r.v6, candidate))
 }
 
 #[cfg(test)]
@@ -390,6 +391,21 @@ mod tests {
             "255.255.255.254"
         );
         assert!(highest_free(&net("::/0"), &none).is_some());
+    }
+
+    #[test]
+    fn highest_free_handles_peers_packed_from_the_top() {
+        let net = net("10.0.0.0/16");
+        let top = u32::from(std::net::Ipv4Addr::new(10, 0, 255, 254)) as u128;
+        let taken: Vec<Range> = (0..60_000u128)
+            .map(|i| Range {
+                v6: false,
+                first: top - i,
+                last: top - i,
+            })
+            .collect();
+        let expected = std::net::Ipv4Addr::from((top - 60_000) as u32);
+        assert_eq!(highest_free(&net, &taken), Some(IpAddr::V4(expected)));
     }
 
     #[test]

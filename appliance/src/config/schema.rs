@@ -307,11 +307,9 @@ fn read_interface(t: &Table, base_dir: Option<&Path>, report: &mut Report) -> In
                     "found an empty list, expected at least one address like 10.100.0.1/24",
                 );
             }
-            for (i, a) in addresses.iter().enumerate() {
-                if let Some(first) = addresses[..i]
-                    .iter()
-                    .find(|b| b.value.address == a.value.address)
-                {
+            let mut seen = std::collections::HashMap::new();
+            for a in &addresses {
+                if let Some(first) = seen.insert(a.value.address, a) {
                     report.at(
                         a.span.clone(),
                         format!("{field}[{}]", a.index),

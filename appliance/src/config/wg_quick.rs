@@ -15,6 +15,7 @@ use super::values;
 use super::{ConfigError, InterfaceAddress};
 use crate::keys::{PresharedKey, PrivateKey, PublicKey};
 use ip_network::IpNetwork;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
@@ -77,7 +78,8 @@ pub fn convert(
     };
     let nat = nat_from_hooks(&file, &name, &mut notes);
     describe_shape(&file, &mut notes);
-    let body = write_toml(&file, &name, &nat);
+    let peer_names = peer_names(&file, &mut notes);
+    let body = write_toml(&file, &name, &peer_names, &nat);
 
     // The output must stand on its own: whatever check-config would say about it, say now.
     if let Err(e) = super::parse(&body, "converted", None) {
@@ -179,7 +181,7 @@ fn read(text: &str, name: &str, report: &mut Report, notes: &mut Vec<Note>) -> O
     // A `# Name = x` comment waits for the key or header after it: just above a [Peer] header
     // it names that peer, inside a peer's lines it names that peer.
     let mut pending_name: Option<String> = None;
-    let mut seen_once: Vec<(String, usize)> = Vec::new();
+    let mut seen_once: HashMap<String, usize> = HashMap::new();
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
 
     for (index, raw) in text.lines().enumerate() {
@@ -279,7 +281,7 @@ fn read(text: &str, name: &str, report: &mut Report, notes: &mut Vec<Note>) -> O
             key,
             "Address" | "DNS" | "AllowedIPs" | "PreUp" | "PostUp" | "PreDown" | "PostDown"
         ) {
-            if let Some((_, first)) = seen_once.iter().find(|(f, _)| *f == field) {
+            if let Some(first) = seen_once.get(&field) {
                 notes.push(Note {
                     line: Some(line),
                     message: format!(
@@ -287,7 +289,7 @@ fn read(text: &str, name: &str, report: &mut Report, notes: &mut Vec<Note>) -> O
                     ),
                 });
             } else {
-                seen_once.push((field.clone(), line));
+                seen_once.insert(field.clone(), line);
             }
         }
         let mut fail = |message: String| report.at_line(Some(line), field.clone(), message);
@@ -827,6 +829,37 @@ fn describe_shape(file: &WgFile, notes: &mut Vec<Note>) {
     }
 }
 
+/// Each peer's name: its `# Name =` comment or `peer-N`, made unique (our schema requires it,
+/// wg-quick comments do not) by a `-2`, `-3`… suffix, with a note.
+fn peer_names(file: &WgFile, notes: &mut Vec<Note>) -> Vec<String> {
+    let mut used: HashSet<String> = HashSet::new();
+    let mut next_suffix: HashMap<String, usize> = HashMap::new();
+    let mut names = Vec::with_capacity(file.peers.len());
+    for (i, peer) in file.peers.iter().enumerate() {
+        let base = peer
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("peer-{}", i + 1));
+        let mut name = base.clone();
+        while used.contains(&name) {
+            let n = next_suffix.entry(base.clone()).or_insert(2);
+            name = format!("{base}-{n}");
+            *n += 1;
+        }
+        if name != base {
+            notes.push(Note {
+                line: Some(peer.line),
+                message: format!(
+                    "another peer is already named {base:?}: this one is named {name:?}"
+                ),
+            });
+        }
+        used.insert(name.clone());
+        names.push(name);
+    }
+    names
+}
+
 fn quote(text: &str) -> String {
     toml::Value::String(text.to_string()).to_string()
 }
@@ -836,7 +869,7 @@ fn quoted_list<T: ToString>(items: &[T]) -> String {
     format!("[{}]", items.join(", "))
 }
 
-fn write_toml(file: &WgFile, name: &str, nat: &NatPlan) -> String {
+fn write_toml(file: &WgFile, name: &str, peer_names: &[String], nat: &NatPlan) -> String {
     let mut out = String::new();
     out.push_str("[interface]\n");
     if let Some(key) = &file.private_key {
@@ -856,24 +889,9 @@ fn write_toml(file: &WgFile, name: &str, nat: &NatPlan) -> String {
     }
     let _ = writeln!(out, "name = {}", quote(name));
 
-    let mut used: Vec<String> = Vec::new();
-    for (i, peer) in file.peers.iter().enumerate() {
-        let mut peer_name = peer
-            .name
-            .clone()
-            .unwrap_or_else(|| format!("peer-{}", i + 1));
-        // Names must be unique in our schema; wg-quick comments need not be.
-        if used.contains(&peer_name) {
-            let base = peer_name.clone();
-            let mut n = 2;
-            while used.contains(&peer_name) {
-                peer_name = format!("{base}-{n}");
-                n += 1;
-            }
-        }
-        used.push(peer_name.clone());
+    for (peer, peer_name) in file.peers.iter().zip(peer_names) {
         out.push_str("\n[[peer]]\n");
-        let _ = writeln!(out, "name = {}", quote(&peer_name));
+        let _ = writeln!(out, "name = {}", quote(peer_name));
         if let Some(key) = &peer.public_key {
             let _ = writeln!(out, "public_key = {}", quote(&key.to_base64()));
         }
@@ -1094,6 +1112,24 @@ mod tests {
         assert!(!e.to_string().contains(&KEY[..43]));
         assert!(convert("", "x", None).is_err());
         assert!(convert("\u{0}\u{1}binary", "x", None).is_err());
+    }
+
+    #[test]
+    fn duplicate_name_comments_are_made_unique() {
+        let text = format!(
+            "[Interface]\nPrivateKey = {KEY}\nAddress = 10.100.0.1/24\nListenPort = 51820\n\
+             [Peer]\n# Name = alice\nPublicKey = {PEER}\nAllowedIPs = 10.100.0.2/32\n\
+             [Peer]\n# Name = alice\nPublicKey = {PEER2}\nAllowedIPs = 10.100.0.3/32\n"
+        );
+        let c = convert(&text, "x", Some("wg0.conf")).unwrap();
+        let config = super::super::parse(&c.toml, "out", None).unwrap_or_else(|e| panic!("{e}"));
+        let names: Vec<&str> = config.peers.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["alice", "alice-2"]);
+        assert!(
+            notes_text(&c).contains("line 9: another peer is already named \"alice\""),
+            "{}",
+            notes_text(&c)
+        );
     }
 
     #[test]
