@@ -94,10 +94,13 @@ pub fn convert(
         }
     }
     notes.sort_by_key(|n| n.line.unwrap_or(usize::MAX));
+    for note in &mut notes {
+        note.message = comment_safe(&note.message);
+    }
 
     let mut toml = format!(
         "# Converted from {} by `bastion convert`.\n",
-        file_name.unwrap_or(origin)
+        comment_safe(file_name.unwrap_or(origin))
     );
     if !notes.is_empty() {
         toml.push_str("# Notes (also printed on stderr):\n");
@@ -108,6 +111,20 @@ pub fn convert(
     toml.push('\n');
     toml.push_str(&body);
     Ok(Conversion { toml, notes })
+}
+
+/// TOML comments may not hold control characters (other than tab): a stray byte copied from
+/// the input into a note must not make the output unparsable, nor reach a terminal raw.
+fn comment_safe(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() && c != '\t' {
+                '\u{fffd}'
+            } else {
+                c
+            }
+        })
+        .collect()
 }
 
 /// What the file says, with the lines things came from.
@@ -239,8 +256,9 @@ fn read(text: &str, name: &str, report: &mut Report, notes: &mut Vec<Note>) -> O
             continue;
         };
         let (key, value) = (key.trim(), value.trim());
-        if section == Section::Peer {
-            if let (Some(name), Some(peer)) = (pending_name.take(), file.peers.last_mut()) {
+        // A name comment followed by a key belongs to the section it is in: a peer's, or none.
+        if let Some(name) = pending_name.take() {
+            if let (Section::Peer, Some(peer)) = (section, file.peers.last_mut()) {
                 peer.name.get_or_insert(name);
             }
         }
@@ -1112,6 +1130,28 @@ mod tests {
         assert!(!e.to_string().contains(&KEY[..43]));
         assert!(convert("", "x", None).is_err());
         assert!(convert("\u{0}\u{1}binary", "x", None).is_err());
+    }
+
+    #[test]
+    fn a_name_comment_in_the_interface_section_names_no_peer() {
+        let text = server().replace("[Interface]\n", "[Interface]\n# Name = the-bastion\n");
+        let c = convert(&text, "x", Some("wg0.conf")).unwrap();
+        assert!(c.toml.contains("name = \"peer-1\""), "{}", c.toml);
+        assert!(!c.toml.contains("name = \"the-bastion\""), "{}", c.toml);
+    }
+
+    #[test]
+    fn control_characters_in_notes_keep_the_output_valid_toml() {
+        let text = server().replace(
+            "ListenPort",
+            "DNS = 10.0.0.2\u{1}x\rTable = off\nListenPort",
+        );
+        let c = convert(&text, "x", Some("wg0.conf")).unwrap();
+        assert!(c
+            .notes
+            .iter()
+            .any(|n| n.message.contains("10.0.0.2\u{fffd}x")));
+        super::super::parse(&c.toml, "out", None).unwrap_or_else(|e| panic!("{e}\n{}", c.toml));
     }
 
     #[test]
