@@ -67,7 +67,10 @@ impl Tunnel {
 
     /// Sends a handshake initiation now.
     pub(super) fn start_handshake(&mut self) -> io::Result<()> {
-        match self.tunn.format_handshake_initiation(&mut self.scratch, true) {
+        match self
+            .tunn
+            .format_handshake_initiation(&mut self.scratch, true)
+        {
             TunnResult::WriteToNetwork(packet) => {
                 self.socket.send(packet)?;
                 Ok(())
@@ -87,7 +90,9 @@ impl Tunnel {
         if packet.len() > DATAGRAM_MAX - 32 {
             return Ok(());
         }
-        if let TunnResult::WriteToNetwork(datagram) = self.tunn.encapsulate(packet, &mut self.scratch) {
+        if let TunnResult::WriteToNetwork(datagram) =
+            self.tunn.encapsulate(packet, &mut self.scratch)
+        {
             self.socket.send(datagram)?;
         }
         Ok(())
@@ -96,17 +101,33 @@ impl Tunnel {
     /// Waits up to `wait` for one datagram from the service and handles it: handshake messages
     /// are answered, decrypted IP packets go to `deliver`, garbage is counted and dropped.
     /// Only socket errors (the service is gone: connection refused) are returned.
-    pub(super) fn receive(&mut self, wait: Duration, mut deliver: impl FnMut(Vec<u8>)) -> io::Result<()> {
+    pub(super) fn receive(
+        &mut self,
+        wait: Duration,
+        mut deliver: impl FnMut(Vec<u8>),
+    ) -> io::Result<()> {
         // A zero read timeout means "block forever" to the kernel.
-        self.socket.set_read_timeout(Some(wait.max(Duration::from_micros(100))))?;
+        self.socket
+            .set_read_timeout(Some(wait.max(Duration::from_micros(100))))?;
         let len = match self.socket.recv(&mut self.datagram) {
             Ok(len) => len,
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                ) =>
+            {
                 return Ok(())
             }
             Err(e) => return Err(e),
         };
-        let result = self.tunn.decapsulate(Some(self.server.ip()), &self.datagram[..len], &mut self.scratch);
+        let result = self.tunn.decapsulate(
+            Some(self.server.ip()),
+            &self.datagram[..len],
+            &mut self.scratch,
+        );
         match result {
             TunnResult::WriteToNetwork(packet) => {
                 self.socket.send(packet)?;

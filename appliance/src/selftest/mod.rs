@@ -89,16 +89,30 @@ fn run_steps(plan: &SelfTestPlan, done: &mut Done) -> StepResult<()> {
     }
     let server = plan.server;
     let tunnel_failed = |e: io::Error| match e.kind() {
-        io::ErrorKind::ConnectionRefused => format!("nothing listens on {server} (connection refused)"),
+        io::ErrorKind::ConnectionRefused => {
+            format!("nothing listens on {server} (connection refused)")
+        }
         _ => format!("tunnel socket to {server}: {e}"),
     };
 
     // Handshake.
-    let mut tunnel = Tunnel::open(server, &plan.server_public, &plan.client_private, OsRng.next_u32())
-        .map_err(|e| (Step::Handshake, format!("cannot open a UDP socket to {server}: {e}")))?;
+    let mut tunnel = Tunnel::open(
+        server,
+        &plan.server_public,
+        &plan.client_private,
+        OsRng.next_u32(),
+    )
+    .map_err(|e| {
+        (
+            Step::Handshake,
+            format!("cannot open a UDP socket to {server}: {e}"),
+        )
+    })?;
     let started = Instant::now();
     let deadline = started + plan.timeout;
-    tunnel.start_handshake().map_err(|e| (Step::Handshake, tunnel_failed(e)))?;
+    tunnel
+        .start_handshake()
+        .map_err(|e| (Step::Handshake, tunnel_failed(e)))?;
     while !tunnel.is_established() {
         let now = Instant::now();
         if now >= deadline {
@@ -120,18 +134,29 @@ fn run_steps(plan: &SelfTestPlan, done: &mut Done) -> StepResult<()> {
 
     // Ping.
     let clock = Clock(Instant::now());
-    let mut stack = Stack::new(plan.client_address, TUNNEL_MTU, OsRng.next_u64(), clock.now());
+    let mut stack = Stack::new(
+        plan.client_address,
+        TUNNEL_MTU,
+        OsRng.next_u64(),
+        clock.now(),
+    );
     let step = Step::Ping(plan.ping_target);
     let fail = |reason: String| (step.clone(), reason);
     stack
         .start_ping(plan.ping_target, OsRng.next_u32() as u16, clock.now())
         .map_err(fail)?;
     let deadline = Instant::now() + plan.timeout;
-    let ping = pump(&mut tunnel, &mut stack, &clock, deadline, |stack| match stack.ping_state() {
-        PingState::Waiting => None,
-        PingState::Replied(rtt) => Some(Ok(rtt.into())),
-        PingState::Unreachable(reason) => Some(Err(reason)),
-    })
+    let ping = pump(
+        &mut tunnel,
+        &mut stack,
+        &clock,
+        deadline,
+        |stack| match stack.ping_state() {
+            PingState::Waiting => None,
+            PingState::Replied(rtt) => Some(Ok(rtt.into())),
+            PingState::Unreachable(reason) => Some(Err(reason)),
+        },
+    )
     .map_err(|e| fail(tunnel_failed(e)))?;
     match ping {
         Some(Ok(rtt)) => done.ping = Some(rtt),
@@ -144,14 +169,22 @@ fn run_steps(plan: &SelfTestPlan, done: &mut Done) -> StepResult<()> {
         let step = Step::Probe(target);
         let fail = |reason: String| (step.clone(), reason);
         let local_port = 49152 + (OsRng.next_u32() % 16384) as u16;
-        let id = stack.start_probe(target, local_port, clock.now()).map_err(fail)?;
+        let id = stack
+            .start_probe(target, local_port, clock.now())
+            .map_err(fail)?;
         let deadline = Instant::now() + plan.timeout;
-        let verdict = pump(&mut tunnel, &mut stack, &clock, deadline, |stack| match stack.probe_state(id) {
-            ProbeState::Connecting => None,
-            ProbeState::Connected(rtt) => Some(Ok(rtt.into())),
-            ProbeState::Refused => Some(Err("connection refused".to_string())),
-            ProbeState::Unreachable(reason) => Some(Err(reason)),
-        })
+        let verdict = pump(
+            &mut tunnel,
+            &mut stack,
+            &clock,
+            deadline,
+            |stack| match stack.probe_state(id) {
+                ProbeState::Connecting => None,
+                ProbeState::Connected(rtt) => Some(Ok(rtt.into())),
+                ProbeState::Refused => Some(Err("connection refused".to_string())),
+                ProbeState::Unreachable(reason) => Some(Err(reason)),
+            },
+        )
         .map_err(|e| fail(tunnel_failed(e)))?;
         // Leave nothing half-open at the target, whatever happened: FIN if connected, reset if not.
         stack.close_probe(id);
@@ -161,12 +194,23 @@ fn run_steps(plan: &SelfTestPlan, done: &mut Done) -> StepResult<()> {
         });
         if !matches!(closed, Ok(Some(()))) {
             stack.abort_probe(id);
-            let _ = pump(&mut tunnel, &mut stack, &clock, Instant::now(), |_| None::<()>);
+            let _ = pump(
+                &mut tunnel,
+                &mut stack,
+                &clock,
+                Instant::now(),
+                |_| None::<()>,
+            );
         }
         match verdict {
             Some(Ok(rtt)) => done.probes.push((target, rtt)),
             Some(Err(reason)) => return Err(fail(reason)),
-            None => return Err(fail(format!("connection timed out after {}", Wait(plan.timeout)))),
+            None => {
+                return Err(fail(format!(
+                    "connection timed out after {}",
+                    Wait(plan.timeout)
+                )))
+            }
         }
     }
     Ok(())

@@ -106,11 +106,21 @@ fn write_timings(
 impl fmt::Display for SelfTestOutcome {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
         match self {
-            SelfTestOutcome::Pass { handshake, ping, probes } => {
+            SelfTestOutcome::Pass {
+                handshake,
+                ping,
+                probes,
+            } => {
                 f.write_str("selftest: PASS ")?;
                 write_timings(f, Some(*handshake), Some(*ping), probes)
             }
-            SelfTestOutcome::Fail { step, reason, handshake, ping, probes } => {
+            SelfTestOutcome::Fail {
+                step,
+                reason,
+                handshake,
+                ping,
+                probes,
+            } => {
                 write!(f, "selftest: FAIL {step}: {reason}")?;
                 if handshake.is_some() || ping.is_some() || !probes.is_empty() {
                     f.write_str(" (")?;
@@ -147,8 +157,15 @@ mod tests {
 
     #[test]
     fn pass_without_probes() {
-        let outcome = SelfTestOutcome::Pass { handshake: us(1_500_000), ping: us(40), probes: vec![] };
-        assert_eq!(outcome.to_string(), "selftest: PASS handshake 1500.0 ms, ping 0.0 ms");
+        let outcome = SelfTestOutcome::Pass {
+            handshake: us(1_500_000),
+            ping: us(40),
+            probes: vec![],
+        };
+        assert_eq!(
+            outcome.to_string(),
+            "selftest: PASS handshake 1500.0 ms, ping 0.0 ms"
+        );
     }
 
     #[test]
@@ -171,7 +188,10 @@ mod tests {
     fn fail_at_handshake_has_no_parenthesis() {
         let outcome = SelfTestOutcome::Fail {
             step: Step::Handshake,
-            reason: format!("no response from 127.0.0.1:51820 within {}", Wait(us(5_000_000))),
+            reason: format!(
+                "no response from 127.0.0.1:51820 within {}",
+                Wait(us(5_000_000))
+            ),
             handshake: None,
             ping: None,
             probes: vec![],

@@ -34,7 +34,11 @@ pub(super) struct Queues {
 
 impl Queues {
     pub(super) fn new(mtu: usize) -> Queues {
-        Queues { inbound: VecDeque::new(), outbound: VecDeque::new(), mtu }
+        Queues {
+            inbound: VecDeque::new(),
+            outbound: VecDeque::new(),
+            mtu,
+        }
     }
     /// Queues a packet for the stack; dropped (like a full NIC ring) when the queue is full.
     pub(super) fn push_inbound(&mut self, packet: Vec<u8>) {
@@ -227,7 +231,11 @@ impl Stack {
         let ping_delay = self.ping.as_ref().filter(|p| p.replied.is_none()).map(|p| {
             let last = p.sent.last().copied().unwrap_or(now);
             let due = last + PING_RESEND;
-            if due > now { due - now } else { Duration::ZERO }
+            if due > now {
+                due - now
+            } else {
+                Duration::ZERO
+            }
         });
         match (stack_delay, ping_delay) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -236,7 +244,12 @@ impl Stack {
     }
 
     /// Starts pinging `target` (an echo request now, repeated until answered).
-    pub(super) fn start_ping(&mut self, target: IpAddr, ident: u16, now: Instant) -> Result<(), String> {
+    pub(super) fn start_ping(
+        &mut self,
+        target: IpAddr,
+        ident: u16,
+        now: Instant,
+    ) -> Result<(), String> {
         let target = IpAddress::from(target);
         if !same_family(target, self.address) {
             return Err(format!(
@@ -253,13 +266,21 @@ impl Stack {
             .get_mut::<icmp::Socket>(handle)
             .bind(icmp::Endpoint::Ident(ident))
             .map_err(|e| format!("cannot open the ICMP socket: {e}"))?;
-        self.ping = Some(Ping { handle, target, ident, sent: Vec::new(), replied: None });
+        self.ping = Some(Ping {
+            handle,
+            target,
+            ident,
+            sent: Vec::new(),
+            replied: None,
+        });
         self.send_echo(now);
         Ok(())
     }
 
     pub(super) fn ping_state(&self) -> PingState {
-        let Some(ping) = &self.ping else { return PingState::Waiting };
+        let Some(ping) = &self.ping else {
+            return PingState::Waiting;
+        };
         if let Some(rtt) = ping.replied {
             return PingState::Replied(rtt);
         }
@@ -268,7 +289,11 @@ impl Stack {
             IpAddress::Ipv4(_) => IpProtocol::Icmp,
             IpAddress::Ipv6(_) => IpProtocol::Icmpv6,
         };
-        match self.icmp_errors.iter().find(|e| e.target == target && e.protocol == protocol) {
+        match self
+            .icmp_errors
+            .iter()
+            .find(|e| e.target == target && e.protocol == protocol)
+        {
             Some(error) => PingState::Unreachable(error.reason.clone()),
             None => PingState::Waiting,
         }
@@ -281,14 +306,28 @@ impl Stack {
         let checksum = self.device.capabilities().checksum;
         match ping.target {
             IpAddress::Ipv4(_) => {
-                let repr = Icmpv4Repr::EchoRequest { ident: ping.ident, seq_no, data: PING_PAYLOAD };
-                let Ok(buf) = socket.send(repr.buffer_len(), ping.target) else { return };
+                let repr = Icmpv4Repr::EchoRequest {
+                    ident: ping.ident,
+                    seq_no,
+                    data: PING_PAYLOAD,
+                };
+                let Ok(buf) = socket.send(repr.buffer_len(), ping.target) else {
+                    return;
+                };
                 repr.emit(&mut Icmpv4Packet::new_unchecked(buf), &checksum);
             }
             IpAddress::Ipv6(dst) => {
-                let IpAddress::Ipv6(src) = self.address else { return };
-                let repr = Icmpv6Repr::EchoRequest { ident: ping.ident, seq_no, data: PING_PAYLOAD };
-                let Ok(buf) = socket.send(repr.buffer_len(), ping.target) else { return };
+                let IpAddress::Ipv6(src) = self.address else {
+                    return;
+                };
+                let repr = Icmpv6Repr::EchoRequest {
+                    ident: ping.ident,
+                    seq_no,
+                    data: PING_PAYLOAD,
+                };
+                let Ok(buf) = socket.send(repr.buffer_len(), ping.target) else {
+                    return;
+                };
                 repr.emit(&src, &dst, &mut Icmpv6Packet::new_unchecked(buf), &checksum);
             }
         }
@@ -320,14 +359,18 @@ impl Stack {
                     .ok()
                     .and_then(|p| Icmpv4Repr::parse(&p, &checksum).ok())
                     .and_then(|r| match r {
-                        Icmpv4Repr::EchoReply { ident, seq_no, .. } if ident == ping.ident => Some(seq_no),
+                        Icmpv4Repr::EchoReply { ident, seq_no, .. } if ident == ping.ident => {
+                            Some(seq_no)
+                        }
                         _ => None,
                     }),
                 (IpAddress::Ipv6(src), IpAddress::Ipv6(dst)) => Icmpv6Packet::new_checked(payload)
                     .ok()
                     .and_then(|p| Icmpv6Repr::parse(&src, &dst, &p, &checksum).ok())
                     .and_then(|r| match r {
-                        Icmpv6Repr::EchoReply { ident, seq_no, .. } if ident == ping.ident => Some(seq_no),
+                        Icmpv6Repr::EchoReply { ident, seq_no, .. } if ident == ping.ident => {
+                            Some(seq_no)
+                        }
                         _ => None,
                     }),
                 _ => None,
@@ -359,7 +402,12 @@ impl Stack {
             .connect(self.iface.context(), target, local_port)
             .map_err(|e| format!("cannot start the connection: {e}"))?;
         let handle = self.sockets.add(socket);
-        self.probes.push(Probe { handle, target, started: now, connected: None });
+        self.probes.push(Probe {
+            handle,
+            target,
+            started: now,
+            connected: None,
+        });
         Ok(ProbeId(self.probes.len() - 1))
     }
 
@@ -386,31 +434,43 @@ impl Stack {
     /// Starts an orderly close (FIN), so the application behind the probe sees an ordinary
     /// disconnect rather than a reset in its log.
     pub(super) fn close_probe(&mut self, id: ProbeId) {
-        self.sockets.get_mut::<tcp::Socket>(self.probes[id.0].handle).close();
+        self.sockets
+            .get_mut::<tcp::Socket>(self.probes[id.0].handle)
+            .close();
     }
 
     /// True once both sides have closed (or the connection never existed).
     pub(super) fn probe_closed(&self, id: ProbeId) -> bool {
         matches!(
-            self.sockets.get::<tcp::Socket>(self.probes[id.0].handle).state(),
+            self.sockets
+                .get::<tcp::Socket>(self.probes[id.0].handle)
+                .state(),
             tcp::State::Closed | tcp::State::TimeWait
         )
     }
 
     /// Resets whatever is left of the connection (sent at the next `poll`).
     pub(super) fn abort_probe(&mut self, id: ProbeId) {
-        self.sockets.get_mut::<tcp::Socket>(self.probes[id.0].handle).abort();
+        self.sockets
+            .get_mut::<tcp::Socket>(self.probes[id.0].handle)
+            .abort();
     }
 }
 
 fn same_family(a: IpAddress, b: IpAddress) -> bool {
-    matches!((a, b), (IpAddress::Ipv4(_), IpAddress::Ipv4(_)) | (IpAddress::Ipv6(_), IpAddress::Ipv6(_)))
+    matches!(
+        (a, b),
+        (IpAddress::Ipv4(_), IpAddress::Ipv4(_)) | (IpAddress::Ipv6(_), IpAddress::Ipv6(_))
+    )
 }
 
 /// States in which our SYN has been answered by a SYN-ACK.
 fn is_connected(state: tcp::State) -> bool {
     use tcp::State::*;
-    matches!(state, Established | FinWait1 | FinWait2 | CloseWait | Closing | LastAck | TimeWait)
+    matches!(
+        state,
+        Established | FinWait1 | FinWait2 | CloseWait | Closing | LastAck | TimeWait
+    )
 }
 
 /// Reads an ICMP error addressed to `us` out of a decrypted IP packet; anything else (or
@@ -425,8 +485,14 @@ pub(super) fn parse_icmp_error(packet: &[u8], us: IpAddress) -> Option<IcmpError
             }
             let icmp = Icmpv4Packet::new_checked(ip.payload()).ok()?;
             let (what, header, data) = match Icmpv4Repr::parse(&icmp, &checksum).ok()? {
-                Icmpv4Repr::DstUnreachable { reason, header, data } => (reason.to_string(), header, data),
-                Icmpv4Repr::TimeExceeded { header, data, .. } => ("time exceeded".into(), header, data),
+                Icmpv4Repr::DstUnreachable {
+                    reason,
+                    header,
+                    data,
+                } => (reason.to_string(), header, data),
+                Icmpv4Repr::TimeExceeded { header, data, .. } => {
+                    ("time exceeded".into(), header, data)
+                }
                 _ => return None,
             };
             Some(IcmpError {
@@ -444,9 +510,17 @@ pub(super) fn parse_icmp_error(packet: &[u8], us: IpAddress) -> Option<IcmpError
             let icmp = Icmpv6Packet::new_checked(ip.payload()).ok()?;
             let repr = Icmpv6Repr::parse(&ip.src_addr(), &ip.dst_addr(), &icmp, &checksum).ok()?;
             let (what, header, data) = match repr {
-                Icmpv6Repr::DstUnreachable { reason, header, data } => (reason.to_string(), header, data),
-                Icmpv6Repr::TimeExceeded { header, data, .. } => ("time exceeded".into(), header, data),
-                Icmpv6Repr::PktTooBig { mtu, header, data } => (format!("packet too big (MTU {mtu})"), header, data),
+                Icmpv6Repr::DstUnreachable {
+                    reason,
+                    header,
+                    data,
+                } => (reason.to_string(), header, data),
+                Icmpv6Repr::TimeExceeded { header, data, .. } => {
+                    ("time exceeded".into(), header, data)
+                }
+                Icmpv6Repr::PktTooBig { mtu, header, data } => {
+                    (format!("packet too big (MTU {mtu})"), header, data)
+                }
                 _ => return None,
             };
             Some(IcmpError {

@@ -61,7 +61,9 @@ impl FakeServer {
             (Ipv4Addr::LOCALHOST, 0).into()
         };
         let socket = UdpSocket::bind(bind).unwrap();
-        socket.set_read_timeout(Some(Duration::from_millis(2))).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(2)))
+            .unwrap();
         let addr = socket.local_addr().unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let log = Arc::new(Mutex::new(ServerLog::default()));
@@ -69,7 +71,12 @@ impl FakeServer {
             let (stop, log) = (stop.clone(), log.clone());
             std::thread::spawn(move || serve(setup, socket, &stop, &log))
         };
-        FakeServer { addr, stop, log, thread: Some(thread) }
+        FakeServer {
+            addr,
+            stop,
+            log,
+            thread: Some(thread),
+        }
     }
 
     pub fn log(&self) -> ServerLog {
@@ -103,7 +110,11 @@ fn serve(setup: ServerSetup, socket: UdpSocket, stop: &AtomicBool, log: &Mutex<S
         None,
     );
     let mut device = Queues::new(1420);
-    let mut iface = Interface::new(Config::new(HardwareAddress::Ip), &mut device, Instant::now());
+    let mut iface = Interface::new(
+        Config::new(HardwareAddress::Ip),
+        &mut device,
+        Instant::now(),
+    );
     iface.update_ip_addrs(|addrs| {
         for cidr in &setup.addresses {
             addrs.push(*cidr).unwrap();
@@ -119,7 +130,12 @@ fn serve(setup: ServerSetup, socket: UdpSocket, stop: &AtomicBool, log: &Mutex<S
                 tcp::SocketBuffer::new(vec![0; 4096]),
             );
             s.listen(endpoint).unwrap();
-            Listener { handle: sockets.add(s), endpoint, counted: false, fin_counted: false }
+            Listener {
+                handle: sockets.add(s),
+                endpoint,
+                counted: false,
+                fin_counted: false,
+            }
         })
         .collect();
 
@@ -139,14 +155,18 @@ fn serve(setup: ServerSetup, socket: UdpSocket, stop: &AtomicBool, log: &Mutex<S
                         log.lock().unwrap().handshakes += 1;
                     }
                     let _ = socket.send_to(packet, from);
-                    while let TunnResult::WriteToNetwork(packet) = tunn.decapsulate(None, &[], &mut out) {
+                    while let TunnResult::WriteToNetwork(packet) =
+                        tunn.decapsulate(None, &[], &mut out)
+                    {
                         let _ = socket.send_to(packet, from);
                     }
                 }
                 TunnResult::WriteToTunnelV4(packet, _) | TunnResult::WriteToTunnelV6(packet, _) => {
                     match host_unreachable(packet, &setup) {
                         Some(icmp) => {
-                            if let TunnResult::WriteToNetwork(d) = tunn.encapsulate(&icmp, &mut icmp_out) {
+                            if let TunnResult::WriteToNetwork(d) =
+                                tunn.encapsulate(&icmp, &mut icmp_out)
+                            {
                                 let _ = socket.send_to(d, from);
                             }
                         }
@@ -158,7 +178,9 @@ fn serve(setup: ServerSetup, socket: UdpSocket, stop: &AtomicBool, log: &Mutex<S
         }
         iface.poll(Instant::now(), &mut device, &mut sockets);
         while let Some(packet) = device.pop_outbound() {
-            if let (Some(to), TunnResult::WriteToNetwork(datagram)) = (peer, tunn.encapsulate(&packet, &mut out)) {
+            if let (Some(to), TunnResult::WriteToNetwork(datagram)) =
+                (peer, tunn.encapsulate(&packet, &mut out))
+            {
                 let _ = socket.send_to(datagram, to);
             }
         }
@@ -191,7 +213,16 @@ fn serve(setup: ServerSetup, socket: UdpSocket, stop: &AtomicBool, log: &Mutex<S
 /// with random contents, and sizes from empty to larger than any message.
 fn send_garbage(socket: &UdpSocket, to: SocketAddr) {
     use rand_core::{OsRng, RngCore};
-    for (kind, len) in [(None, 0), (None, 1), (Some(1u8), 148), (Some(2), 92), (Some(3), 64), (Some(4), 32), (Some(4), 120), (None, 2000)] {
+    for (kind, len) in [
+        (None, 0),
+        (None, 1),
+        (Some(1u8), 148),
+        (Some(2), 92),
+        (Some(3), 64),
+        (Some(4), 32),
+        (Some(4), 120),
+        (None, 2000),
+    ] {
         let mut junk = vec![0u8; len];
         OsRng.fill_bytes(&mut junk);
         if let Some(kind) = kind {
@@ -208,7 +239,9 @@ fn host_unreachable(packet: &[u8], setup: &ServerSetup) -> Option<Vec<u8>> {
     if !setup.unreachable.contains(&IpAddr::V4(ip.dst_addr())) {
         return None;
     }
-    let IpAddress::Ipv4(router) = setup.addresses[0].address() else { return None };
+    let IpAddress::Ipv4(router) = setup.addresses[0].address() else {
+        return None;
+    };
     let quoted = &ip.payload()[..ip.payload().len().min(8)];
     let icmp = Icmpv4Repr::DstUnreachable {
         reason: Icmpv4DstUnreachable::HostUnreachable,
@@ -232,6 +265,9 @@ fn host_unreachable(packet: &[u8], setup: &ServerSetup) -> Option<Vec<u8>> {
     let caps = ChecksumCapabilities::default();
     let mut out_ip = Ipv4Packet::new_unchecked(&mut out[..]);
     ip_repr.emit(&mut out_ip, &caps);
-    icmp.emit(&mut Icmpv4Packet::new_unchecked(out_ip.payload_mut()), &caps);
+    icmp.emit(
+        &mut Icmpv4Packet::new_unchecked(out_ip.payload_mut()),
+        &caps,
+    );
     Some(out)
 }

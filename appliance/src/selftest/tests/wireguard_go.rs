@@ -32,7 +32,12 @@ fn against_wireguard_go_in_a_network_namespace() {
 fn scenario() {
     // SAFETY: unshare only changes this thread's namespace membership.
     let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-    assert_eq!(rc, 0, "unshare(CLONE_NEWNET): {}", std::io::Error::last_os_error());
+    assert_eq!(
+        rc,
+        0,
+        "unshare(CLONE_NEWNET): {}",
+        std::io::Error::last_os_error()
+    );
 
     let name = unique_name();
     let dir = ScratchDir::create(&name);
@@ -46,13 +51,33 @@ fn scenario() {
     let client_private = PrivateKey::generate();
     let key_file = dir.write_secret("server.key", &server_private.expose_base64());
     sh(&[
-        "wg", "set", &name,
-        "private-key", key_file.to_str().unwrap(),
-        "listen-port", &SERVER_PORT.to_string(),
-        "peer", &client_private.public_key().to_base64(),
-        "allowed-ips", "10.100.0.254/32",
+        "wg",
+        "set",
+        &name,
+        "private-key",
+        key_file.to_str().unwrap(),
+        "listen-port",
+        &SERVER_PORT.to_string(),
+        "peer",
+        &client_private.public_key().to_base64(),
+        "allowed-ips",
+        "10.100.0.254/32,fd00::fe/128",
     ]);
     sh(&["ip", "addr", "add", "10.100.0.1/24", "dev", &name]);
+    sh(&[
+        "ip",
+        "-6",
+        "addr",
+        "add",
+        "fd00::1/64",
+        "dev",
+        &name,
+        "nodad",
+    ]);
+    // A destination the namespace refuses to route, as a firewall or an ACL route would: the
+    // kernel answers with an ICMP error, which only leaves when forwarding is on.
+    sh(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    sh(&["ip", "route", "add", "prohibit", "10.0.7.0/24"]);
     sh(&["ip", "link", "set", &name, "up"]);
     let listener = ProbeListener::start(PROBE.parse().unwrap());
 
@@ -69,23 +94,66 @@ fn scenario() {
     // PASS: handshake, ping answered by the kernel through wireguard-go's TUN, TCP to the listener.
     let outcome = run(&plan);
     eprintln!("{outcome}");
-    assert!(outcome.passed(), "{outcome} (wireguard-go log:\n{})", server.log());
+    assert!(
+        outcome.passed(),
+        "{outcome} (wireguard-go log:\n{})",
+        server.log()
+    );
     let handshakes = sh(&["wg", "show", &name, "latest-handshakes"]);
     assert!(
         !handshakes.trim().ends_with("\t0"),
         "wireguard-go records no handshake with the client: {handshakes}"
     );
-    let seen = listener.connections();
-    assert_eq!(seen, vec![Ending::Eof], "the probe connects once and closes with a FIN");
+    let seen = listener.connections(1);
+    assert_eq!(
+        seen,
+        vec![Ending::Eof],
+        "the probe connects once and closes with a FIN"
+    );
+
+    // IPv6: ICMPv6 echo (its checksum covers our address) answered by the kernel.
+    let v6 = SelfTestPlan {
+        server: (std::net::Ipv6Addr::LOCALHOST, SERVER_PORT).into(),
+        client_address: "fd00::fe".parse().unwrap(),
+        ping_target: "fd00::1".parse().unwrap(),
+        probes: vec![],
+        ..plan.clone()
+    };
+    std::thread::sleep(Duration::from_millis(50));
+    let outcome = run(&v6);
+    eprintln!("{outcome}");
+    assert!(outcome.passed(), "{outcome}");
+
+    // FAIL with the kernel's ICMP error for a destination it will not route.
+    std::thread::sleep(Duration::from_millis(50));
+    let blocked = SelfTestPlan {
+        probes: vec![plan.probes[0], "10.0.7.7:80".parse().unwrap()],
+        ..plan.clone()
+    };
+    let outcome = run(&blocked);
+    eprintln!("{outcome}");
+    assert!(
+        matches!(&outcome, SelfTestOutcome::Fail { step: Step::Probe(target), reason, probes, .. }
+            if target.to_string() == "10.0.7.7:80" && probes.len() == 1
+                && reason.ends_with("administratively prohibited (ICMP from 10.100.0.1)")),
+        "{outcome}"
+    );
 
     // FAIL naming the probe once nothing listens there.
+    assert_eq!(listener.connections(2), vec![Ending::Eof, Ending::Eof]);
     drop(listener);
     // wireguard-go drops a second initiation from one peer within 20 ms.
     std::thread::sleep(Duration::from_millis(50));
     let outcome = run(&plan);
     eprintln!("{outcome}");
     match &outcome {
-        SelfTestOutcome::Fail { step: Step::Probe(target), reason, handshake: Some(_), ping: Some(_), .. } => {
+        SelfTestOutcome::Fail {
+            step: Step::Probe(target),
+            reason,
+            handshake: Some(_),
+            ping: Some(_),
+            ..
+        } => {
             assert_eq!(target.to_string(), PROBE);
             assert_eq!(reason, "connection refused");
         }
@@ -112,7 +180,11 @@ fn scenario() {
 /// Interface names are global to the socket folder `/var/run/wireguard/`: unique per run.
 fn unique_name() -> String {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
-    format!("bst{}s{}", std::process::id() % 100_000, NEXT.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "bst{}s{}",
+        std::process::id() % 100_000,
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// Runs a command to completion; panics with its output when it fails. Returns stdout.
@@ -144,7 +216,12 @@ impl ScratchDir {
     fn write_secret(&self, file: &str, text: &str) -> PathBuf {
         use std::os::unix::fs::OpenOptionsExt;
         let path = self.0.join(file);
-        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .unwrap();
         std::io::Write::write_all(&mut f, text.as_bytes()).unwrap();
         path
     }
@@ -178,7 +255,11 @@ impl WireguardGo {
             .stderr(file)
             .spawn()
             .expect("wireguard-go (make test-deps installs it)");
-        let server = WireguardGo { child, name: name.to_string(), log };
+        let server = WireguardGo {
+            child,
+            name: name.to_string(),
+            log,
+        };
         let socket = server.socket();
         for _ in 0..500 {
             if socket.exists() {
@@ -186,7 +267,11 @@ impl WireguardGo {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        panic!("wireguard-go did not create {} within 5 s:\n{}", socket.display(), server.log());
+        panic!(
+            "wireguard-go did not create {} within 5 s:\n{}",
+            socket.display(),
+            server.log()
+        );
     }
     fn socket(&self) -> PathBuf {
         PathBuf::from(format!("/var/run/wireguard/{}.sock", self.name))
@@ -236,7 +321,9 @@ impl ProbeListener {
                     match listener.accept() {
                         Ok((mut stream, _)) => {
                             stream.set_nonblocking(false).unwrap();
-                            stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                            stream
+                                .set_read_timeout(Some(Duration::from_secs(5)))
+                                .unwrap();
                             let mut buf = [0u8; 512];
                             let ending = loop {
                                 match stream.read(&mut buf) {
@@ -252,13 +339,17 @@ impl ProbeListener {
                 }
             })
         };
-        ProbeListener { stop, seen, thread: Some(thread) }
+        ProbeListener {
+            stop,
+            seen,
+            thread: Some(thread),
+        }
     }
 
-    /// The connections seen so far, waiting briefly for one in progress to end.
-    fn connections(&self) -> Vec<Ending> {
+    /// The connections seen so far, waiting up to a second for `expected` of them to end.
+    fn connections(&self, expected: usize) -> Vec<Ending> {
         for _ in 0..100 {
-            if !self.seen.lock().unwrap().is_empty() {
+            if self.seen.lock().unwrap().len() >= expected {
                 break;
             }
             std::thread::sleep(Duration::from_millis(10));
