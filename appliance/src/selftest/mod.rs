@@ -186,7 +186,8 @@ fn run_steps(plan: &SelfTestPlan, done: &mut Done) -> StepResult<()> {
             },
         )
         .map_err(|e| fail(tunnel_failed(e)))?;
-        // Leave nothing half-open at the target, whatever happened: FIN if connected, reset if not.
+        // Leave nothing half-open at the target: a FIN if connected (an ordinary disconnect in the
+        // application's log), a reset if the close does not complete in time.
         stack.close_probe(id);
         let close_deadline = Instant::now() + CLOSE_WAIT.min(plan.timeout);
         let closed = pump(&mut tunnel, &mut stack, &clock, close_deadline, |stack| {
