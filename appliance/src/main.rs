@@ -10,6 +10,7 @@ mod keys;
 mod log;
 mod nat;
 mod netlink;
+mod selftest;
 mod service;
 mod status;
 mod tunnel;
