@@ -155,7 +155,11 @@ impl Service {
         );
         let ipv6 = config.interface.addresses.iter().any(|a| a.address.is_ipv6());
         nat::enable_forwarding(ipv6).map_err(|e| format!("enable forwarding: {e}"))?;
-        let nat = Arc::new(InstalledNat::install(plan::nat_plan(&config)?)?);
+        let nat_plan = plan::nat_plan(&config)?;
+        if ipv6 {
+            nat::keep_router_advertisements(&nat_plan.egress).map_err(|e| e.to_string())?;
+        }
+        let nat = Arc::new(InstalledNat::install(nat_plan)?);
         let state = Arc::new(ServiceState {
             drain_started: Mutex::new(None),
             drain_seconds: config.health.drain_seconds,
