@@ -201,6 +201,19 @@ pub fn enable_forwarding(ipv6: bool) -> Result<(), NatError> {
     Ok(())
 }
 
+/// With IPv6 forwarding on, Linux ignores router advertisements on interfaces whose
+/// `accept_ra` is 1; an egress that takes its IPv6 default route from them (a VPC with IPv6)
+/// would lose it. Setting 2 keeps them accepted; 0 (the operator said no) is left alone.
+pub fn keep_router_advertisements(interface: &str) -> Result<(), NatError> {
+    let path = format!("/proc/sys/net/ipv6/conf/{interface}/accept_ra");
+    let current = std::fs::read_to_string(&path).unwrap_or_default();
+    if current.trim() == "1" {
+        std::fs::write(&path, b"2\n")
+            .map_err(|e| NatError(format!("keep router advertisements on {interface}: write 2 to {path}: {e}")))?;
+    }
+    Ok(())
+}
+
 /// Whether IPv4 forwarding (and IPv6 when `ipv6`) is on now.
 pub fn forwarding_enabled(ipv6: bool) -> bool {
     sysctl_on(IPV4_FORWARDING) && (!ipv6 || sysctl_on(IPV6_FORWARDING))
