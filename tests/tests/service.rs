@@ -505,15 +505,56 @@ fn garbage_udp_flood_neither_crashes_nor_locks_out_clients() {
     drop(late_client);
     s.fetch_page_and_source(0, 0);
 
+    // Both floods at once, while a third thread keeps asking the health responder: it must
+    // stay responsive while the data plane is busy.
     let seed = bastion_tests::random_u64();
-    let v4 = udp_flood(&s.topo.clients[0].ns, s.topo.endpoint_v4(), 10_000, seed);
-    let v6 = udp_flood(
-        &s.topo.clients[1].ns,
-        s.topo.endpoint_v6(),
-        10_000,
-        seed ^ 1,
+    let flooding = std::sync::atomic::AtomicBool::new(true);
+    let (v4, v6, health) = std::thread::scope(|scope| {
+        let v4 =
+            scope.spawn(|| udp_flood(&s.topo.clients[0].ns, s.topo.endpoint_v4(), 10_000, seed));
+        let v6 = scope.spawn(|| {
+            udp_flood(
+                &s.topo.clients[1].ns,
+                s.topo.endpoint_v6(),
+                10_000,
+                !seed,
+            )
+        });
+        let health = scope.spawn(|| {
+            let mut answers = Vec::new();
+            loop {
+                answers.push(s.bastion.health());
+                if !flooding.load(std::sync::atomic::Ordering::Relaxed) {
+                    break answers;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        });
+        let v4 = v4.join().unwrap();
+        let v6 = v6.join().unwrap();
+        flooding.store(false, std::sync::atomic::Ordering::Relaxed);
+        (v4, v6, health.join().unwrap())
+    });
+    let unanswered: Vec<&String> = health.iter().filter_map(|h| h.as_ref().err()).collect();
+    assert!(
+        unanswered.is_empty(),
+        "health did not answer during the flood (seed {seed:#x}): {unanswered:?}\n{}",
+        s.report()
     );
-    eprintln!("flood (seed {seed:#x}): v4 {v4:?}, v6 {v6:?}");
+    let unhealthy: Vec<&HttpResponse> = health
+        .iter()
+        .flatten()
+        .filter(|r| r.status != 200)
+        .collect();
+    assert!(
+        unhealthy.is_empty(),
+        "health said not 200 during the flood (seed {seed:#x}): {unhealthy:?}\n{}",
+        s.report()
+    );
+    eprintln!(
+        "flood (seed {seed:#x}): v4 {v4:?}, v6 {v6:?}, {} health answers",
+        health.len()
+    );
     assert!(
         v4.sent + v6.sent > 15_000,
         "the flood did not go out: {v4:?} {v6:?}"
