@@ -102,6 +102,7 @@ impl BastionSetup {
 /// cleaning up), then SIGKILL if it still runs.
 pub struct Bastion {
     pub process: Process,
+    binary: PathBuf,
     pub config: PathBuf,
     pub setup: BastionSetup,
     health: SocketAddr,
@@ -130,6 +131,7 @@ impl Bastion {
         process.set_grace(Duration::from_secs(5));
         Bastion {
             process,
+            binary: binary.to_path_buf(),
             config,
             health: SocketAddr::from(([127, 0, 0, 1], setup.health_port)),
             setup,
@@ -199,6 +201,21 @@ impl Bastion {
 
     pub fn log_report(&self) -> String {
         self.process.log_report()
+    }
+
+    /// What `bastion status --interface NAME` prints in the bastion namespace.
+    pub fn status(&self) -> Result<String, String> {
+        let out = self.ns().exec(&[
+            self.binary.to_str().unwrap(),
+            "status",
+            "--interface",
+            &self.setup.interface_name,
+        ]);
+        if out.success() {
+            Ok(out.stdout)
+        } else {
+            Err(out.to_string())
+        }
     }
 }
 

@@ -143,6 +143,20 @@ fn redacted_config(bastion: &Bastion) -> String {
         .join("\n")
 }
 
+/// From `bastion status`'s `dropped: A datagrams not ours, B rejected, ...` line: A + B.
+fn refused_datagrams(status: &str) -> u64 {
+    let line = status
+        .lines()
+        .find(|l| l.trim_start().starts_with("dropped:"))
+        .unwrap_or_else(|| panic!("no `dropped:` line in bastion status:\n{status}"));
+    let numbers: Vec<u64> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    assert!(numbers.len() >= 2, "unexpected status line {line:?}");
+    numbers[0] + numbers[1]
+}
+
 fn has_bastion_table(tables: &str) -> bool {
     tables.lines().any(|l| l.trim() == "table inet bastion")
 }
@@ -512,14 +526,8 @@ fn garbage_udp_flood_neither_crashes_nor_locks_out_clients() {
     let (v4, v6, health) = std::thread::scope(|scope| {
         let v4 =
             scope.spawn(|| udp_flood(&s.topo.clients[0].ns, s.topo.endpoint_v4(), 10_000, seed));
-        let v6 = scope.spawn(|| {
-            udp_flood(
-                &s.topo.clients[1].ns,
-                s.topo.endpoint_v6(),
-                10_000,
-                !seed,
-            )
-        });
+        let v6 =
+            scope.spawn(|| udp_flood(&s.topo.clients[1].ns, s.topo.endpoint_v6(), 10_000, !seed));
         let health = scope.spawn(|| {
             let mut answers = Vec::new();
             loop {
@@ -560,6 +568,15 @@ fn garbage_udp_flood_neither_crashes_nor_locks_out_clients() {
         "the flood did not go out: {v4:?} {v6:?}"
     );
 
+    // The garbage reached the service's parser (not just the kernel): it counted it.
+    let status = s.bastion.status().unwrap_or_else(|e| panic!("{e}"));
+    let refused = refused_datagrams(&status);
+    eprintln!("the service refused {refused} datagrams");
+    assert!(
+        refused >= 1_000,
+        "the service counted only {refused} refused datagrams of {} sent:\n{status}",
+        v4.sent + v6.sent
+    );
     assert!(
         s.bastion.process.is_running(),
         "the service died under the flood (seed {seed:#x})\n{}",
