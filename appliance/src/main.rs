@@ -11,6 +11,7 @@ mod log;
 mod nat;
 mod netlink;
 mod service;
+mod status;
 mod tunnel;
 
 use clap::{Parser, Subcommand};
@@ -61,6 +62,12 @@ enum Command {
         #[arg(long, default_value = "/etc/bastion/modules")]
         modules_list: PathBuf,
     },
+    /// Show the running service of this network namespace: peers, handshakes, bytes, drain.
+    Status {
+        /// The service's tunnel interface.
+        #[arg(long, default_value = "wg0")]
+        interface: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -83,6 +90,16 @@ fn main() -> ExitCode {
         }
         Command::Pubkey => pubkey(),
         Command::Convert { file } => convert(&file),
+        Command::Status { interface } => match status::fetch(&interface) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("status: {e}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 
