@@ -86,6 +86,9 @@ pub enum Step {
     DefaultRoute(Ipv4Addr),
 }
 
+/// How long DISCOVER is repeated every second before slowing down.
+const FAST_DISCOVERY: Duration = Duration::from_secs(10);
+
 /// The smallest MTU we apply: RFC 2132 allows 68, but below 576 an IPv4 host cannot even receive
 /// a full DHCP message; such a value is a server misconfiguration, not a VPC.
 const MIN_MTU: u16 = 576;
@@ -153,10 +156,13 @@ pub fn run(ifindex: u32, ifname: &str, mac: [u8; 6], mut report: impl FnMut(&Lea
     // 1 netmask, 3 router, 26 interface MTU, 51 lease time, 58/59 renewal and rebinding times.
     dhcp_socket.set_parameter_request_list(&[1, 3, 26, 51, 58, 59]);
     dhcp_socket.set_receive_packet_buffer(&mut packet_copy);
+    // Right after the link comes up the first answers are often lost (the far end's queue is
+    // not active yet, as on a fresh veth or NIC link): repeat DISCOVER every second at first,
+    // then every few seconds, as RFC 2131 paces it.
     let mut retry = dhcp_socket.get_retry_config();
-    // The first DISCOVER may leave before the link has carrier; do not wait 10 s to repeat it.
-    retry.discover_timeout = smoltcp::time::Duration::from_secs(3);
+    retry.discover_timeout = smoltcp::time::Duration::from_secs(1);
     dhcp_socket.set_retry_config(retry);
+    let mut fast_discovery = true;
     let mut sockets = SocketSet::new(Vec::new());
     let handle = sockets.add(dhcp_socket);
 
@@ -220,6 +226,13 @@ pub fn run(ifindex: u32, ifname: &str, mac: [u8; 6], mut report: impl FnMut(&Lea
                 // Discovery starts from 0.0.0.0; the kernel keeps its address.
                 iface.update_ip_addrs(|addrs| addrs.clear());
             }
+        }
+        if fast_discovery && (current.is_some() || started.elapsed() >= FAST_DISCOVERY) {
+            fast_discovery = false;
+            let socket = sockets.get_mut::<dhcpv4::Socket>(handle);
+            let mut retry = socket.get_retry_config();
+            retry.discover_timeout = smoltcp::time::Duration::from_secs(4);
+            socket.set_retry_config(retry);
         }
         if let Some(e) = device.take_error() {
             if last_error_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {

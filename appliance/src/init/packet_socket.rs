@@ -8,7 +8,7 @@
 //! (PACKET_IGNORE_OUTGOING). Unlike smoltcp's own `RawSocket`, I/O errors (the link going down)
 //! are reported, never a panic.
 
-use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
+use smoltcp::phy::{self, Checksum, Device, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -174,6 +174,11 @@ impl Device for PacketSocket {
         caps.medium = Medium::Ethernet;
         // DHCP messages are small; 1500 keeps what we send valid on any Ethernet.
         caps.max_transmission_unit = 1514;
+        // A frame from a local sender (veth, bridge) reaches a packet socket before its UDP
+        // checksum is filled in (CHECKSUM_PARTIAL, TP_STATUS_CSUMNOTREADY), so verifying it would
+        // drop good offers; dhclient skips it for the same reason. The Ethernet FCS and the IP
+        // header checksum (still verified) cover the wire.
+        caps.checksum.udp = Checksum::Tx;
         caps
     }
 }
