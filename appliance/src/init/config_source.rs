@@ -113,12 +113,10 @@ pub fn wait_for_config(sources: &Sources, mut rejected: impl FnMut(&Rejected)) -
             }
             Err(r) => {
                 let delay = backoff.after_failure(Duration::ZERO);
-                for (i, line) in r.reason.lines().enumerate() {
-                    if i == 0 {
-                        crate::log!("config: ERROR {line}");
-                    } else {
-                        crate::log!("config: ERROR   {line}");
-                    }
+                // One console line per problem; the health body keeps the "config: " prefix.
+                let text = r.reason.strip_prefix("config: ").unwrap_or(&r.reason);
+                for line in text.lines() {
+                    crate::log!("config: ERROR {line}");
                 }
                 crate::log!("config: attempt {attempt} failed; trying again in {} s", delay.as_secs());
                 rejected(&r);
