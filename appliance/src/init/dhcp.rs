@@ -148,7 +148,7 @@ pub fn run(ifindex: u32, ifname: &str, mac: [u8; 6], mut report: impl FnMut(&Lea
     let started = std::time::Instant::now();
     let clock = || smoltcp::time::Instant::from_micros(started.elapsed().as_micros() as i64);
     let mut config = IfaceConfig::new(HardwareAddress::Ethernet(EthernetAddress(mac)));
-    config.random_seed = rand_core::RngCore::next_u64(&mut rand_core::OsRng);
+    config.random_seed = insecure_seed(&mac);
     let mut iface = Interface::new(config, &mut device, clock());
 
     let mut packet_copy = vec![0u8; 9000];
@@ -250,6 +250,23 @@ pub fn run(ifindex: u32, ifname: &str, mac: [u8; 6], mut report: impl FnMut(&Lea
             drain(s);
         }
     }
+}
+
+/// smoltcp's seed (DHCP transaction ids) needs no secrecy, and must not wait: early in boot the
+/// kernel's CRNG may not be ready yet, and a blocking getrandom stalled DHCP for a second under
+/// QEMU. GRND_INSECURE never blocks; the MAC and the clock make it differ between instances.
+fn insecure_seed(mac: &[u8; 6]) -> u64 {
+    const GRND_INSECURE: libc::c_uint = 0x0004;
+    let mut bytes = [0u8; 8];
+    // SAFETY: getrandom writes at most 8 bytes into the buffer.
+    let _ = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), GRND_INSECURE) };
+    let mut mac_bytes = [0u8; 8];
+    mac_bytes[..6].copy_from_slice(mac);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    u64::from_ne_bytes(bytes) ^ u64::from_ne_bytes(mac_bytes) ^ nanos
 }
 
 /// The kernel-side socket on port 68 (see the module comment).
