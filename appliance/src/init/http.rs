@@ -113,7 +113,10 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
-fn parse_head(head: &[u8]) -> Result<(u16, String, Vec<(String, String)>), HttpError> {
+/// Status code, reason phrase, header fields.
+type Head = (u16, String, Vec<(String, String)>);
+
+fn parse_head(head: &[u8]) -> Result<Head, HttpError> {
     let text = std::str::from_utf8(head)
         .map_err(|_| HttpError::Malformed("header section is not text".into()))?;
     let mut lines = text.split("\r\n");

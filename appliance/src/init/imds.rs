@@ -64,9 +64,9 @@ impl Endpoint {
 pub fn url_from_cmdline(cmdline: &str) -> Option<String> {
     cmdline
         .split_whitespace()
-        .filter_map(|word| word.strip_prefix("bastion.imds="))
+        .rev()
+        .find_map(|word| word.strip_prefix("bastion.imds="))
         .map(|v| v.trim_matches('"').to_string())
-        .last()
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
