@@ -10,6 +10,7 @@ mod keys;
 mod log;
 mod nat;
 mod netlink;
+mod selftest;
 mod service;
 mod status;
 mod tunnel;
@@ -106,13 +107,16 @@ fn main() -> ExitCode {
 fn check_config(file: &std::path::Path) -> ExitCode {
     match config::load(file) {
         Ok(cfg) => {
+            let addresses: Vec<String> = cfg.interface.addresses.iter().map(|a| a.to_string()).collect();
             println!(
-                "{}: ok ({} peer{}, interface {}, listen port {})",
+                "{}: ok: {} {} port {}, {} peer{}, self-test from {}",
                 file.display(),
+                cfg.interface.name,
+                addresses.join(" "),
+                cfg.interface.listen_port,
                 cfg.peers.len(),
                 if cfg.peers.len() == 1 { "" } else { "s" },
-                cfg.interface.name,
-                cfg.interface.listen_port
+                cfg.selftest.address,
             );
             ExitCode::SUCCESS
         }
@@ -146,7 +150,10 @@ fn convert(file: &std::path::Path) -> ExitCode {
         Ok(conversion) => {
             print!("{}", conversion.toml);
             for note in &conversion.notes {
-                eprintln!("{}: {note}", file.display());
+                match note.line {
+                    Some(line) => eprintln!("{}:{line}: {}", file.display(), note.message),
+                    None => eprintln!("{}: {}", file.display(), note.message),
+                }
             }
             ExitCode::SUCCESS
         }

@@ -201,6 +201,19 @@ pub fn enable_forwarding(ipv6: bool) -> Result<(), NatError> {
     Ok(())
 }
 
+/// With IPv6 forwarding on, Linux ignores router advertisements on interfaces whose
+/// `accept_ra` is 1; an egress that takes its IPv6 default route from them (a VPC with IPv6)
+/// would lose it. Setting 2 keeps them accepted; 0 (the operator said no) is left alone.
+pub fn keep_router_advertisements(interface: &str) -> Result<(), NatError> {
+    let path = format!("/proc/sys/net/ipv6/conf/{interface}/accept_ra");
+    let current = std::fs::read_to_string(&path).unwrap_or_default();
+    if current.trim() == "1" {
+        std::fs::write(&path, b"2\n")
+            .map_err(|e| NatError(format!("keep router advertisements on {interface}: write 2 to {path}: {e}")))?;
+    }
+    Ok(())
+}
+
 /// Whether IPv4 forwarding (and IPv6 when `ipv6`) is on now.
 pub fn forwarding_enabled(ipv6: bool) -> bool {
     sysctl_on(IPV4_FORWARDING) && (!ipv6 || sysctl_on(IPV6_FORWARDING))
@@ -222,7 +235,7 @@ fn sysctl_on(path: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::netlink::testns::{run, NamedNetns, ScratchNetns, Spawned};
+    use crate::netlink::testns::{drop_capabilities, run, NamedNetns, ScratchNetns, Spawned};
 
     fn net(s: &str) -> IpNetwork {
         s.parse().unwrap()
@@ -384,6 +397,24 @@ mod tests {
     }
 
     #[test]
+    fn kernel_errors_say_what_failed() {
+        run(|_netns| {
+            install(&plan()).unwrap();
+            drop_capabilities();
+            let e = install(&plan()).unwrap_err();
+            assert!(e.0.contains("nftables batch: batch begin failed: Operation not permitted"), "{e}");
+            let e = remove().unwrap_err();
+            assert!(e.0.starts_with("remove table inet bastion: "), "{e}");
+            assert!(e.0.contains("Operation not permitted"), "{e}");
+            let e = enable_forwarding(false).unwrap_err();
+            assert!(e.0.contains("write 1 to /proc/sys/net/ipv4/ip_forward"), "{e}");
+            // nfnetlink wants CAP_NET_ADMIN even to read (unlike rtnetlink).
+            let e = table_present().unwrap_err();
+            assert_eq!(e.0, "read back table inet bastion: Operation not permitted (os error 1)");
+        });
+    }
+
+    #[test]
     fn kernel_forwarding_sysctls() {
         run(|netns| {
             // A new namespace starts with forwarding off.
@@ -399,13 +430,14 @@ mod tests {
         });
     }
 
-    /// A client and a server namespace on either side of this (router) namespace. The server
-    /// has a route back to the client, so without our table the client's own address reaches it.
+    /// A client and a server namespace on either side of this (router) namespace, IPv4 and
+    /// IPv6. The server routes back to the client, so without our table the client's own
+    /// address reaches it; with it, only the router's egress address should.
     struct Topology {
         client: NamedNetns,
         _server: NamedNetns,
-        _http: Spawned,
-        log: std::path::PathBuf,
+        _http: [Spawned; 2],
+        logs: [std::path::PathBuf; 2],
     }
 
     impl Topology {
@@ -417,90 +449,134 @@ mod tests {
             for cmd in [
                 "addr add 10.71.1.1/24 dev bnl-tun",
                 "addr add 10.71.2.1/24 dev bnl-out",
+                "addr add fd71:1::1/64 dev bnl-tun nodad",
+                "addr add fd71:2::1/64 dev bnl-out nodad",
                 "link set bnl-tun up",
                 "link set bnl-out up",
                 "route add 10.71.3.0/24 via 10.71.2.2",
+                "route add fd71:3::/64 via fd71:2::2",
             ] {
                 netns.command_ok("ip", &cmd.split(' ').collect::<Vec<_>>());
             }
-            for cmd in ["addr add 10.71.1.2/24 dev eth0", "addr add 10.71.1.3/24 dev eth0", "link set eth0 up", "link set lo up", "route add default via 10.71.1.1"] {
+            for cmd in [
+                "addr add 10.71.1.2/24 dev eth0",
+                "addr add 10.71.1.3/24 dev eth0",
+                "addr add fd71:1::2/64 dev eth0 nodad",
+                "addr add fd71:1::3/64 dev eth0 nodad",
+                "link set eth0 up",
+                "link set lo up",
+                "route add default via 10.71.1.1",
+                "route add default via fd71:1::1",
+            ] {
                 client.ip(cmd);
             }
-            for cmd in ["addr add 10.71.2.2/24 dev eth0", "addr add 10.71.3.2/24 dev eth0", "link set eth0 up", "link set lo up", "route add default via 10.71.2.1"] {
+            for cmd in [
+                "addr add 10.71.2.2/24 dev eth0",
+                "addr add 10.71.3.2/24 dev eth0",
+                "addr add fd71:2::2/64 dev eth0 nodad",
+                "addr add fd71:3::2/64 dev eth0 nodad",
+                "link set eth0 up",
+                "link set lo up",
+                "route add default via 10.71.2.1",
+                "route add default via fd71:2::1",
+            ] {
                 server.ip(cmd);
             }
-            let log = std::env::temp_dir().join(format!("{}-http.log", server.name()));
-            let http = server.spawn_logged(&["python3", "-u", "-m", "http.server", "--bind", "0.0.0.0", "8000"], &log);
-            let topology = Topology { client, _server: server, _http: http, log };
-            // Ready when the server answers on its own side.
+            let logs = [4, 6].map(|v| std::env::temp_dir().join(format!("{}-http{v}.log", server.name())));
+            // One server per family, so each log shows plain addresses of its family.
+            let http = [("0.0.0.0", "8004", &logs[0]), ("::", "8006", &logs[1])]
+                .map(|(bind, port, log)| server.spawn_logged(&["python3", "-u", "-m", "http.server", "--bind", bind, port], log));
+            let topology = Topology { client, _server: server, _http: http, logs };
+            // Ready when both servers answer (from the client, through plain forwarding).
             for _ in 0..100 {
-                if topology.fetch("10.71.2.2", "/ready", None) {
+                if topology.fetch("10.71.2.2", "/ready", None) && topology.fetch("fd71:2::2", "/ready", None) {
                     return topology;
                 }
                 std::thread::sleep(std::time::Duration::from_millis(100));
             }
-            panic!("http server in the server namespace never answered");
+            panic!("http servers in the server namespace never answered");
         }
 
         /// One GET from the client; true when an HTTP answer came back.
         fn fetch(&self, host: &str, path: &str, source: Option<&str>) -> bool {
+            let port = if host.contains(':') { "8006" } else { "8004" };
             let script = "import http.client,sys\n\
-                          src=(sys.argv[3],0) if len(sys.argv)>3 else None\n\
-                          c=http.client.HTTPConnection(sys.argv[1],8000,timeout=3,source_address=src)\n\
-                          c.request('GET',sys.argv[2]); print(c.getresponse().status)\n";
-            let mut args = vec!["python3", "-c", script, host, path];
+                          src=(sys.argv[4],0) if len(sys.argv)>4 else None\n\
+                          c=http.client.HTTPConnection(sys.argv[1],int(sys.argv[2]),timeout=3,source_address=src)\n\
+                          c.request('GET',sys.argv[3]); print(c.getresponse().status)\n";
+            let mut args = vec!["python3", "-c", script, host, port, path];
             args.extend(source);
             self.client.run(&args).status.success()
         }
 
         /// The source address the server logged for `path`.
         fn source_seen(&self, path: &str) -> Option<String> {
-            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-            log.lines()
-                .find(|l| l.contains(&format!("\"GET {path} ")))
-                .and_then(|l| l.split_whitespace().next())
-                .map(str::to_string)
+            self.logs.iter().find_map(|log| {
+                let log = std::fs::read_to_string(log).unwrap_or_default();
+                log.lines()
+                    .find(|l| l.contains(&format!("\"GET {path} ")))
+                    .and_then(|l| l.split_whitespace().next())
+                    .map(str::to_string)
+            })
         }
     }
 
     impl Drop for Topology {
         fn drop(&mut self) {
-            let _ = std::fs::remove_file(&self.log);
+            for log in &self.logs {
+                let _ = std::fs::remove_file(log);
+            }
         }
     }
 
     #[test]
     fn kernel_end_to_end_masquerade_and_reach() {
         run(|netns| {
-            enable_forwarding(false).unwrap();
+            enable_forwarding(true).unwrap();
             let t = Topology::new(netns);
-            // Without our table: plain routing, the client's own address arrives.
-            assert!(t.fetch("10.71.3.2", "/before", None));
-            assert_eq!(t.source_seen("/before").as_deref(), Some("10.71.1.2"));
-
             let plan = NatPlan {
                 tunnel: "bnl-tun".into(),
                 egress: "bnl-out".into(),
                 masquerade: true,
                 allow: vec![
                     Allow { source: None, destination: net("10.71.2.0/24") },
+                    Allow { source: None, destination: net("fd71:2::/64") },
                     Allow { source: Some(net("10.71.1.3/32")), destination: net("10.71.3.0/24") },
+                    Allow { source: Some(net("fd71:1::3/128")), destination: net("fd71:3::/64") },
                 ],
             };
+            // (family, client, the client peer with per-peer reach, router egress, server in
+            // global reach, server outside the client's reach)
+            let cases = [
+                ("v4", "10.71.1.2", "10.71.1.3", "10.71.2.1", "10.71.2.2", "10.71.3.2"),
+                ("v6", "fd71:1::2", "fd71:1::3", "fd71:2::1", "fd71:2::2", "fd71:3::2"),
+            ];
+            // Without our table: plain routing, the client's own address arrives.
+            // (Sources are always chosen explicitly: with two addresses on one prefix, IPv6 source
+            // selection would pick the newest.)
+            for (v, client, _, _, _, outside) in cases {
+                assert!(t.fetch(outside, &format!("/{v}/before"), Some(client)), "{v}: plain forwarding works");
+                assert_eq!(t.source_seen(&format!("/{v}/before")).as_deref(), Some(client));
+            }
+
             install(&plan).unwrap();
-            // Global reach, masqueraded behind the router's egress address.
-            assert!(t.fetch("10.71.2.2", "/masq", None));
-            assert_eq!(t.source_seen("/masq").as_deref(), Some("10.71.2.1"));
-            // Outside this source's reach: dropped.
-            assert!(!t.fetch("10.71.3.2", "/denied", None));
-            assert_eq!(t.source_seen("/denied"), None);
-            // The peer whose reach includes it gets through.
-            assert!(t.fetch("10.71.3.2", "/per-peer", Some("10.71.1.3")));
-            assert_eq!(t.source_seen("/per-peer").as_deref(), Some("10.71.2.1"));
+            for (v, client, peer, egress, inside, outside) in cases {
+                // Global reach, masqueraded behind the router's egress address.
+                assert!(t.fetch(inside, &format!("/{v}/masq"), Some(client)), "{v}: global reach");
+                assert_eq!(t.source_seen(&format!("/{v}/masq")).as_deref(), Some(egress), "{v}: masquerade");
+                // Outside this source's reach: dropped before it gets there.
+                assert!(!t.fetch(outside, &format!("/{v}/denied"), Some(client)), "{v}: outside reach");
+                assert_eq!(t.source_seen(&format!("/{v}/denied")), None);
+                // The peer whose own reach includes it gets through.
+                assert!(t.fetch(outside, &format!("/{v}/per-peer"), Some(peer)), "{v}: per-peer reach");
+                assert_eq!(t.source_seen(&format!("/{v}/per-peer")).as_deref(), Some(egress));
+            }
 
             remove().unwrap();
-            assert!(t.fetch("10.71.3.2", "/after", None));
-            assert_eq!(t.source_seen("/after").as_deref(), Some("10.71.1.2"));
+            for (v, client, _, _, _, outside) in cases {
+                assert!(t.fetch(outside, &format!("/{v}/after"), Some(client)), "{v}: forwarding as before");
+                assert_eq!(t.source_seen(&format!("/{v}/after")).as_deref(), Some(client));
+            }
         });
     }
 }

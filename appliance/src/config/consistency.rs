@@ -4,6 +4,7 @@
 
 use super::document::Report;
 use super::schema::{InterfaceDraft, PeerDraft, SelfTestDraft};
+use super::values;
 use ip_network::IpNetwork;
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -26,13 +27,19 @@ pub fn check_peers(interface: Option<&InterfaceDraft>, peers: &[PeerDraft], repo
         }
     }
 
-    let own_key = interface.and_then(|i| i.private_key.as_ref()).map(|k| k.public_key());
+    let own_key = interface
+        .and_then(|i| i.private_key.as_ref())
+        .map(|k| k.public_key());
     let mut keys: HashMap<crate::keys::PublicKey, usize> = HashMap::new();
     for (i, peer) in peers.iter().enumerate() {
-        let Some((key, span)) = &peer.public_key else { continue };
+        let Some((key, span)) = &peer.public_key else {
+            continue;
+        };
         let field = format!("peer[{i}].public_key");
         if Some(*key) == own_key {
-            let from = interface.and_then(|i| i.key_field.clone()).unwrap_or_default();
+            let from = interface
+                .and_then(|i| i.key_field.clone())
+                .unwrap_or_default();
             report.at(
                 span.clone(),
                 field,
@@ -76,14 +83,26 @@ fn range(net: &IpNetwork) -> Range {
         IpNetwork::V4(n) => {
             let first = u32::from(n.network_address()) as u128;
             let size = 1u128 << (32 - n.netmask());
-            Range { v6: false, first, last: first + size - 1 }
+            Range {
+                v6: false,
+                first,
+                last: first + size - 1,
+            }
         }
         IpNetwork::V6(n) => {
             let first = u128::from(n.network_address());
             let host_bits = 128 - n.netmask() as u32;
-            let host_mask = if host_bits == 0 { 0 } else { u128::MAX >> (128 - host_bits) };
+            let host_mask = if host_bits == 0 {
+                0
+            } else {
+                u128::MAX >> (128 - host_bits)
+            };
             let last = first | host_mask;
-            Range { v6: true, first, last }
+            Range {
+                v6: true,
+                first,
+                last,
+            }
         }
     }
 }
@@ -115,15 +134,27 @@ fn check_overlaps(peers: &[PeerDraft], report: &mut Report) {
     let mut entries: Vec<Entry> = peers
         .iter()
         .enumerate()
-        .flat_map(|(peer, p)| p.allowed_ips.iter().map(move |item| Entry { range: range(&item.value), peer, item }))
+        .flat_map(|(peer, p)| {
+            p.allowed_ips.iter().map(move |item| Entry {
+                range: range(&item.value),
+                peer,
+                item,
+            })
+        })
         .collect();
     entries.sort_by(|a, b| {
-        (a.range.v6, a.range.first, std::cmp::Reverse(a.range.last), a.peer).cmp(&(
-            b.range.v6,
-            b.range.first,
-            std::cmp::Reverse(b.range.last),
-            b.peer,
-        ))
+        (
+            a.range.v6,
+            a.range.first,
+            std::cmp::Reverse(a.range.last),
+            a.peer,
+        )
+            .cmp(&(
+                b.range.v6,
+                b.range.first,
+                std::cmp::Reverse(b.range.last),
+                b.peer,
+            ))
     });
     let mut open: Vec<&Entry> = Vec::new();
     for entry in &entries {
@@ -135,8 +166,11 @@ fn check_overlaps(peers: &[PeerDraft], report: &mut Report) {
         }
         if let Some(other) = open.iter().rev().find(|o| o.peer != entry.peer) {
             // Reported where the later of the two is written: that is usually the line just added.
-            let (here, there) =
-                if other.item.span.start > entry.item.span.start { (*other, entry) } else { (entry, *other) };
+            let (here, there) = if other.item.span.start > entry.item.span.start {
+                (*other, entry)
+            } else {
+                (entry, *other)
+            };
             report.at(
                 here.item.span.clone(),
                 format!("peer[{}].allowed_ips[{}]", here.peer, here.item.index),
@@ -165,12 +199,21 @@ pub fn selftest_address(
     selftest: &SelfTestDraft,
     report: &mut Report,
 ) -> Option<IpAddr> {
-    let networks: Vec<IpNetwork> = interface.addresses.iter().map(|a| a.value.network()).collect();
+    let networks: Vec<IpNetwork> = interface
+        .addresses
+        .iter()
+        .map(|a| a.value.network())
+        .collect();
     if networks.is_empty() {
         return None; // already reported: the interface has no address
     }
     let owner = |ip: IpAddr| -> Option<(usize, &super::document::Item<IpNetwork>)> {
-        peers.iter().enumerate().find_map(|(i, p)| p.allowed_ips.iter().find(|n| n.value.contains(ip)).map(|n| (i, n)))
+        peers.iter().enumerate().find_map(|(i, p)| {
+            p.allowed_ips
+                .iter()
+                .find(|n| n.value.contains(ip))
+                .map(|n| (i, n))
+        })
     };
 
     if let Some((ip, span)) = &selftest.address {
@@ -226,33 +269,51 @@ pub fn selftest_address(
         return Some(ip);
     }
 
-    let mut taken: Vec<Range> = peers.iter().flat_map(|p| p.allowed_ips.iter().map(|n| range(&n.value))).collect();
+    let mut taken: Vec<Range> = peers
+        .iter()
+        .flat_map(|p| p.allowed_ips.iter().map(|n| range(&n.value)))
+        .collect();
     taken.extend(interface.addresses.iter().map(|a| {
         let (v6, p) = point(a.value.address);
-        Range { v6, first: p, last: p }
+        Range {
+            v6,
+            first: p,
+            last: p,
+        }
     }));
-    let ordered = networks.iter().filter(|n| n.is_ipv4()).chain(networks.iter().filter(|n| n.is_ipv6()));
+    let ordered = networks
+        .iter()
+        .filter(|n| n.is_ipv4())
+        .chain(networks.iter().filter(|n| n.is_ipv6()));
     for net in ordered {
         if let Some(ip) = highest_free(net, &taken) {
             return Some(ip);
         }
     }
     let list: Vec<String> = networks.iter().map(|n| n.to_string()).collect();
+    let single_hosts = interface
+        .addresses
+        .iter()
+        .all(|a| a.value.prefix_len == values::max_prefix(&a.value.address));
+    let expected = if single_hosts {
+        "expected interface.address with the tunnel network's prefix (e.g. 10.100.0.1/24, not /32: \
+         that is a client's way of writing it)"
+    } else {
+        "expected [selftest] address = an unused address inside a tunnel network"
+    };
     report.at_line(
         selftest.line.or(interface.line),
         "selftest.address",
         format!(
             "no free address for the self-test client: every host address of {} is the bastion's \
-             own or inside a peer's allowed_ips; expected [selftest] address = an unused address \
-             inside a tunnel network",
+             own or inside a peer's allowed_ips; {expected}",
             list.join(", ")
         ),
     );
     None
 }
 
-/// The highest host address of `net` outside every range in `taken`. Each step jumps below a
-/// whole taken range, so the loop runs at most once per range.
+/// The highest host address of `net` outside every range in `taken`.
 fn highest_free(net: &IpNetwork, taken: &[Range]) -> Option<IpAddr> {
     let r = range(net);
     let (first, last) = match net {
@@ -263,16 +324,21 @@ fn highest_free(net: &IpNetwork, taken: &[Range]) -> Option<IpAddr> {
         IpNetwork::V6(n) if n.netmask() <= 126 => (r.first + 1, r.last),
         IpNetwork::V6(_) => (r.first, r.last),
     };
+    // Walking the ranges by their top address, highest first, the candidate only moves down:
+    // once a range ends below it, every later one does too. O(n log n) however the peers'
+    // addresses are laid out.
+    let mut ranges: Vec<&Range> = taken.iter().filter(|t| t.v6 == r.v6).collect();
+    ranges.sort_by(|a, b| b.last.cmp(&a.last));
     let mut candidate = last;
-    loop {
-        if candidate < first {
-            return None;
+    for t in ranges {
+        if t.last < candidate {
+            break;
         }
-        match taken.iter().find(|t| t.v6 == r.v6 && t.first <= candidate && candidate <= t.last) {
-            None => return Some(ip_of(r.v6, candidate)),
-            Some(t) => candidate = t.first.checked_sub(1)?,
+        if t.first <= candidate {
+            candidate = t.first.checked_sub(1)?;
         }
     }
+    (candidate >= first).then(|| ip_of(r.v6, candidate))
 }
 
 #[cfg(test)]
@@ -286,22 +352,60 @@ mod tests {
     #[test]
     fn highest_free_skips_broadcast_peers_and_our_own() {
         let none: Vec<Range> = Vec::new();
-        assert_eq!(highest_free(&net("10.100.0.0/24"), &none).unwrap().to_string(), "10.100.0.254");
-        let taken = vec![range(&net("10.100.0.128/25")), range(&net("10.100.0.127/32"))];
-        assert_eq!(highest_free(&net("10.100.0.0/24"), &taken).unwrap().to_string(), "10.100.0.126");
-        assert_eq!(highest_free(&net("10.100.0.0/31"), &none).unwrap().to_string(), "10.100.0.1");
+        assert_eq!(
+            highest_free(&net("10.100.0.0/24"), &none)
+                .unwrap()
+                .to_string(),
+            "10.100.0.254"
+        );
+        let taken = vec![
+            range(&net("10.100.0.128/25")),
+            range(&net("10.100.0.127/32")),
+        ];
+        assert_eq!(
+            highest_free(&net("10.100.0.0/24"), &taken)
+                .unwrap()
+                .to_string(),
+            "10.100.0.126"
+        );
+        assert_eq!(
+            highest_free(&net("10.100.0.0/31"), &none)
+                .unwrap()
+                .to_string(),
+            "10.100.0.1"
+        );
         let all = vec![range(&net("10.100.0.0/24"))];
         assert_eq!(highest_free(&net("10.100.0.0/24"), &all), None);
         assert_eq!(
-            highest_free(&net("fd00:100::/64"), &none).unwrap().to_string(),
+            highest_free(&net("fd00:100::/64"), &none)
+                .unwrap()
+                .to_string(),
             "fd00:100::ffff:ffff:ffff:ffff"
         );
         let v6 = vec![range(&net("fd00:100::/64"))];
         assert_eq!(highest_free(&net("fd00:100::/64"), &v6), None);
         // An IPv6 range never blocks an IPv4 candidate.
         assert!(highest_free(&net("10.100.0.0/24"), &v6).is_some());
-        assert_eq!(highest_free(&net("0.0.0.0/0"), &none).unwrap().to_string(), "255.255.255.254");
+        assert_eq!(
+            highest_free(&net("0.0.0.0/0"), &none).unwrap().to_string(),
+            "255.255.255.254"
+        );
         assert!(highest_free(&net("::/0"), &none).is_some());
+    }
+
+    #[test]
+    fn highest_free_handles_peers_packed_from_the_top() {
+        let net = net("10.0.0.0/16");
+        let top = u32::from(std::net::Ipv4Addr::new(10, 0, 255, 254)) as u128;
+        let taken: Vec<Range> = (0..60_000u128)
+            .map(|i| Range {
+                v6: false,
+                first: top - i,
+                last: top - i,
+            })
+            .collect();
+        let expected = std::net::Ipv4Addr::from((top - 60_000) as u32);
+        assert_eq!(highest_free(&net, &taken), Some(IpAddr::V4(expected)));
     }
 
     #[test]

@@ -27,11 +27,17 @@ impl Report {
     pub fn new(text: &str) -> Self {
         let mut line_starts = vec![0];
         line_starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
-        Report { line_starts, problems: Vec::new(), dropped: 0 }
+        Report {
+            line_starts,
+            problems: Vec::new(),
+            dropped: 0,
+        }
     }
 
     pub fn line_of(&self, offset: usize) -> usize {
-        self.line_starts.partition_point(|&start| start <= offset).max(1)
+        self.line_starts
+            .partition_point(|&start| start <= offset)
+            .max(1)
     }
 
     pub fn at(&mut self, span: Range<usize>, field: impl Into<String>, message: impl Into<String>) {
@@ -39,7 +45,12 @@ impl Report {
         self.push(Some(line), field.into(), message.into());
     }
 
-    pub fn at_line(&mut self, line: Option<usize>, field: impl Into<String>, message: impl Into<String>) {
+    pub fn at_line(
+        &mut self,
+        line: Option<usize>,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) {
         self.push(line, field.into(), message.into());
     }
 
@@ -47,7 +58,11 @@ impl Report {
         if self.problems.len() >= MAX_PROBLEMS {
             self.dropped += 1;
         } else {
-            self.problems.push(ConfigProblem { line, field, message });
+            self.problems.push(ConfigProblem {
+                line,
+                field,
+                message,
+            });
         }
     }
 
@@ -62,7 +77,10 @@ impl Report {
             self.problems.push(ConfigProblem {
                 line: None,
                 field: "file".into(),
-                message: format!("{} more problems not listed; fix the ones above first", self.dropped),
+                message: format!(
+                    "{} more problems not listed; fix the ones above first",
+                    self.dropped
+                ),
             });
         }
         self.problems
@@ -79,8 +97,10 @@ pub fn parse<'i>(text: &'i str, report: &mut Report) -> Option<DeTable<'i>> {
     }
     // After one error toml's recovery often trips over the same line again (an unclosed array
     // swallows the next lines): one problem per line keeps the first, most telling one.
-    let mut errors: Vec<(Option<usize>, &toml::de::Error)> =
-        errors.iter().map(|e| (e.span().map(|s| s.start), e)).collect();
+    let mut errors: Vec<(Option<usize>, &toml::de::Error)> = errors
+        .iter()
+        .map(|e| (e.span().map(|s| s.start), e))
+        .collect();
     errors.sort_by_key(|(start, _)| start.unwrap_or(usize::MAX));
     let mut seen_lines = std::collections::HashSet::new();
     for (start, error) in errors {
@@ -119,7 +139,13 @@ impl<'a, 'i> Table<'a, 'i> {
         line: Option<usize>,
         known: &'static [&'static str],
     ) -> Self {
-        Table { table, path: path.into(), header: header.into(), line, known }
+        Table {
+            table,
+            path: path.into(),
+            header: header.into(),
+            line,
+            known,
+        }
     }
 
     /// The line of the table's header, where a missing field is reported.
@@ -136,12 +162,19 @@ impl<'a, 'i> Table<'a, 'i> {
     }
 
     pub fn get(&self, key: &str) -> Option<&'a Spanned<DeValue<'i>>> {
-        debug_assert!(self.known.contains(&key), "{key} missing from the known list");
+        debug_assert!(
+            self.known.contains(&key),
+            "{key} missing from the known list"
+        );
         self.table.get(key)
     }
 
     pub fn missing(&self, report: &mut Report, key: &str, expected: &str) {
-        report.at_line(self.line, self.field(key), format!("missing; expected {expected}"));
+        report.at_line(
+            self.line,
+            self.field(key),
+            format!("missing; expected {expected}"),
+        );
     }
 
     /// Reports every key this table does not know, naming the ones it does.
@@ -161,7 +194,13 @@ impl<'a, 'i> Table<'a, 'i> {
                 let known: Vec<String> = self
                     .known
                     .iter()
-                    .map(|k| if *k == "peer" { "[[peer]]".to_string() } else { format!("[{k}]") })
+                    .map(|k| {
+                        if *k == "peer" {
+                            "[[peer]]".to_string()
+                        } else {
+                            format!("[{k}]")
+                        }
+                    })
                     .collect();
                 let what = if value.get_ref().is_table() || value.get_ref().is_array() {
                     format!("unknown section [{name}]")
@@ -177,7 +216,8 @@ impl<'a, 'i> Table<'a, 'i> {
                     self.known.join(", ")
                 )
             };
-            if let Some(h) = hint(name).or_else(|| suggestion(name, self.known).map(str::to_string)) {
+            if let Some(h) = hint(name).or_else(|| suggestion(name, self.known).map(str::to_string))
+            {
                 message.push_str(&format!(" (did you mean {h}?)"));
             }
             report.at(key.span(), self.field(name), message);
@@ -193,7 +233,10 @@ pub fn suggestion(unknown: &str, known: &[&'static str]) -> Option<&'static str>
 }
 
 fn fold(name: &str) -> String {
-    name.chars().filter(|c| *c != '_' && *c != '-').flat_map(char::to_lowercase).collect()
+    name.chars()
+        .filter(|c| *c != '_' && *c != '-')
+        .flat_map(char::to_lowercase)
+        .collect()
 }
 
 fn kind(value: &DeValue) -> &'static str {
@@ -209,7 +252,11 @@ fn kind(value: &DeValue) -> &'static str {
 }
 
 fn wrong_type(report: &mut Report, field: &str, value: &Spanned<DeValue>, expected: &str) {
-    report.at(value.span(), field, format!("found {}, expected {expected}", kind(value.get_ref())));
+    report.at(
+        value.span(),
+        field,
+        format!("found {}, expected {expected}", kind(value.get_ref())),
+    );
 }
 
 pub fn string<'a>(
@@ -254,11 +301,19 @@ pub fn integer(
     match i128::from_str_radix(&digits, int.radix()) {
         Ok(n) if range.contains(&n) => Some(n),
         Ok(n) => {
-            report.at(value.span(), field, format!("found {n}, expected {expected}"));
+            report.at(
+                value.span(),
+                field,
+                format!("found {n}, expected {expected}"),
+            );
             None
         }
         Err(_) => {
-            report.at(value.span(), field, format!("found an integer out of range, expected {expected}"));
+            report.at(
+                value.span(),
+                field,
+                format!("found an integer out of range, expected {expected}"),
+            );
             None
         }
     }
@@ -298,7 +353,11 @@ pub fn string_list<T>(
             continue;
         };
         match parse(text) {
-            Ok(parsed) => out.push(Item { value: parsed, index, span: item.span() }),
+            Ok(parsed) => out.push(Item {
+                value: parsed,
+                index,
+                span: item.span(),
+            }),
             Err(message) => report.at(item.span(), item_field, message),
         }
     }
@@ -349,8 +408,14 @@ mod tests {
 
     #[test]
     fn suggestions_fold_case_and_underscores() {
-        assert_eq!(suggestion("PrivateKey", &["private_key", "address"]), Some("private_key"));
-        assert_eq!(suggestion("AllowedIPs", &["allowed_ips"]), Some("allowed_ips"));
+        assert_eq!(
+            suggestion("PrivateKey", &["private_key", "address"]),
+            Some("private_key")
+        );
+        assert_eq!(
+            suggestion("AllowedIPs", &["allowed_ips"]),
+            Some("allowed_ips")
+        );
         assert_eq!(suggestion("colour", &["color"]), None);
     }
 
@@ -362,6 +427,10 @@ mod tests {
         }
         let problems = report.finish();
         assert_eq!(problems.len(), MAX_PROBLEMS + 1);
-        assert!(problems.last().unwrap().message.starts_with("5 more problems"));
+        assert!(problems
+            .last()
+            .unwrap()
+            .message
+            .starts_with("5 more problems"));
     }
 }

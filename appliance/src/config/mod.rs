@@ -160,7 +160,9 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 fn read_bounded(path: &Path, limit: u64) -> std::io::Result<String> {
     use std::io::Read;
     let mut text = String::new();
-    std::fs::File::open(path)?.take(limit + 1).read_to_string(&mut text)?;
+    std::fs::File::open(path)?
+        .take(limit + 1)
+        .read_to_string(&mut text)?;
     if text.len() as u64 > limit {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
@@ -177,7 +179,8 @@ fn read_bounded(path: &Path, limit: u64) -> std::io::Result<String> {
 /// guesswork), otherwise every field, every peer and every cross-peer rule is checked.
 pub fn parse(text: &str, origin: &str, base_dir: Option<&Path>) -> Result<Config, ConfigError> {
     let mut report = document::Report::new(text);
-    let config = document::parse(text, &mut report).and_then(|root| build(&root, base_dir, &mut report));
+    let config =
+        document::parse(text, &mut report).and_then(|root| build(&root, base_dir, &mut report));
     if report.is_clean() {
         if let Some(config) = config {
             return Ok(config);
@@ -191,18 +194,27 @@ pub fn parse(text: &str, origin: &str, base_dir: Option<&Path>) -> Result<Config
              it in this format",
         );
     }
-    Err(ConfigError { origin: origin.into(), problems: report.finish() })
+    Err(ConfigError {
+        origin: origin.into(),
+        problems: report.finish(),
+    })
 }
 
 fn looks_like_wg_quick(text: &str) -> bool {
-    text.lines().any(|l| matches!(l.trim(), "[Interface]" | "[Peer]"))
+    text.lines()
+        .any(|l| matches!(l.trim(), "[Interface]" | "[Peer]"))
 }
 
-fn build(root: &toml::de::DeTable, base_dir: Option<&Path>, report: &mut document::Report) -> Option<Config> {
+fn build(
+    root: &toml::de::DeTable,
+    base_dir: Option<&Path>,
+    report: &mut document::Report,
+) -> Option<Config> {
     let drafts = schema::read(root, base_dir, report);
     consistency::check_peers(drafts.interface.as_ref(), &drafts.peers, report);
     let interface = drafts.interface?;
-    let selftest_address = consistency::selftest_address(&interface, &drafts.peers, &drafts.selftest, report);
+    let selftest_address =
+        consistency::selftest_address(&interface, &drafts.peers, &drafts.selftest, report);
     if !report.is_clean() {
         return None;
     }
@@ -230,8 +242,15 @@ fn build(root: &toml::de::DeTable, base_dir: Option<&Path>, report: &mut documen
             name: interface.name,
         },
         peers,
-        nat: Nat { masquerade: drafts.nat.masquerade, egress: drafts.nat.egress, reach: drafts.nat.reach },
-        health: Health { listen: drafts.health.listen?, drain_seconds: drafts.health.drain_seconds },
+        nat: Nat {
+            masquerade: drafts.nat.masquerade,
+            egress: drafts.nat.egress,
+            reach: drafts.nat.reach,
+        },
+        health: Health {
+            listen: drafts.health.listen?,
+            drain_seconds: drafts.health.drain_seconds,
+        },
         selftest: SelfTest {
             interval_seconds: drafts.selftest.interval_seconds,
             address: selftest_address?,

@@ -35,9 +35,10 @@ fn split_prefix(text: &str) -> Result<(IpAddr, Option<u8>), String> {
         Some((a, p)) => (a, Some(p)),
         None => (text, None),
     };
-    let ip: IpAddr = addr.trim().parse().map_err(|_| {
-        format!("found {}, expected an IPv4 or IPv6 address", shown(text))
-    })?;
+    let ip: IpAddr = addr
+        .trim()
+        .parse()
+        .map_err(|_| format!("found {}, expected an IPv4 or IPv6 address", shown(text)))?;
     let prefix = match prefix {
         None => None,
         Some(p) => {
@@ -86,7 +87,11 @@ pub fn interface_address(text: &str) -> Result<InterfaceAddress, String> {
             let host_mask = u32::MAX >> prefix_len;
             let host = u32::from(v4) & host_mask;
             if host == 0 || host == host_mask {
-                let net = InterfaceAddress { address, prefix_len }.network();
+                let net = InterfaceAddress {
+                    address,
+                    prefix_len,
+                }
+                .network();
                 return Err(format!(
                     "found {}, which is the network or broadcast address of {net}; expected a host \
                      address in it, e.g. {}/{prefix_len}",
@@ -96,7 +101,10 @@ pub fn interface_address(text: &str) -> Result<InterfaceAddress, String> {
             }
         }
     }
-    Ok(InterfaceAddress { address, prefix_len })
+    Ok(InterfaceAddress {
+        address,
+        prefix_len,
+    })
 }
 
 fn first_host(net: &IpNetwork) -> IpAddr {
@@ -129,7 +137,10 @@ pub fn network_truncating(text: &str) -> Result<(IpNetwork, bool), String> {
     let (ip, prefix) = split_prefix(text)?;
     let prefix = prefix.unwrap_or_else(|| max_prefix(&ip));
     let net = IpNetwork::new_truncate(ip, prefix).map_err(|_| {
-        format!("found {}, expected a network like 10.0.1.0/24 or fd00::/64", shown(text))
+        format!(
+            "found {}, expected a network like 10.0.1.0/24 or fd00::/64",
+            shown(text)
+        )
     })?;
     Ok((net, net.network_address() != ip))
 }
@@ -137,10 +148,16 @@ pub fn network_truncating(text: &str) -> Result<(IpNetwork, bool), String> {
 /// `IP:port` or `[IPv6]:port`, port 1–65535. `what` names the thing in the message.
 pub fn socket_addr(text: &str, what: &str) -> Result<SocketAddr, String> {
     let addr: SocketAddr = text.trim().parse().map_err(|_| {
-        format!("found {}, expected {what} as IP:port or [IPv6]:port", shown(text))
+        format!(
+            "found {}, expected {what} as IP:port or [IPv6]:port",
+            shown(text)
+        )
     })?;
     if addr.port() == 0 {
-        return Err(format!("found {}, expected a port 1–65535, not 0", shown(text)));
+        return Err(format!(
+            "found {}, expected a port 1–65535, not 0",
+            shown(text)
+        ));
     }
     Ok(addr)
 }
@@ -160,7 +177,9 @@ pub fn endpoint(text: &str) -> Result<SocketAddr, String> {
             let is_name = !host.is_empty()
                 && host.parse::<IpAddr>().is_err()
                 && host.chars().any(|c| c.is_ascii_alphabetic())
-                && host.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-');
+                && host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-');
             if is_name {
                 Err(format!(
                     "found the host name {}; expected IP:port or [IPv6]:port (the bastion does not \
@@ -187,9 +206,15 @@ pub fn interface_name(text: &str) -> Result<(), String> {
         ));
     }
     if text == "." || text == ".." {
-        return Err(format!("found {}, expected a Linux interface name like wg0", shown(text)));
+        return Err(format!(
+            "found {}, expected a Linux interface name like wg0",
+            shown(text)
+        ));
     }
-    if text.chars().any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control()) {
+    if text
+        .chars()
+        .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
+    {
         return Err(format!(
             "found {}, expected a Linux interface name without '/', ':' or whitespace",
             shown(text)
@@ -204,7 +229,10 @@ pub fn peer_name(text: &str) -> Result<(), String> {
         return Err("found an empty name, expected a name like \"alice-laptop\"".into());
     }
     if text.chars().count() > 64 {
-        return Err(format!("found {}, expected at most 64 characters", shown(text)));
+        return Err(format!(
+            "found {}, expected at most 64 characters",
+            shown(text)
+        ));
     }
     if text.chars().any(|c| c.is_control()) {
         return Err(format!(
@@ -225,12 +253,25 @@ mod tests {
         assert_eq!(a.to_string(), "10.100.0.1/24");
         assert_eq!(a.network().to_string(), "10.100.0.0/24");
         assert!(interface_address("fd00:100::1/64").is_ok());
-        assert!(interface_address("10.100.0.1").unwrap_err().contains("without a prefix"));
-        assert!(interface_address("10.100.0.0/24").unwrap_err().contains("network or broadcast"));
-        assert!(interface_address("10.100.0.255/24").unwrap_err().contains("broadcast"));
-        assert!(interface_address("10.100.0.0/31").is_ok(), "RFC 3021 point-to-point");
-        assert!(interface_address("10.100.0.1/33").unwrap_err().contains("0–32"));
-        assert!(interface_address("10.100.0.300/24").unwrap_err().contains("expected an IPv4"));
+        assert!(interface_address("10.100.0.1")
+            .unwrap_err()
+            .contains("without a prefix"));
+        assert!(interface_address("10.100.0.0/24")
+            .unwrap_err()
+            .contains("network or broadcast"));
+        assert!(interface_address("10.100.0.255/24")
+            .unwrap_err()
+            .contains("broadcast"));
+        assert!(
+            interface_address("10.100.0.0/31").is_ok(),
+            "RFC 3021 point-to-point"
+        );
+        assert!(interface_address("10.100.0.1/33")
+            .unwrap_err()
+            .contains("0–32"));
+        assert!(interface_address("10.100.0.300/24")
+            .unwrap_err()
+            .contains("expected an IPv4"));
     }
 
     #[test]
@@ -238,7 +279,10 @@ mod tests {
         assert_eq!(network("10.0.1.0/24").unwrap().to_string(), "10.0.1.0/24");
         assert_eq!(network("10.0.1.7").unwrap().to_string(), "10.0.1.7/32");
         let e = network("10.0.0.1/24").unwrap_err();
-        assert!(e.contains("10.0.0.0/24") && e.contains("10.0.0.1/32"), "{e}");
+        assert!(
+            e.contains("10.0.0.0/24") && e.contains("10.0.0.1/32"),
+            "{e}"
+        );
         let (net, truncated) = network_truncating("10.0.0.1/24").unwrap();
         assert_eq!((net.to_string().as_str(), truncated), ("10.0.0.0/24", true));
         assert!(network("fd00::1/200").is_err());
@@ -249,7 +293,9 @@ mod tests {
     fn endpoints_are_addresses_not_names() {
         assert_eq!(endpoint("198.51.100.7:51820").unwrap().port(), 51820);
         assert!(endpoint("[2001:db8::1]:51820").is_ok());
-        assert!(endpoint("vpn.example.com:51820").unwrap_err().contains("does not resolve"));
+        assert!(endpoint("vpn.example.com:51820")
+            .unwrap_err()
+            .contains("does not resolve"));
         assert!(endpoint("198.51.100.7").is_err());
         assert!(endpoint("198.51.100.7:0").unwrap_err().contains("not 0"));
         assert!(endpoint("0.0.0.0:51820").is_err());
@@ -259,7 +305,9 @@ mod tests {
     fn interface_names_follow_the_kernel() {
         assert!(interface_name("wg0").is_ok());
         assert!(interface_name("a23456789012345").is_ok());
-        assert!(interface_name("a234567890123456").unwrap_err().contains("15 bytes"));
+        assert!(interface_name("a234567890123456")
+            .unwrap_err()
+            .contains("15 bytes"));
         for bad in ["", ".", "..", "wg/0", "wg 0", "wg:0"] {
             assert!(interface_name(bad).is_err(), "{bad:?}");
         }

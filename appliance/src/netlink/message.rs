@@ -259,19 +259,8 @@ pub struct Attr<'a> {
 }
 
 impl<'a> Attr<'a> {
-    pub fn u8(&self) -> io::Result<u8> {
-        match self.payload {
-            [b] => Ok(*b),
-            _ => Err(self.wrong_size("1")),
-        }
-    }
-
     pub fn u32(&self) -> io::Result<u32> {
         <[u8; 4]>::try_from(self.payload).map(u32::from_ne_bytes).map_err(|_| self.wrong_size("4"))
-    }
-
-    pub fn u32_be(&self) -> io::Result<u32> {
-        <[u8; 4]>::try_from(self.payload).map(u32::from_be_bytes).map_err(|_| self.wrong_size("4"))
     }
 
     /// A string attribute: UTF-8, up to the first NUL (the kernel NUL-terminates most).
@@ -282,10 +271,6 @@ impl<'a> Attr<'a> {
         };
         std::str::from_utf8(bytes)
             .map_err(|_| invalid(format!("netlink attribute {}: string is not UTF-8", self.kind)))
-    }
-
-    pub fn nested(&self) -> Attributes<'a> {
-        attributes(self.payload)
     }
 
     fn wrong_size(&self, expected: &str) -> io::Error {
@@ -391,9 +376,9 @@ mod tests {
         let top: Vec<_> = attributes(outer).collect::<io::Result<_>>().unwrap();
         assert_eq!(top.len(), 1);
         assert_eq!(top[0].kind, 4);
-        let inner: Vec<_> = top[0].nested().collect::<io::Result<_>>().unwrap();
+        let inner: Vec<_> = attributes(top[0].payload).collect::<io::Result<_>>().unwrap();
         assert_eq!(inner[0].kind, 1);
-        assert_eq!(inner[0].nested().next().unwrap().unwrap().u32().unwrap(), 0xdead_beef);
+        assert_eq!(attributes(inner[0].payload).next().unwrap().unwrap().u32().unwrap(), 0xdead_beef);
         assert_eq!(inner[1].payload, &[1, 2]);
     }
 
@@ -425,7 +410,7 @@ mod tests {
         assert!(attributes(&[1, 0]).next().unwrap().is_err());
         // Wrong sizes for typed reads.
         let a = Attr { kind: 3, payload: &[1, 2, 3] };
-        assert!(a.u32().is_err() && a.u32_be().is_err() && a.u8().is_err());
+        assert!(a.u32().is_err());
         assert!(Attr { kind: 3, payload: &[0xff, 0xfe] }.string().is_err());
         // Every prefix of a valid two-message datagram parses or errors, never panics.
         let mut two = MessageBuilder::new(1, 0, 1);

@@ -401,14 +401,6 @@ impl Batch {
         Batch::default()
     }
 
-    pub fn len(&self) -> usize {
-        self.messages.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.messages.is_empty()
-    }
-
     fn push(&mut self, what: String, build: impl FnOnce(&mut MessageBuilder) -> io::Result<()>, kind: u16, flags: u16, family: u8) {
         if self.error.is_some() {
             return;

@@ -136,9 +136,9 @@ pub fn link_by_index(index: u32) -> io::Result<Option<Link>> {
 
 /// Sets the link administratively up or down.
 pub fn set_link_up(index: u32, up: bool) -> io::Result<()> {
-    let doing = format!("set {} {}", describe(index), if up { "up" } else { "down" });
-    let ifindex = to_ifindex(index).map_err(|e| context(e, &doing))?;
-    acknowledged(&doing, |seq| {
+    let doing = || format!("set {} {}", describe(index), if up { "up" } else { "down" });
+    let ifindex = to_ifindex(index).map_err(|e| context(e, doing()))?;
+    acknowledged(doing, |seq| {
         let mut m = MessageBuilder::new(RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK, seq);
         m.fixed(&ifinfomsg(libc::AF_UNSPEC as u8, ifindex, if up { IFF_UP } else { 0 }, IFF_UP));
         m.finish()
@@ -146,9 +146,9 @@ pub fn set_link_up(index: u32, up: bool) -> io::Result<()> {
 }
 
 pub fn set_mtu(index: u32, mtu: u32) -> io::Result<()> {
-    let doing = format!("set mtu of {} to {mtu}", describe(index));
-    let ifindex = to_ifindex(index).map_err(|e| context(e, &doing))?;
-    acknowledged(&doing, |seq| {
+    let doing = || format!("set mtu of {} to {mtu}", describe(index));
+    let ifindex = to_ifindex(index).map_err(|e| context(e, doing()))?;
+    acknowledged(doing, |seq| {
         let mut m = MessageBuilder::new(RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK, seq);
         m.fixed(&ifinfomsg(libc::AF_UNSPEC as u8, ifindex, 0, 0));
         m.attr_u32(IFLA_MTU, mtu);
@@ -161,8 +161,8 @@ pub fn set_mtu(index: u32, mtu: u32) -> io::Result<()> {
 /// IPv6 addresses skip duplicate address detection: they are usable at once, which is what a
 /// tunnel address needs (there is nobody on a TUN to collide with).
 pub fn add_address(index: u32, address: IpAddr, prefix_len: u8) -> io::Result<()> {
-    let doing = format!("add address {address}/{prefix_len} to {}", describe(index));
-    let ifindex = to_ifindex(index).map_err(|e| context(e, &doing))?;
+    let doing = || format!("add address {address}/{prefix_len} to {}", describe(index));
+    let ifindex = to_ifindex(index).map_err(|e| context(e, doing()))?;
     let (family, bytes, max) = match address {
         IpAddr::V4(a) => (libc::AF_INET as u8, a.octets().to_vec(), 32),
         IpAddr::V6(a) => (libc::AF_INET6 as u8, a.octets().to_vec(), 128),
@@ -170,10 +170,10 @@ pub fn add_address(index: u32, address: IpAddr, prefix_len: u8) -> io::Result<()
     if prefix_len > max {
         return Err(context(
             io::Error::new(io::ErrorKind::InvalidInput, format!("prefix length must be at most {max}")),
-            &doing,
+            doing(),
         ));
     }
-    let result = acknowledged(&doing, |seq| {
+    let result = acknowledged(doing, |seq| {
         let flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL;
         let mut m = MessageBuilder::new(RTM_NEWADDR, flags, seq);
         let mut header = [0u8; IFADDRMSG_LEN];
@@ -197,18 +197,18 @@ pub fn add_address(index: u32, address: IpAddr, prefix_len: u8) -> io::Result<()
 
 /// The addresses of link `index`, IPv4 and IPv6.
 pub fn addresses(index: u32) -> io::Result<Vec<Address>> {
-    let doing = format!("list addresses of {}", describe(index));
-    let mut socket = Socket::open(libc::NETLINK_ROUTE).map_err(|e| context(e, &doing))?;
+    let doing = || format!("list addresses of {}", describe(index));
+    let mut socket = Socket::open(libc::NETLINK_ROUTE).map_err(|e| context(e, doing()))?;
     let answers = socket
         .dump(|seq| {
             let mut m = MessageBuilder::new(RTM_GETADDR, NLM_F_REQUEST | NLM_F_DUMP, seq);
             m.fixed(&[libc::AF_UNSPEC as u8, 0, 0, 0, 0, 0, 0, 0]);
             m.finish()
         })
-        .map_err(|e| context(e, &doing))?;
+        .map_err(|e| context(e, doing()))?;
     let mut result = Vec::new();
     for answer in answers.iter().filter(|a| a.kind == RTM_NEWADDR) {
-        let (on, address) = parse_address(&answer.payload).map_err(|e| context(e, &doing))?;
+        let (on, address) = parse_address(&answer.payload).map_err(|e| context(e, doing()))?;
         if on == index {
             result.extend(address);
         }
@@ -218,9 +218,9 @@ pub fn addresses(index: u32) -> io::Result<Vec<Address>> {
 
 /// Installs (or replaces) the IPv4 default route through `gateway` on link `index`.
 pub fn replace_default_route(gateway: Ipv4Addr, index: u32) -> io::Result<()> {
-    let doing = format!("set default route via {gateway} on {}", describe(index));
-    let ifindex = to_ifindex(index).map_err(|e| context(e, &doing))?;
-    acknowledged(&doing, |seq| {
+    let doing = || format!("set default route via {gateway} on {}", describe(index));
+    let ifindex = to_ifindex(index).map_err(|e| context(e, doing()))?;
+    acknowledged(doing, |seq| {
         let flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE;
         let mut m = MessageBuilder::new(RTM_NEWROUTE, flags, seq);
         m.fixed(&rtmsg(libc::AF_INET as u8, 0, RT_TABLE_MAIN, RTPROT_BOOT, RT_SCOPE_UNIVERSE, RTN_UNICAST));
@@ -261,9 +261,11 @@ pub fn default_route_interface() -> io::Result<Option<String>> {
     }
 }
 
-fn acknowledged(doing: &str, build: impl FnOnce(u32) -> io::Result<Vec<u8>>) -> io::Result<()> {
-    let mut socket = Socket::open(libc::NETLINK_ROUTE).map_err(|e| context(e, doing))?;
-    socket.request(build).map(|_| ()).map_err(|e| context(e, doing))
+/// One change acknowledged by the kernel. `doing` describes it for an error, and is only
+/// called then (it looks the link's name up).
+fn acknowledged(doing: impl Fn() -> String, build: impl FnOnce(u32) -> io::Result<Vec<u8>>) -> io::Result<()> {
+    let mut socket = Socket::open(libc::NETLINK_ROUTE).map_err(|e| context(e, doing()))?;
+    socket.request(build).map(|_| ()).map_err(|e| context(e, doing()))
 }
 
 /// "link 7 (wg0)" for error messages; only the index when the name cannot be had.
@@ -443,7 +445,7 @@ fn bad_length(what: &str, len: usize) -> io::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::netlink::testns::{run, ScratchNetns};
+    use crate::netlink::testns::{drop_capabilities, run, ScratchNetns};
 
     fn link_message(index: i32, flags: u32, attrs: &[(u16, &[u8])]) -> Vec<u8> {
         let mut m = MessageBuilder::new(RTM_NEWLINK, 0, 0);
@@ -604,6 +606,32 @@ mod tests {
             assert_eq!(errno(&err), Some(libc::EINVAL));
             let err = set_link_up(999_999, true).unwrap_err();
             assert!(err.to_string().contains("set link 999999 up"), "{err}");
+
+            drop_capabilities();
+            let err = set_mtu(link.index, 1400).unwrap_err();
+            assert_eq!(errno(&err), Some(libc::EPERM));
+            assert!(err.to_string().starts_with("set mtu of link"), "{err}");
+            // Reading needs no privilege.
+            assert!(link_by_name("bnl-link").unwrap().is_some());
+        });
+    }
+
+    /// What the data plane does with its TUN: MTU, addresses of both families, up.
+    #[test]
+    fn kernel_tun_setup() {
+        run(|netns| {
+            netns.command_ok("ip", &["tuntap", "add", "mode", "tun", "name", "bnl-tun0"]);
+            let tun = link_by_name("bnl-tun0").unwrap().unwrap();
+            assert!(tun.mac.is_empty(), "a TUN has no hardware address");
+            set_mtu(tun.index, 1420).unwrap();
+            add_address(tun.index, "10.99.0.1".parse().unwrap(), 24).unwrap();
+            add_address(tun.index, "fd99::1".parse().unwrap(), 64).unwrap();
+            set_link_up(tun.index, true).unwrap();
+            let shown = ip_json(netns, &["addr", "show", "dev", "bnl-tun0"]);
+            assert!(shown.contains("\"mtu\":1420"), "{shown}");
+            assert!(shown.contains("\"local\":\"10.99.0.1\",\"prefixlen\":24"), "{shown}");
+            assert!(shown.contains("\"local\":\"fd99::1\",\"prefixlen\":64"), "{shown}");
+            assert!(link_by_name("bnl-tun0").unwrap().unwrap().up);
         });
     }
 
