@@ -182,3 +182,81 @@ impl Device for PacketSocket {
         caps
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs the classic BPF program the way the kernel does, for the opcodes it uses.
+    fn run_filter(frame: &[u8]) -> u32 {
+        let prog = dhcp_filter();
+        let (mut a, mut x, mut pc) = (0u32, 0u32, 0usize);
+        let byte = |i: usize| frame.get(i).copied();
+        let half = |i: usize| Some(u16::from_be_bytes([byte(i)?, byte(i + 1)?]) as u32);
+        loop {
+            let op = prog[pc];
+            pc += 1;
+            let loaded = match op.code {
+                0x28 => half(op.k as usize),
+                0x30 => byte(op.k as usize).map(u32::from),
+                0x48 => half((x + op.k) as usize),
+                0xb1 => {
+                    x = byte(op.k as usize).map(|b| 4 * (b as u32 & 0xf)).unwrap_or(0);
+                    continue;
+                }
+                0x15 | 0x45 => {
+                    let taken = if op.code == 0x15 { a == op.k } else { a & op.k != 0 };
+                    pc += if taken { op.jt } else { op.jf } as usize;
+                    continue;
+                }
+                0x06 => return op.k,
+                other => panic!("opcode {other:#x} not modelled"),
+            };
+            // A load past the end of the frame drops it, as in the kernel.
+            match loaded {
+                Some(v) => a = v,
+                None => return 0,
+            }
+        }
+    }
+
+    fn ipv4_udp(dst_port: u16, frag: u16) -> Vec<u8> {
+        let mut f = vec![0u8; 14 + 20 + 8];
+        f[12..14].copy_from_slice(&[0x08, 0x00]);
+        f[14] = 0x45;
+        f[20..22].copy_from_slice(&frag.to_be_bytes());
+        f[23] = 17;
+        f[36..38].copy_from_slice(&dst_port.to_be_bytes());
+        f
+    }
+
+    fn arp(op: u16) -> Vec<u8> {
+        let mut f = vec![0u8; 42];
+        f[12..14].copy_from_slice(&[0x08, 0x06]);
+        f[20..22].copy_from_slice(&op.to_be_bytes());
+        f
+    }
+
+    #[test]
+    fn filter_passes_dhcp_to_the_client_and_arp_replies_only() {
+        assert_eq!(run_filter(&ipv4_udp(68, 0)), MAX_FRAME as u32, "DHCP to the client");
+        assert_eq!(run_filter(&ipv4_udp(68, 0x4000)), MAX_FRAME as u32, "don't-fragment set");
+        assert_eq!(run_filter(&arp(2)), MAX_FRAME as u32, "ARP reply");
+        assert_eq!(run_filter(&arp(1)), 0, "ARP request: the kernel answers those");
+        assert_eq!(run_filter(&ipv4_udp(67, 0)), 0, "DHCP to a server");
+        assert_eq!(run_filter(&ipv4_udp(51820, 0)), 0, "WireGuard");
+        assert_eq!(run_filter(&ipv4_udp(68, 0x0010)), 0, "a later fragment");
+        let mut tcp = ipv4_udp(68, 0);
+        tcp[23] = 6;
+        assert_eq!(run_filter(&tcp), 0, "TCP");
+        let mut options = ipv4_udp(0, 0);
+        options[14] = 0x46; // 24-byte IP header: the port moves by 4
+        options.extend_from_slice(&[0; 4]);
+        options[40..42].copy_from_slice(&68u16.to_be_bytes());
+        assert_eq!(run_filter(&options), MAX_FRAME as u32, "IP options");
+        let mut ipv6 = ipv4_udp(68, 0);
+        ipv6[12..14].copy_from_slice(&[0x86, 0xdd]);
+        assert_eq!(run_filter(&ipv6), 0, "IPv6");
+        assert_eq!(run_filter(&[0x08, 0x00]), 0, "runt frame");
+    }
+}
