@@ -4,6 +4,7 @@
 //! Written archives are deterministic: entries in the given order, inode numbers counted from 1,
 //! every timestamp and owner zero.
 
+#[cfg(test)]
 use std::fmt;
 
 const MAGIC: &[u8; 6] = b"070701";
@@ -86,15 +87,18 @@ pub fn write(entries: &[Entry]) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
+#[cfg(test)]
 #[derive(Debug, PartialEq, Eq)]
 pub struct ParseError(pub String);
 
+#[cfg(test)]
 impl fmt::Display for ParseError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "cpio: {}", self.0)
     }
 }
 
+#[cfg(test)]
 /// Reads a newc archive back into entries (up to the trailer). Garbage is an error.
 pub fn read(data: &[u8]) -> Result<Vec<Entry>, ParseError> {
     let bad = |m: &str| ParseError(m.to_string());

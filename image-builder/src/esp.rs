@@ -55,6 +55,7 @@ pub fn read_file(volume: &[u8], path: &str) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
+#[cfg(test)]
 /// The FAT type fatfs sees in a volume.
 pub fn fat_type(volume: &[u8]) -> Result<fatfs::FatType, String> {
     let fs = fatfs::FileSystem::new(Cursor::new(volume.to_vec()), fatfs::FsOptions::new()).map_err(|e| format!("ESP: {e}"))?;

@@ -234,6 +234,15 @@ pub fn build(inputs: &Inputs) -> Result<Summary, String> {
     let arch = check_binary(&inputs.binary, &binary)?;
     let (vmlinuz_path, kernel_version, modules_dir) = find_kernel(&inputs.kernel)?;
     let kernel = read(&vmlinuz_path, "kernel")?;
+    let kernel_machine = uki::parse(&kernel).map(|pe| pe.machine).map_err(|e| format!("kernel {}: {e}", vmlinuz_path.display()))?;
+    if kernel_machine != arch.pe_machine() {
+        return Err(format!(
+            "binary {} is for {} but kernel {} is not (PE machine {kernel_machine:#x}); use the kernel package of the binary's architecture",
+            inputs.binary.display(),
+            arch.name(),
+            vmlinuz_path.display()
+        ));
+    }
     let stub_path = find_stub(&inputs.stub, arch);
     let stub = read(&stub_path, "EFI stub (from systemd-boot-efi)")?;
     if inputs.esp_size + (4 << 20) > inputs.disk_size {
@@ -330,4 +339,165 @@ pub fn build(inputs: &Inputs) -> Result<Summary, String> {
         nonzero_blocks: blocks.len() as u64,
         out: inputs.out.clone(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::elf::tests::build_elf;
+    use crate::uki::tests::fake_pe;
+
+    const MIB: u64 = 1 << 20;
+
+    /// A scratch folder with a fake arm64 kernel package, stub package and appliance binary.
+    struct Fixture {
+        dir: PathBuf,
+    }
+
+    impl Drop for Fixture {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    impl Fixture {
+        fn new(name: &str) -> Fixture {
+            let dir = std::env::temp_dir().join(format!("bastion-image-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            let kernel = dir.join("kernel");
+            std::fs::create_dir_all(kernel.join("boot")).unwrap();
+            std::fs::write(kernel.join("boot/vmlinuz-6.1.0-test"), fake_pe(0xaa64)).unwrap();
+            std::fs::write(kernel.join("boot/config-6.1.0-test"), "CONFIG_BLK_DEV_INITRD=y\nCONFIG_RD_GZIP=y\n").unwrap();
+            let modules = kernel.join("lib/modules/6.1.0-test");
+            std::fs::create_dir_all(modules.join("kernel")).unwrap();
+            std::fs::write(modules.join("modules.builtin"), "kernel/net/packet/af_packet.ko\n").unwrap();
+            for m in APPLIANCE_MODULES.iter().filter(|m| **m != "af_packet") {
+                let info = format!("name={m}\0depends=\0");
+                std::fs::write(modules.join(format!("kernel/{m}.ko")), build_elf(183, false, &[(".modinfo", info.as_bytes())])).unwrap();
+            }
+            let stub = dir.join("stub").join(Arch::Aarch64.stub_path());
+            std::fs::create_dir_all(stub.parent().unwrap()).unwrap();
+            std::fs::write(&stub, fake_pe(0xaa64)).unwrap();
+            std::fs::write(dir.join("bastion"), build_elf(183, false, &[(".text", b"code")])).unwrap();
+            std::fs::create_dir_all(dir.join("rootfs/etc/bastion")).unwrap();
+            std::fs::write(dir.join("rootfs/etc/bastion/example.toml"), "x = 1\n").unwrap();
+            Fixture { dir }
+        }
+
+        fn inputs(&self) -> Inputs {
+            Inputs {
+                binary: self.dir.join("bastion"),
+                kernel: self.dir.join("kernel"),
+                stub: self.dir.join("stub"),
+                rootfs: Some(self.dir.join("rootfs")),
+                config: None,
+                config_checker: None,
+                version: "1.2.3".into(),
+                disk_size: 96 * MIB,
+                esp_size: esp::MIN_SIZE,
+                cmdline: None,
+                extra_modules: vec![],
+                out: self.dir.join("disk.img"),
+                initramfs_out: None,
+            }
+        }
+
+        /// Nothing but the inputs is left in the folder.
+        fn assert_no_output(&self) {
+            let names: Vec<String> = std::fs::read_dir(&self.dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("disk.img"))
+                .collect();
+            assert!(names.is_empty(), "left behind: {names:?}");
+        }
+    }
+
+    #[test]
+    fn builds_a_bootable_layout_deterministically() {
+        let fx = Fixture::new("ok");
+        let summary = build(&fx.inputs()).unwrap();
+        assert_eq!(summary.modules.len(), APPLIANCE_MODULES.len() - 1);
+        assert_eq!(summary.built_in, ["af_packet"]);
+        let disk = std::fs::read(&fx.dir.join("disk.img")).unwrap();
+        assert_eq!(disk.len() as u64, 96 * MIB);
+        // The ESP at 1 MiB holds the UKI, whose .initrd holds /init = the binary.
+        let esp_bytes = &disk[MIB as usize..(MIB + esp::MIN_SIZE) as usize];
+        let uki = esp::read_file(esp_bytes, "EFI/BOOT/BOOTAA64.EFI").unwrap();
+        let pe = uki::parse(&uki).unwrap();
+        let section = |n: &str| {
+            let s = pe.sections.iter().find(|s| s.name == n).unwrap();
+            uki[s.raw_offset as usize..(s.raw_offset + s.virtual_size) as usize].to_vec()
+        };
+        assert_eq!(section(".cmdline"), b"panic=10");
+        let mut cpio_bytes = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&section(".initrd")[..]), &mut cpio_bytes).unwrap();
+        let entries = crate::cpio::read(&cpio_bytes).unwrap();
+        let file = |p: &str| match &entries.iter().find(|e| e.path == p).unwrap_or_else(|| panic!("{p} missing")).kind {
+            crate::cpio::Kind::File(d) => d.clone(),
+            k => panic!("{p} is {k:?}"),
+        };
+        assert_eq!(file("init"), std::fs::read(fx.dir.join("bastion")).unwrap());
+        assert!(String::from_utf8(file("etc/os-release")).unwrap().contains("VERSION_ID=1.2.3"));
+        assert_eq!(file("etc/bastion/example.toml"), b"x = 1\n");
+        let list = String::from_utf8(file("etc/bastion/modules")).unwrap();
+        assert!(list.lines().all(|l| l.starts_with("/lib/modules/6.1.0-test/kernel/") && l.ends_with(".ko")), "{list}");
+        for line in list.lines() {
+            file(&line[1..]);
+        }
+        // Same inputs, same bytes; another version, other GUIDs.
+        let first = Sha256::digest(&disk);
+        build(&fx.inputs()).unwrap();
+        assert_eq!(first, Sha256::digest(std::fs::read(fx.dir.join("disk.img")).unwrap()));
+        let mut other = fx.inputs();
+        other.version = "1.2.4".into();
+        build(&other).unwrap();
+        assert_ne!(first, Sha256::digest(std::fs::read(fx.dir.join("disk.img")).unwrap()));
+    }
+
+    #[test]
+    fn bad_inputs_are_clear_errors_and_leave_nothing_behind() {
+        let fx = Fixture::new("bad");
+        let cases: Vec<(Box<dyn Fn(&mut Inputs)>, &str)> = vec![
+            (Box::new(|i| i.kernel = i.kernel.join("nonexistent")), "expected an extracted linux-image package"),
+            (Box::new(|i| i.binary = PathBuf::from("/bin/sh")), ""),
+            (Box::new(|i| i.stub = i.stub.join("nonexistent")), "EFI stub (from systemd-boot-efi)"),
+            (Box::new(|i| i.version = "1 2".into()), "version \"1 2\""),
+            (Box::new(|i| i.config = Some(i.kernel.join("boot/config-6.1.0-test"))), "cannot validate it"),
+        ];
+        for (change, expected) in cases {
+            let mut inputs = fx.inputs();
+            change(&mut inputs);
+            let e = build(&inputs).unwrap_err();
+            assert!(e.contains(expected), "{e}");
+            fx.assert_no_output();
+        }
+        // A dynamically linked or foreign binary.
+        std::fs::write(fx.dir.join("dynamic"), build_elf(183, true, &[])).unwrap();
+        let mut inputs = fx.inputs();
+        inputs.binary = fx.dir.join("dynamic");
+        assert!(build(&inputs).unwrap_err().contains("dynamically linked"));
+        std::fs::write(fx.dir.join("x86"), build_elf(62, false, &[])).unwrap();
+        inputs.binary = fx.dir.join("x86");
+        let e = build(&inputs).unwrap_err();
+        assert!(e.contains("is for x86_64 but kernel"), "{e}");
+        fx.assert_no_output();
+    }
+
+    #[test]
+    fn a_config_that_fails_check_config_is_refused() {
+        if Arch::host() == Some(Arch::Aarch64) {
+            return; // the fake binary would be run directly
+        }
+        let fx = Fixture::new("config");
+        let mut inputs = fx.inputs();
+        inputs.config = Some(fx.dir.join("rootfs/etc/bastion/example.toml"));
+        inputs.config_checker = Some(PathBuf::from("/bin/false"));
+        let e = build(&inputs).unwrap_err();
+        assert!(e.contains("fails check-config"), "{e}");
+        fx.assert_no_output();
+        inputs.config_checker = Some(PathBuf::from("/bin/true"));
+        let summary = build(&inputs).unwrap();
+        assert!(summary.config_note.contains("checked by /bin/true"), "{}", summary.config_note);
+    }
 }
