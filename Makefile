@@ -71,11 +71,12 @@ test-deps:
 
 unit-test:
 	$(CARGO) test --release -p bastion
+	$(CARGO) test --release -p bastion-image
 
 integration-test: build
 	BASTION_BIN=$(CURDIR)/target/release/bastion $(CARGO) test --release -p bastion-tests -- --test-threads=1
 
-test: test-deps unit-test integration-test
+test: test-deps unit-test integration-test boot-test
 
 # Cross toolchain, QEMU and firmware; the Rust target. Idempotent and quiet when all is there.
 image-deps:
@@ -119,13 +120,11 @@ image: appliance image-builder kernel $(if $(CONFIG),build)
 	  --rootfs rootfs --version $(VERSION) --initramfs-out $(ARCH_OUT)/initramfs.gz \
 	  $(if $(CONFIG),--config $(CONFIG) --check-config-with $(HOST_BASTION)) --out $(DISK)
 
-# Boots the image like an EC2 instance: UEFI, NVMe, serial console. Ctrl-C = power button.
-# IMDS_CMD: a command that serves IMDSv2 on 127.0.0.1:80 (the guest reaches it as
-# 169.254.169.254); started before QEMU, stopped after it (tests/imds/ provides it).
-IMDS_CMD ?=
-run: image
-	python3 tests/boot/qemu.py --arch $(ARCH) --image $(DISK) --console-log $(ARCH_OUT)/console.log \
-	  $(if $(IMDS_CMD),--companion "$(IMDS_CMD)")
+# Boots the image like a fresh EC2 instance (UEFI, NVMe, serial console) with fresh keys, the
+# config served as user-data by the IMDSv2 emulator (tests/imds/, when present) and a ready
+# wg-quick client config in $(ARCH_OUT)/run/. Ctrl-C = the power button.
+run: image build
+	python3 tests/boot/run.py --arch $(ARCH) --image $(DISK) --bastion $(HOST_BASTION) --workdir $(ARCH_OUT)/run
 
 # The boot tests: the real image reaches /init (boot_chain.py); an image with the stand-in init
 # tests/boot/probe-init proves the module list loads, the NIC binds and the power button

@@ -214,19 +214,10 @@ def timing_report(guest):
     return "boot timings (wall clock since QEMU start):\n" + "\n".join(rows) if rows else "no boot stage seen"
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--arch", default="aarch64", choices=sorted(FIRMWARE))
-    p.add_argument("--image", required=True)
-    p.add_argument("--console-log", help="also write the console, with timestamps, here")
-    p.add_argument("--udp-port", type=int, default=51820, help="host port forwarded to the guest's UDP 51820")
-    p.add_argument("--http-port", type=int, default=8080, help="host port forwarded to the guest's TCP 8080")
-    p.add_argument("--companion", help="a shell command to run alongside QEMU (the IMDSv2 emulator)")
-    p.add_argument("--powerdown-timeout", type=float, default=60, help="seconds to wait for power-off")
-    a = p.parse_args()
-
-    guest = Guest(a.arch, a.image, a.console_log, echo=True, udp_port=a.udp_port, http_port=a.http_port, companion=a.companion)
-    print(f"qemu.py: booting {a.image} ({a.arch}); Ctrl-C presses the power button", file=sys.stderr)
+def interactive(guest, powerdown_timeout=60):
+    """Streams the console until QEMU exits. The first Ctrl-C (or SIGTERM) presses the power
+    button and waits up to powerdown_timeout seconds for the guest to power off; a second one
+    quits QEMU. Returns QEMU's exit code."""
     presses = 0
     pressed_at = None
 
@@ -236,7 +227,7 @@ def main():
         if presses == 1:
             pressed_at = time.monotonic()
             print("\nqemu.py: power button pressed (system_powerdown); waiting for the guest to power off"
-                  " — Ctrl-C again to quit QEMU", file=sys.stderr)
+                  " (Ctrl-C again quits QEMU)", file=sys.stderr)
             try:
                 guest.powerdown()
             except OSError as e:
@@ -248,17 +239,33 @@ def main():
     signal.signal(signal.SIGINT, on_interrupt)
     signal.signal(signal.SIGTERM, on_interrupt)
     guest.start()
+    while guest.wait(0.5) is None:
+        if pressed_at and time.monotonic() - pressed_at > powerdown_timeout:
+            print(f"qemu.py: no power-off within {powerdown_timeout:.0f} s; quitting QEMU", file=sys.stderr)
+            pressed_at = None
+            guest.quit()
+    code = guest.proc.returncode
+    time.sleep(0.2)  # let the console thread drain
+    print(f"qemu.py: QEMU exited ({code})", file=sys.stderr)
+    print(timing_report(guest), file=sys.stderr)
+    return code
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--arch", default="aarch64", choices=sorted(FIRMWARE))
+    p.add_argument("--image", required=True)
+    p.add_argument("--console-log", help="also write the console, with timestamps, here")
+    p.add_argument("--udp-port", type=int, default=51820, help="host port forwarded to the guest's UDP 51820")
+    p.add_argument("--http-port", type=int, default=8080, help="host port forwarded to the guest's TCP 8080")
+    p.add_argument("--companion", help="a shell command to run alongside QEMU (the IMDSv2 emulator)")
+    p.add_argument("--powerdown-timeout", type=float, default=60, help="seconds to wait for power-off")
+    a = p.parse_args()
+    guest = Guest(a.arch, a.image, a.console_log, echo=True, udp_port=a.udp_port, http_port=a.http_port,
+                  companion=a.companion)
+    print(f"qemu.py: booting {a.image} ({a.arch}); Ctrl-C presses the power button", file=sys.stderr)
     try:
-        while guest.wait(0.5) is None:
-            if pressed_at and time.monotonic() - pressed_at > a.powerdown_timeout:
-                print(f"qemu.py: no power-off within {a.powerdown_timeout:.0f} s; quitting QEMU", file=sys.stderr)
-                guest.quit()
-                guest.wait(10)
-        code = guest.proc.returncode
-        time.sleep(0.2)  # let the console thread drain
-        print(f"qemu.py: QEMU exited ({code})", file=sys.stderr)
-        print(timing_report(guest), file=sys.stderr)
-        return 0 if code == 0 else 1
+        return 0 if interactive(guest, a.powerdown_timeout) == 0 else 1
     finally:
         guest.close()
 
