@@ -370,8 +370,8 @@ mod tests {
             std::fs::write(kernel.join("boot/config-6.1.0-test"), "CONFIG_BLK_DEV_INITRD=y\nCONFIG_RD_GZIP=y\n").unwrap();
             let modules = kernel.join("lib/modules/6.1.0-test");
             std::fs::create_dir_all(modules.join("kernel")).unwrap();
-            std::fs::write(modules.join("modules.builtin"), "kernel/net/packet/af_packet.ko\n").unwrap();
-            for m in APPLIANCE_MODULES.iter().filter(|m| **m != "af_packet") {
+            std::fs::write(modules.join("modules.builtin"), "kernel/net/packet/af_packet.ko\nkernel/drivers/acpi/button.ko\n").unwrap();
+            for m in APPLIANCE_MODULES.iter().filter(|m| !["af_packet", "button"].contains(*m)) {
                 let info = format!("name={m}\0depends=\0");
                 std::fs::write(modules.join(format!("kernel/{m}.ko")), build_elf(183, false, &[(".modinfo", info.as_bytes())])).unwrap();
             }
@@ -417,8 +417,8 @@ mod tests {
     fn builds_a_bootable_layout_deterministically() {
         let fx = Fixture::new("ok");
         let summary = build(&fx.inputs()).unwrap();
-        assert_eq!(summary.modules.len(), APPLIANCE_MODULES.len() - 1);
-        assert_eq!(summary.built_in, ["af_packet"]);
+        assert_eq!(summary.modules.len(), APPLIANCE_MODULES.len() - 2);
+        assert_eq!(summary.built_in, ["af_packet", "button"]);
         let disk = std::fs::read(&fx.dir.join("disk.img")).unwrap();
         assert_eq!(disk.len() as u64, 96 * MIB);
         // The ESP at 1 MiB holds the UKI, whose .initrd holds /init = the binary.

@@ -13,8 +13,9 @@ use std::path::{Path, PathBuf};
 
 /// The modules the appliance needs on EC2 (ENA) and under QEMU (virtio-net), for the TUN device,
 /// the nftables NAT/filter table (inet filter with ct state, nat postrouting with masquerade,
-/// reject), and evdev so the init can read the ACPI power button's KEY_POWER.
-/// `af_packet` (the DHCP client's packet socket) is listed for kernels where it is a module.
+/// reject), and the ACPI power button (`button`, PNP0C0C) with `evdev`, so the init can read
+/// KEY_POWER from /dev/input/event* when EC2 stops the instance. `af_packet` (the DHCP client's
+/// packet socket) and `button` are built into the arm64 cloud kernel, modules in the amd64 one.
 pub const APPLIANCE_MODULES: &[&str] = &[
     "ena",
     "virtio_pci",
@@ -27,6 +28,7 @@ pub const APPLIANCE_MODULES: &[&str] = &[
     "nft_masq",
     "nft_reject_inet",
     "af_packet",
+    "button",
     "evdev",
 ];
 
