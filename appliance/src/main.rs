@@ -10,7 +10,9 @@ mod keys;
 mod log;
 mod nat;
 mod netlink;
+mod selftest;
 mod service;
+mod status;
 mod tunnel;
 
 use clap::{Parser, Subcommand};
@@ -41,6 +43,12 @@ enum Command {
     Pubkey,
     /// Print the TOML equivalent of a wg-quick configuration file.
     Convert { file: PathBuf },
+    /// Show the running service of this network namespace: peers, handshakes, bytes, drain.
+    Status {
+        /// The service's tunnel interface.
+        #[arg(long, default_value = "wg0")]
+        interface: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -54,19 +62,32 @@ fn main() -> ExitCode {
         }
         Command::Pubkey => pubkey(),
         Command::Convert { file } => convert(&file),
+        Command::Status { interface } => match status::fetch(&interface) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("status: {e}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 
 fn check_config(file: &std::path::Path) -> ExitCode {
     match config::load(file) {
         Ok(cfg) => {
+            let addresses: Vec<String> = cfg.interface.addresses.iter().map(|a| a.to_string()).collect();
             println!(
-                "{}: ok ({} peer{}, interface {}, listen port {})",
+                "{}: ok: {} {} port {}, {} peer{}, self-test from {}",
                 file.display(),
+                cfg.interface.name,
+                addresses.join(" "),
+                cfg.interface.listen_port,
                 cfg.peers.len(),
                 if cfg.peers.len() == 1 { "" } else { "s" },
-                cfg.interface.name,
-                cfg.interface.listen_port
+                cfg.selftest.address,
             );
             ExitCode::SUCCESS
         }
@@ -100,7 +121,10 @@ fn convert(file: &std::path::Path) -> ExitCode {
         Ok(conversion) => {
             print!("{}", conversion.toml);
             for note in &conversion.notes {
-                eprintln!("{}: {note}", file.display());
+                match note.line {
+                    Some(line) => eprintln!("{}:{line}: {}", file.display(), note.message),
+                    None => eprintln!("{}: {}", file.display(), note.message),
+                }
             }
             ExitCode::SUCCESS
         }

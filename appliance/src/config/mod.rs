@@ -5,7 +5,14 @@
 //! what was expected). It does not open sockets or touch the network; `wg_quick` converts
 //! existing wg-quick files into this schema.
 
+mod consistency;
+mod document;
+mod schema;
+mod values;
 pub mod wg_quick;
+
+#[cfg(test)]
+mod tests;
 
 use crate::keys::{PresharedKey, PrivateKey, PublicKey};
 use ip_network::IpNetwork;
@@ -131,10 +138,14 @@ impl std::fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// The largest config file read. EC2 user-data is at most 16 KiB; a file with thousands of
+/// peers stays far below this.
+const CONFIG_FILE_LIMIT: u64 = 4 << 20;
+
 /// Reads and validates a config file.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let origin = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+    let text = read_bounded(path, CONFIG_FILE_LIMIT).map_err(|e| ConfigError {
         origin: origin.clone(),
         problems: vec![ConfigProblem {
             line: None,
@@ -145,12 +156,105 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     parse(&text, &origin, path.parent())
 }
 
+/// Reads a whole text file of at most `limit` bytes; a longer one is an error, not a truncation.
+fn read_bounded(path: &Path, limit: u64) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(path)?
+        .take(limit + 1)
+        .read_to_string(&mut text)?;
+    if text.len() as u64 > limit {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than {limit} bytes; expected a small text file"),
+        ));
+    }
+    Ok(text)
+}
+
 /// Parses and validates config text. `origin` names it in errors; `base_dir` resolves a relative
-/// `private_key_file`.
+/// `private_key_file` (without one, such a path is relative to the working directory).
+///
+/// Every problem is collected: a syntax error stops at the syntax (the tree after it would be
+/// guesswork), otherwise every field, every peer and every cross-peer rule is checked.
 pub fn parse(text: &str, origin: &str, base_dir: Option<&Path>) -> Result<Config, ConfigError> {
-    let _ = (text, base_dir);
+    let mut report = document::Report::new(text);
+    let config =
+        document::parse(text, &mut report).and_then(|root| build(&root, base_dir, &mut report));
+    if report.is_clean() {
+        if let Some(config) = config {
+            return Ok(config);
+        }
+    }
+    if looks_like_wg_quick(text) {
+        report.at_line(
+            None,
+            "file",
+            "this looks like a wg-quick file ([Interface]/[Peer]); `bastion convert FILE` prints \
+             it in this format",
+        );
+    }
     Err(ConfigError {
         origin: origin.into(),
-        problems: vec![ConfigProblem { line: None, field: "".into(), message: "not implemented".into() }],
+        problems: report.finish(),
+    })
+}
+
+fn looks_like_wg_quick(text: &str) -> bool {
+    text.lines()
+        .any(|l| matches!(l.trim(), "[Interface]" | "[Peer]"))
+}
+
+fn build(
+    root: &toml::de::DeTable,
+    base_dir: Option<&Path>,
+    report: &mut document::Report,
+) -> Option<Config> {
+    let drafts = schema::read(root, base_dir, report);
+    consistency::check_peers(drafts.interface.as_ref(), &drafts.peers, report);
+    let interface = drafts.interface?;
+    let selftest_address =
+        consistency::selftest_address(&interface, &drafts.peers, &drafts.selftest, report);
+    if !report.is_clean() {
+        return None;
+    }
+    let peers = drafts
+        .peers
+        .into_iter()
+        .map(|p| {
+            Some(Peer {
+                name: p.name,
+                public_key: p.public_key?.0,
+                preshared_key: p.preshared_key,
+                allowed_ips: p.allowed_ips.into_iter().map(|i| i.value).collect(),
+                endpoint: p.endpoint,
+                persistent_keepalive: p.persistent_keepalive,
+                reach: p.reach,
+            })
+        })
+        .collect::<Option<Vec<_>>>()?;
+    Some(Config {
+        interface: Interface {
+            private_key: interface.private_key?,
+            addresses: interface.addresses.into_iter().map(|a| a.value).collect(),
+            listen_port: interface.listen_port,
+            mtu: interface.mtu,
+            name: interface.name,
+        },
+        peers,
+        nat: Nat {
+            masquerade: drafts.nat.masquerade,
+            egress: drafts.nat.egress,
+            reach: drafts.nat.reach,
+        },
+        health: Health {
+            listen: drafts.health.listen?,
+            drain_seconds: drafts.health.drain_seconds,
+        },
+        selftest: SelfTest {
+            interval_seconds: drafts.selftest.interval_seconds,
+            address: selftest_address?,
+            probes: drafts.selftest.probes,
+        },
     })
 }

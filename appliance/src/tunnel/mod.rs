@@ -1,1 +1,292 @@
 //! The WireGuard data plane: our own device loop around boringtun's `noise::Tunn`.
+//!
+//! `DataPlane::start` creates the TUN interface (one queue per worker), gives it its addresses
+//! and MTU over rtnetlink, binds the UDP listen port (one SO_REUSEPORT socket per worker) and
+//! starts the workers and the timer thread. Packet decisions live in `inbound` (network →
+//! tunnel) and `outbound` (tunnel → network); `peers` finds peers; `worker` and `timers` are the
+//! thin threads around them. This module does not touch NAT or health: it reports what it knows
+//! through `DataPlane::status` and the heartbeat.
+
+mod inbound;
+mod outbound;
+pub mod peers;
+mod timers;
+mod tun;
+mod udp;
+mod worker;
+
+use crate::config::InterfaceAddress;
+use crate::keys::PrivateKey;
+use crate::netlink::route;
+use boringtun::noise::rate_limiter::RateLimiter;
+use boringtun::noise::Tunn;
+use boringtun::x25519;
+pub use peers::PeerSpec;
+use peers::PeerTable;
+use std::fmt;
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Handshake messages accepted per second across all peers before we answer with cookie
+/// replies instead (boringtun's device uses the same figure).
+const HANDSHAKES_PER_SECOND: u64 = 100;
+
+/// What the data plane is built from.
+pub struct TunnelSpec {
+    /// The TUN interface name (`wg0`).
+    pub name: String,
+    pub private_key: PrivateKey,
+    pub listen_port: u16,
+    pub mtu: u16,
+    pub addresses: Vec<InterfaceAddress>,
+    pub peers: Vec<PeerSpec>,
+    /// Worker threads (one TUN queue and one UDP socket each); usually the number of CPUs.
+    pub workers: usize,
+}
+
+#[derive(Debug)]
+pub struct TunnelError(pub String);
+
+impl fmt::Display for TunnelError {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for TunnelError {}
+
+/// Data-plane-wide counters of things that went wrong (relaxed atomics).
+#[derive(Default)]
+pub struct Counters {
+    /// Datagrams that are not WireGuard messages or name no peer of ours.
+    pub dropped_datagrams: AtomicU64,
+    /// WireGuard messages that failed authentication, replay or state checks.
+    pub rejected_datagrams: AtomicU64,
+    /// Valid handshake initiations from keys that are not our peers.
+    pub unknown_peer_handshakes: AtomicU64,
+    pub cookie_replies: AtomicU64,
+    /// TUN packets with no peer to go to.
+    pub dropped_tun_packets: AtomicU64,
+    pub send_errors: AtomicU64,
+    pub tun_errors: AtomicU64,
+}
+
+impl Counters {
+    pub fn count(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn send_error(&self, _error: &io::Error) {
+        Self::count(&self.send_errors);
+    }
+
+    fn tun_write_error(&self, name: &str, error: &io::Error) {
+        // Logged once, then counted: a down link fails every write.
+        if self.tun_errors.fetch_add(1, Ordering::Relaxed) == 0 {
+            crate::log!("tunnel: write to {name} failed: {error} (further TUN errors are counted, not logged)");
+        }
+    }
+
+    fn tun_read_error(&self, name: &str, error: &io::Error) {
+        if self.tun_errors.fetch_add(1, Ordering::Relaxed) == 0 {
+            crate::log!("tunnel: read from {name} failed: {error} (further TUN errors are counted, not logged)");
+        }
+    }
+}
+
+/// What the workers share.
+pub struct DataPlaneShared {
+    name: String,
+    static_private: x25519::StaticSecret,
+    static_public: x25519::PublicKey,
+    peers: PeerTable,
+    /// Counts handshake messages across all peers; reset every second by the timer thread.
+    handshake_limiter: Arc<RateLimiter>,
+    sockets: Vec<UdpSocket>,
+    dual_stack: bool,
+    stop: AtomicBool,
+    started: Instant,
+    /// Per worker: milliseconds since `started` of its last loop turn.
+    heartbeats: Vec<AtomicU64>,
+    counters: Counters,
+}
+
+impl DataPlaneShared {
+    fn now_ms(&self) -> u64 {
+        // +1 so that 0 can mean "never" in the per-peer failover stamp.
+        self.started.elapsed().as_millis() as u64 + 1
+    }
+
+    fn beat(&self, worker: usize) {
+        self.heartbeats[worker].store(self.now_ms(), Ordering::Relaxed);
+    }
+}
+
+/// One peer as `status` shows it (no keys).
+#[derive(Debug, Clone)]
+pub struct PeerStatus {
+    pub name: String,
+    pub endpoint: Option<SocketAddr>,
+    pub last_handshake: Option<Duration>,
+    pub handshakes: u64,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    pub rejected_source: u64,
+    pub failover_handshakes: u64,
+    pub internal: bool,
+}
+
+/// The running data plane. Dropping it stops the threads and removes the TUN interface.
+pub struct DataPlane {
+    shared: Arc<DataPlaneShared>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    listen_port: u16,
+}
+
+impl DataPlane {
+    pub fn start(spec: TunnelSpec) -> Result<DataPlane, TunnelError> {
+        let workers = spec.workers.max(1);
+        let queues = tun::open(&spec.name, workers)
+            .map_err(|e| TunnelError(format!("create TUN interface {}: {e}", spec.name)))?;
+        configure_link(&spec).map_err(|e| TunnelError(format!("configure {}: {e}", spec.name)))?;
+        let listen = udp::bind(spec.listen_port, workers)
+            .map_err(|e| TunnelError(format!("listen on UDP port {}: {e}", spec.listen_port)))?;
+
+        let static_private = spec.private_key.to_x25519();
+        let static_public = x25519::PublicKey::from(&static_private);
+        // Every Tunn checks MACs itself; the real rate limit is the shared limiter we apply
+        // before a handshake reaches a Tunn, so theirs never counts as under load.
+        let unlimited = Arc::new(RateLimiter::new(&static_public, u64::MAX));
+        let peers = PeerTable::new(spec.peers, |peer, index| {
+            Tunn::new(
+                static_private.clone(),
+                peer.public_key.to_x25519(),
+                peer.preshared_key,
+                peer.persistent_keepalive,
+                index,
+                Some(unlimited.clone()),
+            )
+        });
+        let shared = Arc::new(DataPlaneShared {
+            name: spec.name.clone(),
+            static_private,
+            static_public,
+            peers,
+            handshake_limiter: Arc::new(RateLimiter::new(&static_public, HANDSHAKES_PER_SECOND)),
+            sockets: listen.sockets,
+            dual_stack: listen.dual_stack,
+            stop: AtomicBool::new(false),
+            started: Instant::now(),
+            heartbeats: (0..workers).map(|_| AtomicU64::new(0)).collect(),
+            counters: Counters::default(),
+        });
+        for w in 0..workers {
+            shared.beat(w);
+        }
+        let mut threads = Vec::with_capacity(workers + 1);
+        for (w, queue) in queues.into_iter().enumerate() {
+            let shared = shared.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("wg-worker-{w}"))
+                    .spawn(move || worker::run(shared, w, queue))
+                    .map_err(|e| TunnelError(format!("start worker thread: {e}")))?,
+            );
+        }
+        let timer_shared = shared.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("wg-timers".into())
+                .spawn(move || timers::run(timer_shared))
+                .map_err(|e| TunnelError(format!("start timer thread: {e}")))?,
+        );
+        Ok(DataPlane { shared, threads: Mutex::new(threads), listen_port: spec.listen_port })
+    }
+
+    /// The interface name (`wg0`).
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// Age of the oldest worker heartbeat: how long the slowest event loop has not turned.
+    pub fn heartbeat_age(&self) -> Duration {
+        let now = self.shared.now_ms();
+        let oldest = self
+            .shared
+            .heartbeats
+            .iter()
+            .map(|h| h.load(Ordering::Relaxed))
+            .min()
+            .unwrap_or(0);
+        Duration::from_millis(now.saturating_sub(oldest))
+    }
+
+    /// Whether every UDP socket is still bound to the listen port (read from the kernel).
+    pub fn udp_bound(&self) -> bool {
+        self.shared
+            .sockets
+            .iter()
+            .all(|s| s.local_addr().map(|a| a.port() == self.listen_port).unwrap_or(false))
+    }
+
+    pub fn peers(&self) -> Vec<PeerStatus> {
+        self.shared
+            .peers
+            .iter()
+            .map(|peer| {
+                let (last_handshake, tx, rx, _, _) = peer.lock_tunn().stats();
+                PeerStatus {
+                    name: peer.name.clone(),
+                    endpoint: peer.endpoint().map(udp::canonical),
+                    last_handshake,
+                    handshakes: peer.counters.handshakes.load(Ordering::Relaxed),
+                    rx_bytes: rx as u64,
+                    tx_bytes: tx as u64,
+                    rejected_source: peer.counters.rejected_source.load(Ordering::Relaxed),
+                    failover_handshakes: peer.counters.failover_handshakes.load(Ordering::Relaxed),
+                    internal: peer.loopback_only,
+                }
+            })
+            .collect()
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.shared.counters
+    }
+
+    /// Stops the threads and closes the TUN queues (the kernel then removes the interface).
+    pub fn shutdown(&self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        let threads: Vec<JoinHandle<()>> =
+            self.threads.lock().unwrap_or_else(|e| e.into_inner()).drain(..).collect();
+        for thread in threads {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for DataPlane {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// MTU, addresses, up — over rtnetlink.
+fn configure_link(spec: &TunnelSpec) -> io::Result<()> {
+    let link = route::link_by_name(&spec.name)?
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "the TUN interface vanished"))?;
+    route::set_mtu(link.index, spec.mtu as u32)?;
+    // IPv6 drops global addresses when a link goes down; keep ours across a down/up.
+    let keep = format!("/proc/sys/net/ipv6/conf/{}/keep_addr_on_down", spec.name);
+    if std::path::Path::new(&keep).exists() {
+        let _ = std::fs::write(&keep, "1");
+    }
+    for address in &spec.addresses {
+        route::add_address(link.index, address.address, address.prefix_len)?;
+    }
+    route::set_link_up(link.index, true)
+}

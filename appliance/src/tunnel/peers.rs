@@ -39,6 +39,9 @@ pub struct PeerCounters {
     pub tx_packets: AtomicU64,
     /// Decrypted packets whose source was outside the peer's allowed IPs.
     pub rejected_source: AtomicU64,
+    /// Handshakes we started because a packet named this peer while we had no session for it
+    /// (fast failover).
+    pub failover_handshakes: AtomicU64,
 }
 
 pub struct Peer {
@@ -51,6 +54,9 @@ pub struct Peer {
     pub allowed_ips: Vec<IpNetwork>,
     pub loopback_only: bool,
     pub counters: PeerCounters,
+    /// When we last started a fast-failover handshake (milliseconds on the data plane's clock;
+    /// 0 = never): the rate limit that keeps a spoofed packet from making us an amplifier.
+    pub last_failover_ms: AtomicU64,
 }
 
 impl Peer {
@@ -124,6 +130,7 @@ impl PeerTable {
                 allowed_ips: spec.allowed_ips,
                 loopback_only: spec.loopback_only,
                 counters: PeerCounters::default(),
+                last_failover_ms: AtomicU64::new(0),
             });
         }
         table

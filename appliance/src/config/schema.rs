@@ -1,0 +1,669 @@
+//! The schema: each section's fields, their types, ranges and defaults, read from the document
+//! into drafts that keep where every value was written. Rules that span several fields or
+//! peers live in `consistency`; the finished `Config` is assembled in `build`.
+
+use super::document::{self, Item, Report, Table};
+use super::values;
+use super::{Egress, InterfaceAddress};
+use crate::keys::{PresharedKey, PrivateKey, PublicKey};
+use ip_network::IpNetwork;
+use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use toml::de::DeTable;
+
+pub const SECTIONS: &[&str] = &["interface", "peer", "nat", "health", "selftest"];
+pub const INTERFACE_FIELDS: &[&str] = &[
+    "private_key",
+    "private_key_file",
+    "address",
+    "listen_port",
+    "mtu",
+    "name",
+];
+pub const PEER_FIELDS: &[&str] = &[
+    "name",
+    "public_key",
+    "preshared_key",
+    "preshared_key_file",
+    "allowed_ips",
+    "endpoint",
+    "persistent_keepalive",
+    "reach",
+];
+pub const NAT_FIELDS: &[&str] = &["masquerade", "egress", "reach"];
+pub const HEALTH_FIELDS: &[&str] = &["listen", "drain_seconds"];
+pub const SELFTEST_FIELDS: &[&str] = &["interval_seconds", "probes", "address"];
+
+pub const DEFAULT_LISTEN_PORT: u16 = 51820;
+/// 1500 (an internet path) less 80 bytes of WireGuard over IPv6, as wg-quick computes it.
+pub const DEFAULT_MTU: u16 = 1420;
+/// IPv6 needs every link to carry 1280 bytes (RFC 8200 §5); Linux removes IPv6 from an
+/// interface below that.
+pub const MIN_MTU: u16 = 1280;
+/// A 9001-byte VPC jumbo frame less 80 bytes of WireGuard over IPv6: any larger tunnel packet
+/// would be fragmented on its way out.
+pub const MAX_MTU: u16 = 8921;
+pub const DEFAULT_INTERFACE_NAME: &str = "wg0";
+pub const DEFAULT_HEALTH_LISTEN: &str = "0.0.0.0:8080";
+pub const DEFAULT_DRAIN_SECONDS: u64 = 30;
+/// The NLB's own deregistration delay tops out at an hour; a longer drain is a typo.
+pub const MAX_DRAIN_SECONDS: u64 = 3600;
+pub const DEFAULT_SELFTEST_INTERVAL: u64 = 30;
+pub const MAX_SELFTEST_INTERVAL: u64 = 86_400;
+/// A key file holds one line; anything longer is the wrong file.
+const KEY_FILE_LIMIT: u64 = 4096;
+
+const KEY_EXPECTED: &str = "a string: the base64 key (44 characters, as `wg genkey` prints)";
+const NETWORK_EXPECTED: &str = "networks like 10.0.1.0/24 or fd00::/64";
+
+pub struct InterfaceDraft {
+    pub line: Option<usize>,
+    pub private_key: Option<PrivateKey>,
+    /// Where the key was written (`interface.private_key` or `interface.private_key_file`).
+    pub key_field: Option<String>,
+    pub addresses: Vec<Item<InterfaceAddress>>,
+    pub listen_port: u16,
+    pub mtu: u16,
+    pub name: String,
+}
+
+pub struct PeerDraft {
+    pub line: Option<usize>,
+    pub name: String,
+    /// Where the name was written; `None` when it is the default `peer-N`.
+    pub name_span: Option<Range<usize>>,
+    pub public_key: Option<(PublicKey, Range<usize>)>,
+    pub preshared_key: Option<PresharedKey>,
+    pub allowed_ips: Vec<Item<IpNetwork>>,
+    pub endpoint: Option<SocketAddr>,
+    pub persistent_keepalive: Option<u16>,
+    pub reach: Vec<IpNetwork>,
+}
+
+pub struct NatDraft {
+    pub masquerade: bool,
+    pub egress: Egress,
+    pub reach: Vec<IpNetwork>,
+}
+
+pub struct HealthDraft {
+    pub listen: Option<SocketAddr>,
+    pub drain_seconds: u64,
+}
+
+pub struct SelfTestDraft {
+    pub line: Option<usize>,
+    pub interval_seconds: u64,
+    pub probes: Vec<SocketAddr>,
+    /// The explicit address and where it was written.
+    pub address: Option<(IpAddr, Range<usize>)>,
+}
+
+pub struct Drafts {
+    pub interface: Option<InterfaceDraft>,
+    pub peers: Vec<PeerDraft>,
+    pub nat: NatDraft,
+    pub health: HealthDraft,
+    pub selftest: SelfTestDraft,
+}
+
+/// Reads every section; problems go to `report`, and every field that could be read is kept so
+/// the cross-field checks can still run.
+pub fn read(root: &DeTable, base_dir: Option<&Path>, report: &mut Report) -> Drafts {
+    let top = Table::new(root, "", "the file", None, SECTIONS);
+    top.finish_with_hint(report, root_hint);
+
+    let interface = match top.get("interface") {
+        None => {
+            report.at_line(
+                None,
+                "interface",
+                "missing; expected an [interface] section",
+            );
+            None
+        }
+        Some(value) => match value.get_ref().as_table() {
+            Some(t) => {
+                let line = Some(report.line_of(value.span().start));
+                Some(read_interface(
+                    &Table::new(t, "interface", "[interface]", line, INTERFACE_FIELDS),
+                    base_dir,
+                    report,
+                ))
+            }
+            None => {
+                report.at(
+                    value.span(),
+                    "interface",
+                    "expected an [interface] section (a table)",
+                );
+                None
+            }
+        },
+    };
+
+    let mut peers = Vec::new();
+    if let Some(value) = top.get("peer") {
+        for (index, (table, span)) in document::tables(report, "peer", value, "[[peer]]")
+            .into_iter()
+            .enumerate()
+        {
+            let line = Some(report.line_of(span.start));
+            let t = Table::new(
+                table,
+                format!("peer[{index}]"),
+                "[[peer]]",
+                line,
+                PEER_FIELDS,
+            );
+            peers.push(read_peer(&t, index, base_dir, report));
+        }
+    }
+
+    let nat = section(&top, "nat", "[nat]", NAT_FIELDS, report, read_nat);
+    let health = section(
+        &top,
+        "health",
+        "[health]",
+        HEALTH_FIELDS,
+        report,
+        read_health,
+    );
+    let selftest = section(
+        &top,
+        "selftest",
+        "[selftest]",
+        SELFTEST_FIELDS,
+        report,
+        read_selftest,
+    );
+    Drafts {
+        interface,
+        peers,
+        nat,
+        health,
+        selftest,
+    }
+}
+
+/// An optional section: read it when present, else read an empty table (all defaults).
+fn section<T>(
+    top: &Table,
+    key: &str,
+    header: &str,
+    known: &'static [&'static str],
+    report: &mut Report,
+    read: impl Fn(&Table, &mut Report) -> T,
+) -> T {
+    let empty = DeTable::new();
+    match top.get(key) {
+        Some(value) => match value.get_ref().as_table() {
+            Some(t) => {
+                let line = Some(report.line_of(value.span().start));
+                read(&Table::new(t, key, header, line, known), report)
+            }
+            None => {
+                report.at(
+                    value.span(),
+                    key,
+                    format!("expected a {header} section (a table)"),
+                );
+                read(&Table::new(&empty, key, header, None, known), report)
+            }
+        },
+        None => read(&Table::new(&empty, key, header, None, known), report),
+    }
+}
+
+/// For a top-level key that is really a field of a section (`listen_port = 51820` written
+/// before any header), or a section name in the wrong case (`[Interface]`).
+fn root_hint(name: &str) -> Option<String> {
+    let folded = name.to_ascii_lowercase();
+    if let Some(section) = SECTIONS.iter().find(|s| **s == folded) {
+        let header = if *section == "peer" {
+            "[[peer]]".to_string()
+        } else {
+            format!("[{section}]")
+        };
+        return Some(header);
+    }
+    let owners: [(&str, &[&str]); 5] = [
+        ("[interface]", INTERFACE_FIELDS),
+        ("[[peer]]", PEER_FIELDS),
+        ("[nat]", NAT_FIELDS),
+        ("[health]", HEALTH_FIELDS),
+        ("[selftest]", SELFTEST_FIELDS),
+    ];
+    owners.iter().find_map(|(header, fields)| {
+        document::suggestion(name, fields).map(|f| format!("{f} under {header}"))
+    })
+}
+
+fn read_interface(t: &Table, base_dir: Option<&Path>, report: &mut Report) -> InterfaceDraft {
+    let (private_key, key_field) = match (t.get("private_key"), t.get("private_key_file")) {
+        (Some(_), Some(file)) => {
+            report.at(
+                file.span(),
+                t.field("private_key_file"),
+                "found both private_key and private_key_file; expected exactly one of them",
+            );
+            (None, None)
+        }
+        (Some(value), None) => {
+            let field = t.field("private_key");
+            let key = document::string(report, &field, value, KEY_EXPECTED).and_then(|text| {
+                PrivateKey::parse(text)
+                    .map_err(|e| report.at(value.span(), &field, e.0))
+                    .ok()
+            });
+            (key, Some(field))
+        }
+        (None, Some(value)) => {
+            let field = t.field("private_key_file");
+            let key = document::string(report, &field, value, "a string: the path of the key file")
+                .and_then(|path| {
+                    read_key_file(
+                        path,
+                        base_dir,
+                        value.span(),
+                        &field,
+                        report,
+                        PrivateKey::parse,
+                    )
+                });
+            (key, Some(field))
+        }
+        (None, None) => {
+            t.missing(
+                report,
+                "private_key",
+                "private_key (base64, from `bastion genkey`) or private_key_file (a path)",
+            );
+            (None, None)
+        }
+    };
+
+    let mut addresses = Vec::new();
+    match t.get("address") {
+        None => t.missing(
+            report,
+            "address",
+            "a list of tunnel addresses, e.g. [\"10.100.0.1/24\"]",
+        ),
+        Some(value) => {
+            let field = t.field("address");
+            addresses = document::string_list(
+                report,
+                &field,
+                value,
+                "addresses with prefix like 10.100.0.1/24",
+                values::interface_address,
+            );
+            if value.get_ref().as_array().is_some_and(|a| a.is_empty()) {
+                report.at(
+                    value.span(),
+                    &field,
+                    "found an empty list, expected at least one address like 10.100.0.1/24",
+                );
+            }
+            let mut seen = std::collections::HashMap::new();
+            for a in &addresses {
+                if let Some(first) = seen.insert(a.value.address, a) {
+                    report.at(
+                        a.span.clone(),
+                        format!("{field}[{}]", a.index),
+                        format!(
+                            "{} is listed twice (also {field}[{}])",
+                            a.value.address, first.index
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
+    let listen_port = t
+        .get("listen_port")
+        .and_then(|v| {
+            document::integer(
+                report,
+                &t.field("listen_port"),
+                v,
+                1..=65535,
+                "a UDP port 1–65535",
+            )
+        })
+        .map_or(DEFAULT_LISTEN_PORT, |n| n as u16);
+    let mtu = t
+        .get("mtu")
+        .and_then(|v| {
+            document::integer(
+                report,
+                &t.field("mtu"),
+                v,
+                MIN_MTU as i128..=MAX_MTU as i128,
+                "an MTU from 1280 (IPv6's minimum) to 8921 (a 9001-byte VPC jumbo frame less 80 \
+                 bytes of WireGuard over IPv6)",
+            )
+        })
+        .map_or(DEFAULT_MTU, |n| n as u16);
+    let name = t
+        .get("name")
+        .and_then(|v| {
+            let field = t.field("name");
+            let text = document::string(report, &field, v, "a string: an interface name like wg0")?;
+            values::interface_name(text)
+                .map_err(|e| report.at(v.span(), &field, e))
+                .ok()?;
+            Some(text.to_string())
+        })
+        .unwrap_or_else(|| DEFAULT_INTERFACE_NAME.to_string());
+
+    t.finish(report);
+    InterfaceDraft {
+        line: t.line(),
+        private_key,
+        key_field,
+        addresses,
+        listen_port,
+        mtu,
+        name,
+    }
+}
+
+/// Reads a key file (bounded: one line is expected) and parses it with `parse`. The key text
+/// never reaches a message; the path and the OS error do.
+fn read_key_file<K>(
+    path: &str,
+    base_dir: Option<&Path>,
+    span: Range<usize>,
+    field: &str,
+    report: &mut Report,
+    parse: impl Fn(&str) -> Result<K, crate::keys::KeyError>,
+) -> Option<K> {
+    let mut full = PathBuf::from(path);
+    if full.is_relative() {
+        if let Some(dir) = base_dir {
+            full = dir.join(full);
+        }
+    }
+    match super::read_bounded(&full, KEY_FILE_LIMIT) {
+        Ok(text) => match parse(&text) {
+            Ok(key) => Some(key),
+            Err(e) => {
+                report.at(span, field, format!("{}: {e}", full.display()));
+                None
+            }
+        },
+        Err(e) => {
+            report.at(span, field, format!("cannot read {}: {e}", full.display()));
+            None
+        }
+    }
+}
+
+fn read_peer(t: &Table, index: usize, base_dir: Option<&Path>, report: &mut Report) -> PeerDraft {
+    let (name, name_span) = match t.get("name") {
+        Some(v) => {
+            let field = t.field("name");
+            match document::string(report, &field, v, "a string: the peer's name") {
+                Some(text) => {
+                    if let Err(e) = values::peer_name(text) {
+                        report.at(v.span(), &field, e);
+                    }
+                    (text.to_string(), Some(v.span()))
+                }
+                None => (format!("peer-{}", index + 1), Some(v.span())),
+            }
+        }
+        None => (format!("peer-{}", index + 1), None),
+    };
+
+    let public_key = match t.get("public_key") {
+        None => {
+            t.missing(
+                report,
+                "public_key",
+                "the peer's public key (base64, from `wg pubkey`)",
+            );
+            None
+        }
+        Some(v) => {
+            let field = t.field("public_key");
+            document::string(report, &field, v, KEY_EXPECTED)
+                .and_then(|text| {
+                    PublicKey::parse(text)
+                        .map_err(|e| report.at(v.span(), &field, e.0))
+                        .ok()
+                })
+                .map(|k| (k, v.span()))
+        }
+    };
+
+    let preshared_key = match (t.get("preshared_key"), t.get("preshared_key_file")) {
+        (Some(_), Some(file)) => {
+            report.at(
+                file.span(),
+                t.field("preshared_key_file"),
+                "found both preshared_key and preshared_key_file; expected at most one of them",
+            );
+            None
+        }
+        (Some(v), None) => {
+            let field = t.field("preshared_key");
+            document::string(report, &field, v, KEY_EXPECTED).and_then(|text| {
+                PresharedKey::parse(text)
+                    .map_err(|e| report.at(v.span(), &field, e.0))
+                    .ok()
+            })
+        }
+        (None, Some(v)) => {
+            let field = t.field("preshared_key_file");
+            document::string(report, &field, v, "a string: the path of the key file").and_then(
+                |path| {
+                    read_key_file(
+                        path,
+                        base_dir,
+                        v.span(),
+                        &field,
+                        report,
+                        PresharedKey::parse,
+                    )
+                },
+            )
+        }
+        (None, None) => None,
+    };
+
+    let mut allowed_ips = Vec::new();
+    match t.get("allowed_ips") {
+        None => t.missing(
+            report,
+            "allowed_ips",
+            "the peer's tunnel addresses, e.g. [\"10.100.0.2/32\"]",
+        ),
+        Some(v) => {
+            let field = t.field("allowed_ips");
+            allowed_ips =
+                document::string_list(report, &field, v, NETWORK_EXPECTED, values::network);
+            if v.get_ref().as_array().is_some_and(|a| a.is_empty()) {
+                report.at(
+                    v.span(),
+                    &field,
+                    "found an empty list, expected at least one network (a peer without one can \
+                     send nothing)",
+                );
+            }
+        }
+    }
+
+    let endpoint = t.get("endpoint").and_then(|v| {
+        let field = t.field("endpoint");
+        let text = document::string(report, &field, v, "a string: IP:port")?;
+        values::endpoint(text)
+            .map_err(|e| report.at(v.span(), &field, e))
+            .ok()
+    });
+    let persistent_keepalive = t.get("persistent_keepalive").and_then(|v| {
+        document::integer(
+            report,
+            &t.field("persistent_keepalive"),
+            v,
+            1..=65535,
+            "seconds between keepalives, 1–65535 (leave the field out for none)",
+        )
+        .map(|n| n as u16)
+    });
+    let reach = network_list(t, "reach", report);
+
+    t.finish(report);
+    PeerDraft {
+        line: t.line(),
+        name,
+        name_span,
+        public_key,
+        preshared_key,
+        allowed_ips,
+        endpoint,
+        persistent_keepalive,
+        reach,
+    }
+}
+
+fn network_list(t: &Table, key: &str, report: &mut Report) -> Vec<IpNetwork> {
+    match t.get(key) {
+        None => Vec::new(),
+        Some(v) => {
+            document::string_list(report, &t.field(key), v, NETWORK_EXPECTED, values::network)
+                .into_iter()
+                .map(|item| item.value)
+                .collect()
+        }
+    }
+}
+
+fn read_nat(t: &Table, report: &mut Report) -> NatDraft {
+    let masquerade = t
+        .get("masquerade")
+        .and_then(|v| document::boolean(report, &t.field("masquerade"), v))
+        .unwrap_or(true);
+    let egress = t
+        .get("egress")
+        .and_then(|v| {
+            let field = t.field("egress");
+            let text =
+                document::string(report, &field, v, "a string: \"auto\" or an interface name")?;
+            if text == "auto" {
+                return Some(Egress::Auto);
+            }
+            match values::interface_name(text) {
+                Ok(()) => Some(Egress::Interface(text.to_string())),
+                Err(e) => {
+                    report.at(v.span(), &field, format!("{e}, or \"auto\""));
+                    None
+                }
+            }
+        })
+        .unwrap_or(Egress::Auto);
+    let reach = network_list(t, "reach", report);
+    t.finish(report);
+    NatDraft {
+        masquerade,
+        egress,
+        reach,
+    }
+}
+
+fn read_health(t: &Table, report: &mut Report) -> HealthDraft {
+    let listen = match t.get("listen") {
+        None => Some(
+            DEFAULT_HEALTH_LISTEN
+                .parse()
+                .expect("default health address"),
+        ),
+        Some(v) => {
+            let field = t.field("listen");
+            document::string(report, &field, v, "a string: IP:port").and_then(|text| {
+                values::socket_addr(text, "the health listen address")
+                    .map_err(|e| report.at(v.span(), &field, e))
+                    .ok()
+            })
+        }
+    };
+    let drain_seconds = t
+        .get("drain_seconds")
+        .and_then(|v| {
+            document::integer(
+                report,
+                &t.field("drain_seconds"),
+                v,
+                0..=MAX_DRAIN_SECONDS as i128,
+                "seconds, 0–3600 (the NLB's longest deregistration delay)",
+            )
+        })
+        .map_or(DEFAULT_DRAIN_SECONDS, |n| n as u64);
+    t.finish(report);
+    HealthDraft {
+        listen,
+        drain_seconds,
+    }
+}
+
+fn read_selftest(t: &Table, report: &mut Report) -> SelfTestDraft {
+    let interval_seconds = t
+        .get("interval_seconds")
+        .and_then(|v| {
+            document::integer(
+                report,
+                &t.field("interval_seconds"),
+                v,
+                1..=MAX_SELFTEST_INTERVAL as i128,
+                "seconds, 1–86400",
+            )
+        })
+        .map_or(DEFAULT_SELFTEST_INTERVAL, |n| n as u64);
+    let probes = match t.get("probes") {
+        None => Vec::new(),
+        Some(v) => document::string_list(
+            report,
+            &t.field("probes"),
+            v,
+            "TCP targets like 10.0.1.5:443",
+            |s| values::socket_addr(s, "a TCP target"),
+        )
+        .into_iter()
+        .map(|item| item.value)
+        .collect(),
+    };
+    let address = t.get("address").and_then(|v| {
+        let field = t.field("address");
+        let text = document::string(
+            report,
+            &field,
+            v,
+            "a string: an IP address like 10.100.0.254",
+        )?;
+        match text.trim().parse::<IpAddr>() {
+            Ok(ip) => Some((ip, v.span())),
+            Err(_) => {
+                report.at(
+                    v.span(),
+                    &field,
+                    format!(
+                        "found {}, expected one IP address (no prefix) like 10.100.0.254",
+                        values::shown(text)
+                    ),
+                );
+                None
+            }
+        }
+    });
+    t.finish(report);
+    SelfTestDraft {
+        line: t.line(),
+        interval_seconds,
+        probes,
+        address,
+    }
+}

@@ -1,0 +1,323 @@
+//! The value formats the config shares with wg-quick files: interface addresses, networks,
+//! endpoints, socket addresses, interface names — each a small parser whose error says what was
+//! found and what was expected. Nothing here knows about TOML, lines or fields.
+
+use super::InterfaceAddress;
+use ip_network::IpNetwork;
+use std::net::{IpAddr, SocketAddr};
+
+/// Longest value echoed back in a message; longer ones are cut (the field and line still say
+/// where it is).
+const SHOWN_MAX: usize = 64;
+
+/// Quotes a value for a message. Anything that looks like a WireGuard key is never echoed: a
+/// private key pasted into the wrong field must not end up on a console.
+pub fn shown(value: &str) -> String {
+    if looks_like_key(value) {
+        return "a WireGuard key (not shown)".into();
+    }
+    let mut text: String = value.chars().take(SHOWN_MAX).collect();
+    if value.chars().count() > SHOWN_MAX {
+        text.push('…');
+    }
+    format!("{:?}", text)
+}
+
+/// Whether `text` holds a run of 40 or more base64 characters: a key (44 characters), or a key
+/// with a character lost or added by a bad paste.
+pub fn looks_like_key(text: &str) -> bool {
+    text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '+' || c == '/' || c == '='))
+        .any(|word| word.len() >= 40)
+}
+
+fn split_prefix(text: &str) -> Result<(IpAddr, Option<u8>), String> {
+    let (addr, prefix) = match text.split_once('/') {
+        Some((a, p)) => (a, Some(p)),
+        None => (text, None),
+    };
+    let ip: IpAddr = addr
+        .trim()
+        .parse()
+        .map_err(|_| format!("found {}, expected an IPv4 or IPv6 address", shown(text)))?;
+    let prefix = match prefix {
+        None => None,
+        Some(p) => {
+            let max = max_prefix(&ip);
+            match p.trim().parse::<u8>() {
+                Ok(n) if n <= max => Some(n),
+                _ => {
+                    return Err(format!(
+                        "found {}, expected a prefix length 0–{max} after the '/'",
+                        shown(text)
+                    ))
+                }
+            }
+        }
+    };
+    Ok((ip, prefix))
+}
+
+pub fn max_prefix(ip: &IpAddr) -> u8 {
+    if ip.is_ipv4() {
+        32
+    } else {
+        128
+    }
+}
+
+/// A tunnel address with its network's prefix, as `address = ["10.100.0.1/24"]` writes it.
+pub fn interface_address(text: &str) -> Result<InterfaceAddress, String> {
+    let (address, prefix) = split_prefix(text)?;
+    let Some(prefix_len) = prefix else {
+        return Err(format!(
+            "found {} without a prefix, expected the address with its tunnel network's prefix, \
+             e.g. 10.100.0.1/24",
+            shown(text)
+        ));
+    };
+    if address.is_unspecified() || address.is_multicast() || address.is_loopback() {
+        return Err(format!(
+            "found {}, expected a unicast address (not unspecified, loopback or multicast)",
+            shown(text)
+        ));
+    }
+    if let IpAddr::V4(v4) = address {
+        // /31 and /32 have no network or broadcast address (RFC 3021).
+        if prefix_len <= 30 {
+            let host_mask = u32::MAX >> prefix_len;
+            let host = u32::from(v4) & host_mask;
+            if host == 0 || host == host_mask {
+                let net = InterfaceAddress {
+                    address,
+                    prefix_len,
+                }
+                .network();
+                return Err(format!(
+                    "found {}, which is the network or broadcast address of {net}; expected a host \
+                     address in it, e.g. {}/{prefix_len}",
+                    shown(text),
+                    first_host(&net)
+                ));
+            }
+        }
+    }
+    Ok(InterfaceAddress {
+        address,
+        prefix_len,
+    })
+}
+
+fn first_host(net: &IpNetwork) -> IpAddr {
+    match net.network_address() {
+        IpAddr::V4(a) => IpAddr::V4((u32::from(a) + 1).into()),
+        IpAddr::V6(a) => IpAddr::V6((u128::from(a) + 1).into()),
+    }
+}
+
+/// A network in CIDR form. Host bits must be clear: `10.0.0.1/24` is almost always a typo for
+/// `10.0.0.1/32` or `10.0.0.0/24`, and silently widening it to a whole /24 would hand a peer
+/// addresses the operator did not mean to give. A bare address means the single host.
+pub fn network(text: &str) -> Result<IpNetwork, String> {
+    match network_truncating(text)? {
+        (net, false) => Ok(net),
+        (net, true) => {
+            let (ip, _) = split_prefix(text)?;
+            Err(format!(
+                "found {}, which has host bits set; expected a network: {net} (the whole network) \
+                 or {ip}/{} (one host)",
+                shown(text),
+                max_prefix(&ip)
+            ))
+        }
+    }
+}
+
+/// Like `network`, but clears host bits the way `wg` does, and says whether it had to.
+pub fn network_truncating(text: &str) -> Result<(IpNetwork, bool), String> {
+    let (ip, prefix) = split_prefix(text)?;
+    let prefix = prefix.unwrap_or_else(|| max_prefix(&ip));
+    let net = IpNetwork::new_truncate(ip, prefix).map_err(|_| {
+        format!(
+            "found {}, expected a network like 10.0.1.0/24 or fd00::/64",
+            shown(text)
+        )
+    })?;
+    Ok((net, net.network_address() != ip))
+}
+
+/// `IP:port` or `[IPv6]:port`, port 1–65535. `what` names the thing in the message.
+pub fn socket_addr(text: &str, what: &str) -> Result<SocketAddr, String> {
+    let addr: SocketAddr = text.trim().parse().map_err(|_| {
+        format!(
+            "found {}, expected {what} as IP:port or [IPv6]:port",
+            shown(text)
+        )
+    })?;
+    if addr.port() == 0 {
+        return Err(format!(
+            "found {}, expected a port 1–65535, not 0",
+            shown(text)
+        ));
+    }
+    Ok(addr)
+}
+
+/// A peer's endpoint. Host names are refused rather than resolved: the appliance has no resolver
+/// at boot, a name resolved once would silently go stale, and a bastion's peers are roaming
+/// clients whose endpoint is learned from their packets anyway.
+pub fn endpoint(text: &str) -> Result<SocketAddr, String> {
+    match socket_addr(text, "an endpoint") {
+        Ok(addr) if addr.ip().is_unspecified() || addr.ip().is_multicast() => Err(format!(
+            "found {}, expected a unicast address (not unspecified or multicast)",
+            shown(text)
+        )),
+        Ok(addr) => Ok(addr),
+        Err(e) => {
+            let host = text.rsplit_once(':').map(|(h, _)| h).unwrap_or(text);
+            let is_name = !host.is_empty()
+                && host.parse::<IpAddr>().is_err()
+                && host.chars().any(|c| c.is_ascii_alphabetic())
+                && host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-');
+            if is_name {
+                Err(format!(
+                    "found the host name {}; expected IP:port or [IPv6]:port (the bastion does not \
+                     resolve names: put the address, or leave endpoint out for a roaming peer)",
+                    shown(host)
+                ))
+            } else {
+                Err(e)
+            }
+        }
+    }
+}
+
+/// A Linux interface name, checked the way the kernel's `dev_valid_name` does.
+pub fn interface_name(text: &str) -> Result<(), String> {
+    if text.is_empty() {
+        return Err("found an empty name, expected a Linux interface name like wg0".into());
+    }
+    if text.len() > 15 {
+        return Err(format!(
+            "found {} ({} bytes), expected at most 15 bytes (Linux IFNAMSIZ)",
+            shown(text),
+            text.len()
+        ));
+    }
+    if text == "." || text == ".." {
+        return Err(format!(
+            "found {}, expected a Linux interface name like wg0",
+            shown(text)
+        ));
+    }
+    if text
+        .chars()
+        .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
+    {
+        return Err(format!(
+            "found {}, expected a Linux interface name without '/', ':' or whitespace",
+            shown(text)
+        ));
+    }
+    Ok(())
+}
+
+/// A peer's display name: used in logs and `bastion status`, so one printable line.
+pub fn peer_name(text: &str) -> Result<(), String> {
+    if text.trim().is_empty() {
+        return Err("found an empty name, expected a name like \"alice-laptop\"".into());
+    }
+    if text.chars().count() > 64 {
+        return Err(format!(
+            "found {}, expected at most 64 characters",
+            shown(text)
+        ));
+    }
+    if text.chars().any(|c| c.is_control()) {
+        return Err(format!(
+            "found {}, expected one printable line (no control characters)",
+            shown(text)
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interface_addresses_need_a_prefix_and_a_host() {
+        let a = interface_address("10.100.0.1/24").unwrap();
+        assert_eq!(a.to_string(), "10.100.0.1/24");
+        assert_eq!(a.network().to_string(), "10.100.0.0/24");
+        assert!(interface_address("fd00:100::1/64").is_ok());
+        assert!(interface_address("10.100.0.1")
+            .unwrap_err()
+            .contains("without a prefix"));
+        assert!(interface_address("10.100.0.0/24")
+            .unwrap_err()
+            .contains("network or broadcast"));
+        assert!(interface_address("10.100.0.255/24")
+            .unwrap_err()
+            .contains("broadcast"));
+        assert!(
+            interface_address("10.100.0.0/31").is_ok(),
+            "RFC 3021 point-to-point"
+        );
+        assert!(interface_address("10.100.0.1/33")
+            .unwrap_err()
+            .contains("0–32"));
+        assert!(interface_address("10.100.0.300/24")
+            .unwrap_err()
+            .contains("expected an IPv4"));
+    }
+
+    #[test]
+    fn networks_refuse_host_bits_and_suggest_both_readings() {
+        assert_eq!(network("10.0.1.0/24").unwrap().to_string(), "10.0.1.0/24");
+        assert_eq!(network("10.0.1.7").unwrap().to_string(), "10.0.1.7/32");
+        let e = network("10.0.0.1/24").unwrap_err();
+        assert!(
+            e.contains("10.0.0.0/24") && e.contains("10.0.0.1/32"),
+            "{e}"
+        );
+        let (net, truncated) = network_truncating("10.0.0.1/24").unwrap();
+        assert_eq!((net.to_string().as_str(), truncated), ("10.0.0.0/24", true));
+        assert!(network("fd00::1/200").is_err());
+        assert!(network("eth0").is_err());
+    }
+
+    #[test]
+    fn endpoints_are_addresses_not_names() {
+        assert_eq!(endpoint("198.51.100.7:51820").unwrap().port(), 51820);
+        assert!(endpoint("[2001:db8::1]:51820").is_ok());
+        assert!(endpoint("vpn.example.com:51820")
+            .unwrap_err()
+            .contains("does not resolve"));
+        assert!(endpoint("198.51.100.7").is_err());
+        assert!(endpoint("198.51.100.7:0").unwrap_err().contains("not 0"));
+        assert!(endpoint("0.0.0.0:51820").is_err());
+    }
+
+    #[test]
+    fn interface_names_follow_the_kernel() {
+        assert!(interface_name("wg0").is_ok());
+        assert!(interface_name("a23456789012345").is_ok());
+        assert!(interface_name("a234567890123456")
+            .unwrap_err()
+            .contains("15 bytes"));
+        for bad in ["", ".", "..", "wg/0", "wg 0", "wg:0"] {
+            assert!(interface_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn keys_are_never_shown() {
+        let key = "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=";
+        assert!(!shown(key).contains(key));
+        assert!(!network(key).unwrap_err().contains(key));
+        assert!(!shown(&format!("x{key}")).contains(key));
+    }
+}

@@ -1,0 +1,35 @@
+//! Tunnel → network: one IP packet read from the TUN, encrypted for the peer whose allowed IPs
+//! hold its destination most closely (outbound cryptokey routing), sent to the peer's endpoint.
+
+use super::inbound::send;
+use super::peers::Peer;
+use super::{Counters, DataPlaneShared};
+use boringtun::noise::{Tunn, TunnResult};
+use std::net::UdpSocket;
+
+/// Handles one packet read from the TUN. `out` must hold the packet + 32 bytes and at least 148.
+pub fn handle_tun_packet(shared: &DataPlaneShared, socket: &UdpSocket, packet: &[u8], out: &mut [u8]) {
+    let Some(destination) = Tunn::dst_address(packet) else {
+        Counters::count(&shared.counters.dropped_tun_packets);
+        return;
+    };
+    let Some(peer_id) = shared.peers.route(destination) else {
+        // No peer owns this address (e.g. IPv6 router solicitations): nothing to send it to.
+        Counters::count(&shared.counters.dropped_tun_packets);
+        return;
+    };
+    let peer = shared.peers.get(peer_id);
+    let mut tunn = peer.lock_tunn();
+    match tunn.encapsulate(packet, out) {
+        TunnResult::WriteToNetwork(datagram) => match peer.endpoint() {
+            Some(endpoint) => {
+                Peer::count(&peer.counters.tx_packets);
+                send(shared, socket, datagram, endpoint);
+            }
+            // A roaming client that never reached this bastion: it has to come to us first.
+            None => Counters::count(&shared.counters.dropped_tun_packets),
+        },
+        TunnResult::Done => {}
+        _ => Counters::count(&shared.counters.dropped_tun_packets),
+    }
+}
