@@ -75,7 +75,10 @@ def qemu_command(arch, image, vars_copy, qmp_path, memory=512, udp_port=51820, h
 class Guest:
     """One QEMU run. Console lines are kept with their time since QEMU started."""
 
-    def __init__(self, arch, image, console_log=None, echo=False, udp_port=51820, http_port=8080, companion=None):
+    def __init__(self, arch, image, console_log=None, echo=False, udp_port=51820, http_port=8080, companion=None,
+                 netns=None):
+        """netns: run QEMU (and the companion) inside this network namespace, so its forwarded
+        ports and the guest's 169.254.169.254 (= the namespace's 127.0.0.1) stay in there."""
         if arch not in FIRMWARE:
             raise ValueError(f"unknown architecture {arch}")
         for path in FIRMWARE[arch] + (image,):
@@ -84,6 +87,7 @@ class Guest:
         self.arch, self.image, self.echo = arch, image, echo
         self.ports = (udp_port, http_port)
         self.companion_cmd = companion
+        self.prefix = ["ip", "netns", "exec", netns] if netns else []
         self.console_log = open(console_log, "w") if console_log else None
         self.lines = []  # (seconds since start, text)
         self.cond = threading.Condition()
@@ -93,7 +97,7 @@ class Guest:
 
     def start(self):
         if self.companion_cmd:
-            self.companion = subprocess.Popen(self.companion_cmd, shell=True, start_new_session=True)
+            self.companion = subprocess.Popen(self.prefix + ["sh", "-c", self.companion_cmd], start_new_session=True)
         vars_copy = os.path.join(self.workdir, "vars.fd")
         shutil.copyfile(FIRMWARE[self.arch][1], vars_copy)  # fresh NVRAM, like a new instance
         self.qmp_path = os.path.join(self.workdir, "qmp.sock")
@@ -101,7 +105,7 @@ class Guest:
         self.t0 = time.monotonic()
         # Its own session: the terminal's Ctrl-C reaches us, not QEMU.
         self.proc = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, start_new_session=True
+            self.prefix + cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, start_new_session=True
         )
         threading.Thread(target=self._read_console, daemon=True).start()
         return self
