@@ -164,7 +164,7 @@ pub(crate) mod tests {
         let names_off = out.len();
         out.extend_from_slice(&names);
         let shoff = out.len();
-        let mut push_header = |out: &mut Vec<u8>, name: usize, off: usize, size: usize| {
+        let push_header = |out: &mut Vec<u8>, name: usize, off: usize, size: usize| {
             let mut h = [0u8; 64];
             h[0..4].copy_from_slice(&(name as u32).to_le_bytes());
             h[0x18..0x20].copy_from_slice(&(off as u64).to_le_bytes());

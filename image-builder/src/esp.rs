@@ -11,7 +11,7 @@ const CLUSTER: u32 = 1024;
 
 /// Makes a FAT32 volume of `size` bytes holding `files` (path with `/` separators, contents).
 pub fn build(size: u64, volume_id: u32, files: &[(&str, &[u8])]) -> Result<Vec<u8>, String> {
-    if size < MIN_SIZE || size % 512 != 0 {
+    if size < MIN_SIZE || !size.is_multiple_of(512) {
         return Err(format!("ESP size {size} must be a multiple of 512 and at least {MIN_SIZE}"));
     }
     let needed: u64 = files.iter().map(|(_, d)| d.len() as u64).sum();

@@ -116,7 +116,7 @@ pub fn last_usable_lba(total_sectors: u64) -> u64 {
 
 /// Lays out a GPT disk of `disk_size` bytes with `parts`.
 pub fn layout(disk_size: u64, disk_guid: Guid, parts: &[Partition]) -> Result<Layout, String> {
-    if disk_size % SECTOR != 0 {
+    if !disk_size.is_multiple_of(SECTOR) {
         return Err(format!("disk size {disk_size} is not a multiple of {SECTOR}"));
     }
     let total = disk_size / SECTOR;

@@ -419,7 +419,7 @@ mod tests {
         let summary = build(&fx.inputs()).unwrap();
         assert_eq!(summary.modules.len(), APPLIANCE_MODULES.len() - 2);
         assert_eq!(summary.built_in, ["af_packet", "button"]);
-        let disk = std::fs::read(&fx.dir.join("disk.img")).unwrap();
+        let disk = std::fs::read(fx.dir.join("disk.img")).unwrap();
         assert_eq!(disk.len() as u64, 96 * MIB);
         // The ESP at 1 MiB holds the UKI, whose .initrd holds /init = the binary.
         let esp_bytes = &disk[MIB as usize..(MIB + esp::MIN_SIZE) as usize];
@@ -458,7 +458,8 @@ mod tests {
     #[test]
     fn bad_inputs_are_clear_errors_and_leave_nothing_behind() {
         let fx = Fixture::new("bad");
-        let cases: Vec<(Box<dyn Fn(&mut Inputs)>, &str)> = vec![
+        type Change = Box<dyn Fn(&mut Inputs)>;
+        let cases: Vec<(Change, &str)> = vec![
             (Box::new(|i| i.kernel = i.kernel.join("nonexistent")), "expected an extracted linux-image package"),
             (Box::new(|i| i.binary = PathBuf::from("/bin/sh")), ""),
             (Box::new(|i| i.stub = i.stub.join("nonexistent")), "EFI stub (from systemd-boot-efi)"),
