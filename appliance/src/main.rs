@@ -43,6 +43,26 @@ enum Command {
     Pubkey,
     /// Print the TOML equivalent of a wg-quick configuration file.
     Convert { file: PathBuf },
+    /// Boot as the appliance's init (what `/init` does as PID 1), but exit 0 where the machine
+    /// would power off. For tests in their own PID, mount and network namespaces.
+    Init {
+        /// IMDS base URL, http://IP[:PORT] (default: kernel command line bastion.imds=, else
+        /// http://169.254.169.254).
+        #[arg(long)]
+        imds: Option<String>,
+        /// The interface to run DHCP on (default: the first Ethernet interface).
+        #[arg(long)]
+        interface: Option<String>,
+        /// Where an accepted user-data config is written.
+        #[arg(long, default_value = "/run/bastion")]
+        run_dir: PathBuf,
+        /// The config used when there is no user-data.
+        #[arg(long, default_value = "/etc/bastion/bastion.toml")]
+        baked_config: PathBuf,
+        /// The kernel module list.
+        #[arg(long, default_value = "/etc/bastion/modules")]
+        modules_list: PathBuf,
+    },
     /// Show the running service of this network namespace: peers, handshakes, bytes, drain.
     Status {
         /// The service's tunnel interface.
@@ -52,8 +72,17 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // The kernel starts `/init` as PID 1 with whatever words of its command line it did not
+    // understand as arguments: as PID 1, anything but an explicit `init` means "be the machine".
+    if std::process::id() == 1 && std::env::args().nth(1).as_deref() != Some("init") {
+        return init::run(init::Mode::Machine, init::Options::default());
+    }
     let cli = Cli::parse();
     match cli.command {
+        Command::Init { imds, interface, run_dir, baked_config, modules_list } => init::run(
+            init::Mode::Command,
+            init::Options { imds, interface, modules_list, baked_config, run_dir },
+        ),
         Command::Run { config } => service::run_from_file(&config),
         Command::CheckConfig { file } => check_config(&file),
         Command::Genkey => {

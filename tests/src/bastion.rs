@@ -1,0 +1,231 @@
+//! `bastion run` under test: a config written from a [`BastionSetup`] for a [`Topology`], the
+//! process in the bastion namespace, and its health responder queried from inside that
+//! namespace. The binary comes from `BASTION_BIN` (the Makefile sets it).
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::http::{self, HttpResponse};
+use crate::process::Process;
+use crate::topology::{Topology, BASTION_TUNNEL_V4, BASTION_TUNNEL_V6, LISTEN_PORT};
+use crate::wait::wait_until;
+
+/// The `bastion` binary under test, or `None` (the caller skips, saying why) when
+/// `BASTION_BIN` is unset.
+pub fn binary() -> Option<PathBuf> {
+    let path = PathBuf::from(std::env::var_os("BASTION_BIN")?);
+    assert!(
+        path.is_file(),
+        "BASTION_BIN={} is not a file: build it first (`make build`)",
+        path.display()
+    );
+    Some(path)
+}
+
+/// What varies between tests' configs; everything else follows the topology.
+#[derive(Clone, Debug)]
+pub struct BastionSetup {
+    pub interface_name: String,
+    pub drain_seconds: u32,
+    /// Port of the health responder, on 0.0.0.0 in the bastion namespace.
+    pub health_port: u16,
+    /// `[nat] reach`: default, private host 0's v4 and v6 addresses only, so every other
+    /// private host is outside reach.
+    pub nat_reach: Vec<String>,
+    /// Per-peer `reach`, by client index (missing = none).
+    pub peer_reach: Vec<Vec<String>>,
+    pub masquerade: bool,
+    /// TOML appended verbatim (extra sections).
+    pub extra_toml: String,
+}
+
+impl Default for BastionSetup {
+    fn default() -> Self {
+        BastionSetup {
+            interface_name: "wg0".into(),
+            drain_seconds: 3,
+            health_port: 8080,
+            nat_reach: vec!["10.0.1.10/32".into(), "fd00:1::a/128".into()],
+            peer_reach: Vec::new(),
+            masquerade: true,
+            extra_toml: String::new(),
+        }
+    }
+}
+
+fn toml_list(items: &[String]) -> String {
+    let quoted: Vec<String> = items.iter().map(|i| format!("\"{i}\"")).collect();
+    format!("[{}]", quoted.join(", "))
+}
+
+impl BastionSetup {
+    /// The config for `topo`: the bastion's key and tunnel addresses, one peer per client.
+    pub fn to_toml(&self, topo: &Topology) -> String {
+        let mut s = String::new();
+        writeln!(s, "[interface]").unwrap();
+        writeln!(s, "private_key = \"{}\"", topo.bastion_keys.private).unwrap();
+        writeln!(
+            s,
+            "address = [\"{BASTION_TUNNEL_V4}/24\", \"{BASTION_TUNNEL_V6}/64\"]"
+        )
+        .unwrap();
+        writeln!(s, "listen_port = {LISTEN_PORT}").unwrap();
+        writeln!(s, "name = \"{}\"", self.interface_name).unwrap();
+        for (i, client) in topo.clients.iter().enumerate() {
+            writeln!(s, "\n[[peer]]").unwrap();
+            writeln!(s, "name = \"{}\"", client.name).unwrap();
+            writeln!(s, "public_key = \"{}\"", client.keys.public).unwrap();
+            let allowed = [
+                format!("{}/32", client.tunnel_v4),
+                format!("{}/128", client.tunnel_v6),
+            ];
+            writeln!(s, "allowed_ips = {}", toml_list(&allowed)).unwrap();
+            if let Some(reach) = self.peer_reach.get(i).filter(|r| !r.is_empty()) {
+                writeln!(s, "reach = {}", toml_list(reach)).unwrap();
+            }
+        }
+        writeln!(s, "\n[nat]").unwrap();
+        writeln!(s, "masquerade = {}", self.masquerade).unwrap();
+        writeln!(s, "egress = \"auto\"").unwrap();
+        writeln!(s, "reach = {}", toml_list(&self.nat_reach)).unwrap();
+        writeln!(s, "\n[health]").unwrap();
+        writeln!(s, "listen = \"0.0.0.0:{}\"", self.health_port).unwrap();
+        writeln!(s, "drain_seconds = {}", self.drain_seconds).unwrap();
+        s.push_str(&self.extra_toml);
+        s
+    }
+}
+
+/// A running `bastion run`. Drop sends SIGTERM twice (the second ends the drain at once, still
+/// cleaning up), then SIGKILL if it still runs.
+pub struct Bastion {
+    pub process: Process,
+    binary: PathBuf,
+    pub config: PathBuf,
+    pub setup: BastionSetup,
+    health: SocketAddr,
+    ns_name: String,
+}
+
+impl Bastion {
+    /// Writes the config for `setup` and starts `BINARY run --config FILE` in the topology's
+    /// bastion namespace. Does not wait: see [`Bastion::wait_healthy`].
+    pub fn start(topo: &Topology, binary: &std::path::Path, setup: BastionSetup) -> Bastion {
+        let name = crate::unique_name("cfg");
+        let config = topo
+            .dir
+            .write(&format!("bastion-{name}.toml"), &setup.to_toml(topo));
+        let mut process = topo.bastion.spawn(
+            "bastion run",
+            &[
+                binary.as_os_str(),
+                "run".as_ref(),
+                "--config".as_ref(),
+                config.as_os_str(),
+            ],
+            &[],
+            &topo.dir.path().join(format!("bastion-{name}.log")),
+        );
+        process.set_grace(Duration::from_secs(5));
+        Bastion {
+            process,
+            binary: binary.to_path_buf(),
+            config,
+            health: SocketAddr::from(([127, 0, 0, 1], setup.health_port)),
+            setup,
+            ns_name: topo.bastion.name().to_string(),
+        }
+    }
+
+    fn ns(&self) -> crate::Netns {
+        // A non-owning handle: the topology owns (and deletes) the namespace.
+        crate::netns::Netns::borrowed(&self.ns_name)
+    }
+
+    /// One `GET /` of the health responder from inside the bastion namespace.
+    pub fn health(&self) -> Result<HttpResponse, String> {
+        http::get(&self.ns(), self.health, "/", Duration::from_secs(2))
+    }
+
+    /// One `HEAD /` of the health responder.
+    pub fn health_head(&self) -> Result<HttpResponse, String> {
+        http::request(&self.ns(), "HEAD", self.health, "/", Duration::from_secs(2))
+    }
+
+    /// Polls health until `accept` holds; on timeout the error shows the last answer and the
+    /// service's log.
+    pub fn wait_health(
+        &self,
+        what: &str,
+        timeout: Duration,
+        accept: impl Fn(&HttpResponse) -> bool,
+    ) -> Result<HttpResponse, String> {
+        let result = wait_until(what, timeout, || {
+            if self.process.try_exit().is_some() {
+                // Not worth waiting for: say so now (the log is appended below).
+                return Ok(Err(format!("{} exited", self.process.label())));
+            }
+            match self.health() {
+                Ok(r) if accept(&r) => Ok(Ok(r)),
+                Ok(r) => Err(format!("health answered {} {:?}", r.status, r.body)),
+                Err(e) => Err(e),
+            }
+        });
+        let exited = |e: String| {
+            let status = self
+                .process
+                .try_exit()
+                .map(Process::describe)
+                .unwrap_or_default();
+            format!(
+                "{e} ({status}) while waiting for {what}\n{}",
+                self.process.log_report()
+            )
+        };
+        match result {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) => Err(exited(e)),
+            Err(e) => Err(format!("{e}\n{}", self.process.log_report())),
+        }
+    }
+
+    /// Waits for 200 with body `NAME up`.
+    pub fn wait_healthy(&self, timeout: Duration) -> Result<HttpResponse, String> {
+        let expected = format!("{} up", self.setup.interface_name);
+        self.wait_health(&format!("health 200 {expected:?}"), timeout, |r| {
+            r.status == 200 && r.body.trim() == expected
+        })
+    }
+
+    pub fn log_report(&self) -> String {
+        self.process.log_report()
+    }
+
+    /// What `bastion status --interface NAME` prints in the bastion namespace.
+    pub fn status(&self) -> Result<String, String> {
+        let out = self.ns().exec(&[
+            self.binary.to_str().unwrap(),
+            "status",
+            "--interface",
+            &self.setup.interface_name,
+        ]);
+        if out.success() {
+            Ok(out.stdout)
+        } else {
+            Err(out.to_string())
+        }
+    }
+}
+
+impl Drop for Bastion {
+    fn drop(&mut self) {
+        if self.process.is_running() {
+            self.process.signal(libc::SIGTERM);
+            std::thread::sleep(Duration::from_millis(100));
+            self.process.signal(libc::SIGTERM);
+        }
+        // Process's own drop waits, then SIGKILLs.
+    }
+}
