@@ -81,6 +81,7 @@ drain_seconds = 5
         f.write(f"""[Interface]
 PrivateKey = {client_key}
 Address = {TUNNEL_NET}.2/32
+MTU = 1420
 
 [Peer]
 PublicKey = {server_pub}
@@ -106,6 +107,7 @@ WireGuard client config ({os.path.abspath(client)}):
 {open(client).read().replace(client_key, '<private key: see the file>')}
 Once the console says the service is up, from another terminal on this machine:
   wg-quick up {os.path.abspath(client)}   # then: ping {TUNNEL_NET}.1
+      (without the wireguard kernel module, wg-quick falls back to wireguard-go)
   curl -i http://127.0.0.1:{a.http_port}/              # health (200 when the data plane works)
   wg-quick down {os.path.abspath(client)}
 Ctrl-C here presses the power button: the appliance drains, then powers off.
