@@ -1,15 +1,60 @@
 # The bastion appliance: builds, tests, image, boot.
 # `make test` and `make run` install their own prerequisites (idempotently) on Debian as root.
+#
+#   make appliance [ARCH=aarch64|x86_64]   static musl bastion for the appliance
+#   make image     [ARCH=...] [CONFIG=file] GPT disk image with a UKI (out/ARCH/disk.img)
+#   make run                                boot the image under QEMU (Ctrl-C powers it down)
+#   make boot-test                          prove firmware → UKI → kernel → initramfs → /init,
+#                                           module loading and the power button, under QEMU
+#   make lock-packages                      re-pin the Debian kernel and stub (image/packages.lock)
 
 SHELL := /bin/bash
 ARCH ?= aarch64
 OUT ?= out
 CARGO ?= cargo
+HOST_ARCH := $(shell uname -m)
 
 # Debian packages the tests need (real peers, real servers, the nft oracle).
 TEST_PACKAGES := wireguard-go wireguard-tools nftables iproute2 python3 iputils-ping dnsmasq-base iperf3 procps
 
-.PHONY: all test test-deps unit-test integration-test clean
+# --- cross builds -----------------------------------------------------------------------------
+TARGET := $(ARCH)-unknown-linux-musl
+APPLIANCE_BIN := target/$(TARGET)/release/bastion
+# ring compiles C and assembly: the Debian cross compiler for a foreign target, gcc for our own.
+# Linking is done by rust-lld (.cargo/config.toml), so no cross binutils or musl-gcc is needed.
+ifeq ($(ARCH),$(HOST_ARCH))
+CROSS_CC := gcc
+CROSS_PACKAGES := gcc
+else
+CROSS_CC := $(ARCH)-linux-gnu-gcc
+CROSS_PACKAGES := gcc-$(subst _,-,$(ARCH))-linux-gnu
+endif
+ifeq ($(ARCH),aarch64)
+FILE_ARCH := ARM aarch64
+DEB_ARCH := arm64
+QEMU_PACKAGES := qemu-system-arm qemu-efi-aarch64
+else ifeq ($(ARCH),x86_64)
+FILE_ARCH := x86-64
+DEB_ARCH := amd64
+QEMU_PACKAGES := qemu-system-x86 ovmf
+else
+$(error ARCH must be aarch64 or x86_64, not $(ARCH))
+endif
+IMAGE_PACKAGES := $(CROSS_PACKAGES) $(QEMU_PACKAGES) file cpio
+
+# --- the image --------------------------------------------------------------------------------
+ARCH_OUT := $(OUT)/$(ARCH)
+PACKAGE_CACHE := $(OUT)/cache/$(ARCH)
+DISK := $(ARCH_OUT)/disk.img
+VERSION ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)-$(shell git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
+IMAGE_BUILDER := target/release/bastion-image
+HOST_BASTION := target/release/bastion
+# An optional configuration to bake in (/etc/bastion/bastion.toml); validated with check-config
+# by a host build of the same source.
+CONFIG ?=
+
+.PHONY: all build test test-deps unit-test integration-test clean \
+        image-deps appliance image-builder kernel image probe-image run boot-test lock-packages
 
 all: build
 
@@ -26,11 +71,74 @@ test-deps:
 
 unit-test:
 	$(CARGO) test --release -p bastion
+	$(CARGO) test --release -p bastion-image
 
 integration-test: build
 	BASTION_BIN=$(CURDIR)/target/release/bastion $(CARGO) test --release -p bastion-tests -- --test-threads=1
 
-test: test-deps unit-test integration-test
+test: test-deps unit-test integration-test boot-test
+
+# Cross toolchain, QEMU and firmware; the Rust target. Idempotent and quiet when all is there.
+image-deps:
+	@missing=""; for p in $(IMAGE_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+	@rustup target list --installed | grep -qx $(TARGET) || rustup target add $(TARGET)
+
+# The appliance binary: static musl, stripped (profile.release strip = true), checked with file(1).
+appliance: image-deps
+	CC_$(subst -,_,$(TARGET))=$(CROSS_CC) $(CARGO) build --release -p bastion --target $(TARGET)
+	@info="$$(file -b $(APPLIANCE_BIN))"; echo "$(APPLIANCE_BIN): $$info"; \
+	case "$$info" in *"$(FILE_ARCH)"*static*linked*stripped*) ;; \
+	  *) echo "$(APPLIANCE_BIN) is not a static, stripped $(ARCH) binary" >&2; exit 1 ;; esac
+
+image-builder:
+	$(CARGO) build --release -p bastion-image
+
+# The pinned Debian kernel and EFI stub, downloaded once into $(PACKAGE_CACHE) (verified against
+# image/packages.lock) and unpacked with dpkg-deb. Re-unpacked only when the lock changes.
+kernel: $(ARCH_OUT)/packages.stamp
+$(ARCH_OUT)/packages.stamp: image/packages.lock image/fetch-packages.sh
+	bash image/fetch-packages.sh fetch $(ARCH) $(PACKAGE_CACHE)
+	rm -rf $(ARCH_OUT)/kernel $(ARCH_OUT)/stub
+	mkdir -p $(ARCH_OUT)/kernel $(ARCH_OUT)/stub
+	@while read -r arch pkg version sha; do \
+	  [ "$$arch" = "$(ARCH)" ] || continue; \
+	  deb="$(PACKAGE_CACHE)/$${pkg}_$${version//:/%3a}_$(DEB_ARCH).deb"; \
+	  case "$$pkg" in linux-image-*) dest=kernel ;; *) dest=stub ;; esac; \
+	  echo "unpacking $$deb"; dpkg-deb -x "$$deb" $(ARCH_OUT)/$$dest; \
+	done < image/packages.lock
+	touch $@
+
+lock-packages:
+	bash image/fetch-packages.sh lock
+
+image: appliance image-builder kernel $(if $(CONFIG),build)
+	$(IMAGE_BUILDER) build --binary $(APPLIANCE_BIN) --kernel $(ARCH_OUT)/kernel --stub $(ARCH_OUT)/stub \
+	  --rootfs rootfs --version $(VERSION) --initramfs-out $(ARCH_OUT)/initramfs.gz \
+	  $(if $(CONFIG),--config $(CONFIG) --check-config-with $(HOST_BASTION)) --out $(DISK)
+
+# Boots the image like a fresh EC2 instance (UEFI, NVMe, serial console) with fresh keys, the
+# config served as user-data by the IMDSv2 emulator (tests/imds/, when present) and a ready
+# wg-quick client config in $(ARCH_OUT)/run/. Ctrl-C = the power button.
+run: image build
+	python3 tests/boot/run.py --arch $(ARCH) --image $(DISK) --bastion $(HOST_BASTION) --workdir $(ARCH_OUT)/run
+
+# The boot tests: the real image reaches /init (boot_chain.py); an image with the stand-in init
+# tests/boot/probe-init proves the module list loads, the NIC binds and the power button
+# arrives as KEY_POWER (boot_probe.py).
+PROBE_BIN := target/$(TARGET)/release/boot-probe
+PROBE_DISK := $(ARCH_OUT)/probe.img
+probe-image: image-deps image-builder kernel
+	CC_$(subst -,_,$(TARGET))=$(CROSS_CC) $(CARGO) build --release -p boot-probe --target $(TARGET)
+	$(IMAGE_BUILDER) build --binary $(PROBE_BIN) --kernel $(ARCH_OUT)/kernel --stub $(ARCH_OUT)/stub \
+	  --version $(VERSION)-probe --out $(PROBE_DISK)
+
+boot-test: image probe-image
+	python3 tests/boot/boot_chain.py --arch $(ARCH) --image $(DISK) --log $(ARCH_OUT)/boot-chain.log
+	python3 tests/boot/boot_probe.py --arch $(ARCH) --image $(PROBE_DISK) --log $(ARCH_OUT)/boot-probe.log
 
 clean:
 	$(CARGO) clean

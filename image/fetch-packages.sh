@@ -33,23 +33,39 @@ ensure_apt_arch() {
      ! dpkg --print-foreign-architectures | grep -qx "$darch"; then
     echo "fetch-packages: adding Debian architecture $darch" >&2
     dpkg --add-architecture "$darch"
-    apt-get update -qq
+    apt_updated=0
+    apt_update_once
   elif ! apt-cache show "$probe:$darch" >/dev/null 2>&1; then
-    apt-get update -qq
+    apt_update_once
   fi
 }
 
 deb_name() { echo "${1}_${2//:/%3a}_${3}.deb"; }
 
+apt_updated=0
+apt_update_once() {
+  [ "$apt_updated" = 1 ] && return 0
+  apt-get update -qq
+  apt_updated=1
+}
+
 # Downloads package $1 version $2 for Debian architecture $3 into directory $4 as deb_name.
+# Package lists older than the lock do not know the pinned version yet: refresh them once and
+# retry before giving up.
 download() {
   local pkg="$1" version="$2" darch="$3" dir="$4" tmp
   tmp="$(mktemp -d "$dir/.download.XXXXXX")"
   chmod 755 "$tmp"   # apt-get download drops privileges to _apt, which must be able to write
   if ! (cd "$tmp" && apt-get download -qq "$pkg:$darch=$version" 2>"$tmp/log"); then
-    cat "$tmp/log" >&2
-    rm -rf "$tmp"
-    die "cannot download $pkg:$darch=$version; if Debian no longer serves it, run 'make lock-packages' to pin the current version"
+    if [ "$apt_updated" = 0 ]; then
+      echo "fetch-packages: $pkg:$darch=$version not in the package lists; refreshing them" >&2
+      apt_update_once
+    fi
+    if ! (cd "$tmp" && apt-get download -qq "$pkg:$darch=$version" 2>"$tmp/log"); then
+      cat "$tmp/log" >&2
+      rm -rf "$tmp"
+      die "cannot download $pkg:$darch=$version; Debian keeps only the current kernel ABI in its archive, so when it has moved on run 'make lock-packages' to pin the current version (and commit image/packages.lock)"
+    fi
   fi
   local got=("$tmp"/*.deb)
   [ -f "${got[0]}" ] || { rm -rf "$tmp"; die "apt-get download left no .deb for $pkg:$darch=$version"; }
@@ -98,6 +114,7 @@ cmd_lock() {
   for arch in aarch64 x86_64; do
     local darch kernel; darch="$(debian_arch "$arch")"
     ensure_apt_arch "$darch" "linux-image-cloud-$darch"
+    apt_update_once   # pin what Debian serves today, not what stale lists remember
     kernel="$(apt-cache depends "linux-image-cloud-$darch:$darch" |
               sed -n "s/^ *Depends: \(linux-image-[0-9][^:]*-cloud-$darch\).*/\1/p" | head -n1)"
     [ -n "$kernel" ] || die "cannot resolve the kernel package behind linux-image-cloud-$darch"
