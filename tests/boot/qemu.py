@@ -37,13 +37,19 @@ FIRMWARE = {
 # Console lines that mark the boot stages (for the timing report).
 STAGES = [
     ("firmware done, kernel EFI stub", re.compile(r"EFI stub: Booting Linux Kernel")),
-    ("kernel started", re.compile(r"\]\s*Booting Linux on|\] Linux version")),
+    ("first kernel line on the console", re.compile(r"\]\s*Booting Linux on|\] Linux version")),
     ("kernel runs /init", re.compile(r"Run /init as init process")),
 ]
 KERNEL_TIME = re.compile(r"^\[\s*(\d+\.\d+)\]")
 
 
-def qemu_command(arch, image, vars_copy, qmp_path, memory=512, udp_port=51820, http_port=8080):
+def qemu_command(arch, image, vars_copy, qmp_path, memory=512, udp_port=51820, http_port=8080, smp=2,
+                 rng=False):
+    """smp: 2 like a t4g.nano (the service starts one data-plane worker per CPU).
+    rng: add a virtio-rng device. Off by default because EC2 has none: without it the firmware
+    offers no EFI_RNG_PROTOCOL, the kernel's CRNG is not seeded at boot, and the service's
+    first getrandom waits for the kernel's jitter entropy (≈1.2 s under TCG). With it, AAVMF
+    hands the EFI stub a seed and `random: crng init done` is at 0.000000."""
     code, _ = FIRMWARE[arch]
     net = (
         "user,id=n0,net=169.254.169.0/24,host=169.254.169.254,"
@@ -56,7 +62,7 @@ def qemu_command(arch, image, vars_copy, qmp_path, memory=512, udp_port=51820, h
         machine = ["qemu-system-x86_64", "-M", "q35", "-cpu", "max"]
     return machine + [
         "-m", str(memory),
-        "-smp", "1",
+        "-smp", str(smp),
         "-nodefaults",
         "-display", "none",
         "-no-reboot",  # a kernel panic (or a reboot) ends QEMU instead of looping
@@ -69,16 +75,17 @@ def qemu_command(arch, image, vars_copy, qmp_path, memory=512, udp_port=51820, h
         "-chardev", "stdio,id=console,signal=off",
         "-serial", "chardev:console",
         "-qmp", f"unix:{qmp_path},server=on,wait=off",
-    ]
+    ] + (["-device", "virtio-rng-pci"] if rng else [])
 
 
 class Guest:
     """One QEMU run. Console lines are kept with their time since QEMU started."""
 
     def __init__(self, arch, image, console_log=None, echo=False, udp_port=51820, http_port=8080, companion=None,
-                 netns=None):
+                 netns=None, smp=2, rng=False):
         """netns: run QEMU (and the companion) inside this network namespace, so its forwarded
-        ports and the guest's 169.254.169.254 (= the namespace's 127.0.0.1) stay in there."""
+        ports and the guest's 169.254.169.254 (= the namespace's 127.0.0.1) stay in there.
+        smp, rng: see qemu_command."""
         if arch not in FIRMWARE:
             raise ValueError(f"unknown architecture {arch}")
         for path in FIRMWARE[arch] + (image,):
@@ -86,6 +93,7 @@ class Guest:
                 raise FileNotFoundError(f"{path} is missing (make image installs the firmware packages)")
         self.arch, self.image, self.echo = arch, image, echo
         self.ports = (udp_port, http_port)
+        self.smp, self.rng = smp, rng
         self.companion_cmd = companion
         self.prefix = ["ip", "netns", "exec", netns] if netns else []
         self.console_log = open(console_log, "w") if console_log else None
@@ -101,7 +109,8 @@ class Guest:
         vars_copy = os.path.join(self.workdir, "vars.fd")
         shutil.copyfile(FIRMWARE[self.arch][1], vars_copy)  # fresh NVRAM, like a new instance
         self.qmp_path = os.path.join(self.workdir, "qmp.sock")
-        cmd = qemu_command(self.arch, self.image, vars_copy, self.qmp_path, udp_port=self.ports[0], http_port=self.ports[1])
+        cmd = qemu_command(self.arch, self.image, vars_copy, self.qmp_path, udp_port=self.ports[0],
+                           http_port=self.ports[1], smp=self.smp, rng=self.rng)
         self.t0 = time.monotonic()
         # Its own session: the terminal's Ctrl-C reaches us, not QEMU.
         self.proc = subprocess.Popen(
@@ -197,6 +206,21 @@ class Guest:
     def __exit__(self, *exc):
         self.close()
 
+    def kernel_clock_offset(self):
+        """Seconds from QEMU start to the kernel's clock zero: the smallest (arrival time - printk
+        timestamp) over the kernel's own lines (the serial port only ever delays a line). None
+        before the first kernel line. The init's lines are left out: it stamps them with
+        CLOCK_BOOTTIME, which under QEMU lags the kernel's printk clock by 0.1-0.5 s."""
+        with self.cond:
+            lines = list(self.lines)
+        best = None
+        for t, text in lines:
+            m = KERNEL_TIME.match(text)
+            if m and "] bastion: " not in text:
+                d = t - float(m.group(1))
+                best = d if best is None else min(best, d)
+        return best
+
     def stages(self):
         """[(stage, seconds since QEMU start, kernel timestamp or None)] for the stages seen."""
         out = []
@@ -213,15 +237,19 @@ class Guest:
 
 def timing_report(guest):
     rows = []
+    offset = guest.kernel_clock_offset()
+    if offset is not None:
+        rows.append(f"  {offset:6.2f} s  kernel clock zero (from the kernel's console timestamps)")
     for name, t, kt in guest.stages():
         rows.append(f"  {t:6.2f} s  {name}" + (f" (kernel clock {kt:.3f} s)" if kt is not None else ""))
     return "boot timings (wall clock since QEMU start):\n" + "\n".join(rows) if rows else "no boot stage seen"
 
 
-def interactive(guest, powerdown_timeout=60):
+def interactive(guest, powerdown_timeout=60, on_line=None):
     """Streams the console until QEMU exits. The first Ctrl-C (or SIGTERM) presses the power
     button and waits up to powerdown_timeout seconds for the guest to power off; a second one
-    quits QEMU. Returns QEMU's exit code."""
+    quits QEMU. on_line = (regex, callback): callback(line) runs once, on the first console line
+    that matches. Returns QEMU's exit code."""
     presses = 0
     pressed_at = None
 
@@ -243,6 +271,12 @@ def interactive(guest, powerdown_timeout=60):
     signal.signal(signal.SIGINT, on_interrupt)
     signal.signal(signal.SIGTERM, on_interrupt)
     guest.start()
+    if on_line:
+        def watch():
+            seen = guest.wait_for(on_line[0], 24 * 3600)
+            if seen:
+                on_line[1](seen[2])
+        threading.Thread(target=watch, daemon=True).start()
     while guest.wait(0.5) is None:
         if pressed_at and time.monotonic() - pressed_at > powerdown_timeout:
             print(f"qemu.py: no power-off within {powerdown_timeout:.0f} s; quitting QEMU", file=sys.stderr)
@@ -264,9 +298,11 @@ def main():
     p.add_argument("--http-port", type=int, default=8080, help="host port forwarded to the guest's TCP 8080")
     p.add_argument("--companion", help="a shell command to run alongside QEMU (the IMDSv2 emulator)")
     p.add_argument("--powerdown-timeout", type=float, default=60, help="seconds to wait for power-off")
+    p.add_argument("--smp", type=int, default=2, help="vCPUs (a t4g.nano has 2)")
+    p.add_argument("--rng", action="store_true", help="add a virtio-rng device (EC2 has none)")
     a = p.parse_args()
     guest = Guest(a.arch, a.image, a.console_log, echo=True, udp_port=a.udp_port, http_port=a.http_port,
-                  companion=a.companion)
+                  companion=a.companion, smp=a.smp, rng=a.rng)
     print(f"qemu.py: booting {a.image} ({a.arch}); Ctrl-C presses the power button", file=sys.stderr)
     try:
         return 0 if interactive(guest, a.powerdown_timeout) == 0 else 1
