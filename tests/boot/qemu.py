@@ -239,10 +239,13 @@ def timing_report(guest):
     rows = []
     offset = guest.kernel_clock_offset()
     if offset is not None:
-        rows.append(f"  {offset:6.2f} s  kernel clock zero (from the kernel's console timestamps)")
+        rows.append((offset, "kernel clock zero (from the kernel's console timestamps)"))
     for name, t, kt in guest.stages():
-        rows.append(f"  {t:6.2f} s  {name}" + (f" (kernel clock {kt:.3f} s)" if kt is not None else ""))
-    return "boot timings (wall clock since QEMU start):\n" + "\n".join(rows) if rows else "no boot stage seen"
+        rows.append((t, name + (f" (kernel clock {kt:.3f} s)" if kt is not None else "")))
+    if not rows:
+        return "no boot stage seen"
+    return "boot timings (wall clock since QEMU start):\n" + "\n".join(
+        f"  {t:6.2f} s  {text}" for t, text in sorted(rows))
 
 
 def interactive(guest, powerdown_timeout=60, on_line=None):
