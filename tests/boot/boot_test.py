@@ -64,19 +64,27 @@ def run_in_namespace(argv):
     ns = f"bastion-boot-{os.getpid()}"
     subprocess.run(["ip", "netns", "add", ns], check=True)
     inner = None
+    # A terminal's Ctrl-C reaches the inner run too: then it gets time to clean up by itself.
+    # Anything else (SIGTERM to this process) is passed on at once.
+    stops = (signal.SIGTERM, signal.SIGKILL)
     try:
         subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
         inner = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, os.path.abspath(__file__),
                                   INSIDE, ns] + argv)
         return inner.wait()
+    except KeyboardInterrupt:
+        stops = (None,) + stops
+        raise
     finally:
-        if inner and inner.poll() is None:  # interrupted: let the inner run clean up first
-            inner.send_signal(signal.SIGTERM)
-            try:
-                inner.wait(30)
-            except subprocess.TimeoutExpired:
-                inner.kill()
-                inner.wait()
+        if inner and inner.poll() is None:  # interrupted; the sweep below gets whatever is left
+            for stop in stops:
+                if stop:
+                    inner.send_signal(stop)
+                try:
+                    inner.wait(15)
+                    break
+                except subprocess.TimeoutExpired:
+                    pass
         pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split()
         for pid in pids:
             try:
