@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::http::{self, HttpResponse};
@@ -13,9 +13,17 @@ use crate::topology::{Topology, BASTION_TUNNEL_V4, BASTION_TUNNEL_V6, LISTEN_POR
 use crate::wait::wait_until;
 
 /// The `bastion` binary under test, or `None` (the caller skips, saying why) when
-/// `BASTION_BIN` is unset.
+/// `BASTION_BIN` is unset. A relative path that is not a file from here (cargo runs tests in
+/// `tests/`) is taken from the workspace root, so `BASTION_BIN=target/debug/bastion` works.
 pub fn binary() -> Option<PathBuf> {
-    let path = PathBuf::from(std::env::var_os("BASTION_BIN")?);
+    let given = PathBuf::from(std::env::var_os("BASTION_BIN")?);
+    let path = if given.is_relative() && !given.is_file() {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join(&given)
+    } else {
+        given
+    };
     assert!(
         path.is_file(),
         "BASTION_BIN={} is not a file: build it first (`make build`)",

@@ -154,14 +154,8 @@ impl WgInterface {
     }
 
     fn ns_exec<S: AsRef<std::ffi::OsStr>>(&self, argv: &[S]) -> command::Output {
-        let mut full: Vec<std::ffi::OsString> = vec![
-            "ip".into(),
-            "netns".into(),
-            "exec".into(),
-            self.ns_name.clone().into(),
-        ];
-        full.extend(argv.iter().map(|a| a.as_ref().to_os_string()));
-        command::run(&full)
+        // A non-owning handle: whoever started the interface owns the namespace.
+        Netns::borrowed(&self.ns_name).exec(argv)
     }
 
     fn ns_run(&self, argv: &[&str]) -> String {
