@@ -7,7 +7,7 @@ OUT ?= out
 CARGO ?= cargo
 
 # Debian packages the tests need (real peers, real servers, the nft oracle).
-TEST_PACKAGES := wireguard-go wireguard-tools nftables iproute2 python3 iputils-ping dnsmasq-base iperf3 procps
+TEST_PACKAGES := wireguard-go wireguard-tools nftables iproute2 python3 iputils-ping dnsmasq-base iperf3 procps conntrack
 
 .PHONY: all test test-deps unit-test integration-test clean
 

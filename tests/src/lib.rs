@@ -12,7 +12,9 @@
 
 pub mod baseline;
 pub mod bastion;
+pub mod cluster;
 pub mod command;
+pub mod handshake;
 pub mod http;
 pub mod link;
 pub mod netns;
