@@ -303,11 +303,17 @@ mod tests {
     #[test]
     fn status_counters_are_read_by_label() {
         assert_eq!(peer_counter(STATUS, "alice", "handshakes"), Some(2));
-        assert_eq!(peer_counter(STATUS, "alice", "failover handshakes"), Some(1));
+        assert_eq!(
+            peer_counter(STATUS, "alice", "failover handshakes"),
+            Some(1)
+        );
         assert_eq!(peer_counter(STATUS, "bob", "failover handshakes"), Some(0));
         assert_eq!(peer_counter(STATUS, "carol", "handshakes"), None);
         assert_eq!(dropped_counter(STATUS, "cookie replies"), Some(300));
-        assert_eq!(dropped_counter(STATUS, "handshakes from unknown keys"), Some(5));
+        assert_eq!(
+            dropped_counter(STATUS, "handshakes from unknown keys"),
+            Some(5)
+        );
         assert_eq!(dropped_counter(STATUS, "datagrams not ours"), Some(7));
         assert_eq!(dropped_counter(STATUS, "nothing"), None);
     }

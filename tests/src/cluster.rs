@@ -85,8 +85,18 @@ impl Cluster {
         link::attach(&topo.vpc, "p-bastionb", "br0");
         link::add_address(&standby, "priv0", &format!("{}/24", TARGETS[1].private_v4));
         link::add_address(&standby, "priv0", "fd00:1::2/64");
-        link::add_route(&standby, "default", Some(&VPC_ROUTER_V4.to_string()), "priv0");
-        link::add_route(&standby, "default", Some(&VPC_ROUTER_V6.to_string()), "priv0");
+        link::add_route(
+            &standby,
+            "default",
+            Some(&VPC_ROUTER_V4.to_string()),
+            "priv0",
+        );
+        link::add_route(
+            &standby,
+            "default",
+            Some(&VPC_ROUTER_V6.to_string()),
+            "priv0",
+        );
 
         // The load balancer: the VIP on the internet, a segment of its own toward the targets.
         link::veth(&lb, "pub0", &topo.internet, "p-lb");
@@ -99,7 +109,12 @@ impl Cluster {
             link::veth(bastion, "pub0", &lb, &port);
             link::attach(&lb, &port, "br0");
             link::add_address(bastion, "pub0", &format!("{}/24", TARGETS[i].address));
-            link::add_route(bastion, CLIENT_NET, Some(&LB_TARGET_SIDE.to_string()), "pub0");
+            link::add_route(
+                bastion,
+                CLIENT_NET,
+                Some(&LB_TARGET_SIDE.to_string()),
+                "pub0",
+            );
         }
         lb.sysctl("net.ipv4.ip_forward", "1");
         let cluster = Cluster { lb, standby, topo };
@@ -170,7 +185,9 @@ impl Cluster {
 
     /// How many packets the rule of [`Cluster::drop_initiations_from_targets`] dropped.
     pub fn dropped_initiations(&self) -> u64 {
-        let chain = self.lb.run(&["nft", "list", "chain", "ip", "nlb", "forward"]);
+        let chain = self
+            .lb
+            .run(&["nft", "list", "chain", "ip", "nlb", "forward"]);
         chain
             .lines()
             .find(|l| l.contains("initiations from bastions"))
@@ -205,8 +222,13 @@ impl Cluster {
     }
 
     fn nft(&self, script: &str) {
-        let out = self.lb.exec_with_input(&["nft", "-f", "-"], script.as_bytes());
-        assert!(out.success(), "nft in the load balancer: {out}\nscript:\n{script}");
+        let out = self
+            .lb
+            .exec_with_input(&["nft", "-f", "-"], script.as_bytes());
+        assert!(
+            out.success(),
+            "nft in the load balancer: {out}\nscript:\n{script}"
+        );
     }
 }
 

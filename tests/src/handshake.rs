@@ -47,9 +47,9 @@ pub fn message_kind(datagram: &[u8]) -> MessageKind {
 /// receiving side chose), if the datagram is one.
 pub fn receiver_index(datagram: &[u8]) -> Option<u32> {
     match message_kind(datagram) {
-        MessageKind::Response | MessageKind::CookieReply | MessageKind::Data => Some(
-            u32::from_le_bytes(datagram[4..8].try_into().unwrap()),
-        ),
+        MessageKind::Response | MessageKind::CookieReply | MessageKind::Data => {
+            Some(u32::from_le_bytes(datagram[4..8].try_into().unwrap()))
+        }
         _ => None,
     }
 }
@@ -159,9 +159,8 @@ mod tests {
 
     #[test]
     fn initiations_are_well_formed_and_fresh() {
-        let bastion = base64::engine::general_purpose::STANDARD.encode(
-            PublicKey::from(&StaticSecret::from([7u8; 32])).as_bytes(),
-        );
+        let bastion = base64::engine::general_purpose::STANDARD
+            .encode(PublicKey::from(&StaticSecret::from([7u8; 32])).as_bytes());
         let mut initiator = Initiator::stranger(&bastion);
         let a = initiator.initiation();
         let b = initiator.initiation();

@@ -33,8 +33,9 @@ const FLOOD_VARIETY: usize = 64;
 /// The flood sends this many initiations, then sleeps 5 ms: a few thousand a second, tens of
 /// times the limit.
 const FLOOD_BURST: usize = 20;
-/// A flood that is never told to stop ends by itself after this long.
-const FLOOD_MAX: Duration = Duration::from_secs(40);
+/// A flood that is never told to stop ends by itself after this long (longer than every wait
+/// the test makes while it runs).
+const FLOOD_MAX: Duration = Duration::from_secs(90);
 
 /// The binary under test, or return from the test saying why it is skipped.
 macro_rules! binary_or_skip {
@@ -60,12 +61,23 @@ fn start(binary: &std::path::Path) -> (Bastion, Topology) {
 }
 
 fn status(bastion: &Bastion) -> String {
-    bastion.status().unwrap_or_else(|e| panic!("bastion status: {e}"))
+    bastion
+        .status()
+        .unwrap_or_else(|e| panic!("bastion status: {e}"))
 }
 
 fn counter(status: &str, label: &str) -> u64 {
     dropped_counter(status, label)
         .unwrap_or_else(|| panic!("no {label:?} counter in bastion status:\n{status}"))
+}
+
+/// Sets the flag when dropped: the threads of a scope stop also when the test panics in it.
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 /// What came back to the flood's socket, by message kind.
@@ -211,20 +223,23 @@ fn a_handshake_flood_gets_cookie_replies_and_real_clients_still_connect() {
                 std::thread::sleep(Duration::from_millis(50));
             }
         });
+        let stopping = StopOnDrop(&stop);
         // The rest only makes sense once the bastion is under load: cookies come back.
-        let loaded = wait_until("cookie replies to the flood", STEP, || {
+        wait_until("cookie replies to the flood", STEP, || {
             let seen = replies.lock().unwrap().clone();
             if seen.get(&MessageKind::CookieReply).copied().unwrap_or(0) > 0 {
                 Ok(())
             } else {
                 Err(format!("replies so far: {seen:?}"))
             }
-        });
-        if let Err(e) = loaded {
-            stop.store(true, Ordering::Relaxed);
-            panic!("{e}\n{}", report(None));
-        }
-        let probe = cookie_then_handshake(attacker, target, &topo.clients[1].keys.private, &bastion_public);
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", report(None)));
+        let probe = cookie_then_handshake(
+            attacker,
+            target,
+            &topo.clients[1].keys.private,
+            &bastion_public,
+        );
 
         // A real client arrives in the middle of the flood.
         let tunnel = topo.start_client_tunnel(0, target);
@@ -232,12 +247,21 @@ fn a_handshake_flood_gets_cookie_replies_and_real_clients_still_connect() {
         let host = &topo.private_hosts[0];
         let path = HttpServer::probe_path();
         // wireguard-go retries its handshake every 5 s, the second time with the cookie.
-        let page = wait_until("alice's page during the flood", Duration::from_secs(25), || {
-            http::get(&topo.clients[0].ns, host.http_v4(), &path, Duration::from_secs(2))
-        });
+        let page = wait_until(
+            "alice's page during the flood",
+            Duration::from_secs(25),
+            || {
+                http::get(
+                    &topo.clients[0].ns,
+                    host.http_v4(),
+                    &path,
+                    Duration::from_secs(2),
+                )
+            },
+        );
         let took = started.elapsed();
         let still_flooding = !flooding.is_finished();
-        stop.store(true, Ordering::Relaxed);
+        drop(stopping);
         let page = page.map(|p| (p, took, still_flooding));
         let cookie_seen = tunnel.log_report().contains("Receiving cookie response");
         (flooding.join().unwrap(), probe, tunnel, page, cookie_seen)
@@ -247,10 +271,19 @@ fn a_handshake_flood_gets_cookie_replies_and_real_clients_still_connect() {
     let health = health.into_inner().unwrap();
     let after = status(&bastion);
 
-    let (page, took, during) = page_after.unwrap_or_else(|e| panic!("{e}\n{}", report(Some(&tunnel))));
+    let (page, took, during) =
+        page_after.unwrap_or_else(|e| panic!("{e}\n{}", report(Some(&tunnel))));
     assert_eq!(page.status, 200, "{page:?}");
-    assert!(during, "the flood ended before alice's page came: not a test of load");
-    let probe = probe.unwrap_or_else(|e| panic!("cookie round trip with boringtun: {e}\n{}", report(Some(&tunnel))));
+    assert!(
+        during,
+        "the flood ended before alice's page came: not a test of load"
+    );
+    let probe = probe.unwrap_or_else(|e| {
+        panic!(
+            "cookie round trip with boringtun: {e}\n{}",
+            report(Some(&tunnel))
+        )
+    });
 
     let cookies_received = replies.get(&MessageKind::CookieReply).copied().unwrap_or(0);
     let stray: Vec<(&MessageKind, &u64)> = replies
@@ -264,23 +297,29 @@ fn a_handshake_flood_gets_cookie_replies_and_real_clients_still_connect() {
     );
     let cookies_counted = counter(&after, "cookie replies") - counter(&before, "cookie replies");
     assert!(
-        cookies_counted >= cookies_received && cookies_received > sent / 2,
+        cookies_received > 0 && cookies_counted >= cookies_received,
         "{sent} initiations sent, {cookies_received} cookie replies received, {cookies_counted} \
          counted by the service\n{after}"
     );
-    // The limiter's point: however many initiations arrive, at most ~100 a second reach the
-    // Diffie-Hellman that finds (here: fails to find) the peer.
+    // The limiter's point: however many initiations arrive, at most 100 a second (the limiter
+    // resets at most once a second) reach the Diffie-Hellman that finds (here: fails to find)
+    // the peer; the rest cost the bastion a MAC and a cookie reply.
     let unknown = counter(&after, "handshakes from unknown keys")
         - counter(&before, "handshakes from unknown keys");
     let most = HANDSHAKES_PER_SECOND * (flood_time.as_secs() + 3);
     assert!(
-        unknown > 0 && unknown <= most,
-        "{unknown} initiations from the stranger went through the DH in {:.1} s (at most {most})\n{after}",
+        unknown > 0 && unknown <= most && unknown < cookies_counted,
+        "{unknown} initiations from the stranger went through the DH in {:.1} s (at most {most}, \
+         and fewer than the {cookies_counted} cookie replies)\n{after}",
         flood_time.as_secs_f64()
     );
 
     let unanswered: Vec<&String> = health.iter().filter_map(|h| h.as_ref().err()).collect();
-    let unhealthy: Vec<&HttpResponse> = health.iter().flatten().filter(|r| r.status != 200).collect();
+    let unhealthy: Vec<&HttpResponse> = health
+        .iter()
+        .flatten()
+        .filter(|r| r.status != 200)
+        .collect();
     assert!(
         unanswered.is_empty() && unhealthy.is_empty(),
         "health during the flood: {unanswered:?} {unhealthy:?}\n{}",
@@ -295,8 +334,13 @@ fn a_handshake_flood_gets_cookie_replies_and_real_clients_still_connect() {
         .wait_healthy(STEP)
         .unwrap_or_else(|e| panic!("after the flood: {e}"));
     let host = &topo.private_hosts[0];
-    let again = http::get(&topo.clients[0].ns, host.http_v4(), &HttpServer::probe_path(), STEP)
-        .unwrap_or_else(|e| panic!("after the flood: {e}\n{}", report(Some(&tunnel))));
+    let again = http::get(
+        &topo.clients[0].ns,
+        host.http_v4(),
+        &HttpServer::probe_path(),
+        STEP,
+    )
+    .unwrap_or_else(|e| panic!("after the flood: {e}\n{}", report(Some(&tunnel))));
     assert_eq!(again.status, 200);
 
     eprintln!(
@@ -307,7 +351,11 @@ fn a_handshake_flood_gets_cookie_replies_and_real_clients_still_connect() {
         flood_time.as_secs_f64(),
         health.len(),
         took.as_secs_f64(),
-        if cookie_seen { "received" } else { "did not need" }
+        if cookie_seen {
+            "received"
+        } else {
+            "did not need"
+        }
     );
 }
 
@@ -346,16 +394,23 @@ fn initiations_from_an_unknown_key_are_counted_not_answered() {
         for _ in 0..count {
             let mut bob = Initiator::with_key(&topo.clients[1].keys.private, &bastion_public);
             socket.send_to(&bob.initiation(), target).unwrap();
-            let answer = wait_until("a handshake response for bob", Duration::from_secs(3), || {
-                socket
-                    .recv_from(&mut buf)
-                    .map(|(n, _)| buf[..n].to_vec())
-                    .map_err(|e| e.to_string())
-            })
+            let answer = wait_until(
+                "a handshake response for bob",
+                Duration::from_secs(3),
+                || {
+                    socket
+                        .recv_from(&mut buf)
+                        .map(|(n, _)| buf[..n].to_vec())
+                        .map_err(|e| e.to_string())
+                },
+            )
             .unwrap_or_else(|e| panic!("{e}\n{}", bastion.log_report()));
             assert_eq!(message_kind(&answer), MessageKind::Response, "bob's answer");
-            bob.accept(IpAddr::from(bastion_tests::topology::BASTION_PUBLIC_V4), &answer)
-                .unwrap_or_else(|e| panic!("{e}"));
+            bob.accept(
+                IpAddr::from(bastion_tests::topology::BASTION_PUBLIC_V4),
+                &answer,
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
             if bob.has_session() {
                 sessions += 1;
             }
@@ -371,7 +426,10 @@ fn initiations_from_an_unknown_key_are_counted_not_answered() {
     assert_eq!(bob_sessions, count, "bob's handshakes (the control)");
     let unknown = counter(&after, "handshakes from unknown keys")
         - counter(&before, "handshakes from unknown keys");
-    assert_eq!(unknown, count as u64, "the stranger's initiations counted:\n{after}");
+    assert_eq!(
+        unknown, count as u64,
+        "the stranger's initiations counted:\n{after}"
+    );
     let cookies = counter(&after, "cookie replies") - counter(&before, "cookie replies");
     assert_eq!(cookies, 0, "no load, no cookies:\n{after}");
     assert_eq!(
