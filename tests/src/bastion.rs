@@ -271,7 +271,7 @@ pub fn log_line_time(line: &str) -> Option<f64> {
 pub fn peer_counter(status: &str, peer: &str, label: &str) -> Option<u64> {
     let line = status
         .lines()
-        .find(|l| l.trim_start().split_whitespace().next() == Some(peer))?;
+        .find(|l| l.split_whitespace().next() == Some(peer))?;
     let after = line.split(&format!("  {label} ")).nth(1)?;
     after.split_whitespace().next()?.parse().ok()
 }

@@ -546,7 +546,7 @@ fn replayed_data_packets_make_at_most_one_initiation_per_five_seconds() {
             while started.elapsed() < flood {
                 for _ in 0..20 {
                     // Every other packet is forged: alice's session index, the rest random.
-                    let packet = if sent % 2 == 0 {
+                    let packet = if sent.is_multiple_of(2) {
                         &captured
                     } else {
                         for chunk in forged[8..].chunks_mut(8) {
