@@ -356,6 +356,54 @@ fn keepalives_alone_move_the_session_after_a_drain() {
 }
 
 #[test]
+fn the_flow_can_move_back_to_a_bastion_that_kept_an_old_session() {
+    let binary = binary_or_skip!();
+    // A health check that flapped: A loses the flow without restarting, and later gets it back
+    // while it still holds its old session with the client.
+    let s = Pair::start(
+        &binary,
+        1,
+        [BastionSetup::default(), BastionSetup::default()],
+    );
+    let (source, _) = s.fetch_within(STEP, "a first page through A");
+    assert_eq!(source, TARGETS[0].private_v4.to_string());
+
+    s.cluster.move_flows(1);
+    let (source, _) = s.fetch_within(RECOVERY, "a page through B");
+    assert_eq!(source, TARGETS[1].private_v4.to_string(), "{}", s.report());
+
+    let offset = s.a().process.log_len();
+    let moved_at = log_clock_now();
+    s.cluster.move_flows(0);
+    let (source, took) = s.fetch_within(RECOVERY, "a page through A again");
+    assert_eq!(
+        source,
+        TARGETS[0].private_v4.to_string(),
+        "the page must come through A again\n{}",
+        s.report()
+    );
+    let (_, started) = s.wait_log_time(0, offset, &format!("peer alice {FAILOVER_LINE}"));
+    let (_, completed) = s.wait_log_time(
+        0,
+        offset,
+        "peer alice handshake completed as initiator with",
+    );
+    assert!(
+        s.log_lines(0, offset, "handshake completed as responder")
+            .is_empty(),
+        "A must have started the handshake\n{}",
+        s.report()
+    );
+    eprintln!(
+        "flow back to A: A started the handshake {:.3} s and completed it {:.3} s after the move; \
+         page after {:.2} s",
+        started - moved_at,
+        completed - moved_at,
+        took.as_secs_f64()
+    );
+}
+
+#[test]
 fn a_bastion_without_the_peer_starts_no_handshake() {
     let binary = binary_or_skip!();
     // B knows bob only: alice's session index names nobody there.
