@@ -512,10 +512,156 @@ fn replayed_data_packets_make_at_most_one_initiation_per_five_seconds() {
         [BastionSetup::default(), BastionSetup::default()],
     );
     s.fetch_within(STEP, "a first page through A");
+    let captured = capture_data_packet(&s);
+    // The real client goes away: only the attacker's packets reach the bastions from here.
+    s.tunnel = None;
     let ns = &s.cluster.topo.clients[0].ns;
+    let target = SocketAddr::new(IpAddr::V4(VIP), LISTEN_PORT);
+    let sockets: Vec<UdpSocket> = ns.enter(|| {
+        (0..5)
+            .map(|_| {
+                let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
+                socket
+                    .set_read_timeout(Some(Duration::from_millis(100)))
+                    .unwrap();
+                socket
+            })
+            .collect()
+    });
+    // Socket 0 delivers the captured packet to A once, as the network would have: from then on
+    // A has seen it, so its replays are duplicates of a live session. Sockets 1 and 2 are
+    // victims whose flows go to A (alice's session is live there), 3 and 4 victims whose flows
+    // go to B (no session with alice).
+    let (victims_of_a, victims_of_b) = ([1, 2], [3, 4]);
+    let offsets = [s.a().process.log_len(), s.b().process.log_len()];
+    let stop = AtomicBool::new(false);
+    let received: Mutex<Vec<(usize, MessageKind, Instant)>> = Mutex::new(Vec::new());
+    let flood = Duration::from_secs(11);
+    let (sent, elapsed) = std::thread::scope(|scope| {
+        for (v, socket) in sockets.iter().enumerate().skip(1) {
+            let (stop, received) = (&stop, &received);
+            scope.spawn(move || {
+                let mut buf = [0u8; 2048];
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok((n, _)) = socket.recv_from(&mut buf) {
+                        received
+                            .lock()
+                            .unwrap()
+                            .push((v, message_kind(&buf[..n]), Instant::now()));
+                    }
+                }
+            });
+        }
+        let _stopping = StopOnDrop(&stop);
+        let started = Instant::now();
+        sockets[0].send_to(&captured, target).unwrap();
+        let mut forged = captured.clone();
+        let mut rng = bastion_tests::random_u64() | 1;
+        let mut forge = |forged: &mut Vec<u8>| {
+            for chunk in forged[8..].chunks_mut(8) {
+                // xorshift: cheap, and random enough for garbage.
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                chunk.copy_from_slice(&rng.to_ne_bytes()[..chunk.len()]);
+            }
+        };
+        // Each victim's flow is pinned to its bastion by its first packet.
+        for v in victims_of_a {
+            forge(&mut forged);
+            sockets[v].send_to(&forged, target).unwrap();
+        }
+        s.cluster.point_to(1);
+        let mut sent: usize = 3;
+        while started.elapsed() < flood {
+            for _ in 0..20 {
+                // Half replays of the real packet, half forgeries with its session index.
+                let v = 1 + sent % 4;
+                let packet = if (sent / 4).is_multiple_of(2) {
+                    &captured
+                } else {
+                    forge(&mut forged);
+                    &forged
+                };
+                if sockets[v].send_to(packet, target).is_ok() {
+                    sent += 1;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let elapsed = started.elapsed();
+        // Late answers still count.
+        std::thread::sleep(Duration::from_millis(500));
+        (sent, elapsed)
+    });
+    let received = received.into_inner().unwrap();
+    let bound = (elapsed.as_secs_f64() / 5.0).floor() as usize + 1;
+    let mut summary = Vec::new();
+    for (i, victims) in [victims_of_a, victims_of_b].into_iter().enumerate() {
+        let what = format!(
+            "bastion {} ({})",
+            name(i),
+            ["holds alice's session", "has no session with alice"][i]
+        );
+        let answers: Vec<&(usize, MessageKind, Instant)> = received
+            .iter()
+            .filter(|(v, _, _)| victims.contains(v))
+            .collect();
+        let others: Vec<MessageKind> = answers
+            .iter()
+            .filter(|(_, kind, _)| *kind != MessageKind::Initiation)
+            .map(|(_, kind, _)| *kind)
+            .collect();
+        assert!(others.is_empty(), "{what} answered with {others:?}");
+        let initiations = answers.len();
+        let lines = s.log_lines(i, offsets[i], FAILOVER_LINE);
+        assert!(
+            initiations <= bound,
+            "{what}: {initiations} initiations for {sent} packets in {:.1} s: at most one per 5 s \
+             ({bound}) expected; it logged {} failover lines, the first: {:?}",
+            elapsed.as_secs_f64(),
+            lines.len(),
+            &lines[..lines.len().min(3)]
+        );
+        assert!(
+            initiations >= 2,
+            "{what}: a flood of {:.1} s should still get a new initiation after each 5 s; got \
+             {initiations}\n{}",
+            elapsed.as_secs_f64(),
+            s.report()
+        );
+        assert_eq!(
+            lines.len(),
+            initiations,
+            "{what}: its log and the initiations received disagree\n{}",
+            s.report()
+        );
+        let status = s.status(i);
+        assert_eq!(
+            peer_counter(&status, "alice", "failover handshakes"),
+            Some(initiations as u64),
+            "{what}'s status:\n{status}"
+        );
+        let gaps: Vec<f64> = answers
+            .windows(2)
+            .map(|w| w[1].2.duration_since(w[0].2).as_secs_f64())
+            .collect();
+        summary.push(format!("{what}: {initiations} (gaps {gaps:.2?} s)"));
+    }
+    eprintln!(
+        "amplification: {sent} replayed/forged data packets ({} bytes each, receiver index \
+         {:#x}) in {:.1} s, half to each bastion → initiations of 148 bytes: {}",
+        captured.len(),
+        receiver_index(&captured).unwrap_or(0),
+        elapsed.as_secs_f64(),
+        summary.join("; ")
+    );
+}
 
-    // A real data packet of alice's session with A, caught by pointing wireguard-go at a local
-    // socket for one ping.
+/// A real data packet of client 0's session, caught by pointing its wireguard-go at a local
+/// socket for one ping (so no bastion has seen it).
+fn capture_data_packet(s: &Pair) -> Vec<u8> {
+    let ns = &s.cluster.topo.clients[0].ns;
     let captured = ns.enter(|| {
         let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
         socket
@@ -550,130 +696,14 @@ fn replayed_data_packets_make_at_most_one_initiation_per_five_seconds() {
             }
         })
     });
-    let captured = captured.unwrap_or_else(|e| panic!("{e}\n{}", s.report()));
-    // The real client goes away; only the attacker's packets reach B from here.
-    s.tunnel = None;
-    // New flows (the attacker's) go to B, which has no session with alice.
-    s.cluster.point_to(1);
-    let offset = s.b().process.log_len();
+    captured.unwrap_or_else(|e| panic!("{e}\n{}", s.report()))
+}
 
-    // Two "victims" (two source ports) get the same stream of replayed and forged packets.
-    let flood = Duration::from_secs(11);
-    let target = SocketAddr::new(IpAddr::V4(VIP), LISTEN_PORT);
-    let stop = AtomicBool::new(false);
-    let received: Mutex<Vec<(usize, MessageKind, Instant)>> = Mutex::new(Vec::new());
-    let (sent, elapsed) = ns.enter(|| {
-        let sockets: Vec<UdpSocket> = (0..2)
-            .map(|_| {
-                let s = UdpSocket::bind("0.0.0.0:0").unwrap();
-                s.set_read_timeout(Some(Duration::from_millis(100)))
-                    .unwrap();
-                s
-            })
-            .collect();
-        std::thread::scope(|scope| {
-            for (v, socket) in sockets.iter().enumerate() {
-                let (stop, received) = (&stop, &received);
-                scope.spawn(move || {
-                    let mut buf = [0u8; 2048];
-                    while !stop.load(Ordering::Relaxed) {
-                        if let Ok((n, _)) = socket.recv_from(&mut buf) {
-                            received.lock().unwrap().push((
-                                v,
-                                message_kind(&buf[..n]),
-                                Instant::now(),
-                            ));
-                        }
-                    }
-                });
-            }
-            let started = Instant::now();
-            let mut sent = 0usize;
-            let mut forged = captured.clone();
-            let mut rng = bastion_tests::random_u64() | 1;
-            while started.elapsed() < flood {
-                for _ in 0..20 {
-                    // Every other packet is forged: alice's session index, the rest random.
-                    let packet = if sent.is_multiple_of(2) {
-                        &captured
-                    } else {
-                        for chunk in forged[8..].chunks_mut(8) {
-                            // xorshift: cheap, and random enough for garbage.
-                            rng ^= rng << 13;
-                            rng ^= rng >> 7;
-                            rng ^= rng << 17;
-                            chunk.copy_from_slice(&rng.to_ne_bytes()[..chunk.len()]);
-                        }
-                        &forged
-                    };
-                    if sockets[sent % 2].send_to(packet, target).is_ok() {
-                        sent += 1;
-                    }
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            let elapsed = started.elapsed();
-            // Late answers still count.
-            std::thread::sleep(Duration::from_millis(500));
-            stop.store(true, Ordering::Relaxed);
-            (sent, elapsed)
-        })
-    });
-    let received = received.into_inner().unwrap();
-    let initiations: Vec<&(usize, MessageKind, Instant)> = received
-        .iter()
-        .filter(|(_, kind, _)| *kind == MessageKind::Initiation)
-        .collect();
-    let others: Vec<MessageKind> = received
-        .iter()
-        .filter(|(_, kind, _)| *kind != MessageKind::Initiation)
-        .map(|(_, kind, _)| *kind)
-        .collect();
-    let bound = (elapsed.as_secs_f64() / 5.0).floor() as usize + 1;
-    let lines = s.log_lines(1, offset, FAILOVER_LINE);
-    assert!(
-        others.is_empty(),
-        "B answered with something else: {others:?}"
-    );
-    assert!(
-        initiations.len() <= bound,
-        "{} initiations for {sent} packets in {:.1} s: at most one per 5 s ({bound}) expected; \
-         B logged {} failover lines, the first: {:?}",
-        initiations.len(),
-        elapsed.as_secs_f64(),
-        lines.len(),
-        &lines[..lines.len().min(3)]
-    );
-    assert!(
-        initiations.len() >= 2,
-        "a flood of {:.1} s should still get a new initiation after each 5 s; got {}\n{}",
-        elapsed.as_secs_f64(),
-        initiations.len(),
-        s.report()
-    );
-    let gaps: Vec<f64> = initiations
-        .windows(2)
-        .map(|w| w[1].2.duration_since(w[0].2).as_secs_f64())
-        .collect();
-    assert_eq!(
-        lines.len(),
-        initiations.len(),
-        "B's log and the initiations received disagree\n{}",
-        s.report()
-    );
-    let status = s.status(1);
-    assert_eq!(
-        peer_counter(&status, "alice", "failover handshakes"),
-        Some(initiations.len() as u64),
-        "B's status:\n{status}"
-    );
-    eprintln!(
-        "amplification: {sent} replayed/forged data packets ({} bytes each, receiver index {:#x}) \
-         in {:.1} s → {} initiations of 148 bytes (gaps {gaps:.2?} s), to victims {:?}",
-        captured.len(),
-        receiver_index(&captured).unwrap_or(0),
-        elapsed.as_secs_f64(),
-        initiations.len(),
-        initiations.iter().map(|(v, _, _)| *v).collect::<Vec<_>>()
-    );
+/// Sets the flag when dropped: the threads of a scope stop also when the test panics in it.
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
