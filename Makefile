@@ -15,7 +15,7 @@ CARGO ?= cargo
 HOST_ARCH := $(shell uname -m)
 
 # Debian packages the tests need (real peers, real servers, the nft oracle).
-TEST_PACKAGES := wireguard-go wireguard-tools nftables iproute2 python3 iputils-ping dnsmasq-base iperf3 procps
+TEST_PACKAGES := wireguard-go wireguard-tools nftables iproute2 python3 iputils-ping dnsmasq-base iperf3 procps conntrack
 
 # --- cross builds -----------------------------------------------------------------------------
 TARGET := $(ARCH)-unknown-linux-musl

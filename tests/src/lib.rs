@@ -12,8 +12,10 @@
 
 pub mod baseline;
 pub mod bastion;
+pub mod cluster;
 pub mod command;
 pub mod dhcp;
+pub mod handshake;
 pub mod http;
 pub mod imds;
 pub mod link;
