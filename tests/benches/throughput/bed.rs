@@ -139,22 +139,39 @@ impl Bed {
         }
     }
 
-    /// Where packets were dropped so far: in the bastion namespace's UDP receive buffers (the
-    /// bastion did not read fast enough), at its TUN (the kernel's queue toward the bastion was
-    /// full), and in the private host's UDP receive buffers (the iperf3 receiver).
-    pub fn drops(&self) -> Drops {
+    /// Where packets were dropped so far, on the bastion's side and on the first `clients`
+    /// clients' (see [`Drops`]).
+    pub fn drops(&self, clients: usize) -> Drops {
         let bastion = &self.topo.bastion;
-        let tun = self.tunnel_name();
-        let link = bastion.exec(&["ip", "-s", "-j", "link", "show", "dev", &tun]);
-        let tun_tx_dropped = serde_json::from_str::<serde_json::Value>(&link.stdout)
-            .ok()
-            .and_then(|v| v.get(0)?.get("stats64")?.get("tx")?.get("dropped")?.as_u64())
-            .unwrap_or(0);
-        Drops {
+        let mut drops = Drops {
             bastion_udp_rcvbuf: udp_rcvbuf_errors(bastion),
-            tun_tx_dropped,
+            bastion_tun_tx_dropped: link_stats(bastion, &self.tunnel_name()).tx_dropped,
             host_udp_rcvbuf: udp_rcvbuf_errors(&self.topo.private_hosts[0].ns),
+            ..Drops::default()
+        };
+        for (client, tunnel) in self.topo.clients.iter().zip(&self.tunnels).take(clients) {
+            drops.clients_udp_rcvbuf += udp_rcvbuf_errors(&client.ns);
+            drops.clients_tun_tx_dropped += link_stats(&client.ns, tunnel.name()).tx_dropped;
         }
+        drops
+    }
+
+    /// The length of the kernel's queue in front of the bastion's TUN (packets).
+    pub fn tun_txqueuelen(&self) -> u64 {
+        link_stats(&self.topo.bastion, &self.tunnel_name()).txqlen
+    }
+
+    /// Sets that queue's length (an experiment: `--tun-txqueuelen`).
+    pub fn set_tun_txqueuelen(&self, packets: u32) {
+        self.topo.bastion.run(&[
+            "ip",
+            "link",
+            "set",
+            "dev",
+            &self.tunnel_name(),
+            "txqueuelen",
+            &packets.to_string(),
+        ]);
     }
 
     pub fn check_running(&self) -> Result<(), String> {
@@ -166,11 +183,16 @@ impl Bed {
     }
 }
 
-/// Drop counters of one moment; subtract two to get a window's.
+/// Packets dropped so far, where a full queue dropped them: UDP receive buffers (the reader of
+/// a WireGuard socket, or the iperf3 receiver, was too slow) and the kernel's queue in front of a
+/// TUN (the userspace WireGuard did not read its TUN fast enough). Subtract two samples to get a
+/// window's.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Drops {
     pub bastion_udp_rcvbuf: u64,
-    pub tun_tx_dropped: u64,
+    pub bastion_tun_tx_dropped: u64,
+    pub clients_udp_rcvbuf: u64,
+    pub clients_tun_tx_dropped: u64,
     pub host_udp_rcvbuf: u64,
 }
 
@@ -178,9 +200,30 @@ impl Drops {
     pub fn since(self, before: Drops) -> Drops {
         Drops {
             bastion_udp_rcvbuf: self.bastion_udp_rcvbuf.saturating_sub(before.bastion_udp_rcvbuf),
-            tun_tx_dropped: self.tun_tx_dropped.saturating_sub(before.tun_tx_dropped),
+            bastion_tun_tx_dropped: self.bastion_tun_tx_dropped.saturating_sub(before.bastion_tun_tx_dropped),
+            clients_udp_rcvbuf: self.clients_udp_rcvbuf.saturating_sub(before.clients_udp_rcvbuf),
+            clients_tun_tx_dropped: self.clients_tun_tx_dropped.saturating_sub(before.clients_tun_tx_dropped),
             host_udp_rcvbuf: self.host_udp_rcvbuf.saturating_sub(before.host_udp_rcvbuf),
         }
+    }
+}
+
+#[derive(Default)]
+struct LinkStats {
+    tx_dropped: u64,
+    txqlen: u64,
+}
+
+/// `ip -s -j link show dev NAME` in `ns` (zeros when unreadable).
+fn link_stats(ns: &bastion_tests::Netns, name: &str) -> LinkStats {
+    let out = ns.exec(&["ip", "-s", "-j", "link", "show", "dev", name]);
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(&out.stdout) else {
+        return LinkStats::default();
+    };
+    let link = &v[0];
+    LinkStats {
+        tx_dropped: link["stats64"]["tx"]["dropped"].as_u64().unwrap_or(0),
+        txqlen: link["txqlen"].as_u64().unwrap_or(0),
     }
 }
 

@@ -1,5 +1,11 @@
-//! CPU time as the kernel counts it: a process's utime+stime (all its threads), each thread's,
-//! and the whole machine's busy time, read from `/proc` before and after a measurement.
+//! CPU time as the kernel counts it: a process's utime+stime (all its threads) and each
+//! thread's, read from `/proc` before and after a measurement, and how long runnable tasks
+//! waited for a CPU (`/proc/pressure/cpu`).
+//!
+//! The per-process figures are exact (the kernel scales them to the scheduler's runtime); the
+//! machine-wide busy time of `/proc/stat` is not used: it is sampled at the tick, and paced
+//! traffic (iperf3's UDP) can fall between ticks, so it read 0.04 busy cores on these VMs while
+//! the bastion alone used 0.1.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -54,29 +60,16 @@ impl ProcessCpu {
     }
 }
 
-/// The whole machine's busy CPU seconds (all CPUs), from `/proc/stat`.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct MachineCpu {
-    pub busy: f64,
-}
-
-impl MachineCpu {
-    pub fn sample() -> MachineCpu {
-        let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-        let Some(line) = text.lines().find(|l| l.starts_with("cpu ")) else {
-            return MachineCpu::default();
-        };
-        let v: Vec<f64> = line
-            .split_whitespace()
-            .skip(1)
-            .filter_map(|f| f.parse().ok())
-            .collect();
-        // user nice system idle iowait irq softirq steal (guest time is already in user).
-        let total: f64 = v.iter().take(8).sum();
-        let idle = v.get(3).copied().unwrap_or(0.0) + v.get(4).copied().unwrap_or(0.0);
-        let hz = ticks_per_second();
-        MachineCpu { busy: (total - idle) / hz }
-    }
+/// Microseconds during which at least one runnable task waited for a CPU (PSI `some`), since
+/// boot; 0 when the kernel has no PSI.
+fn cpu_pressure_us() -> f64 {
+    std::fs::read_to_string("/proc/pressure/cpu")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("some "))
+        .and_then(|l| l.split_whitespace().find_map(|f| f.strip_prefix("total=")))
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// A thread's share of one CPU over a window.
@@ -88,7 +81,7 @@ pub struct ThreadLoad {
 }
 
 /// What a window cost: CPU seconds of each watched process, per-thread loads of the first
-/// (the bastion), and the machine's busy fraction.
+/// (the bastion), and how contended the machine's CPUs were.
 #[derive(Clone, Debug)]
 pub struct Window {
     pub wall: f64,
@@ -96,8 +89,9 @@ pub struct Window {
     pub process_seconds: Vec<f64>,
     /// The first process's threads, busiest first.
     pub threads: Vec<ThreadLoad>,
-    /// Busy CPU seconds of the whole machine per wall second (2.0 = both cores all the time).
-    pub machine_load: f64,
+    /// Share of the window (0–1) in which some runnable task waited for a CPU: the machine was
+    /// CPU-bound (by this benchmark or by anything else running on it).
+    pub cpu_pressure: f64,
 }
 
 /// A measurement in progress over a set of processes.
@@ -105,7 +99,7 @@ pub struct Meter {
     pids: Vec<i32>,
     start: Instant,
     before: Vec<ProcessCpu>,
-    machine: MachineCpu,
+    pressure_us: f64,
 }
 
 impl Meter {
@@ -114,13 +108,13 @@ impl Meter {
             pids: pids.to_vec(),
             start: Instant::now(),
             before: pids.iter().map(|&p| ProcessCpu::sample(p)).collect(),
-            machine: MachineCpu::sample(),
+            pressure_us: cpu_pressure_us(),
         }
     }
 
     pub fn stop(self) -> Window {
         let after: Vec<ProcessCpu> = self.pids.iter().map(|&p| ProcessCpu::sample(p)).collect();
-        let machine = MachineCpu::sample();
+        let pressure_us = cpu_pressure_us();
         let wall = self.start.elapsed().as_secs_f64();
         let process_seconds = self
             .before
@@ -144,7 +138,7 @@ impl Meter {
             wall,
             process_seconds,
             threads,
-            machine_load: (machine.busy - self.machine.busy).max(0.0) / wall,
+            cpu_pressure: ((pressure_us - self.pressure_us) / 1e6 / wall).clamp(0.0, 1.0),
         }
     }
 }

@@ -13,7 +13,7 @@
 //! ```text
 //! cargo bench -p bastion-tests --bench throughput -- [--seconds N] [--reps N]
 //!     [--scenarios tcp-up,tcp-down,tcp-up-4,udp-up,tcp-down-4] [--udp-mbit N]
-//!     [--only bastion,wireguard-go,boringtun-cli] [--out DIR]
+//!     [--only bastion,wireguard-go,boringtun-cli] [--out DIR] [--tun-txqueuelen N]
 //! ```
 //! Environment: `BASTION_BIN` (required), `BORINGTUN_BIN` (optional: without it, or when it
 //! cannot start, boringtun-cli is left out and the report says why), `BENCH_COMMAND` (the command
@@ -85,6 +85,8 @@ pub struct Options {
     pub udp_mbit: u32,
     pub only: Vec<Implementation>,
     pub out: PathBuf,
+    /// An experiment: every bastion's TUN queue set to this many packets.
+    pub tun_txqueuelen: Option<u32>,
 }
 
 fn parse_options() -> Result<Options, String> {
@@ -98,6 +100,7 @@ fn parse_options() -> Result<Options, String> {
         Implementation::Boringtun,
     ];
     let mut out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    let mut tun_txqueuelen = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value"));
@@ -115,6 +118,9 @@ fn parse_options() -> Result<Options, String> {
             "--udp-mbit" => udp_mbit = number("--udp-mbit", value("--udp-mbit")?)?,
             "--scenarios" => scenario_names = value("--scenarios")?,
             "--out" => out = PathBuf::from(value("--out")?),
+            "--tun-txqueuelen" => {
+                tun_txqueuelen = Some(number("--tun-txqueuelen", value("--tun-txqueuelen")?)?)
+            }
             "--only" => {
                 only = Vec::new();
                 for name in value("--only")?.split(',') {
@@ -146,7 +152,7 @@ fn parse_options() -> Result<Options, String> {
             ))?;
         scenarios.push(scenario.clone());
     }
-    Ok(Options { seconds, reps, scenarios, udp_mbit, only, out })
+    Ok(Options { seconds, reps, scenarios, udp_mbit, only, out, tun_txqueuelen })
 }
 
 /// One measured run: one implementation, one scenario, one repetition.
@@ -212,7 +218,7 @@ fn measure(bed: &Bed, scenario: &Scenario, seconds: u32) -> Result<Measurement, 
     let mut pids = vec![bed.bastion_pid()];
     pids.extend(bed.client_pids(scenario.clients));
     let loadavg_before = loadavg();
-    let drops_before = bed.drops();
+    let drops_before = bed.drops(scenario.clients);
     let meter = cpu::Meter::start(&pids);
     let outputs: Vec<bastion_tests::Output> = std::thread::scope(|scope| {
         let handles: Vec<_> = bed
@@ -229,7 +235,7 @@ fn measure(bed: &Bed, scenario: &Scenario, seconds: u32) -> Result<Measurement, 
         handles.into_iter().map(|h| h.join().expect("iperf3 client thread")).collect()
     });
     let window = meter.stop();
-    let drops = bed.drops().since(drops_before);
+    let drops = bed.drops(scenario.clients).since(drops_before);
     bed.check_running()?;
     let mut total = iperf::Report::default();
     for (i, out) in outputs.iter().enumerate() {
@@ -311,9 +317,18 @@ fn main() {
         }
     }
     for bed in &beds {
+        if let Some(packets) = options.tun_txqueuelen {
+            bed.set_tun_txqueuelen(packets);
+        }
         let pid = bed.bastion_pid();
         let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-        eprintln!("bench: {} runs as pid {pid} ({})", bed.implementation.label(), comm.trim());
+        let txqueuelen = bed.tun_txqueuelen();
+        eprintln!(
+            "bench: {} runs as pid {pid} ({}), TUN txqueuelen {txqueuelen}",
+            bed.implementation.label(),
+            comm.trim()
+        );
+        notes.push(format!("{}: TUN txqueuelen {txqueuelen}", bed.implementation.label()));
     }
 
     let mut runs: Vec<Run> = Vec::new();
@@ -328,7 +343,7 @@ fn main() {
                 let result = measure(bed, scenario, options.seconds);
                 match &result {
                     Ok(m) => eprintln!(
-                        "bench: [{:>2}/{total}] rep {} {:<10} {:<13} {:>7.0} Mbit/s  bastion {:>5.1} CPU-s/GB ({:.2} cores)  machine {:.2} cores busy",
+                        "bench: [{:>2}/{total}] rep {} {:<10} {:<13} {:>7.0} Mbit/s  bastion {:>5.1} CPU-s/GB ({:.2} cores)  CPU pressure {:.0}%",
                         runs.len() + 1,
                         rep + 1,
                         scenario.name,
@@ -336,7 +351,7 @@ fn main() {
                         m.mbit,
                         m.bastion_cpu_per_gb(),
                         m.bastion_cores(),
-                        m.window.machine_load,
+                        m.window.cpu_pressure * 100.0,
                     ),
                     Err(e) => eprintln!(
                         "bench: [{:>2}/{total}] rep {} {} {} FAILED: {e}",

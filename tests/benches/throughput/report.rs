@@ -73,11 +73,14 @@ pub struct Cell {
     pub client_cpu_per_gb: Option<Stat>,
     pub retransmits: Option<Stat>,
     pub lost_percent: Option<Stat>,
-    pub machine_load: Option<Stat>,
+    /// Share of the run (%) in which some runnable task waited for a CPU.
+    pub cpu_pressure: Option<Stat>,
     /// Packets dropped in the bastion namespace's UDP receive buffers and at its TUN, and in
     /// the private host's UDP receive buffers.
     pub bastion_udp_drops: Option<Stat>,
     pub tun_drops: Option<Stat>,
+    pub clients_udp_drops: Option<Stat>,
+    pub clients_tun_drops: Option<Stat>,
     pub host_udp_drops: Option<Stat>,
     /// The busiest threads of the bastion process in the run of median throughput.
     pub threads: String,
@@ -150,9 +153,11 @@ pub fn summarize(scenarios: &[Scenario], implementations: &[Implementation], run
                         client_cpu_per_gb: stat(&|m| m.client_cpu_per_gb()),
                         retransmits: if is_udp { None } else { stat(&|m| m.retransmits) },
                         lost_percent: if is_udp { stat(&|m| m.lost_percent) } else { None },
-                        machine_load: stat(&|m| m.window.machine_load),
+                        cpu_pressure: stat(&|m| m.window.cpu_pressure * 100.0),
                         bastion_udp_drops: stat(&|m| m.drops.bastion_udp_rcvbuf as f64),
-                        tun_drops: stat(&|m| m.drops.tun_tx_dropped as f64),
+                        tun_drops: stat(&|m| m.drops.bastion_tun_tx_dropped as f64),
+                        clients_udp_drops: stat(&|m| m.drops.clients_udp_rcvbuf as f64),
+                        clients_tun_drops: stat(&|m| m.drops.clients_tun_tx_dropped as f64),
                         host_udp_drops: stat(&|m| m.drops.host_udp_rcvbuf as f64),
                         threads: median_run.map(thread_summary).unwrap_or_default(),
                     }
@@ -247,14 +252,19 @@ pub fn markdown(context: &Context, summary: &[ScenarioSummary], runs: &[Run]) ->
     .unwrap();
     writeln!(s, "Load average: {} at the start, {} at the end.", context.loadavg_start, context.loadavg_end)
         .unwrap();
+    if let Some(packets) = o.tun_txqueuelen {
+        writeln!(s, "Experiment: every bastion's TUN txqueuelen set to {packets} packets (`--tun-txqueuelen`).")
+            .unwrap();
+    }
     writeln!(s).unwrap();
     writeln!(s, "Median [min–max] over the repetitions. CPU-s/GB: CPU seconds (user+system, all threads) \
                  of the process per 10⁹ bytes of iperf3 payload received; cores: its CPU seconds per \
-                 second; machine: busy cores of the whole machine (2 = saturated).").unwrap();
+                 second; CPU pressure: share of the run in which some runnable task waited for a CPU \
+                 (/proc/pressure/cpu, whole machine: this benchmark and anything else running).").unwrap();
     writeln!(s).unwrap();
     writeln!(
         s,
-        "| scenario | bastion | Mbit/s | bastion CPU-s/GB | bastion cores | clients' wg-go CPU-s/GB | retransmits | UDP loss % | machine cores |"
+        "| scenario | bastion | Mbit/s | bastion CPU-s/GB | bastion cores | clients' wg-go CPU-s/GB | retransmits | UDP loss % | CPU pressure % |"
     )
     .unwrap();
     writeln!(s, "|---|---|---|---|---|---|---|---|---|").unwrap();
@@ -273,7 +283,7 @@ pub fn markdown(context: &Context, summary: &[ScenarioSummary], runs: &[Run]) ->
                 show(c.client_cpu_per_gb, 1),
                 show(c.retransmits, 0),
                 show(c.lost_percent, 2),
-                show(c.machine_load, 2),
+                show(c.cpu_pressure, 0),
             )
             .unwrap();
         }
@@ -308,22 +318,24 @@ pub fn markdown(context: &Context, summary: &[ScenarioSummary], runs: &[Run]) ->
         }
         writeln!(s).unwrap();
     }
-    writeln!(s, "Packets dropped per run (median [min–max]): in the bastion namespace's UDP receive \
-                 buffers (the bastion did not read its socket fast enough), at the bastion's TUN (the \
-                 kernel's queue toward the bastion was full), and in the private host's UDP receive \
-                 buffers (the iperf3 receiver):").unwrap();
+    writeln!(s, "Packets dropped per run where a queue was full (median [min–max]): UDP receive buffers \
+                 (the WireGuard socket's reader, or the iperf3 receiver in the private host, was too slow) \
+                 and the kernel's queue in front of a TUN (the userspace WireGuard did not read its TUN \
+                 fast enough); on the bastion and on the clients of the scenario (summed):").unwrap();
     writeln!(s).unwrap();
-    writeln!(s, "| scenario | bastion | bastion UDP rcvbuf | bastion TUN tx_dropped | private host UDP rcvbuf |").unwrap();
-    writeln!(s, "|---|---|---|---|---|").unwrap();
+    writeln!(s, "| scenario | bastion | bastion UDP | bastion TUN | clients' UDP | clients' TUN | private host UDP |").unwrap();
+    writeln!(s, "|---|---|---|---|---|---|---|").unwrap();
     for sc in summary {
         for c in &sc.cells {
             writeln!(
                 s,
-                "| {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} |",
                 sc.scenario.name,
                 c.implementation.label(),
                 show(c.bastion_udp_drops, 0),
                 show(c.tun_drops, 0),
+                show(c.clients_udp_drops, 0),
+                show(c.clients_tun_drops, 0),
                 show(c.host_udp_drops, 0)
             )
             .unwrap();
@@ -374,10 +386,12 @@ fn run_json(r: &Run) -> Value {
             "bastion_cpu_seconds_per_gb": m.bastion_cpu_per_gb(),
             "client_cpu_seconds": m.client_cpu,
             "wall_seconds": m.window.wall,
-            "machine_busy_cores": m.window.machine_load,
+            "cpu_pressure_some": m.window.cpu_pressure,
             "drops": {
                 "bastion_udp_rcvbuf": m.drops.bastion_udp_rcvbuf,
-                "bastion_tun_tx_dropped": m.drops.tun_tx_dropped,
+                "bastion_tun_tx_dropped": m.drops.bastion_tun_tx_dropped,
+                "clients_udp_rcvbuf": m.drops.clients_udp_rcvbuf,
+                "clients_tun_tx_dropped": m.drops.clients_tun_tx_dropped,
                 "host_udp_rcvbuf": m.drops.host_udp_rcvbuf,
             },
             "loadavg_before": m.loadavg_before,
@@ -419,9 +433,11 @@ pub fn write_files(
                     "clients_cpu_seconds_per_gb": json_stat(c.client_cpu_per_gb),
                     "retransmits": json_stat(c.retransmits),
                     "udp_lost_percent": json_stat(c.lost_percent),
-                    "machine_busy_cores": json_stat(c.machine_load),
+                    "cpu_pressure_percent": json_stat(c.cpu_pressure),
                     "bastion_udp_rcvbuf_drops": json_stat(c.bastion_udp_drops),
                     "bastion_tun_tx_dropped": json_stat(c.tun_drops),
+                    "clients_udp_rcvbuf_drops": json_stat(c.clients_udp_drops),
+                    "clients_tun_tx_dropped": json_stat(c.clients_tun_drops),
                     "host_udp_rcvbuf_drops": json_stat(c.host_udp_drops),
                     "threads_median_run": c.threads,
                 })).collect::<Vec<_>>(),
@@ -439,6 +455,7 @@ pub fn write_files(
         "seconds": o.seconds,
         "repetitions": o.reps,
         "udp_mbit": o.udp_mbit,
+        "tun_txqueuelen": o.tun_txqueuelen,
         "implementations": context.implementations.iter().map(|i| i.label()).collect::<Vec<_>>(),
         "boringtun_threads": context.boringtun_threads,
         "loadavg_start": context.loadavg_start,
