@@ -32,8 +32,8 @@ pub fn start_servers(ns: &Netns, dir: &Path, clients: usize) -> Vec<Process> {
 /// What traffic one client sends.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Traffic {
-    /// One TCP stream; `reverse` = the private host sends (`-R`).
-    Tcp { reverse: bool },
+    /// `streams` TCP streams (`-P`); `reverse` = the private host sends (`-R`).
+    Tcp { reverse: bool, streams: u32 },
     /// UDP at a fixed offered rate (Mbit/s), client to private host.
     Udp { mbit: u32 },
 }
@@ -56,8 +56,14 @@ pub fn client_argv(server: Ipv4Addr, client: usize, traffic: Traffic, seconds: u
     .map(|s| s.to_string())
     .collect();
     match traffic {
-        Traffic::Tcp { reverse: true } => argv.push("-R".into()),
-        Traffic::Tcp { reverse: false } => {}
+        Traffic::Tcp { reverse, streams } => {
+            if reverse {
+                argv.push("-R".into());
+            }
+            if streams > 1 {
+                argv.extend(["-P".into(), streams.to_string()]);
+            }
+        }
         Traffic::Udp { mbit } => {
             argv.extend(["-u".into(), "-b".into(), format!("{mbit}M")]);
             argv.extend(["-l".into(), UDP_PAYLOAD.to_string()]);

@@ -12,7 +12,8 @@
 //!
 //! ```text
 //! cargo bench -p bastion-tests --bench throughput -- [--seconds N] [--reps N]
-//!     [--scenarios tcp-up,tcp-down,tcp-up-4,udp-up,tcp-down-4] [--udp-mbit N]
+//!     [--scenarios tcp-up,tcp-down,tcp-up-4,udp-up,tcp-down-4,tcp-up-1x4,tcp-down-1x4]
+//!     [--udp-mbit N]
 //!     [--only bastion,wireguard-go,boringtun-cli] [--out DIR] [--tun-txqueuelen N]
 //! ```
 //! Environment: `BASTION_BIN` (required), `BORINGTUN_BIN` (optional: without it, or when it
@@ -45,19 +46,19 @@ fn all_scenarios(udp_mbit: u32) -> Vec<Scenario> {
             name: "tcp-up",
             description: "1 TCP stream, client → private host".into(),
             clients: 1,
-            traffic: Traffic::Tcp { reverse: false },
+            traffic: Traffic::Tcp { reverse: false, streams: 1 },
         },
         Scenario {
             name: "tcp-down",
             description: "1 TCP stream, private host → client (-R)".into(),
             clients: 1,
-            traffic: Traffic::Tcp { reverse: true },
+            traffic: Traffic::Tcp { reverse: true, streams: 1 },
         },
         Scenario {
             name: "tcp-up-4",
             description: "4 clients × 1 TCP stream each, client → private host".into(),
             clients: 4,
-            traffic: Traffic::Tcp { reverse: false },
+            traffic: Traffic::Tcp { reverse: false, streams: 1 },
         },
         Scenario {
             name: "udp-up",
@@ -69,7 +70,19 @@ fn all_scenarios(udp_mbit: u32) -> Vec<Scenario> {
             name: "tcp-down-4",
             description: "4 clients × 1 TCP stream each, private host → client (-R)".into(),
             clients: 4,
-            traffic: Traffic::Tcp { reverse: true },
+            traffic: Traffic::Tcp { reverse: true, streams: 1 },
+        },
+        Scenario {
+            name: "tcp-up-1x4",
+            description: "1 client × 4 TCP streams (-P 4), client → private host: one peer, many flows".into(),
+            clients: 1,
+            traffic: Traffic::Tcp { reverse: false, streams: 4 },
+        },
+        Scenario {
+            name: "tcp-down-1x4",
+            description: "1 client × 4 TCP streams (-P 4), private host → client (-R): one peer, many flows".into(),
+            clients: 1,
+            traffic: Traffic::Tcp { reverse: true, streams: 4 },
         },
     ]
 }
