@@ -44,7 +44,9 @@ pub struct ProcessCpu {
 
 impl ProcessCpu {
     pub fn sample(pid: i32) -> ProcessCpu {
-        let seconds = stat_cpu(&format!("/proc/{pid}/stat")).map(|(_, s)| s).unwrap_or(0.0);
+        let seconds = stat_cpu(&format!("/proc/{pid}/stat"))
+            .map(|(_, s)| s)
+            .unwrap_or(0.0);
         let mut threads = BTreeMap::new();
         if let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/task")) {
             for entry in entries.flatten() {
@@ -128,7 +130,10 @@ impl Meter {
                 .iter()
                 .map(|(tid, (name, s))| {
                     let before = b.threads.get(tid).map(|(_, s)| *s).unwrap_or(0.0);
-                    ThreadLoad { name: name.clone(), load: (s - before).max(0.0) / wall }
+                    ThreadLoad {
+                        name: name.clone(),
+                        load: (s - before).max(0.0) / wall,
+                    }
                 })
                 .collect(),
             _ => Vec::new(),
@@ -142,4 +147,3 @@ impl Meter {
         }
     }
 }
-

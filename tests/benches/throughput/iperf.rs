@@ -105,4 +105,3 @@ pub fn parse(json: &str) -> Result<Report, String> {
         lost_percent: number("sum_received", "lost_percent").unwrap_or(0.0),
     })
 }
-

@@ -37,15 +37,26 @@ impl Stat {
         }
         v.sort_by(f64::total_cmp);
         let n = v.len();
-        let median = if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 };
-        Some(Stat { median, min: v[0], max: v[n - 1] })
+        let median = if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        };
+        Some(Stat {
+            median,
+            min: v[0],
+            max: v[n - 1],
+        })
     }
 
     fn show(&self, decimals: usize) -> String {
         if self.min == self.max {
             format!("{:.*}", decimals, self.median)
         } else {
-            format!("{:.*} [{:.*}–{:.*}]", decimals, self.median, decimals, self.min, decimals, self.max)
+            format!(
+                "{:.*} [{:.*}–{:.*}]",
+                decimals, self.median, decimals, self.min, decimals, self.max
+            )
         }
     }
 
@@ -122,7 +133,11 @@ fn thread_summary(m: &Measurement) -> String {
     }
 }
 
-pub fn summarize(scenarios: &[Scenario], implementations: &[Implementation], runs: &[Run]) -> Vec<ScenarioSummary> {
+pub fn summarize(
+    scenarios: &[Scenario],
+    implementations: &[Implementation],
+    runs: &[Run],
+) -> Vec<ScenarioSummary> {
     scenarios
         .iter()
         .map(|scenario| {
@@ -135,7 +150,11 @@ pub fn summarize(scenarios: &[Scenario], implementations: &[Implementation], run
                     };
                     let failed = runs
                         .iter()
-                        .filter(|r| r.scenario == scenario.name && r.implementation == who && r.result.is_err())
+                        .filter(|r| {
+                            r.scenario == scenario.name
+                                && r.implementation == who
+                                && r.result.is_err()
+                        })
                         .count();
                     let median_run = {
                         let mut sorted = ms.clone();
@@ -151,8 +170,16 @@ pub fn summarize(scenarios: &[Scenario], implementations: &[Implementation], run
                         cpu_per_gb: stat(&|m| m.bastion_cpu_per_gb()),
                         cores: stat(&|m| m.bastion_cores()),
                         client_cpu_per_gb: stat(&|m| m.client_cpu_per_gb()),
-                        retransmits: if is_udp { None } else { stat(&|m| m.retransmits) },
-                        lost_percent: if is_udp { stat(&|m| m.lost_percent) } else { None },
+                        retransmits: if is_udp {
+                            None
+                        } else {
+                            stat(&|m| m.retransmits)
+                        },
+                        lost_percent: if is_udp {
+                            stat(&|m| m.lost_percent)
+                        } else {
+                            None
+                        },
                         cpu_pressure: stat(&|m| m.window.cpu_pressure * 100.0),
                         bastion_udp_drops: stat(&|m| m.drops.bastion_udp_rcvbuf as f64),
                         tun_drops: stat(&|m| m.drops.bastion_tun_tx_dropped as f64),
@@ -170,12 +197,18 @@ pub fn summarize(scenarios: &[Scenario], implementations: &[Implementation], run
                     let paired = |f: &dyn Fn(&Measurement) -> f64| {
                         let values: Vec<f64> = runs
                             .iter()
-                            .filter(|r| r.scenario == scenario.name && r.implementation == Implementation::Bastion)
+                            .filter(|r| {
+                                r.scenario == scenario.name
+                                    && r.implementation == Implementation::Bastion
+                            })
                             .filter_map(|ours| {
                                 let theirs = runs.iter().find(|r| {
-                                    r.scenario == scenario.name && r.implementation == versus && r.rep == ours.rep
+                                    r.scenario == scenario.name
+                                        && r.implementation == versus
+                                        && r.rep == ours.rep
                                 })?;
-                                let (a, b) = (ours.result.as_ref().ok()?, theirs.result.as_ref().ok()?);
+                                let (a, b) =
+                                    (ours.result.as_ref().ok()?, theirs.result.as_ref().ok()?);
                                 Some(f(a) / f(b))
                             })
                             .collect();
@@ -188,7 +221,11 @@ pub fn summarize(scenarios: &[Scenario], implementations: &[Implementation], run
                     }
                 })
                 .collect();
-            ScenarioSummary { scenario: scenario.clone(), cells, ratios }
+            ScenarioSummary {
+                scenario: scenario.clone(),
+                cells,
+                ratios,
+            }
         })
         .collect()
 }
@@ -202,7 +239,11 @@ fn command_line() -> String {
 
 fn first_line(argv: &[&str]) -> String {
     let out = bastion_tests::command::run(argv);
-    let text = if out.stdout.trim().is_empty() { out.stderr } else { out.stdout };
+    let text = if out.stdout.trim().is_empty() {
+        out.stderr
+    } else {
+        out.stdout
+    };
     text.lines().next().unwrap_or("").trim().to_string()
 }
 
@@ -216,18 +257,33 @@ fn machine() -> Vec<(String, String)> {
         .unwrap_or("")
         .trim()
         .to_string();
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
     let mut facts = vec![
         ("cpus".to_string(), format!("{cpus} × {cpu_model}")),
         ("kernel".to_string(), first_line(&["uname", "-r"])),
-        ("wireguard-go".to_string(), first_line(&["wireguard-go", "--version"])),
+        (
+            "wireguard-go".to_string(),
+            first_line(&["wireguard-go", "--version"]),
+        ),
         ("iperf3".to_string(), first_line(&["iperf3", "--version"])),
     ];
     if let Some(bin) = std::env::var_os("BORINGTUN_BIN") {
-        facts.push(("boringtun-cli".to_string(), first_line(&[bin.to_str().unwrap_or(""), "--version"])));
+        facts.push((
+            "boringtun-cli".to_string(),
+            first_line(&[bin.to_str().unwrap_or(""), "--version"]),
+        ));
     }
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let commit = first_line(&["git", "-C", repo.to_str().unwrap_or("."), "describe", "--always", "--dirty"]);
+    let commit = first_line(&[
+        "git",
+        "-C",
+        repo.to_str().unwrap_or("."),
+        "describe",
+        "--always",
+        "--dirty",
+    ]);
     facts.push(("commit".to_string(), commit));
     facts
 }
@@ -250,8 +306,12 @@ pub fn markdown(context: &Context, summary: &[ScenarioSummary], runs: &[Run]) ->
         context.elapsed
     )
     .unwrap();
-    writeln!(s, "Load average: {} at the start, {} at the end.", context.loadavg_start, context.loadavg_end)
-        .unwrap();
+    writeln!(
+        s,
+        "Load average: {} at the start, {} at the end.",
+        context.loadavg_start, context.loadavg_end
+    )
+    .unwrap();
     if let Some(packets) = o.tun_txqueuelen {
         writeln!(s, "Experiment: every bastion's TUN txqueuelen set to {packets} packets (`--tun-txqueuelen`).")
             .unwrap();
@@ -270,7 +330,11 @@ pub fn markdown(context: &Context, summary: &[ScenarioSummary], runs: &[Run]) ->
     writeln!(s, "|---|---|---|---|---|---|---|---|---|").unwrap();
     for sc in summary {
         for c in &sc.cells {
-            let failed = if c.failed > 0 { format!(" ({} failed)", c.failed) } else { String::new() };
+            let failed = if c.failed > 0 {
+                format!(" ({} failed)", c.failed)
+            } else {
+                String::new()
+            };
             writeln!(
                 s,
                 "| {} | {}{} | {} | {} | {} | {} | {} | {} | {} |",
@@ -289,8 +353,12 @@ pub fn markdown(context: &Context, summary: &[ScenarioSummary], runs: &[Run]) ->
         }
     }
     writeln!(s).unwrap();
-    let others: Vec<Implementation> =
-        context.implementations.iter().copied().filter(|&i| i != Implementation::Bastion).collect();
+    let others: Vec<Implementation> = context
+        .implementations
+        .iter()
+        .copied()
+        .filter(|&i| i != Implementation::Bastion)
+        .collect();
     if context.implementations.contains(&Implementation::Bastion) && !others.is_empty() {
         writeln!(s, "Ratios `bastion run` / other, taken per repetition (runs seconds apart), median [min–max]. \
                      Throughput above 1 and CPU-s/GB below 1 favour `bastion run`.").unwrap();
@@ -342,13 +410,24 @@ pub fn markdown(context: &Context, summary: &[ScenarioSummary], runs: &[Run]) ->
         }
     }
     writeln!(s).unwrap();
-    writeln!(s, "Busiest threads of the bastion process (cores), in the run of median throughput:").unwrap();
+    writeln!(
+        s,
+        "Busiest threads of the bastion process (cores), in the run of median throughput:"
+    )
+    .unwrap();
     writeln!(s).unwrap();
     writeln!(s, "| scenario | bastion | threads |").unwrap();
     writeln!(s, "|---|---|---|").unwrap();
     for sc in summary {
         for c in &sc.cells {
-            writeln!(s, "| {} | {} | {} |", sc.scenario.name, c.implementation.label(), c.threads).unwrap();
+            writeln!(
+                s,
+                "| {} | {} | {} |",
+                sc.scenario.name,
+                c.implementation.label(),
+                c.threads
+            )
+            .unwrap();
         }
     }
     writeln!(s).unwrap();
@@ -362,15 +441,32 @@ pub fn markdown(context: &Context, summary: &[ScenarioSummary], runs: &[Run]) ->
         writeln!(s, "- {k}: {v}").unwrap();
     }
     if context.implementations.contains(&Implementation::Boringtun) {
-        writeln!(s, "- boringtun-cli runs with `--threads {}`", context.boringtun_threads).unwrap();
+        writeln!(
+            s,
+            "- boringtun-cli runs with `--threads {}`",
+            context.boringtun_threads
+        )
+        .unwrap();
     }
     let failures: Vec<&Run> = runs.iter().filter(|r| r.result.is_err()).collect();
     for note in &context.notes {
         writeln!(s, "- note: {note}").unwrap();
     }
     for f in failures {
-        let why = f.result.as_ref().err().map(|e| e.lines().next().unwrap_or("").to_string()).unwrap_or_default();
-        writeln!(s, "- failed run: rep {} {} {}: {why}", f.rep + 1, f.scenario, f.implementation.label()).unwrap();
+        let why = f
+            .result
+            .as_ref()
+            .err()
+            .map(|e| e.lines().next().unwrap_or("").to_string())
+            .unwrap_or_default();
+        writeln!(
+            s,
+            "- failed run: rep {} {} {}: {why}",
+            f.rep + 1,
+            f.scenario,
+            f.implementation.label()
+        )
+        .unwrap();
     }
     s
 }
@@ -469,6 +565,9 @@ pub fn write_files(
     let md = dir.join("throughput.md");
     let js = dir.join("throughput.json");
     std::fs::write(&md, markdown)?;
-    std::fs::write(&js, serde_json::to_string_pretty(&report).unwrap_or_default() + "\n")?;
+    std::fs::write(
+        &js,
+        serde_json::to_string_pretty(&report).unwrap_or_default() + "\n",
+    )?;
     Ok(vec![md, js])
 }
