@@ -134,7 +134,8 @@ fn parse_options() -> Result<Options, String> {
         Implementation::WireguardGo,
         Implementation::Boringtun,
     ];
-    let mut out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut out = workspace.join("target/bench");
     let mut tun_txqueuelen = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -151,7 +152,8 @@ fn parse_options() -> Result<Options, String> {
             "--reps" => reps = number("--reps", value("--reps")?)? as usize,
             "--udp-mbit" => udp_mbit = number("--udp-mbit", value("--udp-mbit")?)?,
             "--scenarios" => scenario_names = value("--scenarios")?,
-            "--out" => out = PathBuf::from(value("--out")?),
+            // cargo runs benches in the package folder: a relative path means the workspace's.
+            "--out" => out = workspace.join(value("--out")?),
             "--tun-txqueuelen" => {
                 tun_txqueuelen = Some(number("--tun-txqueuelen", value("--tun-txqueuelen")?)?)
             }
