@@ -54,7 +54,7 @@ HOST_BASTION := target/release/bastion
 CONFIG ?=
 
 .PHONY: all build test test-deps unit-test integration-test clean \
-        image-deps appliance image-builder kernel image probe-image run boot-test lock-packages
+        image-deps appliance image-builder kernel image probe-image run boot-test lock-packages bench
 
 all: build
 
@@ -139,6 +139,21 @@ probe-image: image-deps image-builder kernel
 boot-test: image probe-image
 	python3 tests/boot/boot_chain.py --arch $(ARCH) --image $(DISK) --log $(ARCH_OUT)/boot-chain.log
 	python3 tests/boot/boot_probe.py --arch $(ARCH) --image $(PROBE_DISK) --log $(ARCH_OUT)/boot-probe.log
+
+# Throughput and CPU per GB of one bastion: `bastion run` against wireguard-go and boringtun-cli
+# as the bastion, in the same run (README-bench.md). Not part of `make test`. boringtun-cli is
+# built once into target/; if it cannot be built the benchmark compares with wireguard-go only.
+# BENCH_ARGS passes options, e.g. BENCH_ARGS="--reps 5 --scenarios tcp-up,tcp-up-4".
+BORINGTUN_VERSION := 0.7.1
+BORINGTUN_ROOT := $(CURDIR)/target/bench-tools/boringtun-cli-$(BORINGTUN_VERSION)
+BENCH_ARGS ?=
+bench: test-deps build
+	@test -x $(BORINGTUN_ROOT)/bin/boringtun-cli || \
+	  $(CARGO) install boringtun-cli --version $(BORINGTUN_VERSION) --locked --root $(BORINGTUN_ROOT) || \
+	  echo "bench: boringtun-cli $(BORINGTUN_VERSION) could not be built; comparing with wireguard-go only"
+	BASTION_BIN=$(CURDIR)/target/release/bastion BORINGTUN_BIN=$(BORINGTUN_ROOT)/bin/boringtun-cli \
+	  BENCH_COMMAND="make bench$(if $(BENCH_ARGS), BENCH_ARGS='$(BENCH_ARGS)')" \
+	  $(CARGO) bench -p bastion-tests --bench throughput -- --out $(CURDIR)/target/bench $(BENCH_ARGS)
 
 clean:
 	$(CARGO) clean
