@@ -16,7 +16,7 @@ CARGO ?= cargo
 HOST_ARCH := $(shell uname -m)
 
 # Debian packages the tests need (real peers, real servers, the nft oracle).
-TEST_PACKAGES := wireguard-go wireguard-tools nftables iproute2 python3 iputils-ping dnsmasq-base iperf3 procps
+TEST_PACKAGES := wireguard-go wireguard-tools nftables iproute2 python3 iputils-ping dnsmasq-base iperf3 procps conntrack
 
 # --- cross builds -----------------------------------------------------------------------------
 TARGET := $(ARCH)-unknown-linux-musl
@@ -55,7 +55,7 @@ HOST_BASTION := target/release/bastion
 CONFIG ?=
 
 .PHONY: all build test test-deps unit-test integration-test clean \
-        image-deps appliance image-builder kernel image run boot-test lock-packages
+        image-deps appliance image-builder kernel image run boot-test lock-packages bench
 
 all: build
 
@@ -134,6 +134,21 @@ run: image build
 boot-test: test-deps image build
 	python3 tests/boot/boot_test.py --arch $(ARCH) --image $(DISK) --initramfs $(ARCH_OUT)/initramfs.gz \
 	  --bastion $(HOST_BASTION) --workdir $(ARCH_OUT)/boot-test --summary $(ARCH_OUT)/boot-test.json
+
+# Throughput and CPU per GB of one bastion: `bastion run` against wireguard-go and boringtun-cli
+# as the bastion, in the same run (README-bench.md). Not part of `make test`. boringtun-cli is
+# built once into target/; if it cannot be built the benchmark compares with wireguard-go only.
+# BENCH_ARGS passes options, e.g. BENCH_ARGS="--reps 5 --scenarios tcp-up,tcp-up-4".
+BORINGTUN_VERSION := 0.7.1
+BORINGTUN_ROOT := $(CURDIR)/target/bench-tools/boringtun-cli-$(BORINGTUN_VERSION)
+BENCH_ARGS ?=
+bench: test-deps build
+	@test -x $(BORINGTUN_ROOT)/bin/boringtun-cli || \
+	  $(CARGO) install boringtun-cli --version $(BORINGTUN_VERSION) --locked --root $(BORINGTUN_ROOT) || \
+	  echo "bench: boringtun-cli $(BORINGTUN_VERSION) could not be built; comparing with wireguard-go only"
+	BASTION_BIN=$(CURDIR)/target/release/bastion BORINGTUN_BIN=$(BORINGTUN_ROOT)/bin/boringtun-cli \
+	  BENCH_COMMAND="make bench$(if $(BENCH_ARGS), BENCH_ARGS='$(BENCH_ARGS)')" \
+	  $(CARGO) bench -p bastion-tests --bench throughput -- --out $(CURDIR)/target/bench $(BENCH_ARGS)
 
 clean:
 	$(CARGO) clean

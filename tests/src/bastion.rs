@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::http::{self, HttpResponse};
@@ -13,9 +13,17 @@ use crate::topology::{Topology, BASTION_TUNNEL_V4, BASTION_TUNNEL_V6, LISTEN_POR
 use crate::wait::wait_until;
 
 /// The `bastion` binary under test, or `None` (the caller skips, saying why) when
-/// `BASTION_BIN` is unset.
+/// `BASTION_BIN` is unset. A relative path that is not a file from here (cargo runs tests in
+/// `tests/`) is taken from the workspace root, so `BASTION_BIN=target/debug/bastion` works.
 pub fn binary() -> Option<PathBuf> {
-    let path = PathBuf::from(std::env::var_os("BASTION_BIN")?);
+    let given = PathBuf::from(std::env::var_os("BASTION_BIN")?);
+    let path = if given.is_relative() && !given.is_file() {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join(&given)
+    } else {
+        given
+    };
     assert!(
         path.is_file(),
         "BASTION_BIN={} is not a file: build it first (`make build`)",
@@ -39,6 +47,8 @@ pub struct BastionSetup {
     pub masquerade: bool,
     /// TOML appended verbatim (extra sections).
     pub extra_toml: String,
+    /// The clients configured as peers, by index; `None` = every client of the topology.
+    pub peers: Option<Vec<usize>>,
 }
 
 impl Default for BastionSetup {
@@ -51,6 +61,7 @@ impl Default for BastionSetup {
             peer_reach: Vec::new(),
             masquerade: true,
             extra_toml: String::new(),
+            peers: None,
         }
     }
 }
@@ -74,6 +85,9 @@ impl BastionSetup {
         writeln!(s, "listen_port = {LISTEN_PORT}").unwrap();
         writeln!(s, "name = \"{}\"", self.interface_name).unwrap();
         for (i, client) in topo.clients.iter().enumerate() {
+            if self.peers.as_ref().is_some_and(|p| !p.contains(&i)) {
+                continue;
+            }
             writeln!(s, "\n[[peer]]").unwrap();
             writeln!(s, "name = \"{}\"", client.name).unwrap();
             writeln!(s, "public_key = \"{}\"", client.keys.public).unwrap();
@@ -113,12 +127,23 @@ impl Bastion {
     /// Writes the config for `setup` and starts `BINARY run --config FILE` in the topology's
     /// bastion namespace. Does not wait: see [`Bastion::wait_healthy`].
     pub fn start(topo: &Topology, binary: &std::path::Path, setup: BastionSetup) -> Bastion {
+        Bastion::start_in(topo, &topo.bastion, binary, setup)
+    }
+
+    /// Like [`Bastion::start`], in namespace `ns` (another bastion of the same cluster: the
+    /// config, key and peers still come from `topo`).
+    pub fn start_in(
+        topo: &Topology,
+        ns: &crate::Netns,
+        binary: &std::path::Path,
+        setup: BastionSetup,
+    ) -> Bastion {
         let name = crate::unique_name("cfg");
         let config = topo
             .dir
             .write(&format!("bastion-{name}.toml"), &setup.to_toml(topo));
-        let mut process = topo.bastion.spawn(
-            "bastion run",
+        let mut process = ns.spawn(
+            &format!("bastion run in {}", ns.name()),
             &[
                 binary.as_os_str(),
                 "run".as_ref(),
@@ -135,7 +160,7 @@ impl Bastion {
             config,
             health: SocketAddr::from(([127, 0, 0, 1], setup.health_port)),
             setup,
-            ns_name: topo.bastion.name().to_string(),
+            ns_name: ns.name().to_string(),
         }
     }
 
@@ -227,5 +252,86 @@ impl Drop for Bastion {
             self.process.signal(libc::SIGTERM);
         }
         // Process's own drop waits, then SIGKILLs.
+    }
+}
+
+/// The clock the service stamps its log lines with (CLOCK_BOOTTIME, seconds): read it in the
+/// test to place a log line on the test's own timeline.
+pub fn log_clock_now() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_BOOTTIME) failed");
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+}
+
+/// The time stamp of a service log line (`[   12.345678] bastion: ...`), on [`log_clock_now`]'s
+/// clock.
+pub fn log_line_time(line: &str) -> Option<f64> {
+    let stamp = line.trim_start().strip_prefix('[')?.split(']').next()?;
+    stamp.trim().parse().ok()
+}
+
+/// In a `bastion status` report, the number after `label` on peer `peer`'s line (e.g.
+/// `"handshakes"`, `"failover handshakes"`).
+pub fn peer_counter(status: &str, peer: &str, label: &str) -> Option<u64> {
+    let line = status
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(peer))?;
+    let after = line.split(&format!("  {label} ")).nth(1)?;
+    after.split_whitespace().next()?.parse().ok()
+}
+
+/// In a `bastion status` report, the number before `label` on the `dropped:` line (e.g.
+/// `"cookie replies"`, `"handshakes from unknown keys"`).
+pub fn dropped_counter(status: &str, label: &str) -> Option<u64> {
+    let line = status
+        .lines()
+        .find(|l| l.trim_start().starts_with("dropped:"))?;
+    let line = line.trim_start().strip_prefix("dropped:")?;
+    line.split(',').find_map(|part| {
+        let (number, rest) = part.trim().split_once(' ')?;
+        (rest == label).then(|| number.parse().ok()).flatten()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STATUS: &str = "interface: wg0  UDP port 51820  health 200\n\
+        draining: no\n\
+        peers: 2\n  \
+        alice  endpoint 192.0.2.101:4000  last handshake 1 s ago  handshakes 2  received 1.0 KiB  sent 3 B  failover handshakes 1\n  \
+        bob  endpoint -  last handshake never  handshakes 0  received 0 B  sent 0 B  failover handshakes 0\n\
+        dropped: 7 datagrams not ours, 1 rejected, 5 handshakes from unknown keys, 300 cookie replies, 2 TUN packets with no peer\n";
+
+    #[test]
+    fn status_counters_are_read_by_label() {
+        assert_eq!(peer_counter(STATUS, "alice", "handshakes"), Some(2));
+        assert_eq!(
+            peer_counter(STATUS, "alice", "failover handshakes"),
+            Some(1)
+        );
+        assert_eq!(peer_counter(STATUS, "bob", "failover handshakes"), Some(0));
+        assert_eq!(peer_counter(STATUS, "carol", "handshakes"), None);
+        assert_eq!(dropped_counter(STATUS, "cookie replies"), Some(300));
+        assert_eq!(
+            dropped_counter(STATUS, "handshakes from unknown keys"),
+            Some(5)
+        );
+        assert_eq!(dropped_counter(STATUS, "datagrams not ours"), Some(7));
+        assert_eq!(dropped_counter(STATUS, "nothing"), None);
+    }
+
+    #[test]
+    fn log_lines_carry_their_time() {
+        assert_eq!(
+            log_line_time("[    12.500000] bastion: peer alice handshake completed"),
+            Some(12.5)
+        );
+        assert_eq!(log_line_time("no stamp"), None);
     }
 }

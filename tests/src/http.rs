@@ -13,7 +13,7 @@ use crate::rundir::RunDir;
 /// Debian's interpreter, so a pyenv or venv on the machine does not change what runs.
 pub const PYTHON: &str = "/usr/bin/python3";
 
-fn python() -> &'static str {
+pub(crate) fn python() -> &'static str {
     if std::path::Path::new(PYTHON).exists() {
         PYTHON
     } else {

@@ -12,8 +12,12 @@
 
 pub mod baseline;
 pub mod bastion;
+pub mod cluster;
 pub mod command;
+pub mod dhcp;
+pub mod handshake;
 pub mod http;
+pub mod imds;
 pub mod link;
 pub mod netns;
 pub mod process;
@@ -25,7 +29,9 @@ pub mod wireguard;
 
 pub use bastion::{Bastion, BastionSetup};
 pub use command::Output;
+pub use dhcp::{DhcpPool, DhcpServer};
 pub use http::{HttpResponse, HttpServer};
+pub use imds::{ImdsEmulator, ImdsMode, ImdsRequest};
 pub use netns::Netns;
 pub use process::Process;
 pub use rundir::RunDir;
@@ -76,16 +82,22 @@ pub fn require_root_and_tools() {
         0,
         "the integration tests create network namespaces: run them as root"
     );
-    for tool in ["ip", "wg", "wireguard-go", "nft", "ping", "sysctl"] {
+    require_tools(&["ip", "wg", "wireguard-go", "nft", "ping", "sysctl"]);
+    assert!(
+        std::path::Path::new(http::PYTHON).exists() || command::find_in_path("python3").is_some(),
+        "python3 is not installed: run `make test-deps`"
+    );
+}
+
+/// Panics with a clear message unless every program in `tools` is on `PATH`: for what a test
+/// needs beyond [`require_root_and_tools`] (`unshare`, `dnsmasq`...).
+pub fn require_tools(tools: &[&str]) {
+    for tool in tools {
         assert!(
             command::find_in_path(tool).is_some(),
             "`{tool}` is not installed: run `make test-deps` (Debian packages in the Makefile's TEST_PACKAGES)"
         );
     }
-    assert!(
-        std::path::Path::new(http::PYTHON).exists() || command::find_in_path("python3").is_some(),
-        "python3 is not installed: run `make test-deps`"
-    );
 }
 
 fn base36(mut n: u64) -> String {

@@ -6,6 +6,14 @@ use crate::netns::Netns;
 /// Creates a veth pair straight inside the two namespaces (never in the host's, so the names
 /// only need to be unique per namespace) and sets both ends up.
 pub fn veth(a: &Netns, a_name: &str, b: &Netns, b_name: &str) {
+    veth_down(a, a_name, b, b_name);
+    a.run(&["ip", "link", "set", a_name, "up"]);
+    b.run(&["ip", "link", "set", b_name, "up"]);
+}
+
+/// Like [`veth`], but leaves both ends down: for a machine under test that must bring its own
+/// interface up, as it would at boot.
+pub fn veth_down(a: &Netns, a_name: &str, b: &Netns, b_name: &str) {
     crate::command::run_ok(&[
         "ip",
         "-n",
@@ -21,8 +29,6 @@ pub fn veth(a: &Netns, a_name: &str, b: &Netns, b_name: &str) {
         "netns",
         b.name(),
     ]);
-    a.run(&["ip", "link", "set", a_name, "up"]);
-    b.run(&["ip", "link", "set", b_name, "up"]);
 }
 
 /// A bridge in `ns`, up: the shared segment of the topology's "internet" or "VPC subnet".

@@ -131,7 +131,11 @@ impl Process {
                 let fresh = log.get(offset..).unwrap_or("");
                 match fresh.lines().find(|l| l.contains(needle)) {
                     Some(line) => Ok(line.to_string()),
-                    None => Err(self.log_report()),
+                    // Says so when the process has ended: then the line will never come.
+                    None => Err(self
+                        .check_running()
+                        .err()
+                        .unwrap_or_else(|| self.log_report())),
                 }
             },
         )
@@ -228,4 +232,25 @@ impl Drop for Process {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// The pids whose parent is `ppid` (from `/proc/PID/stat`): e.g. the process `unshare --fork`
+/// started, or the service a supervisor runs.
+pub fn children_of(ppid: i32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| parent_of(*pid) == Some(ppid))
+        .collect()
+}
+
+/// The parent pid from `/proc/PID/stat`: the field after the state, which follows the command
+/// name in parentheses (a name that may itself hold spaces and parentheses).
+fn parent_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, after_name) = stat.rsplit_once(')')?;
+    after_name.split_whitespace().nth(1)?.parse().ok()
 }

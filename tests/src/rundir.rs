@@ -10,7 +10,13 @@ pub struct RunDir {
 impl RunDir {
     /// A new empty folder `$TMPDIR/bastion-tests/NAME`.
     pub fn new(name: &str) -> RunDir {
-        let path = std::env::temp_dir().join("bastion-tests").join(name);
+        RunDir::under(&std::env::temp_dir().join("bastion-tests"), name)
+    }
+
+    /// A new empty folder `PARENT/NAME`, for files a process under test must see where
+    /// `$TMPDIR` will not do (`bastion init` mounts its own tmpfs on /tmp).
+    pub fn under(parent: &Path, name: &str) -> RunDir {
+        let path = parent.join(name);
         let _ = std::fs::remove_dir_all(&path);
         std::fs::create_dir_all(&path)
             .unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));

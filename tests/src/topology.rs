@@ -91,6 +91,16 @@ impl Topology {
     }
 
     pub fn with(clients: usize, private_hosts: usize) -> Topology {
+        Topology::build_with(clients, private_hosts, true)
+    }
+
+    /// Like [`Topology::with`], but the bastion gets no link to the internet: something else
+    /// (a load balancer, see [`crate::cluster`]) connects it and owns `192.0.2.1`.
+    pub fn without_public_link(clients: usize, private_hosts: usize) -> Topology {
+        Topology::build_with(clients, private_hosts, false)
+    }
+
+    fn build_with(clients: usize, private_hosts: usize, public_link: bool) -> Topology {
         crate::require_root_and_tools();
         assert!(clients <= PEER_NAMES.len() && private_hosts <= 200);
         let prefix = unique_name("");
@@ -105,10 +115,12 @@ impl Topology {
         link::bridge(&internet, "br0");
         link::bridge(&vpc, "br0");
 
-        link::veth(&bastion, "pub0", &internet, "p-bastion");
-        link::attach(&internet, "p-bastion", "br0");
-        link::add_address(&bastion, "pub0", &format!("{BASTION_PUBLIC_V4}/24"));
-        link::add_address(&bastion, "pub0", &format!("{BASTION_PUBLIC_V6}/64"));
+        if public_link {
+            link::veth(&bastion, "pub0", &internet, "p-bastion");
+            link::attach(&internet, "p-bastion", "br0");
+            link::add_address(&bastion, "pub0", &format!("{BASTION_PUBLIC_V4}/24"));
+            link::add_address(&bastion, "pub0", &format!("{BASTION_PUBLIC_V6}/64"));
+        }
         link::veth(&bastion, "priv0", &vpc, "p-bastion");
         link::attach(&vpc, "p-bastion", "br0");
         link::add_address(&bastion, "priv0", &format!("{BASTION_PRIVATE_V4}/24"));

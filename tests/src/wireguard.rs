@@ -88,8 +88,9 @@ impl WgConf {
     }
 }
 
-/// A wireguard-go interface in a namespace. Drop stops wireguard-go (its guard) and removes the
-/// control socket if wireguard-go left it behind.
+/// A userspace WireGuard interface in a namespace: wireguard-go, or another implementation that
+/// serves the same control socket (boringtun-cli). Drop stops the process (its guard) and removes
+/// the control socket if the process left it behind.
 pub struct WgInterface {
     name: String,
     ns_name: String,
@@ -102,6 +103,27 @@ impl WgInterface {
     /// Starts `wireguard-go -f NAME` in `ns` and waits for its control socket. `name` must be
     /// unique on the machine (the socket folder is shared): use [`crate::unique_name`].
     pub fn start(ns: &Netns, name: &str, dir: &RunDir) -> WgInterface {
+        WgInterface::start_program(
+            ns,
+            name,
+            dir,
+            "wireguard-go",
+            &["wireguard-go", "-f", name],
+            &[("LOG_LEVEL", "verbose")],
+        )
+    }
+
+    /// Starts another userspace WireGuard that creates interface `name` and serves the same
+    /// control socket (`argv` runs in the foreground, e.g. `boringtun-cli -f NAME`), and waits
+    /// for the socket. `program` names it in messages and in its log file's name.
+    pub fn start_program(
+        ns: &Netns,
+        name: &str,
+        dir: &RunDir,
+        program: &str,
+        argv: &[&str],
+        envs: &[(&str, &str)],
+    ) -> WgInterface {
         assert!(
             name.len() <= 15,
             "interface name {name} is longer than 15 characters"
@@ -112,13 +134,8 @@ impl WgInterface {
             "{} already exists: another wireguard-go uses the name {name}",
             socket.display()
         );
-        let log = dir.path().join(format!("wireguard-go-{name}.log"));
-        let process = ns.spawn(
-            &format!("wireguard-go {name}"),
-            &["wireguard-go", "-f", name],
-            &[("LOG_LEVEL", "verbose")],
-            &log,
-        );
+        let log = dir.path().join(format!("{program}-{name}.log"));
+        let process = ns.spawn(&format!("{program} {name}"), argv, envs, &log);
         let wg = WgInterface {
             name: name.to_string(),
             ns_name: ns.name().to_string(),
@@ -127,7 +144,7 @@ impl WgInterface {
             conf_path: dir.path().join(format!("{name}.conf")),
         };
         wait_until(
-            &format!("wireguard-go's socket {}", wg.socket.display()),
+            &format!("{program}'s socket {}", wg.socket.display()),
             Duration::from_secs(10),
             || {
                 if wg.socket.exists() {
@@ -154,14 +171,8 @@ impl WgInterface {
     }
 
     fn ns_exec<S: AsRef<std::ffi::OsStr>>(&self, argv: &[S]) -> command::Output {
-        let mut full: Vec<std::ffi::OsString> = vec![
-            "ip".into(),
-            "netns".into(),
-            "exec".into(),
-            self.ns_name.clone().into(),
-        ];
-        full.extend(argv.iter().map(|a| a.as_ref().to_os_string()));
-        command::run(&full)
+        // A non-owning handle: whoever started the interface owns the namespace.
+        Netns::borrowed(&self.ns_name).exec(argv)
     }
 
     fn ns_run(&self, argv: &[&str]) -> String {
@@ -205,6 +216,10 @@ impl WgInterface {
         } else {
             self.ns_run(&["ip", "addr", "add", cidr, "dev", &self.name]);
         }
+    }
+
+    pub fn set_mtu(&self, mtu: u16) {
+        self.ns_run(&["ip", "link", "set", &self.name, "mtu", &mtu.to_string()]);
     }
 
     pub fn up(&self) {

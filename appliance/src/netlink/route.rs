@@ -25,6 +25,7 @@ const RTM_GETROUTE: u16 = 26;
 const IFLA_ADDRESS: u16 = 1;
 const IFLA_IFNAME: u16 = 3;
 const IFLA_MTU: u16 = 4;
+const IFLA_TXQLEN: u16 = 13;
 // linux/if_addr.h
 const IFA_ADDRESS: u16 = 1;
 const IFA_LOCAL: u16 = 2;
@@ -152,6 +153,18 @@ pub fn set_mtu(index: u32, mtu: u32) -> io::Result<()> {
         let mut m = MessageBuilder::new(RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK, seq);
         m.fixed(&ifinfomsg(libc::AF_UNSPEC as u8, ifindex, 0, 0));
         m.attr_u32(IFLA_MTU, mtu);
+        m.finish()
+    })
+}
+
+/// Sets how many packets the kernel queues in front of the link (`txqueuelen`).
+pub fn set_tx_queue_length(index: u32, packets: u32) -> io::Result<()> {
+    let doing = || format!("set txqueuelen of {} to {packets}", describe(index));
+    let ifindex = to_ifindex(index).map_err(|e| context(e, doing()))?;
+    acknowledged(doing, |seq| {
+        let mut m = MessageBuilder::new(RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK, seq);
+        m.fixed(&ifinfomsg(libc::AF_UNSPEC as u8, ifindex, 0, 0));
+        m.attr_u32(IFLA_TXQLEN, packets);
         m.finish()
     })
 }
@@ -624,11 +637,13 @@ mod tests {
             let tun = link_by_name("bnl-tun0").unwrap().unwrap();
             assert!(tun.mac.is_empty(), "a TUN has no hardware address");
             set_mtu(tun.index, 1420).unwrap();
+            set_tx_queue_length(tun.index, 2000).unwrap();
             add_address(tun.index, "10.99.0.1".parse().unwrap(), 24).unwrap();
             add_address(tun.index, "fd99::1".parse().unwrap(), 64).unwrap();
             set_link_up(tun.index, true).unwrap();
             let shown = ip_json(netns, &["addr", "show", "dev", "bnl-tun0"]);
             assert!(shown.contains("\"mtu\":1420"), "{shown}");
+            assert!(shown.contains("\"txqlen\":2000"), "{shown}");
             assert!(shown.contains("\"local\":\"10.99.0.1\",\"prefixlen\":24"), "{shown}");
             assert!(shown.contains("\"local\":\"fd99::1\",\"prefixlen\":64"), "{shown}");
             assert!(link_by_name("bnl-tun0").unwrap().unwrap().up);

@@ -42,11 +42,13 @@ pub fn report(state: &ServiceState, data_plane: &DataPlane, listen_port: u16) ->
             .unwrap_or_else(|| "never".into());
         let _ = writeln!(
             text,
-            "  {}  endpoint {endpoint}  last handshake {handshake}  handshakes {}  received {}  sent {}",
+            "  {}  endpoint {endpoint}  last handshake {handshake}  handshakes {}  received {}  sent {}  \
+             failover handshakes {}",
             peer.name,
             peer.handshakes,
             status::bytes(peer.rx_bytes),
-            status::bytes(peer.tx_bytes)
+            status::bytes(peer.tx_bytes),
+            peer.failover_handshakes
         );
     }
     let c = data_plane.counters();

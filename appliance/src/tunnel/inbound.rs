@@ -118,7 +118,12 @@ pub fn handle_datagram(
         TunnResult::Err(WireGuardError::NoCurrentSession) => {
             start_failover_handshake(shared, socket, peer, &mut tunn, source, out);
         }
-        TunnResult::Err(_) => Counters::count(&shared.counters.rejected_datagrams),
+        TunnResult::Err(e) => {
+            Counters::count(&shared.counters.rejected_datagrams);
+            if datagram_kind(datagram) == Some(MessageKind::Data) && from_another_session(&e) {
+                start_failover_handshake(shared, socket, peer, &mut tunn, source, out);
+            }
+        }
     }
 }
 
@@ -138,6 +143,21 @@ fn datagram_kind(datagram: &[u8]) -> Option<MessageKind> {
         Some(4) => Some(MessageKind::Data),
         _ => None,
     }
+}
+
+/// Whether boringtun refused a data packet because the session we hold at its index is not the
+/// one the packet was sent on: another index in that slot, counters of an older session, or keys
+/// that do not open it. That is how a flow arrives when it comes back to a bastion that still
+/// holds an old session with the peer (a health check that flapped): as far as this bastion can
+/// tell, the packet's session is one it does not have, exactly as with `NoCurrentSession`.
+fn from_another_session(error: &WireGuardError) -> bool {
+    matches!(
+        error,
+        WireGuardError::WrongIndex
+            | WireGuardError::InvalidCounter
+            | WireGuardError::DuplicateCounter
+            | WireGuardError::InvalidAeadTag
+    )
 }
 
 fn is_handshake_response(datagram: &[u8]) -> bool {
@@ -307,6 +327,16 @@ mod tests {
         assert!(failover_due(10_000, 10_000 + FAILOVER_INTERVAL_MS));
         // A clock that went backwards never allows a burst.
         assert!(!failover_due(10_000, 9_000));
+    }
+
+    #[test]
+    fn a_packet_of_a_session_we_do_not_hold_is_told_from_other_errors() {
+        assert!(from_another_session(&WireGuardError::InvalidAeadTag));
+        assert!(from_another_session(&WireGuardError::DuplicateCounter));
+        assert!(from_another_session(&WireGuardError::InvalidCounter));
+        assert!(from_another_session(&WireGuardError::WrongIndex));
+        assert!(!from_another_session(&WireGuardError::InvalidPacket));
+        assert!(!from_another_session(&WireGuardError::ConnectionExpired));
     }
 
     #[test]

@@ -31,6 +31,10 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+/// The kernel's queue in front of the TUN. TUN's default (500) overflows while a worker is busy
+/// with a burst from the other direction (measured by `make bench`, tcp-down); 2000 did not.
+const TUN_TX_QUEUE_PACKETS: u32 = 2000;
+
 /// Handshake messages accepted per second across all peers before we answer with cookie
 /// replies instead (boringtun's device uses the same figure).
 const HANDSHAKES_PER_SECOND: u64 = 100;
@@ -280,6 +284,7 @@ fn configure_link(spec: &TunnelSpec) -> io::Result<()> {
     let link = route::link_by_name(&spec.name)?
         .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "the TUN interface vanished"))?;
     route::set_mtu(link.index, spec.mtu as u32)?;
+    route::set_tx_queue_length(link.index, TUN_TX_QUEUE_PACKETS)?;
     // IPv6 drops global addresses when a link goes down; keep ours across a down/up.
     let keep = format!("/proc/sys/net/ipv6/conf/{}/keep_addr_on_down", spec.name);
     if std::path::Path::new(&keep).exists() {

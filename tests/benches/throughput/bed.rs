@@ -1,0 +1,274 @@
+//! A test bed per implementation: its own topology (four wireguard-go clients, one private host
+//! running iperf3 servers), the bastion under test in the bastion namespace, and the clients'
+//! tunnels up. All beds live for the whole run, so runs of different implementations can
+//! alternate every few seconds; an idle bed costs next to nothing.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bastion_tests::baseline::{BoringtunBastion, WireguardGoBastion};
+use bastion_tests::bastion::{Bastion, BastionSetup};
+use bastion_tests::{Process, Topology, WgInterface};
+
+use crate::iperf;
+
+/// Clients per topology: the most any scenario uses.
+pub const CLIENTS: usize = 4;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Implementation {
+    /// `bastion run`, the release build under test.
+    Bastion,
+    WireguardGo,
+    Boringtun,
+}
+
+impl Implementation {
+    pub fn label(self) -> &'static str {
+        match self {
+            Implementation::Bastion => "bastion",
+            Implementation::WireguardGo => "wireguard-go",
+            Implementation::Boringtun => "boringtun-cli",
+        }
+    }
+}
+
+/// Where the binaries come from.
+#[derive(Clone, Debug)]
+pub struct Binaries {
+    pub bastion: PathBuf,
+    pub boringtun: Option<PathBuf>,
+    /// boringtun-cli's `--threads`.
+    pub boringtun_threads: usize,
+}
+
+enum Running {
+    Bastion(Bastion),
+    WireguardGo(WireguardGoBastion),
+    Boringtun(BoringtunBastion),
+}
+
+/// Field order is drop order: iperf3 servers and client tunnels, then the bastion (drained at
+/// once), then the namespaces.
+pub struct Bed {
+    pub implementation: Implementation,
+    servers: Vec<Process>,
+    pub tunnels: Vec<WgInterface>,
+    bastion: Running,
+    pub topo: Topology,
+}
+
+impl Bed {
+    /// Builds the topology and starts `implementation` in it; panics (guards cleaning up) when
+    /// something does not come up.
+    pub fn start(implementation: Implementation, binaries: &Binaries) -> Bed {
+        let topo = Topology::with(CLIENTS, 1);
+        let bastion = match implementation {
+            Implementation::Bastion => {
+                let b = Bastion::start(&topo, &binaries.bastion, BastionSetup::default());
+                b.wait_healthy(Duration::from_secs(30))
+                    .unwrap_or_else(|e| panic!("{e}"));
+                Running::Bastion(b)
+            }
+            Implementation::WireguardGo => Running::WireguardGo(WireguardGoBastion::start(&topo)),
+            Implementation::Boringtun => {
+                let binary = binaries
+                    .boringtun
+                    .as_ref()
+                    .expect("no boringtun-cli binary");
+                Running::Boringtun(BoringtunBastion::start(
+                    &topo,
+                    binary,
+                    binaries.boringtun_threads,
+                ))
+            }
+        };
+        let tunnels = (0..CLIENTS)
+            .map(|i| topo.start_client_tunnel(i, topo.endpoint_v4()))
+            .collect();
+        let host = &topo.private_hosts[0];
+        let servers = iperf::start_servers(&host.ns, topo.dir.path(), CLIENTS);
+        let bed = Bed {
+            implementation,
+            servers,
+            tunnels,
+            bastion,
+            topo,
+        };
+        bed.warm_up(CLIENTS).unwrap_or_else(|e| panic!("{e}"));
+        bed
+    }
+
+    /// The bastion process (all its threads).
+    pub fn bastion_pid(&self) -> i32 {
+        match &self.bastion {
+            Running::Bastion(b) => b.process.pid(),
+            Running::WireguardGo(b) => b.wg.process().pid(),
+            Running::Boringtun(b) => b.wg.process().pid(),
+        }
+    }
+
+    /// The first `clients` clients' wireguard-go processes.
+    pub fn client_pids(&self, clients: usize) -> Vec<i32> {
+        self.tunnels
+            .iter()
+            .take(clients)
+            .map(|t| t.process().pid())
+            .collect()
+    }
+
+    /// A ping from each of the first `clients` clients to the private host, so every session
+    /// exists (and the iperf3 servers are listening) before a measurement starts.
+    pub fn warm_up(&self, clients: usize) -> Result<(), String> {
+        let host = self.topo.private_hosts[0].v4.to_string();
+        for client in self.topo.clients.iter().take(clients) {
+            client.ns.ping(&host, Duration::from_secs(15))?;
+        }
+        for server in &self.servers {
+            server.check_running()?;
+        }
+        let ports: Vec<String> = (0..self.servers.len())
+            .map(|i| format!(":{}", iperf::BASE_PORT + i as u16))
+            .collect();
+        let host_ns = &self.topo.private_hosts[0].ns;
+        bastion_tests::wait_until(
+            "the iperf3 servers to listen",
+            Duration::from_secs(10),
+            || {
+                let out = host_ns.exec(&["ss", "-Hltn"]);
+                let listening = |port: &String| {
+                    out.stdout.lines().any(|l| {
+                        l.split_whitespace()
+                            .nth(3)
+                            .is_some_and(|a| a.ends_with(port.as_str()))
+                    })
+                };
+                if ports.iter().all(listening) {
+                    Ok(())
+                } else {
+                    Err(out.to_string())
+                }
+            },
+        )?;
+        self.check_running()
+    }
+
+    /// The bastion's TUN interface name.
+    fn tunnel_name(&self) -> String {
+        match &self.bastion {
+            Running::Bastion(b) => b.setup.interface_name.clone(),
+            Running::WireguardGo(b) => b.wg.name().to_string(),
+            Running::Boringtun(b) => b.wg.name().to_string(),
+        }
+    }
+
+    /// Where packets were dropped so far, on the bastion's side and on the first `clients`
+    /// clients' (see [`Drops`]).
+    pub fn drops(&self, clients: usize) -> Drops {
+        let bastion = &self.topo.bastion;
+        let mut drops = Drops {
+            bastion_udp_rcvbuf: udp_rcvbuf_errors(bastion),
+            bastion_tun_tx_dropped: link_stats(bastion, &self.tunnel_name()).tx_dropped,
+            host_udp_rcvbuf: udp_rcvbuf_errors(&self.topo.private_hosts[0].ns),
+            ..Drops::default()
+        };
+        for (client, tunnel) in self.topo.clients.iter().zip(&self.tunnels).take(clients) {
+            drops.clients_udp_rcvbuf += udp_rcvbuf_errors(&client.ns);
+            drops.clients_tun_tx_dropped += link_stats(&client.ns, tunnel.name()).tx_dropped;
+        }
+        drops
+    }
+
+    /// The length of the kernel's queue in front of the bastion's TUN (packets).
+    pub fn tun_txqueuelen(&self) -> u64 {
+        link_stats(&self.topo.bastion, &self.tunnel_name()).txqlen
+    }
+
+    /// Sets that queue's length (an experiment: `--tun-txqueuelen`).
+    pub fn set_tun_txqueuelen(&self, packets: u32) {
+        self.topo.bastion.run(&[
+            "ip",
+            "link",
+            "set",
+            "dev",
+            &self.tunnel_name(),
+            "txqueuelen",
+            &packets.to_string(),
+        ]);
+    }
+
+    pub fn check_running(&self) -> Result<(), String> {
+        match &self.bastion {
+            Running::Bastion(b) => b.process.check_running(),
+            Running::WireguardGo(b) => b.wg.process().check_running(),
+            Running::Boringtun(b) => b.wg.process().check_running(),
+        }
+    }
+}
+
+/// Packets dropped so far, where a full queue dropped them: UDP receive buffers (the reader of
+/// a WireGuard socket, or the iperf3 receiver, was too slow) and the kernel's queue in front of a
+/// TUN (the userspace WireGuard did not read its TUN fast enough). Subtract two samples to get a
+/// window's.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Drops {
+    pub bastion_udp_rcvbuf: u64,
+    pub bastion_tun_tx_dropped: u64,
+    pub clients_udp_rcvbuf: u64,
+    pub clients_tun_tx_dropped: u64,
+    pub host_udp_rcvbuf: u64,
+}
+
+impl Drops {
+    pub fn since(self, before: Drops) -> Drops {
+        Drops {
+            bastion_udp_rcvbuf: self
+                .bastion_udp_rcvbuf
+                .saturating_sub(before.bastion_udp_rcvbuf),
+            bastion_tun_tx_dropped: self
+                .bastion_tun_tx_dropped
+                .saturating_sub(before.bastion_tun_tx_dropped),
+            clients_udp_rcvbuf: self
+                .clients_udp_rcvbuf
+                .saturating_sub(before.clients_udp_rcvbuf),
+            clients_tun_tx_dropped: self
+                .clients_tun_tx_dropped
+                .saturating_sub(before.clients_tun_tx_dropped),
+            host_udp_rcvbuf: self.host_udp_rcvbuf.saturating_sub(before.host_udp_rcvbuf),
+        }
+    }
+}
+
+#[derive(Default)]
+struct LinkStats {
+    tx_dropped: u64,
+    txqlen: u64,
+}
+
+/// `ip -s -j link show dev NAME` in `ns` (zeros when unreadable).
+fn link_stats(ns: &bastion_tests::Netns, name: &str) -> LinkStats {
+    let out = ns.exec(&["ip", "-s", "-j", "link", "show", "dev", name]);
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(&out.stdout) else {
+        return LinkStats::default();
+    };
+    let link = &v[0];
+    LinkStats {
+        tx_dropped: link["stats64"]["tx"]["dropped"].as_u64().unwrap_or(0),
+        txqlen: link["txqlen"].as_u64().unwrap_or(0),
+    }
+}
+
+/// `Udp: ... RcvbufErrors` of a namespace's `/proc/net/snmp` (0 when unreadable).
+fn udp_rcvbuf_errors(ns: &bastion_tests::Netns) -> u64 {
+    let snmp = ns.exec(&["cat", "/proc/net/snmp"]).stdout;
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let (Some(names), Some(values)) = (udp.next(), udp.next()) else {
+        return 0;
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(name, _)| *name == "RcvbufErrors")
+        .and_then(|(_, value)| value.parse().ok())
+        .unwrap_or(0)
+}
