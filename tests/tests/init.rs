@@ -62,8 +62,7 @@ impl Vpc {
     /// `user_data`: what the emulator serves; `mode`: its initial misbehaviour.
     fn start(user_data: Option<&str>, mode: ImdsMode) -> Vpc {
         let prefix = unique_name("");
-        // Outside /tmp: init mounts its own tmpfs there, and its run folder is in here.
-        let dir = RunDir::under(Path::new(env!("CARGO_TARGET_TMPDIR")), &prefix);
+        let dir = RunDir::new(&prefix);
         let instance = Netns::new(&format!("{prefix}-instance"));
         let vpc = Netns::new(&format!("{prefix}-vpc"));
         // The instance's end stays down, as on a machine that has just booted.

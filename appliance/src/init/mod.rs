@@ -71,7 +71,7 @@ pub enum Mode {
 pub fn run(mode: Mode, options: Options) -> ExitCode {
     // Before any thread exists, so every thread inherits the mask (see `shutdown`).
     shutdown::block_signals();
-    let mounts = mounts::mount_all();
+    let mounts = mounts::mount_all(mode == Mode::Machine);
     let console = if mode == Mode::Machine { Some(console::attach()) } else { None };
     install_panic_log();
     let pid = std::process::id();

@@ -3,6 +3,8 @@
 //!
 //! A target that is already a mount point is left alone, so `bastion init` in a test's mount
 //! namespace (where `unshare --mount-proc` and the host already provide them) changes nothing.
+//! A test never gets the tmpfs on `/run` and `/tmp`: those are the host's, and a test may keep
+//! its own files there (a CI checkout under /tmp would vanish behind a fresh tmpfs).
 //! There is no `/dev/pts`: nothing on the appliance opens a terminal.
 
 use nix::mount::{mount, MsFlags};
@@ -34,10 +36,14 @@ pub struct MountReport {
     pub failed: Vec<String>,
 }
 
-/// Mounts every pseudo file system that is not mounted yet. Never fails: a failure is reported.
-pub fn mount_all() -> MountReport {
+/// Mounts every pseudo file system that is not mounted yet (with `scratch`, also the tmpfs on
+/// `/run` and `/tmp`). Never fails: a failure is reported.
+pub fn mount_all(scratch: bool) -> MountReport {
     let mut report = MountReport::default();
     for fs in table() {
+        if !scratch && fs.fstype == "tmpfs" {
+            continue;
+        }
         if is_mount_point(fs.target) {
             report.already.push(fs.target);
             continue;
