@@ -74,6 +74,7 @@ impl PrivateKey {
         let secret = x25519::StaticSecret::random_from_rng(rand_core::OsRng);
         PrivateKey(secret.to_bytes())
     }
+    #[cfg(test)]
     pub fn from_bytes(bytes: [u8; 32]) -> Self {
         PrivateKey(bytes)
     }

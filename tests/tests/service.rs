@@ -699,3 +699,52 @@ fn restart_after_a_crash_replaces_the_table() {
         s.report()
     );
 }
+
+#[test]
+fn health_reports_a_lost_tunnel_address() {
+    let binary = binary_or_skip!();
+    let s = Setup::start(&binary, 1, 1, BastionSetup::default());
+    let address = format!("{BASTION_TUNNEL_V6}/64");
+    s.topo
+        .bastion
+        .run(&["ip", "addr", "del", &address, "dev", "wg0"]);
+    let lost = s
+        .bastion
+        .wait_health("health 503 naming the lost address", STEP, |r| r.status == 503)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        lost.body.contains(&format!("tun: wg0 has lost its address {address}")),
+        "{lost:?}"
+    );
+    s.topo
+        .bastion
+        .run(&["ip", "addr", "add", &address, "dev", "wg0", "nodad"]);
+    s.bastion
+        .wait_healthy(STEP)
+        .unwrap_or_else(|e| panic!("after the address came back: {e}"));
+}
+
+#[test]
+fn status_shows_peers_selftest_and_rules_but_never_keys() {
+    let binary = binary_or_skip!();
+    let s = Setup::start(&binary, 1, 1, BastionSetup::default());
+    s.fetch_page_and_source(0, 0);
+    let status = s.bastion.status().unwrap_or_else(|e| panic!("{e}"));
+    let alice = status
+        .lines()
+        .find(|l| l.trim_start().starts_with("alice "))
+        .unwrap_or_else(|| panic!("no line for alice:\n{status}"));
+    assert!(alice.contains("endpoint 192.0.2.101:"), "{alice}");
+    assert!(alice.contains("s ago") && !alice.contains("never"), "{alice}");
+    assert!(
+        bastion::peer_counter(&status, "alice", "handshakes").is_some_and(|n| n >= 1),
+        "{alice}"
+    );
+    assert!(status.contains("health 200"), "{status}");
+    assert!(status.contains("selftest: PASS"), "{status}");
+    assert!(status.contains("iifname \"wg0\" drop"), "the rules are shown:\n{status}");
+    assert!(!status.contains("selftest  endpoint"), "the internal peer is not listed:\n{status}");
+    for secret in [&s.topo.bastion_keys.private, &s.topo.clients[0].keys.private] {
+        assert!(!status.contains(secret.as_str()), "a private key in the status output");
+    }
+}

@@ -18,7 +18,7 @@ pub fn judge(state: &ServiceState, data_plane: &DataPlane) -> Verdict {
         failing.push(format!("draining: shutting down, {} s left", left.as_secs()));
     }
     match route::link_by_name(name) {
-        Ok(Some(link)) if link.up => {}
+        Ok(Some(link)) if link.up => failing.extend(missing_addresses(data_plane, link.index)),
         Ok(Some(_)) => failing.push(format!("tun: {name} is down")),
         Ok(None) => failing.push(format!("tun: {name} does not exist")),
         Err(e) => failing.push(format!("tun: cannot read the state of {name}: {e}")),
@@ -52,4 +52,20 @@ pub fn judge(state: &ServiceState, data_plane: &DataPlane) -> Verdict {
     } else {
         Verdict::Unhealthy(failing)
     }
+}
+
+/// One line per tunnel address the interface no longer carries (someone ran `ip addr del`, or
+/// the kernel flushed it).
+fn missing_addresses(data_plane: &DataPlane, index: u32) -> Vec<String> {
+    let name = data_plane.name();
+    let present = match route::addresses(index) {
+        Ok(present) => present,
+        Err(e) => return vec![format!("tun: cannot read the addresses of {name}: {e}")],
+    };
+    data_plane
+        .addresses()
+        .iter()
+        .filter(|want| !present.iter().any(|a| a.address == want.address && a.prefix_len == want.prefix_len))
+        .map(|want| format!("tun: {name} has lost its address {want}"))
+        .collect()
 }

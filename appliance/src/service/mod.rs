@@ -107,6 +107,8 @@ pub struct ServiceState {
     /// Whether the tunnel has IPv6 addresses (then IPv6 forwarding is a health condition too).
     ipv6: bool,
     selftest: Mutex<Option<LastSelfTest>>,
+    /// Our table as `nft list` would print it, for `bastion status`.
+    nat_rules: String,
 }
 
 impl ServiceState {
@@ -159,12 +161,14 @@ impl Service {
         if ipv6 {
             nat::keep_router_advertisements(&nat_plan.egress).map_err(|e| e.to_string())?;
         }
+        let nat_rules = nat::ruleset(&nat_plan).map_err(|e| e.to_string())?;
         let nat = Arc::new(InstalledNat::install(nat_plan)?);
         let state = Arc::new(ServiceState {
             drain_started: Mutex::new(None),
             drain_seconds: config.health.drain_seconds,
             ipv6,
             selftest: Mutex::new(None),
+            nat_rules,
         });
         let selftest = SelfTestLoop::start(
             selftest_plan(&config, selftest_key),

@@ -22,20 +22,20 @@ impl InstalledNat {
         Ok(InstalledNat { plan })
     }
 
-    /// Checks that the table is in the kernel; reinstalls it when it is not. Returns what was
-    /// wrong (for the self-test line), or None when the table was there.
-    pub fn repair(&self) -> Option<String> {
+    /// What is wrong with our table in the kernel now (read back over netlink), if anything.
+    pub fn problem(&self) -> Option<String> {
         match nat::table_present() {
             Ok(true) => None,
-            Ok(false) => {
-                let problem = format!("table inet {} was removed from outside", nat::TABLE);
-                match nat::install(&self.plan) {
-                    Ok(()) => log!("nat: table inet {} was removed from outside; reinstalled it", nat::TABLE),
-                    Err(e) => log!("nat: table inet {} was removed from outside; cannot reinstall it: {e}", nat::TABLE),
-                }
-                Some(problem)
-            }
+            Ok(false) => Some(format!("table inet {} was removed from outside", nat::TABLE)),
             Err(e) => Some(format!("cannot read table inet {}: {e}", nat::TABLE)),
+        }
+    }
+
+    /// Puts the table back (one atomic batch, as at start) and logs what happened.
+    pub fn reinstall(&self) {
+        match nat::install(&self.plan) {
+            Ok(()) => log!("nat: table inet {} reinstalled", nat::TABLE),
+            Err(e) => log!("nat: cannot reinstall table inet {}: {e}", nat::TABLE),
         }
     }
 }

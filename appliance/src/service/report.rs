@@ -43,12 +43,14 @@ pub fn report(state: &ServiceState, data_plane: &DataPlane, listen_port: u16) ->
         let _ = writeln!(
             text,
             "  {}  endpoint {endpoint}  last handshake {handshake}  handshakes {}  received {}  sent {}  \
-             failover handshakes {}",
+             failover handshakes {}  rejected sources {}  session index {:06x}",
             peer.name,
             peer.handshakes,
             status::bytes(peer.rx_bytes),
             status::bytes(peer.tx_bytes),
-            peer.failover_handshakes
+            peer.failover_handshakes,
+            peer.rejected_source,
+            peer.session_index
         );
     }
     let c = data_plane.counters();
@@ -63,5 +65,9 @@ pub fn report(state: &ServiceState, data_plane: &DataPlane, listen_port: u16) ->
         load(&c.cookie_replies),
         load(&c.dropped_tun_packets)
     );
+    let _ = writeln!(text, "nat: what the service installs (`nft list table inet bastion` shows what is there):");
+    for line in state.nat_rules.lines() {
+        let _ = writeln!(text, "{}", if line.is_empty() { String::new() } else { format!("  {line}") });
+    }
     text
 }

@@ -34,11 +34,12 @@ impl SelfTestLoop {
                     std::thread::sleep(Duration::from_millis(100));
                     continue;
                 }
-                if let Some(problem) = nat.repair() {
+                if let Some(problem) = nat.problem() {
                     // Health shows this until the run below passes with the table back.
                     let line = format!("selftest: FAIL nat: {problem}");
                     log!("{line}");
                     state.record_selftest(LastSelfTest { passed: false, line, at: Instant::now() });
+                    nat.reinstall();
                 }
                 let outcome = selftest::run(&plan);
                 let line = outcome.to_string();

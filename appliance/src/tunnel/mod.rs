@@ -134,6 +134,9 @@ impl DataPlaneShared {
 #[derive(Debug, Clone)]
 pub struct PeerStatus {
     pub name: String,
+    /// The peer's 24-bit session index base: the same on every bastion of a cluster (fast
+    /// failover relies on it), so operators can compare it across bastions.
+    pub session_index: u32,
     pub endpoint: Option<SocketAddr>,
     pub last_handshake: Option<Duration>,
     pub handshakes: u64,
@@ -149,11 +152,13 @@ pub struct DataPlane {
     shared: Arc<DataPlaneShared>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     listen_port: u16,
+    addresses: Vec<InterfaceAddress>,
 }
 
 impl DataPlane {
     pub fn start(spec: TunnelSpec) -> Result<DataPlane, TunnelError> {
         let workers = spec.workers.max(1);
+        let addresses = spec.addresses.clone();
         let queues = tun::open(&spec.name, workers)
             .map_err(|e| TunnelError(format!("create TUN interface {}: {e}", spec.name)))?;
         configure_link(&spec).map_err(|e| TunnelError(format!("configure {}: {e}", spec.name)))?;
@@ -208,12 +213,17 @@ impl DataPlane {
                 .spawn(move || timers::run(timer_shared))
                 .map_err(|e| TunnelError(format!("start timer thread: {e}")))?,
         );
-        Ok(DataPlane { shared, threads: Mutex::new(threads), listen_port: spec.listen_port })
+        Ok(DataPlane { shared, threads: Mutex::new(threads), listen_port: spec.listen_port, addresses })
     }
 
     /// The interface name (`wg0`).
     pub fn name(&self) -> &str {
         &self.shared.name
+    }
+
+    /// The tunnel addresses the interface should carry.
+    pub fn addresses(&self) -> &[InterfaceAddress] {
+        &self.addresses
     }
 
     /// Age of the oldest worker heartbeat: how long the slowest event loop has not turned.
@@ -245,6 +255,7 @@ impl DataPlane {
                 let (last_handshake, tx, rx, _, _) = peer.lock_tunn().stats();
                 PeerStatus {
                     name: peer.name.clone(),
+                    session_index: peer.index,
                     endpoint: peer.endpoint().map(udp::canonical),
                     last_handshake,
                     handshakes: peer.counters.handshakes.load(Ordering::Relaxed),

@@ -46,12 +46,10 @@ pub struct PeerCounters {
 
 pub struct Peer {
     pub name: String,
-    pub public_key: PublicKey,
     /// The 24-bit session index base (boringtun appends 8 bits per session).
     pub index: u32,
     pub tunn: Mutex<Tunn>,
     pub endpoint: RwLock<Option<SocketAddr>>,
-    pub allowed_ips: Vec<IpNetwork>,
     pub loopback_only: bool,
     pub counters: PeerCounters,
     /// When we last started a fast-failover handshake (milliseconds on the data plane's clock;
@@ -123,11 +121,9 @@ impl PeerTable {
             }
             table.peers.push(Peer {
                 name: spec.name,
-                public_key: spec.public_key,
                 index,
                 tunn: Mutex::new(tunn),
                 endpoint: RwLock::new(spec.endpoint),
-                allowed_ips: spec.allowed_ips,
                 loopback_only: spec.loopback_only,
                 counters: PeerCounters::default(),
                 last_failover_ms: AtomicU64::new(0),
@@ -142,10 +138,6 @@ impl PeerTable {
 
     pub fn iter(&self) -> impl Iterator<Item = &Peer> {
         self.peers.iter()
-    }
-
-    pub fn len(&self) -> usize {
-        self.peers.len()
     }
 
     /// The peer a receiver index (from a data, response or cookie message) belongs to.
