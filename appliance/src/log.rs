@@ -3,8 +3,9 @@
 //! Every line starts with the time since boot (CLOCK_BOOTTIME) in the format of the kernel's own
 //! console lines, so a console capture reads as one timeline from firmware to health 200. The
 //! kernel's printk clock starts a little earlier than CLOCK_BOOTTIME (measured under QEMU:
-//! 0.06–0.17 s), so an early line of ours can carry a smaller time than the kernel line before it. Callers pass
-//! only facts that are safe to print: this module never sees keys, and nothing here formats them.
+//! 0.06–0.17 s), so an early line of ours can carry a smaller time than the kernel line before
+//! it. Callers pass only facts that are safe to print: this module never sees keys, and nothing
+//! here formats them.
 
 use std::io::Write;
 
