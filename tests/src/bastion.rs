@@ -32,6 +32,21 @@ pub fn binary() -> Option<PathBuf> {
     Some(path)
 }
 
+/// In a test: the binary under test, or return from the test saying why it is skipped (so
+/// `cargo test` without `BASTION_BIN` passes, saying what it did not run).
+#[macro_export]
+macro_rules! binary_or_skip {
+    () => {
+        match $crate::bastion::binary() {
+            Some(path) => path,
+            None => {
+                eprintln!("SKIPPED: BASTION_BIN is not set (`make integration-test` sets it)");
+                return;
+            }
+        }
+    };
+}
+
 /// What varies between tests' configs; everything else follows the topology.
 #[derive(Clone, Debug)]
 pub struct BastionSetup {

@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use bastion_tests::binary_or_skip;
 use bastion_tests::bastion::{
     self, log_clock_now, log_line_time, peer_counter, Bastion, BastionSetup,
 };
@@ -42,18 +43,6 @@ const ATTEMPT: Duration = Duration::from_secs(1);
 const FAILOVER_LINE: &str =
     "sent data for a session this bastion does not have; starting a handshake to";
 
-/// The binary under test, or return from the test saying why it is skipped.
-macro_rules! binary_or_skip {
-    () => {
-        match bastion::binary() {
-            Some(path) => path,
-            None => {
-                eprintln!("SKIPPED: BASTION_BIN is not set (`make integration-test` sets it)");
-                return;
-            }
-        }
-    };
-}
 
 /// Bastions A and B behind the load balancer, and client 0's tunnel to the load balancer.
 /// Field order is drop order: the tunnel, the services, then the namespaces.

@@ -16,7 +16,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use bastion_tests::bastion::{self, dropped_counter, peer_counter, Bastion, BastionSetup};
+use bastion_tests::binary_or_skip;
+use bastion_tests::bastion::{dropped_counter, peer_counter, Bastion, BastionSetup};
 use bastion_tests::handshake::{message_kind, Initiator, MessageKind};
 use bastion_tests::topology::Topology;
 use bastion_tests::{http, wait_until, HttpResponse, HttpServer, Netns};
@@ -37,18 +38,6 @@ const FLOOD_BURST: usize = 20;
 /// the test makes while it runs).
 const FLOOD_MAX: Duration = Duration::from_secs(90);
 
-/// The binary under test, or return from the test saying why it is skipped.
-macro_rules! binary_or_skip {
-    () => {
-        match bastion::binary() {
-            Some(path) => path,
-            None => {
-                eprintln!("SKIPPED: BASTION_BIN is not set (`make integration-test` sets it)");
-                return;
-            }
-        }
-    };
-}
 
 /// The topology (two clients: alice and bob are peers) with a healthy bastion.
 fn start(binary: &std::path::Path) -> (Bastion, Topology) {

@@ -7,7 +7,8 @@
 
 use std::time::Duration;
 
-use bastion_tests::bastion::{self, Bastion, BastionSetup};
+use bastion_tests::binary_or_skip;
+use bastion_tests::bastion::{Bastion, BastionSetup};
 use bastion_tests::process::Process;
 use bastion_tests::topology::BASTION_PRIVATE_V4;
 use bastion_tests::{Netns, RunDir, Topology};
@@ -18,17 +19,6 @@ const CYCLE: Duration = Duration::from_secs(15);
 const START: Duration = Duration::from_secs(20);
 const PROBE_PORT: u16 = 8443;
 
-macro_rules! binary_or_skip {
-    () => {
-        match bastion::binary() {
-            Some(path) => path,
-            None => {
-                eprintln!("SKIPPED: BASTION_BIN is not set (`make integration-test` sets it)");
-                return;
-            }
-        }
-    };
-}
 
 /// Waits for the first line holding `needle` printed after byte `offset` of the log; returns
 /// the line and the offset just past it, so the next wait looks only at what came later.

@@ -8,6 +8,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use bastion_tests::binary_or_skip;
 use bastion_tests::bastion::{self, Bastion, BastionSetup};
 use bastion_tests::topology::{
     BASTION_PRIVATE_V4, BASTION_PRIVATE_V6, BASTION_TUNNEL_V4, BASTION_TUNNEL_V6,
@@ -20,18 +21,6 @@ const STEP: Duration = Duration::from_secs(10);
 /// Bound of the service's start, up to health 200.
 const START: Duration = Duration::from_secs(20);
 
-/// The binary under test, or return from the test saying why it is skipped.
-macro_rules! binary_or_skip {
-    () => {
-        match bastion::binary() {
-            Some(path) => path,
-            None => {
-                eprintln!("SKIPPED: BASTION_BIN is not set (`make integration-test` sets it)");
-                return;
-            }
-        }
-    };
-}
 
 /// A running bastion with its clients' tunnels. Field order is drop order: tunnels, then the
 /// service (drained at once), then the namespaces.
