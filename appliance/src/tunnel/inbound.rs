@@ -11,7 +11,7 @@ use super::{udp, Counters, DataPlaneShared};
 use crate::log;
 use boringtun::noise::errors::WireGuardError;
 use boringtun::noise::handshake::parse_handshake_anon;
-use boringtun::noise::{Packet, Tunn, TunnResult};
+use boringtun::noise::{HandshakeInit, Packet, Tunn, TunnResult};
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::Ordering;
 
@@ -20,31 +20,37 @@ use std::sync::atomic::Ordering;
 /// peer per 5 s.
 pub const FAILOVER_INTERVAL_MS: u64 = 5_000;
 
-/// Where a datagram goes, decided from its bytes and the peer table alone.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Route {
-    /// A handshake initiation: the peer is known only after the DH in `parse_handshake_anon`.
+/// The WireGuard message types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MessageKind {
     Initiation,
-    /// A message that names a peer by our receiver index.
-    Peer(PeerId),
+    Response,
+    CookieReply,
+    Data,
+}
+
+/// Where a datagram goes, decided from its bytes and the peer table alone (parsed once, here).
+#[derive(Debug)]
+enum Route<'a> {
+    /// A handshake initiation: the peer is known only after the DH in `parse_handshake_anon`.
+    Initiation(HandshakeInit<'a>),
+    /// A message that names one of our peers by our receiver index.
+    Peer(PeerId, MessageKind),
     /// Not a WireGuard message, or an index that is not ours.
     Drop,
 }
 
 /// Classifies a datagram without any cryptography.
-pub fn route(shared: &DataPlaneShared, datagram: &[u8]) -> Route {
-    match Tunn::parse_incoming_packet(datagram) {
-        Ok(Packet::HandshakeInit(_)) => Route::Initiation,
-        Ok(Packet::HandshakeResponse(p)) => by_index(shared, p.receiver_idx),
-        Ok(Packet::PacketCookieReply(p)) => by_index(shared, p.receiver_idx),
-        Ok(Packet::PacketData(p)) => by_index(shared, p.receiver_idx),
-        Err(_) => Route::Drop,
-    }
-}
-
-fn by_index(shared: &DataPlaneShared, receiver_index: u32) -> Route {
+fn route<'a>(shared: &DataPlaneShared, datagram: &'a [u8]) -> Route<'a> {
+    let (receiver_index, kind) = match Tunn::parse_incoming_packet(datagram) {
+        Ok(Packet::HandshakeInit(init)) => return Route::Initiation(init),
+        Ok(Packet::HandshakeResponse(p)) => (p.receiver_idx, MessageKind::Response),
+        Ok(Packet::PacketCookieReply(p)) => (p.receiver_idx, MessageKind::CookieReply),
+        Ok(Packet::PacketData(p)) => (p.receiver_idx, MessageKind::Data),
+        Err(_) => return Route::Drop,
+    };
     match shared.peers.by_receiver_index(receiver_index) {
-        Some(id) => Route::Peer(id),
+        Some(id) => Route::Peer(id, kind),
         None => Route::Drop,
     }
 }
@@ -64,22 +70,20 @@ pub fn handle_datagram(
     datagram: &[u8],
     out: &mut [u8],
 ) {
-    let peer_id = match route(shared, datagram) {
+    let (peer_id, kind) = match route(shared, datagram) {
         Route::Drop => {
             Counters::count(&shared.counters.dropped_datagrams);
             return;
         }
-        Route::Initiation => match identify_initiator(shared, socket, source, datagram, out) {
-            Some(id) => id,
+        Route::Initiation(init) => match identify_initiator(shared, socket, source, datagram, &init, out) {
+            Some(id) => (id, MessageKind::Initiation),
             None => return,
         },
-        Route::Peer(id) => {
-            if is_handshake_response(datagram)
-                && !passes_rate_limit(shared, socket, source, datagram, out)
-            {
+        Route::Peer(id, kind) => {
+            if kind == MessageKind::Response && !passes_rate_limit(shared, socket, source, datagram, out) {
                 return;
             }
-            id
+            (id, kind)
         }
     };
     let peer = shared.peers.get(peer_id);
@@ -92,10 +96,10 @@ pub fn handle_datagram(
     match tunn.decapsulate(Some(source_ip), datagram, out) {
         TunnResult::WriteToNetwork(reply) => {
             send(shared, socket, reply, source);
-            if datagram_kind(datagram) != Some(MessageKind::Data) {
-                handshake_completed(shared, peer, source, datagram_kind(datagram));
+            if kind != MessageKind::Data {
+                handshake_completed(peer, source, kind);
             }
-            note_endpoint(shared, peer, source);
+            note_endpoint(peer, source);
             // Packets queued while the session was being made can go now.
             while let TunnResult::WriteToNetwork(queued) = tunn.decapsulate(None, &[], out) {
                 send(shared, socket, queued, source);
@@ -103,16 +107,16 @@ pub fn handle_datagram(
         }
         TunnResult::WriteToTunnelV4(packet, from) => {
             deliver(shared, peer_id, peer, tun, packet, from.into());
-            note_endpoint(shared, peer, source);
+            note_endpoint(peer, source);
         }
         TunnResult::WriteToTunnelV6(packet, from) => {
             deliver(shared, peer_id, peer, tun, packet, from.into());
-            note_endpoint(shared, peer, source);
+            note_endpoint(peer, source);
         }
         TunnResult::Done => {
-            // A keepalive or a cookie reply: authenticated, so the sender is the peer.
-            if datagram_kind(datagram) == Some(MessageKind::Data) {
-                note_endpoint(shared, peer, source);
+            // A keepalive (authenticated, so the sender is the peer) or a cookie reply.
+            if kind == MessageKind::Data {
+                note_endpoint(peer, source);
             }
         }
         TunnResult::Err(WireGuardError::NoCurrentSession) => {
@@ -120,28 +124,10 @@ pub fn handle_datagram(
         }
         TunnResult::Err(e) => {
             Counters::count(&shared.counters.rejected_datagrams);
-            if datagram_kind(datagram) == Some(MessageKind::Data) && from_another_session(&e) {
+            if kind == MessageKind::Data && from_another_session(&e) {
                 start_failover_handshake(shared, socket, peer, &mut tunn, source, out);
             }
         }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum MessageKind {
-    Initiation,
-    Response,
-    CookieReply,
-    Data,
-}
-
-fn datagram_kind(datagram: &[u8]) -> Option<MessageKind> {
-    match datagram.first() {
-        Some(1) => Some(MessageKind::Initiation),
-        Some(2) => Some(MessageKind::Response),
-        Some(3) => Some(MessageKind::CookieReply),
-        Some(4) => Some(MessageKind::Data),
-        _ => None,
     }
 }
 
@@ -158,10 +144,6 @@ fn from_another_session(error: &WireGuardError) -> bool {
             | WireGuardError::DuplicateCounter
             | WireGuardError::InvalidAeadTag
     )
-}
-
-fn is_handshake_response(datagram: &[u8]) -> bool {
-    datagram_kind(datagram) == Some(MessageKind::Response)
 }
 
 /// MAC check and the shared handshake rate limit (a cookie reply when under load); false when
@@ -194,15 +176,13 @@ fn identify_initiator(
     socket: &UdpSocket,
     source: SocketAddr,
     datagram: &[u8],
+    init: &HandshakeInit,
     out: &mut [u8],
 ) -> Option<PeerId> {
     if !passes_rate_limit(shared, socket, source, datagram, out) {
         return None;
     }
-    let Ok(Packet::HandshakeInit(init)) = Tunn::parse_incoming_packet(datagram) else {
-        return None;
-    };
-    let half = match parse_handshake_anon(&shared.static_private, &shared.static_public, &init) {
+    let half = match parse_handshake_anon(&shared.static_private, &shared.static_public, init) {
         Ok(half) => half,
         Err(_) => {
             Counters::count(&shared.counters.rejected_datagrams);
@@ -231,26 +211,20 @@ fn deliver(
     }
     Peer::count(&peer.counters.rx_packets);
     if let Err(e) = tun.write(packet) {
-        shared.counters.tun_write_error(&shared.name, &e);
+        shared.counters.tun_error(&shared.name, "write to", &e);
     }
 }
 
-fn handshake_completed(
-    shared: &DataPlaneShared,
-    peer: &Peer,
-    source: SocketAddr,
-    kind: Option<MessageKind>,
-) {
+fn handshake_completed(peer: &Peer, source: SocketAddr, kind: MessageKind) {
     Peer::count(&peer.counters.handshakes);
     if peer.loopback_only {
         // The self-test's own peer handshakes every run; its result line says enough.
         return;
     }
     let role = match kind {
-        Some(MessageKind::Initiation) => "as responder",
+        MessageKind::Initiation => "as responder",
         _ => "as initiator",
     };
-    let _ = shared;
     log!(
         "peer {} handshake completed {} with {}",
         peer.name,
@@ -260,8 +234,7 @@ fn handshake_completed(
 }
 
 /// Records where an authenticated packet came from; logs when a known peer moved.
-fn note_endpoint(shared: &DataPlaneShared, peer: &Peer, source: SocketAddr) {
-    let _ = shared;
+fn note_endpoint(peer: &Peer, source: SocketAddr) {
     if let Some(Some(old)) = peer.update_endpoint(source) {
         if peer.loopback_only {
             return;
@@ -311,8 +284,8 @@ fn start_failover_handshake(
 
 pub(super) fn send(shared: &DataPlaneShared, socket: &UdpSocket, packet: &[u8], to: SocketAddr) {
     let to = udp::socket_address(to, shared.dual_stack);
-    if let Err(e) = socket.send_to(packet, to) {
-        shared.counters.send_error(&e);
+    if socket.send_to(packet, to).is_err() {
+        Counters::count(&shared.counters.send_errors);
     }
 }
 
@@ -337,12 +310,5 @@ mod tests {
         assert!(from_another_session(&WireGuardError::WrongIndex));
         assert!(!from_another_session(&WireGuardError::InvalidPacket));
         assert!(!from_another_session(&WireGuardError::ConnectionExpired));
-    }
-
-    #[test]
-    fn message_kinds_come_from_the_first_byte() {
-        assert_eq!(datagram_kind(&[4, 0, 0, 0]), Some(MessageKind::Data));
-        assert_eq!(datagram_kind(&[]), None);
-        assert_eq!(datagram_kind(&[9]), None);
     }
 }

@@ -84,20 +84,11 @@ impl Counters {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn send_error(&self, _error: &io::Error) {
-        Self::count(&self.send_errors);
-    }
-
-    fn tun_write_error(&self, name: &str, error: &io::Error) {
-        // Logged once, then counted: a down link fails every write.
+    /// A failed TUN read or write (`doing`: "read from", "write to"). Logged once, then
+    /// counted: a link that is down fails every packet.
+    fn tun_error(&self, name: &str, doing: &str, error: &io::Error) {
         if self.tun_errors.fetch_add(1, Ordering::Relaxed) == 0 {
-            crate::log!("tunnel: write to {name} failed: {error} (further TUN errors are counted, not logged)");
-        }
-    }
-
-    fn tun_read_error(&self, name: &str, error: &io::Error) {
-        if self.tun_errors.fetch_add(1, Ordering::Relaxed) == 0 {
-            crate::log!("tunnel: read from {name} failed: {error} (further TUN errors are counted, not logged)");
+            crate::log!("tunnel: {doing} {name} failed: {error} (further TUN errors are counted, not logged)");
         }
     }
 }

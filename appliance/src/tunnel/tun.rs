@@ -4,7 +4,8 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::fs::OpenOptionsExt;
 
 const IFF_TUN: libc::c_short = 0x0001;
@@ -26,37 +27,27 @@ pub struct TunQueue {
 }
 
 impl TunQueue {
+    /// One packet from the kernel (a TUN read never returns part of one).
     pub fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = unsafe { libc::read(self.file.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-        if n < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(n as usize)
-        }
+        (&self.file).read(buf)
     }
 
+    /// One packet to the kernel.
     pub fn write(&self, packet: &[u8]) -> io::Result<usize> {
-        let n = unsafe { libc::write(self.file.as_raw_fd(), packet.as_ptr().cast(), packet.len()) };
-        if n < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(n as usize)
-        }
+        (&self.file).write(packet)
     }
+}
 
-    pub fn raw_fd(&self) -> RawFd {
-        self.file.as_raw_fd()
+impl AsFd for TunQueue {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.file.as_fd()
     }
 }
 
 /// Creates (or attaches to) the TUN interface `name` with `queues` queues, non-blocking.
 pub fn open(name: &str, queues: usize) -> io::Result<Vec<TunQueue>> {
-    if name.is_empty() || name.len() >= libc::IFNAMSIZ {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("interface name {name:?}: expected 1 to 15 characters"),
-        ));
-    }
+    crate::netlink::route::check_interface_name(name)
+        .map_err(|why| io::Error::new(io::ErrorKind::InvalidInput, format!("interface name {name:?}: {why}")))?;
     let mut result = Vec::with_capacity(queues);
     for _ in 0..queues.max(1) {
         let file = OpenOptions::new()

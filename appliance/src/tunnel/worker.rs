@@ -7,7 +7,7 @@ use super::tun::TunQueue;
 use super::DataPlaneShared;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use std::io::ErrorKind;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::AsFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -24,10 +24,9 @@ pub fn run(shared: Arc<DataPlaneShared>, worker: usize, tun: TunQueue) {
     let mut output = vec![0u8; BUFFER_BYTES];
     while !shared.stop.load(Ordering::Relaxed) {
         shared.beat(worker);
-        let tun_fd = unsafe { BorrowedFd::borrow_raw(tun.raw_fd()) };
         let mut fds = [
             PollFd::new(socket.as_fd(), PollFlags::POLLIN),
-            PollFd::new(tun_fd, PollFlags::POLLIN),
+            PollFd::new(tun.as_fd(), PollFlags::POLLIN),
         ];
         match poll(&mut fds, PollTimeout::from(WAKE_MS)) {
             Ok(0) => continue,
@@ -65,7 +64,7 @@ pub fn run(shared: Arc<DataPlaneShared>, worker: usize, tun: TunQueue) {
                     Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                     Err(e) => {
                         // The link is down or gone: wait for it rather than spinning.
-                        shared.counters.tun_read_error(&shared.name, &e);
+                        shared.counters.tun_error(&shared.name, "read from", &e);
                         std::thread::sleep(std::time::Duration::from_millis(WAKE_MS as u64));
                         break;
                     }
