@@ -182,14 +182,15 @@ fn is_ipv4(net: &IpNetwork) -> bool {
     matches!(net, IpNetwork::V4(_))
 }
 
-/// Rules match interface names exactly, as the kernel keeps them: 1 to 15 bytes.
+/// Rules match interface names exactly, as the kernel keeps them; and the listing (`ruleset`,
+/// as `nft` prints it) quotes them, so a `"` cannot be shown.
 fn check_interface(role: &str, name: &str) -> Result<(), NatError> {
-    if name.is_empty() || name.len() > 15 || name.contains(['\0', '/', '"']) || name.contains(char::is_whitespace) {
-        return Err(NatError(format!(
-            "nat {role} interface {name:?}: expected an interface name of 1 to 15 bytes without '/', '\"' or spaces"
-        )));
-    }
-    Ok(())
+    let why = match crate::netlink::route::check_interface_name(name) {
+        Err(why) => why,
+        Ok(()) if name.contains('"') => "expected an interface name without '\"'",
+        Ok(()) => return Ok(()),
+    };
+    Err(NatError(format!("nat {role} interface {name:?}: {why}")))
 }
 
 /// Turns on IPv4 forwarding (and IPv6 when `ipv6`).

@@ -193,34 +193,10 @@ pub fn endpoint(text: &str) -> Result<SocketAddr, String> {
     }
 }
 
-/// A Linux interface name, checked the way the kernel's `dev_valid_name` does.
+/// A Linux interface name, by the kernel's rule (`netlink::route::check_interface_name`).
 pub fn interface_name(text: &str) -> Result<(), String> {
-    if text.is_empty() {
-        return Err("found an empty name, expected a Linux interface name like wg0".into());
-    }
-    if text.len() > 15 {
-        return Err(format!(
-            "found {} ({} bytes), expected at most 15 bytes (Linux IFNAMSIZ)",
-            shown(text),
-            text.len()
-        ));
-    }
-    if text == "." || text == ".." {
-        return Err(format!(
-            "found {}, expected a Linux interface name like wg0",
-            shown(text)
-        ));
-    }
-    if text
-        .chars()
-        .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
-    {
-        return Err(format!(
-            "found {}, expected a Linux interface name without '/', ':' or whitespace",
-            shown(text)
-        ));
-    }
-    Ok(())
+    crate::netlink::route::check_interface_name(text)
+        .map_err(|why| format!("found {} ({} bytes), {why}", shown(text), text.len()))
 }
 
 /// A peer's display name: used in logs and `bastion status`, so one printable line.

@@ -289,14 +289,25 @@ fn describe(index: u32) -> String {
     }
 }
 
-fn check_name(name: &str) -> io::Result<()> {
-    if name.is_empty() || name.len() >= IFNAMSIZ || name.contains(['\0', '/']) || name.contains(char::is_whitespace) {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "an interface name is 1 to 15 bytes without '/', NUL or spaces",
-        ));
+/// The kernel's rule for interface names (`dev_valid_name`): 1 to 15 bytes, not `.` or `..`,
+/// no `/`, `:`, whitespace or control characters. The one place this rule lives: the config,
+/// the TUN, the NAT table and rtnetlink all ask here. Err says what was expected.
+pub fn check_interface_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() || name == "." || name == ".." {
+        return Err("expected a Linux interface name like wg0");
+    }
+    if name.len() >= IFNAMSIZ {
+        return Err("expected at most 15 bytes (Linux IFNAMSIZ)");
+    }
+    if name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control()) {
+        return Err("expected a Linux interface name without '/', ':' or whitespace");
     }
     Ok(())
+}
+
+fn check_name(name: &str) -> io::Result<()> {
+    check_interface_name(name)
+        .map_err(|why| io::Error::new(io::ErrorKind::InvalidInput, format!("interface name {name:?}: {why}")))
 }
 
 fn to_ifindex(index: u32) -> io::Result<i32> {
