@@ -1,5 +1,5 @@
 //! The power button: EC2 stop/terminate reaches an arm64 instance as an ACPI power-button press,
-//! and QEMU's `system_powerdown` as a GPIO key; both show up as `KEY_POWER` on some
+//! and QEMU's `system_powerdown` the same way (ACPI, under UEFI); both show up as `KEY_POWER` on some
 //! `/dev/input/event*` device. Which one is not fixed, so every event device is asked for its
 //! key capabilities (`EVIOCGBIT(EV_KEY)`) and those that have `KEY_POWER` are watched —
 //! including devices that appear later (their driver may load after init starts).

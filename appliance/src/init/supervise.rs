@@ -42,7 +42,6 @@ pub enum Ending {
 pub struct Supervisor {
     ending: Ending,
     standby: Option<StandbyHealth>,
-    standby_reason: String,
     health_listen: SocketAddr,
     config: Option<Accepted>,
     service: Option<(Pid, Instant)>,
@@ -59,7 +58,6 @@ impl Supervisor {
         let mut s = Supervisor {
             ending,
             standby: None,
-            standby_reason: String::new(),
             health_listen,
             config: None,
             service: None,
@@ -146,7 +144,6 @@ impl Supervisor {
 
     /// Shows `reason` on the 503 responder, (re)starting it on the current health address.
     fn standby(&mut self, reason: &str) {
-        self.standby_reason = reason.to_string();
         if let Some(s) = &self.standby {
             if s.listen() == self.health_listen {
                 s.set_reason(reason);
