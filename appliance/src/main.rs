@@ -118,6 +118,9 @@ fn check_config(file: &std::path::Path) -> ExitCode {
                 if cfg.peers.len() == 1 { "" } else { "s" },
                 cfg.selftest.address,
             );
+            for warning in config::render_warnings(&cfg, &file.display().to_string()) {
+                eprintln!("{warning}");
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -1,13 +1,23 @@
-//! NAT forwarding: turns the config into our own nftables table (masquerade + per-peer forward
-//! ACL), installs it idempotently over netlink, reads it back, removes it; and the forwarding
-//! sysctls. Only the table named [`TABLE`] in family `inet` is ever touched.
+//! NAT forwarding: turns the config into our own nftables table (masquerade, per-peer forward
+//! ACL, and what peers may send to the bastion itself), installs it idempotently over netlink,
+//! reads it back, removes it; and the forwarding sysctls. Only the table named [`TABLE`] in
+//! family `inet` is ever touched.
 //!
 //! The table, for tunnel `wg0` and egress `eth0`:
 //!
 //! ```text
 //! table inet bastion {
+//!     chain input {
+//!         type filter hook input priority filter; policy accept;
+//!         iifname "wg0" ct state established,related accept
+//!         iifname "wg0" icmp type echo-request accept
+//!         iifname "wg0" icmpv6 type echo-request accept
+//!         iifname "wg0" drop
+//!     }
 //!     chain forward {
 //!         type filter hook forward priority filter; policy accept;
+//!         iifname "wg0" ip daddr 169.254.169.254 drop                 # the instance metadata
+//!         iifname "wg0" ip6 daddr fd00:ec2::254 drop                  # service, always
 //!         ct state established,related accept
 //!         iifname "wg0" ip daddr 10.0.0.0/16 accept                  # global reach
 //!         iifname "wg0" ip saddr 10.9.0.2 ip daddr 10.1.0.0/24 accept  # one peer's reach
@@ -21,21 +31,32 @@
 //! }
 //! ```
 //!
-//! The forward chain's policy is accept: traffic that neither comes from nor goes to the
-//! tunnel is none of our business and passes as if we were not there. Replies come back through
-//! the conntrack rule; nothing else may enter the tunnel from outside.
+//! The policies are accept: traffic that neither comes from nor goes to the tunnel is none of
+//! our business and passes as if we were not there. Replies come back through the conntrack
+//! rules; nothing else may enter the tunnel from outside. From the tunnel, a peer may ping the
+//! bastion (the self-test does) but reach none of its ports: not the health port, not whatever
+//! else listens on a host that runs `bastion run`. The instance metadata service is never
+//! forwarded to, whatever `reach` says: it hands out the instance role's credentials.
 
-use crate::netlink::nftables::{self, BaseChain, Batch, ChainType, Hook, Rule, Verdict, FAMILY_INET};
+use crate::netlink::nftables::{self, BaseChain, Batch, ChainType, Hook, IpVersion, Rule, Verdict, FAMILY_INET};
 use ip_network::IpNetwork;
 use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// Our table: `table inet bastion`.
 pub const TABLE: &str = "bastion";
 
+const INPUT_CHAIN: &str = "input";
 const FORWARD_CHAIN: &str = "forward";
 const POSTROUTING_CHAIN: &str = "postrouting";
 const IPV4_FORWARDING: &str = "/proc/sys/net/ipv4/ip_forward";
 const IPV6_FORWARDING: &str = "/proc/sys/net/ipv6/conf/all/forwarding";
+
+/// The EC2 instance metadata service (IPv4, and IPv6 on Nitro instances): never forwarded to.
+pub const METADATA_SERVICE: [IpAddr; 2] = [
+    IpAddr::V4(Ipv4Addr::new(169, 254, 169, 254)),
+    IpAddr::V6(Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)),
+];
 
 /// One forward-chain permission: tunnel traffic from `source` (any tunnel source when None) to
 /// `destination` is accepted.
@@ -108,9 +129,14 @@ pub fn ruleset(plan: &NatPlan) -> Result<String, NatError> {
         if i > 0 {
             text.push('\n');
         }
-        let (kind, hook, priority) = match chain.kind {
-            ChainType::Filter => ("filter", "forward", "filter"),
-            ChainType::Nat => ("nat", "postrouting", "srcnat"),
+        let (kind, priority) = match chain.kind {
+            ChainType::Filter => ("filter", "filter"),
+            ChainType::Nat => ("nat", "srcnat"),
+        };
+        let hook = match chain.hook {
+            Hook::Input => "input",
+            Hook::Forward => "forward",
+            Hook::Postrouting => "postrouting",
         };
         text.push_str(&format!(
             "\tchain {} {{\n\t\ttype {kind} hook {hook} priority {priority}; policy accept;\n",
@@ -138,7 +164,17 @@ fn chains(plan: &NatPlan) -> Result<Vec<(BaseChain, Vec<Rule>)>, NatError> {
         }
     }
     let tunnel = plan.tunnel.as_str();
-    let mut forward = vec![Rule::new().established_or_related().verdict(Verdict::Accept)];
+    let input = vec![
+        Rule::new().iifname(tunnel).established_or_related().verdict(Verdict::Accept),
+        Rule::new().iifname(tunnel).echo_request(IpVersion::V4).verdict(Verdict::Accept),
+        Rule::new().iifname(tunnel).echo_request(IpVersion::V6).verdict(Verdict::Accept),
+        Rule::new().iifname(tunnel).verdict(Verdict::Drop),
+    ];
+    let mut forward: Vec<Rule> = METADATA_SERVICE
+        .iter()
+        .map(|address| Rule::new().iifname(tunnel).daddr(IpNetwork::from(*address)).verdict(Verdict::Drop))
+        .collect();
+    forward.push(Rule::new().established_or_related().verdict(Verdict::Accept));
     for allow in &plan.allow {
         let mut rule = Rule::new().iifname(tunnel);
         if let Some(source) = allow.source {
@@ -153,7 +189,18 @@ fn chains(plan: &NatPlan) -> Result<Vec<(BaseChain, Vec<Rule>)>, NatError> {
     forward.push(Rule::new().iifname(tunnel).verdict(Verdict::Drop));
     forward.push(Rule::new().oifname(tunnel).verdict(Verdict::Drop));
 
-    let mut chains = vec![(
+    let mut chains = vec![
+        (
+            BaseChain {
+                name: INPUT_CHAIN.into(),
+                kind: ChainType::Filter,
+                hook: Hook::Input,
+                priority: 0,
+                policy: Verdict::Accept,
+            },
+            input,
+        ),
+        (
         BaseChain {
             name: FORWARD_CHAIN.into(),
             kind: ChainType::Filter,
@@ -162,7 +209,8 @@ fn chains(plan: &NatPlan) -> Result<Vec<(BaseChain, Vec<Rule>)>, NatError> {
             policy: Verdict::Accept,
         },
         forward,
-    )];
+    ),
+    ];
     if plan.masquerade {
         chains.push((
             BaseChain {
@@ -264,8 +312,17 @@ mod tests {
 
     /// The same table, written by hand in nft's language: the oracle.
     const EXPECTED: &str = r#"table inet bastion {
+    chain input {
+        type filter hook input priority 0; policy accept;
+        iifname "wg0" ct state established,related accept
+        iifname "wg0" icmp type echo-request accept
+        iifname "wg0" icmpv6 type echo-request accept
+        iifname "wg0" drop
+    }
     chain forward {
         type filter hook forward priority 0; policy accept;
+        iifname "wg0" ip daddr 169.254.169.254 drop
+        iifname "wg0" ip6 daddr fd00:ec2::254 drop
         ct state established,related accept
         iifname "wg0" ip daddr 10.0.0.0/16 accept
         iifname "wg0" ip6 daddr fd10::/64 accept
@@ -362,7 +419,7 @@ mod tests {
             let small = NatPlan { masquerade: false, allow: vec![], ..plan() };
             install(&small).unwrap();
             let listed = list(netns);
-            assert!(!listed.contains("postrouting") && !listed.contains("daddr"), "{listed}");
+            assert!(!listed.contains("postrouting") && !listed.contains("10.0.0.0/16"), "{listed}");
         });
     }
 

@@ -131,6 +131,22 @@ impl Netns {
         })
     }
 
+    /// Like [`Netns::enter`], but returns at once: `f` runs on its own thread in the namespace
+    /// until it returns by itself (keep it bounded), and the handle gives its result.
+    pub fn enter_background<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<T> {
+        let path = Path::new("/var/run/netns").join(&self.name);
+        std::thread::spawn(move || {
+            let file = std::fs::File::open(&path)
+                .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()));
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns into {}: {}", path.display(), std::io::Error::last_os_error());
+            f()
+        })
+    }
+
     /// Pids of the processes still running in the namespace.
     pub fn pids(&self) -> Vec<i32> {
         command::run(&["ip", "netns", "pids", &self.name])

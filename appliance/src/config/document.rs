@@ -20,6 +20,8 @@ const MAX_PROBLEMS: usize = 200;
 pub struct Report {
     line_starts: Vec<usize>,
     problems: Vec<ConfigProblem>,
+    /// Things that are allowed but probably not meant; they do not fail validation.
+    warnings: Vec<ConfigProblem>,
     dropped: usize,
 }
 
@@ -30,6 +32,7 @@ impl Report {
         Report {
             line_starts,
             problems: Vec::new(),
+            warnings: Vec::new(),
             dropped: 0,
         }
     }
@@ -64,6 +67,21 @@ impl Report {
                 message,
             });
         }
+    }
+
+    /// A warning at `span`: the config stays valid.
+    pub fn warn_at(&mut self, span: Range<usize>, field: impl Into<String>, message: impl Into<String>) {
+        let line = self.line_of(span.start);
+        if self.warnings.len() < MAX_PROBLEMS {
+            self.warnings.push(ConfigProblem { line: Some(line), field: field.into(), message: message.into() });
+        }
+    }
+
+    /// The warnings in file order.
+    pub fn take_warnings(&mut self) -> Vec<ConfigProblem> {
+        let mut warnings = std::mem::take(&mut self.warnings);
+        warnings.sort_by_key(|p| p.line.unwrap_or(usize::MAX));
+        warnings
     }
 
     pub fn is_clean(&self) -> bool {

@@ -46,6 +46,9 @@ pub struct Config {
     pub nat: Nat,
     pub health: Health,
     pub selftest: SelfTest,
+    /// What validation let pass but the operator probably did not mean (shown by
+    /// `check-config` and logged at start, see [`render_warnings`]).
+    pub warnings: Vec<ConfigProblem>,
 }
 
 #[derive(Debug, Clone)]
@@ -121,22 +124,35 @@ pub struct ConfigError {
     pub problems: Vec<ConfigProblem>,
 }
 
+impl ConfigProblem {
+    /// `ORIGIN:LINE: FIELD: MESSAGE` (without `:LINE` when there is none): the one format of
+    /// every config diagnostic. `label` goes before the message (`"warning: "`, or nothing).
+    pub fn render(&self, origin: &str, label: &str) -> String {
+        match self.line {
+            Some(line) => format!("{origin}:{line}: {}: {label}{}", self.field, self.message),
+            None => format!("{origin}: {}: {label}{}", self.field, self.message),
+        }
+    }
+}
+
 impl std::fmt::Display for ConfigError {
     fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         for (i, p) in self.problems.iter().enumerate() {
             if i > 0 {
                 writeln!(f)?;
             }
-            match p.line {
-                Some(line) => write!(f, "{}:{}: {}: {}", self.origin, line, p.field, p.message)?,
-                None => write!(f, "{}: {}: {}", self.origin, p.field, p.message)?,
-            }
+            f.write_str(&p.render(&self.origin, ""))?;
         }
         Ok(())
     }
 }
 
 impl std::error::Error for ConfigError {}
+
+/// The warnings of a valid config, one line each, in the format of [`ConfigError`].
+pub fn render_warnings(config: &Config, origin: &str) -> Vec<String> {
+    config.warnings.iter().map(|w| w.render(origin, "warning: ")).collect()
+}
 
 /// The largest config file read. EC2 user-data is at most 16 KiB; a file with thousands of
 /// peers stays far below this.
@@ -182,7 +198,8 @@ pub fn parse(text: &str, origin: &str, base_dir: Option<&Path>) -> Result<Config
     let config =
         document::parse(text, &mut report).and_then(|root| build(&root, base_dir, &mut report));
     if report.is_clean() {
-        if let Some(config) = config {
+        if let Some(mut config) = config {
+            config.warnings = report.take_warnings();
             return Ok(config);
         }
     }
@@ -256,5 +273,6 @@ fn build(
             address: selftest_address?,
             probes: drafts.selftest.probes,
         },
+        warnings: Vec::new(),
     })
 }

@@ -535,10 +535,16 @@ fn network_list(t: &Table, key: &str, report: &mut Report) -> Vec<IpNetwork> {
     match t.get(key) {
         None => Vec::new(),
         Some(v) => {
-            document::string_list(report, &t.field(key), v, NETWORK_EXPECTED, values::network)
-                .into_iter()
-                .map(|item| item.value)
-                .collect()
+            let field = t.field(key);
+            let items = document::string_list(report, &field, v, NETWORK_EXPECTED, values::network);
+            if key == "reach" {
+                for item in &items {
+                    if let Some(warning) = values::link_local_reach_warning(&item.value) {
+                        report.warn_at(item.span.clone(), format!("{field}[{}]", item.index), warning);
+                    }
+                }
+            }
+            items.into_iter().map(|item| item.value).collect()
         }
     }
 }

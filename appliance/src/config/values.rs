@@ -132,6 +132,62 @@ pub fn network(text: &str) -> Result<IpNetwork, String> {
     }
 }
 
+/// The instance's own link-local services: 169.254.0.0/16 (IPv4) and fd00:ec2::/32 (the
+/// IPv6 addresses Nitro instances give them).
+const INSTANCE_LINK_LOCAL: [(&str, &str, &str); 2] = [
+    ("169.254.0.0/16", "169.254.169.253/32", "169.254.169.254/32"),
+    ("fd00:ec2::/32", "fd00:ec2::253/128", "fd00:ec2::254/128"),
+];
+
+/// A warning for a `reach` network that covers the instance's link-local services (the Amazon
+/// Time Sync Service, the instance metadata service...) beyond the VPC DNS resolver, which is
+/// a target peers legitimately use. `0.0.0.0/0` covers them too. The metadata service itself is
+/// never forwarded to (the NAT table drops it before any reach rule).
+pub fn link_local_reach_warning(net: &IpNetwork) -> Option<String> {
+    for (range, resolver, metadata) in INSTANCE_LINK_LOCAL {
+        let range: IpNetwork = range.parse().expect("constant network");
+        let resolver: IpNetwork = resolver.parse().expect("constant network");
+        let metadata: IpNetwork = metadata.parse().expect("constant network");
+        let overlaps = range.contains(net.network_address()) || net.contains(range.network_address());
+        if !overlaps || *net == resolver {
+            continue;
+        }
+        if *net == metadata {
+            return Some(format!(
+                "{net} is the instance metadata service: it is never forwarded to, whatever reach \
+                 says (it hands out the instance role's credentials); remove it"
+            ));
+        }
+        return Some(format!(
+            "{net} covers the instance's own link-local services in {range} (such as the time \
+             service), not only the VPC DNS resolver {}; the metadata service {} is always \
+             dropped, the others would be reachable by peers: list only what peers need",
+            resolver.network_address(),
+            metadata.network_address()
+        ));
+    }
+    None
+}
+
+#[cfg(test)]
+mod link_local_tests {
+    use super::*;
+
+    fn warns(net: &str) -> bool {
+        link_local_reach_warning(&net.parse().unwrap()).is_some()
+    }
+
+    #[test]
+    fn reach_over_the_instance_link_local_services_is_warned_about() {
+        for net in ["0.0.0.0/0", "169.254.0.0/16", "169.254.169.123/32", "169.0.0.0/8", "169.254.169.254/32", "::/0", "fd00::/8", "fd00:ec2::123/128"] {
+            assert!(warns(net), "{net}");
+        }
+        for net in ["169.254.169.253/32", "fd00:ec2::253/128", "10.0.0.0/8", "172.16.0.0/12", "fd00:1::/64", "2001:db8::/32"] {
+            assert!(!warns(net), "{net}");
+        }
+    }
+}
+
 /// Like `network`, but clears host bits the way `wg` does, and says whether it had to.
 pub fn network_truncating(text: &str) -> Result<(IpNetwork, bool), String> {
     let (ip, prefix) = split_prefix(text)?;

@@ -74,7 +74,9 @@ const NFT_REG_1: u32 = 1;
 const NFT_META_IIFNAME: u32 = 6;
 const NFT_META_OIFNAME: u32 = 7;
 const NFT_META_NFPROTO: u32 = 15;
+const NFT_META_L4PROTO: u32 = 16;
 const NFT_PAYLOAD_NETWORK_HEADER: u32 = 1;
+const NFT_PAYLOAD_TRANSPORT_HEADER: u32 = 2;
 const NFT_CT_STATE: u32 = 0;
 const NFT_CMP_EQ: u32 = 0;
 const NFT_CMP_NEQ: u32 = 1;
@@ -82,12 +84,17 @@ const NFPROTO_IPV4: u8 = 2;
 const NFPROTO_IPV6: u8 = 10;
 const NF_DROP: u32 = 0;
 const NF_ACCEPT: u32 = 1;
+const NF_INET_LOCAL_IN: u32 = 1;
 const NF_INET_FORWARD: u32 = 2;
 const NF_INET_POST_ROUTING: u32 = 4;
 /// linux/netfilter/nf_conntrack_common.h: NF_CT_STATE_BIT(IP_CT_ESTABLISHED), (IP_CT_RELATED)
 const CT_STATE_ESTABLISHED: u32 = 1 << 1;
 const CT_STATE_RELATED: u32 = 1 << 2;
 const IFNAMSIZ: usize = 16;
+const IPPROTO_ICMP: u8 = 1;
+const IPPROTO_ICMPV6: u8 = 58;
+const ICMP_ECHO_REQUEST: u8 = 8;
+const ICMPV6_ECHO_REQUEST: u8 = 128;
 
 /// What a rule (or a chain's policy) does with a packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,6 +127,8 @@ pub enum ChainType {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Hook {
+    /// Packets addressed to this host.
+    Input,
     Forward,
     Postrouting,
 }
@@ -140,13 +149,27 @@ pub struct BaseChain {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Expr {
     Meta { key: u32 },
-    /// Bytes of the network header (IPv4 or IPv6).
-    Payload { offset: u32, len: u32 },
+    /// Bytes of the network header (IPv4 or IPv6), or of the transport header.
+    Payload { base: PayloadBase, offset: u32, len: u32 },
     Bitwise { mask: Vec<u8>, xor: Vec<u8> },
     Cmp { op: u32, data: Vec<u8> },
     CtState,
     Verdict(Verdict),
     Masquerade,
+}
+
+/// Where a payload load counts its offset from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PayloadBase {
+    Network,
+    Transport,
+}
+
+/// An IP version, for matches that exist in both (`icmp` and `icmpv6`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IpVersion {
+    V4,
+    V6,
 }
 
 /// A rule: its expressions, and the same rule in `nft` syntax for messages and errors.
@@ -217,14 +240,7 @@ impl Rule {
             IpNetwork::V4(n) => (NFPROTO_IPV4, n.network_address().octets().to_vec(), n.netmask(), "ipv4"),
             IpNetwork::V6(n) => (NFPROTO_IPV6, n.network_address().octets().to_vec(), n.netmask(), "ipv6"),
         };
-        // An inet table sees both families: a header field is only read after checking which
-        // one the packet is, once per rule (as `nft` adds it).
-        let checked = self.family == Some(family);
-        if !checked {
-            self.exprs.push(Expr::Meta { key: NFT_META_NFPROTO });
-            self.exprs.push(Expr::Cmp { op: NFT_CMP_EQ, data: vec![family] });
-            self.family = Some(family);
-        }
+        let checked = self.require_family(family);
         if prefix == 0 {
             // Every address of the family: the family check is the whole match (and when the
             // rule already had it, there is nothing to add, as nft lists it).
@@ -242,11 +258,11 @@ impl Rule {
         };
         let prefix_bytes = prefix as usize / 8;
         if prefix as u32 == full * 8 {
-            self.exprs.push(Expr::Payload { offset, len: full });
+            self.exprs.push(Expr::Payload { base: PayloadBase::Network, offset, len: full });
             self.exprs.push(Expr::Cmp { op: NFT_CMP_EQ, data: bytes });
         } else if prefix % 8 == 0 {
             // Byte-aligned prefix: compare only the leading bytes (what nft does).
-            self.exprs.push(Expr::Payload { offset, len: prefix_bytes as u32 });
+            self.exprs.push(Expr::Payload { base: PayloadBase::Network, offset, len: prefix_bytes as u32 });
             self.exprs.push(Expr::Cmp { op: NFT_CMP_EQ, data: bytes[..prefix_bytes].to_vec() });
         } else {
             let mut mask = vec![0u8; bytes.len()];
@@ -254,7 +270,7 @@ impl Rule {
                 let bits = (prefix as usize).saturating_sub(i * 8).min(8);
                 *byte = (0xff00u16 >> bits) as u8;
             }
-            self.exprs.push(Expr::Payload { offset, len: full });
+            self.exprs.push(Expr::Payload { base: PayloadBase::Network, offset, len: full });
             self.exprs.push(Expr::Bitwise { xor: vec![0; mask.len()], mask });
             self.exprs.push(Expr::Cmp { op: NFT_CMP_EQ, data: bytes });
         }
@@ -272,6 +288,33 @@ impl Rule {
         } else {
             self.word(format_args!("{proto} {field} {net}"));
         }
+        self
+    }
+
+    /// An inet table sees both families: a header field is only read after checking which one
+    /// the packet is, once per rule (as `nft` adds it). Returns whether the check was there.
+    fn require_family(&mut self, family: u8) -> bool {
+        let checked = self.family == Some(family);
+        if !checked {
+            self.exprs.push(Expr::Meta { key: NFT_META_NFPROTO });
+            self.exprs.push(Expr::Cmp { op: NFT_CMP_EQ, data: vec![family] });
+            self.family = Some(family);
+        }
+        checked
+    }
+
+    /// `icmp type echo-request` or `icmpv6 type echo-request`: a ping.
+    pub fn echo_request(mut self, version: IpVersion) -> Rule {
+        let (family, protocol, kind, word) = match version {
+            IpVersion::V4 => (NFPROTO_IPV4, IPPROTO_ICMP, ICMP_ECHO_REQUEST, "icmp"),
+            IpVersion::V6 => (NFPROTO_IPV6, IPPROTO_ICMPV6, ICMPV6_ECHO_REQUEST, "icmpv6"),
+        };
+        self.require_family(family);
+        self.exprs.push(Expr::Meta { key: NFT_META_L4PROTO });
+        self.exprs.push(Expr::Cmp { op: NFT_CMP_EQ, data: vec![protocol] });
+        self.exprs.push(Expr::Payload { base: PayloadBase::Transport, offset: 0, len: 1 });
+        self.exprs.push(Expr::Cmp { op: NFT_CMP_EQ, data: vec![kind] });
+        self.word(format_args!("{word} type echo-request"));
         self
     }
 
@@ -335,9 +378,13 @@ fn encode_expr(m: &mut MessageBuilder, expr: &Expr) {
         Expr::Meta { key } => {
             m.attr_u32_be(NFTA_META_KEY, *key).attr_u32_be(NFTA_META_DREG, NFT_REG_1);
         }
-        Expr::Payload { offset, len } => {
+        Expr::Payload { base, offset, len } => {
+            let base = match base {
+                PayloadBase::Network => NFT_PAYLOAD_NETWORK_HEADER,
+                PayloadBase::Transport => NFT_PAYLOAD_TRANSPORT_HEADER,
+            };
             m.attr_u32_be(NFTA_PAYLOAD_DREG, NFT_REG_1)
-                .attr_u32_be(NFTA_PAYLOAD_BASE, NFT_PAYLOAD_NETWORK_HEADER)
+                .attr_u32_be(NFTA_PAYLOAD_BASE, base)
                 .attr_u32_be(NFTA_PAYLOAD_OFFSET, *offset)
                 .attr_u32_be(NFTA_PAYLOAD_LEN, *len);
         }
@@ -451,6 +498,7 @@ impl Batch {
             (ChainType::Nat, h) => ("nat", h),
         };
         let (hook_num, hook_word) = match hook {
+            Hook::Input => (NF_INET_LOCAL_IN, "input"),
             Hook::Forward => (NF_INET_FORWARD, "forward"),
             Hook::Postrouting => (NF_INET_POST_ROUTING, "postrouting"),
         };
@@ -720,21 +768,21 @@ mod tests {
             &[
                 Expr::Meta { key: NFT_META_NFPROTO },
                 Expr::Cmp { op: NFT_CMP_EQ, data: vec![NFPROTO_IPV4] },
-                Expr::Payload { offset: 12, len: 4 },
+                Expr::Payload { base: PayloadBase::Network, offset: 12, len: 4 },
                 Expr::Cmp { op: NFT_CMP_EQ, data: vec![10, 9, 0, 2] },
             ]
         );
         assert_eq!(r.text(), "ip saddr 10.9.0.2");
         // Byte-aligned: load and compare only the leading bytes.
         let r = Rule::new().daddr(net("10.0.1.0/24"));
-        assert_eq!(r.exprs()[2..], [Expr::Payload { offset: 16, len: 3 }, Expr::Cmp { op: NFT_CMP_EQ, data: vec![10, 0, 1] }]);
+        assert_eq!(r.exprs()[2..], [Expr::Payload { base: PayloadBase::Network, offset: 16, len: 3 }, Expr::Cmp { op: NFT_CMP_EQ, data: vec![10, 0, 1] }]);
         assert_eq!(r.text(), "ip daddr 10.0.1.0/24");
         // Not aligned: full load, mask, compare.
         let r = Rule::new().daddr(net("10.0.16.0/20"));
         assert_eq!(
             r.exprs()[2..],
             [
-                Expr::Payload { offset: 16, len: 4 },
+                Expr::Payload { base: PayloadBase::Network, offset: 16, len: 4 },
                 Expr::Bitwise { mask: vec![255, 255, 240, 0], xor: vec![0; 4] },
                 Expr::Cmp { op: NFT_CMP_EQ, data: vec![10, 0, 16, 0] },
             ]
@@ -744,7 +792,7 @@ mod tests {
         mask[..4].copy_from_slice(&[255, 255, 255, 255]);
         mask[4] = 0x80;
         assert_eq!(r.exprs()[1], Expr::Cmp { op: NFT_CMP_EQ, data: vec![NFPROTO_IPV6] });
-        assert_eq!(r.exprs()[2], Expr::Payload { offset: 24, len: 16 });
+        assert_eq!(r.exprs()[2], Expr::Payload { base: PayloadBase::Network, offset: 24, len: 16 });
         assert_eq!(r.exprs()[3], Expr::Bitwise { mask, xor: vec![0; 16] });
         // /0: the family check alone.
         let r = Rule::new().daddr(net("0.0.0.0/0"));
@@ -753,8 +801,8 @@ mod tests {
         // Source and destination of one family: one family check.
         let r = Rule::new().saddr(net("fd00::2/128")).daddr(net("fd10::/64"));
         assert_eq!(r.exprs().iter().filter(|e| **e == Expr::Meta { key: NFT_META_NFPROTO }).count(), 1);
-        assert_eq!(r.exprs()[2], Expr::Payload { offset: 8, len: 16 });
-        assert_eq!(r.exprs()[4], Expr::Payload { offset: 24, len: 8 });
+        assert_eq!(r.exprs()[2], Expr::Payload { base: PayloadBase::Network, offset: 8, len: 16 });
+        assert_eq!(r.exprs()[4], Expr::Payload { base: PayloadBase::Network, offset: 24, len: 8 });
         assert_eq!(r.text(), "ip6 saddr fd00::2 ip6 daddr fd10::/64");
     }
 
@@ -881,6 +929,9 @@ mod tests {
                 Rule::new().iifname("wg0").verdict(Verdict::Drop),
                 Rule::new().oifname("wg0").verdict(Verdict::Drop),
                 Rule::new().iifname("wg0").oifname("eth0").masquerade(),
+                Rule::new().iifname("wg0").echo_request(IpVersion::V4).verdict(Verdict::Accept),
+                Rule::new().iifname("wg0").echo_request(IpVersion::V6).verdict(Verdict::Accept),
+                Rule::new().iifname("wg0").daddr(net("169.254.169.254/32")).verdict(Verdict::Drop),
             ];
             for rule in &cases {
                 let out = netns.command(

@@ -41,6 +41,9 @@ pub fn run_from_file(path: &Path) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    for warning in config::render_warnings(&config, &path.display().to_string()) {
+        log!("config: {warning}");
+    }
     // Block the drain signals before any thread exists, so every thread inherits the mask and
     // only `wait_for_signal` ever sees them.
     let signals = drain_signals();

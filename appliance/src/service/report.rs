@@ -65,6 +65,12 @@ pub fn report(state: &ServiceState, data_plane: &DataPlane, listen_port: u16) ->
         load(&c.cookie_replies),
         load(&c.dropped_tun_packets)
     );
+    let _ = writeln!(
+        text,
+        "failover: {} refused (the peer was heard here moments before: forged or replayed), {} held back by the global budget",
+        load(&c.failover_refused_heard_recently),
+        load(&c.failover_refused_budget)
+    );
     let _ = writeln!(text, "nat: what the service installs (`nft list table inet bastion` shows what is there):");
     for line in state.nat_rules.lines() {
         let _ = writeln!(text, "{}", if line.is_empty() { String::new() } else { format!("  {line}") });

@@ -4,8 +4,10 @@
 //! (found with one DH after the MAC and rate-limit checks); every other message carries our
 //! receiver index, which names the peer (see `peers`). Decrypted packets whose source is outside
 //! the peer's allowed IPs are dropped (inbound cryptokey routing). A data packet for a session we
-//! do not have starts a handshake back to its sender at once (fast failover, rate-limited).
+//! do not have starts a handshake back to its sender at once (fast failover), when `failover`
+//! allows it: not while the peer is being heard here, and within per-peer and global limits.
 
+use super::failover::{self, PeerStamps, Refusal};
 use super::peers::{Peer, PeerId};
 use super::{udp, Counters, DataPlaneShared};
 use crate::log;
@@ -14,11 +16,6 @@ use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::{HandshakeInit, Packet, Tunn, TunnResult};
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::Ordering;
-
-/// At most one fast-failover handshake per peer in this many milliseconds (WireGuard's
-/// REKEY_TIMEOUT): a spoofed data packet can make us send at most one 148-byte initiation per
-/// peer per 5 s.
-pub const FAILOVER_INTERVAL_MS: u64 = 5_000;
 
 /// The WireGuard message types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,11 +50,6 @@ fn route<'a>(shared: &DataPlaneShared, datagram: &'a [u8]) -> Route<'a> {
         Some(id) => Route::Peer(id, kind),
         None => Route::Drop,
     }
-}
-
-/// Whether a fast-failover handshake may start now, given when the last one started.
-pub fn failover_due(last_ms: u64, now_ms: u64) -> bool {
-    last_ms == 0 || now_ms.saturating_sub(last_ms) >= FAILOVER_INTERVAL_MS
 }
 
 /// Handles one datagram received on `socket` from `source`. `out` is scratch space for what the
@@ -99,7 +91,7 @@ pub fn handle_datagram(
             if kind != MessageKind::Data {
                 handshake_completed(peer, source, kind);
             }
-            note_endpoint(peer, source);
+            note_endpoint(shared, peer, source);
             // Packets queued while the session was being made can go now.
             while let TunnResult::WriteToNetwork(queued) = tunn.decapsulate(None, &[], out) {
                 send(shared, socket, queued, source);
@@ -107,16 +99,16 @@ pub fn handle_datagram(
         }
         TunnResult::WriteToTunnelV4(packet, from) => {
             deliver(shared, peer_id, peer, tun, packet, from.into());
-            note_endpoint(peer, source);
+            note_endpoint(shared, peer, source);
         }
         TunnResult::WriteToTunnelV6(packet, from) => {
             deliver(shared, peer_id, peer, tun, packet, from.into());
-            note_endpoint(peer, source);
+            note_endpoint(shared, peer, source);
         }
         TunnResult::Done => {
             // A keepalive (authenticated, so the sender is the peer) or a cookie reply.
             if kind == MessageKind::Data {
-                note_endpoint(peer, source);
+                note_endpoint(shared, peer, source);
             }
         }
         TunnResult::Err(WireGuardError::NoCurrentSession) => {
@@ -233,8 +225,9 @@ fn handshake_completed(peer: &Peer, source: SocketAddr, kind: MessageKind) {
     );
 }
 
-/// Records where an authenticated packet came from; logs when a known peer moved.
-fn note_endpoint(peer: &Peer, source: SocketAddr) {
+/// Records when and from where an authenticated packet came; logs when a known peer moved.
+fn note_endpoint(shared: &DataPlaneShared, peer: &Peer, source: SocketAddr) {
+    peer.last_authenticated_ms.store(shared.now_ms(), Ordering::Relaxed);
     if let Some(Some(old)) = peer.update_endpoint(source) {
         if peer.loopback_only {
             return;
@@ -248,9 +241,10 @@ fn note_endpoint(peer: &Peer, source: SocketAddr) {
     }
 }
 
-/// A data packet named this peer but we have no session for it: the client's flow was moved to
-/// us from another bastion. Answer with a handshake initiation to where the packet came from,
-/// so the client re-keys after one round trip instead of after 15–120 s.
+/// A data packet named this peer but we have no session for it: perhaps the client's flow was
+/// moved to us from another bastion, perhaps it is forged. When `failover` allows it, answer
+/// with a handshake initiation to where the packet came from, so a moved client re-keys after
+/// one round trip instead of after 15–120 s.
 fn start_failover_handshake(
     shared: &DataPlaneShared,
     socket: &UdpSocket,
@@ -261,25 +255,53 @@ fn start_failover_handshake(
 ) {
     let now = shared.now_ms();
     let last = peer.last_failover_ms.load(Ordering::Relaxed);
-    if !failover_due(last, now)
-        || peer
-            .last_failover_ms
-            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-            .is_err()
-    {
+    let stamps = PeerStamps {
+        last_authenticated_ms: peer.last_authenticated_ms.load(Ordering::Relaxed),
+        last_failover_ms: last,
+    };
+    let allowed = failover::peer_allows(stamps, now)
+        .and_then(|()| shared.failover_budget.lock().unwrap_or_else(|e| e.into_inner()).take(now));
+    match allowed {
+        Ok(()) => {}
+        Err(Refusal::PeerHeardRecently) => return Counters::count(&shared.counters.failover_refused_heard_recently),
+        Err(Refusal::GlobalBudget) => return Counters::count(&shared.counters.failover_refused_budget),
+        Err(Refusal::PeerInterval) => return,
+    }
+    // Another worker may have taken this peer's slot meanwhile: only one of them sends.
+    if peer.last_failover_ms.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_err() {
         return;
     }
-    // A handshake already in progress toward an old endpoint is re-sent toward the new source.
+    // A handshake already in progress toward an old endpoint is re-sent toward the new source
+    // (allowed only because the peer has been quiet here: see `failover`).
     let force = peer.endpoint() != Some(source);
     if let TunnResult::WriteToNetwork(initiation) = tunn.format_handshake_initiation(out, force) {
         Peer::count(&peer.counters.failover_handshakes);
-        log!(
-            "peer {} sent data for a session this bastion does not have; starting a handshake to {}",
-            peer.name,
-            udp::canonical(source)
-        );
+        log_failover(peer, source, now);
         send(shared, socket, initiation, source);
     }
+}
+
+/// The failover line, at most once per peer per `failover::LOG_INTERVAL_MS`.
+fn log_failover(peer: &Peer, source: SocketAddr, now: u64) {
+    let last = peer.last_failover_log_ms.load(Ordering::Relaxed);
+    if !failover::log_due(last, now)
+        || peer.last_failover_log_ms.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_err()
+    {
+        peer.failover_lines_left_out.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    let left_out = peer.failover_lines_left_out.swap(0, Ordering::Relaxed);
+    let more = if left_out > 0 {
+        format!(" ({left_out} more since the last such line)")
+    } else {
+        String::new()
+    };
+    log!(
+        "a packet claiming to be from peer {} names a session this bastion does not have; \
+         starting a handshake to {}{more}",
+        peer.name,
+        udp::canonical(source)
+    );
 }
 
 pub(super) fn send(shared: &DataPlaneShared, socket: &UdpSocket, packet: &[u8], to: SocketAddr) {
@@ -292,15 +314,6 @@ pub(super) fn send(shared: &DataPlaneShared, socket: &UdpSocket, packet: &[u8], 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn failover_handshakes_are_spaced_by_the_rekey_timeout() {
-        assert!(failover_due(0, 1));
-        assert!(!failover_due(10_000, 10_000 + FAILOVER_INTERVAL_MS - 1));
-        assert!(failover_due(10_000, 10_000 + FAILOVER_INTERVAL_MS));
-        // A clock that went backwards never allows a burst.
-        assert!(!failover_due(10_000, 9_000));
-    }
 
     #[test]
     fn a_packet_of_a_session_we_do_not_hold_is_told_from_other_errors() {

@@ -7,6 +7,7 @@
 //! thin threads around them. This module does not touch NAT or health: it reports what it knows
 //! through `DataPlane::status` and the heartbeat.
 
+mod failover;
 mod inbound;
 mod outbound;
 pub mod peers;
@@ -73,6 +74,11 @@ pub struct Counters {
     /// Valid handshake initiations from keys that are not our peers.
     pub unknown_peer_handshakes: AtomicU64,
     pub cookie_replies: AtomicU64,
+    /// Packets of unknown sessions that claimed a peer heard here moments before (forgeries
+    /// or replays): no failover handshake.
+    pub failover_refused_heard_recently: AtomicU64,
+    /// Failover handshakes held back by the global budget.
+    pub failover_refused_budget: AtomicU64,
     /// TUN packets with no peer to go to.
     pub dropped_tun_packets: AtomicU64,
     pub send_errors: AtomicU64,
@@ -101,6 +107,8 @@ pub struct DataPlaneShared {
     peers: PeerTable,
     /// Counts handshake messages across all peers; reset every second by the timer thread.
     handshake_limiter: Arc<RateLimiter>,
+    /// Failover handshakes over all peers (see `failover`).
+    failover_budget: Mutex<failover::GlobalBudget>,
     sockets: Vec<UdpSocket>,
     dual_stack: bool,
     stop: AtomicBool,
@@ -177,6 +185,7 @@ impl DataPlane {
             static_public,
             peers,
             handshake_limiter: Arc::new(RateLimiter::new(&static_public, HANDSHAKES_PER_SECOND)),
+            failover_budget: Mutex::new(failover::GlobalBudget::default()),
             sockets: listen.sockets,
             dual_stack: listen.dual_stack,
             stop: AtomicBool::new(false),

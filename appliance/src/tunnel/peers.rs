@@ -55,6 +55,12 @@ pub struct Peer {
     /// When we last started a fast-failover handshake (milliseconds on the data plane's clock;
     /// 0 = never): the rate limit that keeps a spoofed packet from making us an amplifier.
     pub last_failover_ms: AtomicU64,
+    /// When a packet from this peer last passed authentication (same clock; 0 = never): while
+    /// it is recent, a packet of an unknown session claiming to be the peer is a forgery.
+    pub last_authenticated_ms: AtomicU64,
+    /// When the failover line was last logged for this peer, and how many were left out since.
+    pub last_failover_log_ms: AtomicU64,
+    pub failover_lines_left_out: AtomicU64,
 }
 
 impl Peer {
@@ -127,6 +133,9 @@ impl PeerTable {
                 loopback_only: spec.loopback_only,
                 counters: PeerCounters::default(),
                 last_failover_ms: AtomicU64::new(0),
+                last_authenticated_ms: AtomicU64::new(0),
+                last_failover_log_ms: AtomicU64::new(0),
+                failover_lines_left_out: AtomicU64::new(0),
             });
         }
         table

@@ -1,0 +1,208 @@
+//! One health request and its answer, as bytes: no sockets, no clock.
+//!
+//! A connection carries exactly one request (the answer says `Connection: close`), so a client
+//! cannot pipeline thousands of requests behind one another or hold the responder with one
+//! connection. The request head may be at most [`MAX_REQUEST_BYTES`]; a longer one is answered
+//! 431 and closed, before the rest of it is read. Bytes are parsed by `httparse` (the parser
+//! hyper uses): garbage is a 400, never a panic.
+
+use super::Verdict;
+
+/// The largest request head read (request line + headers + the blank line). A load balancer's
+/// health check is about 100 bytes.
+pub const MAX_REQUEST_BYTES: usize = 4096;
+/// Headers parsed at most; a request with more is a 431 like one that is too long.
+const MAX_HEADERS: usize = 32;
+
+/// What the bytes received so far amount to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Received {
+    /// Not a whole request head yet, and still within the limit: read more.
+    Incomplete,
+    /// A whole request head: what was asked for.
+    Request { method: Method, path: String },
+    /// Not HTTP, or over the limits: answer with this status and close.
+    Refused(Refusal),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Head,
+    /// Anything else: 405.
+    Other,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// 400: not an HTTP request.
+    Malformed,
+    /// 431: the head is longer than [`MAX_REQUEST_BYTES`] or has too many headers.
+    TooLarge,
+}
+
+/// Looks at the bytes received on a connection so far.
+pub fn receive(bytes: &[u8]) -> Received {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut headers);
+    match request.parse(bytes) {
+        Ok(httparse::Status::Complete(_)) => {
+            let method = match request.method {
+                Some("GET") => Method::Get,
+                Some("HEAD") => Method::Head,
+                _ => Method::Other,
+            };
+            let target = request.path.unwrap_or("");
+            let path = target.split('?').next().unwrap_or("").to_string();
+            Received::Request { method, path }
+        }
+        Ok(httparse::Status::Partial) if bytes.len() >= MAX_REQUEST_BYTES => Received::Refused(Refusal::TooLarge),
+        Ok(httparse::Status::Partial) => Received::Incomplete,
+        Err(httparse::Error::TooManyHeaders) => Received::Refused(Refusal::TooLarge),
+        Err(_) => Received::Refused(Refusal::Malformed),
+    }
+}
+
+/// The whole answer to what was received (not `Incomplete`): status line, headers, body.
+/// `verdict` is asked only for a `GET`/`HEAD /`.
+pub fn answer(received: &Received, verdict: impl FnOnce() -> Verdict) -> Vec<u8> {
+    let (status, body, omit_body, allow) = match received {
+        Received::Incomplete => (400, "incomplete request\n".to_string(), false, false),
+        Received::Refused(Refusal::Malformed) => (400, "bad request: expected GET / HTTP/1.1\n".into(), false, false),
+        Received::Refused(Refusal::TooLarge) => {
+            (431, format!("request too large: at most {MAX_REQUEST_BYTES} bytes of head\n"), false, false)
+        }
+        Received::Request { path, .. } if path != "/" => {
+            (404, "not found: the health check is at /\n".into(), false, false)
+        }
+        Received::Request { method: Method::Other, .. } => {
+            (405, "method not allowed: use GET or HEAD\n".into(), false, true)
+        }
+        Received::Request { method, .. } => {
+            let verdict = verdict();
+            (verdict.status(), verdict.body(), *method == Method::Head, false)
+        }
+    };
+    let mut out = format!(
+        "HTTP/1.1 {status} {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n\
+         Cache-Control: no-store\r\nConnection: close\r\n",
+        reason_phrase(status),
+        body.len()
+    );
+    if allow {
+        out.push_str("Allow: GET, HEAD\r\n");
+    }
+    out.push_str("\r\n");
+    if !omit_body {
+        out.push_str(&body);
+    }
+    out.into_bytes()
+}
+
+fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
+        _ => "Unknown",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn healthy() -> Verdict {
+        Verdict::Healthy("wg0 up".into())
+    }
+
+    fn text(received: &Received) -> String {
+        String::from_utf8(answer(received, healthy)).unwrap()
+    }
+
+    #[test]
+    fn requests_are_told_apart_by_method_and_path() {
+        let cases: &[(&[u8], Received)] = &[
+            (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", Received::Request { method: Method::Get, path: "/".into() }),
+            (b"HEAD /?probe=1 HTTP/1.0\r\n\r\n", Received::Request { method: Method::Head, path: "/".into() }),
+            (b"POST / HTTP/1.1\r\n\r\n", Received::Request { method: Method::Other, path: "/".into() }),
+            (b"GET /metrics HTTP/1.1\r\n\r\n", Received::Request { method: Method::Get, path: "/metrics".into() }),
+            (b"GET / HTTP/1.1\r\nHost: x\r\n", Received::Incomplete),
+            (b"", Received::Incomplete),
+            (b"\x00\x01garbage\r\n\r\n", Received::Refused(Refusal::Malformed)),
+        ];
+        for (bytes, expected) in cases {
+            assert_eq!(&receive(bytes), expected, "{:?}", String::from_utf8_lossy(bytes));
+        }
+    }
+
+    #[test]
+    fn a_head_over_the_limit_is_refused_before_it_ends() {
+        let mut long = b"GET / HTTP/1.1\r\nX-Filler: ".to_vec();
+        long.resize(MAX_REQUEST_BYTES - 1, b'a');
+        assert_eq!(receive(&long), Received::Incomplete);
+        long.push(b'a');
+        assert_eq!(receive(&long), Received::Refused(Refusal::TooLarge));
+        let many: String = (0..MAX_HEADERS + 1).map(|i| format!("X-{i}: y\r\n")).collect();
+        let request = format!("GET / HTTP/1.1\r\n{many}\r\n");
+        assert_eq!(receive(request.as_bytes()), Received::Refused(Refusal::TooLarge));
+    }
+
+    #[test]
+    fn answers_close_the_connection_and_carry_the_verdict() {
+        let get = text(&receive(b"GET / HTTP/1.1\r\n\r\n"));
+        assert!(get.starts_with("HTTP/1.1 200 OK\r\n"), "{get}");
+        assert!(get.contains("\r\nConnection: close\r\n"), "{get}");
+        assert!(get.contains("\r\nContent-Length: 7\r\n"), "{get}");
+        assert!(get.ends_with("\r\n\r\nwg0 up\n"), "{get}");
+        let down = String::from_utf8(answer(&receive(b"GET / HTTP/1.1\r\n\r\n"), || {
+            Verdict::Unhealthy(vec!["tun: wg0 is down".into(), "draining".into()])
+        }))
+        .unwrap();
+        assert!(down.starts_with("HTTP/1.1 503 Service Unavailable\r\n"), "{down}");
+        assert!(down.ends_with("\r\n\r\ntun: wg0 is down\ndraining\n"), "{down}");
+        // HEAD: GET's status and length, no body.
+        let head = text(&receive(b"HEAD / HTTP/1.1\r\n\r\n"));
+        assert!(head.contains("\r\nContent-Length: 7\r\n") && head.ends_with("\r\n\r\n"), "{head}");
+        let not_allowed = text(&receive(b"DELETE / HTTP/1.1\r\n\r\n"));
+        assert!(not_allowed.starts_with("HTTP/1.1 405 ") && not_allowed.contains("\r\nAllow: GET, HEAD\r\n"));
+        assert!(text(&receive(b"GET /x HTTP/1.1\r\n\r\n")).starts_with("HTTP/1.1 404 "));
+        assert!(text(&Received::Refused(Refusal::TooLarge)).starts_with("HTTP/1.1 431 "));
+        assert!(text(&Received::Refused(Refusal::Malformed)).starts_with("HTTP/1.1 400 "));
+    }
+
+    #[test]
+    fn the_judge_is_asked_only_for_the_health_path() {
+        for request in [&b"GET /x HTTP/1.1\r\n\r\n"[..], b"PUT / HTTP/1.1\r\n\r\n", b"garbage\r\n\r\n"] {
+            answer(&receive(request), || panic!("judge asked for {:?}", String::from_utf8_lossy(request)));
+        }
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic() {
+        // A deterministic sweep of mostly HTTP-shaped bytes.
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        for len in 0..600 {
+            let bytes: Vec<u8> = (0..len)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    // Mostly printable, with the bytes HTTP cares about.
+                    match state % 8 {
+                        0 => b'\r',
+                        1 => b'\n',
+                        2 => b' ',
+                        3 => b':',
+                        _ => (state >> 8) as u8,
+                    }
+                })
+                .collect();
+            let received = receive(&bytes);
+            let _ = answer(&received, healthy);
+        }
+    }
+}
