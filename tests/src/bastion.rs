@@ -64,6 +64,8 @@ pub struct BastionSetup {
     pub extra_toml: String,
     /// The clients configured as peers, by index; `None` = every client of the topology.
     pub peers: Option<Vec<usize>>,
+    /// Words before the binary on its command line (e.g. `setpriv --bounding-set=...`).
+    pub command_prefix: Vec<String>,
 }
 
 impl Default for BastionSetup {
@@ -77,6 +79,7 @@ impl Default for BastionSetup {
             masquerade: true,
             extra_toml: String::new(),
             peers: None,
+            command_prefix: Vec::new(),
         }
     }
 }
@@ -157,14 +160,11 @@ impl Bastion {
         let config = topo
             .dir
             .write(&format!("bastion-{name}.toml"), &setup.to_toml(topo));
+        let mut argv: Vec<std::ffi::OsString> = setup.command_prefix.iter().map(Into::into).collect();
+        argv.extend([binary.as_os_str(), "run".as_ref(), "--config".as_ref(), config.as_os_str()].map(Into::into));
         let mut process = ns.spawn(
             &format!("bastion run in {}", ns.name()),
-            &[
-                binary.as_os_str(),
-                "run".as_ref(),
-                "--config".as_ref(),
-                config.as_os_str(),
-            ],
+            &argv,
             &[],
             &topo.dir.path().join(format!("bastion-{name}.log")),
         );

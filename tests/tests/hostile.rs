@@ -253,3 +253,76 @@ fn peers_reach_neither_the_bastion_itself_nor_the_metadata_service() {
     assert!(bastion.health().map(|r| r.status) == Ok(200), "health stays 200");
     drop(other_listener);
 }
+
+#[test]
+fn stray_signals_neither_kill_nor_stop_the_service() {
+    let binary = binary_or_skip!();
+    let (bastion, topo) = healthy_bastion(&binary, BastionSetup { drain_seconds: 1, ..BastionSetup::default() });
+    let stray = [
+        (libc::SIGHUP, "SIGHUP"),
+        (libc::SIGUSR1, "SIGUSR1"),
+        (libc::SIGUSR2, "SIGUSR2"),
+        (libc::SIGQUIT, "SIGQUIT"),
+        (libc::SIGALRM, "SIGALRM"),
+        (libc::SIGTSTP, "SIGTSTP"),
+        (libc::SIGPWR, "SIGPWR"),
+    ];
+    for (signal, name) in stray {
+        let offset = bastion.process.log_len();
+        bastion.process.signal(signal);
+        bastion
+            .process
+            .wait_for_log_after(offset, &format!("{name} ignored"), Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(bastion.process.try_exit().is_none(), "{name} ended bastion run\n{}", bastion.log_report());
+        let state = std::fs::read_to_string(format!("/proc/{}/stat", bastion.process.pid())).unwrap_or_default();
+        let state = state.rsplit(')').next().unwrap_or("").split_whitespace().next().unwrap_or("?").to_string();
+        assert_ne!(state, "T", "{name} stopped bastion run");
+        checks_pass(&bastion, 1, &format!("after {name}"));
+    }
+    // The drain signal still works, and cleans up.
+    bastion.process.signal(libc::SIGTERM);
+    let status = bastion.process.wait_exit(Duration::from_secs(10)).unwrap_or_else(|e| panic!("{e}"));
+    assert!(status.success(), "{status:?}\n{}", bastion.log_report());
+    let tables = topo.bastion.run(&["nft", "list", "tables"]);
+    assert!(!tables.contains("table inet bastion"), "{tables}");
+}
+
+/// Runs a command as root without CAP_SYS_PTRACE.
+const WITHOUT_PTRACE: [&str; 2] = ["setpriv", "--bounding-set=-sys_ptrace"];
+
+/// Whether a process without CAP_SYS_PTRACE can open `/proc/PID/mem` of a process with the
+/// same user and capabilities: the kernel allows it only when the target is dumpable.
+fn mem_readable_without_ptrace(pid: i32) -> bool {
+    bastion_tests::command::run(&[
+        WITHOUT_PTRACE[0],
+        WITHOUT_PTRACE[1],
+        "dd",
+        &format!("if=/proc/{pid}/mem"),
+        "of=/dev/null",
+        "bs=1",
+        "count=0",
+    ])
+    .success()
+}
+
+#[test]
+fn the_service_leaves_no_core_and_its_memory_is_not_readable() {
+    let binary = binary_or_skip!();
+    bastion_tests::require_tools(&["setpriv", "dd"]);
+    // The service without CAP_SYS_PTRACE too, so that only its dumpable flag decides.
+    let setup = BastionSetup { command_prefix: WITHOUT_PTRACE.map(String::from).to_vec(), ..BastionSetup::default() };
+    let (bastion, _topo) = healthy_bastion(&binary, setup);
+    let pid = bastion.process.pid();
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let core = limits.lines().find(|l| l.starts_with("Max core file size")).unwrap_or("");
+    assert_eq!(core.split_whitespace().collect::<Vec<_>>()[4..6], ["0", "0"], "{core}");
+    // Control: an ordinary process of the same user can be read that way...
+    let mut control = std::process::Command::new(WITHOUT_PTRACE[0]).args(&WITHOUT_PTRACE[1..]).args(["sleep", "30"]).spawn().unwrap();
+    let control_readable = mem_readable_without_ptrace(control.id() as i32);
+    let _ = control.kill();
+    let _ = control.wait();
+    assert!(control_readable, "the check itself does not work here: /proc/PID/mem of `sleep` not readable");
+    // ...the bastion's cannot.
+    assert!(!mem_readable_without_ptrace(pid), "/proc/{pid}/mem of bastion run opened without CAP_SYS_PTRACE");
+}

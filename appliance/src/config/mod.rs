@@ -12,6 +12,8 @@ mod values;
 pub mod wg_quick;
 
 #[cfg(test)]
+mod leak_tests;
+#[cfg(test)]
 mod tests;
 
 use crate::keys::{PresharedKey, PrivateKey, PublicKey};
@@ -127,11 +129,14 @@ pub struct ConfigError {
 impl ConfigProblem {
     /// `ORIGIN:LINE: FIELD: MESSAGE` (without `:LINE` when there is none): the one format of
     /// every config diagnostic. `label` goes before the message (`"warning: "`, or nothing).
+    /// Origin, field and message may all hold what the operator typed (a key pasted as a field
+    /// name, a path): the whole line goes through `keys::redact_key_like`.
     pub fn render(&self, origin: &str, label: &str) -> String {
-        match self.line {
+        let line = match self.line {
             Some(line) => format!("{origin}:{line}: {}: {label}{}", self.field, self.message),
             None => format!("{origin}: {}: {label}{}", self.field, self.message),
-        }
+        };
+        crate::keys::redact_key_like(&line).into_owned()
     }
 }
 
@@ -173,12 +178,14 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 }
 
 /// Reads a whole text file of at most `limit` bytes; a longer one is an error, not a truncation.
-fn read_bounded(path: &Path, limit: u64) -> std::io::Result<String> {
+/// The text may hold a key: it is wiped when dropped (read into one allocation of the file's
+/// size, so no copy is left behind by a growing buffer).
+fn read_bounded(path: &Path, limit: u64) -> std::io::Result<zeroize::Zeroizing<String>> {
     use std::io::Read;
-    let mut text = String::new();
-    std::fs::File::open(path)?
-        .take(limit + 1)
-        .read_to_string(&mut text)?;
+    let file = std::fs::File::open(path)?;
+    let size = file.metadata().map(|m| m.len()).unwrap_or(0).min(limit + 1);
+    let mut text = zeroize::Zeroizing::new(String::with_capacity(size as usize + 1));
+    file.take(limit + 1).read_to_string(&mut text)?;
     if text.len() as u64 > limit {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,

@@ -95,12 +95,12 @@ pub fn convert(
     }
     notes.sort_by_key(|n| n.line.unwrap_or(usize::MAX));
     for note in &mut notes {
-        note.message = comment_safe(&note.message);
+        note.message = comment_safe(&crate::keys::redact_key_like(&note.message));
     }
 
     let mut toml = format!(
         "# Converted from {} by `bastion convert`.\n",
-        comment_safe(file_name.unwrap_or(origin))
+        comment_safe(&crate::keys::redact_key_like(file_name.unwrap_or(origin)))
     );
     if !notes.is_empty() {
         toml.push_str("# Notes (also printed on stderr):\n");
@@ -578,11 +578,7 @@ fn nat_from_hooks(file: &WgFile, name: &str, notes: &mut Vec<Note>) -> NatPlan {
         })
     };
     for hook in &file.hooks {
-        let shown = if values::looks_like_key(&hook.command) {
-            "(a command holding a key, not shown)".to_string()
-        } else {
-            format!("`{}`", hook.command)
-        };
+        let shown = format!("`{}`", crate::keys::redact_key_like(&hook.command));
         let said = format!("{} {shown}", hook.kind);
         let undo = matches!(hook.kind, "PreDown" | "PostDown");
         match recognise(&hook.command, name) {

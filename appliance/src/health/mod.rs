@@ -42,11 +42,13 @@ impl Verdict {
         }
     }
 
+    /// One line per reason; key-like fragments hidden (the port is open to the whole VPC).
     pub fn body(&self) -> String {
-        match self {
+        let lines = match self {
             Verdict::Healthy(line) => format!("{line}\n"),
             Verdict::Unhealthy(reasons) => reasons.iter().map(|r| format!("{r}\n")).collect(),
-        }
+        };
+        crate::keys::redact_key_like(&lines).into_owned()
     }
 }
 

@@ -44,8 +44,11 @@ pub struct Accepted {
 /// Why there is no config yet.
 #[derive(Debug, Clone)]
 pub struct Rejected {
-    /// For the console and the health body: what, where, which field.
+    /// For the console: what, where, which field (one line per problem).
     pub reason: String,
+    /// For the health body, which the whole VPC can read: the reason when it holds nothing the
+    /// operator wrote, else only that the config was rejected (see the console for why).
+    pub health: String,
     /// `[health] listen` when the rejected text still says it, so 503 is served where the load
     /// balancer looks.
     pub health_listen: Option<SocketAddr>,
@@ -104,7 +107,7 @@ pub fn wait_for_config(sources: &Sources, mut rejected: impl FnMut(&Rejected)) -
                 }
                 validate_baked(&sources.baked)
             }
-            Choice::Retry(reason) => Err(Rejected { reason: format!("config: {reason}"), health_listen: None }),
+            Choice::Retry(reason) => Err(Rejected::plain(format!("config: {reason}"), None)),
         };
         match outcome {
             Ok(accepted) => {
@@ -130,15 +133,32 @@ fn file_len(path: &Path) -> u64 {
     std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
 }
 
+impl Rejected {
+    /// A reason that may be shown in health as it is.
+    fn plain(reason: String, health_listen: Option<SocketAddr>) -> Rejected {
+        Rejected { health: reason.clone(), reason, health_listen }
+    }
+
+    /// The config text failed validation: the problems go to the console only.
+    fn invalid(error: &crate::config::ConfigError, text: &str) -> Rejected {
+        let n = error.problems.len();
+        Rejected {
+            reason: format!("config: {error}"),
+            health: format!(
+                "config: {} rejected ({n} problem{}), see the serial console",
+                error.origin,
+                if n == 1 { "" } else { "s" }
+            ),
+            health_listen: health_listen_of(text),
+        }
+    }
+}
+
 fn validate_user_data(text: &str, origin: &str, run_dir: &Path) -> Result<Accepted, Rejected> {
-    let config = crate::config::parse(text, origin, None).map_err(|e| Rejected {
-        reason: format!("config: {e}"),
-        health_listen: health_listen_of(text),
-    })?;
+    let config = crate::config::parse(text, origin, None).map_err(|e| Rejected::invalid(&e, text))?;
     let path = run_dir.join("bastion.toml");
-    write_private(&path, text).map_err(|e| Rejected {
-        reason: format!("config: cannot write {}: {e}", path.display()),
-        health_listen: Some(config.health.listen),
+    write_private(&path, text).map_err(|e| {
+        Rejected::plain(format!("config: cannot write {}: {e}", path.display()), Some(config.health.listen))
     })?;
     Ok(Accepted {
         path,
@@ -149,15 +169,11 @@ fn validate_user_data(text: &str, origin: &str, run_dir: &Path) -> Result<Accept
 }
 
 fn validate_baked(path: &Path) -> Result<Accepted, Rejected> {
-    let text = std::fs::read_to_string(path).map_err(|e| Rejected {
-        reason: format!("config: cannot read {}: {e}", path.display()),
-        health_listen: None,
-    })?;
+    let text = std::fs::read_to_string(path)
+        .map(zeroize::Zeroizing::new)
+        .map_err(|e| Rejected::plain(format!("config: cannot read {}: {e}", path.display()), None))?;
     let origin = path.display().to_string();
-    let config = crate::config::parse(&text, &origin, path.parent()).map_err(|e| Rejected {
-        reason: format!("config: {e}"),
-        health_listen: health_listen_of(&text),
-    })?;
+    let config = crate::config::parse(&text, &origin, path.parent()).map_err(|e| Rejected::invalid(&e, &text))?;
     Ok(Accepted {
         path: path.to_path_buf(),
         origin,
@@ -240,6 +256,18 @@ mod tests {
         assert_eq!(health_listen_of(text), Some("127.0.0.1:9090".parse().unwrap()));
         assert_eq!(health_listen_of("[[[ not toml"), None);
         assert_eq!(health_listen_of("[health]\nlisten = 8080\n"), None);
+    }
+
+    #[test]
+    fn a_rejected_config_is_explained_on_the_console_only() {
+        let key = "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=";
+        let text = format!("[interface]\nprivate_key = \"{key}\"\naddress = [\"10.100.0.1/24\"]\n{key} = 1\n");
+        let dir = std::env::temp_dir().join(format!("bastion-rejected-{}", std::process::id()));
+        let r = validate_user_data(&text, "user-data", &dir).unwrap_err();
+        assert!(r.reason.contains("user-data:4:"), "{}", r.reason);
+        assert_eq!(r.health, "config: user-data rejected (1 problem), see the serial console");
+        assert!(!r.reason.contains(&key[..16]) && !r.health.contains(&key[..16]), "{}", r.reason);
+        assert!(!dir.exists(), "nothing written for a rejected config");
     }
 
     #[test]

@@ -112,7 +112,7 @@ impl Supervisor {
                 if let Some(listen) = r.health_listen {
                     self.health_listen = listen;
                 }
-                self.standby(&r.reason);
+                self.standby(&r.health);
             }
             Event::ConfigAccepted(config) => {
                 self.health_listen = config.health_listen;

@@ -6,7 +6,10 @@
 //! at exit, the earlier ones undo themselves (the TUN disappears, our table is removed), so
 //! nothing is left behind. SIGTERM/SIGINT start the drain: health answers 503 at once,
 //! WireGuard keeps serving for `drain_seconds`, then everything stops and the process exits 0.
-//! A second signal cuts the drain short (cleanup still happens).
+//! A second signal cuts the drain short (cleanup still happens). Every other signal that can
+//! arrive by accident (a SIGHUP from a closing terminal or a reload habit, SIGUSR1/2, SIGQUIT,
+//! a Ctrl-Z...) is logged and ignored: none of them may end the service without its drain and
+//! cleanup.
 
 mod judge;
 mod nat_guard;
@@ -46,7 +49,7 @@ pub fn run_from_file(path: &Path) -> ExitCode {
     }
     // Block the drain signals before any thread exists, so every thread inherits the mask and
     // only `wait_for_signal` ever sees them.
-    let signals = drain_signals();
+    let signals = handled_signals();
     if let Err(e) = signals.thread_block() {
         log!("cannot block signals: {e}");
         return ExitCode::FAILURE;
@@ -65,14 +68,35 @@ pub fn run_from_file(path: &Path) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn drain_signals() -> SigSet {
+/// The signals that drain and stop the service.
+const DRAIN_SIGNALS: [Signal; 2] = [Signal::SIGTERM, Signal::SIGINT];
+/// Signals that may arrive by accident and would otherwise kill or stop the process: logged and
+/// ignored. (SIGHUP becomes "reload" once the service can reload its config.)
+const STRAY_SIGNALS: [Signal; 12] = [
+    Signal::SIGHUP,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+    Signal::SIGQUIT,
+    Signal::SIGALRM,
+    Signal::SIGVTALRM,
+    Signal::SIGPROF,
+    Signal::SIGIO,
+    Signal::SIGPWR,
+    Signal::SIGTSTP,
+    Signal::SIGTTIN,
+    Signal::SIGTTOU,
+];
+
+fn handled_signals() -> SigSet {
     let mut set = SigSet::empty();
-    set.add(Signal::SIGTERM);
-    set.add(Signal::SIGINT);
+    for signal in DRAIN_SIGNALS.into_iter().chain(STRAY_SIGNALS) {
+        set.add(signal);
+    }
     set
 }
 
-/// Waits for one of `signals` (blocked in every thread), up to `timeout`.
+/// Waits for a drain signal (every handled signal is blocked in every thread), up to
+/// `timeout`; stray signals are logged and waited past.
 fn wait_for_signal(signals: &SigSet, timeout: Option<Duration>) -> Option<Signal> {
     let deadline = timeout.map(|t| Instant::now() + t);
     loop {
@@ -86,8 +110,10 @@ fn wait_for_signal(signals: &SigSet, timeout: Option<Duration>) -> Option<Signal
         };
         let rc = unsafe { libc::sigtimedwait(signals.as_ref(), std::ptr::null_mut(), &ts) };
         if rc > 0 {
-            if let Ok(signal) = Signal::try_from(rc) {
-                return Some(signal);
+            match Signal::try_from(rc) {
+                Ok(signal) if DRAIN_SIGNALS.contains(&signal) => return Some(signal),
+                Ok(signal) => log!("{} ignored: only SIGTERM or SIGINT stop bastion run (with a drain)", signal.as_str()),
+                Err(_) => {}
             }
         }
         // EAGAIN (this slice of time is over) or EINTR: look at the deadline again.
