@@ -16,7 +16,14 @@ CARGO ?= cargo
 HOST_ARCH := $(shell uname -m)
 
 # Debian packages the tests need (real peers, real servers, the nft oracle).
-TEST_PACKAGES := wireguard-go wireguard-tools nftables iproute2 python3 iputils-ping dnsmasq-base iperf3 procps conntrack
+TEST_PACKAGES := wireguard-go wireguard-tools nftables iproute2 python3 python3-venv iputils-ping dnsmasq-base iperf3 procps conntrack
+
+# Python tools of the tests, in a virtualenv of our own (Debian 12 refuses system-wide pip):
+# moto in server mode (the AWS API emulator) with boto3, and cfn-lint for the deploy template.
+# Pinned to the versions the tests were written against.
+VENV := $(OUT)/venv
+VENV_STAMP := $(VENV)/.installed-2
+PYTHON_TEST_PACKAGES := moto[server]==5.2.5 cfn-lint==1.58.0
 
 # --- cross builds -----------------------------------------------------------------------------
 TARGET := $(ARCH)-unknown-linux-musl
@@ -62,20 +69,31 @@ all: build
 build:
 	$(CARGO) build --release -p bastion
 
-# Installs missing Debian packages only; a second run does nothing.
+# Installs missing Debian packages and the Python virtualenv; a second run does nothing.
 test-deps:
 	@missing=""; for p in $(TEST_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
+	@$(MAKE) --no-print-directory $(VENV_STAMP)
+
+$(VENV_STAMP):
+	rm -rf $(VENV)
+	/usr/bin/python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check $(PYTHON_TEST_PACKAGES)
+	touch $@
 
 unit-test:
 	$(CARGO) test --release -p bastion
+	$(CARGO) test --release -p bastion-aws
 	$(CARGO) test --release -p bastion-image
 
-integration-test: build
-	BASTION_BIN=$(CURDIR)/target/release/bastion $(CARGO) test --release -p bastion-tests -- --test-threads=1
+# The namespace tests, and publish against moto with the real image (so the image comes first).
+integration-test: build image-builder image
+	BASTION_BIN=$(CURDIR)/target/release/bastion BASTION_IMAGE_BIN=$(CURDIR)/$(IMAGE_BUILDER) \
+	  BASTION_DISK=$(CURDIR)/$(DISK) BASTION_VENV=$(CURDIR)/$(VENV) \
+	  $(CARGO) test --release -p bastion-tests -- --test-threads=1
 
 test: test-deps unit-test integration-test boot-test
 
@@ -84,7 +102,7 @@ image-deps:
 	@missing=""; for p in $(IMAGE_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 	@rustup target list --installed | grep -qx $(TARGET) || rustup target add $(TARGET)
 

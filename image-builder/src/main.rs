@@ -1,7 +1,8 @@
-//! `bastion-image`: builds the appliance's bootable disk image.
+//! `bastion-image`: builds the appliance's bootable disk image, and publishes it as an AMI.
 //!
 //! This file only parses the command line; `image` does the build, with one module per layer of
-//! the result: `initramfs` (+ `cpio`, `modules`), `uki`, `esp`, `gpt`.
+//! the result: `initramfs` (+ `cpio`, `modules`), `uki`, `esp`, `gpt`; `publish` turns the disk
+//! into an AMI through the EBS direct APIs.
 
 mod arch;
 mod cpio;
@@ -11,6 +12,7 @@ mod gpt;
 mod image;
 mod initramfs;
 mod modules;
+mod publish;
 mod uki;
 
 use clap::{Parser, Subcommand};
@@ -69,6 +71,33 @@ enum Command {
         #[arg(long, short)]
         out: PathBuf,
     },
+    /// Turn a disk image into an AMI: EBS direct APIs (no builder instance, no S3 bucket), then
+    /// RegisterImage. Prints `REGION AMI_ID` per region on stdout; progress on stderr.
+    Publish {
+        /// The disk image (`make image` writes out/ARCH/disk.img).
+        image: PathBuf,
+        /// The home region (default: AWS_REGION, AWS_DEFAULT_REGION, the profile's region).
+        #[arg(long)]
+        region: Option<String>,
+        /// The AMI name (default: bastion-VERSION-ARCH, from the image).
+        #[arg(long)]
+        name: Option<String>,
+        /// Deregister an AMI of the same name (and delete its snapshots), then publish.
+        #[arg(long)]
+        force: bool,
+        /// Print the plan and make no writing call.
+        #[arg(long)]
+        dry_run: bool,
+        /// Also copy the AMI to this region (repeatable).
+        #[arg(long = "copy-to-region")]
+        copy_to: Vec<String>,
+        /// Give this account launch permission (and its snapshots' volume permission); repeatable.
+        #[arg(long = "share-with")]
+        share_with: Vec<String>,
+        /// Blocks uploaded at once.
+        #[arg(long, default_value_t = publish::DEFAULT_JOBS)]
+        jobs: usize,
+    },
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -88,6 +117,21 @@ fn parse_size(s: &str) -> Result<u64, String> {
 
 fn main() -> ExitCode {
     match Cli::parse().command {
+        Command::Publish { image, region, name, force, dry_run, copy_to, share_with, jobs } => {
+            let options = publish::Options { image, region, name, force, dry_run, copy_to, share_with, jobs };
+            match publish::run(&options) {
+                Ok(lines) => {
+                    for (region, id) in lines {
+                        println!("{region} {id}");
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("bastion-image publish: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Build {
             binary,
             kernel,

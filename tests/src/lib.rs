@@ -10,6 +10,7 @@
 //! documentation ranges (192.0.2.0/24, 2001:db8::/64) and private ranges that exist only inside
 //! those namespaces (see [`topology`]).
 
+pub mod aws;
 pub mod baseline;
 pub mod bastion;
 pub mod cluster;

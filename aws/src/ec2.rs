@@ -1,0 +1,245 @@
+//! The EC2 calls the image publisher makes (Query API, version 2016-11-15): images, snapshots,
+//! tags, copies and sharing. Each answer is parsed by a plain function of its XML.
+
+use crate::client::{Call, Client};
+use crate::error::AwsError;
+use crate::xml::{child_text, children, find};
+
+const VERSION: &str = "2016-11-15";
+
+/// An AMI as DescribeImages shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Image {
+    pub id: String,
+    pub name: String,
+    /// `pending`, `available`, `failed`...
+    pub state: String,
+    pub snapshot_ids: Vec<String>,
+}
+
+/// A snapshot as DescribeSnapshots shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    pub id: String,
+    /// `pending`, `completed`, `error`...
+    pub state: String,
+    pub progress: String,
+    pub tags: Vec<(String, String)>,
+    pub state_message: String,
+}
+
+/// What RegisterImage is given.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    pub name: String,
+    pub description: String,
+    /// `arm64` or `x86_64`.
+    pub architecture: String,
+    pub snapshot_id: String,
+    pub tags: Vec<(String, String)>,
+}
+
+fn params(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+fn document<'i>(action: &str, text: &'i str) -> Result<roxmltree::Document<'i>, AwsError> {
+    roxmltree::Document::parse(text).map_err(|e| AwsError::BadAnswer { action: action.into(), why: format!("not XML: {e}") })
+}
+
+/// The `imagesSet` of a DescribeImages answer.
+pub fn parse_images(text: &str) -> Result<Vec<Image>, AwsError> {
+    let doc = document("ec2:DescribeImages", text)?;
+    let Some(set) = find(doc.root(), "imagesSet") else { return Ok(Vec::new()) };
+    Ok(children(set, "item")
+        .map(|item| Image {
+            id: child_text(item, "imageId").unwrap_or_default(),
+            name: child_text(item, "name").unwrap_or_default(),
+            state: child_text(item, "imageState").unwrap_or_default(),
+            snapshot_ids: find(item, "blockDeviceMapping")
+                .map(|m| children(m, "item").filter_map(|d| find(d, "snapshotId")?.text().map(str::to_string)).collect())
+                .unwrap_or_default(),
+        })
+        .filter(|i| !i.id.is_empty())
+        .collect())
+}
+
+/// The `snapshotSet` of a DescribeSnapshots answer.
+pub fn parse_snapshots(text: &str) -> Result<Vec<Snapshot>, AwsError> {
+    let doc = document("ec2:DescribeSnapshots", text)?;
+    let Some(set) = find(doc.root(), "snapshotSet") else { return Ok(Vec::new()) };
+    Ok(children(set, "item")
+        .map(|item| Snapshot {
+            id: child_text(item, "snapshotId").unwrap_or_default(),
+            state: child_text(item, "status").unwrap_or_default(),
+            progress: child_text(item, "progress").unwrap_or_default(),
+            state_message: child_text(item, "statusMessage").unwrap_or_default(),
+            tags: find(item, "tagSet")
+                .map(|t| {
+                    children(t, "item")
+                        .map(|tag| (child_text(tag, "key").unwrap_or_default(), child_text(tag, "value").unwrap_or_default()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        })
+        .filter(|s| !s.id.is_empty())
+        .collect())
+}
+
+/// The text of the first `name` element of an answer (`imageId` of RegisterImage...).
+fn the(action: &str, text: &str, name: &str) -> Result<String, AwsError> {
+    let doc = document(action, text)?;
+    find(doc.root(), name)
+        .and_then(|n| n.text())
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| AwsError::BadAnswer { action: action.into(), why: format!("no {name} in the answer") })
+}
+
+impl Client {
+    fn ec2(&self, operation: &str, params: &[(String, String)], retry_codes: &'static [&'static str]) -> Result<String, AwsError> {
+        let mut call = Call::query("ec2", operation, VERSION, params);
+        call.retry_codes = retry_codes;
+        Ok(self.call(&call)?.text())
+    }
+
+    /// Our own images named `name` (at most one in practice: names are unique per region).
+    pub fn images_named(&self, name: &str) -> Result<Vec<Image>, AwsError> {
+        let text = self.ec2(
+            "DescribeImages",
+            &params(&[("Owner.1", "self"), ("Filter.1.Name", "name"), ("Filter.1.Value.1", name)]),
+            &[],
+        )?;
+        parse_images(&text)
+    }
+
+    /// One image by id; `None` while it is not visible yet (eventual consistency).
+    pub fn image(&self, id: &str) -> Result<Option<Image>, AwsError> {
+        match self.ec2("DescribeImages", &params(&[("ImageId.1", id)]), &[]) {
+            Ok(text) => Ok(parse_images(&text)?.into_iter().next()),
+            Err(e) if e.code() == Some("InvalidAMIID.NotFound") => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn register_image(&self, r: &Registration) -> Result<String, AwsError> {
+        let mut p = params(&[
+            ("Name", &r.name),
+            ("Description", &r.description),
+            ("Architecture", &r.architecture),
+            ("BootMode", "uefi"),
+            ("VirtualizationType", "hvm"),
+            ("EnaSupport", "true"),
+            ("ImdsSupport", "v2.0"),
+            ("RootDeviceName", "/dev/xvda"),
+            ("BlockDeviceMapping.1.DeviceName", "/dev/xvda"),
+            ("BlockDeviceMapping.1.Ebs.SnapshotId", &r.snapshot_id),
+            ("BlockDeviceMapping.1.Ebs.VolumeType", "gp3"),
+            ("BlockDeviceMapping.1.Ebs.DeleteOnTermination", "true"),
+        ]);
+        if !r.tags.is_empty() {
+            p.push(("TagSpecification.1.ResourceType".into(), "image".into()));
+            for (i, (k, v)) in r.tags.iter().enumerate() {
+                p.push((format!("TagSpecification.1.Tag.{}.Key", i + 1), k.clone()));
+                p.push((format!("TagSpecification.1.Tag.{}.Value", i + 1), v.clone()));
+            }
+        }
+        // A snapshot that has only just completed may not be visible to EC2 yet.
+        let text = self.ec2("RegisterImage", &p, &["InvalidSnapshot.NotFound", "IncorrectState"])?;
+        the("ec2:RegisterImage", &text, "imageId")
+    }
+
+    pub fn deregister_image(&self, id: &str) -> Result<(), AwsError> {
+        self.ec2("DeregisterImage", &params(&[("ImageId", id)]), &[]).map(drop)
+    }
+
+    /// Our snapshots carrying tag `key` = `value`.
+    pub fn snapshots_tagged(&self, key: &str, value: &str) -> Result<Vec<Snapshot>, AwsError> {
+        let text = self.ec2(
+            "DescribeSnapshots",
+            &params(&[("Owner.1", "self"), ("Filter.1.Name", &format!("tag:{key}")), ("Filter.1.Value.1", value)]),
+            &[],
+        )?;
+        parse_snapshots(&text)
+    }
+
+    /// One snapshot by id; `None` while it is not visible yet.
+    pub fn snapshot(&self, id: &str) -> Result<Option<Snapshot>, AwsError> {
+        match self.ec2("DescribeSnapshots", &params(&[("SnapshotId.1", id)]), &[]) {
+            Ok(text) => Ok(parse_snapshots(&text)?.into_iter().next()),
+            Err(e) if e.code() == Some("InvalidSnapshot.NotFound") => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn delete_snapshot(&self, id: &str) -> Result<(), AwsError> {
+        match self.ec2("DeleteSnapshot", &params(&[("SnapshotId", id)]), &[]) {
+            Err(e) if e.code() == Some("InvalidSnapshot.NotFound") => Ok(()),
+            other => other.map(drop),
+        }
+    }
+
+    pub fn create_tags(&self, resource: &str, tags: &[(String, String)]) -> Result<(), AwsError> {
+        let mut p = params(&[("ResourceId.1", resource)]);
+        for (i, (k, v)) in tags.iter().enumerate() {
+            p.push((format!("Tag.{}.Key", i + 1), k.clone()));
+            p.push((format!("Tag.{}.Value", i + 1), v.clone()));
+        }
+        self.ec2("CreateTags", &p, &["InvalidSnapshot.NotFound", "InvalidAMIID.NotFound"]).map(drop)
+    }
+
+    /// CopyImage into this client's region; the new image's id.
+    pub fn copy_image(&self, source_region: &str, source_id: &str, name: &str, description: &str) -> Result<String, AwsError> {
+        let text = self.ec2(
+            "CopyImage",
+            &params(&[("SourceRegion", source_region), ("SourceImageId", source_id), ("Name", name), ("Description", description)]),
+            &[],
+        )?;
+        the("ec2:CopyImage", &text, "imageId")
+    }
+
+    /// Lets `accounts` launch the image.
+    pub fn share_image(&self, id: &str, accounts: &[String]) -> Result<(), AwsError> {
+        let mut p = params(&[("ImageId", id)]);
+        for (i, a) in accounts.iter().enumerate() {
+            p.push((format!("LaunchPermission.Add.{}.UserId", i + 1), a.clone()));
+        }
+        self.ec2("ModifyImageAttribute", &p, &["InvalidAMIID.NotFound"]).map(drop)
+    }
+
+    /// Lets `accounts` create volumes from the snapshot (needed to launch a shared AMI).
+    pub fn share_snapshot(&self, id: &str, accounts: &[String]) -> Result<(), AwsError> {
+        let mut p = params(&[("SnapshotId", id), ("Attribute", "createVolumePermission"), ("OperationType", "add")]);
+        for (i, a) in accounts.iter().enumerate() {
+            p.push((format!("UserId.{}", i + 1), a.clone()));
+        }
+        self.ec2("ModifySnapshotAttribute", &p, &["InvalidSnapshot.NotFound"]).map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn images_and_snapshots_from_their_xml() {
+        let images = r#"<DescribeImagesResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15/">
+          <requestId>r</requestId><imagesSet><item><imageId>ami-1</imageId><imageState>available</imageState>
+          <name>bastion-0.1.0-arm64</name><blockDeviceMapping><item><deviceName>/dev/xvda</deviceName>
+          <ebs><snapshotId>snap-1</snapshotId><volumeSize>1</volumeSize></ebs></item></blockDeviceMapping></item>
+          </imagesSet></DescribeImagesResponse>"#;
+        assert_eq!(
+            parse_images(images).unwrap(),
+            vec![Image { id: "ami-1".into(), name: "bastion-0.1.0-arm64".into(), state: "available".into(), snapshot_ids: vec!["snap-1".into()] }]
+        );
+        assert_eq!(parse_images("<DescribeImagesResponse><imagesSet/></DescribeImagesResponse>").unwrap(), vec![]);
+        let snapshots = r#"<DescribeSnapshotsResponse><snapshotSet><item><snapshotId>snap-2</snapshotId>
+          <status>error</status><statusMessage>boom</statusMessage><progress>40%</progress>
+          <tagSet><item><key>bastion:image</key><value>n</value></item></tagSet></item></snapshotSet></DescribeSnapshotsResponse>"#;
+        let s = &parse_snapshots(snapshots).unwrap()[0];
+        assert_eq!((s.id.as_str(), s.state.as_str(), s.state_message.as_str()), ("snap-2", "error", "boom"));
+        assert_eq!(s.tags, vec![("bastion:image".into(), "n".into())]);
+        assert!(parse_images("not xml").is_err());
+        assert!(the("ec2:RegisterImage", "<RegisterImageResponse/>", "imageId").is_err());
+    }
+}
