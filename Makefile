@@ -123,12 +123,13 @@ $(ARCH_OUT)/packages.stamp: image/packages.lock image/fetch-packages.sh
 	bash image/fetch-packages.sh fetch $(ARCH) $(PACKAGE_CACHE)
 	rm -rf $(ARCH_OUT)/kernel $(ARCH_OUT)/stub
 	mkdir -p $(ARCH_OUT)/kernel $(ARCH_OUT)/stub
-	@while read -r arch pkg version sha; do \
+	@while read -r arch pkg version sha origin; do \
 	  [ "$$arch" = "$(ARCH)" ] || continue; \
 	  deb="$(PACKAGE_CACHE)/$${pkg}_$${version//:/%3a}_$(DEB_ARCH).deb"; \
 	  case "$$pkg" in linux-image-*) dest=kernel ;; *) dest=stub ;; esac; \
 	  echo "unpacking $$deb"; dpkg-deb -x "$$deb" $(ARCH_OUT)/$$dest; \
-	done < image/packages.lock
+	done < $(PACKAGE_CACHE)/resolved.lock
+	cp $(PACKAGE_CACHE)/resolved.lock $(ARCH_OUT)/packages.used
 	touch $@
 
 lock-packages:
@@ -137,6 +138,7 @@ lock-packages:
 image: appliance image-builder kernel $(if $(CONFIG),build)
 	$(IMAGE_BUILDER) build --binary $(APPLIANCE_BIN) --kernel $(ARCH_OUT)/kernel --stub $(ARCH_OUT)/stub \
 	  --rootfs rootfs --version $(VERSION) --initramfs-out $(ARCH_OUT)/initramfs.gz \
+	  --packages $(ARCH_OUT)/packages.used \
 	  $(if $(CONFIG),--config $(CONFIG) --check-config-with $(HOST_BASTION)) --out $(DISK)
 
 # Boots the image like a fresh EC2 instance (UEFI, NVMe, serial console) with fresh keys, the

@@ -3,13 +3,21 @@
 # systemd EFI stub, for each appliance architecture.
 #
 #   fetch-packages.sh fetch ARCH CACHE_DIR   download ARCH's pinned packages into CACHE_DIR
-#                                            (kept across runs), verify each against the lock
+#                                            (kept across runs), verify each against the lock,
+#                                            and write CACHE_DIR/resolved.lock: what was used
 #   fetch-packages.sh lock                   re-resolve the newest versions Debian serves and
 #                                            rewrite the lock file (what `make lock-packages` runs)
 #
 # The lock file (image/packages.lock) has one line per package:
 #   ARCH  PACKAGE  VERSION  SHA256
 # ARCH is the appliance architecture (aarch64, x86_64); the Debian architecture follows from it.
+#
+# When a pinned version is gone from the archive (Debian keeps only the current kernel ABI), a
+# release build must not break on its own: fetch falls back to the newest version Debian serves,
+# downloaded by apt (which checks each .deb against the hashes of the archive's signed index),
+# says so loudly, and marks the package "fallback" in resolved.lock, which goes into the image.
+# BASTION_PACKAGES_STRICT=1 refuses the fallback (for a reproducible release from the pin).
+# `make lock-packages` moves the pin on purpose.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -49,10 +57,10 @@ apt_update_once() {
   apt_updated=1
 }
 
-# Downloads package $1 version $2 for Debian architecture $3 into directory $4 as deb_name.
-# Package lists older than the lock do not know the pinned version yet: refresh them once and
-# retry before giving up.
-download() {
+# Downloads package $1 version $2 for Debian architecture $3 into directory $4 as deb_name;
+# fails (status 1, apt's words on stderr) when the archive does not have it. Package lists older
+# than the lock do not know the pinned version yet: refresh them once and retry first.
+try_download() {
   local pkg="$1" version="$2" darch="$3" dir="$4" tmp
   tmp="$(mktemp -d "$dir/.download.XXXXXX")"
   chmod 755 "$tmp"   # apt-get download drops privileges to _apt, which must be able to write
@@ -64,7 +72,7 @@ download() {
     if ! (cd "$tmp" && apt-get download -qq "$pkg:$darch=$version" 2>"$tmp/log"); then
       cat "$tmp/log" >&2
       rm -rf "$tmp"
-      die "cannot download $pkg:$darch=$version; Debian keeps only the current kernel ABI in its archive, so when it has moved on run 'make lock-packages' to pin the current version (and commit image/packages.lock)"
+      return 1
     fi
   fi
   local got=("$tmp"/*.deb)
@@ -73,12 +81,33 @@ download() {
   rm -rf "$tmp"
 }
 
+download() {
+  try_download "$@" || die "cannot download $1:$3=$2"
+}
+
+# The package and version apt would install today in place of pinned package $1 (a versioned
+# cloud kernel is replaced by the one the metapackage depends on now).
+current_of() {
+  local pkg="$1" darch="$2" current="$1" version
+  case "$pkg" in
+    linux-image-*-cloud-*)
+      current="$(apt-cache depends "linux-image-cloud-$darch:$darch" |
+                 sed -n "s/^ *Depends: \(linux-image-[0-9][^:]*-cloud-$darch\).*/\1/p" | head -n1)"
+      [ -n "$current" ] || die "cannot resolve the kernel package behind linux-image-cloud-$darch" ;;
+  esac
+  version="$(apt-cache policy "$current:$darch" | sed -n 's/^ *Candidate: //p')"
+  [ -n "$version" ] && [ "$version" != "(none)" ] || die "no candidate version for $current:$darch"
+  echo "$current $version"
+}
+
 cmd_fetch() {
   local arch="$1" cache darch found=0
   darch="$(debian_arch "$arch")"
   [ -f "$lock_file" ] || die "$lock_file is missing; run 'make lock-packages'"
   mkdir -p "$2"
   cache="$(cd "$2" && pwd)"
+  local resolved="$cache/resolved.lock.new"
+  echo "# What this image is built from: the pin of image/packages.lock, or (fallback) the newest Debian served" > "$resolved"
   while read -r l_arch pkg version sha; do
     case "$l_arch" in ''|'#'*) continue ;; esac
     [ "$l_arch" = "$arch" ] || continue
@@ -86,19 +115,41 @@ cmd_fetch() {
     found=1
     local file="$cache/$(deb_name "$pkg" "$version" "$darch")"
     if [ -f "$file" ] && echo "$sha  $file" | sha256sum --check --status; then
+      printf '%-8s %-34s %-20s %s pinned\n' "$arch" "$pkg" "$version" "$sha" >> "$resolved"
       continue   # cached and intact
     fi
     rm -f "$file"
     ensure_apt_arch "$darch" "$pkg"
     echo "fetch-packages: downloading $pkg:$darch $version" >&2
-    download "$pkg" "$version" "$darch" "$cache"
-    if ! echo "$sha  $file" | sha256sum --check --status; then
-      local actual; actual="$(sha256sum "$file" | cut -d' ' -f1)"
-      rm -f "$file"
-      die "$pkg:$darch $version: sha256 $actual does not match the lock ($sha); the archive changed or the lock is wrong"
+    if try_download "$pkg" "$version" "$darch" "$cache"; then
+      if ! echo "$sha  $file" | sha256sum --check --status; then
+        local actual; actual="$(sha256sum "$file" | cut -d' ' -f1)"
+        rm -f "$file"
+        die "$pkg:$darch $version: sha256 $actual does not match the lock ($sha); the archive changed or the lock is wrong"
+      fi
+      printf '%-8s %-34s %-20s %s pinned\n' "$arch" "$pkg" "$version" "$sha" >> "$resolved"
+      continue
     fi
+    [ "${BASTION_PACKAGES_STRICT:-0}" = 1 ] &&
+      die "$pkg:$darch $version is gone from the Debian archive and BASTION_PACKAGES_STRICT=1 refuses the fallback; run 'make lock-packages' and commit image/packages.lock"
+    local now now_pkg now_version now_file now_sha
+    now="$(current_of "$pkg" "$darch")"; now_pkg="${now% *}"; now_version="${now#* }"
+    now_file="$cache/$(deb_name "$now_pkg" "$now_version" "$darch")"
+    [ -f "$now_file" ] || download "$now_pkg" "$now_version" "$darch" "$cache"
+    now_sha="$(sha256sum "$now_file" | cut -d' ' -f1)"
+    {
+      echo "fetch-packages: ################################################################"
+      echo "fetch-packages: WARNING: $pkg $version, pinned in image/packages.lock, is no longer in"
+      echo "fetch-packages: the Debian archive. Building with the newest version Debian serves:"
+      echo "fetch-packages:   $now_pkg $now_version (sha256 $now_sha, checked by apt against the"
+      echo "fetch-packages:   archive's signed index). The image records it as a fallback."
+      echo "fetch-packages: Run 'make lock-packages' and commit image/packages.lock to pin it."
+      echo "fetch-packages: ################################################################"
+    } >&2
+    printf '%-8s %-34s %-20s %s fallback\n' "$arch" "$now_pkg" "$now_version" "$now_sha" >> "$resolved"
   done < "$lock_file"
   [ "$found" = 1 ] || die "$lock_file has no packages for $arch; run 'make lock-packages'"
+  mv "$resolved" "$cache/resolved.lock"
 }
 
 # Resolves the versioned kernel package behind the cloud metapackage, and the stub package,

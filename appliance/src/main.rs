@@ -123,7 +123,7 @@ fn check_config(file: &std::path::Path) -> ExitCode {
         Ok(cfg) => {
             let addresses: Vec<String> = cfg.interface.addresses.iter().map(|a| a.to_string()).collect();
             println!(
-                "{}: ok: {} {} port {}, {} peer{}, self-test from {}",
+                "{}: ok: {} {} port {}, {} peer{}, self-test from {}, health on {}, drain {} s",
                 file.display(),
                 cfg.interface.name,
                 addresses.join(" "),
@@ -131,6 +131,8 @@ fn check_config(file: &std::path::Path) -> ExitCode {
                 cfg.peers.len(),
                 if cfg.peers.len() == 1 { "" } else { "s" },
                 cfg.selftest.address,
+                cfg.health.listen,
+                cfg.health.drain_seconds,
             );
             for warning in config::render_warnings(&cfg, &file.display().to_string()) {
                 eprintln!("{warning}");

@@ -39,6 +39,8 @@ pub struct Inputs {
     pub out: PathBuf,
     /// Also write the compressed initramfs here (for `-kernel/-initrd` boots and inspection).
     pub initramfs_out: Option<PathBuf>,
+    /// The record of the Debian packages used (pinned or fallback), put into the image.
+    pub packages: Option<PathBuf>,
 }
 
 /// What `build` made.
@@ -51,6 +53,8 @@ pub struct Summary {
     pub modules: Vec<String>,
     pub built_in: Vec<String>,
     pub config_note: String,
+    /// `N pinned` or `N pinned, M FALLBACK`, when a package record was given.
+    pub packages_note: Option<String>,
     pub initramfs_raw: u64,
     pub initramfs_gz: u64,
     pub uki_size: u64,
@@ -75,6 +79,9 @@ impl std::fmt::Display for Summary {
             if self.built_in.is_empty() { "-".to_string() } else { self.built_in.join(" ") }
         )?;
         writeln!(f, "config     {}", self.config_note)?;
+        if let Some(note) = &self.packages_note {
+            writeln!(f, "packages   {note}")?;
+        }
         writeln!(f, "uki        {:.1} MiB in a {:.0} MiB FAT32 ESP", mib(self.uki_size), mib(self.esp_size))?;
         write!(
             f,
@@ -276,6 +283,21 @@ pub fn build(inputs: &Inputs) -> Result<Summary, String> {
     if let Some(c) = &inputs.config {
         contents.add_file(initramfs::BAKED_CONFIG, 0o600, read(c, "config")?, &c.display().to_string())?;
     }
+    let packages_note = match &inputs.packages {
+        Some(p) => {
+            let record = read(p, "package record")?;
+            let text = String::from_utf8_lossy(&record);
+            let count = |word: &str| text.lines().filter(|l| l.split_whitespace().nth(4) == Some(word)).count();
+            let (pinned, fallback) = (count("pinned"), count("fallback"));
+            contents.add_file("etc/bastion/image-packages", 0o644, record, &p.display().to_string())?;
+            Some(if fallback > 0 {
+                format!("{pinned} pinned, {fallback} FALLBACK (newer than image/packages.lock; see {})", p.display())
+            } else {
+                format!("{pinned} pinned (image/packages.lock)")
+            })
+        }
+        None => None,
+    };
     if let Some(r) = &inputs.rootfs {
         contents.add_tree(r)?;
     }
@@ -325,6 +347,7 @@ pub fn build(inputs: &Inputs) -> Result<Summary, String> {
 
     Ok(Summary {
         arch,
+        packages_note,
         kernel_version,
         kernel_size: kernel.len() as u64,
         cmdline,
@@ -399,6 +422,7 @@ mod tests {
                 extra_modules: vec![],
                 out: self.dir.join("disk.img"),
                 initramfs_out: None,
+                packages: None,
             }
         }
 

@@ -67,6 +67,10 @@ enum Command {
         /// Also write the compressed initramfs here.
         #[arg(long)]
         initramfs_out: Option<PathBuf>,
+        /// The Debian packages the kernel and stub came from (fetch-packages.sh's
+        /// resolved.lock), recorded in the image as /etc/bastion/image-packages.
+        #[arg(long)]
+        packages: Option<PathBuf>,
         /// The disk image to write.
         #[arg(long, short)]
         out: PathBuf,
@@ -145,6 +149,7 @@ fn main() -> ExitCode {
             cmdline,
             modules,
             initramfs_out,
+            packages,
             out,
         } => {
             let inputs = image::Inputs {
@@ -161,6 +166,7 @@ fn main() -> ExitCode {
                 extra_modules: modules,
                 out,
                 initramfs_out,
+                packages,
             };
             match image::build(&inputs) {
                 Ok(summary) => {
