@@ -61,7 +61,7 @@ HOST_BASTION := target/release/bastion
 # by a host build of the same source.
 CONFIG ?=
 
-.PHONY: all build test test-deps unit-test integration-test clean \
+.PHONY: all build test test-deps gates unit-test integration-test clean \
         image-deps appliance image-builder kernel image run boot-test lock-packages bench
 
 all: build
@@ -95,7 +95,17 @@ integration-test: build image-builder image
 	  BASTION_DISK=$(CURDIR)/$(DISK) BASTION_VENV=$(CURDIR)/$(VENV) \
 	  $(CARGO) test --release -p bastion-tests -- --test-threads=1
 
-test: test-deps unit-test integration-test boot-test
+test: test-deps gates unit-test integration-test boot-test
+
+# The gates: formatting, lints as errors, licences (no GPL). Advisories are not checked: the
+# RustSec database is not reachable from these machines (the licence script says so).
+gates:
+	@rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt
+	@rustup component list --installed | grep -q '^clippy' || rustup component add clippy
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --release --all-targets -- -D warnings
+	python3 tests/gates/licences.py --self-test
+	python3 tests/gates/licences.py
 
 # Cross toolchain, QEMU and firmware; the Rust target. Idempotent and quiet when all is there.
 image-deps:

@@ -31,9 +31,7 @@ fn decode_key(text: &str) -> Result<[u8; 32], KeyError> {
     let bytes = BASE64
         .decode(text)
         .map_err(|_| KeyError("expected base64 (a 32-byte WireGuard key), found other characters".into()))?;
-    bytes
-        .try_into()
-        .map_err(|_| KeyError("expected a 32-byte WireGuard key".into()))
+    bytes.try_into().map_err(|_| KeyError("expected a 32-byte WireGuard key".into()))
 }
 
 /// A peer's or our own public key.
@@ -44,10 +42,10 @@ impl PublicKey {
     pub fn parse(text: &str) -> Result<Self, KeyError> {
         decode_key(text).map(PublicKey)
     }
-    pub fn to_base64(&self) -> String {
+    pub fn to_base64(self) -> String {
         BASE64.encode(self.0)
     }
-    pub fn to_x25519(&self) -> x25519::PublicKey {
+    pub fn to_x25519(self) -> x25519::PublicKey {
         x25519::PublicKey::from(self.0)
     }
 }
@@ -185,8 +183,7 @@ fn readable_run(run: &str) -> bool {
     let word = |piece: &str| piece.bytes().all(|b| b.is_ascii_lowercase());
     let number = |piece: &str| piece.bytes().all(|b| b.is_ascii_digit());
     let short_name = |piece: &str| piece.len() <= 7 && piece.bytes().filter(u8::is_ascii_digit).count() <= 3;
-    run.split('/').all(|p| word(p) || number(p) || short_name(p))
-        && run.split('/').any(|p| p.len() >= 3 && word(p))
+    run.split('/').all(|p| word(p) || number(p) || short_name(p)) && run.split('/').any(|p| p.len() >= 3 && word(p))
 }
 
 #[cfg(test)]
@@ -203,12 +200,23 @@ mod tests {
             (format!("{}\n{}", &key[..22], &key[22..]), format!("{HIDDEN}\n{HIDDEN}")),
             (format!("cannot read /etc/bastion/{key}: No such file"), format!("cannot read {HIDDEN}: No such file")),
             // Ordinary diagnostics are untouched.
-            ("/etc/wireguard/wg0.conf:3: Interface.PersistentKeepalive: expected".into(),
-             "/etc/wireguard/wg0.conf:3: Interface.PersistentKeepalive: expected".into()),
-            ("/tmp/bastion-tests/b5s9gx0/bastion-b5s9gx1cfg.toml".into(), "/tmp/bastion-tests/b5s9gx0/bastion-b5s9gx1cfg.toml".into()),
-            ("found 18446744073709551615, expected a port".into(), "found 18446744073709551615, expected a port".into()),
+            (
+                "/etc/wireguard/wg0.conf:3: Interface.PersistentKeepalive: expected".into(),
+                "/etc/wireguard/wg0.conf:3: Interface.PersistentKeepalive: expected".into(),
+            ),
+            (
+                "/tmp/bastion-tests/b5s9gx0/bastion-b5s9gx1cfg.toml".into(),
+                "/tmp/bastion-tests/b5s9gx0/bastion-b5s9gx1cfg.toml".into(),
+            ),
+            (
+                "found 18446744073709551615, expected a port".into(),
+                "found 18446744073709551615, expected a port".into(),
+            ),
             ("the configuration-file misconfigurations".into(), "the configuration-file misconfigurations".into()),
-            ("peer alice roamed from 192.0.2.2:41000 to [2001:db8::1]:41001".into(), "peer alice roamed from 192.0.2.2:41000 to [2001:db8::1]:41001".into()),
+            (
+                "peer alice roamed from 192.0.2.2:41000 to [2001:db8::1]:41001".into(),
+                "peer alice roamed from 192.0.2.2:41000 to [2001:db8::1]:41001".into(),
+            ),
         ];
         for (input, expected) in cases {
             assert_eq!(redact_key_like(input), *expected, "{input}");
@@ -240,10 +248,7 @@ mod tests {
     fn public_key_matches_wg_reference_vector() {
         // `echo "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=" | wg pubkey`
         let private = PrivateKey::parse("yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=").unwrap();
-        assert_eq!(
-            private.public_key().to_base64(),
-            "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw="
-        );
+        assert_eq!(private.public_key().to_base64(), "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw=");
     }
 
     #[test]

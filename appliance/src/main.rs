@@ -80,10 +80,9 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     match cli.command {
-        Command::Init { imds, interface, run_dir, baked_config, modules_list } => init::run(
-            init::Mode::Command,
-            init::Options { imds, interface, modules_list, baked_config, run_dir },
-        ),
+        Command::Init { imds, interface, run_dir, baked_config, modules_list } => {
+            init::run(init::Mode::Command, init::Options { imds, interface, modules_list, baked_config, run_dir })
+        }
         Command::Run { config } => service::run_from_file(&config),
         Command::CheckConfig { file } => check_config(&file),
         Command::Genkey => {

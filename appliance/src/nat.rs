@@ -53,10 +53,8 @@ const IPV4_FORWARDING: &str = "/proc/sys/net/ipv4/ip_forward";
 const IPV6_FORWARDING: &str = "/proc/sys/net/ipv6/conf/all/forwarding";
 
 /// The EC2 instance metadata service (IPv4, and IPv6 on Nitro instances): never forwarded to.
-pub const METADATA_SERVICE: [IpAddr; 2] = [
-    IpAddr::V4(Ipv4Addr::new(169, 254, 169, 254)),
-    IpAddr::V6(Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)),
-];
+pub const METADATA_SERVICE: [IpAddr; 2] =
+    [IpAddr::V4(Ipv4Addr::new(169, 254, 169, 254)), IpAddr::V6(Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254))];
 
 /// One forward-chain permission: tunnel traffic from `source` (any tunnel source when None) to
 /// `destination` is accepted.
@@ -201,15 +199,15 @@ fn chains(plan: &NatPlan) -> Result<Vec<(BaseChain, Vec<Rule>)>, NatError> {
             input,
         ),
         (
-        BaseChain {
-            name: FORWARD_CHAIN.into(),
-            kind: ChainType::Filter,
-            hook: Hook::Forward,
-            priority: 0,
-            policy: Verdict::Accept,
-        },
-        forward,
-    ),
+            BaseChain {
+                name: FORWARD_CHAIN.into(),
+                kind: ChainType::Filter,
+                hook: Hook::Forward,
+                priority: 0,
+                policy: Verdict::Accept,
+            },
+            forward,
+        ),
     ];
     if plan.masquerade {
         chains.push((
@@ -502,8 +500,14 @@ mod tests {
         fn new(netns: &ScratchNetns) -> Topology {
             let client = NamedNetns::new("c");
             let server = NamedNetns::new("s");
-            netns.command_ok("ip", &["link", "add", "bnl-tun", "type", "veth", "peer", "name", "eth0", "netns", client.name()]);
-            netns.command_ok("ip", &["link", "add", "bnl-out", "type", "veth", "peer", "name", "eth0", "netns", server.name()]);
+            netns.command_ok(
+                "ip",
+                &["link", "add", "bnl-tun", "type", "veth", "peer", "name", "eth0", "netns", client.name()],
+            );
+            netns.command_ok(
+                "ip",
+                &["link", "add", "bnl-out", "type", "veth", "peer", "name", "eth0", "netns", server.name()],
+            );
             for cmd in [
                 "addr add 10.71.1.1/24 dev bnl-tun",
                 "addr add 10.71.2.1/24 dev bnl-out",
@@ -542,8 +546,9 @@ mod tests {
             }
             let logs = [4, 6].map(|v| std::env::temp_dir().join(format!("{}-http{v}.log", server.name())));
             // One server per family, so each log shows plain addresses of its family.
-            let http = [("0.0.0.0", "8004", &logs[0]), ("::", "8006", &logs[1])]
-                .map(|(bind, port, log)| server.spawn_logged(&["python3", "-u", "-m", "http.server", "--bind", bind, port], log));
+            let http = [("0.0.0.0", "8004", &logs[0]), ("::", "8006", &logs[1])].map(|(bind, port, log)| {
+                server.spawn_logged(&["python3", "-u", "-m", "http.server", "--bind", bind, port], log)
+            });
             let topology = Topology { client, _server: server, _http: http, logs };
             // Ready when both servers answer (from the client, through plain forwarding).
             for _ in 0..100 {

@@ -26,14 +26,12 @@ pub struct StatusServer {
 }
 
 impl StatusServer {
-    pub fn start(
-        interface: &str,
-        report: impl Fn() -> String + Send + 'static,
-    ) -> io::Result<StatusServer> {
+    pub fn start(interface: &str, report: impl Fn() -> String + Send + 'static) -> io::Result<StatusServer> {
         let address = SocketAddr::from_abstract_name(socket_name(interface).as_bytes())?;
-        let listener = Arc::new(UnixListener::bind_addr(&address).map_err(|e| {
-            io::Error::new(e.kind(), format!("status socket @{}: {e}", socket_name(interface)))
-        })?);
+        let listener = Arc::new(
+            UnixListener::bind_addr(&address)
+                .map_err(|e| io::Error::new(e.kind(), format!("status socket @{}: {e}", socket_name(interface))))?,
+        );
         let stopping = Arc::new(AtomicBool::new(false));
         let thread = {
             let listener = listener.clone();
@@ -91,10 +89,7 @@ fn may_ask(stream: &UnixStream) -> bool {
 pub fn fetch(interface: &str) -> io::Result<String> {
     let address = SocketAddr::from_abstract_name(socket_name(interface).as_bytes())?;
     let stream = UnixStream::connect_addr(&address).map_err(|e| {
-        io::Error::new(
-            e.kind(),
-            format!("no bastion service for {interface} in this network namespace ({e})"),
-        )
+        io::Error::new(e.kind(), format!("no bastion service for {interface} in this network namespace ({e})"))
     })?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut text = String::new();

@@ -44,19 +44,8 @@ struct Run {
 }
 
 fn bastion(args: &[&str]) -> Run {
-    let Output {
-        status,
-        stdout,
-        stderr,
-    } = Command::new(BASTION)
-        .args(args)
-        .output()
-        .expect("run bastion");
-    Run {
-        code: status.code(),
-        stdout: String::from_utf8(stdout).unwrap(),
-        stderr: String::from_utf8(stderr).unwrap(),
-    }
+    let Output { status, stdout, stderr } = Command::new(BASTION).args(args).output().expect("run bastion");
+    Run { code: status.code(), stdout: String::from_utf8(stdout).unwrap(), stderr: String::from_utf8(stderr).unwrap() }
 }
 
 fn check_config(path: &Path) -> Run {
@@ -77,31 +66,12 @@ fn good_config() -> String {
 fn rejected(scratch: &Scratch, text: &str, line: usize, field: &str) -> String {
     let path = scratch.file("bastion.toml", text);
     let run = check_config(&path);
-    assert_eq!(
-        run.code,
-        Some(2),
-        "stdout: {}\nstderr: {}",
-        run.stdout,
-        run.stderr
-    );
+    assert_eq!(run.code, Some(2), "stdout: {}\nstderr: {}", run.stdout, run.stderr);
     assert!(run.stdout.is_empty(), "{}", run.stdout);
-    assert!(
-        !run.stderr.contains(PRIVATE),
-        "the private key leaked:\n{}",
-        run.stderr
-    );
+    assert!(!run.stderr.contains(PRIVATE), "the private key leaked:\n{}", run.stderr);
     let prefix = format!("{}:{line}: {field}: ", path.display());
-    let lines: Vec<&str> = run
-        .stderr
-        .lines()
-        .filter(|l| l.starts_with(&prefix))
-        .collect();
-    assert_eq!(
-        lines.len(),
-        1,
-        "expected one line starting {prefix:?} in:\n{}",
-        run.stderr
-    );
+    let lines: Vec<&str> = run.stderr.lines().filter(|l| l.starts_with(&prefix)).collect();
+    assert_eq!(lines.len(), 1, "expected one line starting {prefix:?} in:\n{}", run.stderr);
     lines[0][prefix.len()..].to_string()
 }
 
@@ -118,10 +88,7 @@ fn check_config_accepts_the_annotated_example() {
         run.stdout
     );
     let text = std::fs::read_to_string(&example).unwrap();
-    let key = text
-        .lines()
-        .find_map(|l| l.strip_prefix("private_key = \""))
-        .unwrap();
+    let key = text.lines().find_map(|l| l.strip_prefix("private_key = \"")).unwrap();
     assert!(!run.stdout.contains(&key[..44]));
 }
 
@@ -139,10 +106,7 @@ fn an_unknown_field_is_named_with_the_known_ones() {
     let scratch = Scratch::new("unknown");
     let text = good_config().replace("[nat]\n", "[nat]\nmasquarade = true\n");
     let message = rejected(&scratch, &text, 16, "nat.masquarade");
-    assert!(
-        message.contains("known fields: masquerade, egress, reach"),
-        "{message}"
-    );
+    assert!(message.contains("known fields: masquerade, egress, reach"), "{message}");
 }
 
 #[test]
@@ -151,10 +115,7 @@ fn a_bad_key_is_named_and_never_echoed() {
     let mangled = PRIVATE.replace('=', "");
     let text = good_config().replace(PRIVATE, &mangled);
     let message = rejected(&scratch, &text, 2, "interface.private_key");
-    assert!(
-        message.contains("expected 44 characters of base64"),
-        "{message}"
-    );
+    assert!(message.contains("expected 44 characters of base64"), "{message}");
     assert!(!message.contains(&mangled));
     let text = good_config().replace(PEER_B, "hunter2");
     rejected(&scratch, &text, 12, "peer[1].public_key");
@@ -165,25 +126,16 @@ fn overlapping_allowed_ips_name_both_peers() {
     let scratch = Scratch::new("overlap");
     let text = good_config().replace("10.100.0.3/32", "10.100.0.0/28");
     let message = rejected(&scratch, &text, 13, "peer[1].allowed_ips[0]");
-    assert!(
-        message.contains("\"bob\"") && message.contains("\"alice\""),
-        "{message}"
-    );
+    assert!(message.contains("\"bob\"") && message.contains("\"alice\""), "{message}");
     assert!(message.contains("10.100.0.2/32"), "{message}");
 }
 
 #[test]
 fn a_bad_address_is_named() {
     let scratch = Scratch::new("address");
-    let text = good_config().replace(
-        "[\"10.100.0.1/24\"]",
-        "[\"10.100.0.1/24\", \"10.100.0.256/24\"]",
-    );
+    let text = good_config().replace("[\"10.100.0.1/24\"]", "[\"10.100.0.1/24\", \"10.100.0.256/24\"]");
     let message = rejected(&scratch, &text, 3, "interface.address[1]");
-    assert!(
-        message.contains("found \"10.100.0.256/24\", expected an IPv4 or IPv6 address"),
-        "{message}"
-    );
+    assert!(message.contains("found \"10.100.0.256/24\", expected an IPv4 or IPv6 address"), "{message}");
     let text = good_config().replace("[\"10.0.1.0/24\"]", "[\"10.0.1.1/24\"]");
     let message = rejected(&scratch, &text, 16, "nat.reach[0]");
     assert!(message.contains("host bits set"), "{message}");
@@ -201,15 +153,10 @@ fn a_syntax_error_gives_the_line() {
 #[test]
 fn a_missing_key_file_gives_the_path_and_the_os_error() {
     let scratch = Scratch::new("keyfile");
-    let text = good_config().replace(
-        &format!("private_key = \"{PRIVATE}\""),
-        "private_key_file = \"keys/bastion.key\"",
-    );
+    let text =
+        good_config().replace(&format!("private_key = \"{PRIVATE}\""), "private_key_file = \"keys/bastion.key\"");
     let message = rejected(&scratch, &text, 2, "interface.private_key_file");
-    let expected = format!(
-        "cannot read {}: No such file or directory",
-        scratch.0.join("keys/bastion.key").display()
-    );
+    let expected = format!("cannot read {}: No such file or directory", scratch.0.join("keys/bastion.key").display());
     assert!(message.starts_with(&expected), "{message}");
 
     // And once it exists, relative to the config file, it is read.
@@ -235,22 +182,14 @@ fn every_problem_is_listed_one_per_line() {
         .stderr
         .lines()
         .map(|l| {
-            let rest = l
-                .strip_prefix(&format!("{file}:"))
-                .unwrap_or_else(|| panic!("not FILE:LINE: {l}"));
+            let rest = l.strip_prefix(&format!("{file}:")).unwrap_or_else(|| panic!("not FILE:LINE: {l}"));
             let mut parts = rest.splitn(3, ": ");
             format!("{}: {}", parts.next().unwrap(), parts.next().unwrap())
         })
         .collect();
     assert_eq!(
         heads,
-        [
-            "3: interface.address[0]",
-            "11: peer[1].name",
-            "12: peer[1].public_key",
-            "16: nat.egress",
-            "17: metrics"
-        ],
+        ["3: interface.address[0]", "11: peer[1].name", "12: peer[1].public_key", "16: nat.egress", "17: metrics"],
         "{}",
         run.stderr
     );
@@ -260,33 +199,17 @@ fn every_problem_is_listed_one_per_line() {
 fn check_config_reports_an_unreadable_file_and_a_wg_quick_file() {
     let run = bastion(&["check-config", "/nonexistent/bastion.toml"]);
     assert_eq!(run.code, Some(2));
-    assert!(
-        run.stderr
-            .contains("/nonexistent/bastion.toml: file: cannot read: No such file"),
-        "{}",
-        run.stderr
-    );
+    assert!(run.stderr.contains("/nonexistent/bastion.toml: file: cannot read: No such file"), "{}", run.stderr);
 
     let server = fixture("article-server");
     let run = check_config(&server);
     assert_eq!(run.code, Some(2));
-    assert!(
-        run.stderr.contains("`bastion convert FILE`"),
-        "{}",
-        run.stderr
-    );
-    assert!(
-        !run.stderr.contains(&fixture_private_key(&server)),
-        "{}",
-        run.stderr
-    );
+    assert!(run.stderr.contains("`bastion convert FILE`"), "{}", run.stderr);
+    assert!(!run.stderr.contains(&fixture_private_key(&server)), "{}", run.stderr);
 }
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(MANIFEST)
-        .join("tests/fixtures")
-        .join(name)
-        .join("wg0.conf")
+    Path::new(MANIFEST).join("tests/fixtures").join(name).join("wg0.conf")
 }
 
 fn fixture_private_key(path: &Path) -> String {
@@ -301,17 +224,9 @@ fn convert(path: &Path) -> Run {
     let run = bastion(&["convert", path.to_str().unwrap()]);
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     let key = fixture_private_key(path);
-    assert!(
-        !run.stderr.contains(&key),
-        "the private key leaked into the notes:\n{}",
-        run.stderr
-    );
+    assert!(!run.stderr.contains(&key), "the private key leaked into the notes:\n{}", run.stderr);
     assert_eq!(run.stdout.matches(&key).count(), 1, "{}", run.stdout);
-    assert!(
-        run.stdout.contains(&format!("private_key = \"{key}\"")),
-        "{}",
-        run.stdout
-    );
+    assert!(run.stdout.contains(&format!("private_key = \"{key}\"")), "{}", run.stdout);
     run
 }
 
@@ -329,39 +244,27 @@ fn the_article_server_file_converts_and_passes_check_config() {
     ] {
         assert!(run.stderr.contains(&expected), "missing {expected:?} in:\n{}", run.stderr);
     }
-    assert!(
-        !run.stderr.contains("does not pass check-config"),
-        "{}",
-        run.stderr
-    );
+    assert!(!run.stderr.contains("does not pass check-config"), "{}", run.stderr);
 
     let converted = scratch.file("bastion.toml", &run.stdout);
     let check = check_config(&converted);
     assert_eq!(check.code, Some(0), "{}\n{}", check.stderr, run.stdout);
     assert!(
-        check
-            .stdout
-            .contains("ok: wg0 10.100.0.1/24 port 51820, 1 peer, self-test from 10.100.0.254"),
+        check.stdout.contains("ok: wg0 10.100.0.1/24 port 51820, 1 peer, self-test from 10.100.0.254"),
         "{}",
         check.stdout
     );
 
     // Lossless: the peer's key and address, the NAT rules.
     let source_text = std::fs::read_to_string(&source).unwrap();
-    let peer_key = source_text
-        .lines()
-        .find_map(|l| l.strip_prefix("PublicKey = "))
-        .unwrap();
+    let peer_key = source_text.lines().find_map(|l| l.strip_prefix("PublicKey = ")).unwrap();
     assert!(
-        run.stdout.contains(&format!(
-            "public_key = \"{peer_key}\"\nallowed_ips = [\"10.100.0.2/32\"]"
-        )),
+        run.stdout.contains(&format!("public_key = \"{peer_key}\"\nallowed_ips = [\"10.100.0.2/32\"]")),
         "{}",
         run.stdout
     );
     assert!(
-        run.stdout
-            .contains("[nat]\nmasquerade = true\negress = \"eth0\"\nreach = [\"0.0.0.0/0\"]"),
+        run.stdout.contains("[nat]\nmasquerade = true\negress = \"eth0\"\nreach = [\"0.0.0.0/0\"]"),
         "{}",
         run.stdout
     );
@@ -378,11 +281,7 @@ fn the_article_client_file_converts_with_notes_on_what_a_bastion_does_not_use() 
         "no MASQUERADE rule",
         "the converted file does not pass check-config yet: selftest.address",
     ] {
-        assert!(
-            run.stderr.contains(expected),
-            "missing {expected:?} in:\n{}",
-            run.stderr
-        );
+        assert!(run.stderr.contains(expected), "missing {expected:?} in:\n{}", run.stderr);
     }
     for carried in [
         "address = [\"10.100.0.2/32\"]",
@@ -390,11 +289,7 @@ fn the_article_client_file_converts_with_notes_on_what_a_bastion_does_not_use() 
         "endpoint = \"192.0.2.10:51820\"",
         "persistent_keepalive = 25",
     ] {
-        assert!(
-            run.stdout.contains(carried),
-            "missing {carried:?} in:\n{}",
-            run.stdout
-        );
+        assert!(run.stdout.contains(carried), "missing {carried:?} in:\n{}", run.stdout);
     }
 
     // What convert predicted is exactly what check-config says: a client's /32 tunnel address
@@ -403,16 +298,8 @@ fn the_article_client_file_converts_with_notes_on_what_a_bastion_does_not_use() 
     let check = check_config(&converted);
     assert_eq!(check.code, Some(2));
     assert_eq!(check.stderr.lines().count(), 1, "{}", check.stderr);
-    assert!(
-        check.stderr.contains(": selftest.address: no free address"),
-        "{}",
-        check.stderr
-    );
-    assert!(
-        check.stderr.contains("e.g. 10.100.0.1/24"),
-        "{}",
-        check.stderr
-    );
+    assert!(check.stderr.contains(": selftest.address: no free address"), "{}", check.stderr);
+    assert!(check.stderr.contains("e.g. 10.100.0.1/24"), "{}", check.stderr);
 }
 
 #[test]
@@ -420,10 +307,7 @@ fn convert_refuses_garbage_with_lines() {
     let scratch = Scratch::new("garbage");
     let path = scratch.file(
         "wg0.conf",
-        &format!(
-            "[Interface]\nPrivateKey = {}\nPostUp\n[Peer]\nAllowedIPs = 10.0.0.0/8\n",
-            &PRIVATE[..30]
-        ),
+        &format!("[Interface]\nPrivateKey = {}\nPostUp\n[Peer]\nAllowedIPs = 10.0.0.0/8\n", &PRIVATE[..30]),
     );
     let run = bastion(&["convert", path.to_str().unwrap()]);
     assert_eq!(run.code, Some(2));
@@ -434,11 +318,7 @@ fn convert_refuses_garbage_with_lines() {
         format!("{file}:3: file: found a line without '='"),
         format!("{file}:4: Peer[0].PublicKey: missing"),
     ] {
-        assert!(
-            run.stderr.contains(&expected),
-            "missing {expected:?} in:\n{}",
-            run.stderr
-        );
+        assert!(run.stderr.contains(&expected), "missing {expected:?} in:\n{}", run.stderr);
     }
     assert!(!run.stderr.contains(&PRIVATE[..30]));
 }

@@ -46,7 +46,13 @@ pub struct Call {
 }
 
 impl Call {
-    pub fn new(service: &'static str, action: impl Into<String>, method: &'static str, path: impl Into<String>, protocol: Protocol) -> Call {
+    pub fn new(
+        service: &'static str,
+        action: impl Into<String>,
+        method: &'static str,
+        path: impl Into<String>,
+        protocol: Protocol,
+    ) -> Call {
         Call {
             service,
             action: action.into(),
@@ -64,7 +70,8 @@ impl Call {
 
     /// A Query-protocol call (`Action=...&Version=...` in a form body).
     pub fn query(service: &'static str, operation: &str, version: &str, params: &[(String, String)]) -> Call {
-        let mut form = vec![("Action".to_string(), operation.to_string()), ("Version".to_string(), version.to_string())];
+        let mut form =
+            vec![("Action".to_string(), operation.to_string()), ("Version".to_string(), version.to_string())];
         form.extend(params.iter().cloned());
         let body = form
             .iter()
@@ -205,13 +212,24 @@ impl Client {
         let credentials = self.credentials().map_err(|e| (e, None))?;
         let base = self.env.endpoint(call.service, &self.region);
         let host = crate::http::host_of(&base);
-        let base_path = base.split_once("://").map(|(_, r)| r).unwrap_or(&base).split_once('/').map(|(_, p)| p).unwrap_or("");
-        let path = if base_path.is_empty() { call.path.clone() } else { format!("/{}{}", base_path.trim_end_matches('/'), call.path) };
+        let base_path =
+            base.split_once("://").map(|(_, r)| r).unwrap_or(&base).split_once('/').map(|(_, p)| p).unwrap_or("");
+        let path = if base_path.is_empty() {
+            call.path.clone()
+        } else {
+            format!("/{}{}", base_path.trim_end_matches('/'), call.path)
+        };
         let payload = call.payload_sha256.clone().unwrap_or_else(|| sigv4::sha256_hex(&call.body));
         let mut headers = call.headers.clone();
         headers.push(("host".into(), host));
         let signed = sigv4::sign(
-            &sigv4::Request { method: call.method, path: &path, query: &call.query, headers: &headers, payload_sha256: &payload },
+            &sigv4::Request {
+                method: call.method,
+                path: &path,
+                query: &call.query,
+                headers: &headers,
+                payload_sha256: &payload,
+            },
             &sigv4::Scope {
                 region: &self.region,
                 service: call.service,
@@ -257,7 +275,8 @@ impl Client {
 
     fn error_of(&self, call: &Call, response: &HttpResponse) -> AwsError {
         let text = response.text();
-        let request_id = response.header("x-amzn-requestid").or_else(|| response.header("x-amz-request-id")).map(str::to_string);
+        let request_id =
+            response.header("x-amzn-requestid").or_else(|| response.header("x-amz-request-id")).map(str::to_string);
         let (code, message, request_id) = match call.protocol {
             Protocol::Query => crate::xml::error(&text).unwrap_or_else(|| (String::new(), snippet(&text), request_id)),
             Protocol::RestJson | Protocol::Json => {

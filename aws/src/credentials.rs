@@ -68,7 +68,9 @@ pub fn from_metadata_json(text: &str, origin: &str) -> Result<Credentials, AwsEr
         answer.secret_access_key.filter(|k| !k.is_empty()).ok_or_else(|| bad("no SecretAccessKey".into()))?;
     let expires = match answer.expiration {
         None => None,
-        Some(text) => Some(UtcTime::parse_rfc3339(&text).ok_or_else(|| bad(format!("Expiration {text:?} is not a time")))?),
+        Some(text) => {
+            Some(UtcTime::parse_rfc3339(&text).ok_or_else(|| bad(format!("Expiration {text:?} is not a time")))?)
+        }
     };
     Ok(Credentials { access_key_id, secret_access_key, session_token: answer.token, expires, origin: origin.into() })
 }
@@ -87,7 +89,9 @@ pub fn from_sts_xml(text: &str, origin: &str) -> Result<Credentials, AwsError> {
         access_key_id: field("AccessKeyId")?,
         secret_access_key: field("SecretAccessKey")?,
         session_token: Some(field("SessionToken")?),
-        expires: Some(UtcTime::parse_rfc3339(&expires).ok_or_else(|| bad(format!("Expiration {expires:?} is not a time")))?),
+        expires: Some(
+            UtcTime::parse_rfc3339(&expires).ok_or_else(|| bad(format!("Expiration {expires:?} is not a time")))?,
+        ),
         origin: origin.into(),
     })
 }
@@ -177,17 +181,19 @@ fn static_or_assumed(
         let source = profile
             .get("source_profile")
             .ok_or_else(|| bad(format!("role_arn {role} without source_profile or web_identity_token_file")))?;
-        let source_profile = files.profile(source).ok_or_else(|| bad(format!("source_profile {source:?} not found")))?;
+        let source_profile =
+            files.profile(source).ok_or_else(|| bad(format!("source_profile {source:?} not found")))?;
         let source_credentials = static_or_assumed(env, http, files, source, &source_profile, depth + 1)?;
         let session = profile.get("role_session_name").cloned().unwrap_or_else(|| "bastion".into());
         return crate::sts::assume_role(env, http, &source_credentials, role, &session, &origin);
     }
-    if profile.contains_key("sso_start_url") || profile.contains_key("sso_session") || profile.contains_key("credential_process") {
-        return Err(bad(
-            "AWS SSO and credential_process profiles are not supported; export the credentials \
+    if profile.contains_key("sso_start_url")
+        || profile.contains_key("sso_session")
+        || profile.contains_key("credential_process")
+    {
+        return Err(bad("AWS SSO and credential_process profiles are not supported; export the credentials \
              (`aws configure export-credentials --format env`) and try again"
-                .into(),
-        ));
+            .into()));
     }
     match (profile.get("aws_access_key_id"), profile.get("aws_secret_access_key")) {
         (Some(id), Some(secret)) => Ok(Credentials {
@@ -197,10 +203,7 @@ fn static_or_assumed(
             expires: None,
             origin,
         }),
-        _ => Err(bad(format!(
-            "no aws_access_key_id and aws_secret_access_key in it ({})",
-            files.describe()
-        ))),
+        _ => Err(bad(format!("no aws_access_key_id and aws_secret_access_key in it ({})", files.describe()))),
     }
 }
 
@@ -217,7 +220,14 @@ fn from_web_identity(env: &Environment, http: &Http, looked: &mut Looked) -> Res
     web_identity(env, http, &role, &token_file, &session, "web identity").map(Some)
 }
 
-fn web_identity(env: &Environment, http: &Http, role: &str, token_file: &str, session: &str, origin: &str) -> Result<Credentials, AwsError> {
+fn web_identity(
+    env: &Environment,
+    http: &Http,
+    role: &str,
+    token_file: &str,
+    session: &str,
+    origin: &str,
+) -> Result<Credentials, AwsError> {
     let token = std::fs::read_to_string(token_file).map_err(|e| AwsError::BadCredentials {
         origin: origin.into(),
         why: format!("cannot read the token file {token_file}: {e}"),
@@ -237,7 +247,8 @@ fn from_container(env: &Environment, looked: &mut Looked) -> Result<Option<Crede
     };
     let origin = "the ECS container agent";
     let mut headers = Vec::new();
-    let token = match (env.var("AWS_CONTAINER_AUTHORIZATION_TOKEN"), env.var("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE")) {
+    let token = match (env.var("AWS_CONTAINER_AUTHORIZATION_TOKEN"), env.var("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"))
+    {
         (Some(token), _) => Some(token),
         (None, Some(file)) => Some(std::fs::read_to_string(&file).map_err(|e| AwsError::BadCredentials {
             origin: origin.into(),
@@ -253,7 +264,10 @@ fn from_container(env: &Environment, looked: &mut Looked) -> Result<Option<Crede
         .send(&HttpRequest { method: "GET".into(), url: url.clone(), headers, body: Vec::new() })
         .map_err(|e| AwsError::BadCredentials { origin: origin.into(), why: format!("GET {url}: {e}") })?;
     if answer.status != 200 {
-        return Err(AwsError::BadCredentials { origin: origin.into(), why: format!("GET {url}: HTTP {}", answer.status) });
+        return Err(AwsError::BadCredentials {
+            origin: origin.into(),
+            why: format!("GET {url}: HTTP {}", answer.status),
+        });
     }
     from_metadata_json(&answer.text(), origin).map(Some)
 }
@@ -292,7 +306,13 @@ mod tests {
         assert!(!format!("{c:?}").contains("s3cr3tvalue") && !format!("{c:?}").contains("t0kenvalue"));
         assert!(c.expire_within(UtcTime::parse_rfc3339("2026-12-03T15:56:00Z").unwrap(), Duration::from_secs(300)));
         assert!(!c.expire_within(UtcTime::parse_rfc3339("2026-12-03T15:50:00Z").unwrap(), Duration::from_secs(300)));
-        for bad in ["", "[]", "{}", r#"{"Code":"Failure","Message":"no"}"#, r#"{"AccessKeyId":"a","SecretAccessKey":"b","Expiration":"soon"}"#] {
+        for bad in [
+            "",
+            "[]",
+            "{}",
+            r#"{"Code":"Failure","Message":"no"}"#,
+            r#"{"AccessKeyId":"a","SecretAccessKey":"b","Expiration":"soon"}"#,
+        ] {
             assert!(matches!(from_metadata_json(bad, "x"), Err(AwsError::BadCredentials { .. })), "{bad}");
         }
     }

@@ -71,8 +71,21 @@ impl Client {
 
     /// Writes one block; `sha256` is the block's digest (sent as its checksum and signed as
     /// the payload hash, so the block is hashed once).
-    pub fn put_snapshot_block(&self, snapshot_id: &str, index: u64, data: &[u8], sha256: &[u8; 32], progress: Option<u8>) -> Result<(), AwsError> {
-        let mut call = Call::new("ebs", "ebs:PutSnapshotBlock", "PUT", format!("/snapshots/{snapshot_id}/blocks/{index}"), Protocol::RestJson);
+    pub fn put_snapshot_block(
+        &self,
+        snapshot_id: &str,
+        index: u64,
+        data: &[u8],
+        sha256: &[u8; 32],
+        progress: Option<u8>,
+    ) -> Result<(), AwsError> {
+        let mut call = Call::new(
+            "ebs",
+            "ebs:PutSnapshotBlock",
+            "PUT",
+            format!("/snapshots/{snapshot_id}/blocks/{index}"),
+            Protocol::RestJson,
+        );
         call.headers.extend([
             ("content-type".to_string(), "application/octet-stream".to_string()),
             ("x-amz-data-length".to_string(), data.len().to_string()),
@@ -90,9 +103,15 @@ impl Client {
     }
 
     /// Seals the snapshot; its status (`pending` while EBS finishes, or `completed`).
-    pub fn complete_snapshot(&self, snapshot_id: &str, changed_blocks: u64, checksum: &str) -> Result<String, AwsError> {
+    pub fn complete_snapshot(
+        &self,
+        snapshot_id: &str,
+        changed_blocks: u64,
+        checksum: &str,
+    ) -> Result<String, AwsError> {
         let action = "ebs:CompleteSnapshot";
-        let mut call = Call::new("ebs", action, "POST", format!("/snapshots/completion/{snapshot_id}"), Protocol::RestJson);
+        let mut call =
+            Call::new("ebs", action, "POST", format!("/snapshots/completion/{snapshot_id}"), Protocol::RestJson);
         call.headers.extend([
             ("x-amz-changedblockscount".to_string(), changed_blocks.to_string()),
             ("x-amz-checksum".to_string(), checksum.to_string()),
@@ -130,7 +149,13 @@ impl Client {
 
     /// One block's bytes.
     pub fn get_snapshot_block(&self, snapshot_id: &str, index: u64, token: &str) -> Result<Vec<u8>, AwsError> {
-        let mut call = Call::new("ebs", "ebs:GetSnapshotBlock", "GET", format!("/snapshots/{snapshot_id}/blocks/{index}"), Protocol::RestJson);
+        let mut call = Call::new(
+            "ebs",
+            "ebs:GetSnapshotBlock",
+            "GET",
+            format!("/snapshots/{snapshot_id}/blocks/{index}"),
+            Protocol::RestJson,
+        );
         call.query.push(("blockToken".into(), token.into()));
         Ok(self.call(&call)?.body)
     }

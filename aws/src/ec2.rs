@@ -44,7 +44,8 @@ fn params(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
 }
 
 fn document<'i>(action: &str, text: &'i str) -> Result<roxmltree::Document<'i>, AwsError> {
-    roxmltree::Document::parse(text).map_err(|e| AwsError::BadAnswer { action: action.into(), why: format!("not XML: {e}") })
+    roxmltree::Document::parse(text)
+        .map_err(|e| AwsError::BadAnswer { action: action.into(), why: format!("not XML: {e}") })
 }
 
 /// The `imagesSet` of a DescribeImages answer.
@@ -57,7 +58,9 @@ pub fn parse_images(text: &str) -> Result<Vec<Image>, AwsError> {
             name: child_text(item, "name").unwrap_or_default(),
             state: child_text(item, "imageState").unwrap_or_default(),
             snapshot_ids: find(item, "blockDeviceMapping")
-                .map(|m| children(m, "item").filter_map(|d| find(d, "snapshotId")?.text().map(str::to_string)).collect())
+                .map(|m| {
+                    children(m, "item").filter_map(|d| find(d, "snapshotId")?.text().map(str::to_string)).collect()
+                })
                 .unwrap_or_default(),
         })
         .filter(|i| !i.id.is_empty())
@@ -77,7 +80,9 @@ pub fn parse_snapshots(text: &str) -> Result<Vec<Snapshot>, AwsError> {
             tags: find(item, "tagSet")
                 .map(|t| {
                     children(t, "item")
-                        .map(|tag| (child_text(tag, "key").unwrap_or_default(), child_text(tag, "value").unwrap_or_default()))
+                        .map(|tag| {
+                            (child_text(tag, "key").unwrap_or_default(), child_text(tag, "value").unwrap_or_default())
+                        })
                         .collect()
                 })
                 .unwrap_or_default(),
@@ -97,7 +102,12 @@ fn the(action: &str, text: &str, name: &str) -> Result<String, AwsError> {
 }
 
 impl Client {
-    fn ec2(&self, operation: &str, params: &[(String, String)], retry_codes: &'static [&'static str]) -> Result<String, AwsError> {
+    fn ec2(
+        &self,
+        operation: &str,
+        params: &[(String, String)],
+        retry_codes: &'static [&'static str],
+    ) -> Result<String, AwsError> {
         let mut call = Call::query("ec2", operation, VERSION, params);
         call.retry_codes = retry_codes;
         Ok(self.call(&call)?.text())
@@ -189,10 +199,21 @@ impl Client {
     }
 
     /// CopyImage into this client's region; the new image's id.
-    pub fn copy_image(&self, source_region: &str, source_id: &str, name: &str, description: &str) -> Result<String, AwsError> {
+    pub fn copy_image(
+        &self,
+        source_region: &str,
+        source_id: &str,
+        name: &str,
+        description: &str,
+    ) -> Result<String, AwsError> {
         let text = self.ec2(
             "CopyImage",
-            &params(&[("SourceRegion", source_region), ("SourceImageId", source_id), ("Name", name), ("Description", description)]),
+            &params(&[
+                ("SourceRegion", source_region),
+                ("SourceImageId", source_id),
+                ("Name", name),
+                ("Description", description),
+            ]),
             &[],
         )?;
         the("ec2:CopyImage", &text, "imageId")
@@ -230,7 +251,12 @@ mod tests {
           </imagesSet></DescribeImagesResponse>"#;
         assert_eq!(
             parse_images(images).unwrap(),
-            vec![Image { id: "ami-1".into(), name: "bastion-0.1.0-arm64".into(), state: "available".into(), snapshot_ids: vec!["snap-1".into()] }]
+            vec![Image {
+                id: "ami-1".into(),
+                name: "bastion-0.1.0-arm64".into(),
+                state: "available".into(),
+                snapshot_ids: vec!["snap-1".into()]
+            }]
         );
         assert_eq!(parse_images("<DescribeImagesResponse><imagesSet/></DescribeImagesResponse>").unwrap(), vec![]);
         let snapshots = r#"<DescribeSnapshotsResponse><snapshotSet><item><snapshotId>snap-2</snapshotId>

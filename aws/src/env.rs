@@ -109,7 +109,10 @@ mod tests {
 
     #[test]
     fn endpoints_as_the_sdks_choose_them() {
-        let env = Environment::from_vars([("AWS_ENDPOINT_URL", "http://127.0.0.1:5000/"), ("AWS_ENDPOINT_URL_EBS", "http://127.0.0.1:6000")]);
+        let env = Environment::from_vars([
+            ("AWS_ENDPOINT_URL", "http://127.0.0.1:5000/"),
+            ("AWS_ENDPOINT_URL_EBS", "http://127.0.0.1:6000"),
+        ]);
         assert_eq!(env.endpoint("ec2", "eu-west-1"), "http://127.0.0.1:5000");
         assert_eq!(env.endpoint("ebs", "eu-west-1"), "http://127.0.0.1:6000");
         let none = Environment::default();
@@ -123,9 +126,17 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("config"), "[profile p]\nregion = ap-south-1\n").unwrap();
         let config = dir.join("config").display().to_string();
-        let env = Environment::from_vars([("AWS_CONFIG_FILE", config.as_str()), ("AWS_PROFILE", "p"), ("HOME", "/nonexistent")]);
+        let env = Environment::from_vars([
+            ("AWS_CONFIG_FILE", config.as_str()),
+            ("AWS_PROFILE", "p"),
+            ("HOME", "/nonexistent"),
+        ]);
         assert_eq!(env.region().as_deref(), Some("ap-south-1"));
-        let env = Environment::from_vars([("AWS_CONFIG_FILE", config.as_str()), ("AWS_PROFILE", "p"), ("AWS_REGION", "eu-west-3")]);
+        let env = Environment::from_vars([
+            ("AWS_CONFIG_FILE", config.as_str()),
+            ("AWS_PROFILE", "p"),
+            ("AWS_REGION", "eu-west-3"),
+        ]);
         assert_eq!(env.region().as_deref(), Some("eu-west-3"));
         assert_eq!(Environment::from_vars([("HOME", "/nonexistent")]).region(), None);
         std::fs::remove_dir_all(dir).unwrap();

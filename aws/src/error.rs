@@ -68,7 +68,10 @@ impl AwsError {
         match self {
             AwsError::Transport { error, .. } => !matches!(error, TransportError::HostNotFound(_)),
             AwsError::Service { status, code, .. } => {
-                *status >= 500 || *status == 429 || THROTTLING.contains(&code.as_str()) || TRANSIENT.contains(&code.as_str())
+                *status >= 500
+                    || *status == 429
+                    || THROTTLING.contains(&code.as_str())
+                    || TRANSIENT.contains(&code.as_str())
             }
             _ => false,
         }
@@ -82,21 +85,30 @@ impl AwsError {
     /// The service's error code, when there is one.
     pub fn code(&self) -> Option<&str> {
         match self {
-            AwsError::Service { code, .. } | AwsError::AccessDenied { code, .. } | AwsError::RegionNotEnabled { code, .. } => {
-                Some(code)
-            }
+            AwsError::Service { code, .. }
+            | AwsError::AccessDenied { code, .. }
+            | AwsError::RegionNotEnabled { code, .. } => Some(code),
             _ => None,
         }
     }
 }
 
 /// Turns an error answer (`code`, `message`) of `action` into the right kind.
-pub fn classify(action: &str, region: &str, status: u16, code: String, message: String, request_id: Option<String>) -> AwsError {
+pub fn classify(
+    action: &str,
+    region: &str,
+    status: u16,
+    code: String,
+    message: String,
+    request_id: Option<String>,
+) -> AwsError {
     match code.as_str() {
         "UnauthorizedOperation" | "AccessDenied" | "AccessDeniedException" | "UnauthorizedException" => {
             AwsError::AccessDenied { action: action.into(), code, message }
         }
-        "OptInRequired" | "InvalidClientTokenId" if message.to_ascii_lowercase().contains("region") || code == "OptInRequired" => {
+        "OptInRequired" | "InvalidClientTokenId"
+            if message.to_ascii_lowercase().contains("region") || code == "OptInRequired" =>
+        {
             AwsError::RegionNotEnabled { action: action.into(), region: region.into(), code, message }
         }
         _ => AwsError::Service { action: action.into(), status, code, message, request_id },
@@ -109,7 +121,8 @@ mod tests {
 
     #[test]
     fn what_is_retried() {
-        let service = |status, code: &str| classify("ec2:DescribeImages", "eu-west-1", status, code.into(), "m".into(), None);
+        let service =
+            |status, code: &str| classify("ec2:DescribeImages", "eu-west-1", status, code.into(), "m".into(), None);
         assert!(service(400, "RequestThrottledException").retryable());
         assert!(service(503, "RequestLimitExceeded").retryable());
         assert!(service(500, "Anything").retryable());

@@ -103,15 +103,10 @@ impl Http {
             .iter()
             .map(|(n, v)| (n.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
             .collect();
-        let body = response
-            .into_body()
-            .into_with_config()
-            .limit(MAX_RESPONSE)
-            .read_to_vec()
-            .map_err(|e| match e {
-                ureq::Error::Timeout(t) => TransportError::Timeout(format!("{} ({t})", what())),
-                other => TransportError::Failed(format!("{}: reading the answer: {other}", what())),
-            })?;
+        let body = response.into_body().into_with_config().limit(MAX_RESPONSE).read_to_vec().map_err(|e| match e {
+            ureq::Error::Timeout(t) => TransportError::Timeout(format!("{} ({t})", what())),
+            other => TransportError::Failed(format!("{}: reading the answer: {other}", what())),
+        })?;
         Ok(HttpResponse { status, headers, body })
     }
 }
@@ -143,7 +138,10 @@ mod tests {
             let mut buf = [0u8; 4096];
             let n = s.read(&mut buf).unwrap();
             let request = String::from_utf8_lossy(&buf[..n]).into_owned();
-            s.write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\nX-A: b\r\nConnection: close\r\n\r\nbusy").unwrap();
+            s.write_all(
+                b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\nX-A: b\r\nConnection: close\r\n\r\nbusy",
+            )
+            .unwrap();
             request
         });
         let http = Http::new(Duration::from_secs(5));
@@ -162,7 +160,12 @@ mod tests {
         assert!(request.ends_with("hello"), "{request}");
         // Nobody listening: an error, not a hang.
         drop(response);
-        let refused = http.send(&HttpRequest { method: "GET".into(), url: format!("http://127.0.0.1:{port}/"), headers: vec![], body: vec![] });
+        let refused = http.send(&HttpRequest {
+            method: "GET".into(),
+            url: format!("http://127.0.0.1:{port}/"),
+            headers: vec![],
+            body: vec![],
+        });
         assert!(matches!(refused, Err(TransportError::Failed(_))), "{refused:?}");
     }
 }

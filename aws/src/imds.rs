@@ -48,7 +48,7 @@ impl Imds {
         match answer.status {
             200 if !answer.body.is_empty() && answer.body.len() < 4096 => Ok(answer.text().trim().to_string()),
             // What the SDKs take as "IMDS is off for this instance (or this is not one)".
-            403 | 404 | 405 => Err(ImdsError::Unreachable(format!("PUT {url}: HTTP {} (no IMDSv2 here)", answer.status))),
+            403..=405 => Err(ImdsError::Unreachable(format!("PUT {url}: HTTP {} (no IMDSv2 here)", answer.status))),
             status => Err(ImdsError::BadAnswer(format!("PUT {url}: HTTP {status} (IMDSv2 token)"))),
         }
     }
@@ -91,7 +91,10 @@ impl Imds {
     /// The region the instance runs in.
     pub fn region(&self) -> Result<String, ImdsError> {
         let region = self.get("meta-data/placement/region")?.trim().to_string();
-        if region.is_empty() || region.len() > 32 || !region.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') {
+        if region.is_empty()
+            || region.len() > 32
+            || !region.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        {
             return Err(ImdsError::BadAnswer(format!("the region {region:?} is not a region name")));
         }
         Ok(region)

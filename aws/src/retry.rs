@@ -16,9 +16,11 @@ pub struct Backoff {
 
 impl Backoff {
     /// For ordinary calls: up to 8 attempts over about half a minute at worst.
-    pub const STANDARD: Backoff = Backoff { base: Duration::from_millis(200), cap: Duration::from_secs(10), attempts: 8 };
+    pub const STANDARD: Backoff =
+        Backoff { base: Duration::from_millis(200), cap: Duration::from_secs(10), attempts: 8 };
     /// For the many PutSnapshotBlock calls of an upload: more patience with throttling.
-    pub const UPLOAD: Backoff = Backoff { base: Duration::from_millis(250), cap: Duration::from_secs(20), attempts: 12 };
+    pub const UPLOAD: Backoff =
+        Backoff { base: Duration::from_millis(250), cap: Duration::from_secs(20), attempts: 12 };
 
     /// The delay before attempt `attempt + 1` (`attempt` ≥ 1 is the one that just failed),
     /// given a uniform random `unit` in [0, 1).

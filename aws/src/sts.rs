@@ -33,8 +33,8 @@ pub fn assume_role_with_web_identity(
         .send(&HttpRequest { method: "POST".into(), url, headers: call.headers.clone(), body: call.body.clone() })
         .map_err(|error| AwsError::Transport { action: action.into(), error })?;
     if answer.status != 200 {
-        let (code, message, request_id) =
-            crate::xml::error(&answer.text()).unwrap_or_else(|| (format!("HTTP{}", answer.status), answer.text(), None));
+        let (code, message, request_id) = crate::xml::error(&answer.text())
+            .unwrap_or_else(|| (format!("HTTP{}", answer.status), answer.text(), None));
         return Err(crate::error::classify(action, &region(env), answer.status, code, message, request_id));
     }
     credentials::from_sts_xml(&answer.text(), &format!("{origin}, role {role}"))

@@ -62,7 +62,13 @@ impl UtcTime {
     pub fn parse_rfc3339(text: &str) -> Option<UtcTime> {
         let text = text.trim();
         let b = text.as_bytes();
-        if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') || b[13] != b':' || b[16] != b':' {
+        if b.len() < 20
+            || b[4] != b'-'
+            || b[7] != b'-'
+            || !matches!(b[10], b'T' | b't' | b' ')
+            || b[13] != b':'
+            || b[16] != b':'
+        {
             return None;
         }
         let num = |r: std::ops::Range<usize>| text.get(r)?.parse::<u32>().ok();
@@ -156,10 +162,19 @@ mod tests {
 
     #[test]
     fn garbage_is_none() {
-        for bad in ["", "2015-08-30", "2015-13-30T12:36:00Z", "2015-08-30T12:36:00", "xxxx-08-30T12:36:00Z", "2015-08-30T12:36:00.Z", "ü"] {
+        for bad in [
+            "",
+            "2015-08-30",
+            "2015-13-30T12:36:00Z",
+            "2015-08-30T12:36:00",
+            "xxxx-08-30T12:36:00Z",
+            "2015-08-30T12:36:00.Z",
+            "ü",
+        ] {
             assert_eq!(UtcTime::parse_rfc3339(bad), None, "{bad:?}");
         }
-        for bad in ["", "Sun, 30 Aug 2015 12:36:00 PST", "Sun, 30 Foo 2015 12:36:00 GMT", "Sun, 30 Aug 2015 12:36 GMT"] {
+        for bad in ["", "Sun, 30 Aug 2015 12:36:00 PST", "Sun, 30 Foo 2015 12:36:00 GMT", "Sun, 30 Aug 2015 12:36 GMT"]
+        {
             assert_eq!(UtcTime::parse_http_date(bad), None, "{bad:?}");
         }
     }

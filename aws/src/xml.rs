@@ -5,7 +5,9 @@ use roxmltree::Node;
 
 /// The text of the first child element named `name` (namespaces ignored).
 pub fn child_text(node: Node, name: &str) -> Option<String> {
-    node.children().find(|c| c.is_element() && c.tag_name().name() == name).map(|c| c.text().unwrap_or("").trim().to_string())
+    node.children()
+        .find(|c| c.is_element() && c.tag_name().name() == name)
+        .map(|c| c.text().unwrap_or("").trim().to_string())
 }
 
 /// The first element named `name` anywhere below `node`.
@@ -25,7 +27,10 @@ pub fn error(text: &str) -> Option<(String, String, Option<String>)> {
     let error = find(doc.root(), "Error")?;
     let code = child_text(error, "Code")?;
     let message = child_text(error, "Message").unwrap_or_default();
-    let request_id = find(doc.root(), "RequestID").or_else(|| find(doc.root(), "RequestId")).and_then(|n| n.text()).map(|t| t.trim().to_string());
+    let request_id = find(doc.root(), "RequestID")
+        .or_else(|| find(doc.root(), "RequestId"))
+        .and_then(|n| n.text())
+        .map(|t| t.trim().to_string());
     Some((code, message, request_id))
 }
 
@@ -37,7 +42,10 @@ mod tests {
     fn errors_of_both_shapes() {
         let ec2 = "<?xml version=\"1.0\"?><Response><Errors><Error><Code>UnauthorizedOperation</Code>\
                    <Message>You are not authorized</Message></Error></Errors><RequestID>r-1</RequestID></Response>";
-        assert_eq!(error(ec2), Some(("UnauthorizedOperation".into(), "You are not authorized".into(), Some("r-1".into()))));
+        assert_eq!(
+            error(ec2),
+            Some(("UnauthorizedOperation".into(), "You are not authorized".into(), Some("r-1".into())))
+        );
         let sts = "<ErrorResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\"><Error><Type>Sender</Type>\
                    <Code>AccessDenied</Code><Message>no</Message></Error><RequestId>r-2</RequestId></ErrorResponse>";
         assert_eq!(error(sts), Some(("AccessDenied".into(), "no".into(), Some("r-2".into()))));

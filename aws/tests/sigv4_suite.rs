@@ -10,8 +10,10 @@ use std::path::Path;
 /// Cases our signer does not take on, and why (none of them is a request we make).
 const NOT_OURS: &[(&str, &str)] = &[];
 
+type Pairs = Vec<(String, String)>;
+
 /// `request.txt` as method, path, decoded query, headers (folded lines joined), body.
-fn parse_request(text: &str) -> (String, String, Vec<(String, String)>, Vec<(String, String)>, Vec<u8>) {
+fn parse_request(text: &str) -> (String, String, Pairs, Pairs, Vec<u8>) {
     let (head, body) = text.split_once("\n\n").unwrap_or((text, ""));
     let mut lines = head.lines();
     let request_line = lines.next().unwrap();

@@ -48,8 +48,19 @@ fn pad4(out: &mut Vec<u8>) {
 
 fn header(out: &mut Vec<u8>, ino: u32, mode: u32, size: u32, rdev: (u32, u32), name: &str) {
     let fields = [
-        ino, mode, 0, /* uid */ 0, /* gid */ 1, /* nlink */ 0, /* mtime */ size, 0, 0, /* dev */
-        rdev.0, rdev.1, name.len() as u32 + 1, 0, /* check */
+        ino,
+        mode,
+        0,
+        /* uid */ 0,
+        /* gid */ 1,
+        /* nlink */ 0,
+        /* mtime */ size,
+        0,
+        0, /* dev */
+        rdev.0,
+        rdev.1,
+        name.len() as u32 + 1,
+        0, /* check */
     ];
     out.extend_from_slice(MAGIC);
     for f in fields {
@@ -71,12 +82,9 @@ pub fn write(entries: &[Entry]) -> Result<Vec<u8>, String> {
         let perm = e.mode & 0o7777;
         match &e.kind {
             Kind::Dir => header(&mut out, ino, S_IFDIR | perm, 0, (0, 0), &e.path),
-            Kind::CharDevice(major, minor) => {
-                header(&mut out, ino, S_IFCHR | perm, 0, (*major, *minor), &e.path)
-            }
+            Kind::CharDevice(major, minor) => header(&mut out, ino, S_IFCHR | perm, 0, (*major, *minor), &e.path),
             Kind::File(data) => {
-                let size = u32::try_from(data.len())
-                    .map_err(|_| format!("cpio: {} is larger than 4 GiB", e.path))?;
+                let size = u32::try_from(data.len()).map_err(|_| format!("cpio: {} is larger than 4 GiB", e.path))?;
                 header(&mut out, ino, S_IFREG | perm, size, (0, 0), &e.path);
                 out.extend_from_slice(data);
                 pad4(&mut out);
@@ -189,11 +197,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let archive = dir.join("a.cpio");
         std::fs::write(&archive, write(&sample()).unwrap()).unwrap();
-        let out = std::process::Command::new("cpio")
-            .args(["-t", "-v", "-F"])
-            .arg(&archive)
-            .output()
-            .unwrap();
+        let out = std::process::Command::new("cpio").args(["-t", "-v", "-F"]).arg(&archive).output().unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let listing = String::from_utf8(out.stdout).unwrap();

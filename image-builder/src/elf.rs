@@ -77,7 +77,8 @@ impl<'a> Elf<'a> {
                 .checked_mul(i)
                 .and_then(|o| o.checked_add(phoff))
                 .ok_or_else(|| ElfError("ELF program header offset overflows".into()))?;
-            let kind = u32_at(d, at).ok_or_else(|| ElfError("ELF program headers run past the end of the file".into()))?;
+            let kind =
+                u32_at(d, at).ok_or_else(|| ElfError("ELF program headers run past the end of the file".into()))?;
             if kind == PT_INTERP {
                 return Ok(true);
             }

@@ -28,7 +28,8 @@ pub fn build(size: u64, volume_id: u32, files: &[(&str, &[u8])]) -> Result<Vec<u
     fatfs::format_volume(&mut disk, options).map_err(|e| format!("formatting the ESP: {e}"))?;
     disk.set_position(0);
     {
-        let fs = fatfs::FileSystem::new(&mut disk, fatfs::FsOptions::new()).map_err(|e| format!("opening the new ESP: {e}"))?;
+        let fs = fatfs::FileSystem::new(&mut disk, fatfs::FsOptions::new())
+            .map_err(|e| format!("opening the new ESP: {e}"))?;
         for (path, data) in files {
             let root = fs.root_dir();
             let parts: Vec<&str> = path.split('/').collect();
@@ -48,7 +49,8 @@ pub fn build(size: u64, volume_id: u32, files: &[(&str, &[u8])]) -> Result<Vec<u
 
 /// Reads one file back from a FAT volume (for checks and tests).
 pub fn read_file(volume: &[u8], path: &str) -> Result<Vec<u8>, String> {
-    let fs = fatfs::FileSystem::new(Cursor::new(volume.to_vec()), fatfs::FsOptions::new()).map_err(|e| format!("ESP: {e}"))?;
+    let fs = fatfs::FileSystem::new(Cursor::new(volume.to_vec()), fatfs::FsOptions::new())
+        .map_err(|e| format!("ESP: {e}"))?;
     let mut file = fs.root_dir().open_file(path).map_err(|e| format!("ESP: {path}: {e}"))?;
     let mut out = Vec::new();
     file.read_to_end(&mut out).map_err(|e| format!("ESP: {path}: {e}"))?;
@@ -58,7 +60,8 @@ pub fn read_file(volume: &[u8], path: &str) -> Result<Vec<u8>, String> {
 #[cfg(test)]
 /// The FAT type fatfs sees in a volume.
 pub fn fat_type(volume: &[u8]) -> Result<fatfs::FatType, String> {
-    let fs = fatfs::FileSystem::new(Cursor::new(volume.to_vec()), fatfs::FsOptions::new()).map_err(|e| format!("ESP: {e}"))?;
+    let fs = fatfs::FileSystem::new(Cursor::new(volume.to_vec()), fatfs::FsOptions::new())
+        .map_err(|e| format!("ESP: {e}"))?;
     Ok(fs.fat_type())
 }
 
@@ -77,7 +80,10 @@ mod tests {
         assert_eq!(&vol[82..90], b"FAT32   ");
         assert_eq!(&vol[67..71], &0x1234_5678u32.to_le_bytes());
         assert_eq!(&vol[510..512], &[0x55, 0xaa]);
-        assert_eq!(vol, build(MIN_SIZE, 0x1234_5678, &[("EFI/BOOT/BOOTAA64.EFI", &big), ("hello.txt", b"hi")]).unwrap());
+        assert_eq!(
+            vol,
+            build(MIN_SIZE, 0x1234_5678, &[("EFI/BOOT/BOOTAA64.EFI", &big), ("hello.txt", b"hi")]).unwrap()
+        );
     }
 
     #[test]

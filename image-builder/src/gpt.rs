@@ -14,9 +14,8 @@ const ARRAY_SECTORS: u64 = ENTRIES * ENTRY_SIZE / SECTOR;
 pub const FIRST_PARTITION_LBA: u64 = 2048;
 
 /// EFI System Partition type GUID C12A7328-F81F-11D2-BA4B-00A0C93EC93B.
-pub const ESP_TYPE: Guid = Guid([
-    0x28, 0x73, 0x2a, 0xc1, 0x1f, 0xf8, 0xd2, 0x11, 0xba, 0x4b, 0x00, 0xa0, 0xc9, 0x3e, 0xc9, 0x3b,
-]);
+pub const ESP_TYPE: Guid =
+    Guid([0x28, 0x73, 0x2a, 0xc1, 0x1f, 0xf8, 0xd2, 0x11, 0xba, 0x4b, 0x00, 0xa0, 0xc9, 0x3e, 0xc9, 0x3b]);
 
 /// A GUID in its on-disk byte order (first three fields little-endian).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -217,7 +216,8 @@ mod tests {
 
     #[test]
     fn refuses_partitions_that_do_not_fit() {
-        let p = Partition { type_guid: ESP_TYPE, unique_guid: Guid([2; 16]), first_lba: 2048, last_lba: 40_000, name: "x" };
+        let p =
+            Partition { type_guid: ESP_TYPE, unique_guid: Guid([2; 16]), first_lba: 2048, last_lba: 40_000, name: "x" };
         assert!(layout(16 * MIB, Guid([1; 16]), &[p]).is_err());
         assert!(layout(1000, Guid([1; 16]), &[]).is_err());
     }

@@ -67,7 +67,13 @@ pub struct Summary {
 impl std::fmt::Display for Summary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mib = |b: u64| b as f64 / (1 << 20) as f64;
-        writeln!(f, "image      {} ({}, {:.0} MiB raw, sparse)", self.out.display(), self.arch.name(), mib(self.disk_size))?;
+        writeln!(
+            f,
+            "image      {} ({}, {:.0} MiB raw, sparse)",
+            self.out.display(),
+            self.arch.name(),
+            mib(self.disk_size)
+        )?;
         writeln!(f, "kernel     {} ({:.1} MiB)", self.kernel_version, mib(self.kernel_size))?;
         writeln!(f, "cmdline    {}", self.cmdline)?;
         writeln!(
@@ -112,8 +118,9 @@ fn check_binary(path: &Path, bytes: &[u8]) -> Result<Arch, String> {
 }
 
 fn elf_arch(path: &Path, elf: &Elf) -> Result<Arch, String> {
-    Arch::from_elf_machine(elf.machine())
-        .ok_or_else(|| format!("binary {}: ELF machine {} is neither aarch64 nor x86_64", path.display(), elf.machine()))
+    Arch::from_elf_machine(elf.machine()).ok_or_else(|| {
+        format!("binary {}: ELF machine {} is neither aarch64 nor x86_64", path.display(), elf.machine())
+    })
 }
 
 fn check_version(v: &str) -> Result<(), String> {
@@ -132,7 +139,11 @@ fn check_config(config: &Path, binary: &Path, arch: Arch, checker: Option<&Path>
         let bytes = read(c, "config checker")?;
         let c_arch = Elf::parse(&bytes).ok().and_then(|elf| elf_arch(c, &elf).ok());
         if c_arch != Arch::host() {
-            return Err(format!("config checker {}: not a binary for this machine ({})", c.display(), std::env::consts::ARCH));
+            return Err(format!(
+                "config checker {}: not a binary for this machine ({})",
+                c.display(),
+                std::env::consts::ARCH
+            ));
         }
         c.to_path_buf()
     } else {
@@ -164,9 +175,12 @@ fn check_config(config: &Path, binary: &Path, arch: Arch, checker: Option<&Path>
 fn find_kernel(root: &Path) -> Result<(PathBuf, String, PathBuf), String> {
     let boot = root.join("boot");
     let mut found = Vec::new();
-    for entry in std::fs::read_dir(&boot)
-        .map_err(|e| format!("kernel package {}: {e} (expected an extracted linux-image package with boot/vmlinuz-*)", boot.display()))?
-    {
+    for entry in std::fs::read_dir(&boot).map_err(|e| {
+        format!(
+            "kernel package {}: {e} (expected an extracted linux-image package with boot/vmlinuz-*)",
+            boot.display()
+        )
+    })? {
         let entry = entry.map_err(|e| format!("{}: {e}", boot.display()))?;
         let name = entry.file_name().to_string_lossy().into_owned();
         if let Some(version) = name.strip_prefix("vmlinuz-") {
@@ -179,9 +193,13 @@ fn find_kernel(root: &Path) -> Result<(PathBuf, String, PathBuf), String> {
         _ => return Err(format!("kernel package {}: more than one boot/vmlinuz-*", root.display())),
     };
     let config_path = boot.join(format!("config-{version}"));
-    let config = std::fs::read_to_string(&config_path).map_err(|e| format!("kernel config {}: {e}", config_path.display()))?;
+    let config =
+        std::fs::read_to_string(&config_path).map_err(|e| format!("kernel config {}: {e}", config_path.display()))?;
     if !config.lines().any(|l| l == "CONFIG_RD_GZIP=y") || !config.lines().any(|l| l == "CONFIG_BLK_DEV_INITRD=y") {
-        return Err(format!("kernel {version}: {} lacks CONFIG_BLK_DEV_INITRD=y or CONFIG_RD_GZIP=y", config_path.display()));
+        return Err(format!(
+            "kernel {version}: {} lacks CONFIG_BLK_DEV_INITRD=y or CONFIG_RD_GZIP=y",
+            config_path.display()
+        ));
     }
     let modules = root.join("lib/modules").join(&version);
     Ok((vmlinuz, version, modules))
@@ -241,7 +259,8 @@ pub fn build(inputs: &Inputs) -> Result<Summary, String> {
     let arch = check_binary(&inputs.binary, &binary)?;
     let (vmlinuz_path, kernel_version, modules_dir) = find_kernel(&inputs.kernel)?;
     let kernel = read(&vmlinuz_path, "kernel")?;
-    let kernel_machine = uki::parse(&kernel).map(|pe| pe.machine).map_err(|e| format!("kernel {}: {e}", vmlinuz_path.display()))?;
+    let kernel_machine =
+        uki::parse(&kernel).map(|pe| pe.machine).map_err(|e| format!("kernel {}: {e}", vmlinuz_path.display()))?;
     if kernel_machine != arch.pe_machine() {
         return Err(format!(
             "binary {} is for {} but kernel {} is not (PE machine {kernel_machine:#x}); use the kernel package of the binary's architecture",
@@ -253,7 +272,11 @@ pub fn build(inputs: &Inputs) -> Result<Summary, String> {
     let stub_path = find_stub(&inputs.stub, arch);
     let stub = read(&stub_path, "EFI stub (from systemd-boot-efi)")?;
     if inputs.esp_size + (4 << 20) > inputs.disk_size {
-        return Err(format!("disk size {} MiB leaves no room for a {} MiB ESP", inputs.disk_size >> 20, inputs.esp_size >> 20));
+        return Err(format!(
+            "disk size {} MiB leaves no room for a {} MiB ESP",
+            inputs.disk_size >> 20,
+            inputs.esp_size >> 20
+        ));
     }
 
     let config_note = match &inputs.config {
@@ -325,8 +348,10 @@ pub fn build(inputs: &Inputs) -> Result<Summary, String> {
     };
     let layout = gpt::layout(inputs.disk_size, Guid::from_hash(&derive(&inputs.version, "disk-guid")), &[esp_part])?;
 
-    let file_name = inputs.out.file_name().ok_or_else(|| format!("output {}: not a file path", inputs.out.display()))?;
-    let partial_path = inputs.out.with_file_name(format!("{}.partial-{}", file_name.to_string_lossy(), std::process::id()));
+    let file_name =
+        inputs.out.file_name().ok_or_else(|| format!("output {}: not a file path", inputs.out.display()))?;
+    let partial_path =
+        inputs.out.with_file_name(format!("{}.partial-{}", file_name.to_string_lossy(), std::process::id()));
     let mut partial = Partial { path: partial_path.clone(), done: false };
     let io = |e: std::io::Error| format!("writing {}: {e}", partial_path.display());
     let mut file = File::create(&partial_path).map_err(io)?;
@@ -342,7 +367,8 @@ pub fn build(inputs: &Inputs) -> Result<Summary, String> {
     if let Some(p) = &inputs.initramfs_out {
         std::fs::write(p, &initrd).map_err(|e| format!("writing {}: {e}", p.display()))?;
     }
-    std::fs::rename(&partial_path, &inputs.out).map_err(|e| format!("renaming {} to {}: {e}", partial_path.display(), inputs.out.display()))?;
+    std::fs::rename(&partial_path, &inputs.out)
+        .map_err(|e| format!("renaming {} to {}: {e}", partial_path.display(), inputs.out.display()))?;
     partial.done = true;
 
     Ok(Summary {
@@ -390,13 +416,22 @@ mod tests {
             let kernel = dir.join("kernel");
             std::fs::create_dir_all(kernel.join("boot")).unwrap();
             std::fs::write(kernel.join("boot/vmlinuz-6.1.0-test"), fake_pe(0xaa64)).unwrap();
-            std::fs::write(kernel.join("boot/config-6.1.0-test"), "CONFIG_BLK_DEV_INITRD=y\nCONFIG_RD_GZIP=y\n").unwrap();
+            std::fs::write(kernel.join("boot/config-6.1.0-test"), "CONFIG_BLK_DEV_INITRD=y\nCONFIG_RD_GZIP=y\n")
+                .unwrap();
             let modules = kernel.join("lib/modules/6.1.0-test");
             std::fs::create_dir_all(modules.join("kernel")).unwrap();
-            std::fs::write(modules.join("modules.builtin"), "kernel/net/packet/af_packet.ko\nkernel/drivers/acpi/button.ko\n").unwrap();
+            std::fs::write(
+                modules.join("modules.builtin"),
+                "kernel/net/packet/af_packet.ko\nkernel/drivers/acpi/button.ko\n",
+            )
+            .unwrap();
             for m in APPLIANCE_MODULES.iter().filter(|m| !["af_packet", "button"].contains(*m)) {
                 let info = format!("name={m}\0depends=\0");
-                std::fs::write(modules.join(format!("kernel/{m}.ko")), build_elf(183, false, &[(".modinfo", info.as_bytes())])).unwrap();
+                std::fs::write(
+                    modules.join(format!("kernel/{m}.ko")),
+                    build_elf(183, false, &[(".modinfo", info.as_bytes())]),
+                )
+                .unwrap();
             }
             let stub = dir.join("stub").join(Arch::Aarch64.stub_path());
             std::fs::create_dir_all(stub.parent().unwrap()).unwrap();
@@ -455,7 +490,8 @@ mod tests {
         };
         assert_eq!(section(".cmdline"), b"panic=10");
         let mut cpio_bytes = Vec::new();
-        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&section(".initrd")[..]), &mut cpio_bytes).unwrap();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&section(".initrd")[..]), &mut cpio_bytes)
+            .unwrap();
         let entries = crate::cpio::read(&cpio_bytes).unwrap();
         let file = |p: &str| match &entries.iter().find(|e| e.path == p).unwrap_or_else(|| panic!("{p} missing")).kind {
             crate::cpio::Kind::File(d) => d.clone(),

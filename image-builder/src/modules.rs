@@ -210,10 +210,18 @@ mod tests {
     }
 
     fn tree() -> (PathBuf, ModuleTree) {
-        let dir = std::env::temp_dir().join(format!("bastion-modtree-{}-{:?}", std::process::id(), std::thread::current().id()));
+        let dir = std::env::temp_dir().join(format!(
+            "bastion-modtree-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("modules.builtin"), "kernel/net/packet/af_packet.ko\nkernel/crypto/crc32c_generic.ko\n").unwrap();
+        std::fs::write(
+            dir.join("modules.builtin"),
+            "kernel/net/packet/af_packet.ko\nkernel/crypto/crc32c_generic.ko\n",
+        )
+        .unwrap();
         module(&dir, "kernel/lib/libcrc32c.ko", "softdep=pre: crc32c;name=libcrc32c");
         module(&dir, "kernel/net/nfnetlink.ko", "depends=;name=nfnetlink");
         module(&dir, "kernel/net/nf_tables.ko", "depends=nfnetlink,libcrc32c;name=nf_tables");

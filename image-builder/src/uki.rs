@@ -110,7 +110,8 @@ pub fn parse(d: &[u8]) -> Result<PeInfo, String> {
 pub fn append_sections(stub: &[u8], sections: &[(&str, &[u8])]) -> Result<Vec<u8>, String> {
     let info = parse(stub).map_err(|e| format!("EFI stub: {e}"))?;
     let table_end = info.table + (info.sections.len() + sections.len()) * SECTION_HEADER_SIZE;
-    let first_data = info.sections.iter().map(|s| s.raw_offset).filter(|&o| o > 0).min().unwrap_or(info.size_of_headers);
+    let first_data =
+        info.sections.iter().map(|s| s.raw_offset).filter(|&o| o > 0).min().unwrap_or(info.size_of_headers);
     if table_end > info.size_of_headers as usize || table_end > first_data as usize {
         return Err(format!(
             "EFI stub: no room in its headers for {} more section entries ({table_end} > {})",
@@ -162,7 +163,14 @@ pub fn append_sections(stub: &[u8], sections: &[(&str, &[u8])]) -> Result<Vec<u8
 }
 
 /// Builds the UKI from the stub, checking that the stub and the kernel are for `machine`.
-pub fn build(stub: &[u8], kernel: &[u8], initrd: &[u8], cmdline: &str, os_release: &str, machine: u16) -> Result<Vec<u8>, String> {
+pub fn build(
+    stub: &[u8],
+    kernel: &[u8],
+    initrd: &[u8],
+    cmdline: &str,
+    os_release: &str,
+    machine: u16,
+) -> Result<Vec<u8>, String> {
     let stub_info = parse(stub).map_err(|e| format!("EFI stub: {e}"))?;
     if stub_info.machine != machine {
         return Err(format!("EFI stub is for PE machine {:#x}, the image is for {machine:#x}", stub_info.machine));

@@ -89,8 +89,13 @@ impl AwsEmulator {
     pub fn save_recording(&self, file: &Path) {
         let code = "import sys,urllib.request,shutil\n\
                     shutil.copyfileobj(urllib.request.urlopen(sys.argv[1],timeout=60),open(sys.argv[2],'wb'))\n";
-        self.ns()
-            .run(&[python().to_str().unwrap(), "-c", code, &format!("{}/moto-api/recorder/download-recording", self.url()), file.to_str().unwrap()]);
+        self.ns().run(&[
+            python().to_str().unwrap(),
+            "-c",
+            code,
+            &format!("{}/moto-api/recorder/download-recording", self.url()),
+            file.to_str().unwrap(),
+        ]);
         self.api("POST", "/moto-api/recorder/stop-recording").unwrap();
     }
 
@@ -98,7 +103,8 @@ impl AwsEmulator {
     pub fn verify(&self, region: &str, args: &[&str]) -> serde_json::Value {
         let mut argv: Vec<String> = vec![python().display().to_string(), script("verify.py").display().to_string()];
         argv.extend(args.iter().map(|a| a.to_string()));
-        let mut full = vec!["env".to_string(), format!("AWS_ENDPOINT_URL={}", self.url()), format!("AWS_REGION={region}")];
+        let mut full =
+            vec!["env".to_string(), format!("AWS_ENDPOINT_URL={}", self.url()), format!("AWS_REGION={region}")];
         full.extend(argv);
         let out = self.ns().exec(&full);
         assert!(out.success(), "verify.py {args:?}: {out}");

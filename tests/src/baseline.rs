@@ -76,10 +76,7 @@ fn configure_bastion(topo: &Topology, wg: &WgInterface) {
             .iter()
             .map(|c| WgPeer {
                 public_key: c.keys.public.clone(),
-                allowed_ips: vec![
-                    format!("{}/32", c.tunnel_v4),
-                    format!("{}/128", c.tunnel_v6),
-                ],
+                allowed_ips: vec![format!("{}/32", c.tunnel_v4), format!("{}/128", c.tunnel_v6)],
                 ..WgPeer::default()
             })
             .collect(),

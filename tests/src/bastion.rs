@@ -18,17 +18,11 @@ use crate::wait::wait_until;
 pub fn binary() -> Option<PathBuf> {
     let given = PathBuf::from(std::env::var_os("BASTION_BIN")?);
     let path = if given.is_relative() && !given.is_file() {
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("..")
-            .join(&given)
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(&given)
     } else {
         given
     };
-    assert!(
-        path.is_file(),
-        "BASTION_BIN={} is not a file: build it first (`make build`)",
-        path.display()
-    );
+    assert!(path.is_file(), "BASTION_BIN={} is not a file: build it first (`make build`)", path.display());
     Some(path)
 }
 
@@ -95,11 +89,7 @@ impl BastionSetup {
         let mut s = String::new();
         writeln!(s, "[interface]").unwrap();
         writeln!(s, "private_key = \"{}\"", topo.bastion_keys.private).unwrap();
-        writeln!(
-            s,
-            "address = [\"{BASTION_TUNNEL_V4}/24\", \"{BASTION_TUNNEL_V6}/64\"]"
-        )
-        .unwrap();
+        writeln!(s, "address = [\"{BASTION_TUNNEL_V4}/24\", \"{BASTION_TUNNEL_V6}/64\"]").unwrap();
         writeln!(s, "listen_port = {LISTEN_PORT}").unwrap();
         writeln!(s, "name = \"{}\"", self.interface_name).unwrap();
         for (i, client) in topo.clients.iter().enumerate() {
@@ -109,10 +99,7 @@ impl BastionSetup {
             writeln!(s, "\n[[peer]]").unwrap();
             writeln!(s, "name = \"{}\"", client.name).unwrap();
             writeln!(s, "public_key = \"{}\"", client.keys.public).unwrap();
-            let allowed = [
-                format!("{}/32", client.tunnel_v4),
-                format!("{}/128", client.tunnel_v6),
-            ];
+            let allowed = [format!("{}/32", client.tunnel_v4), format!("{}/128", client.tunnel_v6)];
             writeln!(s, "allowed_ips = {}", toml_list(&allowed)).unwrap();
             if let Some(reach) = self.peer_reach.get(i).filter(|r| !r.is_empty()) {
                 writeln!(s, "reach = {}", toml_list(reach)).unwrap();
@@ -150,16 +137,9 @@ impl Bastion {
 
     /// Like [`Bastion::start`], in namespace `ns` (another bastion of the same cluster: the
     /// config, key and peers still come from `topo`).
-    pub fn start_in(
-        topo: &Topology,
-        ns: &crate::Netns,
-        binary: &std::path::Path,
-        setup: BastionSetup,
-    ) -> Bastion {
+    pub fn start_in(topo: &Topology, ns: &crate::Netns, binary: &std::path::Path, setup: BastionSetup) -> Bastion {
         let name = crate::unique_name("cfg");
-        let config = topo
-            .dir
-            .write(&format!("bastion-{name}.toml"), &setup.to_toml(topo));
+        let config = topo.dir.write(&format!("bastion-{name}.toml"), &setup.to_toml(topo));
         let mut argv: Vec<std::ffi::OsString> = setup.command_prefix.iter().map(Into::into).collect();
         argv.extend([binary.as_os_str(), "run".as_ref(), "--config".as_ref(), config.as_os_str()].map(Into::into));
         let mut process = ns.spawn(
@@ -214,15 +194,8 @@ impl Bastion {
             }
         });
         let exited = |e: String| {
-            let status = self
-                .process
-                .try_exit()
-                .map(Process::describe)
-                .unwrap_or_default();
-            format!(
-                "{e} ({status}) while waiting for {what}\n{}",
-                self.process.log_report()
-            )
+            let status = self.process.try_exit().map(Process::describe).unwrap_or_default();
+            format!("{e} ({status}) while waiting for {what}\n{}", self.process.log_report())
         };
         match result {
             Ok(Ok(r)) => Ok(r),
@@ -234,9 +207,7 @@ impl Bastion {
     /// Waits for 200 with body `NAME up`.
     pub fn wait_healthy(&self, timeout: Duration) -> Result<HttpResponse, String> {
         let expected = format!("{} up", self.setup.interface_name);
-        self.wait_health(&format!("health 200 {expected:?}"), timeout, |r| {
-            r.status == 200 && r.body.trim() == expected
-        })
+        self.wait_health(&format!("health 200 {expected:?}"), timeout, |r| r.status == 200 && r.body.trim() == expected)
     }
 
     pub fn log_report(&self) -> String {
@@ -245,12 +216,7 @@ impl Bastion {
 
     /// What `bastion status --interface NAME` prints in the bastion namespace.
     pub fn status(&self) -> Result<String, String> {
-        let out = self.ns().exec(&[
-            self.binary.to_str().unwrap(),
-            "status",
-            "--interface",
-            &self.setup.interface_name,
-        ]);
+        let out = self.ns().exec(&[self.binary.to_str().unwrap(), "status", "--interface", &self.setup.interface_name]);
         if out.success() {
             Ok(out.stdout)
         } else {
@@ -273,10 +239,7 @@ impl Drop for Bastion {
 /// The clock the service stamps its log lines with (CLOCK_BOOTTIME, seconds): read it in the
 /// test to place a log line on the test's own timeline.
 pub fn log_clock_now() -> f64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     let rc = unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
     assert_eq!(rc, 0, "clock_gettime(CLOCK_BOOTTIME) failed");
     ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
@@ -292,9 +255,7 @@ pub fn log_line_time(line: &str) -> Option<f64> {
 /// In a `bastion status` report, the number after `label` on peer `peer`'s line (e.g.
 /// `"handshakes"`, `"failover handshakes"`).
 pub fn peer_counter(status: &str, peer: &str, label: &str) -> Option<u64> {
-    let line = status
-        .lines()
-        .find(|l| l.split_whitespace().next() == Some(peer))?;
+    let line = status.lines().find(|l| l.split_whitespace().next() == Some(peer))?;
     let after = line.split(&format!("  {label} ")).nth(1)?;
     after.split_whitespace().next()?.parse().ok()
 }
@@ -302,9 +263,7 @@ pub fn peer_counter(status: &str, peer: &str, label: &str) -> Option<u64> {
 /// In a `bastion status` report, the number before `label` on the `dropped:` line (e.g.
 /// `"cookie replies"`, `"handshakes from unknown keys"`).
 pub fn dropped_counter(status: &str, label: &str) -> Option<u64> {
-    let line = status
-        .lines()
-        .find(|l| l.trim_start().starts_with("dropped:"))?;
+    let line = status.lines().find(|l| l.trim_start().starts_with("dropped:"))?;
     let line = line.trim_start().strip_prefix("dropped:")?;
     line.split(',').find_map(|part| {
         let (number, rest) = part.trim().split_once(' ')?;
@@ -326,27 +285,18 @@ mod tests {
     #[test]
     fn status_counters_are_read_by_label() {
         assert_eq!(peer_counter(STATUS, "alice", "handshakes"), Some(2));
-        assert_eq!(
-            peer_counter(STATUS, "alice", "failover handshakes"),
-            Some(1)
-        );
+        assert_eq!(peer_counter(STATUS, "alice", "failover handshakes"), Some(1));
         assert_eq!(peer_counter(STATUS, "bob", "failover handshakes"), Some(0));
         assert_eq!(peer_counter(STATUS, "carol", "handshakes"), None);
         assert_eq!(dropped_counter(STATUS, "cookie replies"), Some(300));
-        assert_eq!(
-            dropped_counter(STATUS, "handshakes from unknown keys"),
-            Some(5)
-        );
+        assert_eq!(dropped_counter(STATUS, "handshakes from unknown keys"), Some(5));
         assert_eq!(dropped_counter(STATUS, "datagrams not ours"), Some(7));
         assert_eq!(dropped_counter(STATUS, "nothing"), None);
     }
 
     #[test]
     fn log_lines_carry_their_time() {
-        assert_eq!(
-            log_line_time("[    12.500000] bastion: peer alice handshake completed"),
-            Some(12.5)
-        );
+        assert_eq!(log_line_time("[    12.500000] bastion: peer alice handshake completed"), Some(12.5));
         assert_eq!(log_line_time("no stamp"), None);
     }
 }

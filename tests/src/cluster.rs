@@ -26,9 +26,7 @@ use std::time::Duration;
 use crate::http::{self, HttpResponse};
 use crate::link;
 use crate::netns::Netns;
-use crate::topology::{
-    Topology, BASTION_PRIVATE_V4, BASTION_PUBLIC_V4, LISTEN_PORT, VPC_ROUTER_V4, VPC_ROUTER_V6,
-};
+use crate::topology::{Topology, BASTION_PRIVATE_V4, BASTION_PUBLIC_V4, LISTEN_PORT, VPC_ROUTER_V4, VPC_ROUTER_V6};
 
 /// The load balancer's listener address: the clients' endpoint.
 pub const VIP: Ipv4Addr = BASTION_PUBLIC_V4;
@@ -49,14 +47,8 @@ pub struct Target {
 }
 
 pub const TARGETS: [Target; 2] = [
-    Target {
-        address: Ipv4Addr::new(198, 51, 100, 11),
-        private_v4: BASTION_PRIVATE_V4,
-    },
-    Target {
-        address: Ipv4Addr::new(198, 51, 100, 12),
-        private_v4: Ipv4Addr::new(10, 0, 1, 2),
-    },
+    Target { address: Ipv4Addr::new(198, 51, 100, 11), private_v4: BASTION_PRIVATE_V4 },
+    Target { address: Ipv4Addr::new(198, 51, 100, 12), private_v4: Ipv4Addr::new(10, 0, 1, 2) },
 ];
 
 pub struct Cluster {
@@ -85,18 +77,8 @@ impl Cluster {
         link::attach(&topo.vpc, "p-bastionb", "br0");
         link::add_address(&standby, "priv0", &format!("{}/24", TARGETS[1].private_v4));
         link::add_address(&standby, "priv0", "fd00:1::2/64");
-        link::add_route(
-            &standby,
-            "default",
-            Some(&VPC_ROUTER_V4.to_string()),
-            "priv0",
-        );
-        link::add_route(
-            &standby,
-            "default",
-            Some(&VPC_ROUTER_V6.to_string()),
-            "priv0",
-        );
+        link::add_route(&standby, "default", Some(&VPC_ROUTER_V4.to_string()), "priv0");
+        link::add_route(&standby, "default", Some(&VPC_ROUTER_V6.to_string()), "priv0");
 
         // The load balancer: the VIP on the internet, a segment of its own toward the targets.
         link::veth(&lb, "pub0", &topo.internet, "p-lb");
@@ -109,12 +91,7 @@ impl Cluster {
             link::veth(bastion, "pub0", &lb, &port);
             link::attach(&lb, &port, "br0");
             link::add_address(bastion, "pub0", &format!("{}/24", TARGETS[i].address));
-            link::add_route(
-                bastion,
-                CLIENT_NET,
-                Some(&LB_TARGET_SIDE.to_string()),
-                "pub0",
-            );
+            link::add_route(bastion, CLIENT_NET, Some(&LB_TARGET_SIDE.to_string()), "pub0");
         }
         lb.sysctl("net.ipv4.ip_forward", "1");
         let cluster = Cluster { lb, standby, topo };
@@ -144,10 +121,7 @@ impl Cluster {
 
     /// Sends new flows to target `i`; flows the load balancer already tracks stay where they are.
     pub fn point_to(&self, i: usize) {
-        self.nft(&format!(
-            "flush chain ip nlb listener\n{}",
-            listener_rule(TARGETS[i])
-        ));
+        self.nft(&format!("flush chain ip nlb listener\n{}", listener_rule(TARGETS[i])));
     }
 
     /// Moves every flow to target `i`, as an NLB does once a target failed its health checks:
@@ -167,10 +141,7 @@ impl Cluster {
         ]);
         // conntrack exits 1 when no flow matched, which is not a failure here.
         let nothing_matched = out.code == Some(1) && out.stderr.contains("0 flow entries");
-        assert!(
-            out.success() || nothing_matched,
-            "flushing the load balancer's flows: {out}"
-        );
+        assert!(out.success() || nothing_matched, "flushing the load balancer's flows: {out}");
     }
 
     /// Drops, in the load balancer, the handshake initiations bastions send toward clients (UDP
@@ -185,9 +156,7 @@ impl Cluster {
 
     /// How many packets the rule of [`Cluster::drop_initiations_from_targets`] dropped.
     pub fn dropped_initiations(&self) -> u64 {
-        let chain = self
-            .lb
-            .run(&["nft", "list", "chain", "ip", "nlb", "forward"]);
+        let chain = self.lb.run(&["nft", "list", "chain", "ip", "nlb", "forward"]);
         chain
             .lines()
             .find(|l| l.contains("initiations from bastions"))
@@ -201,12 +170,7 @@ impl Cluster {
 
     /// One health check of target `i`, from the load balancer as an NLB makes it.
     pub fn health(&self, i: usize) -> Result<HttpResponse, String> {
-        http::get(
-            &self.lb,
-            SocketAddr::new(IpAddr::V4(TARGETS[i].address), HEALTH_PORT),
-            "/",
-            Duration::from_secs(1),
-        )
+        http::get(&self.lb, SocketAddr::new(IpAddr::V4(TARGETS[i].address), HEALTH_PORT), "/", Duration::from_secs(1))
     }
 
     /// What the load balancer knows, for failure messages: its rules and its tracked flows.
@@ -222,19 +186,11 @@ impl Cluster {
     }
 
     fn nft(&self, script: &str) {
-        let out = self
-            .lb
-            .exec_with_input(&["nft", "-f", "-"], script.as_bytes());
-        assert!(
-            out.success(),
-            "nft in the load balancer: {out}\nscript:\n{script}"
-        );
+        let out = self.lb.exec_with_input(&["nft", "-f", "-"], script.as_bytes());
+        assert!(out.success(), "nft in the load balancer: {out}\nscript:\n{script}");
     }
 }
 
 fn listener_rule(target: Target) -> String {
-    format!(
-        "add rule ip nlb listener ip daddr {VIP} udp dport {LISTEN_PORT} dnat to {}\n",
-        target.address
-    )
+    format!("add rule ip nlb listener ip daddr {VIP} udp dport {LISTEN_PORT} dnat to {}\n", target.address)
 }

@@ -51,25 +51,16 @@ pub fn run_with_input<S: AsRef<OsStr>>(argv: &[S], stdin: Option<&[u8]>) -> Outp
     let mut command = Command::new(&argv[0]);
     command
         .args(&argv[1..])
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut child = command
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start `{line}`: {e}"));
+    let mut child = command.spawn().unwrap_or_else(|e| panic!("cannot start `{line}`: {e}"));
     if let Some(input) = stdin {
         use std::io::Write;
         let mut pipe = child.stdin.take().unwrap();
-        pipe.write_all(input)
-            .unwrap_or_else(|e| panic!("cannot write to `{line}`: {e}"));
+        pipe.write_all(input).unwrap_or_else(|e| panic!("cannot write to `{line}`: {e}"));
     }
-    let out = child
-        .wait_with_output()
-        .unwrap_or_else(|e| panic!("cannot wait for `{line}`: {e}"));
+    let out = child.wait_with_output().unwrap_or_else(|e| panic!("cannot wait for `{line}`: {e}"));
     Output {
         command: line,
         code: out.status.code(),
@@ -89,16 +80,11 @@ pub fn run_ok<S: AsRef<OsStr>>(argv: &[S]) -> String {
 }
 
 pub fn command_line<S: AsRef<OsStr>>(argv: &[S]) -> String {
-    argv.iter()
-        .map(|a| a.as_ref().to_string_lossy().into_owned())
-        .collect::<Vec<_>>()
-        .join(" ")
+    argv.iter().map(|a| a.as_ref().to_string_lossy().into_owned()).collect::<Vec<_>>().join(" ")
 }
 
 /// Where `PATH` finds `program`, if anywhere.
 pub fn find_in_path(program: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(program))
-        .find(|candidate| candidate.is_file())
+    std::env::split_paths(&path).map(|dir| dir.join(program)).find(|candidate| candidate.is_file())
 }

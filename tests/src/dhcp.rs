@@ -49,10 +49,7 @@ impl DhcpServer {
             "--port=0".into(),
             format!("--interface={interface}"),
             "--bind-interfaces".into(),
-            format!(
-                "--dhcp-range={},{},{},{}",
-                pool.first, pool.last, pool.netmask, pool.lease_seconds
-            ),
+            format!("--dhcp-range={},{},{},{}", pool.first, pool.last, pool.netmask, pool.lease_seconds),
             format!("--dhcp-option=option:router,{}", pool.router),
             format!("--dhcp-leasefile={}", leases.display()),
             format!("--pid-file={}", file("pid").display()),
@@ -69,22 +66,14 @@ impl DhcpServer {
             argv.push(format!("--dhcp-option=option:T2,{t2}"));
         }
         let process = ns.spawn(&format!("dnsmasq on {interface}"), &argv, &[], &file("log"));
-        process
-            .wait_for_log("DHCP, IP range", Duration::from_secs(10))
-            .unwrap_or_else(|e| panic!("{e}"));
+        process.wait_for_log("DHCP, IP range", Duration::from_secs(10)).unwrap_or_else(|e| panic!("{e}"));
         DhcpServer { process, leases }
     }
 
     /// The address of the first lease in dnsmasq's lease file (`expiry mac ip host clientid`).
     pub fn leased_address(&self) -> Option<Ipv4Addr> {
         let leases = std::fs::read_to_string(&self.leases).ok()?;
-        leases
-            .lines()
-            .next()?
-            .split_whitespace()
-            .nth(2)?
-            .parse()
-            .ok()
+        leases.lines().next()?.split_whitespace().nth(2)?.parse().ok()
     }
 
     /// How many DHCPACKs the server has sent (the first one and every renewal's).
@@ -108,10 +97,8 @@ impl DhcpServer {
             " vendor class:",
         ];
         let log = self.process.log();
-        let messages: Vec<&str> = log
-            .lines()
-            .filter(|line| !DETAIL.iter().any(|detail| line.contains(detail)))
-            .collect();
+        let messages: Vec<&str> =
+            log.lines().filter(|line| !DETAIL.iter().any(|detail| line.contains(detail))).collect();
         let leases = std::fs::read_to_string(&self.leases).unwrap_or_default();
         format!(
             "--- log of {} ({}, without option detail) ---\n{}\n--- {} ---\n{}",

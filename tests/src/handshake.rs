@@ -59,9 +59,7 @@ pub fn decode_key(base64_key: &str) -> [u8; 32] {
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(base64_key.trim())
         .unwrap_or_else(|e| panic!("not a base64 key: {e}"));
-    bytes
-        .try_into()
-        .unwrap_or_else(|b: Vec<u8>| panic!("a key has 32 bytes, not {}", b.len()))
+    bytes.try_into().unwrap_or_else(|b: Vec<u8>| panic!("a key has 32 bytes, not {}", b.len()))
 }
 
 /// The initiating side of a handshake toward a bastion, built on boringtun's `Tunn`.
@@ -96,10 +94,7 @@ impl Initiator {
             index,
             None,
         );
-        Initiator {
-            tunn,
-            buf: vec![0u8; 2048],
-        }
+        Initiator { tunn, buf: vec![0u8; 2048] }
     }
 
     /// A new handshake initiation (new ephemeral key, new timestamp, valid MAC1; MAC2 too once
@@ -119,10 +114,7 @@ impl Initiator {
         match self.tunn.decapsulate(Some(from), datagram, &mut self.buf) {
             // A response completes the handshake; boringtun then offers a keepalive to send.
             TunnResult::WriteToNetwork(_) | TunnResult::Done => Ok(()),
-            TunnResult::Err(e) => Err(format!(
-                "{:?} message rejected by the initiator: {e:?}",
-                message_kind(datagram)
-            )),
+            TunnResult::Err(e) => Err(format!("{:?} message rejected by the initiator: {e:?}", message_kind(datagram))),
             _ => Err("unexpected tunnel packet".into()),
         }
     }

@@ -52,15 +52,8 @@ impl HttpServer {
             &[],
             &dir.path().join(format!("http-{label}.log")),
         );
-        let server = HttpServer {
-            process,
-            marker,
-            port,
-        };
-        server
-            .process
-            .wait_for_log("Serving HTTP", Duration::from_secs(10))
-            .unwrap_or_else(|e| panic!("{e}"));
+        let server = HttpServer { process, marker, port };
+        server.process.wait_for_log("Serving HTTP", Duration::from_secs(10)).unwrap_or_else(|e| panic!("{e}"));
         server
     }
 
@@ -81,14 +74,9 @@ impl HttpServer {
     /// The source address the server saw for the request whose path is `path` (IPv4-mapped
     /// addresses are given as plain IPv4).
     pub fn client_of(&self, path: &str, timeout: Duration) -> Result<String, String> {
-        let line = self
-            .process
-            .wait_for_log(&format!("\"GET {path} "), timeout)?;
+        let line = self.process.wait_for_log(&format!("\"GET {path} "), timeout)?;
         let address = line.split_whitespace().next().unwrap_or("");
-        Ok(address
-            .strip_prefix("::ffff:")
-            .unwrap_or(address)
-            .to_string())
+        Ok(address.strip_prefix("::ffff:").unwrap_or(address).to_string())
     }
 }
 
@@ -103,12 +91,7 @@ pub struct HttpResponse {
 const MAX_RESPONSE: u64 = 1 << 20;
 
 /// `GET path` from inside `ns` to `addr`, one attempt; `timeout` bounds connect and each read.
-pub fn get(
-    ns: &Netns,
-    addr: SocketAddr,
-    path: &str,
-    timeout: Duration,
-) -> Result<HttpResponse, String> {
+pub fn get(ns: &Netns, addr: SocketAddr, path: &str, timeout: Duration) -> Result<HttpResponse, String> {
     request(ns, "GET", addr, path, timeout)
 }
 
@@ -122,16 +105,12 @@ pub fn request(
 ) -> Result<HttpResponse, String> {
     let what = format!("{method} http://{addr}{path} from namespace {}", ns.name());
     ns.enter(|| {
-        let mut stream = TcpStream::connect_timeout(&addr, timeout)
-            .map_err(|e| format!("{what}: connect: {e}"))?;
+        let mut stream = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("{what}: connect: {e}"))?;
         stream.set_read_timeout(Some(timeout)).unwrap();
         stream.set_write_timeout(Some(timeout)).unwrap();
         let host = addr.to_string();
-        write!(
-            stream,
-            "{method} {path} HTTP/1.0\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-        )
-        .map_err(|e| format!("{what}: send: {e}"))?;
+        write!(stream, "{method} {path} HTTP/1.0\r\nHost: {host}\r\nConnection: close\r\n\r\n")
+            .map_err(|e| format!("{what}: send: {e}"))?;
         let mut raw = Vec::new();
         stream
             .take(MAX_RESPONSE)
@@ -143,9 +122,8 @@ pub fn request(
 
 fn parse_response(raw: &[u8]) -> Result<HttpResponse, String> {
     let text = String::from_utf8_lossy(raw);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| format!("no end of headers in {} bytes: {text:?}", raw.len()))?;
+    let (head, body) =
+        text.split_once("\r\n\r\n").ok_or_else(|| format!("no end of headers in {} bytes: {text:?}", raw.len()))?;
     let status_line = head.lines().next().unwrap_or("");
     let mut parts = status_line.split_whitespace();
     let version = parts.next().unwrap_or("");
@@ -154,10 +132,7 @@ fn parse_response(raw: &[u8]) -> Result<HttpResponse, String> {
         .and_then(|s| s.parse::<u16>().ok())
         .filter(|_| version.starts_with("HTTP/"))
         .ok_or_else(|| format!("bad status line {status_line:?}"))?;
-    Ok(HttpResponse {
-        status,
-        body: body.to_string(),
-    })
+    Ok(HttpResponse { status, body: body.to_string() })
 }
 
 #[cfg(test)]
@@ -166,8 +141,7 @@ mod tests {
 
     #[test]
     fn parses_status_and_body() {
-        let r = parse_response(b"HTTP/1.1 503 Service Unavailable\r\nA: b\r\n\r\nwg0 down\nx\n")
-            .unwrap();
+        let r = parse_response(b"HTTP/1.1 503 Service Unavailable\r\nA: b\r\n\r\nwg0 down\nx\n").unwrap();
         assert_eq!(r.status, 503);
         assert_eq!(r.body, "wg0 down\nx\n");
     }

@@ -100,15 +100,8 @@ impl ImdsEmulator {
         // Before the start: the emulator reads the file on every request.
         write_mode(&mode_file, mode);
         let process = ns.spawn("imds emulator", &argv, &[], &file("log"));
-        process
-            .wait_for_log("listening on", Duration::from_secs(10))
-            .unwrap_or_else(|e| panic!("{e}"));
-        ImdsEmulator {
-            process,
-            address,
-            mode_file,
-            request_log,
-        }
+        process.wait_for_log("listening on", Duration::from_secs(10)).unwrap_or_else(|e| panic!("{e}"));
+        ImdsEmulator { process, address, mode_file, request_log }
     }
 
     pub fn address(&self) -> SocketAddr {
@@ -133,9 +126,7 @@ impl ImdsEmulator {
         complete
             .lines()
             .map(|line| {
-                parse_request(line).unwrap_or_else(|e| {
-                    panic!("{}: {e} in line {line:?}", self.request_log.display())
-                })
+                parse_request(line).unwrap_or_else(|e| panic!("{}: {e} in line {line:?}", self.request_log.display()))
             })
             .collect()
     }
@@ -164,19 +155,13 @@ impl ImdsEmulator {
 }
 
 fn write_mode(mode_file: &Path, mode: ImdsMode) {
-    std::fs::write(mode_file, mode.as_str())
-        .unwrap_or_else(|e| panic!("cannot write {}: {e}", mode_file.display()));
+    std::fs::write(mode_file, mode.as_str()).unwrap_or_else(|e| panic!("cannot write {}: {e}", mode_file.display()));
 }
 
 /// One line of the request log: a flat JSON object as Python's `json.dumps` writes it.
 fn parse_request(line: &str) -> Result<ImdsRequest, String> {
     let fields = flat_json_fields(line)?;
-    let get = |key: &str| {
-        fields
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
-    };
+    let get = |key: &str| fields.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
     let need = |key: &str| get(key).ok_or_else(|| format!("no \"{key}\""));
     let string = |key: &str| -> Result<String, String> {
         let v = need(key)?;
@@ -196,9 +181,7 @@ fn parse_request(line: &str) -> Result<ImdsRequest, String> {
         path: string("path")?,
         token_sent: boolean("token_sent")?,
         token_valid: boolean("token_valid")?,
-        status: status
-            .parse()
-            .map_err(|_| format!("\"status\" is not a status: {status}"))?,
+        status: status.parse().map_err(|_| format!("\"status\" is not a status: {status}"))?,
         // An invalid TTL is logged as the string the request sent: not a TTL.
         ttl: get("ttl").and_then(|v| v.parse().ok()),
     })
@@ -207,11 +190,7 @@ fn parse_request(line: &str) -> Result<ImdsRequest, String> {
 /// The `"key": value` pairs of a one-level JSON object whose strings hold no quote, comma or
 /// backslash (true of what the emulator logs: methods, paths, modes, numbers).
 fn flat_json_fields(line: &str) -> Result<Vec<(String, String)>, String> {
-    let inner = line
-        .trim()
-        .strip_prefix('{')
-        .and_then(|l| l.strip_suffix('}'))
-        .ok_or("not a JSON object")?;
+    let inner = line.trim().strip_prefix('{').and_then(|l| l.strip_suffix('}')).ok_or("not a JSON object")?;
     if inner.contains('\\') {
         return Err("an escaped character".into());
     }
@@ -219,10 +198,7 @@ fn flat_json_fields(line: &str) -> Result<Vec<(String, String)>, String> {
         .split(", ")
         .map(|pair| {
             let (key, value) = pair.split_once(": ").ok_or("a field without a value")?;
-            let key = key
-                .strip_prefix('"')
-                .and_then(|k| k.strip_suffix('"'))
-                .ok_or("a key that is not a string")?;
+            let key = key.strip_prefix('"').and_then(|k| k.strip_suffix('"')).ok_or("a key that is not a string")?;
             Ok((key.to_string(), value.to_string()))
         })
         .collect()
@@ -253,10 +229,7 @@ mod tests {
             r#"{"method": "GET", "path": "/latest/user-data", "token_sent": true, "token_valid": false, "status": 401}"#,
         )
         .unwrap();
-        assert_eq!(
-            (refused.token_sent, refused.status, refused.ttl),
-            (true, 401, None)
-        );
+        assert_eq!((refused.token_sent, refused.status, refused.ttl), (true, 401, None));
         let bad_ttl = parse_request(
             r#"{"method": "PUT", "path": "/latest/api/token", "token_sent": false, "token_valid": false, "status": 400, "ttl": "abc"}"#,
         )

@@ -50,11 +50,7 @@ pub fn run_prefix() -> &'static str {
     static PREFIX: OnceLock<String> = OnceLock::new();
     PREFIX.get_or_init(|| {
         let random = random_u64() % (36 * 36);
-        format!(
-            "b{}{}",
-            base36(std::process::id() as u64),
-            pad2(base36(random))
-        )
+        format!("b{}{}", base36(std::process::id() as u64), pad2(base36(random)))
     })
 }
 
@@ -78,11 +74,7 @@ pub fn random_u64() -> u64 {
 /// Panics with a clear message unless the tests can run here: root, and the tools installed
 /// (`make test-deps` installs them on Debian).
 pub fn require_root_and_tools() {
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "the integration tests create network namespaces: run them as root"
-    );
+    assert_eq!(unsafe { libc::geteuid() }, 0, "the integration tests create network namespaces: run them as root");
     require_tools(&["ip", "wg", "wireguard-go", "nft", "ping", "sysctl"]);
     assert!(
         std::path::Path::new(http::PYTHON).exists() || command::find_in_path("python3").is_some(),

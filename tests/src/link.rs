@@ -35,18 +35,7 @@ pub fn veth_down(a: &Netns, a_name: &str, b: &Netns, b_name: &str) {
 pub fn bridge(ns: &Netns, name: &str) {
     ns.run(&["ip", "link", "add", name, "type", "bridge"]);
     // No STP: a port forwards at once instead of after the listening/learning delay.
-    ns.run(&[
-        "ip",
-        "link",
-        "set",
-        name,
-        "type",
-        "bridge",
-        "stp_state",
-        "0",
-        "forward_delay",
-        "0",
-    ]);
+    ns.run(&["ip", "link", "set", name, "type", "bridge", "stp_state", "0", "forward_delay", "0"]);
     ns.run(&["ip", "link", "set", name, "up"]);
 }
 
@@ -67,11 +56,7 @@ pub fn add_address(ns: &Netns, dev: &str, cidr: &str) {
 
 /// Adds a route to `destination` ("default" or a CIDR) through gateway `via` (if any) on `dev`.
 pub fn add_route(ns: &Netns, destination: &str, via: Option<&str>, dev: &str) {
-    let family = if destination.contains(':') || via.is_some_and(|v| v.contains(':')) {
-        "-6"
-    } else {
-        "-4"
-    };
+    let family = if destination.contains(':') || via.is_some_and(|v| v.contains(':')) { "-6" } else { "-4" };
     let mut argv = vec!["ip", family, "route", "add", destination];
     if let Some(gateway) = via {
         argv.extend(["via", gateway]);

@@ -23,20 +23,14 @@ impl Netns {
     pub fn new(name: &str) -> Netns {
         command::run_ok(&["ip", "netns", "add", name]);
         // From here on drop deletes it, even if the next step fails.
-        let ns = Netns {
-            name: name.to_string(),
-            owned: true,
-        };
+        let ns = Netns { name: name.to_string(), owned: true };
         ns.run(&["ip", "link", "set", "lo", "up"]);
         ns
     }
 
     /// A handle on a namespace someone else owns (and deletes).
     pub fn borrowed(name: &str) -> Netns {
-        Netns {
-            name: name.to_string(),
-            owned: false,
-        }
+        Netns { name: name.to_string(), owned: false }
     }
 
     pub fn name(&self) -> &str {
@@ -44,12 +38,8 @@ impl Netns {
     }
 
     fn argv<S: AsRef<OsStr>>(&self, argv: &[S]) -> Vec<std::ffi::OsString> {
-        let mut full: Vec<std::ffi::OsString> = vec![
-            "ip".into(),
-            "netns".into(),
-            "exec".into(),
-            self.name.clone().into(),
-        ];
+        let mut full: Vec<std::ffi::OsString> =
+            vec!["ip".into(), "netns".into(), "exec".into(), self.name.clone().into()];
         full.extend(argv.iter().map(|a| a.as_ref().to_os_string()));
         full
     }
@@ -71,13 +61,7 @@ impl Netns {
 
     /// Starts a long-running command inside the namespace (`ip netns exec` execs it, so the
     /// guard's pid is the command's own), logging to `log_path`.
-    pub fn spawn<S: AsRef<OsStr>>(
-        &self,
-        label: &str,
-        argv: &[S],
-        envs: &[(&str, &str)],
-        log_path: &Path,
-    ) -> Process {
+    pub fn spawn<S: AsRef<OsStr>>(&self, label: &str, argv: &[S], envs: &[(&str, &str)], log_path: &Path) -> Process {
         Process::spawn(label, &self.argv(argv), envs, log_path)
     }
 
@@ -93,18 +77,14 @@ impl Netns {
 
     /// One ping (v4 or v6) answered within `timeout`, retried until then.
     pub fn ping(&self, address: &str, timeout: Duration) -> Result<(), String> {
-        wait_until(
-            &format!("a ping answer from {address} in namespace {}", self.name),
-            timeout,
-            || {
-                let out = self.exec(&["ping", "-n", "-c", "1", "-W", "1", address]);
-                if out.success() {
-                    Ok(())
-                } else {
-                    Err(out.to_string())
-                }
-            },
-        )
+        wait_until(&format!("a ping answer from {address} in namespace {}", self.name), timeout, || {
+            let out = self.exec(&["ping", "-n", "-c", "1", "-W", "1", address]);
+            if out.success() {
+                Ok(())
+            } else {
+                Err(out.to_string())
+            }
+        })
     }
 
     /// Runs `f` on a thread that has joined this namespace: sockets it opens live here.
@@ -113,17 +93,11 @@ impl Netns {
         std::thread::scope(|scope| {
             scope
                 .spawn(move || {
-                    let file = std::fs::File::open(&path)
-                        .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()));
+                    let file =
+                        std::fs::File::open(&path).unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()));
                     // setns(CLONE_NEWNET) changes only this thread's namespace.
                     let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-                    assert_eq!(
-                        rc,
-                        0,
-                        "setns into {}: {}",
-                        path.display(),
-                        std::io::Error::last_os_error()
-                    );
+                    assert_eq!(rc, 0, "setns into {}: {}", path.display(), std::io::Error::last_os_error());
                     f()
                 })
                 .join()
@@ -139,8 +113,7 @@ impl Netns {
     ) -> std::thread::JoinHandle<T> {
         let path = Path::new("/var/run/netns").join(&self.name);
         std::thread::spawn(move || {
-            let file = std::fs::File::open(&path)
-                .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()));
+            let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()));
             let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
             assert_eq!(rc, 0, "setns into {}: {}", path.display(), std::io::Error::last_os_error());
             f()

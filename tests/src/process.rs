@@ -26,12 +26,7 @@ impl Process {
     /// Starts `argv` with stdout and stderr appended to `log_path`. `label` names it in
     /// messages. The process gets SIGKILL if the thread that started it dies (so a test run
     /// killed outright does not leave it behind): keep the guard on the test's own thread.
-    pub fn spawn<S: AsRef<OsStr>>(
-        label: &str,
-        argv: &[S],
-        envs: &[(&str, &str)],
-        log_path: &Path,
-    ) -> Process {
+    pub fn spawn<S: AsRef<OsStr>>(label: &str, argv: &[S], envs: &[(&str, &str)], log_path: &Path) -> Process {
         let command = crate::command::command_line(argv);
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -40,10 +35,7 @@ impl Process {
             .unwrap_or_else(|e| panic!("cannot open log {}: {e}", log_path.display()));
         let log2 = log.try_clone().expect("clone log file handle");
         let mut cmd = Command::new(&argv[0]);
-        cmd.args(&argv[1..])
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log))
-            .stderr(Stdio::from(log2));
+        cmd.args(&argv[1..]).stdin(Stdio::null()).stdout(Stdio::from(log)).stderr(Stdio::from(log2));
         for (k, v) in envs {
             cmd.env(k, v);
         }
@@ -55,9 +47,7 @@ impl Process {
                 Ok(())
             });
         }
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {label} (`{command}`): {e}"));
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {label} (`{command}`): {e}"));
         Process {
             label: label.to_string(),
             command,
@@ -87,9 +77,7 @@ impl Process {
 
     /// Everything the process has printed so far.
     pub fn log(&self) -> String {
-        std::fs::read(&self.log_path)
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default()
+        std::fs::read(&self.log_path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
     }
 
     /// The log framed for a failure message.
@@ -117,28 +105,16 @@ impl Process {
     }
 
     /// Like [`Process::wait_for_log`], looking only at what was printed after byte `offset`.
-    pub fn wait_for_log_after(
-        &self,
-        offset: usize,
-        needle: &str,
-        timeout: Duration,
-    ) -> Result<String, String> {
-        wait_until(
-            &format!("{} to log {needle:?}", self.label),
-            timeout,
-            || {
-                let log = self.log();
-                let fresh = log.get(offset..).unwrap_or("");
-                match fresh.lines().find(|l| l.contains(needle)) {
-                    Some(line) => Ok(line.to_string()),
-                    // Says so when the process has ended: then the line will never come.
-                    None => Err(self
-                        .check_running()
-                        .err()
-                        .unwrap_or_else(|| self.log_report())),
-                }
-            },
-        )
+    pub fn wait_for_log_after(&self, offset: usize, needle: &str, timeout: Duration) -> Result<String, String> {
+        wait_until(&format!("{} to log {needle:?}", self.label), timeout, || {
+            let log = self.log();
+            let fresh = log.get(offset..).unwrap_or("");
+            match fresh.lines().find(|l| l.contains(needle)) {
+                Some(line) => Ok(line.to_string()),
+                // Says so when the process has ended: then the line will never come.
+                None => Err(self.check_running().err().unwrap_or_else(|| self.log_report())),
+            }
+        })
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, (Child, Option<ExitStatus>)> {
@@ -174,12 +150,9 @@ impl Process {
     pub fn check_running(&self) -> Result<(), String> {
         match self.try_exit() {
             None => Ok(()),
-            Some(status) => Err(format!(
-                "{} has exited ({})\n{}",
-                self.label,
-                Self::describe(status),
-                self.log_report()
-            )),
+            Some(status) => {
+                Err(format!("{} has exited ({})\n{}", self.label, Self::describe(status), self.log_report()))
+            }
         }
     }
 

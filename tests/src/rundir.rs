@@ -18,8 +18,7 @@ impl RunDir {
     pub fn under(parent: &Path, name: &str) -> RunDir {
         let path = parent.join(name);
         let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path)
-            .unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
+        std::fs::create_dir_all(&path).unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
         RunDir { path }
     }
 
@@ -39,8 +38,7 @@ impl RunDir {
             .mode(0o600)
             .open(&file)
             .unwrap_or_else(|e| panic!("cannot write {}: {e}", file.display()));
-        f.write_all(contents.as_bytes())
-            .unwrap_or_else(|e| panic!("cannot write {}: {e}", file.display()));
+        f.write_all(contents.as_bytes()).unwrap_or_else(|e| panic!("cannot write {}: {e}", file.display()));
         file
     }
 }

@@ -125,18 +125,8 @@ impl Topology {
         link::attach(&vpc, "p-bastion", "br0");
         link::add_address(&bastion, "priv0", &format!("{BASTION_PRIVATE_V4}/24"));
         link::add_address(&bastion, "priv0", &format!("{BASTION_PRIVATE_V6}/64"));
-        link::add_route(
-            &bastion,
-            "default",
-            Some(&VPC_ROUTER_V4.to_string()),
-            "priv0",
-        );
-        link::add_route(
-            &bastion,
-            "default",
-            Some(&VPC_ROUTER_V6.to_string()),
-            "priv0",
-        );
+        link::add_route(&bastion, "default", Some(&VPC_ROUTER_V4.to_string()), "priv0");
+        link::add_route(&bastion, "default", Some(&VPC_ROUTER_V6.to_string()), "priv0");
 
         let mut client_list = Vec::new();
         for (i, &name) in PEER_NAMES.iter().enumerate().take(clients) {
@@ -172,12 +162,7 @@ impl Topology {
             link::add_route(&h, "default", Some(&BASTION_PRIVATE_V4.to_string()), "eth0");
             link::add_route(&h, "default", Some(&BASTION_PRIVATE_V6.to_string()), "eth0");
             let server = HttpServer::start(&h, &dir, &format!("host{i}"), HTTP_PORT);
-            hosts.push(PrivateHost {
-                server,
-                ns: h,
-                v4,
-                v6,
-            });
+            hosts.push(PrivateHost { server, ns: h, v4, v6 });
         }
 
         Topology {

@@ -30,11 +30,7 @@ pub struct FloodReport {
 /// `seed` makes a failing run reproducible.
 pub fn udp_flood(ns: &Netns, target: SocketAddr, count: usize, seed: u64) -> FloodReport {
     ns.enter(|| {
-        let bind: SocketAddr = if target.is_ipv4() {
-            "0.0.0.0:0".parse().unwrap()
-        } else {
-            "[::]:0".parse().unwrap()
-        };
+        let bind: SocketAddr = if target.is_ipv4() { "0.0.0.0:0".parse().unwrap() } else { "[::]:0".parse().unwrap() };
         let socket = UdpSocket::bind(bind).expect("bind a UDP socket for the flood");
         let mut rng = XorShift(seed | 1);
         let mut report = FloodReport::default();

@@ -23,10 +23,8 @@ pub struct Keypair {
 impl Keypair {
     pub fn generate() -> Keypair {
         let private = command::run_ok(&["wg", "genkey"]).trim().to_string();
-        let public = command::run_with_input(&["wg", "pubkey"], Some(private.as_bytes()))
-            .expect_success()
-            .trim()
-            .to_string();
+        let public =
+            command::run_with_input(&["wg", "pubkey"], Some(private.as_bytes())).expect_success().trim().to_string();
         Keypair { private, public }
     }
 }
@@ -124,16 +122,9 @@ impl WgInterface {
         argv: &[&str],
         envs: &[(&str, &str)],
     ) -> WgInterface {
-        assert!(
-            name.len() <= 15,
-            "interface name {name} is longer than 15 characters"
-        );
+        assert!(name.len() <= 15, "interface name {name} is longer than 15 characters");
         let socket = PathBuf::from(format!("/var/run/wireguard/{name}.sock"));
-        assert!(
-            !socket.exists(),
-            "{} already exists: another wireguard-go uses the name {name}",
-            socket.display()
-        );
+        assert!(!socket.exists(), "{} already exists: another wireguard-go uses the name {name}", socket.display());
         let log = dir.path().join(format!("{program}-{name}.log"));
         let process = ns.spawn(&format!("{program} {name}"), argv, envs, &log);
         let wg = WgInterface {
@@ -143,17 +134,13 @@ impl WgInterface {
             process,
             conf_path: dir.path().join(format!("{name}.conf")),
         };
-        wait_until(
-            &format!("{program}'s socket {}", wg.socket.display()),
-            Duration::from_secs(10),
-            || {
-                if wg.socket.exists() {
-                    Ok(())
-                } else {
-                    Err(wg.process.log_report())
-                }
-            },
-        )
+        wait_until(&format!("{program}'s socket {}", wg.socket.display()), Duration::from_secs(10), || {
+            if wg.socket.exists() {
+                Ok(())
+            } else {
+                Err(wg.process.log_report())
+            }
+        })
         .unwrap_or_else(|e| panic!("{e}"));
         wg
     }
@@ -194,12 +181,7 @@ impl WgInterface {
             .open(&self.conf_path)
             .and_then(|mut f| std::io::Write::write_all(&mut f, conf.to_text().as_bytes()))
             .unwrap_or_else(|e| panic!("cannot write {}: {e}", self.conf_path.display()));
-        self.ns_run(&[
-            "wg",
-            "setconf",
-            &self.name,
-            self.conf_path.to_str().unwrap(),
-        ]);
+        self.ns_run(&["wg", "setconf", &self.name, self.conf_path.to_str().unwrap()]);
     }
 
     /// `wg set NAME ARGS...` (e.g. `["peer", KEY, "endpoint", "..."]`).
@@ -243,32 +225,24 @@ impl WgInterface {
         let out = self.ns_exec(&["wg", "show", &self.name, "latest-handshakes"]);
         out.stdout.lines().find_map(|line| {
             let mut fields = line.split_whitespace();
-            (fields.next() == Some(peer))
-                .then(|| fields.next()?.parse::<u64>().ok())
-                .flatten()
-                .filter(|&t| t != 0)
+            (fields.next() == Some(peer)).then(|| fields.next()?.parse::<u64>().ok()).flatten().filter(|&t| t != 0)
         })
     }
 
     /// Waits for a handshake with `peer` completed at or after `since` (Unix seconds).
     pub fn wait_handshake(&self, peer: &str, since: u64, timeout: Duration) -> Result<u64, String> {
-        wait_until(
-            &format!("a handshake of {} with peer {peer}", self.name),
-            timeout,
-            || match self.latest_handshake(peer) {
+        wait_until(&format!("a handshake of {} with peer {peer}", self.name), timeout, || {
+            match self.latest_handshake(peer) {
                 Some(t) if t >= since => Ok(t),
                 _ => Err(format!("{}\n{}", self.show(), self.process.log_report())),
-            },
-        )
+            }
+        })
     }
 }
 
 /// Seconds since the Unix epoch, as `wg show latest-handshakes` counts.
 pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
 }
 
 impl Drop for WgInterface {

@@ -25,7 +25,12 @@ fn appliance_defaults(dir: &RunDir) -> (u16, u16, u64) {
     let out = run(&[binary.to_str().unwrap(), "check-config", config.to_str().unwrap()]);
     assert!(out.success(), "{out}");
     let after = |label: &str| -> String {
-        out.stdout.split(label).nth(1).and_then(|t| t.split([',', ' ', '\n']).next()).unwrap_or_else(|| panic!("no {label:?} in {}", out.stdout)).to_string()
+        out.stdout
+            .split(label)
+            .nth(1)
+            .and_then(|t| t.split([',', ' ', '\n']).next())
+            .unwrap_or_else(|| panic!("no {label:?} in {}", out.stdout))
+            .to_string()
     };
     let port = after(" port ").parse().unwrap();
     let health = after("health on ").rsplit(':').next().unwrap().parse().unwrap();
@@ -95,5 +100,8 @@ fn the_own_check_catches_what_cfn_lint_lets_through() {
             missed_by_lint += 1;
         }
     }
-    assert!(missed_by_lint >= 2, "cfn-lint is expected to miss the misspelt key and the HTTPS check (missed {missed_by_lint})");
+    assert!(
+        missed_by_lint >= 2,
+        "cfn-lint is expected to miss the misspelt key and the HTTPS check (missed {missed_by_lint})"
+    );
 }

@@ -17,10 +17,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use bastion_tests::bastion::{self, log_clock_now, log_line_time, peer_counter, Bastion, BastionSetup};
 use bastion_tests::binary_or_skip;
-use bastion_tests::bastion::{
-    self, log_clock_now, log_line_time, peer_counter, Bastion, BastionSetup,
-};
 use bastion_tests::cluster::{Cluster, TARGETS, VIP};
 use bastion_tests::handshake::{message_kind, receiver_index, MessageKind};
 use bastion_tests::topology::{BASTION_TUNNEL_V4, LISTEN_PORT};
@@ -41,9 +39,7 @@ const ATTEMPT: Duration = Duration::from_secs(1);
 
 /// The line B logs when a data packet names a peer it has no session with (at most once per
 /// peer a minute; the counter in `bastion status` counts every handshake).
-const FAILOVER_LINE: &str =
-    "names a session this bastion does not have; starting a handshake to";
-
+const FAILOVER_LINE: &str = "names a session this bastion does not have; starting a handshake to";
 
 /// Bastions A and B behind the load balancer, and client 0's tunnel to the load balancer.
 /// Field order is drop order: the tunnel, the services, then the namespaces.
@@ -63,32 +59,21 @@ impl Pair {
         let bastions: Vec<Bastion> = setups
             .into_iter()
             .enumerate()
-            .map(|(i, setup)| {
-                Bastion::start_in(&cluster.topo, cluster.bastion_ns(i), binary, setup)
-            })
+            .map(|(i, setup)| Bastion::start_in(&cluster.topo, cluster.bastion_ns(i), binary, setup))
             .collect();
         for (i, b) in bastions.iter().enumerate() {
-            b.wait_healthy(START)
-                .unwrap_or_else(|e| panic!("bastion {} did not become healthy: {e}", name(i)));
-            wait_until(
-                &format!("the load balancer's health check of bastion {}", name(i)),
-                STEP,
-                || match cluster.health(i) {
+            b.wait_healthy(START).unwrap_or_else(|e| panic!("bastion {} did not become healthy: {e}", name(i)));
+            wait_until(&format!("the load balancer's health check of bastion {}", name(i)), STEP, || {
+                match cluster.health(i) {
                     Ok(r) if r.status == 200 => Ok(()),
                     Ok(r) => Err(format!("{r:?}")),
                     Err(e) => Err(e),
-                },
-            )
+                }
+            })
             .unwrap_or_else(|e| panic!("{e}\n{}", cluster.report()));
         }
-        let tunnel = cluster
-            .topo
-            .start_client_tunnel(0, cluster.topo.endpoint_v4());
-        Pair {
-            tunnel: Some(tunnel),
-            bastions,
-            cluster,
-        }
+        let tunnel = cluster.topo.start_client_tunnel(0, cluster.topo.endpoint_v4());
+        Pair { tunnel: Some(tunnel), bastions, cluster }
     }
 
     fn a(&self) -> &Bastion {
@@ -109,13 +94,7 @@ impl Pair {
         if let Some(t) = &self.tunnel {
             parts.push(format!("{}\n{}", t.show(), t.log_report()));
         }
-        parts.extend(
-            self.cluster
-                .topo
-                .private_hosts
-                .iter()
-                .map(|h| h.server.log_report()),
-        );
+        parts.extend(self.cluster.topo.private_hosts.iter().map(|h| h.server.log_report()));
         parts.push(self.cluster.report());
         parts.join("\n")
     }
@@ -124,12 +103,7 @@ impl Pair {
     fn fetch_once(&self, timeout: Duration) -> Result<String, String> {
         let host = &self.cluster.topo.private_hosts[0];
         let path = HttpServer::probe_path();
-        let page = http::get(
-            &self.cluster.topo.clients[0].ns,
-            host.http_v4(),
-            &path,
-            timeout,
-        )?;
+        let page = http::get(&self.cluster.topo.clients[0].ns, host.http_v4(), &path, timeout)?;
         if page.status != 200 || !page.body.contains(&host.server.marker) {
             return Err(format!("not host 0's page: {page:?}"));
         }
@@ -140,8 +114,8 @@ impl Pair {
     /// server saw and how long it took. Panics with every log on timeout.
     fn fetch_within(&self, timeout: Duration, what: &str) -> (String, Duration) {
         let started = Instant::now();
-        let source = wait_until(what, timeout, || self.fetch_once(ATTEMPT))
-            .unwrap_or_else(|e| panic!("{e}\n{}", self.report()));
+        let source =
+            wait_until(what, timeout, || self.fetch_once(ATTEMPT)).unwrap_or_else(|e| panic!("{e}\n{}", self.report()));
         (source, started.elapsed())
     }
 
@@ -149,26 +123,17 @@ impl Pair {
     fn crash(&self, i: usize) {
         let b = &self.bastions[i];
         b.process.signal(libc::SIGKILL);
-        b.process
-            .wait_exit(STEP)
-            .unwrap_or_else(|e| panic!("bastion {} outlived SIGKILL: {e}", name(i)));
+        b.process.wait_exit(STEP).unwrap_or_else(|e| panic!("bastion {} outlived SIGKILL: {e}", name(i)));
     }
 
     fn status(&self, i: usize) -> String {
-        self.bastions[i]
-            .status()
-            .unwrap_or_else(|e| panic!("bastion {} status: {e}\n{}", name(i), self.report()))
+        self.bastions[i].status().unwrap_or_else(|e| panic!("bastion {} status: {e}\n{}", name(i), self.report()))
     }
 
     /// The lines of bastion `i`'s log after byte `offset` that contain `needle`.
     fn log_lines(&self, i: usize, offset: usize, needle: &str) -> Vec<String> {
         let log = self.bastions[i].process.log();
-        log.get(offset..)
-            .unwrap_or("")
-            .lines()
-            .filter(|l| l.contains(needle))
-            .map(str::to_string)
-            .collect()
+        log.get(offset..).unwrap_or("").lines().filter(|l| l.contains(needle)).map(str::to_string).collect()
     }
 
     /// The time stamp of bastion `i`'s first log line after `offset` holding `needle`, waiting
@@ -195,20 +160,11 @@ fn client_endpoint_prefix(pair: &Pair) -> String {
 #[test]
 fn standby_bastion_starts_the_handshake_when_the_flow_moves_to_it() {
     let binary = binary_or_skip!();
-    let s = Pair::start(
-        &binary,
-        1,
-        [BastionSetup::default(), BastionSetup::default()],
-    );
+    let s = Pair::start(&binary, 1, [BastionSetup::default(), BastionSetup::default()]);
     let client = client_endpoint_prefix(&s);
 
     let (source, _) = s.fetch_within(STEP, "a first page through A");
-    assert_eq!(
-        source,
-        TARGETS[0].private_v4.to_string(),
-        "served through A\n{}",
-        s.report()
-    );
+    assert_eq!(source, TARGETS[0].private_v4.to_string(), "served through A\n{}", s.report());
     let (first, _) = s.wait_log_time(0, 0, "peer alice handshake completed as responder with");
     assert!(
         first.contains(&format!("with {client}")),
@@ -234,16 +190,8 @@ fn standby_bastion_starts_the_handshake_when_the_flow_moves_to_it() {
         started_line.contains(&format!("to {client}")),
         "B must answer toward the client's address: {started_line}"
     );
-    let (_, completed) = s.wait_log_time(
-        1,
-        offset,
-        "peer alice handshake completed as initiator with",
-    );
-    assert!(
-        completed >= started,
-        "completed before it started?\n{}",
-        s.report()
-    );
+    let (_, completed) = s.wait_log_time(1, offset, "peer alice handshake completed as initiator with");
+    assert!(completed >= started, "completed before it started?\n{}", s.report());
     let responder = s.log_lines(1, offset, "handshake completed as responder");
     assert!(
         responder.is_empty(),
@@ -271,29 +219,21 @@ fn standby_bastion_starts_the_handshake_when_the_flow_moves_to_it() {
 #[test]
 fn keepalives_alone_move_the_session_after_a_drain() {
     let binary = binary_or_skip!();
-    let drain = BastionSetup {
-        drain_seconds: 4,
-        ..BastionSetup::default()
-    };
+    let drain = BastionSetup { drain_seconds: 4, ..BastionSetup::default() };
     let s = Pair::start(&binary, 1, [drain, BastionSetup::default()]);
     let bastion_key = s.cluster.topo.bastion_keys.public.clone();
     let (source, _) = s.fetch_within(STEP, "a first page through A");
     assert_eq!(source, TARGETS[0].private_v4.to_string());
     // From here the client sends nothing but keepalives (once a second).
-    s.tunnel()
-        .wg_set(&["peer", &bastion_key, "persistent-keepalive", "1"]);
+    s.tunnel().wg_set(&["peer", &bastion_key, "persistent-keepalive", "1"]);
 
     // A is stopped as an instance is: it drains, its health goes 503 at once, and the load
     // balancer, seeing that, moves the flow.
     s.a().process.signal(libc::SIGTERM);
-    wait_until(
-        "the load balancer's health check to fail A",
-        STEP,
-        || match s.cluster.health(0) {
-            Ok(r) if r.status == 200 => Err(format!("{r:?}")),
-            _ => Ok(()),
-        },
-    )
+    wait_until("the load balancer's health check to fail A", STEP, || match s.cluster.health(0) {
+        Ok(r) if r.status == 200 => Err(format!("{r:?}")),
+        _ => Ok(()),
+    })
     .unwrap_or_else(|e| panic!("{e}\n{}", s.report()));
     let offset = s.b().process.log_len();
     let since = unix_now();
@@ -302,39 +242,18 @@ fn keepalives_alone_move_the_session_after_a_drain() {
 
     // No page is asked for until B has made the session: only keepalives reach it.
     let (_, started) = s.wait_log_time(1, offset, &format!("claiming to be from peer alice {FAILOVER_LINE}"));
-    let (_, completed) = s.wait_log_time(
-        1,
-        offset,
-        "peer alice handshake completed as initiator with",
-    );
-    s.tunnel()
-        .wait_handshake(&bastion_key, since, STEP)
-        .unwrap_or_else(|e| panic!("{e}\n{}", s.report()));
+    let (_, completed) = s.wait_log_time(1, offset, "peer alice handshake completed as initiator with");
+    s.tunnel().wait_handshake(&bastion_key, since, STEP).unwrap_or_else(|e| panic!("{e}\n{}", s.report()));
     let (source, took) = s.fetch_within(STEP, "a page through B");
-    assert_eq!(
-        source,
-        TARGETS[1].private_v4.to_string(),
-        "the page must come through B\n{}",
-        s.report()
-    );
+    assert_eq!(source, TARGETS[1].private_v4.to_string(), "the page must come through B\n{}", s.report());
     assert!(
-        s.log_lines(1, offset, "handshake completed as responder")
-            .is_empty(),
+        s.log_lines(1, offset, "handshake completed as responder").is_empty(),
         "B must have started the handshake\n{}",
         s.report()
     );
     // The drained bastion still exits cleanly.
-    let status = s
-        .a()
-        .process
-        .wait_exit(STEP)
-        .unwrap_or_else(|e| panic!("A after its drain: {e}"));
-    assert_eq!(
-        status.code(),
-        Some(0),
-        "A's exit after the drain\n{}",
-        s.report()
-    );
+    let status = s.a().process.wait_exit(STEP).unwrap_or_else(|e| panic!("A after its drain: {e}"));
+    assert_eq!(status.code(), Some(0), "A's exit after the drain\n{}", s.report());
     eprintln!(
         "keepalive-only failover: B started the handshake {:.3} s and completed it {:.3} s after \
          the flow moved (keepalive interval 1 s), before any page was asked for; the next page \
@@ -350,11 +269,7 @@ fn the_flow_can_move_back_to_a_bastion_that_kept_an_old_session() {
     let binary = binary_or_skip!();
     // A health check that flapped: A loses the flow without restarting, and later gets it back
     // while it still holds its old session with the client.
-    let s = Pair::start(
-        &binary,
-        1,
-        [BastionSetup::default(), BastionSetup::default()],
-    );
+    let s = Pair::start(&binary, 1, [BastionSetup::default(), BastionSetup::default()]);
     let (source, _) = s.fetch_within(STEP, "a first page through A");
     assert_eq!(source, TARGETS[0].private_v4.to_string());
 
@@ -366,21 +281,11 @@ fn the_flow_can_move_back_to_a_bastion_that_kept_an_old_session() {
     let moved_at = log_clock_now();
     s.cluster.move_flows(0);
     let (source, took) = s.fetch_within(RECOVERY, "a page through A again");
-    assert_eq!(
-        source,
-        TARGETS[0].private_v4.to_string(),
-        "the page must come through A again\n{}",
-        s.report()
-    );
+    assert_eq!(source, TARGETS[0].private_v4.to_string(), "the page must come through A again\n{}", s.report());
     let (_, started) = s.wait_log_time(0, offset, &format!("claiming to be from peer alice {FAILOVER_LINE}"));
-    let (_, completed) = s.wait_log_time(
-        0,
-        offset,
-        "peer alice handshake completed as initiator with",
-    );
+    let (_, completed) = s.wait_log_time(0, offset, "peer alice handshake completed as initiator with");
     assert!(
-        s.log_lines(0, offset, "handshake completed as responder")
-            .is_empty(),
+        s.log_lines(0, offset, "handshake completed as responder").is_empty(),
         "A must have started the handshake\n{}",
         s.report()
     );
@@ -397,10 +302,7 @@ fn the_flow_can_move_back_to_a_bastion_that_kept_an_old_session() {
 fn a_bastion_without_the_peer_starts_no_handshake() {
     let binary = binary_or_skip!();
     // B knows bob only: alice's session index names nobody there.
-    let b_setup = BastionSetup {
-        peers: Some(vec![1]),
-        ..BastionSetup::default()
-    };
+    let b_setup = BastionSetup { peers: Some(vec![1]), ..BastionSetup::default() };
     let s = Pair::start(&binary, 2, [BastionSetup::default(), b_setup]);
     let bastion_key = s.cluster.topo.bastion_keys.public.clone();
     s.fetch_within(STEP, "a first page through A");
@@ -416,10 +318,7 @@ fn a_bastion_without_the_peer_starts_no_handshake() {
     while Instant::now() < until {
         attempts += 1;
         if let Ok(source) = s.fetch_once(ATTEMPT) {
-            panic!(
-                "a page came through ({source}) from a bastion without the peer\n{}",
-                s.report()
-            );
+            panic!("a page came through ({source}) from a bastion without the peer\n{}", s.report());
         }
     }
     let status = s.status(1);
@@ -431,11 +330,7 @@ fn a_bastion_without_the_peer_starts_no_handshake() {
     );
     for needle in [FAILOVER_LINE, "handshake completed"] {
         let lines = s.log_lines(1, offset, needle);
-        assert!(
-            lines.is_empty(),
-            "B without the peer logged {lines:?}\n{}",
-            s.report()
-        );
+        assert!(lines.is_empty(), "B without the peer logged {lines:?}\n{}", s.report());
     }
     assert_eq!(
         s.tunnel().latest_handshake(&bastion_key),
@@ -453,11 +348,7 @@ fn a_bastion_without_the_peer_starts_no_handshake() {
 #[test]
 fn without_the_bastions_initiation_the_client_waits_for_its_own_rekey() {
     let binary = binary_or_skip!();
-    let s = Pair::start(
-        &binary,
-        1,
-        [BastionSetup::default(), BastionSetup::default()],
-    );
+    let s = Pair::start(&binary, 1, [BastionSetup::default(), BastionSetup::default()]);
     s.fetch_within(STEP, "a first page through A");
     // What a cluster without fast failover looks like to the client: B's initiations never
     // arrive.
@@ -475,11 +366,7 @@ fn without_the_bastions_initiation_the_client_waits_for_its_own_rekey() {
         "B should have tried to start the handshake (its initiations were to be dropped)\n{}",
         s.report()
     );
-    assert!(
-        !s.log_lines(1, offset, FAILOVER_LINE).is_empty(),
-        "B's attempt must be in its log\n{}",
-        s.report()
-    );
+    assert!(!s.log_lines(1, offset, FAILOVER_LINE).is_empty(), "B's attempt must be in its log\n{}", s.report());
     let responder = s.log_lines(1, offset, "peer alice handshake completed as responder");
     assert!(
         !responder.is_empty() && s.log_lines(1, offset, "as initiator").is_empty(),
@@ -496,11 +383,7 @@ fn without_the_bastions_initiation_the_client_waits_for_its_own_rekey() {
 #[test]
 fn replayed_data_packets_make_at_most_one_initiation_per_five_seconds() {
     let binary = binary_or_skip!();
-    let mut s = Pair::start(
-        &binary,
-        1,
-        [BastionSetup::default(), BastionSetup::default()],
-    );
+    let mut s = Pair::start(&binary, 1, [BastionSetup::default(), BastionSetup::default()]);
     s.fetch_within(STEP, "a first page through A");
     let captured = capture_data_packet(&s);
     // The real client goes away: only the attacker's packets reach the bastions from here.
@@ -511,9 +394,7 @@ fn replayed_data_packets_make_at_most_one_initiation_per_five_seconds() {
         (0..5)
             .map(|_| {
                 let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
-                socket
-                    .set_read_timeout(Some(Duration::from_millis(100)))
-                    .unwrap();
+                socket.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
                 socket
             })
             .collect()
@@ -534,10 +415,7 @@ fn replayed_data_packets_make_at_most_one_initiation_per_five_seconds() {
                 let mut buf = [0u8; 2048];
                 while !stop.load(Ordering::Relaxed) {
                     if let Ok((n, _)) = socket.recv_from(&mut buf) {
-                        received
-                            .lock()
-                            .unwrap()
-                            .push((v, message_kind(&buf[..n]), Instant::now()));
+                        received.lock().unwrap().push((v, message_kind(&buf[..n]), Instant::now()));
                     }
                 }
             });
@@ -588,20 +466,11 @@ fn replayed_data_packets_make_at_most_one_initiation_per_five_seconds() {
     let bound = (elapsed.as_secs_f64() / 5.0).floor() as usize + 1;
     let mut summary = Vec::new();
     for (i, victims) in [victims_of_a, victims_of_b].into_iter().enumerate() {
-        let what = format!(
-            "bastion {} ({})",
-            name(i),
-            ["holds alice's session", "has no session with alice"][i]
-        );
-        let answers: Vec<&(usize, MessageKind, Instant)> = received
-            .iter()
-            .filter(|(v, _, _)| victims.contains(v))
-            .collect();
-        let others: Vec<MessageKind> = answers
-            .iter()
-            .filter(|(_, kind, _)| *kind != MessageKind::Initiation)
-            .map(|(_, kind, _)| *kind)
-            .collect();
+        let what = format!("bastion {} ({})", name(i), ["holds alice's session", "has no session with alice"][i]);
+        let answers: Vec<&(usize, MessageKind, Instant)> =
+            received.iter().filter(|(v, _, _)| victims.contains(v)).collect();
+        let others: Vec<MessageKind> =
+            answers.iter().filter(|(_, kind, _)| *kind != MessageKind::Initiation).map(|(_, kind, _)| *kind).collect();
         assert!(others.is_empty(), "{what} answered with {others:?}");
         let initiations = answers.len();
         let lines = s.log_lines(i, offsets[i], FAILOVER_LINE);
@@ -633,10 +502,7 @@ fn replayed_data_packets_make_at_most_one_initiation_per_five_seconds() {
             Some(initiations as u64),
             "{what}'s status:\n{status}"
         );
-        let gaps: Vec<f64> = answers
-            .windows(2)
-            .map(|w| w[1].2.duration_since(w[0].2).as_secs_f64())
-            .collect();
+        let gaps: Vec<f64> = answers.windows(2).map(|w| w[1].2.duration_since(w[0].2).as_secs_f64()).collect();
         summary.push(format!("{what}: {initiations} (gaps {gaps:.2?} s)"));
     }
     eprintln!(
@@ -655,34 +521,16 @@ fn capture_data_packet(s: &Pair) -> Vec<u8> {
     let ns = &s.cluster.topo.clients[0].ns;
     let captured = ns.enter(|| {
         let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-        socket
-            .set_read_timeout(Some(Duration::from_millis(500)))
-            .unwrap();
+        socket.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
         let port = socket.local_addr().unwrap().port();
-        s.tunnel().wg_set(&[
-            "peer",
-            &s.cluster.topo.bastion_keys.public,
-            "endpoint",
-            &format!("127.0.0.1:{port}"),
-        ]);
+        s.tunnel().wg_set(&["peer", &s.cluster.topo.bastion_keys.public, "endpoint", &format!("127.0.0.1:{port}")]);
         let mut buf = [0u8; 2048];
         wait_until("a data packet from wireguard-go", STEP, || {
             // The ping itself is lost: its packet comes to us.
-            ns.exec(&[
-                "ping",
-                "-n",
-                "-c",
-                "1",
-                "-W",
-                "1",
-                &BASTION_TUNNEL_V4.to_string(),
-            ]);
+            ns.exec(&["ping", "-n", "-c", "1", "-W", "1", &BASTION_TUNNEL_V4.to_string()]);
             match socket.recv_from(&mut buf) {
                 Ok((n, _)) if message_kind(&buf[..n]) == MessageKind::Data => Ok(buf[..n].to_vec()),
-                Ok((n, _)) => Err(format!(
-                    "{:?} message of {n} bytes",
-                    message_kind(&buf[..n])
-                )),
+                Ok((n, _)) => Err(format!("{:?} message of {n} bytes", message_kind(&buf[..n]))),
                 Err(e) => Err(e.to_string()),
             }
         })
@@ -720,7 +568,15 @@ fn forged_packets_get_no_initiation_while_a_moved_flow_still_does() {
     let client = s.cluster.topo.clients[0].ns.name().to_string();
     let pinger = std::thread::spawn(move || {
         bastion_tests::Netns::borrowed(&client).exec(&[
-            "ping", "-n", "-q", "-c", &pings.to_string(), "-i", "0.2", "-W", "2",
+            "ping",
+            "-n",
+            "-q",
+            "-c",
+            &pings.to_string(),
+            "-i",
+            "0.2",
+            "-W",
+            "2",
             &BASTION_TUNNEL_V4.to_string(),
         ])
     });

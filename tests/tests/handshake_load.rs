@@ -16,8 +16,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use bastion_tests::binary_or_skip;
 use bastion_tests::bastion::{dropped_counter, peer_counter, Bastion, BastionSetup};
+use bastion_tests::binary_or_skip;
 use bastion_tests::handshake::{message_kind, Initiator, MessageKind};
 use bastion_tests::topology::Topology;
 use bastion_tests::{http, wait_until, HttpResponse, HttpServer, Netns};
@@ -38,26 +38,20 @@ const FLOOD_BURST: usize = 20;
 /// the test makes while it runs).
 const FLOOD_MAX: Duration = Duration::from_secs(90);
 
-
 /// The topology (two clients: alice and bob are peers) with a healthy bastion.
 fn start(binary: &std::path::Path) -> (Bastion, Topology) {
     let topo = Topology::with(2, 1);
     let bastion = Bastion::start(&topo, binary, BastionSetup::default());
-    bastion
-        .wait_healthy(START)
-        .unwrap_or_else(|e| panic!("the service did not become healthy: {e}"));
+    bastion.wait_healthy(START).unwrap_or_else(|e| panic!("the service did not become healthy: {e}"));
     (bastion, topo)
 }
 
 fn status(bastion: &Bastion) -> String {
-    bastion
-        .status()
-        .unwrap_or_else(|e| panic!("bastion status: {e}"))
+    bastion.status().unwrap_or_else(|e| panic!("bastion status: {e}"))
 }
 
 fn counter(status: &str, label: &str) -> u64 {
-    dropped_counter(status, label)
-        .unwrap_or_else(|| panic!("no {label:?} counter in bastion status:\n{status}"))
+    dropped_counter(status, label).unwrap_or_else(|| panic!("no {label:?} counter in bastion status:\n{status}"))
 }
 
 /// Sets the flag when dropped: the threads of a scope stop also when the test panics in it.
@@ -84,20 +78,14 @@ fn flood(
 ) -> (u64, Duration) {
     ns.enter(|| {
         let socket = UdpSocket::bind("0.0.0.0:0").expect("bind the flood's socket");
-        socket
-            .set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
+        socket.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
         let done = AtomicBool::new(false);
         std::thread::scope(|scope| {
             scope.spawn(|| {
                 let mut buf = [0u8; 2048];
                 while !done.load(Ordering::Relaxed) {
                     if let Ok((n, _)) = socket.recv_from(&mut buf) {
-                        *replies
-                            .lock()
-                            .unwrap()
-                            .entry(message_kind(&buf[..n]))
-                            .or_default() += 1;
+                        *replies.lock().unwrap().entry(message_kind(&buf[..n])).or_default() += 1;
                     }
                 }
             });
@@ -135,18 +123,12 @@ fn cookie_then_handshake(
 ) -> Result<String, String> {
     ns.enter(|| {
         let socket = UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
-        socket
-            .set_read_timeout(Some(Duration::from_secs(2)))
-            .unwrap();
+        socket.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
         let mut bob = Initiator::with_key(bob_private, bastion_public);
         let mut buf = [0u8; 2048];
         let mut exchange = |packet: Vec<u8>| -> Result<Vec<u8>, String> {
-            socket
-                .send_to(&packet, target)
-                .map_err(|e| format!("send: {e}"))?;
-            let (n, _) = socket
-                .recv_from(&mut buf)
-                .map_err(|e| format!("no answer to an initiation: {e}"))?;
+            socket.send_to(&packet, target).map_err(|e| format!("send: {e}"))?;
+            let (n, _) = socket.recv_from(&mut buf).map_err(|e| format!("no answer to an initiation: {e}"))?;
             Ok(buf[..n].to_vec())
         };
         let mut seen = Vec::new();
@@ -171,13 +153,9 @@ fn cookie_then_handshake(
             if !bob.has_session() {
                 return Err("the handshake response did not make a session".into());
             }
-            return Ok(format!(
-                "answers before the cookie: {seen:?}; with MAC2: handshake response"
-            ));
+            return Ok(format!("answers before the cookie: {seen:?}; with MAC2: handshake response"));
         }
-        Err(format!(
-            "no cookie reply in 10 initiations during the flood: {seen:?}"
-        ))
+        Err(format!("no cookie reply in 10 initiations during the flood: {seen:?}"))
     })
 }
 
@@ -223,12 +201,7 @@ fn a_handshake_flood_gets_cookie_replies_and_real_clients_still_connect() {
             }
         })
         .unwrap_or_else(|e| panic!("{e}\n{}", report(None)));
-        let probe = cookie_then_handshake(
-            attacker,
-            target,
-            &topo.clients[1].keys.private,
-            &bastion_public,
-        );
+        let probe = cookie_then_handshake(attacker, target, &topo.clients[1].keys.private, &bastion_public);
 
         // A real client arrives in the middle of the flood.
         let tunnel = topo.start_client_tunnel(0, target);
@@ -236,18 +209,9 @@ fn a_handshake_flood_gets_cookie_replies_and_real_clients_still_connect() {
         let host = &topo.private_hosts[0];
         let path = HttpServer::probe_path();
         // wireguard-go retries its handshake every 5 s, the second time with the cookie.
-        let page = wait_until(
-            "alice's page during the flood",
-            Duration::from_secs(25),
-            || {
-                http::get(
-                    &topo.clients[0].ns,
-                    host.http_v4(),
-                    &path,
-                    Duration::from_secs(2),
-                )
-            },
-        );
+        let page = wait_until("alice's page during the flood", Duration::from_secs(25), || {
+            http::get(&topo.clients[0].ns, host.http_v4(), &path, Duration::from_secs(2))
+        });
         let took = started.elapsed();
         let still_flooding = !flooding.is_finished();
         drop(stopping);
@@ -260,25 +224,14 @@ fn a_handshake_flood_gets_cookie_replies_and_real_clients_still_connect() {
     let health = health.into_inner().unwrap();
     let after = status(&bastion);
 
-    let (page, took, during) =
-        page_after.unwrap_or_else(|e| panic!("{e}\n{}", report(Some(&tunnel))));
+    let (page, took, during) = page_after.unwrap_or_else(|e| panic!("{e}\n{}", report(Some(&tunnel))));
     assert_eq!(page.status, 200, "{page:?}");
-    assert!(
-        during,
-        "the flood ended before alice's page came: not a test of load"
-    );
-    let probe = probe.unwrap_or_else(|e| {
-        panic!(
-            "cookie round trip with boringtun: {e}\n{}",
-            report(Some(&tunnel))
-        )
-    });
+    assert!(during, "the flood ended before alice's page came: not a test of load");
+    let probe = probe.unwrap_or_else(|e| panic!("cookie round trip with boringtun: {e}\n{}", report(Some(&tunnel))));
 
     let cookies_received = replies.get(&MessageKind::CookieReply).copied().unwrap_or(0);
-    let stray: Vec<(&MessageKind, &u64)> = replies
-        .iter()
-        .filter(|(kind, _)| **kind != MessageKind::CookieReply)
-        .collect();
+    let stray: Vec<(&MessageKind, &u64)> =
+        replies.iter().filter(|(kind, _)| **kind != MessageKind::CookieReply).collect();
     assert!(
         stray.is_empty(),
         "a stranger's initiations got more than cookie replies: {replies:?}\n{}",
@@ -293,8 +246,7 @@ fn a_handshake_flood_gets_cookie_replies_and_real_clients_still_connect() {
     // The limiter's point: however many initiations arrive, at most 100 a second (the limiter
     // resets at most once a second) reach the Diffie-Hellman that finds (here: fails to find)
     // the peer; the rest cost the bastion a MAC and a cookie reply.
-    let unknown = counter(&after, "handshakes from unknown keys")
-        - counter(&before, "handshakes from unknown keys");
+    let unknown = counter(&after, "handshakes from unknown keys") - counter(&before, "handshakes from unknown keys");
     let most = HANDSHAKES_PER_SECOND * (flood_time.as_secs() + 3);
     assert!(
         unknown > 0 && unknown <= most && unknown < cookies_counted,
@@ -304,11 +256,7 @@ fn a_handshake_flood_gets_cookie_replies_and_real_clients_still_connect() {
     );
 
     let unanswered: Vec<&String> = health.iter().filter_map(|h| h.as_ref().err()).collect();
-    let unhealthy: Vec<&HttpResponse> = health
-        .iter()
-        .flatten()
-        .filter(|r| r.status != 200)
-        .collect();
+    let unhealthy: Vec<&HttpResponse> = health.iter().flatten().filter(|r| r.status != 200).collect();
     assert!(
         unanswered.is_empty() && unhealthy.is_empty(),
         "health during the flood: {unanswered:?} {unhealthy:?}\n{}",
@@ -319,17 +267,10 @@ fn a_handshake_flood_gets_cookie_replies_and_real_clients_still_connect() {
         peer_counter(&after, "alice", "handshakes").unwrap_or(0) >= 1,
         "alice's handshake is not in the status:\n{after}"
     );
-    bastion
-        .wait_healthy(STEP)
-        .unwrap_or_else(|e| panic!("after the flood: {e}"));
+    bastion.wait_healthy(STEP).unwrap_or_else(|e| panic!("after the flood: {e}"));
     let host = &topo.private_hosts[0];
-    let again = http::get(
-        &topo.clients[0].ns,
-        host.http_v4(),
-        &HttpServer::probe_path(),
-        STEP,
-    )
-    .unwrap_or_else(|e| panic!("after the flood: {e}\n{}", report(Some(&tunnel))));
+    let again = http::get(&topo.clients[0].ns, host.http_v4(), &HttpServer::probe_path(), STEP)
+        .unwrap_or_else(|e| panic!("after the flood: {e}\n{}", report(Some(&tunnel))));
     assert_eq!(again.status, 200);
 
     eprintln!(
@@ -340,11 +281,7 @@ fn a_handshake_flood_gets_cookie_replies_and_real_clients_still_connect() {
         flood_time.as_secs_f64(),
         health.len(),
         took.as_secs_f64(),
-        if cookie_seen {
-            "received"
-        } else {
-            "did not need"
-        }
+        if cookie_seen { "received" } else { "did not need" }
     );
 }
 
@@ -359,9 +296,7 @@ fn initiations_from_an_unknown_key_are_counted_not_answered() {
 
     let (stranger_replies, bob_sessions) = topo.clients[1].ns.enter(|| {
         let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
-        socket
-            .set_read_timeout(Some(Duration::from_millis(200)))
-            .unwrap();
+        socket.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
         let mut buf = [0u8; 2048];
         // Well under the limit: no cookie replies either, so silence means "not answered".
         let mut stranger = Initiator::stranger(&bastion_public);
@@ -383,23 +318,13 @@ fn initiations_from_an_unknown_key_are_counted_not_answered() {
         for _ in 0..count {
             let mut bob = Initiator::with_key(&topo.clients[1].keys.private, &bastion_public);
             socket.send_to(&bob.initiation(), target).unwrap();
-            let answer = wait_until(
-                "a handshake response for bob",
-                Duration::from_secs(3),
-                || {
-                    socket
-                        .recv_from(&mut buf)
-                        .map(|(n, _)| buf[..n].to_vec())
-                        .map_err(|e| e.to_string())
-                },
-            )
+            let answer = wait_until("a handshake response for bob", Duration::from_secs(3), || {
+                socket.recv_from(&mut buf).map(|(n, _)| buf[..n].to_vec()).map_err(|e| e.to_string())
+            })
             .unwrap_or_else(|e| panic!("{e}\n{}", bastion.log_report()));
             assert_eq!(message_kind(&answer), MessageKind::Response, "bob's answer");
-            bob.accept(
-                IpAddr::from(bastion_tests::topology::BASTION_PUBLIC_V4),
-                &answer,
-            )
-            .unwrap_or_else(|e| panic!("{e}"));
+            bob.accept(IpAddr::from(bastion_tests::topology::BASTION_PUBLIC_V4), &answer)
+                .unwrap_or_else(|e| panic!("{e}"));
             if bob.has_session() {
                 sessions += 1;
             }
@@ -413,12 +338,8 @@ fn initiations_from_an_unknown_key_are_counted_not_answered() {
         bastion.log_report()
     );
     assert_eq!(bob_sessions, count, "bob's handshakes (the control)");
-    let unknown = counter(&after, "handshakes from unknown keys")
-        - counter(&before, "handshakes from unknown keys");
-    assert_eq!(
-        unknown, count as u64,
-        "the stranger's initiations counted:\n{after}"
-    );
+    let unknown = counter(&after, "handshakes from unknown keys") - counter(&before, "handshakes from unknown keys");
+    assert_eq!(unknown, count as u64, "the stranger's initiations counted:\n{after}");
     let cookies = counter(&after, "cookie replies") - counter(&before, "cookie replies");
     assert_eq!(cookies, 0, "no load, no cookies:\n{after}");
     assert_eq!(

@@ -44,10 +44,7 @@ fn checks_pass(bastion: &Bastion, n: usize, what: &str) -> Duration {
         let took = started.elapsed();
         match answer {
             Ok(r) if r.status == 200 && took < CHECK_TIMEOUT => {}
-            other => panic!(
-                "health check {i} during {what}: {other:?} after {took:?}\n{}",
-                bastion.log_report()
-            ),
+            other => panic!("health check {i} during {what}: {other:?} after {took:?}\n{}", bastion.log_report()),
         }
         slowest = slowest.max(took);
         std::thread::sleep(Duration::from_millis(150));
@@ -85,9 +82,8 @@ fn pipeline(to: SocketAddr, requests: usize, hold: Duration) -> usize {
 fn a_pipelining_connection_does_not_freeze_health() {
     let binary = binary_or_skip!();
     let (bastion, topo) = healthy_bastion(&binary, BastionSetup::default());
-    let attack = topo.private_hosts[0]
-        .ns
-        .enter_background(|| pipeline(health_from_vpc(), 25_000, Duration::from_secs(6)));
+    let attack =
+        topo.private_hosts[0].ns.enter_background(|| pipeline(health_from_vpc(), 25_000, Duration::from_secs(6)));
     std::thread::sleep(Duration::from_millis(300));
     let slowest = checks_pass(&bastion, 15, "a pipelining attack");
     let written = attack.join().unwrap();
@@ -101,9 +97,8 @@ fn a_pipelining_connection_does_not_freeze_health() {
 fn a_client_never_holds_up_the_drain() {
     let binary = binary_or_skip!();
     let (bastion, topo) = healthy_bastion(&binary, BastionSetup { drain_seconds: 1, ..BastionSetup::default() });
-    let attack = topo.private_hosts[0]
-        .ns
-        .enter_background(|| pipeline(health_from_vpc(), 25_000, Duration::from_secs(20)));
+    let attack =
+        topo.private_hosts[0].ns.enter_background(|| pipeline(health_from_vpc(), 25_000, Duration::from_secs(20)));
     // A second attacker that sends half a request and then nothing.
     let half_open = topo.private_hosts[1].ns.enter_background(|| {
         let mut s = TcpStream::connect_timeout(&health_from_vpc(), Duration::from_secs(2)).unwrap();
@@ -118,7 +113,10 @@ fn a_client_never_holds_up_the_drain() {
     assert!(status.success(), "bastion run exited with {status:?}\n{}", bastion.log_report());
     let tables = topo.bastion.run(&["nft", "list", "tables"]);
     assert!(!tables.contains("table inet bastion"), "the table stayed behind: {tables}");
-    eprintln!("FIGURE health/drain: SIGTERM to exit {:.2} s with drain_seconds = 1 and two hostile clients", took.as_secs_f64());
+    eprintln!(
+        "FIGURE health/drain: SIGTERM to exit {:.2} s with drain_seconds = 1 and two hostile clients",
+        took.as_secs_f64()
+    );
     drop(attack);
     drop(half_open);
 }
@@ -231,8 +229,12 @@ fn peers_reach_neither_the_bastion_itself_nor_the_metadata_service() {
     .unwrap_or_else(|e| panic!("{e}\n{}", bastion.log_report()));
     bastion_tests::http::get(&topo.bastion, metadata, "/", Duration::from_secs(2))
         .expect("the metadata stand-in answers the bastion itself");
-    bastion_tests::traffic::tcp_connect(&topo.private_hosts[0].ns, SocketAddr::from((BASTION_PRIVATE_V4, 2222)), Duration::from_secs(2))
-        .expect("the other listener answers the VPC");
+    bastion_tests::traffic::tcp_connect(
+        &topo.private_hosts[0].ns,
+        SocketAddr::from((BASTION_PRIVATE_V4, 2222)),
+        Duration::from_secs(2),
+    )
+    .expect("the other listener answers the VPC");
     // A peer may ping the bastion (the self-test's own path; health is 200, so it passed)...
     client.ping("10.100.0.1", Duration::from_secs(5)).unwrap_or_else(|e| panic!("{e}"));
     client.ping("fd00:100::1", Duration::from_secs(5)).unwrap_or_else(|e| panic!("{e}"));
@@ -318,7 +320,8 @@ fn the_service_leaves_no_core_and_its_memory_is_not_readable() {
     let core = limits.lines().find(|l| l.starts_with("Max core file size")).unwrap_or("");
     assert_eq!(core.split_whitespace().collect::<Vec<_>>()[4..6], ["0", "0"], "{core}");
     // Control: an ordinary process of the same user can be read that way...
-    let mut control = std::process::Command::new(WITHOUT_PTRACE[0]).args(&WITHOUT_PTRACE[1..]).args(["sleep", "30"]).spawn().unwrap();
+    let mut control =
+        std::process::Command::new(WITHOUT_PTRACE[0]).args(&WITHOUT_PTRACE[1..]).args(["sleep", "30"]).spawn().unwrap();
     let control_readable = mem_readable_without_ptrace(control.id() as i32);
     let _ = control.kill();
     let _ = control.wait();

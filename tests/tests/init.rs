@@ -20,8 +20,8 @@ use std::time::Duration;
 use bastion_tests::process::children_of;
 use bastion_tests::wireguard::{WgConf, WgPeer};
 use bastion_tests::{
-    bastion, http, link, unique_name, wait_until, DhcpPool, DhcpServer, HttpResponse, ImdsEmulator,
-    ImdsMode, Keypair, Netns, Process, RunDir, WgInterface,
+    bastion, http, link, unique_name, wait_until, DhcpPool, DhcpServer, HttpResponse, ImdsEmulator, ImdsMode, Keypair,
+    Netns, Process, RunDir, WgInterface,
 };
 
 const VPC_ADDRESS: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
@@ -83,13 +83,7 @@ impl Vpc {
         let dhcp = DhcpServer::start(&vpc, VPC_LINK, &pool, &dir);
         let imds_address = SocketAddr::from((VPC_ADDRESS, IMDS_PORT));
         let imds = ImdsEmulator::start(&vpc, imds_address, user_data, mode, &dir);
-        Vpc {
-            imds,
-            dhcp,
-            instance,
-            vpc,
-            dir,
-        }
+        Vpc { imds, dhcp, instance, vpc, dir }
     }
 
     /// `bastion init` as PID 1 of a new PID + mount namespace inside the instance namespace.
@@ -124,10 +118,7 @@ impl Vpc {
     /// The user-data requests the emulator logged: (token sent, token valid, status).
     fn user_data_requests(&self) -> Vec<(bool, bool, u16)> {
         let requests = self.imds.user_data_requests();
-        requests
-            .iter()
-            .map(|r| (r.token_sent, r.token_valid, r.status))
-            .collect()
+        requests.iter().map(|r| (r.token_sent, r.token_valid, r.status)).collect()
     }
 
     /// One `GET /` of the health responder from inside the instance.
@@ -139,14 +130,7 @@ impl Vpc {
     /// Polls health until an answer has `status` and a body holding `body_holds`; returns that
     /// body. On timeout the panic shows the last answer and every log.
     #[track_caller]
-    fn wait_health(
-        &self,
-        init: &Process,
-        what: &str,
-        timeout: Duration,
-        status: u16,
-        body_holds: &str,
-    ) -> String {
+    fn wait_health(&self, init: &Process, what: &str, timeout: Duration, status: u16, body_holds: &str) -> String {
         let result = wait_until(what, timeout, || match self.health() {
             Ok(r) if r.status == status && r.body.contains(body_holds) => Ok(r.body),
             other => Err(format!("{other:?}")),
@@ -160,28 +144,16 @@ impl Vpc {
     fn must<T>(&self, init: &Process, result: Result<T, String>) -> T {
         match result {
             Ok(value) => value,
-            Err(e) => panic!(
-                "{e}\n{}\n{}\n{}",
-                init.log_report(),
-                self.dhcp.log_report(),
-                self.imds.log_report()
-            ),
+            Err(e) => panic!("{e}\n{}\n{}\n{}", init.log_report(), self.dhcp.log_report(), self.imds.log_report()),
         }
     }
 }
 
 /// The host pid of our init: the child of the `unshare` process.
 fn init_host_pid(unshare: &Process) -> i32 {
-    let pid = wait_until(
-        "the init process under unshare",
-        Duration::from_secs(10),
-        || {
-            children_of(unshare.pid())
-                .first()
-                .copied()
-                .ok_or_else(|| unshare.log_report())
-        },
-    );
+    let pid = wait_until("the init process under unshare", Duration::from_secs(10), || {
+        children_of(unshare.pid()).first().copied().ok_or_else(|| unshare.log_report())
+    });
     pid.unwrap_or_else(|e| panic!("{e}"))
 }
 
@@ -191,10 +163,7 @@ fn icmp_counter(ns: &Netns, name: &str) -> u64 {
     let lines: Vec<&str> = snmp.lines().filter(|l| l.starts_with("Icmp:")).collect();
     let names: Vec<&str> = lines[0].split_whitespace().collect();
     let values: Vec<&str> = lines[1].split_whitespace().collect();
-    let i = names
-        .iter()
-        .position(|n| *n == name)
-        .unwrap_or_else(|| panic!("no {name} in {snmp}"));
+    let i = names.iter().position(|n| *n == name).unwrap_or_else(|| panic!("no {name} in {snmp}"));
     values[i].parse().unwrap()
 }
 
@@ -241,82 +210,40 @@ fn boots_leases_fetches_config_supervises_and_drains() {
     let leased = vpc.must(
         &init,
         wait_until("dnsmasq's lease file", Duration::from_secs(5), || {
-            vpc.dhcp
-                .leased_address()
-                .ok_or_else(|| "no lease recorded".to_string())
+            vpc.dhcp.leased_address().ok_or_else(|| "no lease recorded".to_string())
         }),
     );
     assert!(
-        lease_line.contains(&format!(
-            "{leased}/24 router {VPC_ADDRESS} mtu {LEASE_MTU} lease 120 s"
-        )),
+        lease_line.contains(&format!("{leased}/24 router {VPC_ADDRESS} mtu {LEASE_MTU} lease 120 s")),
         "{lease_line}"
     );
-    let addr_json = vpc
-        .instance
-        .run(&["ip", "-j", "-4", "addr", "show", "dev", INSTANCE_LINK]);
-    assert!(
-        addr_json.contains(&format!("\"local\":\"{leased}\",\"prefixlen\":24")),
-        "{addr_json}"
-    );
-    let route_json = vpc
-        .instance
-        .run(&["ip", "-j", "-4", "route", "show", "default"]);
-    assert!(
-        route_json.contains(&format!(
-            "\"gateway\":\"{VPC_ADDRESS}\",\"dev\":\"{INSTANCE_LINK}\""
-        )),
-        "{route_json}"
-    );
-    let link_json = vpc
-        .instance
-        .run(&["ip", "-j", "link", "show", "dev", INSTANCE_LINK]);
-    assert!(
-        link_json.contains(&format!("\"mtu\":{LEASE_MTU},")),
-        "{link_json}"
-    );
+    let addr_json = vpc.instance.run(&["ip", "-j", "-4", "addr", "show", "dev", INSTANCE_LINK]);
+    assert!(addr_json.contains(&format!("\"local\":\"{leased}\",\"prefixlen\":24")), "{addr_json}");
+    let route_json = vpc.instance.run(&["ip", "-j", "-4", "route", "show", "default"]);
+    assert!(route_json.contains(&format!("\"gateway\":\"{VPC_ADDRESS}\",\"dev\":\"{INSTANCE_LINK}\"")), "{route_json}");
+    let link_json = vpc.instance.run(&["ip", "-j", "link", "show", "dev", INSTANCE_LINK]);
+    assert!(link_json.contains(&format!("\"mtu\":{LEASE_MTU},")), "{link_json}");
 
     // --- The config came over IMDSv2 with a token, and the emulator really checks tokens.
     vpc.must(&init, init.wait_for_log("config: accepted user-data", LONG));
     let log = vpc.imds.request_log();
     assert!(
-        vpc.imds.requests().iter().any(|r| r.method == "PUT"
-            && r.path == "/latest/api/token"
-            && r.ttl == Some(21600)
-            && r.status == 200),
+        vpc.imds
+            .requests()
+            .iter()
+            .any(|r| r.method == "PUT" && r.path == "/latest/api/token" && r.ttl == Some(21600) && r.status == 200),
         "no token request with a 21600 s TTL:\n{log}"
     );
-    assert_eq!(
-        vpc.user_data_requests().first(),
-        Some(&(true, true, 200)),
-        "{log}"
-    );
-    let refused = http::get(
-        &vpc.vpc,
-        vpc.imds.address(),
-        "/latest/user-data",
-        Duration::from_secs(3),
-    );
-    assert_eq!(
-        refused.map(|r| r.status),
-        Ok(401),
-        "the emulator must refuse user-data without a token"
-    );
+    assert_eq!(vpc.user_data_requests().first(), Some(&(true, true, 200)), "{log}");
+    let refused = http::get(&vpc.vpc, vpc.imds.address(), "/latest/user-data", Duration::from_secs(3));
+    assert_eq!(refused.map(|r| r.status), Ok(401), "the emulator must refuse user-data without a token");
     let refused = vpc.user_data_requests();
-    assert_eq!(
-        refused.last(),
-        Some(&(false, false, 401)),
-        "{}",
-        vpc.imds.request_log()
-    );
+    assert_eq!(refused.last(), Some(&(false, false, 401)), "{}", vpc.imds.request_log());
     // The accepted config is on disk for the service, readable by root only.
     let written = vpc.dir.path().join("run/bastion.toml");
     assert_eq!(std::fs::read_to_string(&written).unwrap(), config);
     use std::os::unix::fs::PermissionsExt;
-    assert_eq!(
-        std::fs::metadata(&written).unwrap().permissions().mode() & 0o777,
-        0o600
-    );
+    assert_eq!(std::fs::metadata(&written).unwrap().permissions().mode() & 0o777, 0o600);
 
     // --- The service is up: health 200 on the instance, seen from inside and from the VPC.
     vpc.must(&init, init.wait_for_log("service: started pid", LONG));
@@ -340,96 +267,50 @@ fn boots_leases_fetches_config_supervises_and_drains() {
     client.add_address("10.100.0.2/24");
     client.up();
     let through = vpc.vpc.ping("10.100.0.1", LONG);
-    vpc.must(
-        &init,
-        through.map_err(|e| format!("{e}\n{}\n{}", client.show(), client.log_report())),
-    );
+    vpc.must(&init, through.map_err(|e| format!("{e}\n{}\n{}", client.show(), client.log_report())));
 
     // --- DHCP renewals (T1 = 4 s) are answered, and the instance's kernel never answered one
     // of them with "port unreachable" (init holds UDP port 68 once the kernel has the address).
     // Counted where the DHCP server is: only ICMP that crossed the veth (the self-test's
     // loopback traffic stays in the instance).
     vpc.must(&init, init.wait_for_log("lease renewed", LONG));
-    assert_eq!(
-        icmp_counter(&vpc.vpc, "InDestUnreachs"),
-        0,
-        "the DHCP server got port-unreachable"
-    );
+    assert_eq!(icmp_counter(&vpc.vpc, "InDestUnreachs"), 0, "the DHCP server got port-unreachable");
     let acks = vpc.dhcp.acks();
-    assert!(
-        acks >= 2,
-        "dnsmasq acked {acks} times\n{}",
-        vpc.dhcp.log_report()
-    );
+    assert!(acks >= 2, "dnsmasq acked {acks} times\n{}", vpc.dhcp.log_report());
 
     // --- kill -9 of the service: init logs why, restarts it, health comes back.
     let init_pid = init_host_pid(&init);
     let service_pid = vpc.must(
         &init,
         wait_until("the service process", Duration::from_secs(5), || {
-            children_of(init_pid)
-                .first()
-                .copied()
-                .ok_or_else(|| "no child".to_string())
+            children_of(init_pid).first().copied().ok_or_else(|| "no child".to_string())
         }),
     );
     let before = init.log_len();
     // SAFETY: killing the service process we found under our init.
     unsafe { libc::kill(service_pid, libc::SIGKILL) };
-    let line = vpc.must(
-        &init,
-        init.wait_for_log_after(before, "killed by signal 9 (SIGKILL)", LONG),
-    );
+    let line = vpc.must(&init, init.wait_for_log_after(before, "killed by signal 9 (SIGKILL)", LONG));
     assert!(line.contains("restarting in 1 s"), "{line}");
-    vpc.must(
-        &init,
-        init.wait_for_log_after(before, "service: started pid", LONG),
-    );
+    vpc.must(&init, init.wait_for_log_after(before, "service: started pid", LONG));
     vpc.wait_health(&init, "health 200 after the restart", LONG, 200, "");
     let new_service = children_of(init_pid);
-    assert!(
-        !new_service.is_empty() && !new_service.contains(&service_pid),
-        "{new_service:?}"
-    );
+    assert!(!new_service.is_empty() && !new_service.contains(&service_pid), "{new_service:?}");
 
     // --- SIGTERM to init: drain (503 while the service keeps going), then everything stops
     // and init exits 0 (as `bastion init`; the machine's PID 1 would power off here).
     let before = init.log_len();
     // SAFETY: signalling our init.
     unsafe { libc::kill(init_pid, libc::SIGTERM) };
-    vpc.must(
-        &init,
-        init.wait_for_log_after(
-            before,
-            "shutdown: SIGTERM: draining",
-            Duration::from_secs(5),
-        ),
-    );
-    let draining = vpc.wait_health(
-        &init,
-        "health 503 during the drain",
-        Duration::from_secs(4),
-        503,
-        "",
-    );
+    vpc.must(&init, init.wait_for_log_after(before, "shutdown: SIGTERM: draining", Duration::from_secs(5)));
+    let draining = vpc.wait_health(&init, "health 503 during the drain", Duration::from_secs(4), 503, "");
     assert!(!draining.is_empty());
     let status = vpc.must(&init, init.wait_exit(LONG));
-    assert_eq!(
-        status.code(),
-        Some(0),
-        "init ended with {}: {}",
-        Process::describe(status),
-        init.log()
-    );
+    assert_eq!(status.code(), Some(0), "init ended with {}: {}", Process::describe(status), init.log());
     let log = init.log();
     assert!(log.contains("shutdown: service (pid"), "{log}");
     assert!(log.contains("shutdown: done"), "{log}");
     assert!(!log.contains("PANIC"), "{log}");
-    assert!(
-        vpc.instance.pids().is_empty(),
-        "processes left in the instance: {:?}",
-        vpc.instance.pids()
-    );
+    assert!(vpc.instance.pids().is_empty(), "processes left in the instance: {:?}", vpc.instance.pids());
 }
 
 #[test]
@@ -443,11 +324,7 @@ fn bad_imds_answers_are_reported_in_health_and_retried() {
     let huge = "response body larger than 65536 bytes";
     let cases: &[(ImdsMode, &str, &str)] = &[
         (ImdsMode::NotFound, not_found, not_found),
-        (
-            ImdsMode::InvalidToml,
-            "user-data:1: file: TOML syntax",
-            "config: user-data rejected (",
-        ),
+        (ImdsMode::InvalidToml, "user-data:1: file: TOML syntax", "config: user-data rejected ("),
         (ImdsMode::NeverEnding, "response not complete after 5.0 s", "response not complete after 5.0 s"),
         (ImdsMode::Huge, huge, huge),
         (ImdsMode::HugeUnlabelled, huge, huge),
@@ -464,17 +341,8 @@ fn bad_imds_answers_are_reported_in_health_and_retried() {
     for ((mode, expected, in_health), (init, vpc)) in cases.iter().zip(&runs) {
         let mode = mode.as_str();
         let line = vpc.must(init, init.wait_for_log("config: ERROR ", LONG));
-        assert!(
-            line.contains(expected),
-            "{mode}: console says {line:?}, expected {expected:?}"
-        );
-        let body = vpc.wait_health(
-            init,
-            &format!("{mode}: health 503 with the reason"),
-            LONG,
-            503,
-            in_health,
-        );
+        assert!(line.contains(expected), "{mode}: console says {line:?}, expected {expected:?}");
+        let body = vpc.wait_health(init, &format!("{mode}: health 503 with the reason"), LONG, 503, in_health);
         if expected != in_health {
             assert!(body.trim_end().ends_with("see the serial console"), "{mode}: {body}");
         }
@@ -494,31 +362,16 @@ fn bad_imds_answers_are_reported_in_health_and_retried() {
         });
         vpc.must(init, retried);
         let requests = vpc.imds.user_data_requests();
-        assert!(
-            requests.iter().all(|r| r.token_sent && r.token_valid),
-            "{}",
-            vpc.imds.request_log()
-        );
-        assert!(
-            init.try_exit().is_none(),
-            "{mode}: init exited: {}",
-            init.log()
-        );
+        assert!(requests.iter().all(|r| r.token_sent && r.token_valid), "{}", vpc.imds.request_log());
+        assert!(init.try_exit().is_none(), "{mode}: init exited: {}", init.log());
         assert!(!init.log().contains("PANIC"), "{mode}: {}", init.log());
-        assert!(
-            init.log().contains("trying again in"),
-            "{mode}: {}",
-            init.log()
-        );
+        assert!(init.log().contains("trying again in"), "{mode}: {}", init.log());
     }
 
     // Once IMDS answers properly, the next attempt is accepted and the service starts.
     let (init, vpc) = &runs[0];
     vpc.imds.set_mode(ImdsMode::Normal);
-    vpc.must(
-        init,
-        init.wait_for_log("config: accepted user-data", Duration::from_secs(60)),
-    );
+    vpc.must(init, init.wait_for_log("config: accepted user-data", Duration::from_secs(60)));
     vpc.must(init, init.wait_for_log("service: started pid", LONG));
     vpc.wait_health(init, "health 200 once the config arrived", LONG, 200, "");
 
@@ -529,10 +382,6 @@ fn bad_imds_answers_are_reported_in_health_and_retried() {
         unsafe { libc::kill(pid, libc::SIGTERM) };
         let status = vpc.must(init, init.wait_exit(Duration::from_secs(15)));
         assert_eq!(status.code(), Some(0), "{}", init.log());
-        assert!(
-            init.log().contains("no service running, nothing to drain"),
-            "{}",
-            init.log()
-        );
+        assert!(init.log().contains("no service running, nothing to drain"), "{}", init.log());
     }
 }

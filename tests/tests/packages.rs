@@ -41,14 +41,26 @@ fn a_pin_gone_from_the_archive_falls_back_to_the_newest_and_says_so() {
         if strict {
             argv.push("BASTION_PACKAGES_STRICT=1".into());
         }
-        argv.extend(["bash".into(), script.display().to_string(), "fetch".into(), "aarch64".into(), cache.display().to_string()]);
+        argv.extend([
+            "bash".into(),
+            script.display().to_string(),
+            "fetch".into(),
+            "aarch64".into(),
+            cache.display().to_string(),
+        ]);
         run(&argv)
     };
     let out = fetch(false);
     assert!(out.success(), "{out}");
-    assert!(out.stderr.contains("WARNING: linux-image-6.1.0-1-cloud-arm64 6.1.4-1, pinned in image/packages.lock, is no longer in"), "{out}");
+    assert!(
+        out.stderr.contains(
+            "WARNING: linux-image-6.1.0-1-cloud-arm64 6.1.4-1, pinned in image/packages.lock, is no longer in"
+        ),
+        "{out}"
+    );
     let resolved = std::fs::read_to_string(cache.join("resolved.lock")).unwrap();
-    let lines: Vec<Vec<&str>> = resolved.lines().filter(|l| !l.starts_with('#')).map(|l| l.split_whitespace().collect()).collect();
+    let lines: Vec<Vec<&str>> =
+        resolved.lines().filter(|l| !l.starts_with('#')).map(|l| l.split_whitespace().collect()).collect();
     assert_eq!(lines.len(), 2, "{resolved}");
     let kernel = lines.iter().find(|f| f[1].starts_with("linux-image-")).unwrap();
     assert_eq!(kernel[4], "fallback", "{resolved}");

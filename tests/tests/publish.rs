@@ -16,7 +16,9 @@ use bastion_tests::{unique_name, Netns, Output, RunDir};
 const REGION: &str = "eu-west-1";
 
 fn required(var: &str, what: &str) -> PathBuf {
-    let path = PathBuf::from(std::env::var_os(var).unwrap_or_else(|| panic!("{var} is not set: run `make integration-test` ({what})")));
+    let path = PathBuf::from(
+        std::env::var_os(var).unwrap_or_else(|| panic!("{var} is not set: run `make integration-test` ({what})")),
+    );
     assert!(path.is_file(), "{var}={} is not a file ({what})", path.display());
     path
 }
@@ -97,11 +99,7 @@ impl Bed {
 
 /// `REGION AMI` lines of stdout.
 fn amis(out: &Output) -> Vec<(String, String)> {
-    out.stdout
-        .lines()
-        .filter_map(|l| l.split_once(' '))
-        .map(|(r, a)| (r.to_string(), a.to_string()))
-        .collect()
+    out.stdout.lines().filter_map(|l| l.split_once(' ')).map(|(r, a)| (r.to_string(), a.to_string())).collect()
 }
 
 fn actions(recording: &serde_json::Value) -> Vec<String> {
@@ -152,7 +150,10 @@ fn publishes_every_block_registers_the_image_and_a_second_run_changes_nothing() 
     ] {
         assert_eq!(register[key], value, "RegisterImage {key}: {register}");
     }
-    assert!(register["Description"].as_str().unwrap().contains(name.trim_start_matches("bastion-").trim_end_matches("-arm64")));
+    assert!(register["Description"]
+        .as_str()
+        .unwrap()
+        .contains(name.trim_start_matches("bastion-").trim_end_matches("-arm64")));
     let snapshot = bed.snapshot_of(&name);
     assert_eq!(register["BlockDeviceMapping.1.Ebs.SnapshotId"], snapshot.as_str(), "the root device is our snapshot");
     // The snapshot: 1 GiB, tagged, a client token; every block checksummed right, and the
@@ -166,7 +167,10 @@ fn publishes_every_block_registers_the_image_and_a_second_run_changes_nothing() 
     assert_eq!(recorded["bad_checksums"], serde_json::json!([]), "{recorded}");
     assert_eq!(recorded["complete"]["changed_blocks"], blocks.to_string().as_str());
     assert_eq!(recorded["complete"]["checksum_ok"], true, "{recorded}");
-    assert_eq!((recorded["complete"]["algorithm"].as_str(), recorded["complete"]["aggregation"].as_str()), (Some("SHA256"), Some("LINEAR")));
+    assert_eq!(
+        (recorded["complete"]["algorithm"].as_str(), recorded["complete"]["aggregation"].as_str()),
+        (Some("SHA256"), Some("LINEAR"))
+    );
     eprintln!(
         "FIGURE publish: {blocks} blocks ({:.1} MiB) in {:.2} s wall, {} requests; stderr:\n{}",
         blocks as f64 / 2.0,
@@ -188,7 +192,10 @@ fn publishes_every_block_registers_the_image_and_a_second_run_changes_nothing() 
     bed.moto.start_recording();
     let dry = bed.publish(&["--dry-run", "--name", "bastion-dry-run", "--copy-to-region", "us-east-1", bed.disk()]);
     assert!(dry.success(), "{dry}");
-    assert!(dry.stdout.contains("name         bastion-dry-run") && dry.stdout.contains("copy to      us-east-1"), "{dry}");
+    assert!(
+        dry.stdout.contains("name         bastion-dry-run") && dry.stdout.contains("copy to      us-east-1"),
+        "{dry}"
+    );
     assert!(dry.stdout.contains("it would be uploaded"), "{dry}");
     let dry_actions = actions(&bed.recording("dry"));
     assert!(dry_actions.iter().all(|a| !WRITING.contains(&a.as_str())), "a dry run wrote: {dry_actions:?}");
@@ -212,23 +219,41 @@ fn throttling_and_server_errors_are_retried_to_an_identical_snapshot() {
     let summary = out.stderr.lines().find(|l| l.contains("publish: done:")).unwrap_or("");
     let retried: usize = summary.split(", ").nth(1).and_then(|p| p.split(' ').next()?.parse().ok()).unwrap_or(0);
     assert_eq!(retried, faults.len(), "every injected fault was retried once: {summary}\n{faults:?}");
-    eprintln!("FIGURE publish-faults: {} faults injected ({throttled_ebs} EBS throttling, {unavailable} 503); {summary}", faults.len());
+    eprintln!(
+        "FIGURE publish-faults: {} faults injected ({throttled_ebs} EBS throttling, {unavailable} 503); {summary}",
+        faults.len()
+    );
 }
 
 #[test]
 fn copies_to_another_region_and_shares_with_an_account() {
     let bed = Bed::new();
-    let out = bed.publish(&["--name", "bastion-shared", "--copy-to-region", "us-east-1", "--share-with", "111122223333", bed.disk()]);
+    let out = bed.publish(&[
+        "--name",
+        "bastion-shared",
+        "--copy-to-region",
+        "us-east-1",
+        "--share-with",
+        "111122223333",
+        bed.disk(),
+    ]);
     assert!(out.success(), "{out}");
     let lines = amis(&out);
-    assert_eq!(lines.iter().map(|(r, _)| r.as_str()).collect::<Vec<_>>(), [REGION, "us-east-1"], "home region first: {out}");
+    assert_eq!(
+        lines.iter().map(|(r, _)| r.as_str()).collect::<Vec<_>>(),
+        [REGION, "us-east-1"],
+        "home region first: {out}"
+    );
     let copy = bed.moto.verify("us-east-1", &["image", "bastion-shared"]);
     assert_eq!(copy[0]["id"], lines[1].1.as_str(), "{copy}");
     for (region, ami) in &lines {
         let permissions = bed.moto.verify(region, &["permissions", ami]);
         assert_eq!(permissions["launch"], serde_json::json!(["111122223333"]), "{region}: {permissions}");
         let volumes = permissions["create_volume"].as_object().unwrap();
-        assert!(!volumes.is_empty() && volumes.values().all(|v| v == &serde_json::json!(["111122223333"])), "{region}: {permissions}");
+        assert!(
+            !volumes.is_empty() && volumes.values().all(|v| v == &serde_json::json!(["111122223333"])),
+            "{region}: {permissions}"
+        );
     }
     // Idempotent for the copy too.
     let again = bed.publish(&["--name", "bastion-shared", "--copy-to-region", "us-east-1", bed.disk()]);
@@ -269,16 +294,34 @@ fn errors_say_what_to_do() {
         bed.disk(),
     ]);
     assert!(!out.success());
-    for looked in ["no AWS credentials found", "environment (AWS_ACCESS_KEY_ID unset)", "profile \"default\"", "web identity", "container", "EC2 instance metadata"] {
+    for looked in [
+        "no AWS credentials found",
+        "environment (AWS_ACCESS_KEY_ID unset)",
+        "profile \"default\"",
+        "web identity",
+        "container",
+        "EC2 instance metadata",
+    ] {
         assert!(out.stderr.contains(looked), "{looked:?} missing:\n{out}");
     }
     // No region.
-    let out = bed.ns.exec(&["env", "-i", "PATH=/usr/bin:/bin", "HOME=/nonexistent", bed.publisher.to_str().unwrap(), "publish", bed.disk()]);
+    let out = bed.ns.exec(&[
+        "env",
+        "-i",
+        "PATH=/usr/bin:/bin",
+        "HOME=/nonexistent",
+        bed.publisher.to_str().unwrap(),
+        "publish",
+        bed.disk(),
+    ]);
     assert!(!out.success() && out.stderr.contains("no AWS region: pass --region"), "{out}");
     // Not a bastion image.
     let junk = bed.dir.write("junk.img", &"x".repeat(8 << 20));
     let out = bed.publish(&[junk.to_str().unwrap()]);
-    assert!(!out.success() && out.stderr.contains("no GPT header") && out.stderr.contains("bastion-image build"), "{out}");
+    assert!(
+        !out.success() && out.stderr.contains("no GPT header") && out.stderr.contains("bastion-image build"),
+        "{out}"
+    );
     // Access denied, with moto checking signatures and IAM policies: a user that may only
     // look. Its Describe calls pass moto's SigV4 check; StartSnapshot is refused.
     let strict = AwsEmulator::start(&bed.ns, &bed.dir, 5001, &[("INITIAL_NO_AUTH_ACTION_COUNT", "3")]);
@@ -303,7 +346,8 @@ fn errors_say_what_to_do() {
     assert!(!denied.success(), "{denied}");
     assert!(denied.stderr.contains("no AMI named"), "the signed Describe calls were accepted: {denied}");
     assert!(
-        denied.stderr.contains("ebs:StartSnapshot was denied") && denied.stderr.contains("need the IAM permission ebs:StartSnapshot"),
+        denied.stderr.contains("ebs:StartSnapshot was denied")
+            && denied.stderr.contains("need the IAM permission ebs:StartSnapshot"),
         "{denied}"
     );
     let wrong = with_key("not-the-secret");

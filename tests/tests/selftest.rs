@@ -7,8 +7,8 @@
 
 use std::time::Duration;
 
-use bastion_tests::binary_or_skip;
 use bastion_tests::bastion::{Bastion, BastionSetup};
+use bastion_tests::binary_or_skip;
 use bastion_tests::process::Process;
 use bastion_tests::topology::BASTION_PRIVATE_V4;
 use bastion_tests::{Netns, RunDir, Topology};
@@ -19,13 +19,10 @@ const CYCLE: Duration = Duration::from_secs(15);
 const START: Duration = Duration::from_secs(20);
 const PROBE_PORT: u16 = 8443;
 
-
 /// Waits for the first line holding `needle` printed after byte `offset` of the log; returns
 /// the line and the offset just past it, so the next wait looks only at what came later.
 fn next_line(process: &Process, offset: usize, needle: &str) -> (String, usize) {
-    let line = process
-        .wait_for_log_after(offset, needle, CYCLE)
-        .unwrap_or_else(|e| panic!("{e}"));
+    let line = process.wait_for_log_after(offset, needle, CYCLE).unwrap_or_else(|e| panic!("{e}"));
     let log = process.log();
     let at = log[offset..].find(&line).map(|i| offset + i + line.len()).unwrap_or(log.len());
     (line, at)
@@ -55,9 +52,7 @@ fn probe_server(ns: &Netns, dir: &RunDir, label: &str) -> Process {
         &[],
         &dir.path().join(format!("probe-{label}.log")),
     );
-    process
-        .wait_for_log("listening", Duration::from_secs(10))
-        .unwrap_or_else(|e| panic!("{e}"));
+    process.wait_for_log("listening", Duration::from_secs(10)).unwrap_or_else(|e| panic!("{e}"));
     process
 }
 
@@ -121,11 +116,8 @@ fn selftest_fails_when_the_table_is_removed_then_repairs_it_and_passes() {
     let offset = bastion.process.log_len();
     topo.bastion.run(&["nft", "delete", "table", "inet", "bastion"]);
     // FAIL → repair → PASS, in that order on the console.
-    let (_, offset) = next_line(
-        &bastion.process,
-        offset,
-        "selftest: FAIL nat: table inet bastion was removed from outside",
-    );
+    let (_, offset) =
+        next_line(&bastion.process, offset, "selftest: FAIL nat: table inet bastion was removed from outside");
     let (_, offset) = next_line(&bastion.process, offset, "nat: table inet bastion reinstalled");
     let (pass, _) = next_line(&bastion.process, offset, "selftest: PASS");
     assert!(pass.contains(&format!("probe {probe} ")), "the probe passes through the repaired NAT: {pass}");

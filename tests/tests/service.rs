@@ -8,11 +8,9 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use bastion_tests::binary_or_skip;
 use bastion_tests::bastion::{self, Bastion, BastionSetup};
-use bastion_tests::topology::{
-    BASTION_PRIVATE_V4, BASTION_PRIVATE_V6, BASTION_TUNNEL_V4, BASTION_TUNNEL_V6,
-};
+use bastion_tests::binary_or_skip;
+use bastion_tests::topology::{BASTION_PRIVATE_V4, BASTION_PRIVATE_V6, BASTION_TUNNEL_V4, BASTION_TUNNEL_V6};
 use bastion_tests::traffic::{tcp_connect, udp_flood};
 use bastion_tests::{http, wait_until, HttpResponse, HttpServer, Topology, WgInterface};
 
@@ -20,7 +18,6 @@ use bastion_tests::{http, wait_until, HttpResponse, HttpServer, Topology, WgInte
 const STEP: Duration = Duration::from_secs(10);
 /// Bound of the service's start, up to health 200.
 const START: Duration = Duration::from_secs(20);
-
 
 /// A running bastion with its clients' tunnels. Field order is drop order: tunnels, then the
 /// service (drained at once), then the namespaces.
@@ -37,42 +34,22 @@ impl Setup {
         let topo = Topology::with(clients, hosts);
         let bastion = Bastion::start(&topo, binary, setup);
         if let Err(e) = bastion.wait_healthy(START) {
-            panic!(
-                "the service did not become healthy: {e}\nconfig:\n{}",
-                redacted_config(&bastion)
-            );
+            panic!("the service did not become healthy: {e}\nconfig:\n{}", redacted_config(&bastion));
         }
         let tunnels = (0..clients)
             .map(|i| {
-                let endpoint = if i % 2 == 0 {
-                    topo.endpoint_v4()
-                } else {
-                    topo.endpoint_v6()
-                };
+                let endpoint = if i % 2 == 0 { topo.endpoint_v4() } else { topo.endpoint_v6() };
                 topo.start_client_tunnel(i, endpoint)
             })
             .collect();
-        Setup {
-            tunnels,
-            bastion,
-            topo,
-        }
+        Setup { tunnels, bastion, topo }
     }
 
     /// Every log that can explain a failure.
     fn report(&self) -> String {
         let mut parts = vec![self.bastion.log_report()];
-        parts.extend(
-            self.tunnels
-                .iter()
-                .map(|t| format!("{}\n{}", t.show(), t.log_report())),
-        );
-        parts.extend(
-            self.topo
-                .private_hosts
-                .iter()
-                .map(|h| h.server.log_report()),
-        );
+        parts.extend(self.tunnels.iter().map(|t| format!("{}\n{}", t.show(), t.log_report())));
+        parts.extend(self.topo.private_hosts.iter().map(|h| h.server.log_report()));
         parts.join("\n")
     }
 
@@ -81,10 +58,8 @@ impl Setup {
     fn fetch(&self, c: usize, addr: SocketAddr, path: &str) -> HttpResponse {
         let ns = &self.topo.clients[c].ns;
         let what = format!("client {c} fetching http://{addr}{path} through the tunnel");
-        wait_until(&what, STEP, || {
-            http::get(ns, addr, path, Duration::from_secs(2))
-        })
-        .unwrap_or_else(|e| panic!("{e}\n{}", self.report()))
+        wait_until(&what, STEP, || http::get(ns, addr, path, Duration::from_secs(2)))
+            .unwrap_or_else(|e| panic!("{e}\n{}", self.report()))
     }
 
     /// Fetches private host `h`'s page (v4) from client `c` and returns the source address the
@@ -94,13 +69,8 @@ impl Setup {
         let path = HttpServer::probe_path();
         let page = self.fetch(c, host.http_v4(), &path);
         assert_eq!(page.status, 200, "{page:?}");
-        assert!(
-            page.body.contains(&host.server.marker),
-            "not host {h}'s page: {page:?}"
-        );
-        host.server
-            .client_of(&path, STEP)
-            .unwrap_or_else(|e| panic!("{e}\n{}", self.report()))
+        assert!(page.body.contains(&host.server.marker), "not host {h}'s page: {page:?}");
+        host.server.client_of(&path, STEP).unwrap_or_else(|e| panic!("{e}\n{}", self.report()))
     }
 
     fn ping(&self, c: usize, address: &str) {
@@ -121,13 +91,7 @@ fn redacted_config(bastion: &Bastion) -> String {
     std::fs::read_to_string(&bastion.config)
         .unwrap_or_default()
         .lines()
-        .map(|l| {
-            if l.starts_with("private_key") {
-                "private_key = \"(hidden)\""
-            } else {
-                l
-            }
-        })
+        .map(|l| if l.starts_with("private_key") { "private_key = \"(hidden)\"" } else { l })
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -138,10 +102,7 @@ fn refused_datagrams(status: &str) -> u64 {
         .lines()
         .find(|l| l.trim_start().starts_with("dropped:"))
         .unwrap_or_else(|| panic!("no `dropped:` line in bastion status:\n{status}"));
-    let numbers: Vec<u64> = line
-        .split(|c: char| !c.is_ascii_digit())
-        .filter_map(|n| n.parse().ok())
-        .collect();
+    let numbers: Vec<u64> = line.split(|c: char| !c.is_ascii_digit()).filter_map(|n| n.parse().ok()).collect();
     assert!(numbers.len() >= 2, "unexpected status line {line:?}");
     numbers[0] + numbers[1]
 }
@@ -162,17 +123,11 @@ fn client_fetches_a_private_page_through_the_tunnel_with_masquerade() {
         "the private server must see the bastion's private address (masquerade)\n{}",
         s.report()
     );
-    s.bastion
-        .process
-        .wait_for_log("peer alice handshake completed", STEP)
-        .unwrap_or_else(|e| panic!("{e}"));
+    s.bastion.process.wait_for_log("peer alice handshake completed", STEP).unwrap_or_else(|e| panic!("{e}"));
     s.ping(0, &s.topo.private_hosts[0].v4.to_string());
     s.ping(0, &BASTION_TUNNEL_V4.to_string());
     let tables = s.nft_tables();
-    assert!(
-        has_bastion_table(&tables),
-        "our table is not installed: {tables}"
-    );
+    assert!(has_bastion_table(&tables), "our table is not installed: {tables}");
     assert_eq!(s.topo.bastion.sysctl_get("net.ipv4.ip_forward"), "1");
 }
 
@@ -190,20 +145,9 @@ fn destination_outside_reach_is_unreachable() {
     s.fetch_page_and_source(0, 0);
     // ...but not toward host 1.
     let attempt = tcp_connect(&s.topo.clients[0].ns, outside, Duration::from_secs(3));
-    assert!(
-        attempt.is_err(),
-        "client reached {outside}, outside reach\n{}",
-        s.report()
-    );
-    let ping = s.topo.clients[0].ns.exec(&[
-        "ping",
-        "-n",
-        "-c",
-        "2",
-        "-W",
-        "1",
-        &s.topo.private_hosts[1].v4.to_string(),
-    ]);
+    assert!(attempt.is_err(), "client reached {outside}, outside reach\n{}", s.report());
+    let ping =
+        s.topo.clients[0].ns.exec(&["ping", "-n", "-c", "2", "-W", "1", &s.topo.private_hosts[1].v4.to_string()]);
     assert!(!ping.success(), "ping outside reach answered: {ping}");
     assert!(
         !s.topo.private_hosts[1].server.log().contains("\"GET"),
@@ -218,10 +162,7 @@ fn destination_outside_reach_is_unreachable() {
 fn two_peers_at_once_with_per_peer_reach() {
     let binary = binary_or_skip!();
     // alice (client 0, v4 endpoint) may also reach host 1; bob (client 1, v6 endpoint) may not.
-    let setup = BastionSetup {
-        peer_reach: vec![vec!["10.0.1.11/32".into()], vec![]],
-        ..BastionSetup::default()
-    };
+    let setup = BastionSetup { peer_reach: vec![vec!["10.0.1.11/32".into()], vec![]], ..BastionSetup::default() };
     let s = Setup::start(&binary, 2, 2, setup);
 
     // Both sessions at the same time: two fetches in parallel.
@@ -237,11 +178,7 @@ fn two_peers_at_once_with_per_peer_reach() {
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     for (c, source) in sources.iter().enumerate() {
-        assert_eq!(
-            source,
-            &BASTION_PRIVATE_V4.to_string(),
-            "client {c} not masqueraded"
-        );
+        assert_eq!(source, &BASTION_PRIVATE_V4.to_string(), "client {c} not masqueraded");
     }
     for name in ["alice", "bob"] {
         s.bastion
@@ -251,16 +188,8 @@ fn two_peers_at_once_with_per_peer_reach() {
     }
     // Per-peer reach: alice gets host 1, bob does not.
     s.fetch_page_and_source(0, 1);
-    let bob = tcp_connect(
-        &s.topo.clients[1].ns,
-        s.topo.private_hosts[1].http_v4(),
-        Duration::from_secs(3),
-    );
-    assert!(
-        bob.is_err(),
-        "bob reached host 1, which only alice may reach\n{}",
-        s.report()
-    );
+    let bob = tcp_connect(&s.topo.clients[1].ns, s.topo.private_hosts[1].http_v4(), Duration::from_secs(3));
+    assert!(bob.is_err(), "bob reached host 1, which only alice may reach\n{}", s.report());
     // Each still works after the other's traffic.
     s.fetch_page_and_source(1, 0);
     s.fetch_page_and_source(0, 0);
@@ -282,16 +211,8 @@ fn ipv6_private_host_through_the_tunnel_with_masquerade() {
     let page = s.fetch(0, host.http_v6(), &path);
     assert_eq!(page.status, 200, "{page:?}");
     assert!(page.body.contains(&host.server.marker), "{page:?}");
-    let source = host
-        .server
-        .client_of(&path, STEP)
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(
-        source,
-        BASTION_PRIVATE_V6.to_string(),
-        "v6 masquerade\n{}",
-        s.report()
-    );
+    let source = host.server.client_of(&path, STEP).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(source, BASTION_PRIVATE_V6.to_string(), "v6 masquerade\n{}", s.report());
     s.ping(0, &host.v6.to_string());
 }
 
@@ -306,41 +227,31 @@ fn health_follows_the_tun_link_and_the_tunnel_recovers() {
     s.topo.bastion.run(&["ip", "link", "set", "wg0", "down"]);
     let down = s
         .bastion
-        .wait_health("503 naming wg0 after `ip link set wg0 down`", STEP, |r| {
-            r.status == 503 && r.body.contains("wg0")
-        })
+        .wait_health("503 naming wg0 after `ip link set wg0 down`", STEP, |r| r.status == 503 && r.body.contains("wg0"))
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(!down.body.contains("wg0 up"), "{down:?}");
     let head = s.bastion.health_head().unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(head.status, 503, "HEAD / while down: {head:?}");
 
     s.topo.bastion.run(&["ip", "link", "set", "wg0", "up"]);
-    s.bastion
-        .wait_healthy(STEP)
-        .unwrap_or_else(|e| panic!("after `ip link set wg0 up`: {e}"));
+    s.bastion.wait_healthy(STEP).unwrap_or_else(|e| panic!("after `ip link set wg0 up`: {e}"));
     // Health 200 must mean the tunnel works again, both families.
     s.fetch_page_and_source(0, 0);
-    s.topo.clients[0]
-        .ns
-        .ping(&BASTION_TUNNEL_V6.to_string(), STEP)
-        .unwrap_or_else(|e| {
-            panic!(
-                "after wg0 went down and up, health says 200 but the v6 tunnel address does not \
+    s.topo.clients[0].ns.ping(&BASTION_TUNNEL_V6.to_string(), STEP).unwrap_or_else(|e| {
+        panic!(
+            "after wg0 went down and up, health says 200 but the v6 tunnel address does not \
              answer (the kernel drops IPv6 addresses of a link that goes down): {e}\n{}\n{}",
-                s.topo.bastion.run(&["ip", "addr", "show", "wg0"]),
-                s.report()
-            )
-        });
+            s.topo.bastion.run(&["ip", "addr", "show", "wg0"]),
+            s.report()
+        )
+    });
 }
 
 #[test]
 fn health_reports_a_missing_nat_table_and_the_service_restores_it() {
     let binary = binary_or_skip!();
     // The watchdog that repairs the table runs every `[selftest] interval_seconds`.
-    let setup = BastionSetup {
-        extra_toml: "\n[selftest]\ninterval_seconds = 3\n".into(),
-        ..BastionSetup::default()
-    };
+    let setup = BastionSetup { extra_toml: "\n[selftest]\ninterval_seconds = 3\n".into(), ..BastionSetup::default() };
     let s = Setup::start(&binary, 1, 1, setup);
     s.fetch_page_and_source(0, 0);
 
@@ -348,101 +259,48 @@ fn health_reports_a_missing_nat_table_and_the_service_restores_it() {
     // unlikely without slowing the repair down.
     let mut seen = None;
     for _ in 0..3 {
-        s.topo
-            .bastion
-            .run(&["nft", "delete", "table", "inet", "bastion"]);
-        let r = s
-            .bastion
-            .health()
-            .unwrap_or_else(|e| panic!("{e}\n{}", s.report()));
+        s.topo.bastion.run(&["nft", "delete", "table", "inet", "bastion"]);
+        let r = s.bastion.health().unwrap_or_else(|e| panic!("{e}\n{}", s.report()));
         if r.status == 503 {
             seen = Some(r);
             break;
         }
-        s.bastion
-            .wait_healthy(STEP)
-            .unwrap_or_else(|e| panic!("{e}"));
+        s.bastion.wait_healthy(STEP).unwrap_or_else(|e| panic!("{e}"));
     }
-    let missing =
-        seen.unwrap_or_else(|| panic!("health never said 503 without our table\n{}", s.report()));
+    let missing = seen.unwrap_or_else(|| panic!("health never said 503 without our table\n{}", s.report()));
     let body = missing.body.to_lowercase();
-    assert!(
-        body.contains("nat") && body.contains("bastion"),
-        "the 503 must name the NAT table: {missing:?}"
-    );
-    s.bastion
-        .wait_healthy(STEP)
-        .unwrap_or_else(|e| panic!("the service did not restore its table: {e}"));
-    assert!(
-        has_bastion_table(&s.nft_tables()),
-        "health 200 without the table"
-    );
-    assert_eq!(
-        s.fetch_page_and_source(0, 0),
-        BASTION_PRIVATE_V4.to_string(),
-        "masquerade after the repair"
-    );
+    assert!(body.contains("nat") && body.contains("bastion"), "the 503 must name the NAT table: {missing:?}");
+    s.bastion.wait_healthy(STEP).unwrap_or_else(|e| panic!("the service did not restore its table: {e}"));
+    assert!(has_bastion_table(&s.nft_tables()), "health 200 without the table");
+    assert_eq!(s.fetch_page_and_source(0, 0), BASTION_PRIVATE_V4.to_string(), "masquerade after the repair");
 }
 
 #[test]
 fn drain_answers_503_keeps_forwarding_then_exits_cleanly() {
     let binary = binary_or_skip!();
     let drain_seconds = 4;
-    let s = Setup::start(
-        &binary,
-        1,
-        1,
-        BastionSetup {
-            drain_seconds,
-            ..BastionSetup::default()
-        },
-    );
+    let s = Setup::start(&binary, 1, 1, BastionSetup { drain_seconds, ..BastionSetup::default() });
     s.fetch_page_and_source(0, 0);
     // Another table in the namespace: drain and exit must not touch it.
-    s.topo
-        .bastion
-        .run(&["nft", "add", "table", "inet", "neighbour"]);
+    s.topo.bastion.run(&["nft", "add", "table", "inet", "neighbour"]);
 
     s.bastion.process.signal(libc::SIGTERM);
     let sent = Instant::now();
     let draining = s
         .bastion
-        .wait_health("503 right after SIGTERM", Duration::from_secs(1), |r| {
-            r.status == 503
-        })
+        .wait_health("503 right after SIGTERM", Duration::from_secs(1), |r| r.status == 503)
         .unwrap_or_else(|e| panic!("{e}"));
-    assert!(
-        draining.body.to_lowercase().contains("drain"),
-        "the 503 must say draining: {draining:?}"
-    );
-    s.bastion
-        .process
-        .wait_for_log("drain started", STEP)
-        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(draining.body.to_lowercase().contains("drain"), "the 503 must say draining: {draining:?}");
+    s.bastion.process.wait_for_log("drain started", STEP).unwrap_or_else(|e| panic!("{e}"));
     // WireGuard still passes traffic while health says 503.
-    assert_eq!(
-        s.fetch_page_and_source(0, 0),
-        BASTION_PRIVATE_V4.to_string()
-    );
+    assert_eq!(s.fetch_page_and_source(0, 0), BASTION_PRIVATE_V4.to_string());
     s.ping(0, &BASTION_TUNNEL_V4.to_string());
-    assert!(
-        s.bastion.process.is_running(),
-        "exited during the drain\n{}",
-        s.report()
-    );
+    assert!(s.bastion.process.is_running(), "exited during the drain\n{}", s.report());
 
-    let status = s
-        .bastion
-        .process
-        .wait_exit(Duration::from_secs(drain_seconds as u64) + STEP)
-        .unwrap_or_else(|e| panic!("{e}"));
+    let status =
+        s.bastion.process.wait_exit(Duration::from_secs(drain_seconds as u64) + STEP).unwrap_or_else(|e| panic!("{e}"));
     let drained = sent.elapsed();
-    assert_eq!(
-        status.code(),
-        Some(0),
-        "exit after drain: {status:?}\n{}",
-        s.report()
-    );
+    assert_eq!(status.code(), Some(0), "exit after drain: {status:?}\n{}", s.report());
     assert!(
         drained >= Duration::from_millis(drain_seconds as u64 * 1000 - 500),
         "exited {:.1} s after SIGTERM, before drain_seconds = {drain_seconds}",
@@ -450,52 +308,24 @@ fn drain_answers_503_keeps_forwarding_then_exits_cleanly() {
     );
     let tables = s.nft_tables();
     assert!(!has_bastion_table(&tables), "table left behind: {tables}");
-    assert!(
-        tables.contains("table inet neighbour"),
-        "another table was touched: {tables}"
-    );
+    assert!(tables.contains("table inet neighbour"), "another table was touched: {tables}");
     let link = s.topo.bastion.exec(&["ip", "link", "show", "wg0"]);
     assert!(!link.success(), "wg0 left behind: {link}");
-    let health = tcp_connect(
-        &s.topo.bastion,
-        "127.0.0.1:8080".parse().unwrap(),
-        Duration::from_secs(1),
-    );
+    let health = tcp_connect(&s.topo.bastion, "127.0.0.1:8080".parse().unwrap(), Duration::from_secs(1));
     assert!(health.is_err(), "health port still open after exit");
 }
 
 #[test]
 fn second_signal_cuts_the_drain_short_and_still_cleans_up() {
     let binary = binary_or_skip!();
-    let s = Setup::start(
-        &binary,
-        1,
-        1,
-        BastionSetup {
-            drain_seconds: 60,
-            ..BastionSetup::default()
-        },
-    );
+    let s = Setup::start(&binary, 1, 1, BastionSetup { drain_seconds: 60, ..BastionSetup::default() });
     s.bastion.process.signal(libc::SIGTERM);
-    s.bastion
-        .process
-        .wait_for_log("drain started", STEP)
-        .unwrap_or_else(|e| panic!("{e}"));
+    s.bastion.process.wait_for_log("drain started", STEP).unwrap_or_else(|e| panic!("{e}"));
     s.bastion.process.signal(libc::SIGINT);
-    let status = s
-        .bastion
-        .process
-        .wait_exit(STEP)
-        .unwrap_or_else(|e| panic!("{e}"));
+    let status = s.bastion.process.wait_exit(STEP).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(status.code(), Some(0), "{status:?}\n{}", s.report());
     assert!(!has_bastion_table(&s.nft_tables()), "table left behind");
-    assert!(
-        !s.topo
-            .bastion
-            .exec(&["ip", "link", "show", "wg0"])
-            .success(),
-        "wg0 left behind"
-    );
+    assert!(!s.topo.bastion.exec(&["ip", "link", "show", "wg0"]).success(), "wg0 left behind");
 }
 
 #[test]
@@ -513,10 +343,8 @@ fn garbage_udp_flood_neither_crashes_nor_locks_out_clients() {
     let seed = bastion_tests::random_u64();
     let flooding = std::sync::atomic::AtomicBool::new(true);
     let (v4, v6, health) = std::thread::scope(|scope| {
-        let v4 =
-            scope.spawn(|| udp_flood(&s.topo.clients[0].ns, s.topo.endpoint_v4(), 10_000, seed));
-        let v6 =
-            scope.spawn(|| udp_flood(&s.topo.clients[1].ns, s.topo.endpoint_v6(), 10_000, !seed));
+        let v4 = scope.spawn(|| udp_flood(&s.topo.clients[0].ns, s.topo.endpoint_v4(), 10_000, seed));
+        let v6 = scope.spawn(|| udp_flood(&s.topo.clients[1].ns, s.topo.endpoint_v6(), 10_000, !seed));
         let health = scope.spawn(|| {
             let mut answers = Vec::new();
             loop {
@@ -538,24 +366,14 @@ fn garbage_udp_flood_neither_crashes_nor_locks_out_clients() {
         "health did not answer during the flood (seed {seed:#x}): {unanswered:?}\n{}",
         s.report()
     );
-    let unhealthy: Vec<&HttpResponse> = health
-        .iter()
-        .flatten()
-        .filter(|r| r.status != 200)
-        .collect();
+    let unhealthy: Vec<&HttpResponse> = health.iter().flatten().filter(|r| r.status != 200).collect();
     assert!(
         unhealthy.is_empty(),
         "health said not 200 during the flood (seed {seed:#x}): {unhealthy:?}\n{}",
         s.report()
     );
-    eprintln!(
-        "flood (seed {seed:#x}): v4 {v4:?}, v6 {v6:?}, {} health answers",
-        health.len()
-    );
-    assert!(
-        v4.sent + v6.sent > 15_000,
-        "the flood did not go out: {v4:?} {v6:?}"
-    );
+    eprintln!("flood (seed {seed:#x}): v4 {v4:?}, v6 {v6:?}, {} health answers", health.len());
+    assert!(v4.sent + v6.sent > 15_000, "the flood did not go out: {v4:?} {v6:?}");
 
     // The garbage reached the service's parser (not just the kernel): it counted it.
     let status = s.bastion.status().unwrap_or_else(|e| panic!("{e}"));
@@ -566,28 +384,12 @@ fn garbage_udp_flood_neither_crashes_nor_locks_out_clients() {
         "the service counted only {refused} refused datagrams of {} sent:\n{status}",
         v4.sent + v6.sent
     );
-    assert!(
-        s.bastion.process.is_running(),
-        "the service died under the flood (seed {seed:#x})\n{}",
-        s.report()
-    );
-    s.bastion
-        .wait_healthy(STEP)
-        .unwrap_or_else(|e| panic!("health after the flood (seed {seed:#x}): {e}"));
-    assert_eq!(
-        s.fetch_page_and_source(0, 0),
-        BASTION_PRIVATE_V4.to_string()
-    );
-    s.tunnels
-        .push(s.topo.start_client_tunnel(1, s.topo.endpoint_v6()));
-    assert_eq!(
-        s.fetch_page_and_source(1, 0),
-        BASTION_PRIVATE_V4.to_string()
-    );
-    s.bastion
-        .process
-        .wait_for_log("peer bob handshake completed", STEP)
-        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(s.bastion.process.is_running(), "the service died under the flood (seed {seed:#x})\n{}", s.report());
+    s.bastion.wait_healthy(STEP).unwrap_or_else(|e| panic!("health after the flood (seed {seed:#x}): {e}"));
+    assert_eq!(s.fetch_page_and_source(0, 0), BASTION_PRIVATE_V4.to_string());
+    s.tunnels.push(s.topo.start_client_tunnel(1, s.topo.endpoint_v6()));
+    assert_eq!(s.fetch_page_and_source(1, 0), BASTION_PRIVATE_V4.to_string());
+    s.bastion.process.wait_for_log("peer bob handshake completed", STEP).unwrap_or_else(|e| panic!("{e}"));
 }
 
 #[test]
@@ -607,19 +409,13 @@ fn client_roams_to_a_new_endpoint() {
     let port = 40_000 + (bastion_tests::random_u64() % 20_000) as u16;
     s.tunnels[0].wg_set(&["listen-port", &port.to_string()]);
     let offset = s.bastion.process.log_len();
-    assert_eq!(
-        s.fetch_page_and_source(0, 0),
-        BASTION_PRIVATE_V4.to_string()
-    );
+    assert_eq!(s.fetch_page_and_source(0, 0), BASTION_PRIVATE_V4.to_string());
     let line = s
         .bastion
         .process
         .wait_for_log_after(offset, "peer alice roamed from", STEP)
         .unwrap_or_else(|e| panic!("after the handshake line {first:?}: {e}"));
-    assert!(
-        line.contains(&format!("to {}:{port}", client.public_v4)),
-        "roamed to the wrong endpoint: {line}"
-    );
+    assert!(line.contains(&format!("to {}:{port}", client.public_v4)), "roamed to the wrong endpoint: {line}");
 }
 
 #[test]
@@ -631,14 +427,9 @@ fn health_reports_forwarding_off() {
         .bastion
         .wait_health("503 after net.ipv4.ip_forward=0", STEP, |r| r.status == 503)
         .unwrap_or_else(|e| panic!("{e}"));
-    assert!(
-        off.body.contains("forwarding"),
-        "the 503 must name forwarding: {off:?}"
-    );
+    assert!(off.body.contains("forwarding"), "the 503 must name forwarding: {off:?}");
     s.topo.bastion.sysctl("net.ipv4.ip_forward", "1");
-    s.bastion
-        .wait_healthy(STEP)
-        .unwrap_or_else(|e| panic!("after forwarding came back: {e}"));
+    s.bastion.wait_healthy(STEP).unwrap_or_else(|e| panic!("after forwarding came back: {e}"));
     s.fetch_page_and_source(0, 0);
 }
 
@@ -649,44 +440,20 @@ fn restart_after_a_crash_replaces_the_table() {
     s.fetch_page_and_source(0, 0);
     // A crash: no drain, no cleanup. Our table stays behind in the kernel.
     s.bastion.process.signal(libc::SIGKILL);
-    s.bastion
-        .process
-        .wait_exit(STEP)
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert!(
-        has_bastion_table(&s.nft_tables()),
-        "expected the crashed service's table to remain"
-    );
+    s.bastion.process.wait_exit(STEP).unwrap_or_else(|e| panic!("{e}"));
+    assert!(has_bastion_table(&s.nft_tables()), "expected the crashed service's table to remain");
 
     let again = Bastion::start(&s.topo, &binary, BastionSetup::default());
     let crashed = std::mem::replace(&mut s.bastion, again);
-    s.bastion.wait_healthy(START).unwrap_or_else(|e| {
-        panic!(
-            "restart over a leftover table: {e}\nbefore the crash:\n{}",
-            crashed.log_report()
-        )
-    });
+    s.bastion
+        .wait_healthy(START)
+        .unwrap_or_else(|e| panic!("restart over a leftover table: {e}\nbefore the crash:\n{}", crashed.log_report()));
     let tables = s.nft_tables();
-    assert_eq!(
-        tables
-            .lines()
-            .filter(|l| l.trim() == "table inet bastion")
-            .count(),
-        1,
-        "{tables}"
-    );
+    assert_eq!(tables.lines().filter(|l| l.trim() == "table inet bastion").count(), 1, "{tables}");
     // The client's old session is gone with the old process; it re-handshakes.
-    let ruleset = s
-        .topo
-        .bastion
-        .run(&["nft", "list", "table", "inet", "bastion"]);
+    let ruleset = s.topo.bastion.run(&["nft", "list", "table", "inet", "bastion"]);
     let source = s.fetch_page_and_source(0, 0);
-    assert_eq!(
-        source,
-        BASTION_PRIVATE_V4.to_string(),
-        "after the restart\n{ruleset}\n{}",
-        s.report()
-    );
+    assert_eq!(source, BASTION_PRIVATE_V4.to_string(), "after the restart\n{ruleset}\n{}", s.report());
 }
 
 #[test]
@@ -694,23 +461,14 @@ fn health_reports_a_lost_tunnel_address() {
     let binary = binary_or_skip!();
     let s = Setup::start(&binary, 1, 1, BastionSetup::default());
     let address = format!("{BASTION_TUNNEL_V6}/64");
-    s.topo
-        .bastion
-        .run(&["ip", "addr", "del", &address, "dev", "wg0"]);
+    s.topo.bastion.run(&["ip", "addr", "del", &address, "dev", "wg0"]);
     let lost = s
         .bastion
         .wait_health("health 503 naming the lost address", STEP, |r| r.status == 503)
         .unwrap_or_else(|e| panic!("{e}"));
-    assert!(
-        lost.body.contains(&format!("tun: wg0 has lost its address {address}")),
-        "{lost:?}"
-    );
-    s.topo
-        .bastion
-        .run(&["ip", "addr", "add", &address, "dev", "wg0", "nodad"]);
-    s.bastion
-        .wait_healthy(STEP)
-        .unwrap_or_else(|e| panic!("after the address came back: {e}"));
+    assert!(lost.body.contains(&format!("tun: wg0 has lost its address {address}")), "{lost:?}");
+    s.topo.bastion.run(&["ip", "addr", "add", &address, "dev", "wg0", "nodad"]);
+    s.bastion.wait_healthy(STEP).unwrap_or_else(|e| panic!("after the address came back: {e}"));
 }
 
 #[test]
@@ -725,10 +483,7 @@ fn status_shows_peers_selftest_and_rules_but_never_keys() {
         .unwrap_or_else(|| panic!("no line for alice:\n{status}"));
     assert!(alice.contains("endpoint 192.0.2.101:"), "{alice}");
     assert!(alice.contains("s ago") && !alice.contains("never"), "{alice}");
-    assert!(
-        bastion::peer_counter(&status, "alice", "handshakes").is_some_and(|n| n >= 1),
-        "{alice}"
-    );
+    assert!(bastion::peer_counter(&status, "alice", "handshakes").is_some_and(|n| n >= 1), "{alice}");
     assert!(status.contains("health 200"), "{status}");
     assert!(status.contains("selftest: PASS"), "{status}");
     assert!(status.contains("iifname \"wg0\" drop"), "the rules are shown:\n{status}");

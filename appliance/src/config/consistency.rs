@@ -27,9 +27,7 @@ pub fn check_peers(interface: Option<&InterfaceDraft>, peers: &[PeerDraft], repo
         }
     }
 
-    let own_key = interface
-        .and_then(|i| i.private_key.as_ref())
-        .map(|k| k.public_key());
+    let own_key = interface.and_then(|i| i.private_key.as_ref()).map(|k| k.public_key());
     let mut keys: HashMap<crate::keys::PublicKey, usize> = HashMap::new();
     for (i, peer) in peers.iter().enumerate() {
         let Some((key, span)) = &peer.public_key else {
@@ -37,9 +35,7 @@ pub fn check_peers(interface: Option<&InterfaceDraft>, peers: &[PeerDraft], repo
         };
         let field = format!("peer[{i}].public_key");
         if Some(*key) == own_key {
-            let from = interface
-                .and_then(|i| i.key_field.clone())
-                .unwrap_or_default();
+            let from = interface.and_then(|i| i.key_field.clone()).unwrap_or_default();
             report.at(
                 span.clone(),
                 field,
@@ -83,26 +79,14 @@ fn range(net: &IpNetwork) -> Range {
         IpNetwork::V4(n) => {
             let first = u32::from(n.network_address()) as u128;
             let size = 1u128 << (32 - n.netmask());
-            Range {
-                v6: false,
-                first,
-                last: first + size - 1,
-            }
+            Range { v6: false, first, last: first + size - 1 }
         }
         IpNetwork::V6(n) => {
             let first = u128::from(n.network_address());
             let host_bits = 128 - n.netmask() as u32;
-            let host_mask = if host_bits == 0 {
-                0
-            } else {
-                u128::MAX >> (128 - host_bits)
-            };
+            let host_mask = if host_bits == 0 { 0 } else { u128::MAX >> (128 - host_bits) };
             let last = first | host_mask;
-            Range {
-                v6: true,
-                first,
-                last,
-            }
+            Range { v6: true, first, last }
         }
     }
 }
@@ -134,43 +118,25 @@ fn check_overlaps(peers: &[PeerDraft], report: &mut Report) {
     let mut entries: Vec<Entry> = peers
         .iter()
         .enumerate()
-        .flat_map(|(peer, p)| {
-            p.allowed_ips.iter().map(move |item| Entry {
-                range: range(&item.value),
-                peer,
-                item,
-            })
-        })
+        .flat_map(|(peer, p)| p.allowed_ips.iter().map(move |item| Entry { range: range(&item.value), peer, item }))
         .collect();
     entries.sort_by(|a, b| {
-        (
-            a.range.v6,
-            a.range.first,
-            std::cmp::Reverse(a.range.last),
-            a.peer,
-        )
-            .cmp(&(
-                b.range.v6,
-                b.range.first,
-                std::cmp::Reverse(b.range.last),
-                b.peer,
-            ))
+        (a.range.v6, a.range.first, std::cmp::Reverse(a.range.last), a.peer).cmp(&(
+            b.range.v6,
+            b.range.first,
+            std::cmp::Reverse(b.range.last),
+            b.peer,
+        ))
     });
     let mut open: Vec<&Entry> = Vec::new();
     for entry in &entries {
-        while open
-            .last()
-            .is_some_and(|top| top.range.v6 != entry.range.v6 || top.range.last < entry.range.first)
-        {
+        while open.last().is_some_and(|top| top.range.v6 != entry.range.v6 || top.range.last < entry.range.first) {
             open.pop();
         }
         if let Some(other) = open.iter().rev().find(|o| o.peer != entry.peer) {
             // Reported where the later of the two is written: that is usually the line just added.
-            let (here, there) = if other.item.span.start > entry.item.span.start {
-                (*other, entry)
-            } else {
-                (entry, *other)
-            };
+            let (here, there) =
+                if other.item.span.start > entry.item.span.start { (*other, entry) } else { (entry, *other) };
             report.at(
                 here.item.span.clone(),
                 format!("peer[{}].allowed_ips[{}]", here.peer, here.item.index),
@@ -199,21 +165,12 @@ pub fn selftest_address(
     selftest: &SelfTestDraft,
     report: &mut Report,
 ) -> Option<IpAddr> {
-    let networks: Vec<IpNetwork> = interface
-        .addresses
-        .iter()
-        .map(|a| a.value.network())
-        .collect();
+    let networks: Vec<IpNetwork> = interface.addresses.iter().map(|a| a.value.network()).collect();
     if networks.is_empty() {
         return None; // already reported: the interface has no address
     }
     let owner = |ip: IpAddr| -> Option<(usize, &super::document::Item<IpNetwork>)> {
-        peers.iter().enumerate().find_map(|(i, p)| {
-            p.allowed_ips
-                .iter()
-                .find(|n| n.value.contains(ip))
-                .map(|n| (i, n))
-        })
+        peers.iter().enumerate().find_map(|(i, p)| p.allowed_ips.iter().find(|n| n.value.contains(ip)).map(|n| (i, n)))
     };
 
     if let Some((ip, span)) = &selftest.address {
@@ -269,32 +226,19 @@ pub fn selftest_address(
         return Some(ip);
     }
 
-    let mut taken: Vec<Range> = peers
-        .iter()
-        .flat_map(|p| p.allowed_ips.iter().map(|n| range(&n.value)))
-        .collect();
+    let mut taken: Vec<Range> = peers.iter().flat_map(|p| p.allowed_ips.iter().map(|n| range(&n.value))).collect();
     taken.extend(interface.addresses.iter().map(|a| {
         let (v6, p) = point(a.value.address);
-        Range {
-            v6,
-            first: p,
-            last: p,
-        }
+        Range { v6, first: p, last: p }
     }));
-    let ordered = networks
-        .iter()
-        .filter(|n| n.is_ipv4())
-        .chain(networks.iter().filter(|n| n.is_ipv6()));
+    let ordered = networks.iter().filter(|n| n.is_ipv4()).chain(networks.iter().filter(|n| n.is_ipv6()));
     for net in ordered {
         if let Some(ip) = highest_free(net, &taken) {
             return Some(ip);
         }
     }
     let list: Vec<String> = networks.iter().map(|n| n.to_string()).collect();
-    let single_hosts = interface
-        .addresses
-        .iter()
-        .all(|a| a.value.prefix_len == values::max_prefix(&a.value.address));
+    let single_hosts = interface.addresses.iter().all(|a| a.value.prefix_len == values::max_prefix(&a.value.address));
     let expected = if single_hosts {
         "expected interface.address with the tunnel network's prefix (e.g. 10.100.0.1/24, not /32: \
          that is a client's way of writing it)"
@@ -328,7 +272,7 @@ fn highest_free(net: &IpNetwork, taken: &[Range]) -> Option<IpAddr> {
     // once a range ends below it, every later one does too. O(n log n) however the peers'
     // addresses are laid out.
     let mut ranges: Vec<&Range> = taken.iter().filter(|t| t.v6 == r.v6).collect();
-    ranges.sort_by(|a, b| b.last.cmp(&a.last));
+    ranges.sort_by_key(|r| std::cmp::Reverse(r.last));
     let mut candidate = last;
     for t in ranges {
         if t.last < candidate {
@@ -352,44 +296,18 @@ mod tests {
     #[test]
     fn highest_free_skips_broadcast_peers_and_our_own() {
         let none: Vec<Range> = Vec::new();
-        assert_eq!(
-            highest_free(&net("10.100.0.0/24"), &none)
-                .unwrap()
-                .to_string(),
-            "10.100.0.254"
-        );
-        let taken = vec![
-            range(&net("10.100.0.128/25")),
-            range(&net("10.100.0.127/32")),
-        ];
-        assert_eq!(
-            highest_free(&net("10.100.0.0/24"), &taken)
-                .unwrap()
-                .to_string(),
-            "10.100.0.126"
-        );
-        assert_eq!(
-            highest_free(&net("10.100.0.0/31"), &none)
-                .unwrap()
-                .to_string(),
-            "10.100.0.1"
-        );
+        assert_eq!(highest_free(&net("10.100.0.0/24"), &none).unwrap().to_string(), "10.100.0.254");
+        let taken = vec![range(&net("10.100.0.128/25")), range(&net("10.100.0.127/32"))];
+        assert_eq!(highest_free(&net("10.100.0.0/24"), &taken).unwrap().to_string(), "10.100.0.126");
+        assert_eq!(highest_free(&net("10.100.0.0/31"), &none).unwrap().to_string(), "10.100.0.1");
         let all = vec![range(&net("10.100.0.0/24"))];
         assert_eq!(highest_free(&net("10.100.0.0/24"), &all), None);
-        assert_eq!(
-            highest_free(&net("fd00:100::/64"), &none)
-                .unwrap()
-                .to_string(),
-            "fd00:100::ffff:ffff:ffff:ffff"
-        );
+        assert_eq!(highest_free(&net("fd00:100::/64"), &none).unwrap().to_string(), "fd00:100::ffff:ffff:ffff:ffff");
         let v6 = vec![range(&net("fd00:100::/64"))];
         assert_eq!(highest_free(&net("fd00:100::/64"), &v6), None);
         // An IPv6 range never blocks an IPv4 candidate.
         assert!(highest_free(&net("10.100.0.0/24"), &v6).is_some());
-        assert_eq!(
-            highest_free(&net("0.0.0.0/0"), &none).unwrap().to_string(),
-            "255.255.255.254"
-        );
+        assert_eq!(highest_free(&net("0.0.0.0/0"), &none).unwrap().to_string(), "255.255.255.254");
         assert!(highest_free(&net("::/0"), &none).is_some());
     }
 
@@ -397,13 +315,7 @@ mod tests {
     fn highest_free_handles_peers_packed_from_the_top() {
         let net = net("10.0.0.0/16");
         let top = u32::from(std::net::Ipv4Addr::new(10, 0, 255, 254)) as u128;
-        let taken: Vec<Range> = (0..60_000u128)
-            .map(|i| Range {
-                v6: false,
-                first: top - i,
-                last: top - i,
-            })
-            .collect();
+        let taken: Vec<Range> = (0..60_000u128).map(|i| Range { v6: false, first: top - i, last: top - i }).collect();
         let expected = std::net::Ipv4Addr::from((top - 60_000) as u32);
         assert_eq!(highest_free(&net, &taken), Some(IpAddr::V4(expected)));
     }

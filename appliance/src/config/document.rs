@@ -29,18 +29,11 @@ impl Report {
     pub fn new(text: &str) -> Self {
         let mut line_starts = vec![0];
         line_starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
-        Report {
-            line_starts,
-            problems: Vec::new(),
-            warnings: Vec::new(),
-            dropped: 0,
-        }
+        Report { line_starts, problems: Vec::new(), warnings: Vec::new(), dropped: 0 }
     }
 
     pub fn line_of(&self, offset: usize) -> usize {
-        self.line_starts
-            .partition_point(|&start| start <= offset)
-            .max(1)
+        self.line_starts.partition_point(|&start| start <= offset).max(1)
     }
 
     pub fn at(&mut self, span: Range<usize>, field: impl Into<String>, message: impl Into<String>) {
@@ -48,12 +41,7 @@ impl Report {
         self.push(Some(line), field.into(), message.into());
     }
 
-    pub fn at_line(
-        &mut self,
-        line: Option<usize>,
-        field: impl Into<String>,
-        message: impl Into<String>,
-    ) {
+    pub fn at_line(&mut self, line: Option<usize>, field: impl Into<String>, message: impl Into<String>) {
         self.push(line, field.into(), message.into());
     }
 
@@ -61,11 +49,7 @@ impl Report {
         if self.problems.len() >= MAX_PROBLEMS {
             self.dropped += 1;
         } else {
-            self.problems.push(ConfigProblem {
-                line,
-                field,
-                message,
-            });
+            self.problems.push(ConfigProblem { line, field, message });
         }
     }
 
@@ -95,10 +79,7 @@ impl Report {
             self.problems.push(ConfigProblem {
                 line: None,
                 field: "file".into(),
-                message: format!(
-                    "{} more problems not listed; fix the ones above first",
-                    self.dropped
-                ),
+                message: format!("{} more problems not listed; fix the ones above first", self.dropped),
             });
         }
         self.problems
@@ -115,10 +96,8 @@ pub fn parse<'i>(text: &'i str, report: &mut Report) -> Option<DeTable<'i>> {
     }
     // After one error toml's recovery often trips over the same line again (an unclosed array
     // swallows the next lines): one problem per line keeps the first, most telling one.
-    let mut errors: Vec<(Option<usize>, &toml::de::Error)> = errors
-        .iter()
-        .map(|e| (e.span().map(|s| s.start), e))
-        .collect();
+    let mut errors: Vec<(Option<usize>, &toml::de::Error)> =
+        errors.iter().map(|e| (e.span().map(|s| s.start), e)).collect();
     errors.sort_by_key(|(start, _)| start.unwrap_or(usize::MAX));
     let mut seen_lines = std::collections::HashSet::new();
     for (start, error) in errors {
@@ -157,13 +136,7 @@ impl<'a, 'i> Table<'a, 'i> {
         line: Option<usize>,
         known: &'static [&'static str],
     ) -> Self {
-        Table {
-            table,
-            path: path.into(),
-            header: header.into(),
-            line,
-            known,
-        }
+        Table { table, path: path.into(), header: header.into(), line, known }
     }
 
     /// The line of the table's header, where a missing field is reported.
@@ -180,19 +153,12 @@ impl<'a, 'i> Table<'a, 'i> {
     }
 
     pub fn get(&self, key: &str) -> Option<&'a Spanned<DeValue<'i>>> {
-        debug_assert!(
-            self.known.contains(&key),
-            "{key} missing from the known list"
-        );
+        debug_assert!(self.known.contains(&key), "{key} missing from the known list");
         self.table.get(key)
     }
 
     pub fn missing(&self, report: &mut Report, key: &str, expected: &str) {
-        report.at_line(
-            self.line,
-            self.field(key),
-            format!("missing; expected {expected}"),
-        );
+        report.at_line(self.line, self.field(key), format!("missing; expected {expected}"));
     }
 
     /// Reports every key this table does not know, naming the ones it does.
@@ -212,13 +178,7 @@ impl<'a, 'i> Table<'a, 'i> {
                 let known: Vec<String> = self
                     .known
                     .iter()
-                    .map(|k| {
-                        if *k == "peer" {
-                            "[[peer]]".to_string()
-                        } else {
-                            format!("[{k}]")
-                        }
-                    })
+                    .map(|k| if *k == "peer" { "[[peer]]".to_string() } else { format!("[{k}]") })
                     .collect();
                 let what = if value.get_ref().is_table() || value.get_ref().is_array() {
                     format!("unknown section [{name}]")
@@ -227,15 +187,9 @@ impl<'a, 'i> Table<'a, 'i> {
                 };
                 format!("{what}; known sections: {}", known.join(", "))
             } else {
-                format!(
-                    "unknown field {} in {}; known fields: {}",
-                    shown(name),
-                    self.header,
-                    self.known.join(", ")
-                )
+                format!("unknown field {} in {}; known fields: {}", shown(name), self.header, self.known.join(", "))
             };
-            if let Some(h) = hint(name).or_else(|| suggestion(name, self.known).map(str::to_string))
-            {
+            if let Some(h) = hint(name).or_else(|| suggestion(name, self.known).map(str::to_string)) {
                 message.push_str(&format!(" (did you mean {h}?)"));
             }
             report.at(key.span(), self.field(name), message);
@@ -251,10 +205,7 @@ pub fn suggestion(unknown: &str, known: &[&'static str]) -> Option<&'static str>
 }
 
 fn fold(name: &str) -> String {
-    name.chars()
-        .filter(|c| *c != '_' && *c != '-')
-        .flat_map(char::to_lowercase)
-        .collect()
+    name.chars().filter(|c| *c != '_' && *c != '-').flat_map(char::to_lowercase).collect()
 }
 
 fn kind(value: &DeValue) -> &'static str {
@@ -270,19 +221,10 @@ fn kind(value: &DeValue) -> &'static str {
 }
 
 fn wrong_type(report: &mut Report, field: &str, value: &Spanned<DeValue>, expected: &str) {
-    report.at(
-        value.span(),
-        field,
-        format!("found {}, expected {expected}", kind(value.get_ref())),
-    );
+    report.at(value.span(), field, format!("found {}, expected {expected}", kind(value.get_ref())));
 }
 
-pub fn string<'a>(
-    report: &mut Report,
-    field: &str,
-    value: &'a Spanned<DeValue>,
-    expected: &str,
-) -> Option<&'a str> {
+pub fn string<'a>(report: &mut Report, field: &str, value: &'a Spanned<DeValue>, expected: &str) -> Option<&'a str> {
     match value.get_ref() {
         DeValue::String(s) => Some(s.as_ref()),
         _ => {
@@ -319,19 +261,11 @@ pub fn integer(
     match i128::from_str_radix(&digits, int.radix()) {
         Ok(n) if range.contains(&n) => Some(n),
         Ok(n) => {
-            report.at(
-                value.span(),
-                field,
-                format!("found {n}, expected {expected}"),
-            );
+            report.at(value.span(), field, format!("found {n}, expected {expected}"));
             None
         }
         Err(_) => {
-            report.at(
-                value.span(),
-                field,
-                format!("found an integer out of range, expected {expected}"),
-            );
+            report.at(value.span(), field, format!("found an integer out of range, expected {expected}"));
             None
         }
     }
@@ -371,11 +305,7 @@ pub fn string_list<T>(
             continue;
         };
         match parse(text) {
-            Ok(parsed) => out.push(Item {
-                value: parsed,
-                index,
-                span: item.span(),
-            }),
+            Ok(parsed) => out.push(Item { value: parsed, index, span: item.span() }),
             Err(message) => report.at(item.span(), item_field, message),
         }
     }
@@ -426,14 +356,8 @@ mod tests {
 
     #[test]
     fn suggestions_fold_case_and_underscores() {
-        assert_eq!(
-            suggestion("PrivateKey", &["private_key", "address"]),
-            Some("private_key")
-        );
-        assert_eq!(
-            suggestion("AllowedIPs", &["allowed_ips"]),
-            Some("allowed_ips")
-        );
+        assert_eq!(suggestion("PrivateKey", &["private_key", "address"]), Some("private_key"));
+        assert_eq!(suggestion("AllowedIPs", &["allowed_ips"]), Some("allowed_ips"));
         assert_eq!(suggestion("colour", &["color"]), None);
     }
 
@@ -445,10 +369,6 @@ mod tests {
         }
         let problems = report.finish();
         assert_eq!(problems.len(), MAX_PROBLEMS + 1);
-        assert!(problems
-            .last()
-            .unwrap()
-            .message
-            .starts_with("5 more problems"));
+        assert!(problems.last().unwrap().message.starts_with("5 more problems"));
     }
 }

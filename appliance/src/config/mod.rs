@@ -168,11 +168,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let origin = path.display().to_string();
     let text = read_bounded(path, CONFIG_FILE_LIMIT).map_err(|e| ConfigError {
         origin: origin.clone(),
-        problems: vec![ConfigProblem {
-            line: None,
-            field: "file".into(),
-            message: format!("cannot read: {e}"),
-        }],
+        problems: vec![ConfigProblem { line: None, field: "file".into(), message: format!("cannot read: {e}") }],
     })?;
     parse(&text, &origin, path.parent())
 }
@@ -202,8 +198,7 @@ fn read_bounded(path: &Path, limit: u64) -> std::io::Result<zeroize::Zeroizing<S
 /// guesswork), otherwise every field, every peer and every cross-peer rule is checked.
 pub fn parse(text: &str, origin: &str, base_dir: Option<&Path>) -> Result<Config, ConfigError> {
     let mut report = document::Report::new(text);
-    let config =
-        document::parse(text, &mut report).and_then(|root| build(&root, base_dir, &mut report));
+    let config = document::parse(text, &mut report).and_then(|root| build(&root, base_dir, &mut report));
     if report.is_clean() {
         if let Some(mut config) = config {
             config.warnings = report.take_warnings();
@@ -218,27 +213,18 @@ pub fn parse(text: &str, origin: &str, base_dir: Option<&Path>) -> Result<Config
              it in this format",
         );
     }
-    Err(ConfigError {
-        origin: origin.into(),
-        problems: report.finish(),
-    })
+    Err(ConfigError { origin: origin.into(), problems: report.finish() })
 }
 
 fn looks_like_wg_quick(text: &str) -> bool {
-    text.lines()
-        .any(|l| matches!(l.trim(), "[Interface]" | "[Peer]"))
+    text.lines().any(|l| matches!(l.trim(), "[Interface]" | "[Peer]"))
 }
 
-fn build(
-    root: &toml::de::DeTable,
-    base_dir: Option<&Path>,
-    report: &mut document::Report,
-) -> Option<Config> {
+fn build(root: &toml::de::DeTable, base_dir: Option<&Path>, report: &mut document::Report) -> Option<Config> {
     let drafts = schema::read(root, base_dir, report);
     consistency::check_peers(drafts.interface.as_ref(), &drafts.peers, report);
     let interface = drafts.interface?;
-    let selftest_address =
-        consistency::selftest_address(&interface, &drafts.peers, &drafts.selftest, report);
+    let selftest_address = consistency::selftest_address(&interface, &drafts.peers, &drafts.selftest, report);
     if !report.is_clean() {
         return None;
     }
@@ -266,15 +252,8 @@ fn build(
             name: interface.name,
         },
         peers,
-        nat: Nat {
-            masquerade: drafts.nat.masquerade,
-            egress: drafts.nat.egress,
-            reach: drafts.nat.reach,
-        },
-        health: Health {
-            listen: drafts.health.listen?,
-            drain_seconds: drafts.health.drain_seconds,
-        },
+        nat: Nat { masquerade: drafts.nat.masquerade, egress: drafts.nat.egress, reach: drafts.nat.reach },
+        health: Health { listen: drafts.health.listen?, drain_seconds: drafts.health.drain_seconds },
         selftest: SelfTest {
             interval_seconds: drafts.selftest.interval_seconds,
             address: selftest_address?,

@@ -13,14 +13,7 @@ use std::path::{Path, PathBuf};
 use toml::de::DeTable;
 
 pub const SECTIONS: &[&str] = &["interface", "peer", "nat", "health", "selftest"];
-pub const INTERFACE_FIELDS: &[&str] = &[
-    "private_key",
-    "private_key_file",
-    "address",
-    "listen_port",
-    "mtu",
-    "name",
-];
+pub const INTERFACE_FIELDS: &[&str] = &["private_key", "private_key_file", "address", "listen_port", "mtu", "name"];
 pub const PEER_FIELDS: &[&str] = &[
     "name",
     "public_key",
@@ -116,11 +109,7 @@ pub fn read(root: &DeTable, base_dir: Option<&Path>, report: &mut Report) -> Dra
 
     let interface = match top.get("interface") {
         None => {
-            report.at_line(
-                None,
-                "interface",
-                "missing; expected an [interface] section",
-            );
+            report.at_line(None, "interface", "missing; expected an [interface] section");
             None
         }
         Some(value) => match value.get_ref().as_table() {
@@ -133,11 +122,7 @@ pub fn read(root: &DeTable, base_dir: Option<&Path>, report: &mut Report) -> Dra
                 ))
             }
             None => {
-                report.at(
-                    value.span(),
-                    "interface",
-                    "expected an [interface] section (a table)",
-                );
+                report.at(value.span(), "interface", "expected an [interface] section (a table)");
                 None
             }
         },
@@ -145,46 +130,17 @@ pub fn read(root: &DeTable, base_dir: Option<&Path>, report: &mut Report) -> Dra
 
     let mut peers = Vec::new();
     if let Some(value) = top.get("peer") {
-        for (index, (table, span)) in document::tables(report, "peer", value, "[[peer]]")
-            .into_iter()
-            .enumerate()
-        {
+        for (index, (table, span)) in document::tables(report, "peer", value, "[[peer]]").into_iter().enumerate() {
             let line = Some(report.line_of(span.start));
-            let t = Table::new(
-                table,
-                format!("peer[{index}]"),
-                "[[peer]]",
-                line,
-                PEER_FIELDS,
-            );
+            let t = Table::new(table, format!("peer[{index}]"), "[[peer]]", line, PEER_FIELDS);
             peers.push(read_peer(&t, index, base_dir, report));
         }
     }
 
     let nat = section(&top, "nat", "[nat]", NAT_FIELDS, report, read_nat);
-    let health = section(
-        &top,
-        "health",
-        "[health]",
-        HEALTH_FIELDS,
-        report,
-        read_health,
-    );
-    let selftest = section(
-        &top,
-        "selftest",
-        "[selftest]",
-        SELFTEST_FIELDS,
-        report,
-        read_selftest,
-    );
-    Drafts {
-        interface,
-        peers,
-        nat,
-        health,
-        selftest,
-    }
+    let health = section(&top, "health", "[health]", HEALTH_FIELDS, report, read_health);
+    let selftest = section(&top, "selftest", "[selftest]", SELFTEST_FIELDS, report, read_selftest);
+    Drafts { interface, peers, nat, health, selftest }
 }
 
 /// An optional section: read it when present, else read an empty table (all defaults).
@@ -204,11 +160,7 @@ fn section<T>(
                 read(&Table::new(t, key, header, line, known), report)
             }
             None => {
-                report.at(
-                    value.span(),
-                    key,
-                    format!("expected a {header} section (a table)"),
-                );
+                report.at(value.span(), key, format!("expected a {header} section (a table)"));
                 read(&Table::new(&empty, key, header, None, known), report)
             }
         },
@@ -221,11 +173,7 @@ fn section<T>(
 fn root_hint(name: &str) -> Option<String> {
     let folded = name.to_ascii_lowercase();
     if let Some(section) = SECTIONS.iter().find(|s| **s == folded) {
-        let header = if *section == "peer" {
-            "[[peer]]".to_string()
-        } else {
-            format!("[{section}]")
-        };
+        let header = if *section == "peer" { "[[peer]]".to_string() } else { format!("[{section}]") };
         return Some(header);
     }
     let owners: [(&str, &[&str]); 5] = [
@@ -235,9 +183,7 @@ fn root_hint(name: &str) -> Option<String> {
         ("[health]", HEALTH_FIELDS),
         ("[selftest]", SELFTEST_FIELDS),
     ];
-    owners.iter().find_map(|(header, fields)| {
-        document::suggestion(name, fields).map(|f| format!("{f} under {header}"))
-    })
+    owners.iter().find_map(|(header, fields)| document::suggestion(name, fields).map(|f| format!("{f} under {header}")))
 }
 
 fn read_interface(t: &Table, base_dir: Option<&Path>, report: &mut Report) -> InterfaceDraft {
@@ -252,26 +198,14 @@ fn read_interface(t: &Table, base_dir: Option<&Path>, report: &mut Report) -> In
         }
         (Some(value), None) => {
             let field = t.field("private_key");
-            let key = document::string(report, &field, value, KEY_EXPECTED).and_then(|text| {
-                PrivateKey::parse(text)
-                    .map_err(|e| report.at(value.span(), &field, e.0))
-                    .ok()
-            });
+            let key = document::string(report, &field, value, KEY_EXPECTED)
+                .and_then(|text| PrivateKey::parse(text).map_err(|e| report.at(value.span(), &field, e.0)).ok());
             (key, Some(field))
         }
         (None, Some(value)) => {
             let field = t.field("private_key_file");
             let key = document::string(report, &field, value, "a string: the path of the key file")
-                .and_then(|path| {
-                    read_key_file(
-                        path,
-                        base_dir,
-                        value.span(),
-                        &field,
-                        report,
-                        PrivateKey::parse,
-                    )
-                });
+                .and_then(|path| read_key_file(path, base_dir, value.span(), &field, report, PrivateKey::parse));
             (key, Some(field))
         }
         (None, None) => {
@@ -286,11 +220,7 @@ fn read_interface(t: &Table, base_dir: Option<&Path>, report: &mut Report) -> In
 
     let mut addresses = Vec::new();
     match t.get("address") {
-        None => t.missing(
-            report,
-            "address",
-            "a list of tunnel addresses, e.g. [\"10.100.0.1/24\"]",
-        ),
+        None => t.missing(report, "address", "a list of tunnel addresses, e.g. [\"10.100.0.1/24\"]"),
         Some(value) => {
             let field = t.field("address");
             addresses = document::string_list(
@@ -313,10 +243,7 @@ fn read_interface(t: &Table, base_dir: Option<&Path>, report: &mut Report) -> In
                     report.at(
                         a.span.clone(),
                         format!("{field}[{}]", a.index),
-                        format!(
-                            "{} is listed twice (also {field}[{}])",
-                            a.value.address, first.index
-                        ),
+                        format!("{} is listed twice (also {field}[{}])", a.value.address, first.index),
                     );
                 }
             }
@@ -325,15 +252,7 @@ fn read_interface(t: &Table, base_dir: Option<&Path>, report: &mut Report) -> In
 
     let listen_port = t
         .get("listen_port")
-        .and_then(|v| {
-            document::integer(
-                report,
-                &t.field("listen_port"),
-                v,
-                1..=65535,
-                "a UDP port 1–65535",
-            )
-        })
+        .and_then(|v| document::integer(report, &t.field("listen_port"), v, 1..=65535, "a UDP port 1–65535"))
         .map_or(DEFAULT_LISTEN_PORT, |n| n as u16);
     let mtu = t
         .get("mtu")
@@ -353,23 +272,13 @@ fn read_interface(t: &Table, base_dir: Option<&Path>, report: &mut Report) -> In
         .and_then(|v| {
             let field = t.field("name");
             let text = document::string(report, &field, v, "a string: an interface name like wg0")?;
-            values::interface_name(text)
-                .map_err(|e| report.at(v.span(), &field, e))
-                .ok()?;
+            values::interface_name(text).map_err(|e| report.at(v.span(), &field, e)).ok()?;
             Some(text.to_string())
         })
         .unwrap_or_else(|| DEFAULT_INTERFACE_NAME.to_string());
 
     t.finish(report);
-    InterfaceDraft {
-        line: t.line(),
-        private_key,
-        key_field,
-        addresses,
-        listen_port,
-        mtu,
-        name,
-    }
+    InterfaceDraft { line: t.line(), private_key, key_field, addresses, listen_port, mtu, name }
 }
 
 /// Reads a key file (bounded: one line is expected) and parses it with `parse`. The key text
@@ -422,21 +331,13 @@ fn read_peer(t: &Table, index: usize, base_dir: Option<&Path>, report: &mut Repo
 
     let public_key = match t.get("public_key") {
         None => {
-            t.missing(
-                report,
-                "public_key",
-                "the peer's public key (base64, from `wg pubkey`)",
-            );
+            t.missing(report, "public_key", "the peer's public key (base64, from `wg pubkey`)");
             None
         }
         Some(v) => {
             let field = t.field("public_key");
             document::string(report, &field, v, KEY_EXPECTED)
-                .and_then(|text| {
-                    PublicKey::parse(text)
-                        .map_err(|e| report.at(v.span(), &field, e.0))
-                        .ok()
-                })
+                .and_then(|text| PublicKey::parse(text).map_err(|e| report.at(v.span(), &field, e.0)).ok())
                 .map(|k| (k, v.span()))
         }
     };
@@ -452,41 +353,23 @@ fn read_peer(t: &Table, index: usize, base_dir: Option<&Path>, report: &mut Repo
         }
         (Some(v), None) => {
             let field = t.field("preshared_key");
-            document::string(report, &field, v, KEY_EXPECTED).and_then(|text| {
-                PresharedKey::parse(text)
-                    .map_err(|e| report.at(v.span(), &field, e.0))
-                    .ok()
-            })
+            document::string(report, &field, v, KEY_EXPECTED)
+                .and_then(|text| PresharedKey::parse(text).map_err(|e| report.at(v.span(), &field, e.0)).ok())
         }
         (None, Some(v)) => {
             let field = t.field("preshared_key_file");
-            document::string(report, &field, v, "a string: the path of the key file").and_then(
-                |path| {
-                    read_key_file(
-                        path,
-                        base_dir,
-                        v.span(),
-                        &field,
-                        report,
-                        PresharedKey::parse,
-                    )
-                },
-            )
+            document::string(report, &field, v, "a string: the path of the key file")
+                .and_then(|path| read_key_file(path, base_dir, v.span(), &field, report, PresharedKey::parse))
         }
         (None, None) => None,
     };
 
     let mut allowed_ips = Vec::new();
     match t.get("allowed_ips") {
-        None => t.missing(
-            report,
-            "allowed_ips",
-            "the peer's tunnel addresses, e.g. [\"10.100.0.2/32\"]",
-        ),
+        None => t.missing(report, "allowed_ips", "the peer's tunnel addresses, e.g. [\"10.100.0.2/32\"]"),
         Some(v) => {
             let field = t.field("allowed_ips");
-            allowed_ips =
-                document::string_list(report, &field, v, NETWORK_EXPECTED, values::network);
+            allowed_ips = document::string_list(report, &field, v, NETWORK_EXPECTED, values::network);
             if v.get_ref().as_array().is_some_and(|a| a.is_empty()) {
                 report.at(
                     v.span(),
@@ -501,9 +384,7 @@ fn read_peer(t: &Table, index: usize, base_dir: Option<&Path>, report: &mut Repo
     let endpoint = t.get("endpoint").and_then(|v| {
         let field = t.field("endpoint");
         let text = document::string(report, &field, v, "a string: IP:port")?;
-        values::endpoint(text)
-            .map_err(|e| report.at(v.span(), &field, e))
-            .ok()
+        values::endpoint(text).map_err(|e| report.at(v.span(), &field, e)).ok()
     });
     let persistent_keepalive = t.get("persistent_keepalive").and_then(|v| {
         document::integer(
@@ -550,16 +431,13 @@ fn network_list(t: &Table, key: &str, report: &mut Report) -> Vec<IpNetwork> {
 }
 
 fn read_nat(t: &Table, report: &mut Report) -> NatDraft {
-    let masquerade = t
-        .get("masquerade")
-        .and_then(|v| document::boolean(report, &t.field("masquerade"), v))
-        .unwrap_or(true);
+    let masquerade =
+        t.get("masquerade").and_then(|v| document::boolean(report, &t.field("masquerade"), v)).unwrap_or(true);
     let egress = t
         .get("egress")
         .and_then(|v| {
             let field = t.field("egress");
-            let text =
-                document::string(report, &field, v, "a string: \"auto\" or an interface name")?;
+            let text = document::string(report, &field, v, "a string: \"auto\" or an interface name")?;
             if text == "auto" {
                 return Some(Egress::Auto);
             }
@@ -574,26 +452,16 @@ fn read_nat(t: &Table, report: &mut Report) -> NatDraft {
         .unwrap_or(Egress::Auto);
     let reach = network_list(t, "reach", report);
     t.finish(report);
-    NatDraft {
-        masquerade,
-        egress,
-        reach,
-    }
+    NatDraft { masquerade, egress, reach }
 }
 
 fn read_health(t: &Table, report: &mut Report) -> HealthDraft {
     let listen = match t.get("listen") {
-        None => Some(
-            DEFAULT_HEALTH_LISTEN
-                .parse()
-                .expect("default health address"),
-        ),
+        None => Some(DEFAULT_HEALTH_LISTEN.parse().expect("default health address")),
         Some(v) => {
             let field = t.field("listen");
             document::string(report, &field, v, "a string: IP:port").and_then(|text| {
-                values::socket_addr(text, "the health listen address")
-                    .map_err(|e| report.at(v.span(), &field, e))
-                    .ok()
+                values::socket_addr(text, "the health listen address").map_err(|e| report.at(v.span(), &field, e)).ok()
             })
         }
     };
@@ -610,10 +478,7 @@ fn read_health(t: &Table, report: &mut Report) -> HealthDraft {
         })
         .map_or(DEFAULT_DRAIN_SECONDS, |n| n as u64);
     t.finish(report);
-    HealthDraft {
-        listen,
-        drain_seconds,
-    }
+    HealthDraft { listen, drain_seconds }
 }
 
 fn read_selftest(t: &Table, report: &mut Report) -> SelfTestDraft {
@@ -631,45 +496,28 @@ fn read_selftest(t: &Table, report: &mut Report) -> SelfTestDraft {
         .map_or(DEFAULT_SELFTEST_INTERVAL, |n| n as u64);
     let probes = match t.get("probes") {
         None => Vec::new(),
-        Some(v) => document::string_list(
-            report,
-            &t.field("probes"),
-            v,
-            "TCP targets like 10.0.1.5:443",
-            |s| values::socket_addr(s, "a TCP target"),
-        )
+        Some(v) => document::string_list(report, &t.field("probes"), v, "TCP targets like 10.0.1.5:443", |s| {
+            values::socket_addr(s, "a TCP target")
+        })
         .into_iter()
         .map(|item| item.value)
         .collect(),
     };
     let address = t.get("address").and_then(|v| {
         let field = t.field("address");
-        let text = document::string(
-            report,
-            &field,
-            v,
-            "a string: an IP address like 10.100.0.254",
-        )?;
+        let text = document::string(report, &field, v, "a string: an IP address like 10.100.0.254")?;
         match text.trim().parse::<IpAddr>() {
             Ok(ip) => Some((ip, v.span())),
             Err(_) => {
                 report.at(
                     v.span(),
                     &field,
-                    format!(
-                        "found {}, expected one IP address (no prefix) like 10.100.0.254",
-                        values::shown(text)
-                    ),
+                    format!("found {}, expected one IP address (no prefix) like 10.100.0.254", values::shown(text)),
                 );
                 None
             }
         }
     });
     t.finish(report);
-    SelfTestDraft {
-        line: t.line(),
-        interval_seconds,
-        probes,
-        address,
-    }
+    SelfTestDraft { line: t.line(), interval_seconds, probes, address }
 }

@@ -23,10 +23,7 @@ fn problems(text: &str) -> Vec<ConfigProblem> {
         Ok(_) => panic!("expected problems, the config was accepted:\n{text}"),
         Err(e) => {
             let shown = e.to_string();
-            assert!(
-                !shown.contains(OUR_KEY),
-                "a private key leaked into:\n{shown}"
-            );
+            assert!(!shown.contains(OUR_KEY), "a private key leaked into:\n{shown}");
             e.problems
         }
     }
@@ -36,11 +33,7 @@ fn problems(text: &str) -> Vec<ConfigProblem> {
 fn problem(text: &str, field: &str) -> ConfigProblem {
     let all = problems(text);
     let matching: Vec<_> = all.iter().filter(|p| p.field == field).cloned().collect();
-    assert_eq!(
-        matching.len(),
-        1,
-        "expected one problem on {field}, got {all:#?}"
-    );
+    assert_eq!(matching.len(), 1, "expected one problem on {field}, got {all:#?}");
     matching[0].clone()
 }
 
@@ -53,8 +46,7 @@ fn minimal() -> String {
 
 #[test]
 fn the_annotated_example_is_valid() {
-    let path =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../rootfs/etc/bastion/bastion.toml.example");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../rootfs/etc/bastion/bastion.toml.example");
     let config = load(&path).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(config.peers[0].name, "alice-laptop");
     assert_eq!(config.peers[0].reach[0].to_string(), "10.0.2.0/24");
@@ -97,14 +89,7 @@ fn every_field_is_read_when_given() {
          [health]\nlisten = \"[::]:9000\"\ndrain_seconds = 0\n\
          [selftest]\ninterval_seconds = 5\nprobes = [\"10.0.1.5:443\"]\naddress = \"10.100.0.200\"\n"
     ));
-    assert_eq!(
-        (
-            c.interface.listen_port,
-            c.interface.mtu,
-            c.interface.name.as_str()
-        ),
-        (443, 1380, "tun-vpn")
-    );
+    assert_eq!((c.interface.listen_port, c.interface.mtu, c.interface.name.as_str()), (443, 1380, "tun-vpn"));
     let p = &c.peers[0];
     assert_eq!(p.preshared_key.as_ref().unwrap().expose_base64(), BOB);
     assert_eq!(p.endpoint.unwrap().to_string(), "[2001:db8::7]:51820");
@@ -121,45 +106,22 @@ fn every_field_is_read_when_given() {
 
 #[test]
 fn unknown_fields_and_sections_name_the_known_ones() {
-    let text = minimal().replace("[[peer]]", "ListenPort = 1\n[[peer]]\nallowedips = 1")
-        + "[metrics]\nlisten = 1\n";
+    let text = minimal().replace("[[peer]]", "ListenPort = 1\n[[peer]]\nallowedips = 1") + "[metrics]\nlisten = 1\n";
     let p = problem(&text, "interface.ListenPort");
     assert_eq!(p.line, Some(5));
-    assert!(
-        p.message
-            .contains("known fields: private_key, private_key_file, address"),
-        "{}",
-        p.message
-    );
-    assert!(
-        p.message.contains("did you mean listen_port?"),
-        "{}",
-        p.message
-    );
+    assert!(p.message.contains("known fields: private_key, private_key_file, address"), "{}", p.message);
+    assert!(p.message.contains("did you mean listen_port?"), "{}", p.message);
     let p = problem(&text, "peer[0].allowedips");
-    assert!(
-        p.message.contains("did you mean allowed_ips?"),
-        "{}",
-        p.message
-    );
+    assert!(p.message.contains("did you mean allowed_ips?"), "{}", p.message);
     let p = problem(&text, "metrics");
     assert_eq!(p.line, Some(10));
-    assert!(
-        p.message
-            .contains("unknown section [metrics]; known sections: [interface], [[peer]]"),
-        "{}",
-        p.message
-    );
+    assert!(p.message.contains("unknown section [metrics]; known sections: [interface], [[peer]]"), "{}", p.message);
 }
 
 #[test]
 fn a_top_level_field_says_which_section_it_belongs_to() {
     let p = problem(&format!("listen_port = 1\n{}", minimal()), "listen_port");
-    assert!(
-        p.message.contains("listen_port under [interface]"),
-        "{}",
-        p.message
-    );
+    assert!(p.message.contains("listen_port under [interface]"), "{}", p.message);
 }
 
 #[test]
@@ -167,23 +129,12 @@ fn bad_keys_are_rejected_without_echoing_them() {
     let short = &OUR_KEY[..43];
     let p = problem(&minimal().replace(OUR_KEY, short), "interface.private_key");
     assert_eq!(p.line, Some(2));
-    assert!(
-        p.message.contains("44 characters of base64"),
-        "{}",
-        p.message
-    );
+    assert!(p.message.contains("44 characters of base64"), "{}", p.message);
     assert!(!p.message.contains(short));
     let p = problem(&minimal().replace(ALICE, "not a key"), "peer[0].public_key");
     assert_eq!(p.line, Some(6));
-    let p = problem(
-        &minimal().replace(&format!("\"{OUR_KEY}\""), "42"),
-        "interface.private_key",
-    );
-    assert!(
-        p.message.starts_with("found an integer, expected a string"),
-        "{}",
-        p.message
-    );
+    let p = problem(&minimal().replace(&format!("\"{OUR_KEY}\""), "42"), "interface.private_key");
+    assert!(p.message.starts_with("found an integer, expected a string"), "{}", p.message);
 }
 
 #[test]
@@ -194,11 +145,7 @@ fn exactly_one_private_key_source() {
     let neither = minimal().replace(&format!("private_key = \"{OUR_KEY}\"\n"), "");
     let p = problem(&neither, "interface.private_key");
     assert_eq!(p.line, Some(1), "reported at the [interface] header");
-    assert!(
-        p.message.contains("missing; expected private_key"),
-        "{}",
-        p.message
-    );
+    assert!(p.message.contains("missing; expected private_key"), "{}", p.message);
 }
 
 struct TempDir(std::path::PathBuf);
@@ -223,121 +170,55 @@ fn key_files_are_read_relative_to_the_config() {
     std::fs::write(dir.0.join("private.key"), format!("{OUR_KEY}\n")).unwrap();
     std::fs::write(dir.0.join("alice.psk"), format!("{BOB}\n")).unwrap();
     let text = minimal()
-        .replace(
-            &format!("private_key = \"{OUR_KEY}\""),
-            "private_key_file = \"private.key\"",
-        )
-        .replace(
-            "allowed_ips",
-            "preshared_key_file = \"alice.psk\"\nallowed_ips",
-        );
+        .replace(&format!("private_key = \"{OUR_KEY}\""), "private_key_file = \"private.key\"")
+        .replace("allowed_ips", "preshared_key_file = \"alice.psk\"\nallowed_ips");
     let c = parse(&text, "x", Some(&dir.0)).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(c.interface.private_key.public_key().to_base64(), OUR_PUBLIC);
-    assert_eq!(
-        c.peers[0].preshared_key.as_ref().unwrap().expose_base64(),
-        BOB
-    );
+    assert_eq!(c.peers[0].preshared_key.as_ref().unwrap().expose_base64(), BOB);
 
     std::fs::write(dir.0.join("bad.key"), format!("{}\n", &OUR_KEY[..40])).unwrap();
-    let bad = text
-        .replace("private.key", "bad.key")
-        .replace("alice.psk", "missing.psk");
+    let bad = text.replace("private.key", "bad.key").replace("alice.psk", "missing.psk");
     let e = parse(&bad, "x", Some(&dir.0)).unwrap_err();
-    let key = e
-        .problems
-        .iter()
-        .find(|p| p.field == "interface.private_key_file")
-        .unwrap();
-    assert!(
-        key.message.contains("bad.key: expected 44 characters"),
-        "{}",
-        key.message
-    );
+    let key = e.problems.iter().find(|p| p.field == "interface.private_key_file").unwrap();
+    assert!(key.message.contains("bad.key: expected 44 characters"), "{}", key.message);
     assert!(!key.message.contains(&OUR_KEY[..40]));
-    let psk = e
-        .problems
-        .iter()
-        .find(|p| p.field == "peer[0].preshared_key_file")
-        .unwrap();
+    let psk = e.problems.iter().find(|p| p.field == "peer[0].preshared_key_file").unwrap();
     assert!(psk.message.contains("cannot read"), "{}", psk.message);
-    assert!(
-        psk.message
-            .contains("missing.psk: No such file or directory"),
-        "{}",
-        psk.message
-    );
+    assert!(psk.message.contains("missing.psk: No such file or directory"), "{}", psk.message);
 }
 
 #[test]
 fn addresses_must_parse_and_carry_a_prefix() {
-    let text = minimal().replace(
-        "[\"10.100.0.1/24\"]",
-        "[\"10.100.0.1/24\", \"10.100.0.300/24\", \"fd00::1\", \"10.100.0.1/24\"]",
-    );
+    let text = minimal()
+        .replace("[\"10.100.0.1/24\"]", "[\"10.100.0.1/24\", \"10.100.0.300/24\", \"fd00::1\", \"10.100.0.1/24\"]");
     let all = problems(&text);
     let fields: Vec<&str> = all.iter().map(|p| p.field.as_str()).collect();
-    assert_eq!(
-        fields,
-        [
-            "interface.address[1]",
-            "interface.address[2]",
-            "interface.address[3]"
-        ]
-    );
-    assert!(all[0]
-        .message
-        .contains("found \"10.100.0.300/24\", expected an IPv4 or IPv6 address"));
+    assert_eq!(fields, ["interface.address[1]", "interface.address[2]", "interface.address[3]"]);
+    assert!(all[0].message.contains("found \"10.100.0.300/24\", expected an IPv4 or IPv6 address"));
     assert!(all[1].message.contains("without a prefix"));
     assert!(all[2].message.contains("listed twice"));
     assert!(all.iter().all(|p| p.line == Some(3)));
-    let p = problem(
-        &minimal().replace("[\"10.100.0.1/24\"]", "[]"),
-        "interface.address",
-    );
+    let p = problem(&minimal().replace("[\"10.100.0.1/24\"]", "[]"), "interface.address");
     assert!(p.message.contains("at least one address"), "{}", p.message);
-    let p = problem(
-        &minimal().replace("[\"10.100.0.1/24\"]", "\"10.100.0.1/24\""),
-        "interface.address",
-    );
-    assert!(
-        p.message.contains("found a string, expected a list"),
-        "{}",
-        p.message
-    );
+    let p = problem(&minimal().replace("[\"10.100.0.1/24\"]", "\"10.100.0.1/24\""), "interface.address");
+    assert!(p.message.contains("found a string, expected a list"), "{}", p.message);
 }
 
 #[test]
 fn ports_mtu_and_names_are_range_checked() {
     let with = |extra: &str| minimal().replace("[[peer]]", &format!("{extra}\n[[peer]]"));
-    for bad in [
-        "listen_port = 0",
-        "listen_port = 65536",
-        "listen_port = \"51820\"",
-    ] {
+    for bad in ["listen_port = 0", "listen_port = 65536", "listen_port = \"51820\""] {
         let p = problem(&with(bad), "interface.listen_port");
-        assert!(
-            p.message.contains("a UDP port 1–65535"),
-            "{bad}: {}",
-            p.message
-        );
+        assert!(p.message.contains("a UDP port 1–65535"), "{bad}: {}", p.message);
     }
     for bad in ["mtu = 1279", "mtu = 9001"] {
         let p = problem(&with(bad), "interface.mtu");
-        assert!(
-            p.message.contains("1280") && p.message.contains("8921"),
-            "{}",
-            p.message
-        );
+        assert!(p.message.contains("1280") && p.message.contains("8921"), "{}", p.message);
     }
     ok(&with("mtu = 1280"));
     ok(&with("mtu = 8921"));
     ok(&with("listen_port = 0xCA6C"));
-    for bad in [
-        "name = \"a234567890123456\"",
-        "name = \"wg/0\"",
-        "name = \"wg 0\"",
-        "name = \"\"",
-    ] {
+    for bad in ["name = \"a234567890123456\"", "name = \"wg/0\"", "name = \"wg 0\"", "name = \"\""] {
         problem(&with(bad), "interface.name");
     }
 }
@@ -348,29 +229,16 @@ fn peers_need_a_key_and_allowed_ips() {
     let all = problems(&text);
     let fields: Vec<&str> = all.iter().map(|p| p.field.as_str()).collect();
     assert_eq!(fields, ["peer[1].public_key", "peer[1].allowed_ips"]);
-    assert!(
-        all.iter().all(|p| p.line == Some(8)),
-        "at the [[peer]] header: {all:?}"
-    );
-    let p = problem(
-        &minimal().replace("[\"10.100.0.2/32\"]", "[]"),
-        "peer[0].allowed_ips",
-    );
+    assert!(all.iter().all(|p| p.line == Some(8)), "at the [[peer]] header: {all:?}");
+    let p = problem(&minimal().replace("[\"10.100.0.2/32\"]", "[]"), "peer[0].allowed_ips");
     assert!(p.message.contains("at least one network"), "{}", p.message);
 }
 
 #[test]
 fn allowed_ips_with_host_bits_are_refused_with_both_readings() {
-    let p = problem(
-        &minimal().replace("10.100.0.2/32", "10.100.0.2/24"),
-        "peer[0].allowed_ips[0]",
-    );
+    let p = problem(&minimal().replace("10.100.0.2/32", "10.100.0.2/24"), "peer[0].allowed_ips[0]");
     assert!(p.message.contains("host bits set"), "{}", p.message);
-    assert!(
-        p.message.contains("10.100.0.0/24") && p.message.contains("10.100.0.2/32"),
-        "{}",
-        p.message
-    );
+    assert!(p.message.contains("10.100.0.0/24") && p.message.contains("10.100.0.2/32"), "{}", p.message);
 }
 
 fn two_peers(second_key: &str, second_ips: &str, second_name: &str) -> String {
@@ -382,11 +250,7 @@ fn two_peers(second_key: &str, second_ips: &str, second_name: &str) -> String {
 
 #[test]
 fn overlapping_allowed_ips_name_both_peers() {
-    let text = two_peers(
-        BOB,
-        "[\"10.100.0.3/32\", \"10.100.0.0/30\"]",
-        "name = \"bob\"\n",
-    );
+    let text = two_peers(BOB, "[\"10.100.0.3/32\", \"10.100.0.0/30\"]", "name = \"bob\"\n");
     // Reported where the later of the two is written, naming the earlier one.
     let p = problem(&text, "peer[1].allowed_ips[1]");
     assert_eq!(p.line, Some(13));
@@ -398,102 +262,47 @@ fn overlapping_allowed_ips_name_both_peers() {
     // The same network twice, and IPv6.
     let text = two_peers(BOB, "[\"10.100.0.2/32\"]", "");
     assert!(problems(&text)[0].message.contains("overlaps"));
-    let text = two_peers(BOB, "[\"fd00::/64\"]", "").replace(
-        "[\"10.100.0.2/32\"]",
-        "[\"10.100.0.2/32\", \"fd00::2/128\"]",
-    );
-    assert!(problems(&text)
-        .iter()
-        .any(|p| p.message.contains("fd00::2/128")));
+    let text =
+        two_peers(BOB, "[\"fd00::/64\"]", "").replace("[\"10.100.0.2/32\"]", "[\"10.100.0.2/32\", \"fd00::2/128\"]");
+    assert!(problems(&text).iter().any(|p| p.message.contains("fd00::2/128")));
     // Neighbours and IPv4 vs IPv6 are not overlaps.
-    ok(&two_peers(
-        BOB,
-        "[\"10.100.0.3/32\", \"fd00::2/128\", \"::/0\"]",
-        "",
-    ));
+    ok(&two_peers(BOB, "[\"10.100.0.3/32\", \"fd00::2/128\", \"::/0\"]", ""));
 }
 
 #[test]
 fn duplicate_public_keys_and_our_own_key_are_refused() {
-    let p = problem(
-        &two_peers(ALICE, "[\"10.100.0.3/32\"]", ""),
-        "peer[1].public_key",
-    );
-    assert!(
-        p.message
-            .contains("same public key as peer[0] \"alice\" (line 5)"),
-        "{}",
-        p.message
-    );
+    let p = problem(&two_peers(ALICE, "[\"10.100.0.3/32\"]", ""), "peer[1].public_key");
+    assert!(p.message.contains("same public key as peer[0] \"alice\" (line 5)"), "{}", p.message);
     assert!(!p.message.contains(ALICE));
-    let p = problem(
-        &two_peers(OUR_PUBLIC, "[\"10.100.0.3/32\"]", ""),
-        "peer[1].public_key",
-    );
-    assert!(
-        p.message
-            .contains("the bastion's own public key (of interface.private_key)"),
-        "{}",
-        p.message
-    );
+    let p = problem(&two_peers(OUR_PUBLIC, "[\"10.100.0.3/32\"]", ""), "peer[1].public_key");
+    assert!(p.message.contains("the bastion's own public key (of interface.private_key)"), "{}", p.message);
 }
 
 #[test]
 fn names_are_unique_including_the_default_ones() {
-    let p = problem(
-        &two_peers(BOB, "[\"10.100.0.3/32\"]", "name = \"alice\"\n"),
-        "peer[1].name",
-    );
+    let p = problem(&two_peers(BOB, "[\"10.100.0.3/32\"]", "name = \"alice\"\n"), "peer[1].name");
     assert_eq!(p.line, Some(11));
-    assert!(
-        p.message
-            .contains("duplicate name \"alice\": peer[0] (line 5)"),
-        "{}",
-        p.message
+    assert!(p.message.contains("duplicate name \"alice\": peer[0] (line 5)"), "{}", p.message);
+    let text = format!(
+        "{}\n[[peer]]\nname = \"peer-1\"\npublic_key = \"{BOB}\"\nallowed_ips = [\"10.100.0.3/32\"]\n",
+        minimal()
     );
-    let text = format!("{}\n[[peer]]\nname = \"peer-1\"\npublic_key = \"{BOB}\"\nallowed_ips = [\"10.100.0.3/32\"]\n", minimal());
     problem(&text, "peer[1].name");
-    let p = problem(
-        &two_peers(BOB, "[\"10.100.0.3/32\"]", "name = \"a\\nb\"\n"),
-        "peer[1].name",
-    );
+    let p = problem(&two_peers(BOB, "[\"10.100.0.3/32\"]", "name = \"a\\nb\"\n"), "peer[1].name");
     assert!(p.message.contains("control characters"), "{}", p.message);
 }
 
 #[test]
 fn keepalive_and_endpoint_are_checked() {
     let with = |line: &str| minimal().replace("allowed_ips", &format!("{line}\nallowed_ips"));
-    let p = problem(
-        &with("persistent_keepalive = 0"),
-        "peer[0].persistent_keepalive",
-    );
-    assert!(
-        p.message.contains("leave the field out for none"),
-        "{}",
-        p.message
-    );
-    problem(
-        &with("persistent_keepalive = 65536"),
-        "peer[0].persistent_keepalive",
-    );
-    let p = problem(
-        &with("endpoint = \"vpn.example.com:51820\""),
-        "peer[0].endpoint",
-    );
-    assert!(
-        p.message.contains("does not resolve names"),
-        "{}",
-        p.message
-    );
+    let p = problem(&with("persistent_keepalive = 0"), "peer[0].persistent_keepalive");
+    assert!(p.message.contains("leave the field out for none"), "{}", p.message);
+    problem(&with("persistent_keepalive = 65536"), "peer[0].persistent_keepalive");
+    let p = problem(&with("endpoint = \"vpn.example.com:51820\""), "peer[0].endpoint");
+    assert!(p.message.contains("does not resolve names"), "{}", p.message);
     problem(&with("endpoint = \"198.51.100.7\""), "peer[0].endpoint");
     problem(&with("endpoint = \"198.51.100.7:0\""), "peer[0].endpoint");
-    assert_eq!(
-        ok(&with("endpoint = \"198.51.100.7:51820\"")).peers[0]
-            .endpoint
-            .unwrap()
-            .port(),
-        51820
-    );
+    assert_eq!(ok(&with("endpoint = \"198.51.100.7:51820\"")).peers[0].endpoint.unwrap().port(), 51820);
 }
 
 #[test]
@@ -504,28 +313,12 @@ fn nat_health_and_selftest_values_are_checked() {
     problem(&with("[nat]\nreach = [\"10.0.1.1/24\"]"), "nat.reach[0]");
     problem(&with("[health]\nlisten = \"0.0.0.0\""), "health.listen");
     problem(&with("[health]\nlisten = \"0.0.0.0:0\""), "health.listen");
-    problem(
-        &with("[health]\ndrain_seconds = 3601"),
-        "health.drain_seconds",
-    );
-    problem(
-        &with("[selftest]\ninterval_seconds = 0"),
-        "selftest.interval_seconds",
-    );
-    problem(
-        &with("[selftest]\nprobes = [\"10.0.1.5\"]"),
-        "selftest.probes[0]",
-    );
-    problem(
-        &with("[selftest]\naddress = \"10.100.0.0/24\""),
-        "selftest.address",
-    );
+    problem(&with("[health]\ndrain_seconds = 3601"), "health.drain_seconds");
+    problem(&with("[selftest]\ninterval_seconds = 0"), "selftest.interval_seconds");
+    problem(&with("[selftest]\nprobes = [\"10.0.1.5\"]"), "selftest.probes[0]");
+    problem(&with("[selftest]\naddress = \"10.100.0.0/24\""), "selftest.address");
     let p = problem(&format!("nat = 1\n{}", minimal()), "nat");
-    assert!(
-        p.message.contains("expected a [nat] section"),
-        "{}",
-        p.message
-    );
+    assert!(p.message.contains("expected a [nat] section"), "{}", p.message);
 }
 
 #[test]
@@ -533,98 +326,49 @@ fn the_selftest_default_avoids_peers() {
     let c = ok(&minimal().replace("10.100.0.2/32", "10.100.0.128/25"));
     assert_eq!(c.selftest.address.to_string(), "10.100.0.127");
     // IPv6 only: the highest address of the first IPv6 network.
-    let v6 = minimal()
-        .replace("10.100.0.1/24", "fd00:100::1/64")
-        .replace("10.100.0.2/32", "fd00:100::2/128");
-    assert_eq!(
-        ok(&v6).selftest.address.to_string(),
-        "fd00:100::ffff:ffff:ffff:ffff"
-    );
+    let v6 = minimal().replace("10.100.0.1/24", "fd00:100::1/64").replace("10.100.0.2/32", "fd00:100::2/128");
+    assert_eq!(ok(&v6).selftest.address.to_string(), "fd00:100::ffff:ffff:ffff:ffff");
     // A /32 tunnel address leaves nothing in IPv4; the IPv6 network is used.
-    let mixed = minimal().replace(
-        "[\"10.100.0.1/24\"]",
-        "[\"10.100.0.1/32\", \"fd00:100::1/64\"]",
-    );
-    assert_eq!(
-        ok(&mixed).selftest.address.to_string(),
-        "fd00:100::ffff:ffff:ffff:ffff"
-    );
+    let mixed = minimal().replace("[\"10.100.0.1/24\"]", "[\"10.100.0.1/32\", \"fd00:100::1/64\"]");
+    assert_eq!(ok(&mixed).selftest.address.to_string(), "fd00:100::ffff:ffff:ffff:ffff");
 }
 
 #[test]
 fn no_free_selftest_address_asks_the_operator_for_one() {
-    let text = minimal().replace("10.100.0.1/24", "10.100.0.2/32").replace(
-        "allowed_ips = [\"10.100.0.2/32\"]",
-        "allowed_ips = [\"10.100.0.0/24\"]",
-    );
+    let text = minimal()
+        .replace("10.100.0.1/24", "10.100.0.2/32")
+        .replace("allowed_ips = [\"10.100.0.2/32\"]", "allowed_ips = [\"10.100.0.0/24\"]");
     let p = problem(&text, "selftest.address");
     assert_eq!(p.line, Some(1));
-    assert!(
-        p.message.contains("not /32: that is a client's way"),
-        "{}",
-        p.message
-    );
+    assert!(p.message.contains("not /32: that is a client's way"), "{}", p.message);
     // A real tunnel network whose every host belongs to peers: set the address by hand.
-    let text = minimal()
-        .replace("10.100.0.1/24", "10.100.0.1/30")
-        .replace("10.100.0.2/32", "10.100.0.2/31");
+    let text = minimal().replace("10.100.0.1/24", "10.100.0.1/30").replace("10.100.0.2/32", "10.100.0.2/31");
     let p = problem(&text, "selftest.address");
-    assert!(
-        p.message.contains("expected [selftest] address ="),
-        "{}",
-        p.message
-    );
+    assert!(p.message.contains("expected [selftest] address ="), "{}", p.message);
 }
 
 #[test]
 fn an_explicit_selftest_address_must_be_free_and_inside_the_tunnel() {
     let with = |a: &str| format!("{}[selftest]\naddress = \"{a}\"\n", minimal());
     let p = problem(&with("10.100.0.2"), "selftest.address");
-    assert!(
-        p.message
-            .contains("inside 10.100.0.2/32 of peer[0] \"peer-1\""),
-        "{}",
-        p.message
-    );
+    assert!(p.message.contains("inside 10.100.0.2/32 of peer[0] \"peer-1\""), "{}", p.message);
     let p = problem(&with("10.100.0.1"), "selftest.address");
-    assert!(
-        p.message.contains("the bastion's own address"),
-        "{}",
-        p.message
-    );
+    assert!(p.message.contains("the bastion's own address"), "{}", p.message);
     let p = problem(&with("10.200.0.1"), "selftest.address");
-    assert!(
-        p.message
-            .contains("outside the tunnel networks (10.100.0.0/24)"),
-        "{}",
-        p.message
-    );
+    assert!(p.message.contains("outside the tunnel networks (10.100.0.0/24)"), "{}", p.message);
     problem(&with("10.100.0.255"), "selftest.address");
-    assert_eq!(
-        ok(&with("10.100.0.9")).selftest.address.to_string(),
-        "10.100.0.9"
-    );
+    assert_eq!(ok(&with("10.100.0.9")).selftest.address.to_string(), "10.100.0.9");
 }
 
 #[test]
 fn a_syntax_error_gives_its_line_and_toml_s_words() {
-    let text = minimal().replace(
-        "address = [\"10.100.0.1/24\"]",
-        "address = [\"10.100.0.1/24\"]\nname = \"wg0",
-    );
+    let text = minimal().replace("address = [\"10.100.0.1/24\"]", "address = [\"10.100.0.1/24\"]\nname = \"wg0");
     let all = problems(&text);
     assert_eq!(all.len(), 1, "{all:?}");
     assert_eq!((all[0].line, all[0].field.as_str()), (Some(4), "file"));
-    assert!(
-        all[0].message.starts_with("TOML syntax: "),
-        "{}",
-        all[0].message
-    );
+    assert!(all[0].message.starts_with("TOML syntax: "), "{}", all[0].message);
     // An unclosed array runs on into the next lines: one problem per line, not a cascade.
-    let text = minimal().replace(
-        "address = [\"10.100.0.1/24\"]",
-        "address = [\"10.100.0.1/24\"",
-    );
+    let text = minimal().replace("address = [\"10.100.0.1/24\"]", "address = [\"10.100.0.1/24\"");
     let all = problems(&text);
     let mut lines: Vec<_> = all.iter().map(|p| p.line).collect();
     lines.dedup();
@@ -640,13 +384,7 @@ fn a_syntax_error_gives_its_line_and_toml_s_words() {
 fn a_wg_quick_file_gets_pointed_at_convert() {
     let text = format!("[Interface]\nPrivateKey = {OUR_KEY}\nAddress = 10.100.0.1/24\n");
     let all = problems(&text);
-    assert!(
-        all.last()
-            .unwrap()
-            .message
-            .contains("`bastion convert FILE`"),
-        "{all:?}"
-    );
+    assert!(all.last().unwrap().message.contains("`bastion convert FILE`"), "{all:?}");
 }
 
 #[test]
@@ -671,10 +409,7 @@ fn every_problem_is_listed_in_file_order() {
         ]
     );
     let shown = parse(&text, "bastion.toml", None).unwrap_err().to_string();
-    assert!(
-        shown.starts_with("bastion.toml:2: interface.private_key: expected 44 characters"),
-        "{shown}"
-    );
+    assert!(shown.starts_with("bastion.toml:2: interface.private_key: expected 44 characters"), "{shown}");
     assert_eq!(shown.lines().count(), 7);
 }
 

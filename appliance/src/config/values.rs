@@ -26,8 +26,7 @@ pub fn shown(value: &str) -> String {
 /// Whether `text` holds a run of 40 or more base64 characters: a key (44 characters), or a key
 /// with a character lost or added by a bad paste.
 pub fn looks_like_key(text: &str) -> bool {
-    text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '+' || c == '/' || c == '='))
-        .any(|word| word.len() >= 40)
+    text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '+' || c == '/' || c == '=')).any(|word| word.len() >= 40)
 }
 
 fn split_prefix(text: &str) -> Result<(IpAddr, Option<u8>), String> {
@@ -35,22 +34,15 @@ fn split_prefix(text: &str) -> Result<(IpAddr, Option<u8>), String> {
         Some((a, p)) => (a, Some(p)),
         None => (text, None),
     };
-    let ip: IpAddr = addr
-        .trim()
-        .parse()
-        .map_err(|_| format!("found {}, expected an IPv4 or IPv6 address", shown(text)))?;
+    let ip: IpAddr =
+        addr.trim().parse().map_err(|_| format!("found {}, expected an IPv4 or IPv6 address", shown(text)))?;
     let prefix = match prefix {
         None => None,
         Some(p) => {
             let max = max_prefix(&ip);
             match p.trim().parse::<u8>() {
                 Ok(n) if n <= max => Some(n),
-                _ => {
-                    return Err(format!(
-                        "found {}, expected a prefix length 0–{max} after the '/'",
-                        shown(text)
-                    ))
-                }
+                _ => return Err(format!("found {}, expected a prefix length 0–{max} after the '/'", shown(text))),
             }
         }
     };
@@ -87,11 +79,7 @@ pub fn interface_address(text: &str) -> Result<InterfaceAddress, String> {
             let host_mask = u32::MAX >> prefix_len;
             let host = u32::from(v4) & host_mask;
             if host == 0 || host == host_mask {
-                let net = InterfaceAddress {
-                    address,
-                    prefix_len,
-                }
-                .network();
+                let net = InterfaceAddress { address, prefix_len }.network();
                 return Err(format!(
                     "found {}, which is the network or broadcast address of {net}; expected a host \
                      address in it, e.g. {}/{prefix_len}",
@@ -101,10 +89,7 @@ pub fn interface_address(text: &str) -> Result<InterfaceAddress, String> {
             }
         }
     }
-    Ok(InterfaceAddress {
-        address,
-        prefix_len,
-    })
+    Ok(InterfaceAddress { address, prefix_len })
 }
 
 fn first_host(net: &IpNetwork) -> IpAddr {
@@ -179,10 +164,21 @@ mod link_local_tests {
 
     #[test]
     fn reach_over_the_instance_link_local_services_is_warned_about() {
-        for net in ["0.0.0.0/0", "169.254.0.0/16", "169.254.169.123/32", "169.0.0.0/8", "169.254.169.254/32", "::/0", "fd00::/8", "fd00:ec2::123/128"] {
+        for net in [
+            "0.0.0.0/0",
+            "169.254.0.0/16",
+            "169.254.169.123/32",
+            "169.0.0.0/8",
+            "169.254.169.254/32",
+            "::/0",
+            "fd00::/8",
+            "fd00:ec2::123/128",
+        ] {
             assert!(warns(net), "{net}");
         }
-        for net in ["169.254.169.253/32", "fd00:ec2::253/128", "10.0.0.0/8", "172.16.0.0/12", "fd00:1::/64", "2001:db8::/32"] {
+        for net in
+            ["169.254.169.253/32", "fd00:ec2::253/128", "10.0.0.0/8", "172.16.0.0/12", "fd00:1::/64", "2001:db8::/32"]
+        {
             assert!(!warns(net), "{net}");
         }
     }
@@ -192,28 +188,17 @@ mod link_local_tests {
 pub fn network_truncating(text: &str) -> Result<(IpNetwork, bool), String> {
     let (ip, prefix) = split_prefix(text)?;
     let prefix = prefix.unwrap_or_else(|| max_prefix(&ip));
-    let net = IpNetwork::new_truncate(ip, prefix).map_err(|_| {
-        format!(
-            "found {}, expected a network like 10.0.1.0/24 or fd00::/64",
-            shown(text)
-        )
-    })?;
+    let net = IpNetwork::new_truncate(ip, prefix)
+        .map_err(|_| format!("found {}, expected a network like 10.0.1.0/24 or fd00::/64", shown(text)))?;
     Ok((net, net.network_address() != ip))
 }
 
 /// `IP:port` or `[IPv6]:port`, port 1–65535. `what` names the thing in the message.
 pub fn socket_addr(text: &str, what: &str) -> Result<SocketAddr, String> {
-    let addr: SocketAddr = text.trim().parse().map_err(|_| {
-        format!(
-            "found {}, expected {what} as IP:port or [IPv6]:port",
-            shown(text)
-        )
-    })?;
+    let addr: SocketAddr =
+        text.trim().parse().map_err(|_| format!("found {}, expected {what} as IP:port or [IPv6]:port", shown(text)))?;
     if addr.port() == 0 {
-        return Err(format!(
-            "found {}, expected a port 1–65535, not 0",
-            shown(text)
-        ));
+        return Err(format!("found {}, expected a port 1–65535, not 0", shown(text)));
     }
     Ok(addr)
 }
@@ -223,19 +208,16 @@ pub fn socket_addr(text: &str, what: &str) -> Result<SocketAddr, String> {
 /// clients whose endpoint is learned from their packets anyway.
 pub fn endpoint(text: &str) -> Result<SocketAddr, String> {
     match socket_addr(text, "an endpoint") {
-        Ok(addr) if addr.ip().is_unspecified() || addr.ip().is_multicast() => Err(format!(
-            "found {}, expected a unicast address (not unspecified or multicast)",
-            shown(text)
-        )),
+        Ok(addr) if addr.ip().is_unspecified() || addr.ip().is_multicast() => {
+            Err(format!("found {}, expected a unicast address (not unspecified or multicast)", shown(text)))
+        }
         Ok(addr) => Ok(addr),
         Err(e) => {
             let host = text.rsplit_once(':').map(|(h, _)| h).unwrap_or(text);
             let is_name = !host.is_empty()
                 && host.parse::<IpAddr>().is_err()
                 && host.chars().any(|c| c.is_ascii_alphabetic())
-                && host
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-');
+                && host.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-');
             if is_name {
                 Err(format!(
                     "found the host name {}; expected IP:port or [IPv6]:port (the bastion does not \
@@ -261,16 +243,10 @@ pub fn peer_name(text: &str) -> Result<(), String> {
         return Err("found an empty name, expected a name like \"alice-laptop\"".into());
     }
     if text.chars().count() > 64 {
-        return Err(format!(
-            "found {}, expected at most 64 characters",
-            shown(text)
-        ));
+        return Err(format!("found {}, expected at most 64 characters", shown(text)));
     }
     if text.chars().any(|c| c.is_control()) {
-        return Err(format!(
-            "found {}, expected one printable line (no control characters)",
-            shown(text)
-        ));
+        return Err(format!("found {}, expected one printable line (no control characters)", shown(text)));
     }
     Ok(())
 }
@@ -285,25 +261,12 @@ mod tests {
         assert_eq!(a.to_string(), "10.100.0.1/24");
         assert_eq!(a.network().to_string(), "10.100.0.0/24");
         assert!(interface_address("fd00:100::1/64").is_ok());
-        assert!(interface_address("10.100.0.1")
-            .unwrap_err()
-            .contains("without a prefix"));
-        assert!(interface_address("10.100.0.0/24")
-            .unwrap_err()
-            .contains("network or broadcast"));
-        assert!(interface_address("10.100.0.255/24")
-            .unwrap_err()
-            .contains("broadcast"));
-        assert!(
-            interface_address("10.100.0.0/31").is_ok(),
-            "RFC 3021 point-to-point"
-        );
-        assert!(interface_address("10.100.0.1/33")
-            .unwrap_err()
-            .contains("0–32"));
-        assert!(interface_address("10.100.0.300/24")
-            .unwrap_err()
-            .contains("expected an IPv4"));
+        assert!(interface_address("10.100.0.1").unwrap_err().contains("without a prefix"));
+        assert!(interface_address("10.100.0.0/24").unwrap_err().contains("network or broadcast"));
+        assert!(interface_address("10.100.0.255/24").unwrap_err().contains("broadcast"));
+        assert!(interface_address("10.100.0.0/31").is_ok(), "RFC 3021 point-to-point");
+        assert!(interface_address("10.100.0.1/33").unwrap_err().contains("0–32"));
+        assert!(interface_address("10.100.0.300/24").unwrap_err().contains("expected an IPv4"));
     }
 
     #[test]
@@ -311,10 +274,7 @@ mod tests {
         assert_eq!(network("10.0.1.0/24").unwrap().to_string(), "10.0.1.0/24");
         assert_eq!(network("10.0.1.7").unwrap().to_string(), "10.0.1.7/32");
         let e = network("10.0.0.1/24").unwrap_err();
-        assert!(
-            e.contains("10.0.0.0/24") && e.contains("10.0.0.1/32"),
-            "{e}"
-        );
+        assert!(e.contains("10.0.0.0/24") && e.contains("10.0.0.1/32"), "{e}");
         let (net, truncated) = network_truncating("10.0.0.1/24").unwrap();
         assert_eq!((net.to_string().as_str(), truncated), ("10.0.0.0/24", true));
         assert!(network("fd00::1/200").is_err());
@@ -325,9 +285,7 @@ mod tests {
     fn endpoints_are_addresses_not_names() {
         assert_eq!(endpoint("198.51.100.7:51820").unwrap().port(), 51820);
         assert!(endpoint("[2001:db8::1]:51820").is_ok());
-        assert!(endpoint("vpn.example.com:51820")
-            .unwrap_err()
-            .contains("does not resolve"));
+        assert!(endpoint("vpn.example.com:51820").unwrap_err().contains("does not resolve"));
         assert!(endpoint("198.51.100.7").is_err());
         assert!(endpoint("198.51.100.7:0").unwrap_err().contains("not 0"));
         assert!(endpoint("0.0.0.0:51820").is_err());
@@ -337,9 +295,7 @@ mod tests {
     fn interface_names_follow_the_kernel() {
         assert!(interface_name("wg0").is_ok());
         assert!(interface_name("a23456789012345").is_ok());
-        assert!(interface_name("a234567890123456")
-            .unwrap_err()
-            .contains("15 bytes"));
+        assert!(interface_name("a234567890123456").unwrap_err().contains("15 bytes"));
         for bad in ["", ".", "..", "wg/0", "wg 0", "wg:0"] {
             assert!(interface_name(bad).is_err(), "{bad:?}");
         }

@@ -50,31 +50,20 @@ pub fn convert_file(path: &Path) -> Result<Conversion, ConfigError> {
     let origin = path.display().to_string();
     let text = super::read_bounded(path, FILE_LIMIT).map_err(|e| ConfigError {
         origin: origin.clone(),
-        problems: vec![super::ConfigProblem {
-            line: None,
-            field: "file".into(),
-            message: format!("cannot read: {e}"),
-        }],
+        problems: vec![super::ConfigProblem { line: None, field: "file".into(), message: format!("cannot read: {e}") }],
     })?;
     convert(&text, &origin, path.file_name().and_then(|n| n.to_str()))
 }
 
 /// Converts wg-quick text. `file_name` (e.g. `wg0.conf`) gives the interface its name, as
 /// wg-quick does.
-pub fn convert(
-    text: &str,
-    origin: &str,
-    file_name: Option<&str>,
-) -> Result<Conversion, ConfigError> {
+pub fn convert(text: &str, origin: &str, file_name: Option<&str>) -> Result<Conversion, ConfigError> {
     let mut report = Report::new(text);
     let mut notes = Vec::new();
     let name = interface_name(file_name, &mut notes);
     let file = read(text, &name, &mut report, &mut notes);
     let (Some(file), true) = (file, report.is_clean()) else {
-        return Err(ConfigError {
-            origin: origin.into(),
-            problems: report.finish(),
-        });
+        return Err(ConfigError { origin: origin.into(), problems: report.finish() });
     };
     let nat = nat_from_hooks(&file, &name, &mut notes);
     describe_shape(&file, &mut notes);
@@ -86,10 +75,7 @@ pub fn convert(
         for p in e.problems {
             notes.push(Note {
                 line: None,
-                message: format!(
-                    "the converted file does not pass check-config yet: {}: {}",
-                    p.field, p.message
-                ),
+                message: format!("the converted file does not pass check-config yet: {}: {}", p.field, p.message),
             });
         }
     }
@@ -116,15 +102,7 @@ pub fn convert(
 /// TOML comments may not hold control characters (other than tab): a stray byte copied from
 /// the input into a note must not make the output unparsable, nor reach a terminal raw.
 fn comment_safe(text: &str) -> String {
-    text.chars()
-        .map(|c| {
-            if c.is_control() && c != '\t' {
-                '\u{fffd}'
-            } else {
-                c
-            }
-        })
-        .collect()
+    text.chars().map(|c| if c.is_control() && c != '\t' { '\u{fffd}' } else { c }).collect()
 }
 
 /// What the file says, with the lines things came from.
@@ -184,13 +162,7 @@ const INTERFACE_KEYS: &[&str] = &[
     "PostDown",
     "SaveConfig",
 ];
-const PEER_KEYS: &[&str] = &[
-    "PublicKey",
-    "PresharedKey",
-    "AllowedIPs",
-    "Endpoint",
-    "PersistentKeepalive",
-];
+const PEER_KEYS: &[&str] = &["PublicKey", "PresharedKey", "AllowedIPs", "Endpoint", "PersistentKeepalive"];
 
 fn read(text: &str, name: &str, report: &mut Report, notes: &mut Vec<Note>) -> Option<WgFile> {
     let mut file = WgFile::default();
@@ -215,32 +187,21 @@ fn read(text: &str, name: &str, report: &mut Report, notes: &mut Vec<Note>) -> O
             section = match stripped.to_ascii_lowercase().as_str() {
                 "[interface]" => {
                     if file.interface_line.is_some() {
-                        report.at_line(
-                            Some(line),
-                            "Interface",
-                            "a second [Interface] section; expected one",
-                        );
+                        report.at_line(Some(line), "Interface", "a second [Interface] section; expected one");
                     }
                     file.interface_line = Some(line);
                     pending_name = None;
                     Section::Interface
                 }
                 "[peer]" => {
-                    file.peers.push(WgPeer {
-                        line,
-                        name: pending_name.take(),
-                        ..WgPeer::default()
-                    });
+                    file.peers.push(WgPeer { line, name: pending_name.take(), ..WgPeer::default() });
                     Section::Peer
                 }
                 _ => {
                     report.at_line(
                         Some(line),
                         "file",
-                        format!(
-                            "found the section {}, expected [Interface] or [Peer]",
-                            values::shown(stripped)
-                        ),
+                        format!("found the section {}, expected [Interface] or [Peer]", values::shown(stripped)),
                     );
                     Section::None
                 }
@@ -248,11 +209,7 @@ fn read(text: &str, name: &str, report: &mut Report, notes: &mut Vec<Note>) -> O
             continue;
         }
         let Some((key, value)) = stripped.split_once('=') else {
-            report.at_line(
-                Some(line),
-                "file",
-                "found a line without '=', expected Key = Value or a [Section]",
-            );
+            report.at_line(Some(line), "file", "found a line without '=', expected Key = Value or a [Section]");
             continue;
         };
         let (key, value) = (key.trim(), value.trim());
@@ -266,28 +223,16 @@ fn read(text: &str, name: &str, report: &mut Report, notes: &mut Vec<Note>) -> O
             Section::Interface => INTERFACE_KEYS,
             Section::Peer => PEER_KEYS,
             Section::None => {
-                report.at_line(
-                    Some(line),
-                    key,
-                    "found a key before any section, expected [Interface] first",
-                );
+                report.at_line(Some(line), key, "found a key before any section, expected [Interface] first");
                 continue;
             }
         };
         let Some(key) = known.iter().copied().find(|k| k.eq_ignore_ascii_case(key)) else {
-            let header = if section == Section::Peer {
-                "[Peer]"
-            } else {
-                "[Interface]"
-            };
+            let header = if section == Section::Peer { "[Peer]" } else { "[Interface]" };
             report.at_line(
                 Some(line),
                 key,
-                format!(
-                    "unknown key {} in {header}; known: {}",
-                    values::shown(key),
-                    known.join(", ")
-                ),
+                format!("unknown key {} in {header}; known: {}", values::shown(key), known.join(", ")),
             );
             continue;
         };
@@ -295,16 +240,11 @@ fn read(text: &str, name: &str, report: &mut Report, notes: &mut Vec<Note>) -> O
             Section::Peer => format!("Peer[{}].{key}", file.peers.len() - 1),
             _ => format!("Interface.{key}"),
         };
-        if !matches!(
-            key,
-            "Address" | "DNS" | "AllowedIPs" | "PreUp" | "PostUp" | "PreDown" | "PostDown"
-        ) {
+        if !matches!(key, "Address" | "DNS" | "AllowedIPs" | "PreUp" | "PostUp" | "PreDown" | "PostDown") {
             if let Some(first) = seen_once.get(&field) {
                 notes.push(Note {
                     line: Some(line),
-                    message: format!(
-                        "{key} is set again (first at line {first}); the last one wins, as in wg"
-                    ),
+                    message: format!("{key} is set again (first at line {first}); the last one wins, as in wg"),
                 });
             } else {
                 seen_once.insert(field.clone(), line);
@@ -322,18 +262,10 @@ fn read(text: &str, name: &str, report: &mut Report, notes: &mut Vec<Note>) -> O
     }
 
     if file.interface_line.is_none() {
-        report.at_line(
-            None,
-            "Interface",
-            "missing; expected an [Interface] section",
-        );
+        report.at_line(None, "Interface", "missing; expected an [Interface] section");
         return None;
     }
-    for hook in file
-        .hooks
-        .iter()
-        .filter(|h| matches!(h.kind, "PreUp" | "PostUp"))
-    {
+    for hook in file.hooks.iter().filter(|h| matches!(h.kind, "PreUp" | "PostUp")) {
         if let Some(Rule::KeyFile(path)) = recognise(&hook.command, name) {
             file.private_key_file = Some(path);
         }
@@ -347,11 +279,7 @@ fn read(text: &str, name: &str, report: &mut Report, notes: &mut Vec<Note>) -> O
     }
     for (i, peer) in file.peers.iter().enumerate() {
         if !peer.public_key_given {
-            report.at_line(
-                Some(peer.line),
-                format!("Peer[{i}].PublicKey"),
-                "missing; expected the peer's public key",
-            );
+            report.at_line(Some(peer.line), format!("Peer[{i}].PublicKey"), "missing; expected the peer's public key");
         }
     }
     Some(file)
@@ -368,18 +296,11 @@ fn name_comment(raw: &str) -> Option<String> {
     (!value.is_empty()).then(|| value.to_string())
 }
 
-fn integer<T: std::str::FromStr>(
-    value: &str,
-    expected: &str,
-    fail: &mut impl FnMut(String),
-) -> Option<T> {
+fn integer<T: std::str::FromStr>(value: &str, expected: &str, fail: &mut impl FnMut(String)) -> Option<T> {
     match value.parse() {
         Ok(n) => Some(n),
         Err(_) => {
-            fail(format!(
-                "found {}, expected {expected}",
-                values::shown(value)
-            ));
+            fail(format!("found {}, expected {expected}", values::shown(value)));
             None
         }
     }
@@ -387,9 +308,7 @@ fn integer<T: std::str::FromStr>(
 
 /// Comma (and space) separated list items, as wg-quick splits them.
 fn list(value: &str) -> impl Iterator<Item = &str> {
-    value
-        .split(|c: char| c == ',' || c.is_whitespace())
-        .filter(|s| !s.is_empty())
+    value.split(|c: char| c == ',' || c.is_whitespace()).filter(|s| !s.is_empty())
 }
 
 fn interface_key(
@@ -400,12 +319,7 @@ fn interface_key(
     fail: &mut impl FnMut(String),
     notes: &mut Vec<Note>,
 ) {
-    let mut note = |message: String| {
-        notes.push(Note {
-            line: Some(line),
-            message,
-        })
-    };
+    let mut note = |message: String| notes.push(Note { line: Some(line), message });
     match key {
         "PrivateKey" => {
             file.private_key_given = true;
@@ -536,9 +450,7 @@ fn interface_name(file_name: Option<&str>, notes: &mut Vec<Note>) -> String {
         Some(stem)
             if !stem.is_empty()
                 && stem.len() <= 15
-                && stem
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "_=+.-".contains(c))
+                && stem.chars().all(|c| c.is_ascii_alphanumeric() || "_=+.-".contains(c))
                 && values::interface_name(stem).is_ok() =>
         {
             stem.to_string()
@@ -566,17 +478,8 @@ struct NatPlan {
 }
 
 fn nat_from_hooks(file: &WgFile, name: &str, notes: &mut Vec<Note>) -> NatPlan {
-    let mut plan = NatPlan {
-        masquerade: false,
-        egress: None,
-        reach: Vec::new(),
-    };
-    let mut note = |line: usize, message: String| {
-        notes.push(Note {
-            line: Some(line),
-            message,
-        })
-    };
+    let mut plan = NatPlan { masquerade: false, egress: None, reach: Vec::new() };
+    let mut note = |line: usize, message: String| notes.push(Note { line: Some(line), message });
     for hook in &file.hooks {
         let shown = format!("`{}`", crate::keys::redact_key_like(&hook.command));
         let said = format!("{} {shown}", hook.kind);
@@ -638,19 +541,17 @@ fn nat_from_hooks(file: &WgFile, name: &str, notes: &mut Vec<Note>) -> NatPlan {
     if !plan.masquerade {
         notes.push(Note {
             line: None,
-            message:
-                "no MASQUERADE rule in PostUp: [nat] masquerade = false, so tunnel addresses leave \
+            message: "no MASQUERADE rule in PostUp: [nat] masquerade = false, so tunnel addresses leave \
                       unchanged and the VPC needs routes back to them"
-                    .into(),
+                .into(),
         });
     }
     if plan.reach.is_empty() {
         notes.push(Note {
             line: None,
-            message:
-                "no FORWARD rule from the tunnel in PostUp: [nat] reach is empty, so peers reach \
+            message: "no FORWARD rule from the tunnel in PostUp: [nat] reach is empty, so peers reach \
                       nothing until you list their destinations there"
-                    .into(),
+                .into(),
         });
     }
     plan
@@ -660,11 +561,7 @@ fn nat_from_hooks(file: &WgFile, name: &str, notes: &mut Vec<Note>) -> NatPlan {
 #[derive(Debug, PartialEq)]
 enum Rule {
     /// `-A FORWARD -i TUN [-d NET] -j ACCEPT`
-    Forward {
-        add: bool,
-        v6: bool,
-        destination: Option<IpNetwork>,
-    },
+    Forward { add: bool, v6: bool, destination: Option<IpNetwork> },
     /// `-A FORWARD -o TUN [-m conntrack --ctstate …] -j ACCEPT`
     ForwardReplies { add: bool },
     /// `-t nat -A POSTROUTING [-o IF] [-s NET] -j MASQUERADE`
@@ -678,9 +575,7 @@ enum Rule {
 impl Rule {
     fn adds(&self) -> bool {
         match self {
-            Rule::Forward { add, .. }
-            | Rule::ForwardReplies { add }
-            | Rule::Masquerade { add, .. } => *add,
+            Rule::Forward { add, .. } | Rule::ForwardReplies { add } | Rule::Masquerade { add, .. } => *add,
             Rule::Forwarding | Rule::KeyFile(_) => true,
         }
     }
@@ -692,16 +587,10 @@ fn recognise(command: &str, name: &str) -> Option<Rule> {
     let is_tunnel = |w: &str| w == "%i" || w == name;
     match program {
         "sysctl" => {
-            let setting = words
-                .iter()
-                .skip(1)
-                .find(|w| !w.starts_with('-'))?
-                .replace('/', ".");
+            let setting = words.iter().skip(1).find(|w| !w.starts_with('-'))?.replace('/', ".");
             let forwarding = matches!(
                 setting.as_str(),
-                "net.ipv4.ip_forward=1"
-                    | "net.ipv4.conf.all.forwarding=1"
-                    | "net.ipv6.conf.all.forwarding=1"
+                "net.ipv4.ip_forward=1" | "net.ipv4.conf.all.forwarding=1" | "net.ipv6.conf.all.forwarding=1"
             );
             forwarding.then_some(Rule::Forwarding)
         }
@@ -709,30 +598,23 @@ fn recognise(command: &str, name: &str) -> Option<Rule> {
             if words.len() == 4
                 && words[1] == "1"
                 && words[2] == ">"
-                && matches!(
-                    words[3],
-                    "/proc/sys/net/ipv4/ip_forward" | "/proc/sys/net/ipv6/conf/all/forwarding"
-                ) =>
+                && matches!(words[3], "/proc/sys/net/ipv4/ip_forward" | "/proc/sys/net/ipv6/conf/all/forwarding") =>
         {
             Some(Rule::Forwarding)
         }
-        "wg" if words.len() == 5
-            && words[1] == "set"
-            && is_tunnel(words[2])
-            && words[3] == "private-key" =>
-        {
+        "wg" if words.len() == 5 && words[1] == "set" && is_tunnel(words[2]) && words[3] == "private-key" => {
             Some(Rule::KeyFile(words[4].to_string()))
         }
-        "iptables" | "ip6tables" | "iptables-legacy" | "iptables-nft" | "ip6tables-legacy"
-        | "ip6tables-nft" => iptables_rule(program.starts_with("ip6"), &words[1..], &is_tunnel),
+        "iptables" | "ip6tables" | "iptables-legacy" | "iptables-nft" | "ip6tables-legacy" | "ip6tables-nft" => {
+            iptables_rule(program.starts_with("ip6"), &words[1..], &is_tunnel)
+        }
         _ => None,
     }
 }
 
 fn iptables_rule(v6: bool, args: &[&str], is_tunnel: &dyn Fn(&str) -> bool) -> Option<Rule> {
     let (mut table, mut add, mut chain) = ("filter", None, None);
-    let (mut input, mut output, mut destination, mut jump, mut state) =
-        (None, None, None, None, false);
+    let (mut input, mut output, mut destination, mut jump, mut state) = (None, None, None, None, false);
     let mut source = false;
     let mut i = 0;
     while i < args.len() {
@@ -741,11 +623,7 @@ fn iptables_rule(v6: bool, args: &[&str], is_tunnel: &dyn Fn(&str) -> bool) -> O
         match arg {
             "-w" | "--wait" => {
                 // An optional number of seconds.
-                i += if value.is_some_and(|v| v.parse::<u32>().is_ok()) {
-                    2
-                } else {
-                    1
-                };
+                i += if value.is_some_and(|v| v.parse::<u32>().is_ok()) { 2 } else { 1 };
                 continue;
             }
             "-t" | "--table" => table = value?,
@@ -767,9 +645,7 @@ fn iptables_rule(v6: bool, args: &[&str], is_tunnel: &dyn Fn(&str) -> bool) -> O
             "-j" | "--jump" => jump = Some(value?),
             "-m" if matches!(value, Some("state" | "conntrack")) => {}
             "--state" | "--ctstate"
-                if value.is_some_and(|v| {
-                    v.split(',').all(|s| s == "RELATED" || s == "ESTABLISHED")
-                }) =>
+                if value.is_some_and(|v| v.split(',').all(|s| s == "RELATED" || s == "ESTABLISHED")) =>
             {
                 state = true;
             }
@@ -787,27 +663,15 @@ fn iptables_rule(v6: bool, args: &[&str], is_tunnel: &dyn Fn(&str) -> bool) -> O
             if output.is_some_and(is_tunnel) {
                 return None;
             }
-            Some(Rule::Forward {
-                add,
-                v6,
-                destination,
-            })
+            Some(Rule::Forward { add, v6, destination })
         }
         ("filter", "FORWARD", "ACCEPT")
-            if output.is_some_and(is_tunnel)
-                && input.is_none()
-                && destination.is_none()
-                && !source =>
+            if output.is_some_and(is_tunnel) && input.is_none() && destination.is_none() && !source =>
         {
             Some(Rule::ForwardReplies { add })
         }
-        ("nat", "POSTROUTING", "MASQUERADE")
-            if !output.is_some_and(is_tunnel) && input.is_none() && !state =>
-        {
-            Some(Rule::Masquerade {
-                add,
-                egress: output.map(str::to_string),
-            })
+        ("nat", "POSTROUTING", "MASQUERADE") if !output.is_some_and(is_tunnel) && input.is_none() && !state => {
+            Some(Rule::Masquerade { add, egress: output.map(str::to_string) })
         }
         _ => None,
     }
@@ -826,9 +690,7 @@ fn describe_shape(file: &WgFile, notes: &mut Vec<Note>) {
     } else if file.listen_port.is_none() {
         notes.push(Note {
             line: file.interface_line,
-            message:
-                "no ListenPort (wg picks a random port): the bastion listens on 51820, the default"
-                    .into(),
+            message: "no ListenPort (wg picks a random port): the bastion listens on 51820, the default".into(),
         });
     }
     let unnamed = file.peers.iter().filter(|p| p.name.is_none()).count();
@@ -850,10 +712,7 @@ fn peer_names(file: &WgFile, notes: &mut Vec<Note>) -> Vec<String> {
     let mut next_suffix: HashMap<String, usize> = HashMap::new();
     let mut names = Vec::with_capacity(file.peers.len());
     for (i, peer) in file.peers.iter().enumerate() {
-        let base = peer
-            .name
-            .clone()
-            .unwrap_or_else(|| format!("peer-{}", i + 1));
+        let base = peer.name.clone().unwrap_or_else(|| format!("peer-{}", i + 1));
         let mut name = base.clone();
         while used.contains(&name) {
             let n = next_suffix.entry(base.clone()).or_insert(2);
@@ -863,9 +722,7 @@ fn peer_names(file: &WgFile, notes: &mut Vec<Note>) -> Vec<String> {
         if name != base {
             notes.push(Note {
                 line: Some(peer.line),
-                message: format!(
-                    "another peer is already named {base:?}: this one is named {name:?}"
-                ),
+                message: format!("another peer is already named {base:?}: this one is named {name:?}"),
             });
         }
         used.insert(name.clone());
@@ -892,12 +749,7 @@ fn write_toml(file: &WgFile, name: &str, peer_names: &[String], nat: &NatPlan) -
         let _ = writeln!(out, "private_key_file = {}", quote(path));
     }
     let _ = writeln!(out, "address = {}", quoted_list(&file.addresses));
-    let _ = writeln!(
-        out,
-        "listen_port = {}",
-        file.listen_port
-            .unwrap_or(super::schema::DEFAULT_LISTEN_PORT)
-    );
+    let _ = writeln!(out, "listen_port = {}", file.listen_port.unwrap_or(super::schema::DEFAULT_LISTEN_PORT));
     if let Some(mtu) = file.mtu {
         let _ = writeln!(out, "mtu = {mtu}");
     }
@@ -923,11 +775,7 @@ fn write_toml(file: &WgFile, name: &str, peer_names: &[String], nat: &NatPlan) -
 
     out.push_str("\n[nat]\n");
     let _ = writeln!(out, "masquerade = {}", nat.masquerade);
-    let _ = writeln!(
-        out,
-        "egress = {}",
-        quote(nat.egress.as_deref().unwrap_or("auto"))
-    );
+    let _ = writeln!(out, "egress = {}", quote(nat.egress.as_deref().unwrap_or("auto")));
     let _ = writeln!(out, "reach = {}", quoted_list(&nat.reach));
     out
 }
@@ -950,18 +798,13 @@ mod tests {
     }
 
     fn notes_text(c: &Conversion) -> String {
-        c.notes
-            .iter()
-            .map(|n| n.to_string())
-            .collect::<Vec<_>>()
-            .join("\n")
+        c.notes.iter().map(|n| n.to_string()).collect::<Vec<_>>().join("\n")
     }
 
     #[test]
     fn the_article_server_converts_to_a_valid_config() {
         let c = convert(&server(), "wg0.conf", Some("wg0.conf")).unwrap();
-        let config =
-            super::super::parse(&c.toml, "out", None).unwrap_or_else(|e| panic!("{e}\n{}", c.toml));
+        let config = super::super::parse(&c.toml, "out", None).unwrap_or_else(|e| panic!("{e}\n{}", c.toml));
         assert_eq!(config.interface.private_key.expose_base64(), KEY);
         assert_eq!(config.interface.addresses[0].to_string(), "10.100.0.1/24");
         assert_eq!(config.interface.listen_port, 51820);
@@ -969,16 +812,11 @@ mod tests {
         assert_eq!(config.peers[0].public_key.to_base64(), PEER);
         assert_eq!(config.peers[0].allowed_ips[0].to_string(), "10.100.0.2/32");
         assert!(config.nat.masquerade);
-        assert_eq!(
-            config.nat.egress,
-            super::super::Egress::Interface("eth0".into())
-        );
+        assert_eq!(config.nat.egress, super::super::Egress::Interface("eth0".into()));
         assert_eq!(config.nat.reach[0].to_string(), "0.0.0.0/0");
         let notes = notes_text(&c);
         assert!(
-            notes.contains(
-                "line 5: PostUp `iptables -A FORWARD -i wg0 -j ACCEPT` lets peers reach every IPv4"
-            ),
+            notes.contains("line 5: PostUp `iptables -A FORWARD -i wg0 -j ACCEPT` lets peers reach every IPv4"),
             "{notes}"
         );
         assert!(notes.contains("line 5: PostUp `iptables -t nat -A POSTROUTING -o eth0 -j MASQUERADE`: replaced by [nat] masquerade = true, egress = \"eth0\""), "{notes}");
@@ -996,13 +834,9 @@ mod tests {
              presharedkey = {PEER2}\nendpoint = [2001:db8::1]:51820\n"
         );
         let c = convert(&text, "x", Some("tun0.conf")).unwrap();
-        let config =
-            super::super::parse(&c.toml, "out", None).unwrap_or_else(|e| panic!("{e}\n{}", c.toml));
+        let config = super::super::parse(&c.toml, "out", None).unwrap_or_else(|e| panic!("{e}\n{}", c.toml));
         assert_eq!(config.interface.addresses.len(), 3);
-        assert_eq!(
-            (config.interface.listen_port, config.interface.mtu),
-            (443, 1380)
-        );
+        assert_eq!((config.interface.listen_port, config.interface.mtu), (443, 1380));
         assert_eq!(config.interface.name, "tun0");
         let p = &config.peers[0];
         assert_eq!(p.name, "alice laptop");
@@ -1049,17 +883,10 @@ mod tests {
             "no MASQUERADE rule",
             "no FORWARD rule",
         ] {
-            assert!(
-                notes.contains(expected),
-                "missing {expected:?} in:\n{notes}"
-            );
+            assert!(notes.contains(expected), "missing {expected:?} in:\n{notes}");
         }
         // The same notes head the TOML as comments.
-        assert!(
-            c.toml.contains("#   line 5: DNS = 10.0.0.2 not carried"),
-            "{}",
-            c.toml
-        );
+        assert!(c.toml.contains("#   line 5: DNS = 10.0.0.2 not carried"), "{}", c.toml);
     }
 
     #[test]
@@ -1073,26 +900,15 @@ mod tests {
         let config = super::super::parse(&c.toml, "out", None).unwrap_or_else(|e| panic!("{e}"));
         let reach: Vec<String> = config.nat.reach.iter().map(|n| n.to_string()).collect();
         assert_eq!(reach, ["10.0.1.0/24", "::/0"]);
-        assert!(
-            notes_text(&c).contains("lets traffic back to the peers"),
-            "{}",
-            notes_text(&c)
-        );
+        assert!(notes_text(&c).contains("lets traffic back to the peers"), "{}", notes_text(&c));
     }
 
     #[test]
     fn a_key_file_hook_becomes_private_key_file() {
-        let text = server().replace(
-            &format!("PrivateKey = {KEY}\n"),
-            "PostUp = wg set %i private-key /etc/wireguard/wg0.key\n",
-        );
+        let text = server()
+            .replace(&format!("PrivateKey = {KEY}\n"), "PostUp = wg set %i private-key /etc/wireguard/wg0.key\n");
         let c = convert(&text, "x", Some("wg0.conf")).unwrap();
-        assert!(
-            c.toml
-                .contains("private_key_file = \"/etc/wireguard/wg0.key\""),
-            "{}",
-            c.toml
-        );
+        assert!(c.toml.contains("private_key_file = \"/etc/wireguard/wg0.key\""), "{}", c.toml);
     }
 
     #[test]
@@ -1102,14 +918,8 @@ mod tests {
              [Server]\n[Peer]\nAllowedIPs = nope\n",
             &KEY[..43]
         );
-        let e = convert(&text, "bad.conf", Some("bad.conf"))
-            .err()
-            .expect("garbage must be refused");
-        let got: Vec<(Option<usize>, &str)> = e
-            .problems
-            .iter()
-            .map(|p| (p.line, p.field.as_str()))
-            .collect();
+        let e = convert(&text, "bad.conf", Some("bad.conf")).err().expect("garbage must be refused");
+        let got: Vec<(Option<usize>, &str)> = e.problems.iter().map(|p| (p.line, p.field.as_str())).collect();
         assert_eq!(
             got,
             [
@@ -1138,15 +948,9 @@ mod tests {
 
     #[test]
     fn control_characters_in_notes_keep_the_output_valid_toml() {
-        let text = server().replace(
-            "ListenPort",
-            "DNS = 10.0.0.2\u{1}x\rTable = off\nListenPort",
-        );
+        let text = server().replace("ListenPort", "DNS = 10.0.0.2\u{1}x\rTable = off\nListenPort");
         let c = convert(&text, "x", Some("wg0.conf")).unwrap();
-        assert!(c
-            .notes
-            .iter()
-            .any(|n| n.message.contains("10.0.0.2\u{fffd}x")));
+        assert!(c.notes.iter().any(|n| n.message.contains("10.0.0.2\u{fffd}x")));
         super::super::parse(&c.toml, "out", None).unwrap_or_else(|e| panic!("{e}\n{}", c.toml));
     }
 
@@ -1161,25 +965,14 @@ mod tests {
         let config = super::super::parse(&c.toml, "out", None).unwrap_or_else(|e| panic!("{e}"));
         let names: Vec<&str> = config.peers.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, ["alice", "alice-2"]);
-        assert!(
-            notes_text(&c).contains("line 9: another peer is already named \"alice\""),
-            "{}",
-            notes_text(&c)
-        );
+        assert!(notes_text(&c).contains("line 9: another peer is already named \"alice\""), "{}", notes_text(&c));
     }
 
     #[test]
     fn repeated_single_keys_are_noted() {
-        let text = server().replace(
-            "ListenPort = 51820",
-            "ListenPort = 1000\nListenPort = 51820",
-        );
+        let text = server().replace("ListenPort = 51820", "ListenPort = 1000\nListenPort = 51820");
         let c = convert(&text, "x", Some("wg0.conf")).unwrap();
-        assert!(
-            notes_text(&c).contains("line 4: ListenPort is set again (first at line 3)"),
-            "{}",
-            notes_text(&c)
-        );
+        assert!(notes_text(&c).contains("line 4: ListenPort is set again (first at line 3)"), "{}", notes_text(&c));
         assert!(c.toml.contains("listen_port = 51820"));
     }
 }

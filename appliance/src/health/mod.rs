@@ -75,10 +75,7 @@ pub struct HealthResponder {
 }
 
 impl HealthResponder {
-    pub fn start(
-        listen: SocketAddr,
-        judge: impl Fn() -> Verdict + Send + 'static,
-    ) -> io::Result<HealthResponder> {
+    pub fn start(listen: SocketAddr, judge: impl Fn() -> Verdict + Send + 'static) -> io::Result<HealthResponder> {
         let listener = bind(listen)?;
         listener.set_nonblocking(true)?;
         let (wake, woken) = UnixStream::pair()?;

@@ -111,7 +111,12 @@ pub fn wait_for_config(sources: &Sources, mut rejected: impl FnMut(&Rejected)) -
         };
         match outcome {
             Ok(accepted) => {
-                crate::log!("config: accepted {} ({} bytes at {})", accepted.origin, file_len(&accepted.path), accepted.path.display());
+                crate::log!(
+                    "config: accepted {} ({} bytes at {})",
+                    accepted.origin,
+                    file_len(&accepted.path),
+                    accepted.path.display()
+                );
                 return accepted;
             }
             Err(r) => {
@@ -209,7 +214,10 @@ mod tests {
     use super::*;
 
     fn unreachable() -> Result<String, ImdsError> {
-        Err(ImdsError::Unreachable { url: "PUT http://169.254.169.254/latest/api/token".into(), why: "timed out".into() })
+        Err(ImdsError::Unreachable {
+            url: "PUT http://169.254.169.254/latest/api/token".into(),
+            why: "timed out".into(),
+        })
     }
 
     #[test]
@@ -243,7 +251,8 @@ mod tests {
 
     #[test]
     fn a_bad_answer_never_falls_back() {
-        let bad = Err(ImdsError::BadAnswer { url: "GET u".into(), why: "response body larger than 65536 bytes".into() });
+        let bad =
+            Err(ImdsError::BadAnswer { url: "GET u".into(), why: "response body larger than 65536 bytes".into() });
         match choose(bad, true, Path::new("/b.toml"), 5) {
             Choice::Retry(reason) => assert!(reason.contains("larger than 65536"), "{reason}"),
             other => panic!("{other:?}"),

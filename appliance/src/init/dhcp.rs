@@ -187,7 +187,9 @@ pub fn run(ifindex: u32, ifname: &str, mac: [u8; 6], mut report: impl FnMut(&Lea
                 let what = match &current {
                     None => "lease".to_string(),
                     Some(old) if old.address == lease.address => "lease renewed".to_string(),
-                    Some(old) => format!("lease CHANGED from {}/{}; old address kept as well", old.address, old.prefix_len),
+                    Some(old) => {
+                        format!("lease CHANGED from {}/{}; old address kept as well", old.address, old.prefix_len)
+                    }
                 };
                 crate::log!("dhcp: {ifname} {what}: {lease}");
                 let (steps, notes) = plan(&lease);
@@ -262,10 +264,8 @@ fn insecure_seed(mac: &[u8; 6]) -> u64 {
     let _ = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), GRND_INSECURE) };
     let mut mac_bytes = [0u8; 8];
     mac_bytes[..6].copy_from_slice(mac);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
     u64::from_ne_bytes(bytes) ^ u64::from_ne_bytes(mac_bytes) ^ nanos
 }
 
@@ -282,7 +282,9 @@ fn bind_port_68(ifname: &str) -> Option<socket2::Socket> {
     match bind() {
         Ok(s) => Some(s),
         Err(e) => {
-            crate::log!("dhcp: {ifname}: cannot bind UDP port 68 ({e}); the kernel may answer renewals with port-unreachable");
+            crate::log!(
+                "dhcp: {ifname}: cannot bind UDP port 68 ({e}); the kernel may answer renewals with port-unreachable"
+            );
             None
         }
     }
@@ -318,7 +320,8 @@ mod tests {
 
     #[test]
     fn lease_takes_mtu_and_lease_time_from_options() {
-        let options = [opt(1, &[255, 255, 255, 0]), opt(26, &[0x23, 0x29]), opt(51, &[0, 0, 0x0e, 0x10]), opt(26, &[1])];
+        let options =
+            [opt(1, &[255, 255, 255, 0]), opt(26, &[0x23, 0x29]), opt(51, &[0, 0, 0x0e, 0x10]), opt(26, &[1])];
         let lease = lease_from_packet(
             Ipv4Cidr::new(Ipv4Addr::new(10, 0, 1, 23), 24),
             Some(Ipv4Addr::new(10, 0, 1, 1)),

@@ -32,10 +32,7 @@ pub struct Response {
 impl Response {
     /// The first header called `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 }
 
@@ -48,7 +45,10 @@ pub enum HttpError {
     /// The server closed the connection before the response was complete.
     Truncated(String),
     /// The whole exchange did not finish before the deadline.
-    Timeout { after: Duration, received: usize },
+    Timeout {
+        after: Duration,
+        received: usize,
+    },
     Io(String),
 }
 
@@ -59,11 +59,9 @@ impl std::fmt::Display for HttpError {
             HttpError::HeadTooLarge(max) => write!(f, "response headers larger than {max} bytes"),
             HttpError::BodyTooLarge(max) => write!(f, "response body larger than {max} bytes"),
             HttpError::Truncated(what) => write!(f, "connection closed in the middle of the {what}"),
-            HttpError::Timeout { after, received } => write!(
-                f,
-                "response not complete after {:.1} s ({received} bytes received)",
-                after.as_secs_f64()
-            ),
+            HttpError::Timeout { after, received } => {
+                write!(f, "response not complete after {:.1} s ({received} bytes received)", after.as_secs_f64())
+            }
             HttpError::Io(e) => write!(f, "{e}"),
         }
     }
@@ -117,8 +115,7 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 type Head = (u16, String, Vec<(String, String)>);
 
 fn parse_head(head: &[u8]) -> Result<Head, HttpError> {
-    let text = std::str::from_utf8(head)
-        .map_err(|_| HttpError::Malformed("header section is not text".into()))?;
+    let text = std::str::from_utf8(head).map_err(|_| HttpError::Malformed("header section is not text".into()))?;
     let mut lines = text.split("\r\n");
     let status_line = lines.next().unwrap_or("");
     let mut parts = status_line.splitn(3, ' ');
@@ -223,13 +220,9 @@ fn parse_chunked(data: &[u8], eof: bool, limits: &Limits) -> Result<Option<Vec<u
         let size_text = line.split(|&b| b == b';').next().unwrap_or(&[]);
         let size_text = std::str::from_utf8(size_text).unwrap_or("").trim_matches(|c| c == ' ' || c == '\t');
         if size_text.is_empty() || size_text.len() > 8 || !size_text.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(HttpError::Malformed(format!(
-                "bad chunk size {:?}",
-                truncate(&String::from_utf8_lossy(line))
-            )));
+            return Err(HttpError::Malformed(format!("bad chunk size {:?}", truncate(&String::from_utf8_lossy(line)))));
         }
-        let size = usize::from_str_radix(size_text, 16)
-            .map_err(|_| HttpError::Malformed("bad chunk size".into()))?;
+        let size = usize::from_str_radix(size_text, 16).map_err(|_| HttpError::Malformed("bad chunk size".into()))?;
         pos += line_len + 2;
         if size == 0 {
             // Trailer fields, then the final blank line.
@@ -317,9 +310,7 @@ pub fn exchange(
         if started.elapsed() >= deadline {
             return Err(HttpError::Timeout { after: deadline, received: buf.len() });
         }
-        stream
-            .set_read_timeout(Some(remaining(started)))
-            .map_err(|e| HttpError::Io(e.to_string()))?;
+        stream.set_read_timeout(Some(remaining(started))).map_err(|e| HttpError::Io(e.to_string()))?;
         let n = match stream.read(&mut chunk) {
             Ok(n) => n,
             Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
@@ -355,9 +346,7 @@ mod tests {
 
     #[test]
     fn content_length_response() {
-        let r = parse(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A:  b \r\n\r\nhelloEXTRA", false)
-            .unwrap()
-            .unwrap();
+        let r = parse(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A:  b \r\n\r\nhelloEXTRA", false).unwrap().unwrap();
         assert_eq!(r.status, 200);
         assert_eq!(r.reason, "OK");
         assert_eq!(r.body, b"hello");
@@ -367,7 +356,8 @@ mod tests {
 
     #[test]
     fn every_prefix_of_a_good_response_is_incomplete_not_an_error() {
-        let full = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4;x=y\r\nwiki\r\n5\r\npedia\r\n0\r\nT: v\r\n\r\n";
+        let full =
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4;x=y\r\nwiki\r\n5\r\npedia\r\n0\r\nT: v\r\n\r\n";
         for i in 0..full.len() {
             assert_eq!(parse(&full[..i], false), Ok(None), "prefix {i}");
             assert!(matches!(parse(&full[..i], true), Err(HttpError::Truncated(_))), "prefix {i} at eof");
@@ -391,10 +381,7 @@ mod tests {
 
     #[test]
     fn oversize_bodies_are_refused() {
-        assert_eq!(
-            parse(b"HTTP/1.1 200 OK\r\nContent-Length: 65\r\n\r\n", false),
-            Err(HttpError::BodyTooLarge(64))
-        );
+        assert_eq!(parse(b"HTTP/1.1 200 OK\r\nContent-Length: 65\r\n\r\n", false), Err(HttpError::BodyTooLarge(64)));
         let mut close_delimited = b"HTTP/1.1 200 OK\r\n\r\n".to_vec();
         close_delimited.extend_from_slice(&[b'a'; 65]);
         assert_eq!(parse(&close_delimited, false), Err(HttpError::BodyTooLarge(64)));
@@ -466,7 +453,8 @@ mod tests {
     fn requests_refuse_header_injection() {
         let req = Request { method: "GET", path: "/x", host: "h", headers: &[("T", "a\r\nEvil: 1")] };
         assert!(req.to_bytes().is_err());
-        let req = Request { method: "PUT", path: "/latest/api/token", host: "169.254.169.254", headers: &[("X-T", "5")] };
+        let req =
+            Request { method: "PUT", path: "/latest/api/token", host: "169.254.169.254", headers: &[("X-T", "5")] };
         assert_eq!(
             String::from_utf8(req.to_bytes().unwrap()).unwrap(),
             "PUT /latest/api/token HTTP/1.1\r\nHost: 169.254.169.254\r\nX-T: 5\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"

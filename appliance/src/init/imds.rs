@@ -159,9 +159,7 @@ pub fn user_data_from_response(url: &str, status: u16, reason: &str, body: Vec<u
                 why: "status 401 Unauthorized: the token was refused".into(),
             })
         }
-        _ => {
-            return Err(ImdsError::BadAnswer { url: format!("GET {url}"), why: format!("status {status} {reason}") })
-        }
+        _ => return Err(ImdsError::BadAnswer { url: format!("GET {url}"), why: format!("status {status} {reason}") }),
     }
     if body.starts_with(&[0x1f, 0x8b]) {
         return Err(ImdsError::BadAnswer {
@@ -186,7 +184,14 @@ mod tests {
         assert_eq!(Endpoint::parse("http://[fd00:ec2::254]").unwrap().addr, "[fd00:ec2::254]:80".parse().unwrap());
         assert_eq!(Endpoint::parse("http://[fd00:ec2::254]:81").unwrap().url(), "http://[fd00:ec2::254]:81");
         assert_eq!(Endpoint::parse(DEFAULT_URL).unwrap().url(), DEFAULT_URL);
-        for bad in ["https://169.254.169.254", "http://metadata.internal", "http://1.2.3.4/latest", "http://", "169.254.169.254", "http://u@1.2.3.4"] {
+        for bad in [
+            "https://169.254.169.254",
+            "http://metadata.internal",
+            "http://1.2.3.4/latest",
+            "http://",
+            "169.254.169.254",
+            "http://u@1.2.3.4",
+        ] {
             assert!(Endpoint::parse(bad).is_err(), "{bad}");
         }
     }
@@ -211,10 +216,22 @@ mod tests {
     #[test]
     fn user_data_answers() {
         assert_eq!(user_data_from_response("u", 200, "OK", b"[interface]\n".to_vec()).unwrap(), "[interface]\n");
-        assert_eq!(user_data_from_response("u", 404, "Not Found", vec![]), Err(ImdsError::NoUserData { url: "u".into() }));
-        assert!(user_data_from_response("u", 401, "Unauthorized", vec![]).unwrap_err().to_string().contains("token was refused"));
+        assert_eq!(
+            user_data_from_response("u", 404, "Not Found", vec![]),
+            Err(ImdsError::NoUserData { url: "u".into() })
+        );
+        assert!(user_data_from_response("u", 401, "Unauthorized", vec![])
+            .unwrap_err()
+            .to_string()
+            .contains("token was refused"));
         assert!(user_data_from_response("u", 200, "OK", vec![0x1f, 0x8b, 8]).unwrap_err().to_string().contains("gzip"));
-        assert!(user_data_from_response("u", 200, "OK", vec![b'a', 0xff]).unwrap_err().to_string().contains("not UTF-8"));
-        assert!(user_data_from_response("u", 500, "Internal", vec![]).unwrap_err().to_string().contains("500 Internal"));
+        assert!(user_data_from_response("u", 200, "OK", vec![b'a', 0xff])
+            .unwrap_err()
+            .to_string()
+            .contains("not UTF-8"));
+        assert!(user_data_from_response("u", 500, "Internal", vec![])
+            .unwrap_err()
+            .to_string()
+            .contains("500 Internal"));
     }
 }

@@ -128,7 +128,8 @@ pub fn run(mode: Mode, options: Options) -> ExitCode {
     }
 
     let tx = events.clone();
-    let sources = config_source::Sources { imds, baked: options.baked_config.clone(), run_dir: options.run_dir.clone() };
+    let sources =
+        config_source::Sources { imds, baked: options.baked_config.clone(), run_dir: options.run_dir.clone() };
     let start_config = Box::new(move || {
         let spawned = std::thread::Builder::new().name("config".into()).spawn(move || {
             let rejected_tx = tx.clone();

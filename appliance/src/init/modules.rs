@@ -76,9 +76,8 @@ pub fn parse_list(text: &str, origin: &str) -> (Vec<ModuleEntry>, Vec<String>) {
         }
         let base = path.rsplit('/').next().unwrap_or(path);
         if !base.contains(".ko") {
-            problems.push(format!(
-                "{origin}:{line_no}: \"{path}\" is not a module file (expected a path ending in .ko)"
-            ));
+            problems
+                .push(format!("{origin}:{line_no}: \"{path}\" is not a module file (expected a path ending in .ko)"));
             continue;
         }
         if path.split('/').any(|part| part == "..") {
@@ -195,9 +194,7 @@ pub fn load(file: &Path, params: &str) -> LoadOutcome {
         return LoadOutcome::Failed("parameters contain a NUL byte".into());
     };
     // SAFETY: a valid open fd, a NUL-terminated parameter string, and integer flags.
-    let rc = unsafe {
-        libc::syscall(libc::SYS_finit_module, f.as_raw_fd(), params.as_ptr(), flags)
-    };
+    let rc = unsafe { libc::syscall(libc::SYS_finit_module, f.as_raw_fd(), params.as_ptr(), flags) };
     if rc == 0 {
         return LoadOutcome::Loaded;
     }

@@ -83,9 +83,7 @@ fn is_mount_point(target: &str) -> bool {
 
 /// `mountinfo` field 5 is the mount point (with spaces escaped as `\040`).
 fn mountinfo_has(info: &str, target: &Path) -> bool {
-    info.lines()
-        .filter_map(|line| line.split(' ').nth(4))
-        .any(|mp| Path::new(&mp.replace("\\040", " ")) == target)
+    info.lines().filter_map(|line| line.split(' ').nth(4)).any(|mp| Path::new(&mp.replace("\\040", " ")) == target)
 }
 
 #[cfg(test)]

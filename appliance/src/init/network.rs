@@ -24,10 +24,7 @@ pub fn pick_primary<'a>(links: &'a [Link], name: Option<&str>) -> Option<&'a Lin
     if let Some(name) = name {
         return links.iter().find(|l| l.name == name);
     }
-    links
-        .iter()
-        .filter(|l| !l.loopback && l.mac.len() == 6 && l.mac.iter().any(|&b| b != 0))
-        .min_by_key(|l| l.index)
+    links.iter().filter(|l| !l.loopback && l.mac.len() == 6 && l.mac.iter().any(|&b| b != 0)).min_by_key(|l| l.index)
 }
 
 /// Waits until the primary interface exists, brings it up and returns it.

@@ -36,20 +36,20 @@ fn dhcp_filter() -> [libc::sock_filter; 14] {
     const JSET: u16 = 0x45;
     const RET: u16 = 0x06;
     [
-        op(LDH_ABS, 0, 0, 12),        // 0: ethertype
-        op(JEQ, 0, 2, 0x0806),        // 1: ARP? else 4
-        op(LDH_ABS, 0, 0, 20),        // 2: ARP opcode
-        op(JEQ, 8, 9, 2),             // 3: reply → 12 accept, else 13 drop
-        op(JEQ, 0, 8, 0x0800),        // 4: IPv4? else 13
-        op(LDB_ABS, 0, 0, 23),        // 5: IP protocol
-        op(JEQ, 0, 6, 17),            // 6: UDP? else 13
-        op(LDH_ABS, 0, 0, 20),        // 7: flags + fragment offset
-        op(JSET, 4, 0, 0x1fff),       // 8: a later fragment → 13
-        op(LDXB_MSH, 0, 0, 14),       // 9: x = IP header length
-        op(LDH_IND, 0, 0, 16),        // 10: UDP destination port
-        op(JEQ, 0, 1, 68),            // 11: port 68? else 13
+        op(LDH_ABS, 0, 0, 12),           // 0: ethertype
+        op(JEQ, 0, 2, 0x0806),           // 1: ARP? else 4
+        op(LDH_ABS, 0, 0, 20),           // 2: ARP opcode
+        op(JEQ, 8, 9, 2),                // 3: reply → 12 accept, else 13 drop
+        op(JEQ, 0, 8, 0x0800),           // 4: IPv4? else 13
+        op(LDB_ABS, 0, 0, 23),           // 5: IP protocol
+        op(JEQ, 0, 6, 17),               // 6: UDP? else 13
+        op(LDH_ABS, 0, 0, 20),           // 7: flags + fragment offset
+        op(JSET, 4, 0, 0x1fff),          // 8: a later fragment → 13
+        op(LDXB_MSH, 0, 0, 14),          // 9: x = IP header length
+        op(LDH_IND, 0, 0, 16),           // 10: UDP destination port
+        op(JEQ, 0, 1, 68),               // 11: port 68? else 13
         op(RET, 0, 0, MAX_FRAME as u32), // 12: accept
-        op(RET, 0, 0, 0),             // 13: drop
+        op(RET, 0, 0, 0),                // 13: drop
     ]
 }
 
@@ -59,7 +59,8 @@ impl PacketSocket {
     pub fn open(ifindex: u32) -> io::Result<PacketSocket> {
         // Protocol 0 receives nothing until bind, so no unfiltered frame is queued meanwhile.
         // SAFETY: plain socket(2) call; the result is checked and owned right away.
-        let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0) };
+        let raw =
+            unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0) };
         if raw < 0 {
             return Err(ctx("packet socket", io::Error::last_os_error()));
         }
@@ -109,7 +110,13 @@ fn ctx(what: &str, e: io::Error) -> io::Error {
 fn setsockopt<T>(fd: &OwnedFd, level: libc::c_int, name: libc::c_int, value: &T) -> io::Result<()> {
     // SAFETY: `value` points to a live T of the size we pass.
     let rc = unsafe {
-        libc::setsockopt(fd.as_raw_fd(), level, name, value as *const T as *const libc::c_void, std::mem::size_of::<T>() as libc::socklen_t)
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            value as *const T as *const libc::c_void,
+            std::mem::size_of::<T>() as libc::socklen_t,
+        )
     };
     if rc < 0 {
         Err(io::Error::last_os_error())
@@ -147,8 +154,14 @@ impl phy::TxToken for TxToken<'_> {
 }
 
 impl Device for PacketSocket {
-    type RxToken<'a> = RxToken where Self: 'a;
-    type TxToken<'a> = TxToken<'a> where Self: 'a;
+    type RxToken<'a>
+        = RxToken
+    where
+        Self: 'a;
+    type TxToken<'a>
+        = TxToken<'a>
+    where
+        Self: 'a;
 
     fn receive(&mut self, _timestamp: Instant) -> Option<(RxToken, TxToken<'_>)> {
         let mut frame = vec![0u8; MAX_FRAME];

@@ -73,10 +73,8 @@ fn scan(seen: &mut HashSet<PathBuf>) -> Vec<Button> {
         if !seen.insert(path.clone()) {
             continue;
         }
-        let Ok(file) = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-            .open(&path)
+        let Ok(file) =
+            std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC).open(&path)
         else {
             continue;
         };

@@ -54,7 +54,12 @@ pub struct Supervisor {
 
 impl Supervisor {
     /// `start_config` is run once, on the first `NetworkUp`.
-    pub fn new(ending: Ending, health_listen: SocketAddr, reason: &str, start_config: Box<dyn FnOnce() + Send>) -> Supervisor {
+    pub fn new(
+        ending: Ending,
+        health_listen: SocketAddr,
+        reason: &str,
+        start_config: Box<dyn FnOnce() + Send>,
+    ) -> Supervisor {
         let mut s = Supervisor {
             ending,
             standby: None,
@@ -176,7 +181,11 @@ impl Supervisor {
         }
         match spawn_service(&config.path) {
             Ok(pid) => {
-                crate::log!("service: started pid {pid}: bastion run --config {} ({})", config.path.display(), config.origin);
+                crate::log!(
+                    "service: started pid {pid}: bastion run --config {} ({})",
+                    config.path.display(),
+                    config.origin
+                );
                 self.service = Some((pid, Instant::now()));
             }
             Err(e) => {

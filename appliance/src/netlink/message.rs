@@ -216,9 +216,10 @@ pub fn parse_ack(flags: u16, payload: &[u8]) -> io::Result<Ack> {
         return Err(invalid(format!("netlink error message: {} bytes, expected at least 4", payload.len())));
     }
     let code = i32::from_ne_bytes([payload[0], payload[1], payload[2], payload[3]]);
-    let errno = code.checked_neg().filter(|e| *e >= 0).ok_or_else(|| {
-        invalid(format!("netlink error message: error code {code} is not a negative errno"))
-    })?;
+    let errno = code
+        .checked_neg()
+        .filter(|e| *e >= 0)
+        .ok_or_else(|| invalid(format!("netlink error message: error code {code} is not a negative errno")))?;
     let mut explanation = None;
     if flags & NLM_F_ACK_TLVS != 0 {
         // After the code comes the echoed request: its header only when capped, else whole.
@@ -269,16 +270,11 @@ impl<'a> Attr<'a> {
             Some(end) => &self.payload[..end],
             None => self.payload,
         };
-        std::str::from_utf8(bytes)
-            .map_err(|_| invalid(format!("netlink attribute {}: string is not UTF-8", self.kind)))
+        std::str::from_utf8(bytes).map_err(|_| invalid(format!("netlink attribute {}: string is not UTF-8", self.kind)))
     }
 
     fn wrong_size(&self, expected: &str) -> io::Error {
-        invalid(format!(
-            "netlink attribute {}: {} bytes, expected {expected}",
-            self.kind,
-            self.payload.len()
-        ))
+        invalid(format!("netlink attribute {}: {} bytes, expected {expected}", self.kind, self.payload.len()))
     }
 }
 

@@ -8,9 +8,7 @@
 //! byte order the packet or the kernel keeps them in (addresses as on the wire, `ct state` in
 //! host order), exactly as `nft --debug=netlink` shows them.
 
-use super::message::{
-    self, MessageBuilder, NLMSG_ERROR, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST,
-};
+use super::message::{self, MessageBuilder, NLMSG_ERROR, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST};
 use super::socket::{context, errno, KernelError, Socket};
 use ip_network::IpNetwork;
 use std::collections::BTreeMap;
@@ -148,11 +146,23 @@ pub struct BaseChain {
 /// simple; each match reads what the load before it put there.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Expr {
-    Meta { key: u32 },
+    Meta {
+        key: u32,
+    },
     /// Bytes of the network header (IPv4 or IPv6), or of the transport header.
-    Payload { base: PayloadBase, offset: u32, len: u32 },
-    Bitwise { mask: Vec<u8>, xor: Vec<u8> },
-    Cmp { op: u32, data: Vec<u8> },
+    Payload {
+        base: PayloadBase,
+        offset: u32,
+        len: u32,
+    },
+    Bitwise {
+        mask: Vec<u8>,
+        xor: Vec<u8>,
+    },
+    Cmp {
+        op: u32,
+        data: Vec<u8>,
+    },
     CtState,
     Verdict(Verdict),
     Masquerade,
@@ -448,7 +458,14 @@ impl Batch {
         Batch::default()
     }
 
-    fn push(&mut self, what: String, build: impl FnOnce(&mut MessageBuilder) -> io::Result<()>, kind: u16, flags: u16, family: u8) {
+    fn push(
+        &mut self,
+        what: String,
+        build: impl FnOnce(&mut MessageBuilder) -> io::Result<()>,
+        kind: u16,
+        flags: u16,
+        family: u8,
+    ) {
         if self.error.is_some() {
             return;
         }
@@ -703,7 +720,8 @@ pub fn table_exists(family: u8, name: &str) -> io::Result<bool> {
         Err(e) => return Err(context(e, &doing)),
     };
     for answer in answers.iter().filter(|a| a.kind == message_type(NFT_MSG_NEWTABLE)) {
-        let (header, attrs) = message::fixed_header(&answer.payload, 4, "table message").map_err(|e| context(e, &doing))?;
+        let (header, attrs) =
+            message::fixed_header(&answer.payload, 4, "table message").map_err(|e| context(e, &doing))?;
         if header[0] != family {
             continue;
         }
@@ -746,13 +764,11 @@ mod tests {
     fn iifname_match_is_padded_and_big_endian() {
         // As `nft --debug=mnl` shows `iifname "wg0"` on a little-endian machine: meta
         // (key 6, dreg 1), then cmp (sreg 1, op eq, 16 bytes "wg0" NUL-padded).
-        let expected = hex(
-            "24 00 01 80  09 00 01 00 6d 65 74 61 00 00 00 00  14 00 02 80
+        let expected = hex("24 00 01 80  09 00 01 00 6d 65 74 61 00 00 00 00  14 00 02 80
              08 00 02 00 00 00 00 06  08 00 01 00 00 00 00 01
              38 00 01 80  08 00 01 00 63 6d 70 00  2c 00 02 80
              08 00 01 00 00 00 00 01  08 00 02 00 00 00 00 00
-             18 00 03 80 14 00 01 00 77 67 30 00 00 00 00 00 00 00 00 00 00 00 00 00",
-        );
+             18 00 03 80 14 00 01 00 77 67 30 00 00 00 00 00 00 00 00 00 00 00 00 00");
         if cfg!(target_endian = "little") {
             assert_eq!(encoded(&Rule::new().iifname("wg0")), expected);
         }
@@ -775,7 +791,13 @@ mod tests {
         assert_eq!(r.text(), "ip saddr 10.9.0.2");
         // Byte-aligned: load and compare only the leading bytes.
         let r = Rule::new().daddr(net("10.0.1.0/24"));
-        assert_eq!(r.exprs()[2..], [Expr::Payload { base: PayloadBase::Network, offset: 16, len: 3 }, Expr::Cmp { op: NFT_CMP_EQ, data: vec![10, 0, 1] }]);
+        assert_eq!(
+            r.exprs()[2..],
+            [
+                Expr::Payload { base: PayloadBase::Network, offset: 16, len: 3 },
+                Expr::Cmp { op: NFT_CMP_EQ, data: vec![10, 0, 1] }
+            ]
+        );
         assert_eq!(r.text(), "ip daddr 10.0.1.0/24");
         // Not aligned: full load, mask, compare.
         let r = Rule::new().daddr(net("10.0.16.0/20"));
@@ -924,7 +946,11 @@ mod tests {
                 Rule::new().established_or_related().verdict(Verdict::Accept),
                 Rule::new().iifname("wg0").saddr(net("10.9.0.2/32")).daddr(net("10.0.1.0/24")).verdict(Verdict::Accept),
                 Rule::new().iifname("wg0").daddr(net("10.0.16.0/20")).verdict(Verdict::Accept),
-                Rule::new().iifname("wg0").saddr(net("fd00::2/128")).daddr(net("2001:db8::/33")).verdict(Verdict::Accept),
+                Rule::new()
+                    .iifname("wg0")
+                    .saddr(net("fd00::2/128"))
+                    .daddr(net("2001:db8::/33"))
+                    .verdict(Verdict::Accept),
                 Rule::new().iifname("wg0").daddr(net("0.0.0.0/0")).verdict(Verdict::Accept),
                 Rule::new().iifname("wg0").verdict(Verdict::Drop),
                 Rule::new().oifname("wg0").verdict(Verdict::Drop),
@@ -934,10 +960,7 @@ mod tests {
                 Rule::new().iifname("wg0").daddr(net("169.254.169.254/32")).verdict(Verdict::Drop),
             ];
             for rule in &cases {
-                let out = netns.command(
-                    "nft",
-                    &["--debug=mnl", &format!("add rule inet t c {}", rule.text())],
-                );
+                let out = netns.command("nft", &["--debug=mnl", &format!("add rule inet t c {}", rule.text())]);
                 assert!(out.status.success(), "nft add rule {}: {}", rule.text(), String::from_utf8_lossy(&out.stderr));
                 // nft prints the dump on stdout (recent versions) or stderr (older ones).
                 let dump = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
@@ -1010,7 +1033,12 @@ mod tests {
                 let destination = IpNetwork::V4(
                     ip_network::Ipv4Network::new(std::net::Ipv4Addr::from(0x0a00_0000 | (i << 8)), 24).unwrap(),
                 );
-                batch.add_rule(FAMILY_INET, "big", "c", &Rule::new().iifname("wg0").daddr(destination).verdict(Verdict::Accept));
+                batch.add_rule(
+                    FAMILY_INET,
+                    "big",
+                    "c",
+                    &Rule::new().iifname("wg0").daddr(destination).verdict(Verdict::Accept),
+                );
             }
             batch.commit().unwrap();
             let listed = netns.command_output("nft", &["list", "chain", "inet", "big", "c"]);

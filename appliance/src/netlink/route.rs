@@ -6,8 +6,7 @@
 //! the attributes we need are read, unknown ones are skipped, malformed ones are errors.
 
 use super::message::{
-    self, fixed_header, MessageBuilder, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE,
-    NLM_F_REQUEST,
+    self, fixed_header, MessageBuilder, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST,
 };
 use super::socket::{context, errno, Owned, Socket};
 use std::io;
@@ -258,7 +257,7 @@ pub fn default_route() -> io::Result<Option<DefaultRoute>> {
     let mut best: Option<DefaultRoute> = None;
     for answer in answers.iter().filter(|a| a.kind == RTM_NEWROUTE) {
         if let Some(route) = parse_default_route(&answer.payload).map_err(|e| context(e, doing))? {
-            if best.map_or(true, |b| route.metric < b.metric) {
+            if best.is_none_or(|b| route.metric < b.metric) {
                 best = Some(route);
             }
         }
@@ -383,9 +382,9 @@ fn parse_address(payload: &[u8]) -> io::Result<(u32, Option<Address>)> {
         return Ok((index, None));
     };
     let address = match family as i32 {
-        libc::AF_INET => IpAddr::V4(Ipv4Addr::from(
-            <[u8; 4]>::try_from(bytes).map_err(|_| bad_length("IPv4 address", bytes.len()))?,
-        )),
+        libc::AF_INET => {
+            IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(bytes).map_err(|_| bad_length("IPv4 address", bytes.len()))?))
+        }
         libc::AF_INET6 => IpAddr::V6(Ipv6Addr::from(
             <[u8; 16]>::try_from(bytes).map_err(|_| bad_length("IPv6 address", bytes.len()))?,
         )),
@@ -416,7 +415,8 @@ fn parse_default_route(payload: &[u8]) -> io::Result<Option<DefaultRoute>> {
             RTA_OIF => oif = Some(attr.u32()?),
             RTA_PRIORITY => metric = attr.u32()?,
             RTA_GATEWAY => {
-                let octets = <[u8; 4]>::try_from(attr.payload).map_err(|_| bad_length("gateway", attr.payload.len()))?;
+                let octets =
+                    <[u8; 4]>::try_from(attr.payload).map_err(|_| bad_length("gateway", attr.payload.len()))?;
                 gateway = Some(Ipv4Addr::from(octets));
             }
             RTA_MULTIPATH => first_hop = first_next_hop(attr.payload)?,
@@ -485,7 +485,12 @@ mod tests {
         let payload = link_message(
             3,
             IFF_UP,
-            &[(IFLA_IFNAME, b"eth0\0"), (IFLA_MTU, &9001u32.to_ne_bytes()), (IFLA_ADDRESS, &[2, 0, 0, 0, 0, 1]), (99, &[1])],
+            &[
+                (IFLA_IFNAME, b"eth0\0"),
+                (IFLA_MTU, &9001u32.to_ne_bytes()),
+                (IFLA_ADDRESS, &[2, 0, 0, 0, 0, 1]),
+                (99, &[1]),
+            ],
         );
         let link = parse_link(&payload).unwrap();
         assert_eq!(
@@ -493,7 +498,8 @@ mod tests {
             Link { index: 3, name: "eth0".into(), up: true, mtu: 9001, mac: vec![2, 0, 0, 0, 0, 1], loopback: false }
         );
         // Loopback's all-zero address reads as none.
-        let lo = parse_link(&link_message(1, IFF_UP | IFF_LOOPBACK, &[(IFLA_IFNAME, b"lo\0"), (IFLA_ADDRESS, &[0; 6])]));
+        let lo =
+            parse_link(&link_message(1, IFF_UP | IFF_LOOPBACK, &[(IFLA_IFNAME, b"lo\0"), (IFLA_ADDRESS, &[0; 6])]));
         assert!(lo.unwrap().mac.is_empty());
         // No name, bad index, short MTU, truncated anywhere: errors, never panics.
         assert!(parse_link(&link_message(3, 0, &[(IFLA_MTU, &[1, 2, 3, 4])])).is_err());
@@ -518,7 +524,8 @@ mod tests {
         };
         let gw = [10, 0, 0, 1];
         let oif = 2u32.to_ne_bytes();
-        let main = route(0, RT_TABLE_MAIN, &[(RTA_GATEWAY, &gw), (RTA_OIF, &oif), (RTA_PRIORITY, &100u32.to_ne_bytes())]);
+        let main =
+            route(0, RT_TABLE_MAIN, &[(RTA_GATEWAY, &gw), (RTA_OIF, &oif), (RTA_PRIORITY, &100u32.to_ne_bytes())]);
         assert_eq!(
             parse_default_route(&main).unwrap(),
             Some(DefaultRoute { gateway: Some(Ipv4Addr::new(10, 0, 0, 1)), index: 2, metric: 100 })

@@ -6,7 +6,9 @@
 //! accepted from the kernel (port 0), a datagram larger than the buffer is an error rather than
 //! silently cut, and a kernel that stops answering is a timeout, not a hang.
 
-use super::message::{self, Ack, Message, NLMSG_DONE, NLMSG_ERROR, NLM_F_ACK, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_MULTI};
+use super::message::{
+    self, Ack, Message, NLMSG_DONE, NLMSG_ERROR, NLM_F_ACK, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_MULTI,
+};
 use std::fmt;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -138,10 +140,8 @@ impl Socket {
         }
         // Sequence numbers only need to differ between requests on this socket; starting
         // from the clock makes stale answers from an earlier socket easy to tell apart.
-        let seq = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as u32)
-            .unwrap_or(1);
+        let seq =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as u32).unwrap_or(1);
         Ok(Socket { fd, seq, buf: vec![0; RECEIVE_BUFFER] })
     }
 

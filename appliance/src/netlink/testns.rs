@@ -106,11 +106,7 @@ impl NamedNetns {
 
     /// Runs a command inside this namespace.
     pub fn run(&self, args: &[&str]) -> Output {
-        Command::new("ip")
-            .args(["netns", "exec", &self.name])
-            .args(args)
-            .output()
-            .expect("run ip netns exec")
+        Command::new("ip").args(["netns", "exec", &self.name]).args(args).output().expect("run ip netns exec")
     }
 
     /// `ip ARGS` inside this namespace; panics when it fails.

@@ -45,14 +45,8 @@ impl Tunnel {
         let socket = UdpSocket::bind(local)?;
         socket.connect(server)?;
         // boringtun shifts the index left by 8 bits; keep it within 24 bits.
-        let tunn = Tunn::new(
-            client_private.to_x25519(),
-            server_public.to_x25519(),
-            None,
-            None,
-            index & 0x00ff_ffff,
-            None,
-        );
+        let tunn =
+            Tunn::new(client_private.to_x25519(), server_public.to_x25519(), None, None, index & 0x00ff_ffff, None);
         Ok(Tunnel {
             tunn,
             socket,
@@ -67,10 +61,7 @@ impl Tunnel {
 
     /// Sends a handshake initiation now.
     pub(super) fn start_handshake(&mut self) -> io::Result<()> {
-        match self
-            .tunn
-            .format_handshake_initiation(&mut self.scratch, true)
-        {
+        match self.tunn.format_handshake_initiation(&mut self.scratch, true) {
             TunnResult::WriteToNetwork(packet) => {
                 self.socket.send(packet)?;
                 Ok(())
@@ -90,9 +81,7 @@ impl Tunnel {
         if packet.len() > DATAGRAM_MAX - 32 {
             return Ok(());
         }
-        if let TunnResult::WriteToNetwork(datagram) =
-            self.tunn.encapsulate(packet, &mut self.scratch)
-        {
+        if let TunnResult::WriteToNetwork(datagram) = self.tunn.encapsulate(packet, &mut self.scratch) {
             self.socket.send(datagram)?;
         }
         Ok(())
@@ -101,40 +90,27 @@ impl Tunnel {
     /// Waits up to `wait` for one datagram from the service and handles it: handshake messages
     /// are answered, decrypted IP packets go to `deliver`, garbage is counted and dropped.
     /// Only socket errors (the service is gone: connection refused) are returned.
-    pub(super) fn receive(
-        &mut self,
-        wait: Duration,
-        mut deliver: impl FnMut(Vec<u8>),
-    ) -> io::Result<()> {
+    pub(super) fn receive(&mut self, wait: Duration, mut deliver: impl FnMut(Vec<u8>)) -> io::Result<()> {
         // A zero read timeout means "block forever" to the kernel.
-        self.socket
-            .set_read_timeout(Some(wait.max(Duration::from_micros(100))))?;
+        self.socket.set_read_timeout(Some(wait.max(Duration::from_micros(100))))?;
         let len = match self.socket.recv(&mut self.datagram) {
             Ok(len) => len,
             Err(e)
                 if matches!(
                     e.kind(),
-                    io::ErrorKind::WouldBlock
-                        | io::ErrorKind::TimedOut
-                        | io::ErrorKind::Interrupted
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
                 ) =>
             {
                 return Ok(())
             }
             Err(e) => return Err(e),
         };
-        let result = self.tunn.decapsulate(
-            Some(self.server.ip()),
-            &self.datagram[..len],
-            &mut self.scratch,
-        );
+        let result = self.tunn.decapsulate(Some(self.server.ip()), &self.datagram[..len], &mut self.scratch);
         match result {
             TunnResult::WriteToNetwork(packet) => {
                 self.socket.send(packet)?;
                 // boringtun may have queued packets waiting for this session: flush them.
-                while let TunnResult::WriteToNetwork(packet) =
-                    self.tunn.decapsulate(None, &[], &mut self.scratch)
-                {
+                while let TunnResult::WriteToNetwork(packet) = self.tunn.decapsulate(None, &[], &mut self.scratch) {
                     self.socket.send(packet)?;
                 }
             }

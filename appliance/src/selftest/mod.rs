@@ -57,13 +57,9 @@ pub fn run(plan: &SelfTestPlan) -> SelfTestOutcome {
             ping: done.ping.unwrap_or_default(),
             probes: done.probes,
         },
-        Err((step, reason)) => SelfTestOutcome::Fail {
-            step,
-            reason,
-            handshake: done.handshake,
-            ping: done.ping,
-            probes: done.probes,
-        },
+        Err((step, reason)) => {
+            SelfTestOutcome::Fail { step, reason, handshake: done.handshake, ping: done.ping, probes: done.probes }
+        }
     }
 }
 
@@ -96,33 +92,17 @@ fn run_steps(plan: &SelfTestPlan, done: &mut Done) -> StepResult<()> {
     };
 
     // Handshake.
-    let mut tunnel = Tunnel::open(
-        server,
-        &plan.server_public,
-        &plan.client_private,
-        OsRng.next_u32(),
-    )
-    .map_err(|e| {
-        (
-            Step::Handshake,
-            format!("cannot open a UDP socket to {server}: {e}"),
-        )
-    })?;
+    let mut tunnel = Tunnel::open(server, &plan.server_public, &plan.client_private, OsRng.next_u32())
+        .map_err(|e| (Step::Handshake, format!("cannot open a UDP socket to {server}: {e}")))?;
     let started = Instant::now();
     let deadline = started + plan.timeout;
-    tunnel
-        .start_handshake()
-        .map_err(|e| (Step::Handshake, tunnel_failed(e)))?;
+    tunnel.start_handshake().map_err(|e| (Step::Handshake, tunnel_failed(e)))?;
     while !tunnel.is_established() {
         let now = Instant::now();
         if now >= deadline {
             return Err((
                 Step::Handshake,
-                format!(
-                    "no response from {server} within {}{}",
-                    Wait(plan.timeout),
-                    tunnel.rejections()
-                ),
+                format!("no response from {server} within {}{}", Wait(plan.timeout), tunnel.rejections()),
             ));
         }
         tunnel
@@ -134,29 +114,16 @@ fn run_steps(plan: &SelfTestPlan, done: &mut Done) -> StepResult<()> {
 
     // Ping.
     let clock = Clock(Instant::now());
-    let mut stack = Stack::new(
-        plan.client_address,
-        TUNNEL_MTU,
-        OsRng.next_u64(),
-        clock.now(),
-    );
+    let mut stack = Stack::new(plan.client_address, TUNNEL_MTU, OsRng.next_u64(), clock.now());
     let step = Step::Ping(plan.ping_target);
     let fail = |reason: String| (step.clone(), reason);
-    stack
-        .start_ping(plan.ping_target, OsRng.next_u32() as u16, clock.now())
-        .map_err(fail)?;
+    stack.start_ping(plan.ping_target, OsRng.next_u32() as u16, clock.now()).map_err(fail)?;
     let deadline = Instant::now() + plan.timeout;
-    let ping = pump(
-        &mut tunnel,
-        &mut stack,
-        &clock,
-        deadline,
-        |stack| match stack.ping_state() {
-            PingState::Waiting => None,
-            PingState::Replied(rtt) => Some(Ok(rtt.into())),
-            PingState::Unreachable(reason) => Some(Err(reason)),
-        },
-    )
+    let ping = pump(&mut tunnel, &mut stack, &clock, deadline, |stack| match stack.ping_state() {
+        PingState::Waiting => None,
+        PingState::Replied(rtt) => Some(Ok(rtt.into())),
+        PingState::Unreachable(reason) => Some(Err(reason)),
+    })
     .map_err(|e| fail(tunnel_failed(e)))?;
     match ping {
         Some(Ok(rtt)) => done.ping = Some(rtt),
@@ -169,49 +136,29 @@ fn run_steps(plan: &SelfTestPlan, done: &mut Done) -> StepResult<()> {
         let step = Step::Probe(target);
         let fail = |reason: String| (step.clone(), reason);
         let local_port = 49152 + (OsRng.next_u32() % 16384) as u16;
-        let id = stack
-            .start_probe(target, local_port, clock.now())
-            .map_err(fail)?;
+        let id = stack.start_probe(target, local_port, clock.now()).map_err(fail)?;
         let deadline = Instant::now() + plan.timeout;
-        let verdict = pump(
-            &mut tunnel,
-            &mut stack,
-            &clock,
-            deadline,
-            |stack| match stack.probe_state(id) {
-                ProbeState::Connecting => None,
-                ProbeState::Connected(rtt) => Some(Ok(rtt.into())),
-                ProbeState::Refused => Some(Err("connection refused".to_string())),
-                ProbeState::Unreachable(reason) => Some(Err(reason)),
-            },
-        )
+        let verdict = pump(&mut tunnel, &mut stack, &clock, deadline, |stack| match stack.probe_state(id) {
+            ProbeState::Connecting => None,
+            ProbeState::Connected(rtt) => Some(Ok(rtt.into())),
+            ProbeState::Refused => Some(Err("connection refused".to_string())),
+            ProbeState::Unreachable(reason) => Some(Err(reason)),
+        })
         .map_err(|e| fail(tunnel_failed(e)))?;
         // Leave nothing half-open at the target: a FIN if connected (an ordinary disconnect in the
         // application's log), a reset if the close does not complete in time.
         stack.close_probe(id);
         let close_deadline = Instant::now() + CLOSE_WAIT.min(plan.timeout);
-        let closed = pump(&mut tunnel, &mut stack, &clock, close_deadline, |stack| {
-            stack.probe_closed(id).then_some(())
-        });
+        let closed =
+            pump(&mut tunnel, &mut stack, &clock, close_deadline, |stack| stack.probe_closed(id).then_some(()));
         if !matches!(closed, Ok(Some(()))) {
             stack.abort_probe(id);
-            let _ = pump(
-                &mut tunnel,
-                &mut stack,
-                &clock,
-                Instant::now(),
-                |_| None::<()>,
-            );
+            let _ = pump(&mut tunnel, &mut stack, &clock, Instant::now(), |_| None::<()>);
         }
         match verdict {
             Some(Ok(rtt)) => done.probes.push((target, rtt)),
             Some(Err(reason)) => return Err(fail(reason)),
-            None => {
-                return Err(fail(format!(
-                    "connection timed out after {}",
-                    Wait(plan.timeout)
-                )))
-            }
+            None => return Err(fail(format!("connection timed out after {}", Wait(plan.timeout)))),
         }
     }
     Ok(())

@@ -106,21 +106,11 @@ fn write_timings(
 impl fmt::Display for SelfTestOutcome {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
         match self {
-            SelfTestOutcome::Pass {
-                handshake,
-                ping,
-                probes,
-            } => {
+            SelfTestOutcome::Pass { handshake, ping, probes } => {
                 f.write_str("selftest: PASS ")?;
                 write_timings(f, Some(*handshake), Some(*ping), probes)
             }
-            SelfTestOutcome::Fail {
-                step,
-                reason,
-                handshake,
-                ping,
-                probes,
-            } => {
+            SelfTestOutcome::Fail { step, reason, handshake, ping, probes } => {
                 write!(f, "selftest: FAIL {step}: {reason}")?;
                 if handshake.is_some() || ping.is_some() || !probes.is_empty() {
                     f.write_str(" (")?;
@@ -148,24 +138,14 @@ mod tests {
             ping: us(310),
             probes: vec![("10.0.1.5:443".parse().unwrap(), us(1_240))],
         };
-        assert_eq!(
-            outcome.to_string(),
-            "selftest: PASS handshake 0.6 ms, ping 0.3 ms, probe 10.0.1.5:443 1.2 ms"
-        );
+        assert_eq!(outcome.to_string(), "selftest: PASS handshake 0.6 ms, ping 0.3 ms, probe 10.0.1.5:443 1.2 ms");
         assert!(outcome.passed());
     }
 
     #[test]
     fn pass_without_probes() {
-        let outcome = SelfTestOutcome::Pass {
-            handshake: us(1_500_000),
-            ping: us(40),
-            probes: vec![],
-        };
-        assert_eq!(
-            outcome.to_string(),
-            "selftest: PASS handshake 1500.0 ms, ping 0.0 ms"
-        );
+        let outcome = SelfTestOutcome::Pass { handshake: us(1_500_000), ping: us(40), probes: vec![] };
+        assert_eq!(outcome.to_string(), "selftest: PASS handshake 1500.0 ms, ping 0.0 ms");
     }
 
     #[test]
@@ -188,18 +168,12 @@ mod tests {
     fn fail_at_handshake_has_no_parenthesis() {
         let outcome = SelfTestOutcome::Fail {
             step: Step::Handshake,
-            reason: format!(
-                "no response from 127.0.0.1:51820 within {}",
-                Wait(us(5_000_000))
-            ),
+            reason: format!("no response from 127.0.0.1:51820 within {}", Wait(us(5_000_000))),
             handshake: None,
             ping: None,
             probes: vec![],
         };
-        assert_eq!(
-            outcome.to_string(),
-            "selftest: FAIL handshake: no response from 127.0.0.1:51820 within 5 s"
-        );
+        assert_eq!(outcome.to_string(), "selftest: FAIL handshake: no response from 127.0.0.1:51820 within 5 s");
     }
 
     #[test]
@@ -211,10 +185,7 @@ mod tests {
             ping: None,
             probes: vec![],
         };
-        assert_eq!(
-            outcome.to_string(),
-            "selftest: FAIL ping fd00::1: no echo reply within 300 ms (handshake 0.7 ms)"
-        );
+        assert_eq!(outcome.to_string(), "selftest: FAIL ping fd00::1: no echo reply within 300 ms (handshake 0.7 ms)");
         let probe = Step::Probe("[fd00:1::5]:443".parse().unwrap());
         assert_eq!(probe.to_string(), "probe [fd00:1::5]:443");
     }

@@ -11,8 +11,8 @@ use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
 use smoltcp::socket::{icmp, tcp};
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{
-    HardwareAddress, Icmpv4Packet, Icmpv4Repr, Icmpv6Packet, Icmpv6Repr, IpAddress, IpCidr,
-    IpProtocol, Ipv4Packet, Ipv6Packet,
+    HardwareAddress, Icmpv4Packet, Icmpv4Repr, Icmpv6Packet, Icmpv6Repr, IpAddress, IpCidr, IpProtocol, Ipv4Packet,
+    Ipv6Packet,
 };
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
@@ -34,11 +34,7 @@ pub(super) struct Queues {
 
 impl Queues {
     pub(super) fn new(mtu: usize) -> Queues {
-        Queues {
-            inbound: VecDeque::new(),
-            outbound: VecDeque::new(),
-            mtu,
-        }
+        Queues { inbound: VecDeque::new(), outbound: VecDeque::new(), mtu }
     }
     /// Queues a packet for the stack; dropped (like a full NIC ring) when the queue is full.
     pub(super) fn push_inbound(&mut self, packet: Vec<u8>) {
@@ -244,12 +240,7 @@ impl Stack {
     }
 
     /// Starts pinging `target` (an echo request now, repeated until answered).
-    pub(super) fn start_ping(
-        &mut self,
-        target: IpAddr,
-        ident: u16,
-        now: Instant,
-    ) -> Result<(), String> {
+    pub(super) fn start_ping(&mut self, target: IpAddr, ident: u16, now: Instant) -> Result<(), String> {
         let target = IpAddress::from(target);
         if !same_family(target, self.address) {
             return Err(format!(
@@ -266,13 +257,7 @@ impl Stack {
             .get_mut::<icmp::Socket>(handle)
             .bind(icmp::Endpoint::Ident(ident))
             .map_err(|e| format!("cannot open the ICMP socket: {e}"))?;
-        self.ping = Some(Ping {
-            handle,
-            target,
-            ident,
-            sent: Vec::new(),
-            replied: None,
-        });
+        self.ping = Some(Ping { handle, target, ident, sent: Vec::new(), replied: None });
         self.send_echo(now);
         Ok(())
     }
@@ -289,11 +274,7 @@ impl Stack {
             IpAddress::Ipv4(_) => IpProtocol::Icmp,
             IpAddress::Ipv6(_) => IpProtocol::Icmpv6,
         };
-        match self
-            .icmp_errors
-            .iter()
-            .find(|e| e.target == target && e.protocol == protocol)
-        {
+        match self.icmp_errors.iter().find(|e| e.target == target && e.protocol == protocol) {
             Some(error) => PingState::Unreachable(error.reason.clone()),
             None => PingState::Waiting,
         }
@@ -306,11 +287,7 @@ impl Stack {
         let checksum = self.device.capabilities().checksum;
         match ping.target {
             IpAddress::Ipv4(_) => {
-                let repr = Icmpv4Repr::EchoRequest {
-                    ident: ping.ident,
-                    seq_no,
-                    data: PING_PAYLOAD,
-                };
+                let repr = Icmpv4Repr::EchoRequest { ident: ping.ident, seq_no, data: PING_PAYLOAD };
                 let Ok(buf) = socket.send(repr.buffer_len(), ping.target) else {
                     return;
                 };
@@ -320,11 +297,7 @@ impl Stack {
                 let IpAddress::Ipv6(src) = self.address else {
                     return;
                 };
-                let repr = Icmpv6Repr::EchoRequest {
-                    ident: ping.ident,
-                    seq_no,
-                    data: PING_PAYLOAD,
-                };
+                let repr = Icmpv6Repr::EchoRequest { ident: ping.ident, seq_no, data: PING_PAYLOAD };
                 let Ok(buf) = socket.send(repr.buffer_len(), ping.target) else {
                     return;
                 };
@@ -359,18 +332,14 @@ impl Stack {
                     .ok()
                     .and_then(|p| Icmpv4Repr::parse(&p, &checksum).ok())
                     .and_then(|r| match r {
-                        Icmpv4Repr::EchoReply { ident, seq_no, .. } if ident == ping.ident => {
-                            Some(seq_no)
-                        }
+                        Icmpv4Repr::EchoReply { ident, seq_no, .. } if ident == ping.ident => Some(seq_no),
                         _ => None,
                     }),
                 (IpAddress::Ipv6(src), IpAddress::Ipv6(dst)) => Icmpv6Packet::new_checked(payload)
                     .ok()
                     .and_then(|p| Icmpv6Repr::parse(&src, &dst, &p, &checksum).ok())
                     .and_then(|r| match r {
-                        Icmpv6Repr::EchoReply { ident, seq_no, .. } if ident == ping.ident => {
-                            Some(seq_no)
-                        }
+                        Icmpv6Repr::EchoReply { ident, seq_no, .. } if ident == ping.ident => Some(seq_no),
                         _ => None,
                     }),
                 _ => None,
@@ -382,32 +351,16 @@ impl Stack {
     }
 
     /// Opens a TCP connection to `target` from `local_port`.
-    pub(super) fn start_probe(
-        &mut self,
-        target: SocketAddr,
-        local_port: u16,
-        now: Instant,
-    ) -> Result<ProbeId, String> {
+    pub(super) fn start_probe(&mut self, target: SocketAddr, local_port: u16, now: Instant) -> Result<ProbeId, String> {
         if !same_family(IpAddress::from(target.ip()), self.address) {
-            return Err(format!(
-                "the self-test address {} cannot reach it (different IP versions)",
-                self.address
-            ));
+            return Err(format!("the self-test address {} cannot reach it (different IP versions)", self.address));
         }
-        let mut socket = tcp::Socket::new(
-            tcp::SocketBuffer::new(vec![0; 2048]),
-            tcp::SocketBuffer::new(vec![0; 2048]),
-        );
+        let mut socket = tcp::Socket::new(tcp::SocketBuffer::new(vec![0; 2048]), tcp::SocketBuffer::new(vec![0; 2048]));
         socket
             .connect(self.iface.context(), target, local_port)
             .map_err(|e| format!("cannot start the connection: {e}"))?;
         let handle = self.sockets.add(socket);
-        self.probes.push(Probe {
-            handle,
-            target,
-            started: now,
-            connected: None,
-        });
+        self.probes.push(Probe { handle, target, started: now, connected: None });
         Ok(ProbeId(self.probes.len() - 1))
     }
 
@@ -421,9 +374,7 @@ impl Stack {
             return ProbeState::Refused;
         }
         let hit = self.icmp_errors.iter().find(|e| {
-            e.target == probe.target.ip()
-                && e.protocol == IpProtocol::Tcp
-                && e.port == Some(probe.target.port())
+            e.target == probe.target.ip() && e.protocol == IpProtocol::Tcp && e.port == Some(probe.target.port())
         });
         match hit {
             Some(error) => ProbeState::Unreachable(error.reason.clone()),
@@ -434,43 +385,31 @@ impl Stack {
     /// Starts an orderly close (FIN), so the application behind the probe sees an ordinary
     /// disconnect rather than a reset in its log.
     pub(super) fn close_probe(&mut self, id: ProbeId) {
-        self.sockets
-            .get_mut::<tcp::Socket>(self.probes[id.0].handle)
-            .close();
+        self.sockets.get_mut::<tcp::Socket>(self.probes[id.0].handle).close();
     }
 
     /// True once both sides have closed (or the connection never existed).
     pub(super) fn probe_closed(&self, id: ProbeId) -> bool {
         matches!(
-            self.sockets
-                .get::<tcp::Socket>(self.probes[id.0].handle)
-                .state(),
+            self.sockets.get::<tcp::Socket>(self.probes[id.0].handle).state(),
             tcp::State::Closed | tcp::State::TimeWait
         )
     }
 
     /// Resets whatever is left of the connection (sent at the next `poll`).
     pub(super) fn abort_probe(&mut self, id: ProbeId) {
-        self.sockets
-            .get_mut::<tcp::Socket>(self.probes[id.0].handle)
-            .abort();
+        self.sockets.get_mut::<tcp::Socket>(self.probes[id.0].handle).abort();
     }
 }
 
 fn same_family(a: IpAddress, b: IpAddress) -> bool {
-    matches!(
-        (a, b),
-        (IpAddress::Ipv4(_), IpAddress::Ipv4(_)) | (IpAddress::Ipv6(_), IpAddress::Ipv6(_))
-    )
+    matches!((a, b), (IpAddress::Ipv4(_), IpAddress::Ipv4(_)) | (IpAddress::Ipv6(_), IpAddress::Ipv6(_)))
 }
 
 /// States in which our SYN has been answered by a SYN-ACK.
 fn is_connected(state: tcp::State) -> bool {
     use tcp::State::*;
-    matches!(
-        state,
-        Established | FinWait1 | FinWait2 | CloseWait | Closing | LastAck | TimeWait
-    )
+    matches!(state, Established | FinWait1 | FinWait2 | CloseWait | Closing | LastAck | TimeWait)
 }
 
 /// Reads an ICMP error addressed to `us` out of a decrypted IP packet; anything else (or
@@ -485,14 +424,8 @@ pub(super) fn parse_icmp_error(packet: &[u8], us: IpAddress) -> Option<IcmpError
             }
             let icmp = Icmpv4Packet::new_checked(ip.payload()).ok()?;
             let (what, header, data) = match Icmpv4Repr::parse(&icmp, &checksum).ok()? {
-                Icmpv4Repr::DstUnreachable {
-                    reason,
-                    header,
-                    data,
-                } => (reason.to_string(), header, data),
-                Icmpv4Repr::TimeExceeded { header, data, .. } => {
-                    ("time exceeded".into(), header, data)
-                }
+                Icmpv4Repr::DstUnreachable { reason, header, data } => (reason.to_string(), header, data),
+                Icmpv4Repr::TimeExceeded { header, data, .. } => ("time exceeded".into(), header, data),
                 _ => return None,
             };
             Some(IcmpError {
@@ -510,17 +443,9 @@ pub(super) fn parse_icmp_error(packet: &[u8], us: IpAddress) -> Option<IcmpError
             let icmp = Icmpv6Packet::new_checked(ip.payload()).ok()?;
             let repr = Icmpv6Repr::parse(&ip.src_addr(), &ip.dst_addr(), &icmp, &checksum).ok()?;
             let (what, header, data) = match repr {
-                Icmpv6Repr::DstUnreachable {
-                    reason,
-                    header,
-                    data,
-                } => (reason.to_string(), header, data),
-                Icmpv6Repr::TimeExceeded { header, data, .. } => {
-                    ("time exceeded".into(), header, data)
-                }
-                Icmpv6Repr::PktTooBig { mtu, header, data } => {
-                    (format!("packet too big (MTU {mtu})"), header, data)
-                }
+                Icmpv6Repr::DstUnreachable { reason, header, data } => (reason.to_string(), header, data),
+                Icmpv6Repr::TimeExceeded { header, data, .. } => ("time exceeded".into(), header, data),
+                Icmpv6Repr::PktTooBig { mtu, header, data } => (format!("packet too big (MTU {mtu})"), header, data),
                 _ => return None,
             };
             Some(IcmpError {

@@ -112,7 +112,9 @@ fn wait_for_signal(signals: &SigSet, timeout: Option<Duration>) -> Option<Signal
         if rc > 0 {
             match Signal::try_from(rc) {
                 Ok(signal) if DRAIN_SIGNALS.contains(&signal) => return Some(signal),
-                Ok(signal) => log!("{} ignored: only SIGTERM or SIGINT stop bastion run (with a drain)", signal.as_str()),
+                Ok(signal) => {
+                    log!("{} ignored: only SIGTERM or SIGINT stop bastion run (with a drain)", signal.as_str())
+                }
                 Err(_) => {}
             }
         }

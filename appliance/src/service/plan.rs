@@ -59,8 +59,7 @@ pub fn nat_plan(config: &Config) -> Result<NatPlan, String> {
                     .to_string()
             })?,
     };
-    let mut allow: Vec<Allow> =
-        config.nat.reach.iter().map(|d| Allow { source: None, destination: *d }).collect();
+    let mut allow: Vec<Allow> = config.nat.reach.iter().map(|d| Allow { source: None, destination: *d }).collect();
     for peer in &config.peers {
         for destination in &peer.reach {
             for source in &peer.allowed_ips {

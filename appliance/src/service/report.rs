@@ -12,12 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub fn report(state: &ServiceState, data_plane: &DataPlane, listen_port: u16) -> String {
     let mut text = String::new();
     let verdict = judge(state, data_plane);
-    let _ = writeln!(
-        text,
-        "interface: {}  UDP port {listen_port}  health {}",
-        data_plane.name(),
-        verdict.status()
-    );
+    let _ = writeln!(text, "interface: {}  UDP port {listen_port}  health {}", data_plane.name(), verdict.status());
     if let Verdict::Unhealthy(reasons) = &verdict {
         for reason in reasons {
             let _ = writeln!(text, "  {reason}");
@@ -36,10 +31,7 @@ pub fn report(state: &ServiceState, data_plane: &DataPlane, listen_port: u16) ->
     let _ = writeln!(text, "peers: {}", peers.iter().filter(|p| !p.internal).count());
     for peer in peers.iter().filter(|p| !p.internal) {
         let endpoint = peer.endpoint.map(|e| e.to_string()).unwrap_or_else(|| "-".into());
-        let handshake = peer
-            .last_handshake
-            .map(|d| format!("{} s ago", d.as_secs()))
-            .unwrap_or_else(|| "never".into());
+        let handshake = peer.last_handshake.map(|d| format!("{} s ago", d.as_secs())).unwrap_or_else(|| "never".into());
         let _ = writeln!(
             text,
             "  {}  endpoint {endpoint}  last handshake {handshake}  handshakes {}  received {}  sent {}  \

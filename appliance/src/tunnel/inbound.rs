@@ -217,12 +217,7 @@ fn handshake_completed(peer: &Peer, source: SocketAddr, kind: MessageKind) {
         MessageKind::Initiation => "as responder",
         _ => "as initiator",
     };
-    log!(
-        "peer {} handshake completed {} with {}",
-        peer.name,
-        role,
-        udp::canonical(source)
-    );
+    log!("peer {} handshake completed {} with {}", peer.name, role, udp::canonical(source));
 }
 
 /// Records when and from where an authenticated packet came; logs when a known peer moved.
@@ -232,12 +227,7 @@ fn note_endpoint(shared: &DataPlaneShared, peer: &Peer, source: SocketAddr) {
         if peer.loopback_only {
             return;
         }
-        log!(
-            "peer {} roamed from {} to {}",
-            peer.name,
-            udp::canonical(old),
-            udp::canonical(source)
-        );
+        log!("peer {} roamed from {} to {}", peer.name, udp::canonical(old), udp::canonical(source));
     }
 }
 
@@ -291,11 +281,7 @@ fn log_failover(peer: &Peer, source: SocketAddr, now: u64) {
         return;
     }
     let left_out = peer.failover_lines_left_out.swap(0, Ordering::Relaxed);
-    let more = if left_out > 0 {
-        format!(" ({left_out} more since the last such line)")
-    } else {
-        String::new()
-    };
+    let more = if left_out > 0 { format!(" ({left_out} more since the last such line)") } else { String::new() };
     log!(
         "a packet claiming to be from peer {} names a session this bastion does not have; \
          starting a handshake to {}{more}",

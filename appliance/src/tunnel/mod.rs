@@ -229,22 +229,13 @@ impl DataPlane {
     /// Age of the oldest worker heartbeat: how long the slowest event loop has not turned.
     pub fn heartbeat_age(&self) -> Duration {
         let now = self.shared.now_ms();
-        let oldest = self
-            .shared
-            .heartbeats
-            .iter()
-            .map(|h| h.load(Ordering::Relaxed))
-            .min()
-            .unwrap_or(0);
+        let oldest = self.shared.heartbeats.iter().map(|h| h.load(Ordering::Relaxed)).min().unwrap_or(0);
         Duration::from_millis(now.saturating_sub(oldest))
     }
 
     /// Whether every UDP socket is still bound to the listen port (read from the kernel).
     pub fn udp_bound(&self) -> bool {
-        self.shared
-            .sockets
-            .iter()
-            .all(|s| s.local_addr().map(|a| a.port() == self.listen_port).unwrap_or(false))
+        self.shared.sockets.iter().all(|s| s.local_addr().map(|a| a.port() == self.listen_port).unwrap_or(false))
     }
 
     pub fn peers(&self) -> Vec<PeerStatus> {
@@ -276,8 +267,7 @@ impl DataPlane {
     /// Stops the threads and closes the TUN queues (the kernel then removes the interface).
     pub fn shutdown(&self) {
         self.shared.stop.store(true, Ordering::Relaxed);
-        let threads: Vec<JoinHandle<()>> =
-            self.threads.lock().unwrap_or_else(|e| e.into_inner()).drain(..).collect();
+        let threads: Vec<JoinHandle<()>> = self.threads.lock().unwrap_or_else(|e| e.into_inner()).drain(..).collect();
         for thread in threads {
             let _ = thread.join();
         }

@@ -44,9 +44,7 @@ fn bind_all(domain: Domain, port: u16, count: usize) -> io::Result<Vec<UdpSocket
         socket.set_reuse_port(true)?;
         let _ = socket.set_recv_buffer_size(SOCKET_BUFFER_BYTES);
         let _ = socket.set_send_buffer_size(SOCKET_BUFFER_BYTES);
-        socket
-            .bind(&address.into())
-            .map_err(|e| io::Error::new(e.kind(), format!("bind UDP {address}: {e}")))?;
+        socket.bind(&address.into()).map_err(|e| io::Error::new(e.kind(), format!("bind UDP {address}: {e}")))?;
         sockets.push(socket.into());
     }
     Ok(sockets)

@@ -24,10 +24,7 @@ pub fn run(shared: Arc<DataPlaneShared>, worker: usize, tun: TunQueue) {
     let mut output = vec![0u8; BUFFER_BYTES];
     while !shared.stop.load(Ordering::Relaxed) {
         shared.beat(worker);
-        let mut fds = [
-            PollFd::new(socket.as_fd(), PollFlags::POLLIN),
-            PollFd::new(tun.as_fd(), PollFlags::POLLIN),
-        ];
+        let mut fds = [PollFd::new(socket.as_fd(), PollFlags::POLLIN), PollFd::new(tun.as_fd(), PollFlags::POLLIN)];
         match poll(&mut fds, PollTimeout::from(WAKE_MS)) {
             Ok(0) => continue,
             Ok(_) => {}
@@ -39,16 +36,13 @@ pub fn run(shared: Arc<DataPlaneShared>, worker: usize, tun: TunQueue) {
             }
         }
         let ready = |fd: &PollFd| {
-            fd.revents()
-                .is_some_and(|r| r.intersects(PollFlags::POLLIN | PollFlags::POLLERR | PollFlags::POLLHUP))
+            fd.revents().is_some_and(|r| r.intersects(PollFlags::POLLIN | PollFlags::POLLERR | PollFlags::POLLHUP))
         };
         let (udp_ready, tun_ready) = (ready(&fds[0]), ready(&fds[1]));
         if udp_ready {
             for _ in 0..BATCH {
                 match socket.recv_from(&mut input) {
-                    Ok((n, source)) => {
-                        handle_datagram(&shared, socket, &tun, source, &input[..n], &mut output)
-                    }
+                    Ok((n, source)) => handle_datagram(&shared, socket, &tun, source, &input[..n], &mut output),
                     Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                     // ICMP errors from earlier sends surface here (ECONNREFUSED): not ours to fix.

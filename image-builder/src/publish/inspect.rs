@@ -60,42 +60,67 @@ pub fn inspect(path: &Path) -> Result<ImageFacts, String> {
         return Err(format!("{shown}: the GPT header's partition array is not plausible; {EXPECTED}"));
     }
     let mut array = vec![0u8; (entries * entry_size) as usize];
-    read_at(&mut file, entries_lba * gpt::SECTOR, &mut array).map_err(|e| format!("{shown}: reading the partition array: {e}"))?;
+    read_at(&mut file, entries_lba * gpt::SECTOR, &mut array)
+        .map_err(|e| format!("{shown}: reading the partition array: {e}"))?;
     let esp = array
         .chunks(entry_size as usize)
         .find(|e| e[..16] == gpt::ESP_TYPE.0)
         .ok_or_else(|| format!("{shown}: the GPT has no EFI System Partition; {EXPECTED}"))?;
     let first = u64::from_le_bytes(esp[32..40].try_into().expect("8 bytes"));
     let last = u64::from_le_bytes(esp[40..48].try_into().expect("8 bytes"));
-    let esp_bytes = last.checked_sub(first).map(|n| (n + 1) * gpt::SECTOR).filter(|&n| n <= 1 << 30 && first * gpt::SECTOR + n <= size);
-    let esp_bytes = esp_bytes.ok_or_else(|| format!("{shown}: the ESP's bounds ({first}–{last}) do not fit the disk; {EXPECTED}"))?;
+    let esp_bytes = last
+        .checked_sub(first)
+        .map(|n| (n + 1) * gpt::SECTOR)
+        .filter(|&n| n <= 1 << 30 && first * gpt::SECTOR + n <= size);
+    let esp_bytes = esp_bytes
+        .ok_or_else(|| format!("{shown}: the ESP's bounds ({first}–{last}) do not fit the disk; {EXPECTED}"))?;
     let mut volume = vec![0u8; esp_bytes as usize];
     read_at(&mut file, first * gpt::SECTOR, &mut volume).map_err(|e| format!("{shown}: reading the ESP: {e}"))?;
     // fatfs is not written for hostile volumes: a broken one must be an error, not a crash.
     let found = std::panic::catch_unwind(|| {
-        [Arch::Aarch64, Arch::X86_64].into_iter().find_map(|arch| esp::read_file(&volume, arch.efi_boot_path()).ok().map(|uki| (arch, uki)))
+        [Arch::Aarch64, Arch::X86_64]
+            .into_iter()
+            .find_map(|arch| esp::read_file(&volume, arch.efi_boot_path()).ok().map(|uki| (arch, uki)))
     })
     .ok()
     .flatten();
-    let (arch, uki_bytes) = found.ok_or_else(|| format!("{shown}: the ESP holds no EFI/BOOT/BOOTAA64.EFI or BOOTX64.EFI; {EXPECTED}"))?;
+    let (arch, uki_bytes) =
+        found.ok_or_else(|| format!("{shown}: the ESP holds no EFI/BOOT/BOOTAA64.EFI or BOOTX64.EFI; {EXPECTED}"))?;
     let pe = uki::parse(&uki_bytes).map_err(|e| format!("{shown}: {}: {e}; {EXPECTED}", arch.efi_boot_path()))?;
     if pe.machine != arch.pe_machine() {
-        return Err(format!("{shown}: {} is a PE image for machine {:#x}, not {}", arch.efi_boot_path(), pe.machine, arch.name()));
+        return Err(format!(
+            "{shown}: {} is a PE image for machine {:#x}, not {}",
+            arch.efi_boot_path(),
+            pe.machine,
+            arch.name()
+        ));
     }
     let osrel = pe
         .sections
         .iter()
         .find(|s| s.name == ".osrel")
-        .and_then(|s| uki_bytes.get(s.raw_offset as usize..(s.raw_offset as usize + s.virtual_size.min(s.raw_size) as usize)))
-        .ok_or_else(|| format!("{shown}: the boot file is not a Unified Kernel Image (no .osrel section); {EXPECTED}"))?;
+        .and_then(|s| {
+            uki_bytes.get(s.raw_offset as usize..(s.raw_offset as usize + s.virtual_size.min(s.raw_size) as usize))
+        })
+        .ok_or_else(|| {
+            format!("{shown}: the boot file is not a Unified Kernel Image (no .osrel section); {EXPECTED}")
+        })?;
     let osrel = String::from_utf8_lossy(osrel);
     let field = |name: &str| {
-        osrel.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix('=')).map(|v| v.trim_matches(|c| c == '"' || c == '\0').to_string())
+        osrel
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix('='))
+            .map(|v| v.trim_matches(|c| c == '"' || c == '\0').to_string())
     };
     if field("ID").as_deref() != Some("bastion") {
-        return Err(format!("{shown}: its os-release says ID={:?}, not bastion; {EXPECTED}", field("ID").unwrap_or_default()));
+        return Err(format!(
+            "{shown}: its os-release says ID={:?}, not bastion; {EXPECTED}",
+            field("ID").unwrap_or_default()
+        ));
     }
-    let version = field("VERSION_ID").filter(|v| !v.is_empty()).ok_or_else(|| format!("{shown}: its os-release has no VERSION_ID"))?;
+    let version = field("VERSION_ID")
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| format!("{shown}: its os-release has no VERSION_ID"))?;
     let nonzero_blocks = nonzero_blocks(&mut file, size).map_err(|e| format!("{shown}: {e}"))?;
     Ok(ImageFacts { arch, version, size, nonzero_blocks })
 }
@@ -145,7 +170,19 @@ mod tests {
         let cases: [(&str, Vec<u8>, u64, &str); 3] = [
             ("small", b"hello".to_vec(), 5, "is not a disk image"),
             ("zeros", vec![0u8; 1024], 8 << 20, "no GPT header"),
-            ("gpt-no-esp", { let mut v = vec![0u8; 2048]; v[512..520].copy_from_slice(b"EFI PART"); v[512 + 72] = 2; v[512 + 80] = 128; v[512 + 84] = 128; v }, 8 << 20, "no EFI System Partition"),
+            (
+                "gpt-no-esp",
+                {
+                    let mut v = vec![0u8; 2048];
+                    v[512..520].copy_from_slice(b"EFI PART");
+                    v[512 + 72] = 2;
+                    v[512 + 80] = 128;
+                    v[512 + 84] = 128;
+                    v
+                },
+                8 << 20,
+                "no EFI System Partition",
+            ),
         ];
         for (name, bytes, size, expected) in cases {
             let path = scratch(name, &bytes, size);
@@ -167,7 +204,8 @@ mod tests {
         let last = read_block(&mut file, 3 * BLOCK + 100, 3).unwrap();
         assert_eq!(last.len(), BLOCK as usize);
         std::fs::remove_file(path).unwrap();
-        let facts = ImageFacts { arch: Arch::Aarch64, version: "v".into(), size: (1 << 30) + 1, nonzero_blocks: vec![] };
+        let facts =
+            ImageFacts { arch: Arch::Aarch64, version: "v".into(), size: (1 << 30) + 1, nonzero_blocks: vec![] };
         assert_eq!(facts.volume_gib(), 2);
         assert_eq!(ImageFacts { size: 1, ..facts }.volume_gib(), 1);
     }

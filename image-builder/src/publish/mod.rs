@@ -113,7 +113,9 @@ fn dry_run(client: &Client, plan: &Plan, progress: &Progress) -> Result<Vec<(Str
     println!("{}", plan.describe());
     // Read-only lookups, so the plan can say what would happen; no writing call is made.
     match client.images_named(&plan.name) {
-        Ok(found) if !found.is_empty() => println!("existing     {} is already there: nothing would be uploaded", found[0].id),
+        Ok(found) if !found.is_empty() => {
+            println!("existing     {} is already there: nothing would be uploaded", found[0].id)
+        }
         Ok(_) => println!("existing     no AMI named {} in {}: it would be uploaded", plan.name, plan.home_region),
         Err(e) => println!("existing     not checked: {e}"),
     }
@@ -129,7 +131,10 @@ fn existing(client: &Client, plan: &Plan, force: bool, progress: &Progress) -> R
         return Ok(None);
     };
     if !force {
-        progress.step(format!("AMI {} named {} is already there; nothing uploaded (--force replaces it)", image.id, plan.name));
+        progress.step(format!(
+            "AMI {} named {} is already there; nothing uploaded (--force replaces it)",
+            image.id, plan.name
+        ));
         return Ok(Some(image.id));
     }
     client.deregister_image(&image.id).map_err(aws)?;
@@ -145,7 +150,9 @@ fn existing(client: &Client, plan: &Plan, force: bool, progress: &Progress) -> R
 fn remove_leftovers(client: &Client, plan: &Plan, progress: &Progress) -> Result<(), String> {
     for snapshot in client.snapshots_tagged(IMAGE_TAG, &plan.name).map_err(aws)? {
         match client.delete_snapshot(&snapshot.id) {
-            Ok(()) => progress.step(format!("deleted {} ({}), left behind by an earlier run", snapshot.id, snapshot.state)),
+            Ok(()) => {
+                progress.step(format!("deleted {} ({}), left behind by an earlier run", snapshot.id, snapshot.state))
+            }
             // A pending direct-API snapshot may refuse deletion; EBS errors it out after its
             // timeout, and the next run deletes it then.
             Err(e) => progress.step(format!("could not delete the leftover {}: {e}", snapshot.id)),
@@ -154,10 +161,18 @@ fn remove_leftovers(client: &Client, plan: &Plan, progress: &Progress) -> Result
     Ok(())
 }
 
-fn upload_snapshot(client: &Client, options: &Options, facts: &inspect::ImageFacts, plan: &Plan, progress: &Progress) -> Result<String, String> {
+fn upload_snapshot(
+    client: &Client,
+    options: &Options,
+    facts: &inspect::ImageFacts,
+    plan: &Plan,
+    progress: &Progress,
+) -> Result<String, String> {
     // One token per run: a retried StartSnapshot returns the same snapshot, a new run a new one.
     let token = format!("bastion-{}-{:016x}", std::process::id(), (bastion_aws::retry::unit_random() * 1e16) as u64);
-    let started = client.start_snapshot(plan.volume_gib, &plan.description, &plan.tags, &token, SNAPSHOT_TIMEOUT_MINUTES).map_err(aws)?;
+    let started = client
+        .start_snapshot(plan.volume_gib, &plan.description, &plan.tags, &token, SNAPSHOT_TIMEOUT_MINUTES)
+        .map_err(aws)?;
     if started.block_size != inspect::BLOCK {
         progress.step(format!(
             "note: the service reports a block size of {} bytes; uploading 512 KiB blocks as the EBS direct APIs define them",
@@ -205,14 +220,23 @@ fn register(client: &Client, plan: &Plan, snapshot: &str, progress: &Progress) -
 }
 
 fn wait_available(client: &Client, id: &str) -> Result<(), String> {
-    wait(IMAGE_WAIT, &format!("{id} to become available in {}", client.region()), || match client.image(id).map_err(aws)? {
-        Some(i) if i.state == "available" => Ok(Some(())),
-        Some(i) if i.state == "failed" || i.state == "error" => Err(format!("{id} ended in state {}", i.state)),
-        _ => Ok(None),
+    wait(IMAGE_WAIT, &format!("{id} to become available in {}", client.region()), || {
+        match client.image(id).map_err(aws)? {
+            Some(i) if i.state == "available" => Ok(Some(())),
+            Some(i) if i.state == "failed" || i.state == "error" => Err(format!("{id} ended in state {}", i.state)),
+            _ => Ok(None),
+        }
     })
 }
 
-fn copy(target: &Client, plan: &Plan, source_region: &str, source: &str, force: bool, progress: &Progress) -> Result<String, String> {
+fn copy(
+    target: &Client,
+    plan: &Plan,
+    source_region: &str,
+    source: &str,
+    force: bool,
+    progress: &Progress,
+) -> Result<String, String> {
     if let Some(id) = existing(target, plan, force, progress)? {
         return Ok(id);
     }

@@ -90,7 +90,10 @@ impl Plan {
             lines.push(format!("copy to      {}", self.copy_to.join(", ")));
         }
         if !self.share_with.is_empty() {
-            lines.push(format!("share with   {} (launch permission and snapshot create-volume permission)", self.share_with.join(", ")));
+            lines.push(format!(
+                "share with   {} (launch permission and snapshot create-volume permission)",
+                self.share_with.join(", ")
+            ));
         }
         lines.push(format!(
             "tags         {}",
@@ -135,7 +138,9 @@ mod tests {
 
     #[test]
     fn names_tags_and_size_come_from_the_image() {
-        let plan = Plan::new(&facts(), None, "eu-west-1", &["us-east-1".into(), "eu-west-1".into(), "us-east-1".into()], &[]).unwrap();
+        let plan =
+            Plan::new(&facts(), None, "eu-west-1", &["us-east-1".into(), "eu-west-1".into(), "us-east-1".into()], &[])
+                .unwrap();
         assert_eq!(plan.name, "bastion-0.1.0-abc-arm64");
         assert_eq!(plan.architecture, "arm64");
         assert_eq!((plan.volume_gib, plan.blocks), (1, 3));

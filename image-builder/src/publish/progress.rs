@@ -60,7 +60,11 @@ impl Progress {
         } else {
             let tenth = done * 10 / total;
             if tenth > self.last_tenth.swap(tenth, Ordering::Relaxed) || done == total {
-                let _ = writeln!(err, "publish: uploaded {done}/{total} blocks ({:.1} MiB, {rate:.1} MiB/s)", bytes as f64 / (1 << 20) as f64);
+                let _ = writeln!(
+                    err,
+                    "publish: uploaded {done}/{total} blocks ({:.1} MiB, {rate:.1} MiB/s)",
+                    bytes as f64 / (1 << 20) as f64
+                );
             }
         }
     }

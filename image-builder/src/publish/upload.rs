@@ -16,7 +16,14 @@ use std::sync::Mutex;
 /// per account; the limit here is the 2-core builder's CPU and the uplink.
 pub const DEFAULT_JOBS: usize = 8;
 
-pub fn upload(client: &Client, image: &Path, facts: &ImageFacts, snapshot_id: &str, jobs: usize, progress: &Progress) -> Result<(), String> {
+pub fn upload(
+    client: &Client,
+    image: &Path,
+    facts: &ImageFacts,
+    snapshot_id: &str,
+    jobs: usize,
+    progress: &Progress,
+) -> Result<(), String> {
     let blocks = &facts.nonzero_blocks;
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
@@ -55,18 +62,26 @@ pub fn upload(client: &Client, image: &Path, facts: &ImageFacts, snapshot_id: &s
     if let Some(e) = first_error.into_inner().unwrap() {
         return Err(e);
     }
-    let digests: Vec<[u8; 32]> = digests.into_inner().unwrap().into_iter().map(|d| d.expect("every block was put")).collect();
+    let digests: Vec<[u8; 32]> =
+        digests.into_inner().unwrap().into_iter().map(|d| d.expect("every block was put")).collect();
     let checksum = ebs::linear_checksum(&digests);
-    client
-        .complete_snapshot(snapshot_id, digests.len() as u64, &checksum)
-        .map(drop)
-        .map_err(|e| e.to_string())
+    client.complete_snapshot(snapshot_id, digests.len() as u64, &checksum).map(drop).map_err(|e| e.to_string())
 }
 
-fn put_one(client: &Client, file: &mut File, size: u64, snapshot_id: &str, index: u64, position: usize, total: usize) -> Result<[u8; 32], String> {
+fn put_one(
+    client: &Client,
+    file: &mut File,
+    size: u64,
+    snapshot_id: &str,
+    index: u64,
+    position: usize,
+    total: usize,
+) -> Result<[u8; 32], String> {
     let data = inspect::read_block(file, size, index).map_err(|e| format!("reading block {index}: {e}"))?;
     let digest: [u8; 32] = Sha256::digest(&data).into();
     let percent = ((position + 1) * 100 / total.max(1)) as u8;
-    client.put_snapshot_block(snapshot_id, index, &data, &digest, Some(percent)).map_err(|e: AwsError| format!("block {index}: {e}"))?;
+    client
+        .put_snapshot_block(snapshot_id, index, &data, &digest, Some(percent))
+        .map_err(|e: AwsError| format!("block {index}: {e}"))?;
     Ok(digest)
 }

@@ -66,35 +66,19 @@ impl Bed {
         let bastion = match implementation {
             Implementation::Bastion => {
                 let b = Bastion::start(&topo, &binaries.bastion, BastionSetup::default());
-                b.wait_healthy(Duration::from_secs(30))
-                    .unwrap_or_else(|e| panic!("{e}"));
+                b.wait_healthy(Duration::from_secs(30)).unwrap_or_else(|e| panic!("{e}"));
                 Running::Bastion(b)
             }
             Implementation::WireguardGo => Running::WireguardGo(WireguardGoBastion::start(&topo)),
             Implementation::Boringtun => {
-                let binary = binaries
-                    .boringtun
-                    .as_ref()
-                    .expect("no boringtun-cli binary");
-                Running::Boringtun(BoringtunBastion::start(
-                    &topo,
-                    binary,
-                    binaries.boringtun_threads,
-                ))
+                let binary = binaries.boringtun.as_ref().expect("no boringtun-cli binary");
+                Running::Boringtun(BoringtunBastion::start(&topo, binary, binaries.boringtun_threads))
             }
         };
-        let tunnels = (0..CLIENTS)
-            .map(|i| topo.start_client_tunnel(i, topo.endpoint_v4()))
-            .collect();
+        let tunnels = (0..CLIENTS).map(|i| topo.start_client_tunnel(i, topo.endpoint_v4())).collect();
         let host = &topo.private_hosts[0];
         let servers = iperf::start_servers(&host.ns, topo.dir.path(), CLIENTS);
-        let bed = Bed {
-            implementation,
-            servers,
-            tunnels,
-            bastion,
-            topo,
-        };
+        let bed = Bed { implementation, servers, tunnels, bastion, topo };
         bed.warm_up(CLIENTS).unwrap_or_else(|e| panic!("{e}"));
         bed
     }
@@ -110,11 +94,7 @@ impl Bed {
 
     /// The first `clients` clients' wireguard-go processes.
     pub fn client_pids(&self, clients: usize) -> Vec<i32> {
-        self.tunnels
-            .iter()
-            .take(clients)
-            .map(|t| t.process().pid())
-            .collect()
+        self.tunnels.iter().take(clients).map(|t| t.process().pid()).collect()
     }
 
     /// A ping from each of the first `clients` clients to the private host, so every session
@@ -127,29 +107,19 @@ impl Bed {
         for server in &self.servers {
             server.check_running()?;
         }
-        let ports: Vec<String> = (0..self.servers.len())
-            .map(|i| format!(":{}", iperf::BASE_PORT + i as u16))
-            .collect();
+        let ports: Vec<String> = (0..self.servers.len()).map(|i| format!(":{}", iperf::BASE_PORT + i as u16)).collect();
         let host_ns = &self.topo.private_hosts[0].ns;
-        bastion_tests::wait_until(
-            "the iperf3 servers to listen",
-            Duration::from_secs(10),
-            || {
-                let out = host_ns.exec(&["ss", "-Hltn"]);
-                let listening = |port: &String| {
-                    out.stdout.lines().any(|l| {
-                        l.split_whitespace()
-                            .nth(3)
-                            .is_some_and(|a| a.ends_with(port.as_str()))
-                    })
-                };
-                if ports.iter().all(listening) {
-                    Ok(())
-                } else {
-                    Err(out.to_string())
-                }
-            },
-        )?;
+        bastion_tests::wait_until("the iperf3 servers to listen", Duration::from_secs(10), || {
+            let out = host_ns.exec(&["ss", "-Hltn"]);
+            let listening = |port: &String| {
+                out.stdout.lines().any(|l| l.split_whitespace().nth(3).is_some_and(|a| a.ends_with(port.as_str())))
+            };
+            if ports.iter().all(listening) {
+                Ok(())
+            } else {
+                Err(out.to_string())
+            }
+        })?;
         self.check_running()
     }
 
@@ -186,15 +156,7 @@ impl Bed {
 
     /// Sets that queue's length (an experiment: `--tun-txqueuelen`).
     pub fn set_tun_txqueuelen(&self, packets: u32) {
-        self.topo.bastion.run(&[
-            "ip",
-            "link",
-            "set",
-            "dev",
-            &self.tunnel_name(),
-            "txqueuelen",
-            &packets.to_string(),
-        ]);
+        self.topo.bastion.run(&["ip", "link", "set", "dev", &self.tunnel_name(), "txqueuelen", &packets.to_string()]);
     }
 
     pub fn check_running(&self) -> Result<(), String> {
@@ -222,18 +184,10 @@ pub struct Drops {
 impl Drops {
     pub fn since(self, before: Drops) -> Drops {
         Drops {
-            bastion_udp_rcvbuf: self
-                .bastion_udp_rcvbuf
-                .saturating_sub(before.bastion_udp_rcvbuf),
-            bastion_tun_tx_dropped: self
-                .bastion_tun_tx_dropped
-                .saturating_sub(before.bastion_tun_tx_dropped),
-            clients_udp_rcvbuf: self
-                .clients_udp_rcvbuf
-                .saturating_sub(before.clients_udp_rcvbuf),
-            clients_tun_tx_dropped: self
-                .clients_tun_tx_dropped
-                .saturating_sub(before.clients_tun_tx_dropped),
+            bastion_udp_rcvbuf: self.bastion_udp_rcvbuf.saturating_sub(before.bastion_udp_rcvbuf),
+            bastion_tun_tx_dropped: self.bastion_tun_tx_dropped.saturating_sub(before.bastion_tun_tx_dropped),
+            clients_udp_rcvbuf: self.clients_udp_rcvbuf.saturating_sub(before.clients_udp_rcvbuf),
+            clients_tun_tx_dropped: self.clients_tun_tx_dropped.saturating_sub(before.clients_tun_tx_dropped),
             host_udp_rcvbuf: self.host_udp_rcvbuf.saturating_sub(before.host_udp_rcvbuf),
         }
     }

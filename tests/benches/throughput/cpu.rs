@@ -44,9 +44,7 @@ pub struct ProcessCpu {
 
 impl ProcessCpu {
     pub fn sample(pid: i32) -> ProcessCpu {
-        let seconds = stat_cpu(&format!("/proc/{pid}/stat"))
-            .map(|(_, s)| s)
-            .unwrap_or(0.0);
+        let seconds = stat_cpu(&format!("/proc/{pid}/stat")).map(|(_, s)| s).unwrap_or(0.0);
         let mut threads = BTreeMap::new();
         if let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/task")) {
             for entry in entries.flatten() {
@@ -118,22 +116,14 @@ impl Meter {
         let after: Vec<ProcessCpu> = self.pids.iter().map(|&p| ProcessCpu::sample(p)).collect();
         let pressure_us = cpu_pressure_us();
         let wall = self.start.elapsed().as_secs_f64();
-        let process_seconds = self
-            .before
-            .iter()
-            .zip(&after)
-            .map(|(b, a)| (a.seconds - b.seconds).max(0.0))
-            .collect();
+        let process_seconds = self.before.iter().zip(&after).map(|(b, a)| (a.seconds - b.seconds).max(0.0)).collect();
         let mut threads: Vec<ThreadLoad> = match (self.before.first(), after.first()) {
             (Some(b), Some(a)) => a
                 .threads
                 .iter()
                 .map(|(tid, (name, s))| {
                     let before = b.threads.get(tid).map(|(_, s)| *s).unwrap_or(0.0);
-                    ThreadLoad {
-                        name: name.clone(),
-                        load: (s - before).max(0.0) / wall,
-                    }
+                    ThreadLoad { name: name.clone(), load: (s - before).max(0.0) / wall }
                 })
                 .collect(),
             _ => Vec::new(),

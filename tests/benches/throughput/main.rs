@@ -46,28 +46,19 @@ fn all_scenarios(udp_mbit: u32) -> Vec<Scenario> {
             name: "tcp-up",
             description: "1 TCP stream, client → private host".into(),
             clients: 1,
-            traffic: Traffic::Tcp {
-                reverse: false,
-                streams: 1,
-            },
+            traffic: Traffic::Tcp { reverse: false, streams: 1 },
         },
         Scenario {
             name: "tcp-down",
             description: "1 TCP stream, private host → client (-R)".into(),
             clients: 1,
-            traffic: Traffic::Tcp {
-                reverse: true,
-                streams: 1,
-            },
+            traffic: Traffic::Tcp { reverse: true, streams: 1 },
         },
         Scenario {
             name: "tcp-up-4",
             description: "4 clients × 1 TCP stream each, client → private host".into(),
             clients: 4,
-            traffic: Traffic::Tcp {
-                reverse: false,
-                streams: 1,
-            },
+            traffic: Traffic::Tcp { reverse: false, streams: 1 },
         },
         Scenario {
             name: "udp-up",
@@ -79,32 +70,19 @@ fn all_scenarios(udp_mbit: u32) -> Vec<Scenario> {
             name: "tcp-down-4",
             description: "4 clients × 1 TCP stream each, private host → client (-R)".into(),
             clients: 4,
-            traffic: Traffic::Tcp {
-                reverse: true,
-                streams: 1,
-            },
+            traffic: Traffic::Tcp { reverse: true, streams: 1 },
         },
         Scenario {
             name: "tcp-up-1x4",
-            description:
-                "1 client × 4 TCP streams (-P 4), client → private host: one peer, many flows"
-                    .into(),
+            description: "1 client × 4 TCP streams (-P 4), client → private host: one peer, many flows".into(),
             clients: 1,
-            traffic: Traffic::Tcp {
-                reverse: false,
-                streams: 4,
-            },
+            traffic: Traffic::Tcp { reverse: false, streams: 4 },
         },
         Scenario {
             name: "tcp-down-1x4",
-            description:
-                "1 client × 4 TCP streams (-P 4), private host → client (-R): one peer, many flows"
-                    .into(),
+            description: "1 client × 4 TCP streams (-P 4), private host → client (-R): one peer, many flows".into(),
             clients: 1,
-            traffic: Traffic::Tcp {
-                reverse: true,
-                streams: 4,
-            },
+            traffic: Traffic::Tcp { reverse: true, streams: 4 },
         },
     ]
 }
@@ -129,11 +107,7 @@ fn parse_options() -> Result<Options, String> {
     let mut reps = 3;
     let mut scenario_names = DEFAULT_SCENARIOS.to_string();
     let mut udp_mbit = 200;
-    let mut only = vec![
-        Implementation::Bastion,
-        Implementation::WireguardGo,
-        Implementation::Boringtun,
-    ];
+    let mut only = vec![Implementation::Bastion, Implementation::WireguardGo, Implementation::Boringtun];
     let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let mut out = workspace.join("target/bench");
     let mut tun_txqueuelen = None;
@@ -141,9 +115,10 @@ fn parse_options() -> Result<Options, String> {
     while let Some(arg) = args.next() {
         let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value"));
         let number = |name: &str, v: String| {
-            v.parse::<u32>().ok().filter(|&n| n > 0).ok_or(format!(
-                "{name}: expected a positive whole number, got {v:?}"
-            ))
+            v.parse::<u32>()
+                .ok()
+                .filter(|&n| n > 0)
+                .ok_or(format!("{name}: expected a positive whole number, got {v:?}"))
         };
         match arg.as_str() {
             // cargo bench passes this to every bench binary.
@@ -154,30 +129,21 @@ fn parse_options() -> Result<Options, String> {
             "--scenarios" => scenario_names = value("--scenarios")?,
             // cargo runs benches in the package folder: a relative path means the workspace's.
             "--out" => out = workspace.join(value("--out")?),
-            "--tun-txqueuelen" => {
-                tun_txqueuelen = Some(number("--tun-txqueuelen", value("--tun-txqueuelen")?)?)
-            }
+            "--tun-txqueuelen" => tun_txqueuelen = Some(number("--tun-txqueuelen", value("--tun-txqueuelen")?)?),
             "--only" => {
                 only = Vec::new();
                 for name in value("--only")?.split(',') {
-                    let implementation = [
-                        Implementation::Bastion,
-                        Implementation::WireguardGo,
-                        Implementation::Boringtun,
-                    ]
-                    .into_iter()
-                    .find(|i| i.label() == name)
-                    .ok_or(format!(
+                    let implementation =
+                        [Implementation::Bastion, Implementation::WireguardGo, Implementation::Boringtun]
+                            .into_iter()
+                            .find(|i| i.label() == name)
+                            .ok_or(format!(
                         "--only: unknown implementation {name:?} (expected bastion, wireguard-go, boringtun-cli)"
                     ))?;
                     only.push(implementation);
                 }
             }
-            other => {
-                return Err(format!(
-                    "unknown argument {other:?} (see the top of benches/throughput/main.rs)"
-                ))
-            }
+            other => return Err(format!("unknown argument {other:?} (see the top of benches/throughput/main.rs)")),
         }
     }
     let known = all_scenarios(udp_mbit);
@@ -189,15 +155,7 @@ fn parse_options() -> Result<Options, String> {
         ))?;
         scenarios.push(scenario.clone());
     }
-    Ok(Options {
-        seconds,
-        reps,
-        scenarios,
-        udp_mbit,
-        only,
-        out,
-        tun_txqueuelen,
-    })
+    Ok(Options { seconds, reps, scenarios, udp_mbit, only, out, tun_txqueuelen })
 }
 
 /// One measured run: one implementation, one scenario, one repetition.
@@ -249,17 +207,11 @@ impl Measurement {
 }
 
 fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .trim()
-        .to_string()
+    std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim().to_string()
 }
 
 fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 /// Runs `scenario` once on `bed`: every client's iperf3 at once, the CPU meter around them.
@@ -283,10 +235,7 @@ fn measure(bed: &Bed, scenario: &Scenario, seconds: u32) -> Result<Measurement, 
                 scope.spawn(move || client.ns.exec(&argv))
             })
             .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("iperf3 client thread"))
-            .collect()
+        handles.into_iter().map(|h| h.join().expect("iperf3 client thread")).collect()
     });
     let window = meter.stop();
     let drops = bed.drops(scenario.clients).since(drops_before);
@@ -324,17 +273,13 @@ fn main() {
         }
     };
     let Some(bastion) = bastion_tests::bastion::binary() else {
-        eprintln!(
-            "bench: BASTION_BIN is not set (`make bench` builds the release binary and sets it)"
-        );
+        eprintln!("bench: BASTION_BIN is not set (`make bench` builds the release binary and sets it)");
         std::process::exit(2);
     };
     let binaries = Binaries {
         bastion,
         boringtun: std::env::var_os("BORINGTUN_BIN").map(PathBuf::from),
-        boringtun_threads: std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2),
+        boringtun_threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
     };
     let mut notes = Vec::new();
     let started = Instant::now();
@@ -352,10 +297,7 @@ fn main() {
                     continue;
                 }
                 Some(path) if !path.is_file() => {
-                    notes.push(format!(
-                        "boringtun-cli left out: {} does not exist",
-                        path.display()
-                    ));
+                    notes.push(format!("boringtun-cli left out: {} does not exist", path.display()));
                     continue;
                 }
                 Some(_) => {}
@@ -388,10 +330,7 @@ fn main() {
             bed.implementation.label(),
             comm.trim()
         );
-        notes.push(format!(
-            "{}: TUN txqueuelen {txqueuelen}",
-            bed.implementation.label()
-        ));
+        notes.push(format!("{}: TUN txqueuelen {txqueuelen}", bed.implementation.label()));
     }
 
     let mut runs: Vec<Run> = Vec::new();
@@ -458,10 +397,7 @@ fn main() {
             }
         }
         Err(e) => {
-            eprintln!(
-                "bench: cannot write the report to {}: {e}",
-                options.out.display()
-            );
+            eprintln!("bench: cannot write the report to {}: {e}", options.out.display());
             std::process::exit(1);
         }
     }

@@ -37,26 +37,15 @@ impl Stat {
         }
         v.sort_by(f64::total_cmp);
         let n = v.len();
-        let median = if n % 2 == 1 {
-            v[n / 2]
-        } else {
-            (v[n / 2 - 1] + v[n / 2]) / 2.0
-        };
-        Some(Stat {
-            median,
-            min: v[0],
-            max: v[n - 1],
-        })
+        let median = if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 };
+        Some(Stat { median, min: v[0], max: v[n - 1] })
     }
 
     fn show(&self, decimals: usize) -> String {
         if self.min == self.max {
             format!("{:.*}", decimals, self.median)
         } else {
-            format!(
-                "{:.*} [{:.*}–{:.*}]",
-                decimals, self.median, decimals, self.min, decimals, self.max
-            )
+            format!("{:.*} [{:.*}–{:.*}]", decimals, self.median, decimals, self.min, decimals, self.max)
         }
     }
 
@@ -133,11 +122,7 @@ fn thread_summary(m: &Measurement) -> String {
     }
 }
 
-pub fn summarize(
-    scenarios: &[Scenario],
-    implementations: &[Implementation],
-    runs: &[Run],
-) -> Vec<ScenarioSummary> {
+pub fn summarize(scenarios: &[Scenario], implementations: &[Implementation], runs: &[Run]) -> Vec<ScenarioSummary> {
     scenarios
         .iter()
         .map(|scenario| {
@@ -145,16 +130,10 @@ pub fn summarize(
                 .iter()
                 .map(|&who| {
                     let ms = measurements(runs, scenario.name, who);
-                    let stat = |f: &dyn Fn(&Measurement) -> f64| {
-                        Stat::of(&ms.iter().map(|m| f(m)).collect::<Vec<_>>())
-                    };
+                    let stat = |f: &dyn Fn(&Measurement) -> f64| Stat::of(&ms.iter().map(|m| f(m)).collect::<Vec<_>>());
                     let failed = runs
                         .iter()
-                        .filter(|r| {
-                            r.scenario == scenario.name
-                                && r.implementation == who
-                                && r.result.is_err()
-                        })
+                        .filter(|r| r.scenario == scenario.name && r.implementation == who && r.result.is_err())
                         .count();
                     let median_run = {
                         let mut sorted = ms.clone();
@@ -170,16 +149,8 @@ pub fn summarize(
                         cpu_per_gb: stat(&|m| m.bastion_cpu_per_gb()),
                         cores: stat(&|m| m.bastion_cores()),
                         client_cpu_per_gb: stat(&|m| m.client_cpu_per_gb()),
-                        retransmits: if is_udp {
-                            None
-                        } else {
-                            stat(&|m| m.retransmits)
-                        },
-                        lost_percent: if is_udp {
-                            stat(&|m| m.lost_percent)
-                        } else {
-                            None
-                        },
+                        retransmits: if is_udp { None } else { stat(&|m| m.retransmits) },
+                        lost_percent: if is_udp { stat(&|m| m.lost_percent) } else { None },
                         cpu_pressure: stat(&|m| m.window.cpu_pressure * 100.0),
                         bastion_udp_drops: stat(&|m| m.drops.bastion_udp_rcvbuf as f64),
                         tun_drops: stat(&|m| m.drops.bastion_tun_tx_dropped as f64),
@@ -197,35 +168,21 @@ pub fn summarize(
                     let paired = |f: &dyn Fn(&Measurement) -> f64| {
                         let values: Vec<f64> = runs
                             .iter()
-                            .filter(|r| {
-                                r.scenario == scenario.name
-                                    && r.implementation == Implementation::Bastion
-                            })
+                            .filter(|r| r.scenario == scenario.name && r.implementation == Implementation::Bastion)
                             .filter_map(|ours| {
                                 let theirs = runs.iter().find(|r| {
-                                    r.scenario == scenario.name
-                                        && r.implementation == versus
-                                        && r.rep == ours.rep
+                                    r.scenario == scenario.name && r.implementation == versus && r.rep == ours.rep
                                 })?;
-                                let (a, b) =
-                                    (ours.result.as_ref().ok()?, theirs.result.as_ref().ok()?);
+                                let (a, b) = (ours.result.as_ref().ok()?, theirs.result.as_ref().ok()?);
                                 Some(f(a) / f(b))
                             })
                             .collect();
                         Stat::of(&values)
                     };
-                    Ratio {
-                        versus,
-                        mbit: paired(&|m| m.mbit),
-                        cpu_per_gb: paired(&|m| m.bastion_cpu_per_gb()),
-                    }
+                    Ratio { versus, mbit: paired(&|m| m.mbit), cpu_per_gb: paired(&|m| m.bastion_cpu_per_gb()) }
                 })
                 .collect();
-            ScenarioSummary {
-                scenario: scenario.clone(),
-                cells,
-                ratios,
-            }
+            ScenarioSummary { scenario: scenario.clone(), cells, ratios }
         })
         .collect()
 }
@@ -239,11 +196,7 @@ fn command_line() -> String {
 
 fn first_line(argv: &[&str]) -> String {
     let out = bastion_tests::command::run(argv);
-    let text = if out.stdout.trim().is_empty() {
-        out.stderr
-    } else {
-        out.stdout
-    };
+    let text = if out.stdout.trim().is_empty() { out.stderr } else { out.stdout };
     text.lines().next().unwrap_or("").trim().to_string()
 }
 
@@ -257,33 +210,18 @@ fn machine() -> Vec<(String, String)> {
         .unwrap_or("")
         .trim()
         .to_string();
-    let cpus = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     let mut facts = vec![
         ("cpus".to_string(), format!("{cpus} × {cpu_model}")),
         ("kernel".to_string(), first_line(&["uname", "-r"])),
-        (
-            "wireguard-go".to_string(),
-            first_line(&["wireguard-go", "--version"]),
-        ),
+        ("wireguard-go".to_string(), first_line(&["wireguard-go", "--version"])),
         ("iperf3".to_string(), first_line(&["iperf3", "--version"])),
     ];
     if let Some(bin) = std::env::var_os("BORINGTUN_BIN") {
-        facts.push((
-            "boringtun-cli".to_string(),
-            first_line(&[bin.to_str().unwrap_or(""), "--version"]),
-        ));
+        facts.push(("boringtun-cli".to_string(), first_line(&[bin.to_str().unwrap_or(""), "--version"])));
     }
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let commit = first_line(&[
-        "git",
-        "-C",
-        repo.to_str().unwrap_or("."),
-        "describe",
-        "--always",
-        "--dirty",
-    ]);
+    let commit = first_line(&["git", "-C", repo.to_str().unwrap_or("."), "describe", "--always", "--dirty"]);
     facts.push(("commit".to_string(), commit));
     facts
 }
@@ -306,21 +244,20 @@ pub fn markdown(context: &Context, summary: &[ScenarioSummary], runs: &[Run]) ->
         context.elapsed
     )
     .unwrap();
-    writeln!(
-        s,
-        "Load average: {} at the start, {} at the end.",
-        context.loadavg_start, context.loadavg_end
-    )
-    .unwrap();
+    writeln!(s, "Load average: {} at the start, {} at the end.", context.loadavg_start, context.loadavg_end).unwrap();
     if let Some(packets) = o.tun_txqueuelen {
         writeln!(s, "Experiment: every bastion's TUN txqueuelen set to {packets} packets (`--tun-txqueuelen`).")
             .unwrap();
     }
     writeln!(s).unwrap();
-    writeln!(s, "Median [min–max] over the repetitions. CPU-s/GB: CPU seconds (user+system, all threads) \
+    writeln!(
+        s,
+        "Median [min–max] over the repetitions. CPU-s/GB: CPU seconds (user+system, all threads) \
                  of the process per 10⁹ bytes of iperf3 payload received; cores: its CPU seconds per \
                  second; CPU pressure: share of the run in which some runnable task waited for a CPU \
-                 (/proc/pressure/cpu, whole machine: this benchmark and anything else running).").unwrap();
+                 (/proc/pressure/cpu, whole machine: this benchmark and anything else running)."
+    )
+    .unwrap();
     writeln!(s).unwrap();
     writeln!(
         s,
@@ -330,11 +267,7 @@ pub fn markdown(context: &Context, summary: &[ScenarioSummary], runs: &[Run]) ->
     writeln!(s, "|---|---|---|---|---|---|---|---|---|").unwrap();
     for sc in summary {
         for c in &sc.cells {
-            let failed = if c.failed > 0 {
-                format!(" ({} failed)", c.failed)
-            } else {
-                String::new()
-            };
+            let failed = if c.failed > 0 { format!(" ({} failed)", c.failed) } else { String::new() };
             writeln!(
                 s,
                 "| {} | {}{} | {} | {} | {} | {} | {} | {} | {} |",
@@ -353,15 +286,15 @@ pub fn markdown(context: &Context, summary: &[ScenarioSummary], runs: &[Run]) ->
         }
     }
     writeln!(s).unwrap();
-    let others: Vec<Implementation> = context
-        .implementations
-        .iter()
-        .copied()
-        .filter(|&i| i != Implementation::Bastion)
-        .collect();
+    let others: Vec<Implementation> =
+        context.implementations.iter().copied().filter(|&i| i != Implementation::Bastion).collect();
     if context.implementations.contains(&Implementation::Bastion) && !others.is_empty() {
-        writeln!(s, "Ratios `bastion run` / other, taken per repetition (runs seconds apart), median [min–max]. \
-                     Throughput above 1 and CPU-s/GB below 1 favour `bastion run`.").unwrap();
+        writeln!(
+            s,
+            "Ratios `bastion run` / other, taken per repetition (runs seconds apart), median [min–max]. \
+                     Throughput above 1 and CPU-s/GB below 1 favour `bastion run`."
+        )
+        .unwrap();
         writeln!(s).unwrap();
         let mut header = String::from("| scenario |");
         let mut rule = String::from("|---|");
@@ -374,24 +307,24 @@ pub fn markdown(context: &Context, summary: &[ScenarioSummary], runs: &[Run]) ->
             let mut row = format!("| {} |", sc.scenario.name);
             for other in &others {
                 let r = sc.ratios.iter().find(|r| r.versus == *other);
-                write!(
-                    row,
-                    " {} | {} |",
-                    show(r.and_then(|r| r.mbit), 2),
-                    show(r.and_then(|r| r.cpu_per_gb), 2)
-                )
-                .unwrap();
+                write!(row, " {} | {} |", show(r.and_then(|r| r.mbit), 2), show(r.and_then(|r| r.cpu_per_gb), 2))
+                    .unwrap();
             }
             writeln!(s, "{row}").unwrap();
         }
         writeln!(s).unwrap();
     }
-    writeln!(s, "Packets dropped per run where a queue was full (median [min–max]): UDP receive buffers \
+    writeln!(
+        s,
+        "Packets dropped per run where a queue was full (median [min–max]): UDP receive buffers \
                  (the WireGuard socket's reader, or the iperf3 receiver in the private host, was too slow) \
                  and the kernel's queue in front of a TUN (the userspace WireGuard did not read its TUN \
-                 fast enough); on the bastion and on the clients of the scenario (summed):").unwrap();
+                 fast enough); on the bastion and on the clients of the scenario (summed):"
+    )
+    .unwrap();
     writeln!(s).unwrap();
-    writeln!(s, "| scenario | bastion | bastion UDP | bastion TUN | clients' UDP | clients' TUN | private host UDP |").unwrap();
+    writeln!(s, "| scenario | bastion | bastion UDP | bastion TUN | clients' UDP | clients' TUN | private host UDP |")
+        .unwrap();
     writeln!(s, "|---|---|---|---|---|---|---|").unwrap();
     for sc in summary {
         for c in &sc.cells {
@@ -410,24 +343,13 @@ pub fn markdown(context: &Context, summary: &[ScenarioSummary], runs: &[Run]) ->
         }
     }
     writeln!(s).unwrap();
-    writeln!(
-        s,
-        "Busiest threads of the bastion process (cores), in the run of median throughput:"
-    )
-    .unwrap();
+    writeln!(s, "Busiest threads of the bastion process (cores), in the run of median throughput:").unwrap();
     writeln!(s).unwrap();
     writeln!(s, "| scenario | bastion | threads |").unwrap();
     writeln!(s, "|---|---|---|").unwrap();
     for sc in summary {
         for c in &sc.cells {
-            writeln!(
-                s,
-                "| {} | {} | {} |",
-                sc.scenario.name,
-                c.implementation.label(),
-                c.threads
-            )
-            .unwrap();
+            writeln!(s, "| {} | {} | {} |", sc.scenario.name, c.implementation.label(), c.threads).unwrap();
         }
     }
     writeln!(s).unwrap();
@@ -441,32 +363,15 @@ pub fn markdown(context: &Context, summary: &[ScenarioSummary], runs: &[Run]) ->
         writeln!(s, "- {k}: {v}").unwrap();
     }
     if context.implementations.contains(&Implementation::Boringtun) {
-        writeln!(
-            s,
-            "- boringtun-cli runs with `--threads {}`",
-            context.boringtun_threads
-        )
-        .unwrap();
+        writeln!(s, "- boringtun-cli runs with `--threads {}`", context.boringtun_threads).unwrap();
     }
     let failures: Vec<&Run> = runs.iter().filter(|r| r.result.is_err()).collect();
     for note in &context.notes {
         writeln!(s, "- note: {note}").unwrap();
     }
     for f in failures {
-        let why = f
-            .result
-            .as_ref()
-            .err()
-            .map(|e| e.lines().next().unwrap_or("").to_string())
-            .unwrap_or_default();
-        writeln!(
-            s,
-            "- failed run: rep {} {} {}: {why}",
-            f.rep + 1,
-            f.scenario,
-            f.implementation.label()
-        )
-        .unwrap();
+        let why = f.result.as_ref().err().map(|e| e.lines().next().unwrap_or("").to_string()).unwrap_or_default();
+        writeln!(s, "- failed run: rep {} {} {}: {why}", f.rep + 1, f.scenario, f.implementation.label()).unwrap();
     }
     s
 }
@@ -565,9 +470,6 @@ pub fn write_files(
     let md = dir.join("throughput.md");
     let js = dir.join("throughput.json");
     std::fs::write(&md, markdown)?;
-    std::fs::write(
-        &js,
-        serde_json::to_string_pretty(&report).unwrap_or_default() + "\n",
-    )?;
+    std::fs::write(&js, serde_json::to_string_pretty(&report).unwrap_or_default() + "\n")?;
     Ok(vec![md, js])
 }

@@ -11,8 +11,8 @@ use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::socket::tcp;
 use smoltcp::time::Instant;
 use smoltcp::wire::{
-    HardwareAddress, Icmpv4DstUnreachable, Icmpv4Packet, Icmpv4Repr, IpAddress, IpCidr, IpProtocol,
-    Ipv4Packet, Ipv4Repr,
+    HardwareAddress, Icmpv4DstUnreachable, Icmpv4Packet, Icmpv4Repr, IpAddress, IpCidr, IpProtocol, Ipv4Packet,
+    Ipv4Repr,
 };
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -55,15 +55,10 @@ pub struct FakeServer {
 
 impl FakeServer {
     pub fn start(setup: ServerSetup) -> FakeServer {
-        let bind: SocketAddr = if setup.family_v6 {
-            (Ipv6Addr::LOCALHOST, 0).into()
-        } else {
-            (Ipv4Addr::LOCALHOST, 0).into()
-        };
+        let bind: SocketAddr =
+            if setup.family_v6 { (Ipv6Addr::LOCALHOST, 0).into() } else { (Ipv4Addr::LOCALHOST, 0).into() };
         let socket = UdpSocket::bind(bind).unwrap();
-        socket
-            .set_read_timeout(Some(Duration::from_millis(2)))
-            .unwrap();
+        socket.set_read_timeout(Some(Duration::from_millis(2))).unwrap();
         let addr = socket.local_addr().unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let log = Arc::new(Mutex::new(ServerLog::default()));
@@ -71,12 +66,7 @@ impl FakeServer {
             let (stop, log) = (stop.clone(), log.clone());
             std::thread::spawn(move || serve(setup, socket, &stop, &log))
         };
-        FakeServer {
-            addr,
-            stop,
-            log,
-            thread: Some(thread),
-        }
+        FakeServer { addr, stop, log, thread: Some(thread) }
     }
 
     pub fn log(&self) -> ServerLog {
@@ -101,20 +91,9 @@ struct Listener {
 }
 
 fn serve(setup: ServerSetup, socket: UdpSocket, stop: &AtomicBool, log: &Mutex<ServerLog>) {
-    let mut tunn = Tunn::new(
-        setup.private.to_x25519(),
-        setup.client_public.to_x25519(),
-        None,
-        None,
-        0x42,
-        None,
-    );
+    let mut tunn = Tunn::new(setup.private.to_x25519(), setup.client_public.to_x25519(), None, None, 0x42, None);
     let mut device = Queues::new(1420);
-    let mut iface = Interface::new(
-        Config::new(HardwareAddress::Ip),
-        &mut device,
-        Instant::now(),
-    );
+    let mut iface = Interface::new(Config::new(HardwareAddress::Ip), &mut device, Instant::now());
     iface.update_ip_addrs(|addrs| {
         for cidr in &setup.addresses {
             addrs.push(*cidr).unwrap();
@@ -125,17 +104,9 @@ fn serve(setup: ServerSetup, socket: UdpSocket, stop: &AtomicBool, log: &Mutex<S
         .listeners
         .iter()
         .map(|&endpoint| {
-            let mut s = tcp::Socket::new(
-                tcp::SocketBuffer::new(vec![0; 4096]),
-                tcp::SocketBuffer::new(vec![0; 4096]),
-            );
+            let mut s = tcp::Socket::new(tcp::SocketBuffer::new(vec![0; 4096]), tcp::SocketBuffer::new(vec![0; 4096]));
             s.listen(endpoint).unwrap();
-            Listener {
-                handle: sockets.add(s),
-                endpoint,
-                counted: false,
-                fin_counted: false,
-            }
+            Listener { handle: sockets.add(s), endpoint, counted: false, fin_counted: false }
         })
         .collect();
 
@@ -155,18 +126,14 @@ fn serve(setup: ServerSetup, socket: UdpSocket, stop: &AtomicBool, log: &Mutex<S
                         log.lock().unwrap().handshakes += 1;
                     }
                     let _ = socket.send_to(packet, from);
-                    while let TunnResult::WriteToNetwork(packet) =
-                        tunn.decapsulate(None, &[], &mut out)
-                    {
+                    while let TunnResult::WriteToNetwork(packet) = tunn.decapsulate(None, &[], &mut out) {
                         let _ = socket.send_to(packet, from);
                     }
                 }
                 TunnResult::WriteToTunnelV4(packet, _) | TunnResult::WriteToTunnelV6(packet, _) => {
                     match host_unreachable(packet, &setup) {
                         Some(icmp) => {
-                            if let TunnResult::WriteToNetwork(d) =
-                                tunn.encapsulate(&icmp, &mut icmp_out)
-                            {
+                            if let TunnResult::WriteToNetwork(d) = tunn.encapsulate(&icmp, &mut icmp_out) {
                                 let _ = socket.send_to(d, from);
                             }
                         }
@@ -178,9 +145,7 @@ fn serve(setup: ServerSetup, socket: UdpSocket, stop: &AtomicBool, log: &Mutex<S
         }
         iface.poll(Instant::now(), &mut device, &mut sockets);
         while let Some(packet) = device.pop_outbound() {
-            if let (Some(to), TunnResult::WriteToNetwork(datagram)) =
-                (peer, tunn.encapsulate(&packet, &mut out))
-            {
+            if let (Some(to), TunnResult::WriteToNetwork(datagram)) = (peer, tunn.encapsulate(&packet, &mut out)) {
                 let _ = socket.send_to(datagram, to);
             }
         }
@@ -265,9 +230,6 @@ fn host_unreachable(packet: &[u8], setup: &ServerSetup) -> Option<Vec<u8>> {
     let caps = ChecksumCapabilities::default();
     let mut out_ip = Ipv4Packet::new_unchecked(&mut out[..]);
     ip_repr.emit(&mut out_ip, &caps);
-    icmp.emit(
-        &mut Icmpv4Packet::new_unchecked(out_ip.payload_mut()),
-        &caps,
-    );
+    icmp.emit(&mut Icmpv4Packet::new_unchecked(out_ip.payload_mut()), &caps);
     Some(out)
 }

@@ -24,16 +24,10 @@ fn v4_setup(client_private: &PrivateKey, server_private: PrivateKey) -> ServerSe
         private: server_private,
         client_public: client_private.public_key(),
         addresses: vec![
-            IpCidr::new(
-                "10.100.0.1".parse::<std::net::Ipv4Addr>().unwrap().into(),
-                24,
-            ),
+            IpCidr::new("10.100.0.1".parse::<std::net::Ipv4Addr>().unwrap().into(), 24),
             IpCidr::new("10.0.1.5".parse::<std::net::Ipv4Addr>().unwrap().into(), 32),
         ],
-        listeners: vec![
-            "10.0.1.5:443".parse().unwrap(),
-            "10.0.1.5:22".parse().unwrap(),
-        ],
+        listeners: vec!["10.0.1.5:443".parse().unwrap(), "10.0.1.5:22".parse().unwrap()],
         unreachable: vec!["10.0.9.9".parse().unwrap()],
         garbage: false,
     }
@@ -44,11 +38,7 @@ fn start(setup: impl FnOnce(&PrivateKey, PrivateKey) -> ServerSetup) -> Topology
     let server_private = PrivateKey::generate();
     let server_public = server_private.public_key();
     let server = FakeServer::start(setup(&client_private, server_private));
-    Topology {
-        server,
-        server_public,
-        client_private,
-    }
+    Topology { server, server_public, client_private }
 }
 
 fn plan(t: &Topology, probes: &[&str]) -> SelfTestPlan {
@@ -82,25 +72,13 @@ fn passes_with_ping_and_probes_through_a_real_wireguard_peer() {
     eprintln!("{line}");
     assert!(outcome.passed(), "{line}");
     assert!(line.starts_with("selftest: PASS handshake "), "{line}");
-    assert!(
-        line.contains(", probe 10.0.1.5:443 ") && line.contains(", probe 10.0.1.5:22 "),
-        "{line}"
-    );
+    assert!(line.contains(", probe 10.0.1.5:443 ") && line.contains(", probe 10.0.1.5:22 "), "{line}");
     // Give the server a moment to process the client's FINs.
     std::thread::sleep(Duration::from_millis(50));
     let log = t.server.log();
     assert_eq!(log.handshakes, 1);
-    assert_eq!(
-        log.accepted,
-        vec![
-            "10.0.1.5:443".parse().unwrap(),
-            "10.0.1.5:22".parse().unwrap()
-        ]
-    );
-    assert_eq!(
-        log.closed_by_fin, 2,
-        "probe connections must end with a FIN, not a reset"
-    );
+    assert_eq!(log.accepted, vec!["10.0.1.5:443".parse().unwrap(), "10.0.1.5:22".parse().unwrap()]);
+    assert_eq!(log.closed_by_fin, 2, "probe connections must end with a FIN, not a reset");
 }
 
 #[test]
@@ -117,31 +95,17 @@ fn the_same_key_passes_run_after_run() {
 fn a_closed_port_fails_the_probe_as_refused_after_the_passing_steps() {
     let t = start(v4_setup);
     let outcome = run(&plan(&t, &["10.0.1.5:443", "10.0.1.5:444", "10.0.1.5:22"]));
-    assert_fail(
-        &outcome,
-        Step::Probe("10.0.1.5:444".parse().unwrap()),
-        "connection refused",
-    );
+    assert_fail(&outcome, Step::Probe("10.0.1.5:444".parse().unwrap()), "connection refused");
     let line = outcome.to_string();
-    assert!(
-        line.starts_with("selftest: FAIL probe 10.0.1.5:444: connection refused (handshake "),
-        "{line}"
-    );
-    assert!(
-        line.contains(", probe 10.0.1.5:443 ") && !line.contains("10.0.1.5:22"),
-        "{line}"
-    );
+    assert!(line.starts_with("selftest: FAIL probe 10.0.1.5:444: connection refused (handshake "), "{line}");
+    assert!(line.contains(", probe 10.0.1.5:443 ") && !line.contains("10.0.1.5:22"), "{line}");
 }
 
 #[test]
 fn a_silent_target_times_out_naming_the_probe() {
     let t = start(v4_setup);
     let outcome = run(&plan(&t, &["10.0.3.3:443"]));
-    assert_fail(
-        &outcome,
-        Step::Probe("10.0.3.3:443".parse().unwrap()),
-        "connection timed out after 400 ms",
-    );
+    assert_fail(&outcome, Step::Probe("10.0.3.3:443".parse().unwrap()), "connection timed out after 400 ms");
 }
 
 #[test]
@@ -161,22 +125,8 @@ fn an_unanswered_ping_fails_the_ping_step() {
     let mut p = plan(&t, &["10.0.1.5:443"]);
     p.ping_target = "10.100.0.9".parse().unwrap();
     let outcome = run(&p);
-    assert_fail(
-        &outcome,
-        Step::Ping(p.ping_target),
-        "no echo reply within 400 ms",
-    );
-    assert!(
-        matches!(
-            outcome,
-            SelfTestOutcome::Fail {
-                handshake: Some(_),
-                ping: None,
-                ..
-            }
-        ),
-        "{outcome}"
-    );
+    assert_fail(&outcome, Step::Ping(p.ping_target), "no echo reply within 400 ms");
+    assert!(matches!(outcome, SelfTestOutcome::Fail { handshake: Some(_), ping: None, .. }), "{outcome}");
 }
 
 #[test]
@@ -185,11 +135,7 @@ fn a_wrong_server_key_fails_the_handshake() {
     let mut p = plan(&t, &[]);
     p.server_public = PrivateKey::generate().public_key();
     let outcome = run(&p);
-    assert_fail(
-        &outcome,
-        Step::Handshake,
-        &format!("no response from {} within 400 ms", t.server.addr),
-    );
+    assert_fail(&outcome, Step::Handshake, &format!("no response from {} within 400 ms", t.server.addr));
     assert_eq!(t.server.log().handshakes, 0);
 }
 
@@ -216,19 +162,12 @@ fn nothing_listening_fails_the_handshake_as_refused() {
         timeout: STEP,
     };
     let outcome = run(&p);
-    assert_fail(
-        &outcome,
-        Step::Handshake,
-        &format!("nothing listens on {server} (connection refused)"),
-    );
+    assert_fail(&outcome, Step::Handshake, &format!("nothing listens on {server} (connection refused)"));
 }
 
 #[test]
 fn garbage_on_the_socket_is_ignored_and_the_run_still_passes() {
-    let t = start(|c, s| ServerSetup {
-        garbage: true,
-        ..v4_setup(c, s)
-    });
+    let t = start(|c, s| ServerSetup { garbage: true, ..v4_setup(c, s) });
     let outcome = run(&plan(&t, &["10.0.1.5:443"]));
     assert!(outcome.passed(), "{outcome}");
 }
@@ -242,16 +181,14 @@ fn garbage_alone_fails_the_handshake_and_says_so() {
     let thread = {
         let stop = stop.clone();
         std::thread::spawn(move || {
-            junk.set_read_timeout(Some(Duration::from_millis(5)))
-                .unwrap();
+            junk.set_read_timeout(Some(Duration::from_millis(5))).unwrap();
             let mut buf = [0u8; 2048];
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 if let Ok((_, from)) = junk.recv_from(&mut buf) {
                     for kind in 1u8..=4 {
                         let mut packet = [0xa5u8; 148];
                         packet[..4].copy_from_slice(&[kind, 0, 0, 0]);
-                        let _ =
-                            junk.send_to(&packet[..[148, 92, 64, 48][usize::from(kind) - 1]], from);
+                        let _ = junk.send_to(&packet[..[148, 92, 64, 48][usize::from(kind) - 1]], from);
                     }
                 }
             }
@@ -278,10 +215,7 @@ fn ipv6_end_to_end() {
         family_v6: true,
         addresses: vec![
             IpCidr::new("fd00::1".parse::<std::net::Ipv6Addr>().unwrap().into(), 64),
-            IpCidr::new(
-                "fd00:1::5".parse::<std::net::Ipv6Addr>().unwrap().into(),
-                128,
-            ),
+            IpCidr::new("fd00:1::5".parse::<std::net::Ipv6Addr>().unwrap().into(), 128),
         ],
         listeners: vec!["[fd00:1::5]:443".parse().unwrap()],
         unreachable: vec![],
@@ -292,10 +226,7 @@ fn ipv6_end_to_end() {
     p.ping_target = "fd00::1".parse().unwrap();
     let outcome = run(&p);
     assert!(outcome.passed(), "{outcome}");
-    assert!(
-        outcome.to_string().contains("probe [fd00:1::5]:443 "),
-        "{outcome}"
-    );
+    assert!(outcome.to_string().contains("probe [fd00:1::5]:443 "), "{outcome}");
     p.probes = vec!["[fd00:1::5]:80".parse().unwrap()];
     assert_fail(&run(&p), Step::Probe(p.probes[0]), "connection refused");
 }

@@ -32,12 +32,7 @@ fn against_wireguard_go_in_a_network_namespace() {
 fn scenario() {
     // SAFETY: unshare only changes this thread's namespace membership.
     let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-    assert_eq!(
-        rc,
-        0,
-        "unshare(CLONE_NEWNET): {}",
-        std::io::Error::last_os_error()
-    );
+    assert_eq!(rc, 0, "unshare(CLONE_NEWNET): {}", std::io::Error::last_os_error());
 
     let name = unique_name();
     let dir = ScratchDir::create(&name);
@@ -64,16 +59,7 @@ fn scenario() {
         "10.100.0.254/32,fd00::fe/128",
     ]);
     sh(&["ip", "addr", "add", "10.100.0.1/24", "dev", &name]);
-    sh(&[
-        "ip",
-        "-6",
-        "addr",
-        "add",
-        "fd00::1/64",
-        "dev",
-        &name,
-        "nodad",
-    ]);
+    sh(&["ip", "-6", "addr", "add", "fd00::1/64", "dev", &name, "nodad"]);
     // A destination the namespace refuses to route, as a firewall or an ACL route would: the
     // kernel answers with an ICMP error, which only leaves when forwarding is on.
     sh(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
@@ -94,22 +80,11 @@ fn scenario() {
     // PASS: handshake, ping answered by the kernel through wireguard-go's TUN, TCP to the listener.
     let outcome = run(&plan);
     eprintln!("{outcome}");
-    assert!(
-        outcome.passed(),
-        "{outcome} (wireguard-go log:\n{})",
-        server.log()
-    );
+    assert!(outcome.passed(), "{outcome} (wireguard-go log:\n{})", server.log());
     let handshakes = sh(&["wg", "show", &name, "latest-handshakes"]);
-    assert!(
-        !handshakes.trim().ends_with("\t0"),
-        "wireguard-go records no handshake with the client: {handshakes}"
-    );
+    assert!(!handshakes.trim().ends_with("\t0"), "wireguard-go records no handshake with the client: {handshakes}");
     let seen = listener.connections(1);
-    assert_eq!(
-        seen,
-        vec![Ending::Eof],
-        "the probe connects once and closes with a FIN"
-    );
+    assert_eq!(seen, vec![Ending::Eof], "the probe connects once and closes with a FIN");
 
     // IPv6: ICMPv6 echo (its checksum covers our address) answered by the kernel.
     let v6 = SelfTestPlan {
@@ -126,10 +101,7 @@ fn scenario() {
 
     // FAIL with the kernel's ICMP error for a destination it will not route.
     std::thread::sleep(Duration::from_millis(50));
-    let blocked = SelfTestPlan {
-        probes: vec![plan.probes[0], "10.0.7.7:80".parse().unwrap()],
-        ..plan.clone()
-    };
+    let blocked = SelfTestPlan { probes: vec![plan.probes[0], "10.0.7.7:80".parse().unwrap()], ..plan.clone() };
     let outcome = run(&blocked);
     eprintln!("{outcome}");
     assert!(
@@ -147,13 +119,7 @@ fn scenario() {
     let outcome = run(&plan);
     eprintln!("{outcome}");
     match &outcome {
-        SelfTestOutcome::Fail {
-            step: Step::Probe(target),
-            reason,
-            handshake: Some(_),
-            ping: Some(_),
-            ..
-        } => {
+        SelfTestOutcome::Fail { step: Step::Probe(target), reason, handshake: Some(_), ping: Some(_), .. } => {
             assert_eq!(target.to_string(), PROBE);
             assert_eq!(reason, "connection refused");
         }
@@ -180,11 +146,7 @@ fn scenario() {
 /// Interface names are global to the socket folder `/var/run/wireguard/`: unique per run.
 fn unique_name() -> String {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
-    format!(
-        "bst{}s{}",
-        std::process::id() % 100_000,
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
+    format!("bst{}s{}", std::process::id() % 100_000, NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
 /// Runs a command to completion; panics with its output when it fails. Returns stdout.
@@ -216,12 +178,7 @@ impl ScratchDir {
     fn write_secret(&self, file: &str, text: &str) -> PathBuf {
         use std::os::unix::fs::OpenOptionsExt;
         let path = self.0.join(file);
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .unwrap();
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path).unwrap();
         std::io::Write::write_all(&mut f, text.as_bytes()).unwrap();
         path
     }
@@ -255,11 +212,7 @@ impl WireguardGo {
             .stderr(file)
             .spawn()
             .expect("wireguard-go (make test-deps installs it)");
-        let server = WireguardGo {
-            child,
-            name: name.to_string(),
-            log,
-        };
+        let server = WireguardGo { child, name: name.to_string(), log };
         let socket = server.socket();
         for _ in 0..500 {
             if socket.exists() {
@@ -267,11 +220,7 @@ impl WireguardGo {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        panic!(
-            "wireguard-go did not create {} within 5 s:\n{}",
-            socket.display(),
-            server.log()
-        );
+        panic!("wireguard-go did not create {} within 5 s:\n{}", socket.display(), server.log());
     }
     fn socket(&self) -> PathBuf {
         PathBuf::from(format!("/var/run/wireguard/{}.sock", self.name))
@@ -321,9 +270,7 @@ impl ProbeListener {
                     match listener.accept() {
                         Ok((mut stream, _)) => {
                             stream.set_nonblocking(false).unwrap();
-                            stream
-                                .set_read_timeout(Some(Duration::from_secs(5)))
-                                .unwrap();
+                            stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
                             let mut buf = [0u8; 512];
                             let ending = loop {
                                 match stream.read(&mut buf) {
@@ -339,11 +286,7 @@ impl ProbeListener {
                 }
             })
         };
-        ProbeListener {
-            stop,
-            seen,
-            thread: Some(thread),
-        }
+        ProbeListener { stop, seen, thread: Some(thread) }
     }
 
     /// The connections seen so far, waiting up to a second for `expected` of them to end.
