@@ -1,20 +1,9 @@
 //! `bastion`: the whole appliance in one binary.
 //!
-//! This file only parses the command line and dispatches; each command's work lives in its own
-//! module (`service` runs the bastion, `config` validates, `keys` makes keys).
+//! This file only parses the command line and dispatches; each command's work lives in the
+//! library (`bastion::service` runs the bastion, `config` validates, `keys` makes keys...).
 
-mod config;
-mod health;
-mod init;
-mod keys;
-mod log;
-mod nat;
-mod netlink;
-mod selftest;
-mod service;
-mod status;
-mod tunnel;
-
+use bastion::{config, convert, init, keys, service, status};
 use clap::{Parser, Subcommand};
 use std::io::Read;
 use std::path::PathBuf;
@@ -164,7 +153,7 @@ fn pubkey() -> ExitCode {
 }
 
 fn convert(file: &std::path::Path) -> ExitCode {
-    match config::wg_quick::convert_file(file) {
+    match convert::wg_quick::convert_file(file) {
         Ok(conversion) => {
             print!("{}", conversion.toml);
             for note in &conversion.notes {

@@ -4,7 +4,8 @@
 //! `=`), and no 16-character piece of either key may appear in any error, warning or note.
 //! (`convert`'s TOML on stdout carries the key on purpose and is not a diagnostic.)
 
-use super::{parse, render_warnings, wg_quick};
+use super::{parse, render_warnings};
+use crate::convert::wg_quick;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use proptest::prelude::*;

@@ -2,14 +2,13 @@
 //!
 //! This module owns the TOML schema (`[interface]`, `[[peer]]`, `[nat]`, `[health]`,
 //! `[selftest]`), its validation, and the error list `check-config` prints (file, line, field,
-//! what was expected). It does not open sockets or touch the network; `wg_quick` converts
+//! what was expected). It does not open sockets or touch the network; `crate::convert` converts
 //! existing wg-quick files into this schema.
 
 mod consistency;
-mod document;
-mod schema;
-mod values;
-pub mod wg_quick;
+pub(crate) mod document;
+pub(crate) mod schema;
+pub(crate) mod values;
 
 #[cfg(test)]
 mod leak_tests;
@@ -176,7 +175,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 /// Reads a whole text file of at most `limit` bytes; a longer one is an error, not a truncation.
 /// The text may hold a key: it is wiped when dropped (read into one allocation of the file's
 /// size, so no copy is left behind by a growing buffer).
-fn read_bounded(path: &Path, limit: u64) -> std::io::Result<zeroize::Zeroizing<String>> {
+pub(crate) fn read_bounded(path: &Path, limit: u64) -> std::io::Result<zeroize::Zeroizing<String>> {
     use std::io::Read;
     let file = std::fs::File::open(path)?;
     let size = file.metadata().map(|m| m.len()).unwrap_or(0).min(limit + 1);

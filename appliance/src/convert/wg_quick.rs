@@ -10,9 +10,9 @@
 //! config, usually headed for EC2 user-data, which carries the key inline too); the notes never
 //! contain a key.
 
-use super::document::Report;
-use super::values;
-use super::{ConfigError, InterfaceAddress};
+use crate::config::document::Report;
+use crate::config::values;
+use crate::config::{ConfigError, InterfaceAddress};
 use crate::keys::{PresharedKey, PrivateKey, PublicKey};
 use ip_network::IpNetwork;
 use std::collections::{HashMap, HashSet};
@@ -48,9 +48,13 @@ impl std::fmt::Display for Note {
 
 pub fn convert_file(path: &Path) -> Result<Conversion, ConfigError> {
     let origin = path.display().to_string();
-    let text = super::read_bounded(path, FILE_LIMIT).map_err(|e| ConfigError {
+    let text = crate::config::read_bounded(path, FILE_LIMIT).map_err(|e| ConfigError {
         origin: origin.clone(),
-        problems: vec![super::ConfigProblem { line: None, field: "file".into(), message: format!("cannot read: {e}") }],
+        problems: vec![crate::config::ConfigProblem {
+            line: None,
+            field: "file".into(),
+            message: format!("cannot read: {e}"),
+        }],
     })?;
     convert(&text, &origin, path.file_name().and_then(|n| n.to_str()))
 }
@@ -71,7 +75,7 @@ pub fn convert(text: &str, origin: &str, file_name: Option<&str>) -> Result<Conv
     let body = write_toml(&file, &name, &peer_names, &nat);
 
     // The output must stand on its own: whatever check-config would say about it, say now.
-    if let Err(e) = super::parse(&body, "converted", None) {
+    if let Err(e) = crate::config::parse(&body, "converted", None) {
         for p in e.problems {
             notes.push(Note {
                 line: None,
@@ -465,7 +469,7 @@ fn interface_name(file_name: Option<&str>, notes: &mut Vec<Note>) -> String {
                     ),
                 });
             }
-            super::schema::DEFAULT_INTERFACE_NAME.to_string()
+            crate::config::schema::DEFAULT_INTERFACE_NAME.to_string()
         }
     }
 }
@@ -749,7 +753,7 @@ fn write_toml(file: &WgFile, name: &str, peer_names: &[String], nat: &NatPlan) -
         let _ = writeln!(out, "private_key_file = {}", quote(path));
     }
     let _ = writeln!(out, "address = {}", quoted_list(&file.addresses));
-    let _ = writeln!(out, "listen_port = {}", file.listen_port.unwrap_or(super::schema::DEFAULT_LISTEN_PORT));
+    let _ = writeln!(out, "listen_port = {}", file.listen_port.unwrap_or(crate::config::schema::DEFAULT_LISTEN_PORT));
     if let Some(mtu) = file.mtu {
         let _ = writeln!(out, "mtu = {mtu}");
     }
@@ -804,7 +808,7 @@ mod tests {
     #[test]
     fn the_article_server_converts_to_a_valid_config() {
         let c = convert(&server(), "wg0.conf", Some("wg0.conf")).unwrap();
-        let config = super::super::parse(&c.toml, "out", None).unwrap_or_else(|e| panic!("{e}\n{}", c.toml));
+        let config = crate::config::parse(&c.toml, "out", None).unwrap_or_else(|e| panic!("{e}\n{}", c.toml));
         assert_eq!(config.interface.private_key.expose_base64(), KEY);
         assert_eq!(config.interface.addresses[0].to_string(), "10.100.0.1/24");
         assert_eq!(config.interface.listen_port, 51820);
@@ -812,7 +816,7 @@ mod tests {
         assert_eq!(config.peers[0].public_key.to_base64(), PEER);
         assert_eq!(config.peers[0].allowed_ips[0].to_string(), "10.100.0.2/32");
         assert!(config.nat.masquerade);
-        assert_eq!(config.nat.egress, super::super::Egress::Interface("eth0".into()));
+        assert_eq!(config.nat.egress, crate::config::Egress::Interface("eth0".into()));
         assert_eq!(config.nat.reach[0].to_string(), "0.0.0.0/0");
         let notes = notes_text(&c);
         assert!(
@@ -834,7 +838,7 @@ mod tests {
              presharedkey = {PEER2}\nendpoint = [2001:db8::1]:51820\n"
         );
         let c = convert(&text, "x", Some("tun0.conf")).unwrap();
-        let config = super::super::parse(&c.toml, "out", None).unwrap_or_else(|e| panic!("{e}\n{}", c.toml));
+        let config = crate::config::parse(&c.toml, "out", None).unwrap_or_else(|e| panic!("{e}\n{}", c.toml));
         assert_eq!(config.interface.addresses.len(), 3);
         assert_eq!((config.interface.listen_port, config.interface.mtu), (443, 1380));
         assert_eq!(config.interface.name, "tun0");
@@ -855,7 +859,7 @@ mod tests {
              #Name=bob\n[Peer]\nPublicKey = {PEER2}\nAllowedIPs = 10.100.0.3/32\n"
         );
         let c = convert(&text, "x", Some("wg0.conf")).unwrap();
-        let config = super::super::parse(&c.toml, "out", None).unwrap();
+        let config = crate::config::parse(&c.toml, "out", None).unwrap();
         let names: Vec<&str> = config.peers.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, ["alice", "bob"]);
     }
@@ -897,7 +901,7 @@ mod tests {
              iptables -A FORWARD -o %i -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT;",
         );
         let c = convert(&text, "x", Some("wg0.conf")).unwrap();
-        let config = super::super::parse(&c.toml, "out", None).unwrap_or_else(|e| panic!("{e}"));
+        let config = crate::config::parse(&c.toml, "out", None).unwrap_or_else(|e| panic!("{e}"));
         let reach: Vec<String> = config.nat.reach.iter().map(|n| n.to_string()).collect();
         assert_eq!(reach, ["10.0.1.0/24", "::/0"]);
         assert!(notes_text(&c).contains("lets traffic back to the peers"), "{}", notes_text(&c));
@@ -951,7 +955,7 @@ mod tests {
         let text = server().replace("ListenPort", "DNS = 10.0.0.2\u{1}x\rTable = off\nListenPort");
         let c = convert(&text, "x", Some("wg0.conf")).unwrap();
         assert!(c.notes.iter().any(|n| n.message.contains("10.0.0.2\u{fffd}x")));
-        super::super::parse(&c.toml, "out", None).unwrap_or_else(|e| panic!("{e}\n{}", c.toml));
+        crate::config::parse(&c.toml, "out", None).unwrap_or_else(|e| panic!("{e}\n{}", c.toml));
     }
 
     #[test]
@@ -962,7 +966,7 @@ mod tests {
              [Peer]\n# Name = alice\nPublicKey = {PEER2}\nAllowedIPs = 10.100.0.3/32\n"
         );
         let c = convert(&text, "x", Some("wg0.conf")).unwrap();
-        let config = super::super::parse(&c.toml, "out", None).unwrap_or_else(|e| panic!("{e}"));
+        let config = crate::config::parse(&c.toml, "out", None).unwrap_or_else(|e| panic!("{e}"));
         let names: Vec<&str> = config.peers.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, ["alice", "alice-2"]);
         assert!(notes_text(&c).contains("line 9: another peer is already named \"alice\""), "{}", notes_text(&c));

@@ -1,0 +1,23 @@
+//! The bastion appliance as a library: everything the `bastion` binary does, in modules a test
+//! (or another binary) can call. `ARCHITECTURE.md` at the top of the repository is the map.
+//!
+//! - `config` — the TOML schema and its validation; `convert` — wg-quick files into it;
+//! - `keys` — WireGuard keys and the masking of key-like text in diagnostics; `log` — lines;
+//! - `tunnel` — the WireGuard data plane; `nat` (+ `netlink`) — forwarding and our nftables table;
+//! - `health` — the HTTP health responder; `status` — the local status socket;
+//! - `selftest` — the in-process WireGuard client that proves the data plane works;
+//! - `service` — `bastion run`, which puts the above together;
+//! - `init` — PID 1 of the appliance: boot, network, config, supervision, power button.
+
+pub mod config;
+pub mod convert;
+pub mod health;
+pub mod init;
+pub mod keys;
+pub mod log;
+pub mod nat;
+pub mod netlink;
+pub mod selftest;
+pub mod service;
+pub mod status;
+pub mod tunnel;
