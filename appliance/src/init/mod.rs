@@ -6,8 +6,9 @@
 //! 2. `modules` — the image's module list, with finit_module;
 //! 3. `network` — lo up, then the primary interface, and `dhcp` on it for the life of the instance;
 //! 4. `config_source` — user-data over IMDSv2 (`imds`, `http`), else the baked file;
-//! 5. `supervise` — the service as a child, restarts, reaping, and the standby 503
-//!    (`standby_health`) while no service runs;
+//! 5. `supervise` — what to do about the service (start, restart with backoff, drain, kill), as
+//!    a state machine without I/O; `supervisor_loop` carries it out: spawning, reaping, the
+//!    standby 503 (`standby_health`) while no service runs;
 //! 6. `power` and `shutdown` — power button and signals → drain → sync → power off.
 //!
 //! The machine's PID 1 never exits and never powers off on its own; `bastion init` (a test in
@@ -27,11 +28,13 @@ mod power;
 mod shutdown;
 mod standby_health;
 mod supervise;
+mod supervisor_loop;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::mpsc;
-use supervise::{Ending, Event, Supervisor};
+use supervise::Ending;
+use supervisor_loop::Event;
 
 /// Where things are; the defaults are the appliance's, tests point them elsewhere.
 #[derive(Debug, Clone)]
@@ -145,8 +148,9 @@ pub fn run(mode: Mode, options: Options) -> ExitCode {
 
     let listen = config_source::DEFAULT_HEALTH_LISTEN.parse().expect("constant address");
     let ending = if mode == Mode::Machine { Ending::PowerOff } else { Ending::Exit };
-    let supervisor = Supervisor::new(ending, listen, "network: waiting for a DHCP lease", start_config);
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| supervisor.run(inbox)));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        supervisor_loop::run(ending, listen, "network: waiting for a DHCP lease", start_config, inbox)
+    }));
     if result.is_err() {
         if mode == Mode::Command {
             return ExitCode::FAILURE;

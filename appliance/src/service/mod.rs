@@ -211,7 +211,7 @@ impl Service {
         let health = {
             let state = state.clone();
             let data_plane = data_plane.clone();
-            HealthResponder::start(config.health.listen, move || judge::judge(&state, &data_plane))
+            HealthResponder::start(config.health.listen, move || judge::verdict(&state, &data_plane))
                 .map_err(|e| format!("health responder: {e}"))?
         };
         log!("health: listening on {}", config.health.listen);

@@ -1,7 +1,7 @@
 //! The text `bastion status` prints: health, drain, the last self-test, every peer's endpoint,
 //! last handshake and bytes, and the drop counters. Never keys.
 
-use super::judge::judge;
+use super::judge::verdict;
 use super::ServiceState;
 use crate::health::Verdict;
 use crate::status;
@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 pub fn report(state: &ServiceState, data_plane: &DataPlane, listen_port: u16) -> String {
     let mut text = String::new();
-    let verdict = judge(state, data_plane);
+    let verdict = verdict(state, data_plane);
     let _ = writeln!(text, "interface: {}  UDP port {listen_port}  health {}", data_plane.name(), verdict.status());
     if let Verdict::Unhealthy(reasons) = &verdict {
         for reason in reasons {
