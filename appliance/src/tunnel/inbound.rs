@@ -1,4 +1,5 @@
-//! Network → tunnel: one UDP datagram from the listen port, taken to its peer's `Tunn`.
+//! Network → tunnel: one UDP datagram from the listen port, taken to its peer's `Tunn`; the
+//! decisions are `decision`'s, this module carries them out.
 //!
 //! The peer is found without trying keys: a handshake initiation names its sender's static key
 //! (found with one DH after the MAC and rate-limit checks); every other message carries our
@@ -7,50 +8,15 @@
 //! do not have starts a handshake back to its sender at once (fast failover), when `failover`
 //! allows it: not while the peer is being heard here, and within per-peer and global limits.
 
+use super::decision::{self, MessageKind, Role, Route, Verdict};
 use super::failover::{self, PeerStamps, Refusal};
 use super::peers::{Peer, PeerId};
 use super::{udp, Counters, DataPlaneShared};
 use crate::log;
-use boringtun::noise::errors::WireGuardError;
 use boringtun::noise::handshake::parse_handshake_anon;
-use boringtun::noise::{HandshakeInit, Packet, Tunn, TunnResult};
+use boringtun::noise::{HandshakeInit, Tunn, TunnResult};
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::Ordering;
-
-/// The WireGuard message types.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum MessageKind {
-    Initiation,
-    Response,
-    CookieReply,
-    Data,
-}
-
-/// Where a datagram goes, decided from its bytes and the peer table alone (parsed once, here).
-#[derive(Debug)]
-enum Route<'a> {
-    /// A handshake initiation: the peer is known only after the DH in `parse_handshake_anon`.
-    Initiation(HandshakeInit<'a>),
-    /// A message that names one of our peers by our receiver index.
-    Peer(PeerId, MessageKind),
-    /// Not a WireGuard message, or an index that is not ours.
-    Drop,
-}
-
-/// Classifies a datagram without any cryptography.
-fn route<'a>(shared: &DataPlaneShared, datagram: &'a [u8]) -> Route<'a> {
-    let (receiver_index, kind) = match Tunn::parse_incoming_packet(datagram) {
-        Ok(Packet::HandshakeInit(init)) => return Route::Initiation(init),
-        Ok(Packet::HandshakeResponse(p)) => (p.receiver_idx, MessageKind::Response),
-        Ok(Packet::PacketCookieReply(p)) => (p.receiver_idx, MessageKind::CookieReply),
-        Ok(Packet::PacketData(p)) => (p.receiver_idx, MessageKind::Data),
-        Err(_) => return Route::Drop,
-    };
-    match shared.peers.by_receiver_index(receiver_index) {
-        Some(id) => Route::Peer(id, kind),
-        None => Route::Drop,
-    }
-}
 
 /// Handles one datagram received on `socket` from `source`. `out` is scratch space for what the
 /// `Tunn` produces (at least datagram size + 32 and 148 bytes).
@@ -62,9 +28,9 @@ pub fn handle_datagram(
     datagram: &[u8],
     out: &mut [u8],
 ) {
-    let (peer_id, kind) = match route(shared, datagram) {
-        Route::Drop => {
-            Counters::count(&shared.counters.dropped_datagrams);
+    let (peer_id, kind) = match decision::route(datagram, |index| shared.peers.by_receiver_index(index)) {
+        Route::Drop(reason) => {
+            Counters::count(shared.counters.dropped(reason));
             return;
         }
         Route::Initiation(init) => match identify_initiator(shared, socket, source, datagram, &init, out) {
@@ -85,11 +51,11 @@ pub fn handle_datagram(
     }
     let source_ip = source.ip().to_canonical();
     let mut tunn = peer.lock_tunn();
-    match tunn.decapsulate(Some(source_ip), datagram, out) {
-        TunnResult::WriteToNetwork(reply) => {
+    match decision::verdict(kind, tunn.decapsulate(Some(source_ip), datagram, out)) {
+        Verdict::Answer { reply, handshake } => {
             send(shared, socket, reply, source);
-            if kind != MessageKind::Data {
-                handshake_completed(peer, source, kind);
+            if let Some(role) = handshake {
+                handshake_completed(peer, source, role);
             }
             note_endpoint(shared, peer, source);
             // Packets queued while the session was being made can go now.
@@ -97,45 +63,20 @@ pub fn handle_datagram(
                 send(shared, socket, queued, source);
             }
         }
-        TunnResult::WriteToTunnelV4(packet, from) => {
-            deliver(shared, peer_id, peer, tun, packet, from.into());
+        Verdict::Deliver { packet, source: from } => {
+            deliver(shared, peer_id, peer, tun, packet, from);
             note_endpoint(shared, peer, source);
         }
-        TunnResult::WriteToTunnelV6(packet, from) => {
-            deliver(shared, peer_id, peer, tun, packet, from.into());
-            note_endpoint(shared, peer, source);
-        }
-        TunnResult::Done => {
-            // A keepalive (authenticated, so the sender is the peer) or a cookie reply.
-            if kind == MessageKind::Data {
-                note_endpoint(shared, peer, source);
+        Verdict::Authenticated => note_endpoint(shared, peer, source),
+        Verdict::Nothing => {}
+        Verdict::UnknownSession { rejected } => {
+            if rejected {
+                Counters::count(&shared.counters.rejected_datagrams);
             }
-        }
-        TunnResult::Err(WireGuardError::NoCurrentSession) => {
             start_failover_handshake(shared, socket, peer, &mut tunn, source, out);
         }
-        TunnResult::Err(e) => {
-            Counters::count(&shared.counters.rejected_datagrams);
-            if kind == MessageKind::Data && from_another_session(&e) {
-                start_failover_handshake(shared, socket, peer, &mut tunn, source, out);
-            }
-        }
+        Verdict::Rejected => Counters::count(&shared.counters.rejected_datagrams),
     }
-}
-
-/// Whether boringtun refused a data packet because the session we hold at its index is not the
-/// one the packet was sent on: another index in that slot, counters of an older session, or keys
-/// that do not open it. That is how a flow arrives when it comes back to a bastion that still
-/// holds an old session with the peer (a health check that flapped): as far as this bastion can
-/// tell, the packet's session is one it does not have, exactly as with `NoCurrentSession`.
-fn from_another_session(error: &WireGuardError) -> bool {
-    matches!(
-        error,
-        WireGuardError::WrongIndex
-            | WireGuardError::InvalidCounter
-            | WireGuardError::DuplicateCounter
-            | WireGuardError::InvalidAeadTag
-    )
 }
 
 /// MAC check and the shared handshake rate limit (a cookie reply when under load); false when
@@ -207,15 +148,15 @@ fn deliver(
     }
 }
 
-fn handshake_completed(peer: &Peer, source: SocketAddr, kind: MessageKind) {
+fn handshake_completed(peer: &Peer, source: SocketAddr, role: Role) {
     Peer::count(&peer.counters.handshakes);
     if peer.loopback_only {
         // The self-test's own peer handshakes every run; its result line says enough.
         return;
     }
-    let role = match kind {
-        MessageKind::Initiation => "as responder",
-        _ => "as initiator",
+    let role = match role {
+        Role::Responder => "as responder",
+        Role::Initiator => "as initiator",
     };
     log!("peer {} handshake completed {} with {}", peer.name, role, udp::canonical(source));
 }
@@ -294,20 +235,5 @@ pub(super) fn send(shared: &DataPlaneShared, socket: &UdpSocket, packet: &[u8], 
     let to = udp::socket_address(to, shared.dual_stack);
     if socket.send_to(packet, to).is_err() {
         Counters::count(&shared.counters.send_errors);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_packet_of_a_session_we_do_not_hold_is_told_from_other_errors() {
-        assert!(from_another_session(&WireGuardError::InvalidAeadTag));
-        assert!(from_another_session(&WireGuardError::DuplicateCounter));
-        assert!(from_another_session(&WireGuardError::InvalidCounter));
-        assert!(from_another_session(&WireGuardError::WrongIndex));
-        assert!(!from_another_session(&WireGuardError::InvalidPacket));
-        assert!(!from_another_session(&WireGuardError::ConnectionExpired));
     }
 }

@@ -7,6 +7,7 @@
 //! thin threads around them. This module does not touch NAT or health: it reports what it knows
 //! through `DataPlane::status` and the heartbeat.
 
+mod decision;
 mod failover;
 mod inbound;
 mod outbound;
@@ -88,6 +89,14 @@ pub struct Counters {
 impl Counters {
     pub fn count(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The counter of datagrams dropped for `reason`: garbage and unknown indices both count as
+    /// "not ours" (`bastion status`), one counter.
+    fn dropped(&self, reason: decision::DropReason) -> &AtomicU64 {
+        match reason {
+            decision::DropReason::NotWireGuard | decision::DropReason::UnknownIndex => &self.dropped_datagrams,
+        }
     }
 
     /// A failed TUN read or write (`doing`: "read from", "write to"). Logged once, then
