@@ -93,7 +93,7 @@ unit-test:
 integration-test: build image-builder image
 	BASTION_BIN=$(CURDIR)/target/release/bastion BASTION_IMAGE_BIN=$(CURDIR)/$(IMAGE_BUILDER) \
 	  BASTION_DISK=$(CURDIR)/$(DISK) BASTION_VENV=$(CURDIR)/$(VENV) \
-	  $(CARGO) test --release -p bastion-tests -- --test-threads=1
+	  $(CARGO) test --release -p bastion-tests -- --test-threads=1 --include-ignored
 
 test: test-deps gates unit-test integration-test boot-test
 

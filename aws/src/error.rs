@@ -66,7 +66,9 @@ impl AwsError {
     /// connection. Never access denied, validation errors or missing resources.
     pub fn retryable(&self) -> bool {
         match self {
-            AwsError::Transport { error, .. } => !matches!(error, TransportError::HostNotFound(_)),
+            AwsError::Transport { error, .. } => {
+                !matches!(error, TransportError::HostNotFound(_) | TransportError::BodyTooLarge(_))
+            }
             AwsError::Service { status, code, .. } => {
                 *status >= 500
                     || *status == 429

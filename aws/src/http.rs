@@ -17,6 +17,8 @@ pub struct HttpRequest {
 #[derive(Debug, Clone)]
 pub struct HttpResponse {
     pub status: u16,
+    /// The status's canonical reason phrase (`Not Found`), for messages.
+    pub reason: String,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
 }
@@ -37,8 +39,14 @@ impl HttpResponse {
 pub enum TransportError {
     /// DNS found no address for the host.
     HostNotFound(String),
-    /// A connect, read or write took too long.
+    /// No connection within the connect timeout.
+    ConnectTimeout(String),
+    /// No connection at all: refused, no route to the host.
+    Unreachable(String),
+    /// Connected, but the whole exchange took longer than allowed.
     Timeout(String),
+    /// The answer's body is longer than the limit (in bytes).
+    BodyTooLarge(u64),
     /// Anything else on the way (refused, reset, TLS, a broken HTTP answer).
     Failed(String),
 }
@@ -47,7 +55,10 @@ impl std::fmt::Display for TransportError {
     fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         match self {
             TransportError::HostNotFound(host) => write!(f, "cannot resolve {host}"),
+            TransportError::ConnectTimeout(what) => write!(f, "no connection in time: {what}"),
+            TransportError::Unreachable(what) => f.write_str(what),
             TransportError::Timeout(what) => write!(f, "timed out: {what}"),
+            TransportError::BodyTooLarge(limit) => write!(f, "response body larger than {limit} bytes"),
             TransportError::Failed(what) => f.write_str(what),
         }
     }
@@ -57,6 +68,7 @@ impl std::fmt::Display for TransportError {
 #[derive(Clone)]
 pub struct Http {
     agent: ureq::Agent,
+    max_body: u64,
 }
 
 impl Http {
@@ -70,6 +82,12 @@ impl Http {
         Http::build(timeout, timeout, false)
     }
 
+    /// Like `link_local` with its own connect timeout and body limit (the appliance's IMDS
+    /// client: user-data is at most 64 KiB).
+    pub fn bounded(total: Duration, connect: Duration, max_body: u64) -> Http {
+        Http { max_body, ..Http::build(total, connect, false) }
+    }
+
     fn build(timeout: Duration, connect: Duration, proxy_from_env: bool) -> Http {
         let mut config = ureq::Agent::config_builder()
             .http_status_as_error(false)
@@ -80,7 +98,7 @@ impl Http {
         if !proxy_from_env {
             config = config.proxy(None);
         }
-        Http { agent: config.build().into() }
+        Http { agent: config.build().into(), max_body: MAX_RESPONSE }
     }
 
     pub fn send(&self, request: &HttpRequest) -> Result<HttpResponse, TransportError> {
@@ -94,21 +112,34 @@ impl Http {
         let what = || format!("{} {}", request.method, request.url);
         let response = self.agent.run(built).map_err(|e| match e {
             ureq::Error::HostNotFound => TransportError::HostNotFound(host_of(&request.url)),
+            ureq::Error::Timeout(ureq::Timeout::Connect | ureq::Timeout::Resolve) => {
+                TransportError::ConnectTimeout(what())
+            }
             ureq::Error::Timeout(t) => TransportError::Timeout(format!("{} ({t})", what())),
+            ureq::Error::Io(e) if unreachable(&e) => TransportError::Unreachable(format!("{}: {e}", what())),
+            ureq::Error::ConnectionFailed => TransportError::Unreachable(format!("{}: connection failed", what())),
             other => TransportError::Failed(format!("{}: {other}", what())),
         })?;
         let status = response.status().as_u16();
+        let reason = response.status().canonical_reason().unwrap_or("").to_string();
         let headers = response
             .headers()
             .iter()
             .map(|(n, v)| (n.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
             .collect();
-        let body = response.into_body().into_with_config().limit(MAX_RESPONSE).read_to_vec().map_err(|e| match e {
+        let body = response.into_body().into_with_config().limit(self.max_body).read_to_vec().map_err(|e| match e {
+            ureq::Error::BodyExceedsLimit(_) => TransportError::BodyTooLarge(self.max_body),
             ureq::Error::Timeout(t) => TransportError::Timeout(format!("{} ({t})", what())),
             other => TransportError::Failed(format!("{}: reading the answer: {other}", what())),
         })?;
-        Ok(HttpResponse { status, headers, body })
+        Ok(HttpResponse { status, reason, headers, body })
     }
+}
+
+/// Whether an I/O error means nothing answered at that address.
+fn unreachable(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(e.kind(), ConnectionRefused | NetworkUnreachable | HostUnreachable | AddrNotAvailable)
 }
 
 /// `host[:port]` of a URL, for messages.
@@ -166,6 +197,6 @@ mod tests {
             headers: vec![],
             body: vec![],
         });
-        assert!(matches!(refused, Err(TransportError::Failed(_))), "{refused:?}");
+        assert!(matches!(refused, Err(TransportError::Unreachable(_))), "{refused:?}");
     }
 }

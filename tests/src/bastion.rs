@@ -12,33 +12,21 @@ use crate::process::Process;
 use crate::topology::{Topology, BASTION_TUNNEL_V4, BASTION_TUNNEL_V6, LISTEN_PORT};
 use crate::wait::wait_until;
 
-/// The `bastion` binary under test, or `None` (the caller skips, saying why) when
-/// `BASTION_BIN` is unset. A relative path that is not a file from here (cargo runs tests in
-/// `tests/`) is taken from the workspace root, so `BASTION_BIN=target/debug/bastion` works.
-pub fn binary() -> Option<PathBuf> {
-    let given = PathBuf::from(std::env::var_os("BASTION_BIN")?);
+/// The `bastion` binary under test, from `BASTION_BIN` (the Makefile sets it). Panics, saying
+/// what to do, when it is not set: a test never passes by doing nothing. A relative path that
+/// is not a file from here (cargo runs tests in `tests/`) is taken from the workspace root, so
+/// `BASTION_BIN=target/debug/bastion` works.
+pub fn binary() -> PathBuf {
+    let given = PathBuf::from(std::env::var_os("BASTION_BIN").unwrap_or_else(|| {
+        panic!("BASTION_BIN is not set: run `make integration-test`, or set BASTION_BIN=target/release/bastion")
+    }));
     let path = if given.is_relative() && !given.is_file() {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(&given)
     } else {
         given
     };
     assert!(path.is_file(), "BASTION_BIN={} is not a file: build it first (`make build`)", path.display());
-    Some(path)
-}
-
-/// In a test: the binary under test, or return from the test saying why it is skipped (so
-/// `cargo test` without `BASTION_BIN` passes, saying what it did not run).
-#[macro_export]
-macro_rules! binary_or_skip {
-    () => {
-        match $crate::bastion::binary() {
-            Some(path) => path,
-            None => {
-                eprintln!("SKIPPED: BASTION_BIN is not set (`make integration-test` sets it)");
-                return;
-            }
-        }
-    };
+    path
 }
 
 /// What varies between tests' configs; everything else follows the topology.

@@ -1,9 +1,8 @@
 //! HTTP on both sides of the tunnel: a real `python3 -m http.server` in a private namespace
-//! (its access log names each client's source address), and a small HTTP/1.0 client that runs
-//! inside any namespace (for pages through the tunnel and for the bastion's health responder).
+//! (its access log names each client's source address), and a client (ureq) that runs inside
+//! any namespace (for pages through the tunnel and for the bastion's health responder).
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::netns::Netns;
@@ -95,7 +94,8 @@ pub fn get(ns: &Netns, addr: SocketAddr, path: &str, timeout: Duration) -> Resul
     request(ns, "GET", addr, path, timeout)
 }
 
-/// One HTTP/1.0 request from inside `ns`. Errors say which step failed.
+/// One HTTP request from inside `ns` with ureq (no proxy, no redirects, any status is an
+/// answer). `timeout` bounds the connect and the whole exchange. Errors say which step failed.
 pub fn request(
     ns: &Netns,
     method: &str,
@@ -105,51 +105,28 @@ pub fn request(
 ) -> Result<HttpResponse, String> {
     let what = format!("{method} http://{addr}{path} from namespace {}", ns.name());
     ns.enter(|| {
-        let mut stream = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("{what}: connect: {e}"))?;
-        stream.set_read_timeout(Some(timeout)).unwrap();
-        stream.set_write_timeout(Some(timeout)).unwrap();
-        let host = addr.to_string();
-        write!(stream, "{method} {path} HTTP/1.0\r\nHost: {host}\r\nConnection: close\r\n\r\n")
-            .map_err(|e| format!("{what}: send: {e}"))?;
-        let mut raw = Vec::new();
-        stream
-            .take(MAX_RESPONSE)
-            .read_to_end(&mut raw)
-            .map_err(|e| format!("{what}: read: {e} (after {} bytes)", raw.len()))?;
-        parse_response(&raw).map_err(|e| format!("{what}: {e}"))
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .proxy(None)
+            .timeout_connect(Some(timeout))
+            .timeout_global(Some(timeout))
+            .build()
+            .into();
+        let request = ureq::http::Request::builder()
+            .method(method)
+            .uri(format!("http://{addr}{path}"))
+            .header("Connection", "close")
+            .body(())
+            .map_err(|e| format!("{what}: {e}"))?;
+        let response = agent.run(request).map_err(|e| format!("{what}: {e}"))?;
+        let status = response.status().as_u16();
+        let body = response
+            .into_body()
+            .into_with_config()
+            .limit(MAX_RESPONSE)
+            .read_to_vec()
+            .map_err(|e| format!("{what}: reading the answer: {e}"))?;
+        Ok(HttpResponse { status, body: String::from_utf8_lossy(&body).into_owned() })
     })
-}
-
-fn parse_response(raw: &[u8]) -> Result<HttpResponse, String> {
-    let text = String::from_utf8_lossy(raw);
-    let (head, body) =
-        text.split_once("\r\n\r\n").ok_or_else(|| format!("no end of headers in {} bytes: {text:?}", raw.len()))?;
-    let status_line = head.lines().next().unwrap_or("");
-    let mut parts = status_line.split_whitespace();
-    let version = parts.next().unwrap_or("");
-    let status = parts
-        .next()
-        .and_then(|s| s.parse::<u16>().ok())
-        .filter(|_| version.starts_with("HTTP/"))
-        .ok_or_else(|| format!("bad status line {status_line:?}"))?;
-    Ok(HttpResponse { status, body: body.to_string() })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_status_and_body() {
-        let r = parse_response(b"HTTP/1.1 503 Service Unavailable\r\nA: b\r\n\r\nwg0 down\nx\n").unwrap();
-        assert_eq!(r.status, 503);
-        assert_eq!(r.body, "wg0 down\nx\n");
-    }
-
-    #[test]
-    fn rejects_garbage() {
-        assert!(parse_response(b"hello").is_err());
-        assert!(parse_response(b"FTP 200\r\n\r\n").is_err());
-        assert!(parse_response(b"HTTP/1.0 abc\r\n\r\n").is_err());
-    }
 }

@@ -18,7 +18,6 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use bastion_tests::bastion::{self, log_clock_now, log_line_time, peer_counter, Bastion, BastionSetup};
-use bastion_tests::binary_or_skip;
 use bastion_tests::cluster::{Cluster, TARGETS, VIP};
 use bastion_tests::handshake::{message_kind, receiver_index, MessageKind};
 use bastion_tests::topology::{BASTION_TUNNEL_V4, LISTEN_PORT};
@@ -158,8 +157,9 @@ fn client_endpoint_prefix(pair: &Pair) -> String {
 }
 
 #[test]
+#[ignore = "needs root, network namespaces and the binaries under test: `make integration-test` runs it"]
 fn standby_bastion_starts_the_handshake_when_the_flow_moves_to_it() {
-    let binary = binary_or_skip!();
+    let binary = bastion_tests::bastion::binary();
     let s = Pair::start(&binary, 1, [BastionSetup::default(), BastionSetup::default()]);
     let client = client_endpoint_prefix(&s);
 
@@ -217,8 +217,9 @@ fn standby_bastion_starts_the_handshake_when_the_flow_moves_to_it() {
 }
 
 #[test]
+#[ignore = "needs root, network namespaces and the binaries under test: `make integration-test` runs it"]
 fn keepalives_alone_move_the_session_after_a_drain() {
-    let binary = binary_or_skip!();
+    let binary = bastion_tests::bastion::binary();
     let drain = BastionSetup { drain_seconds: 4, ..BastionSetup::default() };
     let s = Pair::start(&binary, 1, [drain, BastionSetup::default()]);
     let bastion_key = s.cluster.topo.bastion_keys.public.clone();
@@ -265,8 +266,9 @@ fn keepalives_alone_move_the_session_after_a_drain() {
 }
 
 #[test]
+#[ignore = "needs root, network namespaces and the binaries under test: `make integration-test` runs it"]
 fn the_flow_can_move_back_to_a_bastion_that_kept_an_old_session() {
-    let binary = binary_or_skip!();
+    let binary = bastion_tests::bastion::binary();
     // A health check that flapped: A loses the flow without restarting, and later gets it back
     // while it still holds its old session with the client.
     let s = Pair::start(&binary, 1, [BastionSetup::default(), BastionSetup::default()]);
@@ -299,8 +301,9 @@ fn the_flow_can_move_back_to_a_bastion_that_kept_an_old_session() {
 }
 
 #[test]
+#[ignore = "needs root, network namespaces and the binaries under test: `make integration-test` runs it"]
 fn a_bastion_without_the_peer_starts_no_handshake() {
-    let binary = binary_or_skip!();
+    let binary = bastion_tests::bastion::binary();
     // B knows bob only: alice's session index names nobody there.
     let b_setup = BastionSetup { peers: Some(vec![1]), ..BastionSetup::default() };
     let s = Pair::start(&binary, 2, [BastionSetup::default(), b_setup]);
@@ -346,8 +349,9 @@ fn a_bastion_without_the_peer_starts_no_handshake() {
 }
 
 #[test]
+#[ignore = "needs root, network namespaces and the binaries under test: `make integration-test` runs it"]
 fn without_the_bastions_initiation_the_client_waits_for_its_own_rekey() {
-    let binary = binary_or_skip!();
+    let binary = bastion_tests::bastion::binary();
     let s = Pair::start(&binary, 1, [BastionSetup::default(), BastionSetup::default()]);
     s.fetch_within(STEP, "a first page through A");
     // What a cluster without fast failover looks like to the client: B's initiations never
@@ -381,8 +385,9 @@ fn without_the_bastions_initiation_the_client_waits_for_its_own_rekey() {
 }
 
 #[test]
+#[ignore = "needs root, network namespaces and the binaries under test: `make integration-test` runs it"]
 fn replayed_data_packets_make_at_most_one_initiation_per_five_seconds() {
-    let binary = binary_or_skip!();
+    let binary = bastion_tests::bastion::binary();
     let mut s = Pair::start(&binary, 1, [BastionSetup::default(), BastionSetup::default()]);
     s.fetch_within(STEP, "a first page through A");
     let captured = capture_data_packet(&s);
@@ -558,8 +563,9 @@ fn session_index(status: &str, peer: &str) -> u32 {
 }
 
 #[test]
+#[ignore = "needs root, network namespaces and the binaries under test: `make integration-test` runs it"]
 fn forged_packets_get_no_initiation_while_a_moved_flow_still_does() {
-    let binary = binary_or_skip!();
+    let binary = bastion_tests::bastion::binary();
     let s = Pair::start(&binary, 2, [BastionSetup::default(), BastionSetup::default()]);
     s.fetch_within(STEP, "a first page through A");
     let index = session_index(&s.status(0), "alice");

@@ -17,7 +17,6 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use bastion_tests::bastion::{dropped_counter, peer_counter, Bastion, BastionSetup};
-use bastion_tests::binary_or_skip;
 use bastion_tests::handshake::{message_kind, Initiator, MessageKind};
 use bastion_tests::topology::Topology;
 use bastion_tests::{http, wait_until, HttpResponse, HttpServer, Netns};
@@ -160,8 +159,9 @@ fn cookie_then_handshake(
 }
 
 #[test]
+#[ignore = "needs root, network namespaces and the binaries under test: `make integration-test` runs it"]
 fn a_handshake_flood_gets_cookie_replies_and_real_clients_still_connect() {
-    let binary = binary_or_skip!();
+    let binary = bastion_tests::bastion::binary();
     let (bastion, topo) = start(&binary);
     let report = |tunnel: Option<&bastion_tests::WgInterface>| {
         let mut parts = vec![bastion.log_report()];
@@ -286,8 +286,9 @@ fn a_handshake_flood_gets_cookie_replies_and_real_clients_still_connect() {
 }
 
 #[test]
+#[ignore = "needs root, network namespaces and the binaries under test: `make integration-test` runs it"]
 fn initiations_from_an_unknown_key_are_counted_not_answered() {
-    let binary = binary_or_skip!();
+    let binary = bastion_tests::bastion::binary();
     let (bastion, topo) = start(&binary);
     let target = topo.endpoint_v4();
     let bastion_public = topo.bastion_keys.public.clone();

@@ -13,6 +13,7 @@ use bastion_tests::{command, http, unique_name, HttpServer, Netns, Process, RunD
 const STEP: Duration = Duration::from_secs(10);
 
 #[test]
+#[ignore = "needs root, network namespaces and the binaries under test: `make integration-test` runs it"]
 fn wireguard_go_bastion_forwards_and_masquerades() {
     let topo = Topology::build();
     let bastion = WireguardGoBastion::start(&topo);
@@ -39,6 +40,7 @@ fn wireguard_go_bastion_forwards_and_masquerades() {
 }
 
 #[test]
+#[ignore = "needs root, network namespaces and the binaries under test: `make integration-test` runs it"]
 fn wireguard_go_bastion_over_ipv6_endpoint_with_two_clients() {
     let topo = Topology::with(2, 1);
     let bastion = WireguardGoBastion::start(&topo);
@@ -54,6 +56,7 @@ fn wireguard_go_bastion_over_ipv6_endpoint_with_two_clients() {
 }
 
 #[test]
+#[ignore = "needs root, network namespaces and the binaries under test: `make integration-test` runs it"]
 fn without_a_bastion_nothing_gets_through() {
     // The control for the test above: the same client, no bastion, so no page. A harness that
     // passes traffic some other way would make every tunnel test meaningless.
@@ -67,6 +70,7 @@ fn without_a_bastion_nothing_gets_through() {
 }
 
 #[test]
+#[ignore = "needs root, network namespaces and the binaries under test: `make integration-test` runs it"]
 fn process_log_waits_and_timeouts_show_the_log() {
     let dir = RunDir::new(&unique_name("log"));
     let process = Process::spawn(
@@ -91,6 +95,7 @@ fn pid_alive(pid: i32) -> bool {
 }
 
 #[test]
+#[ignore = "needs root, network namespaces and the binaries under test: `make integration-test` runs it"]
 fn guards_clean_up_even_when_the_test_panics() {
     let mut names = Vec::new();
     let mut pids = Vec::new();
@@ -143,6 +148,7 @@ fn is_zombie_of_init(pid: i32) -> bool {
 }
 
 #[test]
+#[ignore = "needs root, network namespaces and the binaries under test: `make integration-test` runs it"]
 fn netns_enter_runs_in_the_namespace() {
     let ns = Netns::new(&unique_name("enter"));
     // A fresh namespace has only `lo`, and its own: a listener on the host's loopback is not

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use bastion_tests::bastion::{Bastion, BastionSetup};
 use bastion_tests::topology::BASTION_PRIVATE_V4;
-use bastion_tests::{binary_or_skip, Topology};
+use bastion_tests::Topology;
 
 /// Bound of the service's start, up to health 200.
 const START: Duration = Duration::from_secs(20);
@@ -79,8 +79,9 @@ fn pipeline(to: SocketAddr, requests: usize, hold: Duration) -> usize {
 }
 
 #[test]
+#[ignore = "needs root, network namespaces and the binaries under test: `make integration-test` runs it"]
 fn a_pipelining_connection_does_not_freeze_health() {
-    let binary = binary_or_skip!();
+    let binary = bastion_tests::bastion::binary();
     let (bastion, topo) = healthy_bastion(&binary, BastionSetup::default());
     let attack =
         topo.private_hosts[0].ns.enter_background(|| pipeline(health_from_vpc(), 25_000, Duration::from_secs(6)));
@@ -94,8 +95,9 @@ fn a_pipelining_connection_does_not_freeze_health() {
 }
 
 #[test]
+#[ignore = "needs root, network namespaces and the binaries under test: `make integration-test` runs it"]
 fn a_client_never_holds_up_the_drain() {
-    let binary = binary_or_skip!();
+    let binary = bastion_tests::bastion::binary();
     let (bastion, topo) = healthy_bastion(&binary, BastionSetup { drain_seconds: 1, ..BastionSetup::default() });
     let attack =
         topo.private_hosts[0].ns.enter_background(|| pipeline(health_from_vpc(), 25_000, Duration::from_secs(20)));
@@ -122,8 +124,9 @@ fn a_client_never_holds_up_the_drain() {
 }
 
 #[test]
+#[ignore = "needs root, network namespaces and the binaries under test: `make integration-test` runs it"]
 fn an_endless_header_line_costs_no_memory() {
-    let binary = binary_or_skip!();
+    let binary = bastion_tests::bastion::binary();
     let (bastion, topo) = healthy_bastion(&binary, BastionSetup::default());
     let pid = bastion.process.pid();
     let rss_before = proc_status(pid, "VmRSS");
@@ -165,8 +168,9 @@ fn an_endless_header_line_costs_no_memory() {
 }
 
 #[test]
+#[ignore = "needs root, network namespaces and the binaries under test: `make integration-test` runs it"]
 fn many_idle_connections_make_no_threads_and_leave_room_for_checks() {
-    let binary = binary_or_skip!();
+    let binary = bastion_tests::bastion::binary();
     let (bastion, topo) = healthy_bastion(&binary, BastionSetup::default());
     let pid = bastion.process.pid();
     let threads_before = proc_status(pid, "Threads");
@@ -198,8 +202,9 @@ fn many_idle_connections_make_no_threads_and_leave_room_for_checks() {
 }
 
 #[test]
+#[ignore = "needs root, network namespaces and the binaries under test: `make integration-test` runs it"]
 fn peers_reach_neither_the_bastion_itself_nor_the_metadata_service() {
-    let binary = binary_or_skip!();
+    let binary = bastion_tests::bastion::binary();
     let topo = Topology::with(1, 2);
     // Host 1 also stands in for the instance metadata service, on the bastion's link.
     bastion_tests::link::add_address(&topo.private_hosts[1].ns, "eth0", "169.254.169.254/32");
@@ -257,8 +262,9 @@ fn peers_reach_neither_the_bastion_itself_nor_the_metadata_service() {
 }
 
 #[test]
+#[ignore = "needs root, network namespaces and the binaries under test: `make integration-test` runs it"]
 fn stray_signals_neither_kill_nor_stop_the_service() {
-    let binary = binary_or_skip!();
+    let binary = bastion_tests::bastion::binary();
     let (bastion, topo) = healthy_bastion(&binary, BastionSetup { drain_seconds: 1, ..BastionSetup::default() });
     let stray = [
         (libc::SIGHUP, "SIGHUP"),
@@ -309,8 +315,9 @@ fn mem_readable_without_ptrace(pid: i32) -> bool {
 }
 
 #[test]
+#[ignore = "needs root, network namespaces and the binaries under test: `make integration-test` runs it"]
 fn the_service_leaves_no_core_and_its_memory_is_not_readable() {
-    let binary = binary_or_skip!();
+    let binary = bastion_tests::bastion::binary();
     bastion_tests::require_tools(&["setpriv", "dd"]);
     // The service without CAP_SYS_PTRACE too, so that only its dumpable flag decides.
     let setup = BastionSetup { command_prefix: WITHOUT_PTRACE.map(String::from).to_vec(), ..BastionSetup::default() };

@@ -14,14 +14,14 @@
 //! there); the IMDS address is always given with `--imds`, so nothing goes to 169.254.169.254.
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use bastion_tests::process::children_of;
 use bastion_tests::wireguard::{WgConf, WgPeer};
 use bastion_tests::{
-    bastion, http, link, unique_name, wait_until, DhcpPool, DhcpServer, HttpResponse, ImdsEmulator, ImdsMode, Keypair,
-    Netns, Process, RunDir, WgInterface,
+    http, link, unique_name, wait_until, DhcpPool, DhcpServer, HttpResponse, ImdsEmulator, ImdsMode, Keypair, Netns,
+    Process, RunDir, WgInterface,
 };
 
 const VPC_ADDRESS: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
@@ -33,15 +33,6 @@ const INSTANCE_LINK: &str = "eth0";
 const VPC_LINK: &str = "to-instance";
 
 const LONG: Duration = Duration::from_secs(30);
-
-/// The binary under test, or None (and the test says it skips) without BASTION_BIN.
-fn binary() -> Option<PathBuf> {
-    let binary = bastion::binary();
-    if binary.is_none() {
-        eprintln!("SKIPPED: BASTION_BIN is not set (the Makefile sets it; or BASTION_BIN=target/debug/bastion)");
-    }
-    binary
-}
 
 fn require_root_and_tools() {
     bastion_tests::require_root_and_tools();
@@ -198,8 +189,9 @@ drain_seconds = 4
 }
 
 #[test]
+#[ignore = "needs root, network namespaces and the binaries under test: `make integration-test` runs it"]
 fn boots_leases_fetches_config_supervises_and_drains() {
-    let Some(bin) = binary() else { return };
+    let bin = bastion_tests::bastion::binary();
     require_root_and_tools();
     let (bastion_keys, client_keys, config) = keys_and_config();
     let vpc = Vpc::start(Some(&config), ImdsMode::Normal);
@@ -314,8 +306,9 @@ fn boots_leases_fetches_config_supervises_and_drains() {
 }
 
 #[test]
+#[ignore = "needs root, network namespaces and the binaries under test: `make integration-test` runs it"]
 fn bad_imds_answers_are_reported_in_health_and_retried() {
-    let Some(bin) = binary() else { return };
+    let bin = bastion_tests::bastion::binary();
     require_root_and_tools();
     let (_, _, config) = keys_and_config();
     // (mode, what the console must say, what health must say: a rejected config is explained on

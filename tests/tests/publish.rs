@@ -120,6 +120,7 @@ const WRITING: &[&str] = &[
 ];
 
 #[test]
+#[ignore = "needs root, network namespaces and the binaries under test: `make integration-test` runs it"]
 fn publishes_every_block_registers_the_image_and_a_second_run_changes_nothing() {
     let bed = Bed::new();
     bed.moto.start_recording();
@@ -203,6 +204,7 @@ fn publishes_every_block_registers_the_image_and_a_second_run_changes_nothing() 
 }
 
 #[test]
+#[ignore = "needs root, network namespaces and the binaries under test: `make integration-test` runs it"]
 fn throttling_and_server_errors_are_retried_to_an_identical_snapshot() {
     let bed = Bed::new();
     // Every 4th request fails: throttling (EBS's 400 RequestThrottledException and EC2's
@@ -226,6 +228,7 @@ fn throttling_and_server_errors_are_retried_to_an_identical_snapshot() {
 }
 
 #[test]
+#[ignore = "needs root, network namespaces and the binaries under test: `make integration-test` runs it"]
 fn copies_to_another_region_and_shares_with_an_account() {
     let bed = Bed::new();
     let out = bed.publish(&[
@@ -262,6 +265,7 @@ fn copies_to_another_region_and_shares_with_an_account() {
 }
 
 #[test]
+#[ignore = "needs root, network namespaces and the binaries under test: `make integration-test` runs it"]
 fn an_interrupted_runs_snapshot_is_removed_and_force_replaces_the_image() {
     let bed = Bed::new();
     let left = bed.moto.verify(REGION, &["leftover", "bastion-resumed"]);
@@ -279,6 +283,7 @@ fn an_interrupted_runs_snapshot_is_removed_and_force_replaces_the_image() {
 }
 
 #[test]
+#[ignore = "needs root, network namespaces and the binaries under test: `make integration-test` runs it"]
 fn errors_say_what_to_do() {
     let bed = Bed::new();
     // No credentials anywhere (and no IMDS: the namespace has no route to it).

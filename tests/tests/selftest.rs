@@ -8,7 +8,6 @@
 use std::time::Duration;
 
 use bastion_tests::bastion::{Bastion, BastionSetup};
-use bastion_tests::binary_or_skip;
 use bastion_tests::process::Process;
 use bastion_tests::topology::BASTION_PRIVATE_V4;
 use bastion_tests::{Netns, RunDir, Topology};
@@ -57,8 +56,9 @@ fn probe_server(ns: &Netns, dir: &RunDir, label: &str) -> Process {
 }
 
 #[test]
+#[ignore = "needs root, network namespaces and the binaries under test: `make integration-test` runs it"]
 fn selftest_passes_names_a_dead_probe_and_passes_again_when_it_is_back() {
-    let binary = binary_or_skip!();
+    let binary = bastion_tests::bastion::binary();
     let topo = Topology::with(1, 1);
     let host = &topo.private_hosts[0];
     let probe = format!("{}:{PROBE_PORT}", host.v4);
@@ -100,8 +100,9 @@ fn selftest_passes_names_a_dead_probe_and_passes_again_when_it_is_back() {
 }
 
 #[test]
+#[ignore = "needs root, network namespaces and the binaries under test: `make integration-test` runs it"]
 fn selftest_fails_when_the_table_is_removed_then_repairs_it_and_passes() {
-    let binary = binary_or_skip!();
+    let binary = bastion_tests::bastion::binary();
     let topo = Topology::with(1, 1);
     let host = &topo.private_hosts[0];
     let probe = format!("{}:{PROBE_PORT}", host.v4);

@@ -9,7 +9,6 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bastion_tests::bastion::{self, Bastion, BastionSetup};
-use bastion_tests::binary_or_skip;
 use bastion_tests::topology::{BASTION_PRIVATE_V4, BASTION_PRIVATE_V6, BASTION_TUNNEL_V4, BASTION_TUNNEL_V6};
 use bastion_tests::traffic::{tcp_connect, udp_flood};
 use bastion_tests::{http, wait_until, HttpResponse, HttpServer, Topology, WgInterface};
@@ -112,8 +111,9 @@ fn has_bastion_table(tables: &str) -> bool {
 }
 
 #[test]
+#[ignore = "needs root, network namespaces and the binaries under test: `make integration-test` runs it"]
 fn client_fetches_a_private_page_through_the_tunnel_with_masquerade() {
-    let binary = binary_or_skip!();
+    let binary = bastion_tests::bastion::binary();
     let s = Setup::start(&binary, 1, 1, BastionSetup::default());
 
     let source = s.fetch_page_and_source(0, 0);
@@ -132,8 +132,9 @@ fn client_fetches_a_private_page_through_the_tunnel_with_masquerade() {
 }
 
 #[test]
+#[ignore = "needs root, network namespaces and the binaries under test: `make integration-test` runs it"]
 fn destination_outside_reach_is_unreachable() {
-    let binary = binary_or_skip!();
+    let binary = bastion_tests::bastion::binary();
     // Reach is host 0 only (the default); host 1 is in the same subnet, outside reach.
     let s = Setup::start(&binary, 1, 2, BastionSetup::default());
     let outside = s.topo.private_hosts[1].http_v4();
@@ -159,8 +160,9 @@ fn destination_outside_reach_is_unreachable() {
 }
 
 #[test]
+#[ignore = "needs root, network namespaces and the binaries under test: `make integration-test` runs it"]
 fn two_peers_at_once_with_per_peer_reach() {
-    let binary = binary_or_skip!();
+    let binary = bastion_tests::bastion::binary();
     // alice (client 0, v4 endpoint) may also reach host 1; bob (client 1, v6 endpoint) may not.
     let setup = BastionSetup { peer_reach: vec![vec!["10.0.1.11/32".into()], vec![]], ..BastionSetup::default() };
     let s = Setup::start(&binary, 2, 2, setup);
@@ -196,15 +198,17 @@ fn two_peers_at_once_with_per_peer_reach() {
 }
 
 #[test]
+#[ignore = "needs root, network namespaces and the binaries under test: `make integration-test` runs it"]
 fn ipv6_tunnel_address_answers() {
-    let binary = binary_or_skip!();
+    let binary = bastion_tests::bastion::binary();
     let s = Setup::start(&binary, 1, 1, BastionSetup::default());
     s.ping(0, &BASTION_TUNNEL_V6.to_string());
 }
 
 #[test]
+#[ignore = "needs root, network namespaces and the binaries under test: `make integration-test` runs it"]
 fn ipv6_private_host_through_the_tunnel_with_masquerade() {
-    let binary = binary_or_skip!();
+    let binary = bastion_tests::bastion::binary();
     let s = Setup::start(&binary, 1, 1, BastionSetup::default());
     let host = &s.topo.private_hosts[0];
     let path = HttpServer::probe_path();
@@ -217,8 +221,9 @@ fn ipv6_private_host_through_the_tunnel_with_masquerade() {
 }
 
 #[test]
+#[ignore = "needs root, network namespaces and the binaries under test: `make integration-test` runs it"]
 fn health_follows_the_tun_link_and_the_tunnel_recovers() {
-    let binary = binary_or_skip!();
+    let binary = bastion_tests::bastion::binary();
     let s = Setup::start(&binary, 1, 1, BastionSetup::default());
     let head = s.bastion.health_head().unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(head.status, 200, "HEAD /: {head:?}");
@@ -248,8 +253,9 @@ fn health_follows_the_tun_link_and_the_tunnel_recovers() {
 }
 
 #[test]
+#[ignore = "needs root, network namespaces and the binaries under test: `make integration-test` runs it"]
 fn health_reports_a_missing_nat_table_and_the_service_restores_it() {
-    let binary = binary_or_skip!();
+    let binary = bastion_tests::bastion::binary();
     // The watchdog that repairs the table runs every `[selftest] interval_seconds`.
     let setup = BastionSetup { extra_toml: "\n[selftest]\ninterval_seconds = 3\n".into(), ..BastionSetup::default() };
     let s = Setup::start(&binary, 1, 1, setup);
@@ -276,8 +282,9 @@ fn health_reports_a_missing_nat_table_and_the_service_restores_it() {
 }
 
 #[test]
+#[ignore = "needs root, network namespaces and the binaries under test: `make integration-test` runs it"]
 fn drain_answers_503_keeps_forwarding_then_exits_cleanly() {
-    let binary = binary_or_skip!();
+    let binary = bastion_tests::bastion::binary();
     let drain_seconds = 4;
     let s = Setup::start(&binary, 1, 1, BastionSetup { drain_seconds, ..BastionSetup::default() });
     s.fetch_page_and_source(0, 0);
@@ -316,8 +323,9 @@ fn drain_answers_503_keeps_forwarding_then_exits_cleanly() {
 }
 
 #[test]
+#[ignore = "needs root, network namespaces and the binaries under test: `make integration-test` runs it"]
 fn second_signal_cuts_the_drain_short_and_still_cleans_up() {
-    let binary = binary_or_skip!();
+    let binary = bastion_tests::bastion::binary();
     let s = Setup::start(&binary, 1, 1, BastionSetup { drain_seconds: 60, ..BastionSetup::default() });
     s.bastion.process.signal(libc::SIGTERM);
     s.bastion.process.wait_for_log("drain started", STEP).unwrap_or_else(|e| panic!("{e}"));
@@ -329,8 +337,9 @@ fn second_signal_cuts_the_drain_short_and_still_cleans_up() {
 }
 
 #[test]
+#[ignore = "needs root, network namespaces and the binaries under test: `make integration-test` runs it"]
 fn garbage_udp_flood_neither_crashes_nor_locks_out_clients() {
-    let binary = binary_or_skip!();
+    let binary = bastion_tests::bastion::binary();
     let mut s = Setup::start(&binary, 2, 1, BastionSetup::default());
     // Client 0 has a session before the flood; client 1's tunnel comes up only after it, so
     // its handshake is a fresh one.
@@ -393,8 +402,9 @@ fn garbage_udp_flood_neither_crashes_nor_locks_out_clients() {
 }
 
 #[test]
+#[ignore = "needs root, network namespaces and the binaries under test: `make integration-test` runs it"]
 fn client_roams_to_a_new_endpoint() {
-    let binary = binary_or_skip!();
+    let binary = bastion_tests::bastion::binary();
     let s = Setup::start(&binary, 1, 1, BastionSetup::default());
     s.fetch_page_and_source(0, 0);
     let client = &s.topo.clients[0];
@@ -419,8 +429,9 @@ fn client_roams_to_a_new_endpoint() {
 }
 
 #[test]
+#[ignore = "needs root, network namespaces and the binaries under test: `make integration-test` runs it"]
 fn health_reports_forwarding_off() {
-    let binary = binary_or_skip!();
+    let binary = bastion_tests::bastion::binary();
     let s = Setup::start(&binary, 1, 1, BastionSetup::default());
     s.topo.bastion.sysctl("net.ipv4.ip_forward", "0");
     let off = s
@@ -434,8 +445,9 @@ fn health_reports_forwarding_off() {
 }
 
 #[test]
+#[ignore = "needs root, network namespaces and the binaries under test: `make integration-test` runs it"]
 fn restart_after_a_crash_replaces_the_table() {
-    let binary = binary_or_skip!();
+    let binary = bastion_tests::bastion::binary();
     let mut s = Setup::start(&binary, 1, 1, BastionSetup::default());
     s.fetch_page_and_source(0, 0);
     // A crash: no drain, no cleanup. Our table stays behind in the kernel.
@@ -457,8 +469,9 @@ fn restart_after_a_crash_replaces_the_table() {
 }
 
 #[test]
+#[ignore = "needs root, network namespaces and the binaries under test: `make integration-test` runs it"]
 fn health_reports_a_lost_tunnel_address() {
-    let binary = binary_or_skip!();
+    let binary = bastion_tests::bastion::binary();
     let s = Setup::start(&binary, 1, 1, BastionSetup::default());
     let address = format!("{BASTION_TUNNEL_V6}/64");
     s.topo.bastion.run(&["ip", "addr", "del", &address, "dev", "wg0"]);
@@ -472,8 +485,9 @@ fn health_reports_a_lost_tunnel_address() {
 }
 
 #[test]
+#[ignore = "needs root, network namespaces and the binaries under test: `make integration-test` runs it"]
 fn status_shows_peers_selftest_and_rules_but_never_keys() {
-    let binary = binary_or_skip!();
+    let binary = bastion_tests::bastion::binary();
     let s = Setup::start(&binary, 1, 1, BastionSetup::default());
     s.fetch_page_and_source(0, 0);
     let status = s.bastion.status().unwrap_or_else(|e| panic!("{e}"));

@@ -4,9 +4,10 @@
 //!
 //! Owns the endpoint address (default `http://169.254.169.254`, overridden by the kernel command
 //! line `bastion.imds=http://IP:PORT` or `bastion init --imds URL`) and the meaning of IMDS answers.
-//! HTTP framing is `super::http`'s; retrying and falling back is `super::config_source`'s.
+//! HTTP is the project's one client (`bastion_aws::http`, ureq), bounded in time and size;
+//! retrying and falling back is `super::config_source`'s.
 
-use super::http::{self, HttpError, Limits, Request};
+use bastion_aws::http::{Http, HttpRequest, HttpResponse, TransportError};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
@@ -54,10 +55,6 @@ impl Endpoint {
             format!("http://{}", self.addr)
         }
     }
-
-    fn host_header(&self) -> String {
-        self.url().trim_start_matches("http://").to_string()
-    }
 }
 
 /// The `bastion.imds=` value of a kernel command line, if present.
@@ -97,38 +94,50 @@ impl std::error::Error for ImdsError {}
 pub fn fetch_user_data(endpoint: &Endpoint) -> Result<String, ImdsError> {
     let token = fetch_token(endpoint)?;
     let url = format!("{}/latest/user-data", endpoint.url());
-    let host = endpoint.host_header();
-    let request = Request {
-        method: "GET",
-        path: "/latest/user-data",
-        host: &host,
-        headers: &[("X-aws-ec2-metadata-token", &token)],
-    };
-    let limits = Limits { max_head: 16 * 1024, max_body: MAX_USER_DATA };
-    let response = http::exchange(endpoint.addr, &request, &limits, CONNECT_TIMEOUT, REQUEST_DEADLINE)
-        .map_err(|e| classify(&format!("GET {url}"), e))?;
+    let headers = vec![("X-aws-ec2-metadata-token".to_string(), token)];
+    let response = exchange(&format!("GET {url}"), "GET", &url, headers, MAX_USER_DATA)?;
     user_data_from_response(&url, response.status, &response.reason, response.body)
 }
 
 fn fetch_token(endpoint: &Endpoint) -> Result<String, ImdsError> {
     let url = format!("{}/latest/api/token", endpoint.url());
-    let host = endpoint.host_header();
-    let request = Request {
-        method: "PUT",
-        path: "/latest/api/token",
-        host: &host,
-        headers: &[("X-aws-ec2-metadata-token-ttl-seconds", TOKEN_TTL_SECONDS)],
-    };
-    let limits = Limits { max_head: 16 * 1024, max_body: 4096 };
-    let response = http::exchange(endpoint.addr, &request, &limits, CONNECT_TIMEOUT, REQUEST_DEADLINE)
-        .map_err(|e| classify(&format!("PUT {url}"), e))?;
+    let headers = vec![("X-aws-ec2-metadata-token-ttl-seconds".to_string(), TOKEN_TTL_SECONDS.to_string())];
+    let response = exchange(&format!("PUT {url}"), "PUT", &url, headers, 4096)?;
     token_from_response(&url, response.status, &response.reason, &response.body)
 }
 
-fn classify(what: &str, e: HttpError) -> ImdsError {
+/// One bounded request: connect within `CONNECT_TIMEOUT`, the whole answer within
+/// `REQUEST_DEADLINE`, at most `max_body` bytes of body.
+fn exchange(
+    what: &str,
+    method: &str,
+    url: &str,
+    headers: Vec<(String, String)>,
+    max_body: usize,
+) -> Result<HttpResponse, ImdsError> {
+    let http = Http::bounded(REQUEST_DEADLINE, CONNECT_TIMEOUT, max_body as u64);
+    let request = HttpRequest { method: method.into(), url: url.into(), headers, body: Vec::new() };
+    http.send(&request).map_err(|e| classify(what, e))
+}
+
+/// Not answering at all (refused, no route, no connection in time) is "unreachable": IMDS may
+/// be off, or not there yet. An answer we cannot use is a bad answer.
+fn classify(what: &str, e: TransportError) -> ImdsError {
+    let url = what.to_string();
     match e {
-        HttpError::Io(_) => ImdsError::Unreachable { url: what.to_string(), why: e.to_string() },
-        _ => ImdsError::BadAnswer { url: what.to_string(), why: e.to_string() },
+        TransportError::ConnectTimeout(_) => {
+            ImdsError::Unreachable { url, why: format!("no connection within {:.1} s", CONNECT_TIMEOUT.as_secs_f64()) }
+        }
+        TransportError::Timeout(_) => ImdsError::BadAnswer {
+            url,
+            why: format!("response not complete after {:.1} s", REQUEST_DEADLINE.as_secs_f64()),
+        },
+        TransportError::BodyTooLarge(limit) => {
+            ImdsError::BadAnswer { url, why: format!("response body larger than {limit} bytes") }
+        }
+        TransportError::HostNotFound(h) => ImdsError::Unreachable { url, why: format!("cannot resolve {h}") },
+        TransportError::Unreachable(why) => ImdsError::Unreachable { url, why },
+        TransportError::Failed(why) => ImdsError::BadAnswer { url, why },
     }
 }
 

@@ -5,7 +5,7 @@
 //! 1. `mounts` — /proc, /sys, /dev, /run, /tmp; `console` — fds 0-2 on /dev/console;
 //! 2. `modules` — the image's module list, with finit_module;
 //! 3. `network` — lo up, then the primary interface, and `dhcp` on it for the life of the instance;
-//! 4. `config_source` — user-data over IMDSv2 (`imds`, `http`), else the baked file;
+//! 4. `config_source` — user-data over IMDSv2 (`imds`), else the baked file;
 //! 5. `supervise` — what to do about the service (start, restart with backoff, drain, kill), as
 //!    a state machine without I/O; `supervisor_loop` carries it out: spawning, reaping, the
 //!    standby 503 (`standby_health`) while no service runs;
@@ -18,7 +18,6 @@ mod backoff;
 mod config_source;
 mod console;
 mod dhcp;
-mod http;
 mod imds;
 mod modules;
 mod mounts;

@@ -272,10 +272,11 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let Some(bastion) = bastion_tests::bastion::binary() else {
+    if std::env::var_os("BASTION_BIN").is_none() {
         eprintln!("bench: BASTION_BIN is not set (`make bench` builds the release binary and sets it)");
         std::process::exit(2);
-    };
+    }
+    let bastion = bastion_tests::bastion::binary();
     let binaries = Binaries {
         bastion,
         boringtun: std::env::var_os("BORINGTUN_BIN").map(PathBuf::from),
