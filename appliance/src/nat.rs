@@ -282,7 +282,7 @@ fn sysctl_on(path: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::netlink::testns::{drop_capabilities, run, NamedNetns, ScratchNetns, Spawned};
+    use bastion_tests::scratch::{drop_capabilities, run, NamedNetns, ScratchNetns, Spawned};
 
     fn net(s: &str) -> IpNetwork {
         s.parse().unwrap()

@@ -23,6 +23,7 @@ pub mod link;
 pub mod netns;
 pub mod process;
 pub mod rundir;
+pub mod scratch;
 pub mod topology;
 pub mod traffic;
 pub mod wait;

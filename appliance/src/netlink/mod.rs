@@ -12,5 +12,3 @@ mod message;
 pub mod nftables;
 pub mod route;
 mod socket;
-#[cfg(test)]
-pub(crate) mod testns;

@@ -741,7 +741,7 @@ pub fn table_exists(family: u8, name: &str) -> io::Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::netlink::testns::run;
+    use bastion_tests::scratch::run;
 
     fn net(s: &str) -> IpNetwork {
         s.parse().unwrap()

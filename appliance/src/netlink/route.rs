@@ -469,7 +469,7 @@ fn bad_length(what: &str, len: usize) -> io::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::netlink::testns::{drop_capabilities, run, ScratchNetns};
+    use bastion_tests::scratch::{drop_capabilities, run, ScratchNetns};
 
     fn link_message(index: i32, flags: u32, attrs: &[(u16, &[u8])]) -> Vec<u8> {
         let mut m = MessageBuilder::new(RTM_NEWLINK, 0, 0);
