@@ -11,27 +11,23 @@ use boringtun::x25519;
 use std::fmt;
 
 /// Why a key string was rejected (never contains the key itself).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KeyError(pub String);
-
-impl fmt::Display for KeyError {
-    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str(&self.0)
-    }
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    #[error("expected 44 characters of base64 (a 32-byte WireGuard key), got {found}")]
+    WrongLength { found: usize },
+    #[error("expected base64 (a 32-byte WireGuard key), found other characters")]
+    NotBase64,
+    #[error("expected a 32-byte WireGuard key")]
+    WrongSize,
 }
 
 fn decode_key(text: &str) -> Result<[u8; 32], KeyError> {
     let text = text.trim();
     if text.len() != 44 {
-        return Err(KeyError(format!(
-            "expected 44 characters of base64 (a 32-byte WireGuard key), got {}",
-            text.len()
-        )));
+        return Err(KeyError::WrongLength { found: text.len() });
     }
-    let bytes = BASE64
-        .decode(text)
-        .map_err(|_| KeyError("expected base64 (a 32-byte WireGuard key), found other characters".into()))?;
-    bytes.try_into().map_err(|_| KeyError("expected a 32-byte WireGuard key".into()))
+    let bytes = BASE64.decode(text).map_err(|_| KeyError::NotBase64)?;
+    bytes.try_into().map_err(|_| KeyError::WrongSize)
 }
 
 /// A peer's or our own public key.
@@ -254,7 +250,8 @@ mod tests {
     #[test]
     fn garbage_is_rejected_without_echoing_it() {
         let err = PrivateKey::parse("c2VjcmV0").unwrap_err();
-        assert!(!err.0.contains("c2VjcmV0"));
+        assert_eq!(err, KeyError::WrongLength { found: 8 });
+        assert!(!err.to_string().contains("c2VjcmV0"));
         assert!(PublicKey::parse("!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!=").is_err());
     }
 

@@ -40,7 +40,6 @@
 
 use crate::netlink::nftables::{self, BaseChain, Batch, ChainType, Hook, IpVersion, Rule, Verdict, FAMILY_INET};
 use ip_network::IpNetwork;
-use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// Our table: `table inet bastion`.
@@ -75,16 +74,21 @@ pub struct NatPlan {
     pub allow: Vec<Allow>,
 }
 
-#[derive(Debug)]
-pub struct NatError(pub String);
-
-impl fmt::Display for NatError {
-    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str(&self.0)
-    }
+/// What went wrong with the forwarding setup, with what it was about.
+#[derive(Debug, thiserror::Error)]
+pub enum NatError {
+    /// An interface name the kernel (or our listing) cannot take.
+    #[error("nat {role} interface {name:?}: {why}")]
+    BadInterface { role: &'static str, name: String, why: &'static str },
+    #[error("nat egress interface {name:?} is the tunnel itself; expected the interface toward the private subnets")]
+    EgressIsTunnel { name: String },
+    /// The kernel refused a netlink request (`doing` says which).
+    #[error("{doing}{}", if doing.is_empty() { source.to_string() } else { format!(": {source}") })]
+    Netlink { doing: String, source: std::io::Error },
+    /// A sysctl could not be written.
+    #[error("{doing}: write {value} to {path}: {source}")]
+    Sysctl { doing: &'static str, path: String, value: &'static str, source: std::io::Error },
 }
-
-impl std::error::Error for NatError {}
 
 /// Installs the plan as one atomic batch, replacing our table if it exists (a restart after a
 /// crash replaces it). Never touches another table.
@@ -103,7 +107,7 @@ pub fn install(plan: &NatPlan) -> Result<(), NatError> {
             batch.add_rule(FAMILY_INET, TABLE, &chain.name, rule);
         }
     }
-    batch.commit().map_err(|e| NatError(e.to_string()))
+    batch.commit().map_err(|source| NatError::Netlink { doing: String::new(), source })
 }
 
 /// Removes our table; a missing table is not an error.
@@ -111,12 +115,12 @@ pub fn remove() -> Result<(), NatError> {
     let mut batch = Batch::new();
     batch.add_table(FAMILY_INET, TABLE);
     batch.delete_table(FAMILY_INET, TABLE);
-    batch.commit().map_err(|e| NatError(format!("remove table inet {TABLE}: {e}")))
+    batch.commit().map_err(|source| NatError::Netlink { doing: format!("remove table inet {TABLE}"), source })
 }
 
 /// Whether our table is in the kernel now (read back over netlink, not remembered).
 pub fn table_present() -> Result<bool, NatError> {
-    nftables::table_exists(FAMILY_INET, TABLE).map_err(|e| NatError(e.to_string()))
+    nftables::table_exists(FAMILY_INET, TABLE).map_err(|source| NatError::Netlink { doing: String::new(), source })
 }
 
 /// The table the plan installs, as `nft list table inet bastion` prints it (for logs, status
@@ -155,10 +159,7 @@ fn chains(plan: &NatPlan) -> Result<Vec<(BaseChain, Vec<Rule>)>, NatError> {
     if plan.masquerade {
         check_interface("egress", &plan.egress)?;
         if plan.egress == plan.tunnel {
-            return Err(NatError(format!(
-                "nat egress interface {:?} is the tunnel itself; expected the interface toward the private subnets",
-                plan.egress
-            )));
+            return Err(NatError::EgressIsTunnel { name: plan.egress.clone() });
         }
     }
     let tunnel = plan.tunnel.as_str();
@@ -230,13 +231,13 @@ fn is_ipv4(net: &IpNetwork) -> bool {
 
 /// Rules match interface names exactly, as the kernel keeps them; and the listing (`ruleset`,
 /// as `nft` prints it) quotes them, so a `"` cannot be shown.
-fn check_interface(role: &str, name: &str) -> Result<(), NatError> {
+fn check_interface(role: &'static str, name: &str) -> Result<(), NatError> {
     let why = match crate::netlink::route::check_interface_name(name) {
         Err(why) => why,
         Ok(()) if name.contains('"') => "expected an interface name without '\"'",
         Ok(()) => return Ok(()),
     };
-    Err(NatError(format!("nat {role} interface {name:?}: {why}")))
+    Err(NatError::BadInterface { role, name: name.to_string(), why })
 }
 
 /// Turns on IPv4 forwarding (and IPv6 when `ipv6`).
@@ -255,8 +256,12 @@ pub fn keep_router_advertisements(interface: &str) -> Result<(), NatError> {
     let path = format!("/proc/sys/net/ipv6/conf/{interface}/accept_ra");
     let current = std::fs::read_to_string(&path).unwrap_or_default();
     if current.trim() == "1" {
-        std::fs::write(&path, b"2\n")
-            .map_err(|e| NatError(format!("keep router advertisements on {interface}: write 2 to {path}: {e}")))?;
+        std::fs::write(&path, b"2\n").map_err(|source| NatError::Sysctl {
+            doing: "keep router advertisements",
+            path: path.clone(),
+            value: "2",
+            source,
+        })?;
     }
     Ok(())
 }
@@ -267,7 +272,12 @@ pub fn forwarding_enabled(ipv6: bool) -> bool {
 }
 
 fn write_sysctl(path: &str) -> Result<(), NatError> {
-    std::fs::write(path, b"1\n").map_err(|e| NatError(format!("enable forwarding: write 1 to {path}: {e}")))
+    std::fs::write(path, b"1\n").map_err(|source| NatError::Sysctl {
+        doing: "enable forwarding",
+        path: path.to_string(),
+        value: "1",
+        source,
+    })
 }
 
 fn sysctl_on(path: &str) -> bool {
@@ -375,11 +385,12 @@ mod tests {
         assert!(!ruleset(&no_masq).unwrap().contains("postrouting"));
         for bad in ["", "sixteen-chars-xx", "a b", "a\"b"] {
             let e = ruleset(&NatPlan { tunnel: bad.into(), ..plan() }).unwrap_err();
-            assert!(e.0.contains("nat tunnel interface"), "{e}");
+            assert!(matches!(&e, NatError::BadInterface { role: "tunnel", name, .. } if name == bad), "{e}");
         }
         let e = ruleset(&NatPlan { egress: "wg0".into(), ..plan() }).unwrap_err();
-        assert!(e.0.contains("is the tunnel itself"), "{e}");
-        assert!(install(&NatPlan { egress: String::new(), ..plan() }).unwrap_err().0.contains("nat egress interface"));
+        assert!(matches!(&e, NatError::EgressIsTunnel { name } if name == "wg0"), "{e}");
+        let e = install(&NatPlan { egress: String::new(), ..plan() }).unwrap_err();
+        assert!(matches!(e, NatError::BadInterface { role: "egress", .. }), "{e}");
     }
 
     #[test]
@@ -458,15 +469,19 @@ mod tests {
             install(&plan()).unwrap();
             drop_capabilities();
             let e = install(&plan()).unwrap_err();
-            assert!(e.0.contains("nftables batch: batch begin failed: Operation not permitted"), "{e}");
+            assert!(
+                matches!(&e, NatError::Netlink { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied),
+                "{e}"
+            );
+            assert!(e.to_string().contains("nftables batch: batch begin failed: Operation not permitted"), "{e}");
             let e = remove().unwrap_err();
-            assert!(e.0.starts_with("remove table inet bastion: "), "{e}");
-            assert!(e.0.contains("Operation not permitted"), "{e}");
+            assert!(matches!(&e, NatError::Netlink { doing, .. } if doing == "remove table inet bastion"), "{e}");
+            assert!(e.to_string().starts_with("remove table inet bastion: "), "{e}");
             let e = enable_forwarding(false).unwrap_err();
-            assert!(e.0.contains("write 1 to /proc/sys/net/ipv4/ip_forward"), "{e}");
+            assert!(matches!(&e, NatError::Sysctl { path, value: "1", .. } if path == IPV4_FORWARDING), "{e}");
             // nfnetlink wants CAP_NET_ADMIN even to read (unlike rtnetlink).
             let e = table_present().unwrap_err();
-            assert_eq!(e.0, "read back table inet bastion: Operation not permitted (os error 1)");
+            assert_eq!(e.to_string(), "read back table inet bastion: Operation not permitted (os error 1)");
         });
     }
 

@@ -5,6 +5,7 @@
 use super::document::Report;
 use super::schema::{InterfaceDraft, PeerDraft, SelfTestDraft};
 use super::values;
+use super::ProblemKind;
 use ip_network::IpNetwork;
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -19,8 +20,8 @@ pub fn check_peers(interface: Option<&InterfaceDraft>, peers: &[PeerDraft], repo
                 line(peers[first].line)
             );
             match &peer.name_span {
-                Some(span) => report.at(span.clone(), format!("peer[{i}].name"), message),
-                None => report.at_line(peer.line, format!("peer[{i}].name"), message),
+                Some(span) => report.at(ProblemKind::Duplicate, span.clone(), format!("peer[{i}].name"), message),
+                None => report.at_line(ProblemKind::Duplicate, peer.line, format!("peer[{i}].name"), message),
             }
         } else {
             names.insert(&peer.name, i);
@@ -37,6 +38,7 @@ pub fn check_peers(interface: Option<&InterfaceDraft>, peers: &[PeerDraft], repo
         if Some(*key) == own_key {
             let from = interface.and_then(|i| i.key_field.clone()).unwrap_or_default();
             report.at(
+                ProblemKind::Conflict,
                 span.clone(),
                 field,
                 format!(
@@ -46,6 +48,7 @@ pub fn check_peers(interface: Option<&InterfaceDraft>, peers: &[PeerDraft], repo
             );
         } else if let Some(&first) = keys.get(key) {
             report.at(
+                ProblemKind::Duplicate,
                 span.clone(),
                 field,
                 format!(
@@ -138,6 +141,7 @@ fn check_overlaps(peers: &[PeerDraft], report: &mut Report) {
             let (here, there) =
                 if other.item.span.start > entry.item.span.start { (*other, entry) } else { (entry, *other) };
             report.at(
+                ProblemKind::Overlap,
                 here.item.span.clone(),
                 format!("peer[{}].allowed_ips[{}]", here.peer, here.item.index),
                 format!(
@@ -179,6 +183,7 @@ pub fn selftest_address(
         let Some(net) = networks.iter().find(|n| n.contains(ip)) else {
             let list: Vec<String> = networks.iter().map(|n| n.to_string()).collect();
             report.at(
+                ProblemKind::Conflict,
                 span.clone(),
                 field,
                 format!(
@@ -191,6 +196,7 @@ pub fn selftest_address(
         };
         if let Some(own) = interface.addresses.iter().find(|a| a.value.address == ip) {
             report.at(
+                ProblemKind::Conflict,
                 span.clone(),
                 field,
                 format!("{ip} is the bastion's own address (interface.address[{}]); expected an unused one", own.index),
@@ -202,6 +208,7 @@ pub fn selftest_address(
             let (_, p) = point(ip);
             if n.netmask() <= 30 && (p == r.first || p == r.last) {
                 report.at(
+                    ProblemKind::Invalid,
                     span.clone(),
                     field,
                     format!("{ip} is the network or broadcast address of {net}; expected a host address"),
@@ -211,6 +218,7 @@ pub fn selftest_address(
         }
         if let Some((peer, item)) = owner(ip) {
             report.at(
+                ProblemKind::Overlap,
                 span.clone(),
                 field,
                 format!(
@@ -246,6 +254,7 @@ pub fn selftest_address(
         "expected [selftest] address = an unused address inside a tunnel network"
     };
     report.at_line(
+        ProblemKind::Conflict,
         selftest.line.or(interface.line),
         "selftest.address",
         format!(

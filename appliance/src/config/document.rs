@@ -7,7 +7,7 @@
 //! lives in `schema`.
 
 use super::values::shown;
-use super::ConfigProblem;
+use super::{ConfigProblem, ProblemKind};
 use std::ops::{Range, RangeInclusive};
 use toml::de::{DeArray, DeTable, DeValue};
 use toml::Spanned;
@@ -36,20 +36,26 @@ impl Report {
         self.line_starts.partition_point(|&start| start <= offset).max(1)
     }
 
-    pub fn at(&mut self, span: Range<usize>, field: impl Into<String>, message: impl Into<String>) {
+    pub fn at(&mut self, kind: ProblemKind, span: Range<usize>, field: impl Into<String>, message: impl Into<String>) {
         let line = self.line_of(span.start);
-        self.push(Some(line), field.into(), message.into());
+        self.push(kind, Some(line), field.into(), message.into());
     }
 
-    pub fn at_line(&mut self, line: Option<usize>, field: impl Into<String>, message: impl Into<String>) {
-        self.push(line, field.into(), message.into());
+    pub fn at_line(
+        &mut self,
+        kind: ProblemKind,
+        line: Option<usize>,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) {
+        self.push(kind, line, field.into(), message.into());
     }
 
-    fn push(&mut self, line: Option<usize>, field: String, message: String) {
+    fn push(&mut self, kind: ProblemKind, line: Option<usize>, field: String, message: String) {
         if self.problems.len() >= MAX_PROBLEMS {
             self.dropped += 1;
         } else {
-            self.problems.push(ConfigProblem { line, field, message });
+            self.problems.push(ConfigProblem { kind, line, field, message });
         }
     }
 
@@ -57,7 +63,12 @@ impl Report {
     pub fn warn_at(&mut self, span: Range<usize>, field: impl Into<String>, message: impl Into<String>) {
         let line = self.line_of(span.start);
         if self.warnings.len() < MAX_PROBLEMS {
-            self.warnings.push(ConfigProblem { line: Some(line), field: field.into(), message: message.into() });
+            self.warnings.push(ConfigProblem {
+                kind: ProblemKind::Warning,
+                line: Some(line),
+                field: field.into(),
+                message: message.into(),
+            });
         }
     }
 
@@ -77,6 +88,7 @@ impl Report {
         self.problems.sort_by_key(|p| p.line.unwrap_or(usize::MAX));
         if self.dropped > 0 {
             self.problems.push(ConfigProblem {
+                kind: ProblemKind::TooMany,
                 line: None,
                 field: "file".into(),
                 message: format!("{} more problems not listed; fix the ones above first", self.dropped),
@@ -107,10 +119,10 @@ pub fn parse<'i>(text: &'i str, report: &mut Report) -> Option<DeTable<'i>> {
         match start {
             Some(start) => {
                 if seen_lines.insert(report.line_of(start)) {
-                    report.at(start..start, "file", message);
+                    report.at(ProblemKind::Syntax, start..start, "file", message);
                 }
             }
-            None => report.at_line(None, "file", message),
+            None => report.at_line(ProblemKind::Syntax, None, "file", message),
         }
     }
     None
@@ -158,7 +170,7 @@ impl<'a, 'i> Table<'a, 'i> {
     }
 
     pub fn missing(&self, report: &mut Report, key: &str, expected: &str) {
-        report.at_line(self.line, self.field(key), format!("missing; expected {expected}"));
+        report.at_line(ProblemKind::Missing, self.line, self.field(key), format!("missing; expected {expected}"));
     }
 
     /// Reports every key this table does not know, naming the ones it does.
@@ -192,7 +204,7 @@ impl<'a, 'i> Table<'a, 'i> {
             if let Some(h) = hint(name).or_else(|| suggestion(name, self.known).map(str::to_string)) {
                 message.push_str(&format!(" (did you mean {h}?)"));
             }
-            report.at(key.span(), self.field(name), message);
+            report.at(ProblemKind::UnknownField, key.span(), self.field(name), message);
         }
     }
 }
@@ -221,7 +233,12 @@ fn kind(value: &DeValue) -> &'static str {
 }
 
 fn wrong_type(report: &mut Report, field: &str, value: &Spanned<DeValue>, expected: &str) {
-    report.at(value.span(), field, format!("found {}, expected {expected}", kind(value.get_ref())));
+    report.at(
+        ProblemKind::WrongType,
+        value.span(),
+        field,
+        format!("found {}, expected {expected}", kind(value.get_ref())),
+    );
 }
 
 pub fn string<'a>(report: &mut Report, field: &str, value: &'a Spanned<DeValue>, expected: &str) -> Option<&'a str> {
@@ -261,11 +278,16 @@ pub fn integer(
     match i128::from_str_radix(&digits, int.radix()) {
         Ok(n) if range.contains(&n) => Some(n),
         Ok(n) => {
-            report.at(value.span(), field, format!("found {n}, expected {expected}"));
+            report.at(ProblemKind::OutOfRange, value.span(), field, format!("found {n}, expected {expected}"));
             None
         }
         Err(_) => {
-            report.at(value.span(), field, format!("found an integer out of range, expected {expected}"));
+            report.at(
+                ProblemKind::OutOfRange,
+                value.span(),
+                field,
+                format!("found an integer out of range, expected {expected}"),
+            );
             None
         }
     }
@@ -306,7 +328,7 @@ pub fn string_list<T>(
         };
         match parse(text) {
             Ok(parsed) => out.push(Item { value: parsed, index, span: item.span() }),
-            Err(message) => report.at(item.span(), item_field, message),
+            Err(message) => report.at(ProblemKind::Invalid, item.span(), item_field, message),
         }
     }
     out
@@ -365,7 +387,7 @@ mod tests {
     fn problems_beyond_the_cap_are_counted() {
         let mut report = Report::new("");
         for i in 0..(MAX_PROBLEMS + 5) {
-            report.at_line(Some(i + 1), "x", "bad");
+            report.at_line(ProblemKind::Invalid, Some(i + 1), "x", "bad");
         }
         let problems = report.finish();
         assert_eq!(problems.len(), MAX_PROBLEMS + 1);

@@ -107,9 +107,41 @@ pub struct SelfTest {
     pub probes: Vec<SocketAddr>,
 }
 
+/// What kind of problem a config has: what tests (and tools) look at, rather than the words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ProblemKind {
+    /// Not TOML (or, for wg-quick files, not `Key = Value`).
+    Syntax,
+    /// A field or section the schema does not have.
+    UnknownField,
+    /// A value of the wrong TOML type (a number where a string belongs...).
+    WrongType,
+    /// A required field or section is absent.
+    Missing,
+    /// A number outside the allowed range.
+    OutOfRange,
+    /// A value of the right type that is not what the field takes (a bad address, key, name).
+    Invalid,
+    /// The same name, key or address given twice.
+    Duplicate,
+    /// Two peers' tunnel addresses overlap (or the self-test's address lies in a peer's).
+    Overlap,
+    /// Fields that cannot hold together (both `private_key` and `private_key_file`...).
+    Conflict,
+    /// A file the config names cannot be read.
+    Unreadable,
+    /// The whole file is in another format (a wg-quick file given to check-config).
+    WrongFormat,
+    /// More problems than are listed.
+    TooMany,
+    /// Not a problem: allowed, but probably not meant (`render_warnings`).
+    Warning,
+}
+
 /// One problem found in a config file: where it is and what was expected.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigProblem {
+    pub kind: ProblemKind,
     /// 1-based line, when the problem can be pinned to one.
     pub line: Option<usize>,
     /// Dotted field path, e.g. `peer[2].allowed_ips`.
@@ -167,7 +199,12 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let origin = path.display().to_string();
     let text = read_bounded(path, CONFIG_FILE_LIMIT).map_err(|e| ConfigError {
         origin: origin.clone(),
-        problems: vec![ConfigProblem { line: None, field: "file".into(), message: format!("cannot read: {e}") }],
+        problems: vec![ConfigProblem {
+            kind: ProblemKind::Unreadable,
+            line: None,
+            field: "file".into(),
+            message: format!("cannot read: {e}"),
+        }],
     })?;
     parse(&text, &origin, path.parent())
 }
@@ -206,6 +243,7 @@ pub fn parse(text: &str, origin: &str, base_dir: Option<&Path>) -> Result<Config
     }
     if looks_like_wg_quick(text) {
         report.at_line(
+            ProblemKind::WrongFormat,
             None,
             "file",
             "this looks like a wg-quick file ([Interface]/[Peer]); `bastion convert FILE` prints \

@@ -4,6 +4,7 @@
 
 use super::document::{self, Item, Report, Table};
 use super::values;
+use super::ProblemKind;
 use super::{Egress, InterfaceAddress};
 use crate::keys::{PresharedKey, PrivateKey, PublicKey};
 use ip_network::IpNetwork;
@@ -109,7 +110,7 @@ pub fn read(root: &DeTable, base_dir: Option<&Path>, report: &mut Report) -> Dra
 
     let interface = match top.get("interface") {
         None => {
-            report.at_line(None, "interface", "missing; expected an [interface] section");
+            report.at_line(ProblemKind::Missing, None, "interface", "missing; expected an [interface] section");
             None
         }
         Some(value) => match value.get_ref().as_table() {
@@ -122,7 +123,12 @@ pub fn read(root: &DeTable, base_dir: Option<&Path>, report: &mut Report) -> Dra
                 ))
             }
             None => {
-                report.at(value.span(), "interface", "expected an [interface] section (a table)");
+                report.at(
+                    ProblemKind::WrongType,
+                    value.span(),
+                    "interface",
+                    "expected an [interface] section (a table)",
+                );
                 None
             }
         },
@@ -160,7 +166,7 @@ fn section<T>(
                 read(&Table::new(t, key, header, line, known), report)
             }
             None => {
-                report.at(value.span(), key, format!("expected a {header} section (a table)"));
+                report.at(ProblemKind::WrongType, value.span(), key, format!("expected a {header} section (a table)"));
                 read(&Table::new(&empty, key, header, None, known), report)
             }
         },
@@ -190,6 +196,7 @@ fn read_interface(t: &Table, base_dir: Option<&Path>, report: &mut Report) -> In
     let (private_key, key_field) = match (t.get("private_key"), t.get("private_key_file")) {
         (Some(_), Some(file)) => {
             report.at(
+                ProblemKind::Conflict,
                 file.span(),
                 t.field("private_key_file"),
                 "found both private_key and private_key_file; expected exactly one of them",
@@ -198,8 +205,11 @@ fn read_interface(t: &Table, base_dir: Option<&Path>, report: &mut Report) -> In
         }
         (Some(value), None) => {
             let field = t.field("private_key");
-            let key = document::string(report, &field, value, KEY_EXPECTED)
-                .and_then(|text| PrivateKey::parse(text).map_err(|e| report.at(value.span(), &field, e.0)).ok());
+            let key = document::string(report, &field, value, KEY_EXPECTED).and_then(|text| {
+                PrivateKey::parse(text)
+                    .map_err(|e| report.at(ProblemKind::Invalid, value.span(), &field, e.to_string()))
+                    .ok()
+            });
             (key, Some(field))
         }
         (None, Some(value)) => {
@@ -232,6 +242,7 @@ fn read_interface(t: &Table, base_dir: Option<&Path>, report: &mut Report) -> In
             );
             if value.get_ref().as_array().is_some_and(|a| a.is_empty()) {
                 report.at(
+                    ProblemKind::Missing,
                     value.span(),
                     &field,
                     "found an empty list, expected at least one address like 10.100.0.1/24",
@@ -241,6 +252,7 @@ fn read_interface(t: &Table, base_dir: Option<&Path>, report: &mut Report) -> In
             for a in &addresses {
                 if let Some(first) = seen.insert(a.value.address, a) {
                     report.at(
+                        ProblemKind::Duplicate,
                         a.span.clone(),
                         format!("{field}[{}]", a.index),
                         format!("{} is listed twice (also {field}[{}])", a.value.address, first.index),
@@ -272,7 +284,7 @@ fn read_interface(t: &Table, base_dir: Option<&Path>, report: &mut Report) -> In
         .and_then(|v| {
             let field = t.field("name");
             let text = document::string(report, &field, v, "a string: an interface name like wg0")?;
-            values::interface_name(text).map_err(|e| report.at(v.span(), &field, e)).ok()?;
+            values::interface_name(text).map_err(|e| report.at(ProblemKind::Invalid, v.span(), &field, e)).ok()?;
             Some(text.to_string())
         })
         .unwrap_or_else(|| DEFAULT_INTERFACE_NAME.to_string());
@@ -301,12 +313,12 @@ fn read_key_file<K>(
         Ok(text) => match parse(&text) {
             Ok(key) => Some(key),
             Err(e) => {
-                report.at(span, field, format!("{}: {e}", full.display()));
+                report.at(ProblemKind::Invalid, span, field, format!("{}: {e}", full.display()));
                 None
             }
         },
         Err(e) => {
-            report.at(span, field, format!("cannot read {}: {e}", full.display()));
+            report.at(ProblemKind::Unreadable, span, field, format!("cannot read {}: {e}", full.display()));
             None
         }
     }
@@ -319,7 +331,7 @@ fn read_peer(t: &Table, index: usize, base_dir: Option<&Path>, report: &mut Repo
             match document::string(report, &field, v, "a string: the peer's name") {
                 Some(text) => {
                     if let Err(e) = values::peer_name(text) {
-                        report.at(v.span(), &field, e);
+                        report.at(ProblemKind::Invalid, v.span(), &field, e);
                     }
                     (text.to_string(), Some(v.span()))
                 }
@@ -337,7 +349,11 @@ fn read_peer(t: &Table, index: usize, base_dir: Option<&Path>, report: &mut Repo
         Some(v) => {
             let field = t.field("public_key");
             document::string(report, &field, v, KEY_EXPECTED)
-                .and_then(|text| PublicKey::parse(text).map_err(|e| report.at(v.span(), &field, e.0)).ok())
+                .and_then(|text| {
+                    PublicKey::parse(text)
+                        .map_err(|e| report.at(ProblemKind::Invalid, v.span(), &field, e.to_string()))
+                        .ok()
+                })
                 .map(|k| (k, v.span()))
         }
     };
@@ -345,6 +361,7 @@ fn read_peer(t: &Table, index: usize, base_dir: Option<&Path>, report: &mut Repo
     let preshared_key = match (t.get("preshared_key"), t.get("preshared_key_file")) {
         (Some(_), Some(file)) => {
             report.at(
+                ProblemKind::Conflict,
                 file.span(),
                 t.field("preshared_key_file"),
                 "found both preshared_key and preshared_key_file; expected at most one of them",
@@ -353,8 +370,11 @@ fn read_peer(t: &Table, index: usize, base_dir: Option<&Path>, report: &mut Repo
         }
         (Some(v), None) => {
             let field = t.field("preshared_key");
-            document::string(report, &field, v, KEY_EXPECTED)
-                .and_then(|text| PresharedKey::parse(text).map_err(|e| report.at(v.span(), &field, e.0)).ok())
+            document::string(report, &field, v, KEY_EXPECTED).and_then(|text| {
+                PresharedKey::parse(text)
+                    .map_err(|e| report.at(ProblemKind::Invalid, v.span(), &field, e.to_string()))
+                    .ok()
+            })
         }
         (None, Some(v)) => {
             let field = t.field("preshared_key_file");
@@ -372,6 +392,7 @@ fn read_peer(t: &Table, index: usize, base_dir: Option<&Path>, report: &mut Repo
             allowed_ips = document::string_list(report, &field, v, NETWORK_EXPECTED, values::network);
             if v.get_ref().as_array().is_some_and(|a| a.is_empty()) {
                 report.at(
+                    ProblemKind::Missing,
                     v.span(),
                     &field,
                     "found an empty list, expected at least one network (a peer without one can \
@@ -384,7 +405,7 @@ fn read_peer(t: &Table, index: usize, base_dir: Option<&Path>, report: &mut Repo
     let endpoint = t.get("endpoint").and_then(|v| {
         let field = t.field("endpoint");
         let text = document::string(report, &field, v, "a string: IP:port")?;
-        values::endpoint(text).map_err(|e| report.at(v.span(), &field, e)).ok()
+        values::endpoint(text).map_err(|e| report.at(ProblemKind::Invalid, v.span(), &field, e)).ok()
     });
     let persistent_keepalive = t.get("persistent_keepalive").and_then(|v| {
         document::integer(
@@ -444,7 +465,7 @@ fn read_nat(t: &Table, report: &mut Report) -> NatDraft {
             match values::interface_name(text) {
                 Ok(()) => Some(Egress::Interface(text.to_string())),
                 Err(e) => {
-                    report.at(v.span(), &field, format!("{e}, or \"auto\""));
+                    report.at(ProblemKind::Invalid, v.span(), &field, format!("{e}, or \"auto\""));
                     None
                 }
             }
@@ -461,7 +482,9 @@ fn read_health(t: &Table, report: &mut Report) -> HealthDraft {
         Some(v) => {
             let field = t.field("listen");
             document::string(report, &field, v, "a string: IP:port").and_then(|text| {
-                values::socket_addr(text, "the health listen address").map_err(|e| report.at(v.span(), &field, e)).ok()
+                values::socket_addr(text, "the health listen address")
+                    .map_err(|e| report.at(ProblemKind::Invalid, v.span(), &field, e))
+                    .ok()
             })
         }
     };
@@ -510,6 +533,7 @@ fn read_selftest(t: &Table, report: &mut Report) -> SelfTestDraft {
             Ok(ip) => Some((ip, v.span())),
             Err(_) => {
                 report.at(
+                    ProblemKind::Invalid,
                     v.span(),
                     &field,
                     format!("found {}, expected one IP address (no prefix) like 10.100.0.254", values::shown(text)),

@@ -1,5 +1,7 @@
 //! Unit tests of the schema: the defaults, and one test per class of rejection, each asserting
-//! the line, the dotted field and what the message says.
+//! the line, the dotted field and the kind of problem. Words are checked only where they are the
+//! point (a suggestion for a typo, both readings of a network, a key never echoed) and in the
+//! tests of the rendered `FILE:LINE: FIELD: MESSAGE` format.
 
 use super::*;
 use crate::keys::PrivateKey;
@@ -29,11 +31,13 @@ fn problems(text: &str) -> Vec<ConfigProblem> {
     }
 }
 
-/// The one problem about `field`; fails listing all problems when there is not exactly one.
-fn problem(text: &str, field: &str) -> ConfigProblem {
+/// The one problem about `field`, of `kind`; fails listing all problems when there is not
+/// exactly one.
+fn problem(text: &str, field: &str, kind: ProblemKind) -> ConfigProblem {
     let all = problems(text);
     let matching: Vec<_> = all.iter().filter(|p| p.field == field).cloned().collect();
     assert_eq!(matching.len(), 1, "expected one problem on {field}, got {all:#?}");
+    assert_eq!(matching[0].kind, kind, "{:#?}", matching[0]);
     matching[0].clone()
 }
 
@@ -107,45 +111,41 @@ fn every_field_is_read_when_given() {
 #[test]
 fn unknown_fields_and_sections_name_the_known_ones() {
     let text = minimal().replace("[[peer]]", "ListenPort = 1\n[[peer]]\nallowedips = 1") + "[metrics]\nlisten = 1\n";
-    let p = problem(&text, "interface.ListenPort");
+    let p = problem(&text, "interface.ListenPort", ProblemKind::UnknownField);
     assert_eq!(p.line, Some(5));
     assert!(p.message.contains("known fields: private_key, private_key_file, address"), "{}", p.message);
     assert!(p.message.contains("did you mean listen_port?"), "{}", p.message);
-    let p = problem(&text, "peer[0].allowedips");
+    let p = problem(&text, "peer[0].allowedips", ProblemKind::UnknownField);
     assert!(p.message.contains("did you mean allowed_ips?"), "{}", p.message);
-    let p = problem(&text, "metrics");
+    let p = problem(&text, "metrics", ProblemKind::UnknownField);
     assert_eq!(p.line, Some(10));
     assert!(p.message.contains("unknown section [metrics]; known sections: [interface], [[peer]]"), "{}", p.message);
 }
 
 #[test]
 fn a_top_level_field_says_which_section_it_belongs_to() {
-    let p = problem(&format!("listen_port = 1\n{}", minimal()), "listen_port");
+    let p = problem(&format!("listen_port = 1\n{}", minimal()), "listen_port", ProblemKind::UnknownField);
     assert!(p.message.contains("listen_port under [interface]"), "{}", p.message);
 }
 
 #[test]
 fn bad_keys_are_rejected_without_echoing_them() {
     let short = &OUR_KEY[..43];
-    let p = problem(&minimal().replace(OUR_KEY, short), "interface.private_key");
+    let p = problem(&minimal().replace(OUR_KEY, short), "interface.private_key", ProblemKind::Invalid);
     assert_eq!(p.line, Some(2));
-    assert!(p.message.contains("44 characters of base64"), "{}", p.message);
     assert!(!p.message.contains(short));
-    let p = problem(&minimal().replace(ALICE, "not a key"), "peer[0].public_key");
+    let p = problem(&minimal().replace(ALICE, "not a key"), "peer[0].public_key", ProblemKind::Invalid);
     assert_eq!(p.line, Some(6));
-    let p = problem(&minimal().replace(&format!("\"{OUR_KEY}\""), "42"), "interface.private_key");
-    assert!(p.message.starts_with("found an integer, expected a string"), "{}", p.message);
+    problem(&minimal().replace(&format!("\"{OUR_KEY}\""), "42"), "interface.private_key", ProblemKind::WrongType);
 }
 
 #[test]
 fn exactly_one_private_key_source() {
     let both = minimal().replace("address", "private_key_file = \"k\"\naddress");
-    let p = problem(&both, "interface.private_key_file");
-    assert!(p.message.contains("expected exactly one"), "{}", p.message);
+    problem(&both, "interface.private_key_file", ProblemKind::Conflict);
     let neither = minimal().replace(&format!("private_key = \"{OUR_KEY}\"\n"), "");
-    let p = problem(&neither, "interface.private_key");
+    let p = problem(&neither, "interface.private_key", ProblemKind::Missing);
     assert_eq!(p.line, Some(1), "reported at the [interface] header");
-    assert!(p.message.contains("missing; expected private_key"), "{}", p.message);
 }
 
 struct TempDir(std::path::PathBuf);
@@ -198,28 +198,34 @@ fn addresses_must_parse_and_carry_a_prefix() {
     assert!(all[1].message.contains("without a prefix"));
     assert!(all[2].message.contains("listed twice"));
     assert!(all.iter().all(|p| p.line == Some(3)));
-    let p = problem(&minimal().replace("[\"10.100.0.1/24\"]", "[]"), "interface.address");
+    let p = problem(&minimal().replace("[\"10.100.0.1/24\"]", "[]"), "interface.address", ProblemKind::Missing);
     assert!(p.message.contains("at least one address"), "{}", p.message);
-    let p = problem(&minimal().replace("[\"10.100.0.1/24\"]", "\"10.100.0.1/24\""), "interface.address");
+    let p = problem(
+        &minimal().replace("[\"10.100.0.1/24\"]", "\"10.100.0.1/24\""),
+        "interface.address",
+        ProblemKind::WrongType,
+    );
     assert!(p.message.contains("found a string, expected a list"), "{}", p.message);
 }
 
 #[test]
 fn ports_mtu_and_names_are_range_checked() {
     let with = |extra: &str| minimal().replace("[[peer]]", &format!("{extra}\n[[peer]]"));
-    for bad in ["listen_port = 0", "listen_port = 65536", "listen_port = \"51820\""] {
-        let p = problem(&with(bad), "interface.listen_port");
-        assert!(p.message.contains("a UDP port 1–65535"), "{bad}: {}", p.message);
+    for (bad, kind) in [
+        ("listen_port = 0", ProblemKind::OutOfRange),
+        ("listen_port = 65536", ProblemKind::OutOfRange),
+        ("listen_port = \"51820\"", ProblemKind::WrongType),
+    ] {
+        problem(&with(bad), "interface.listen_port", kind);
     }
     for bad in ["mtu = 1279", "mtu = 9001"] {
-        let p = problem(&with(bad), "interface.mtu");
-        assert!(p.message.contains("1280") && p.message.contains("8921"), "{}", p.message);
+        problem(&with(bad), "interface.mtu", ProblemKind::OutOfRange);
     }
     ok(&with("mtu = 1280"));
     ok(&with("mtu = 8921"));
     ok(&with("listen_port = 0xCA6C"));
     for bad in ["name = \"a234567890123456\"", "name = \"wg/0\"", "name = \"wg 0\"", "name = \"\""] {
-        problem(&with(bad), "interface.name");
+        problem(&with(bad), "interface.name", ProblemKind::Invalid);
     }
 }
 
@@ -230,13 +236,13 @@ fn peers_need_a_key_and_allowed_ips() {
     let fields: Vec<&str> = all.iter().map(|p| p.field.as_str()).collect();
     assert_eq!(fields, ["peer[1].public_key", "peer[1].allowed_ips"]);
     assert!(all.iter().all(|p| p.line == Some(8)), "at the [[peer]] header: {all:?}");
-    let p = problem(&minimal().replace("[\"10.100.0.2/32\"]", "[]"), "peer[0].allowed_ips");
-    assert!(p.message.contains("at least one network"), "{}", p.message);
+    problem(&minimal().replace("[\"10.100.0.2/32\"]", "[]"), "peer[0].allowed_ips", ProblemKind::Missing);
 }
 
 #[test]
 fn allowed_ips_with_host_bits_are_refused_with_both_readings() {
-    let p = problem(&minimal().replace("10.100.0.2/32", "10.100.0.2/24"), "peer[0].allowed_ips[0]");
+    let p =
+        problem(&minimal().replace("10.100.0.2/32", "10.100.0.2/24"), "peer[0].allowed_ips[0]", ProblemKind::Invalid);
     assert!(p.message.contains("host bits set"), "{}", p.message);
     assert!(p.message.contains("10.100.0.0/24") && p.message.contains("10.100.0.2/32"), "{}", p.message);
 }
@@ -252,7 +258,7 @@ fn two_peers(second_key: &str, second_ips: &str, second_name: &str) -> String {
 fn overlapping_allowed_ips_name_both_peers() {
     let text = two_peers(BOB, "[\"10.100.0.3/32\", \"10.100.0.0/30\"]", "name = \"bob\"\n");
     // Reported where the later of the two is written, naming the earlier one.
-    let p = problem(&text, "peer[1].allowed_ips[1]");
+    let p = problem(&text, "peer[1].allowed_ips[1]", ProblemKind::Overlap);
     assert_eq!(p.line, Some(13));
     assert_eq!(
         p.message,
@@ -271,54 +277,52 @@ fn overlapping_allowed_ips_name_both_peers() {
 
 #[test]
 fn duplicate_public_keys_and_our_own_key_are_refused() {
-    let p = problem(&two_peers(ALICE, "[\"10.100.0.3/32\"]", ""), "peer[1].public_key");
+    let p = problem(&two_peers(ALICE, "[\"10.100.0.3/32\"]", ""), "peer[1].public_key", ProblemKind::Duplicate);
     assert!(p.message.contains("same public key as peer[0] \"alice\" (line 5)"), "{}", p.message);
     assert!(!p.message.contains(ALICE));
-    let p = problem(&two_peers(OUR_PUBLIC, "[\"10.100.0.3/32\"]", ""), "peer[1].public_key");
+    let p = problem(&two_peers(OUR_PUBLIC, "[\"10.100.0.3/32\"]", ""), "peer[1].public_key", ProblemKind::Conflict);
     assert!(p.message.contains("the bastion's own public key (of interface.private_key)"), "{}", p.message);
 }
 
 #[test]
 fn names_are_unique_including_the_default_ones() {
-    let p = problem(&two_peers(BOB, "[\"10.100.0.3/32\"]", "name = \"alice\"\n"), "peer[1].name");
+    let p =
+        problem(&two_peers(BOB, "[\"10.100.0.3/32\"]", "name = \"alice\"\n"), "peer[1].name", ProblemKind::Duplicate);
     assert_eq!(p.line, Some(11));
     assert!(p.message.contains("duplicate name \"alice\": peer[0] (line 5)"), "{}", p.message);
     let text = format!(
         "{}\n[[peer]]\nname = \"peer-1\"\npublic_key = \"{BOB}\"\nallowed_ips = [\"10.100.0.3/32\"]\n",
         minimal()
     );
-    problem(&text, "peer[1].name");
-    let p = problem(&two_peers(BOB, "[\"10.100.0.3/32\"]", "name = \"a\\nb\"\n"), "peer[1].name");
-    assert!(p.message.contains("control characters"), "{}", p.message);
+    problem(&text, "peer[1].name", ProblemKind::Duplicate);
+    problem(&two_peers(BOB, "[\"10.100.0.3/32\"]", "name = \"a\\nb\"\n"), "peer[1].name", ProblemKind::Invalid);
 }
 
 #[test]
 fn keepalive_and_endpoint_are_checked() {
     let with = |line: &str| minimal().replace("allowed_ips", &format!("{line}\nallowed_ips"));
-    let p = problem(&with("persistent_keepalive = 0"), "peer[0].persistent_keepalive");
-    assert!(p.message.contains("leave the field out for none"), "{}", p.message);
-    problem(&with("persistent_keepalive = 65536"), "peer[0].persistent_keepalive");
-    let p = problem(&with("endpoint = \"vpn.example.com:51820\""), "peer[0].endpoint");
+    problem(&with("persistent_keepalive = 0"), "peer[0].persistent_keepalive", ProblemKind::OutOfRange);
+    problem(&with("persistent_keepalive = 65536"), "peer[0].persistent_keepalive", ProblemKind::OutOfRange);
+    let p = problem(&with("endpoint = \"vpn.example.com:51820\""), "peer[0].endpoint", ProblemKind::Invalid);
     assert!(p.message.contains("does not resolve names"), "{}", p.message);
-    problem(&with("endpoint = \"198.51.100.7\""), "peer[0].endpoint");
-    problem(&with("endpoint = \"198.51.100.7:0\""), "peer[0].endpoint");
+    problem(&with("endpoint = \"198.51.100.7\""), "peer[0].endpoint", ProblemKind::Invalid);
+    problem(&with("endpoint = \"198.51.100.7:0\""), "peer[0].endpoint", ProblemKind::Invalid);
     assert_eq!(ok(&with("endpoint = \"198.51.100.7:51820\"")).peers[0].endpoint.unwrap().port(), 51820);
 }
 
 #[test]
 fn nat_health_and_selftest_values_are_checked() {
     let with = |extra: &str| format!("{}{extra}\n", minimal());
-    problem(&with("[nat]\nmasquerade = \"yes\""), "nat.masquerade");
-    problem(&with("[nat]\negress = \"eth0/1\""), "nat.egress");
-    problem(&with("[nat]\nreach = [\"10.0.1.1/24\"]"), "nat.reach[0]");
-    problem(&with("[health]\nlisten = \"0.0.0.0\""), "health.listen");
-    problem(&with("[health]\nlisten = \"0.0.0.0:0\""), "health.listen");
-    problem(&with("[health]\ndrain_seconds = 3601"), "health.drain_seconds");
-    problem(&with("[selftest]\ninterval_seconds = 0"), "selftest.interval_seconds");
-    problem(&with("[selftest]\nprobes = [\"10.0.1.5\"]"), "selftest.probes[0]");
-    problem(&with("[selftest]\naddress = \"10.100.0.0/24\""), "selftest.address");
-    let p = problem(&format!("nat = 1\n{}", minimal()), "nat");
-    assert!(p.message.contains("expected a [nat] section"), "{}", p.message);
+    problem(&with("[nat]\nmasquerade = \"yes\""), "nat.masquerade", ProblemKind::WrongType);
+    problem(&with("[nat]\negress = \"eth0/1\""), "nat.egress", ProblemKind::Invalid);
+    problem(&with("[nat]\nreach = [\"10.0.1.1/24\"]"), "nat.reach[0]", ProblemKind::Invalid);
+    problem(&with("[health]\nlisten = \"0.0.0.0\""), "health.listen", ProblemKind::Invalid);
+    problem(&with("[health]\nlisten = \"0.0.0.0:0\""), "health.listen", ProblemKind::Invalid);
+    problem(&with("[health]\ndrain_seconds = 3601"), "health.drain_seconds", ProblemKind::OutOfRange);
+    problem(&with("[selftest]\ninterval_seconds = 0"), "selftest.interval_seconds", ProblemKind::OutOfRange);
+    problem(&with("[selftest]\nprobes = [\"10.0.1.5\"]"), "selftest.probes[0]", ProblemKind::Invalid);
+    problem(&with("[selftest]\naddress = \"10.100.0.0/24\""), "selftest.address", ProblemKind::Invalid);
+    problem(&format!("nat = 1\n{}", minimal()), "nat", ProblemKind::WrongType);
 }
 
 #[test]
@@ -338,25 +342,24 @@ fn no_free_selftest_address_asks_the_operator_for_one() {
     let text = minimal()
         .replace("10.100.0.1/24", "10.100.0.2/32")
         .replace("allowed_ips = [\"10.100.0.2/32\"]", "allowed_ips = [\"10.100.0.0/24\"]");
-    let p = problem(&text, "selftest.address");
+    let p = problem(&text, "selftest.address", ProblemKind::Conflict);
     assert_eq!(p.line, Some(1));
     assert!(p.message.contains("not /32: that is a client's way"), "{}", p.message);
     // A real tunnel network whose every host belongs to peers: set the address by hand.
     let text = minimal().replace("10.100.0.1/24", "10.100.0.1/30").replace("10.100.0.2/32", "10.100.0.2/31");
-    let p = problem(&text, "selftest.address");
+    let p = problem(&text, "selftest.address", ProblemKind::Conflict);
     assert!(p.message.contains("expected [selftest] address ="), "{}", p.message);
 }
 
 #[test]
 fn an_explicit_selftest_address_must_be_free_and_inside_the_tunnel() {
     let with = |a: &str| format!("{}[selftest]\naddress = \"{a}\"\n", minimal());
-    let p = problem(&with("10.100.0.2"), "selftest.address");
+    let p = problem(&with("10.100.0.2"), "selftest.address", ProblemKind::Overlap);
     assert!(p.message.contains("inside 10.100.0.2/32 of peer[0] \"peer-1\""), "{}", p.message);
-    let p = problem(&with("10.100.0.1"), "selftest.address");
-    assert!(p.message.contains("the bastion's own address"), "{}", p.message);
-    let p = problem(&with("10.200.0.1"), "selftest.address");
+    problem(&with("10.100.0.1"), "selftest.address", ProblemKind::Conflict);
+    let p = problem(&with("10.200.0.1"), "selftest.address", ProblemKind::Conflict);
     assert!(p.message.contains("outside the tunnel networks (10.100.0.0/24)"), "{}", p.message);
-    problem(&with("10.100.0.255"), "selftest.address");
+    problem(&with("10.100.0.255"), "selftest.address", ProblemKind::Invalid);
     assert_eq!(ok(&with("10.100.0.9")).selftest.address.to_string(), "10.100.0.9");
 }
 

@@ -12,7 +12,7 @@
 
 use crate::config::document::Report;
 use crate::config::values;
-use crate::config::{ConfigError, InterfaceAddress};
+use crate::config::{ConfigError, InterfaceAddress, ProblemKind};
 use crate::keys::{PresharedKey, PrivateKey, PublicKey};
 use ip_network::IpNetwork;
 use std::collections::{HashMap, HashSet};
@@ -51,6 +51,7 @@ pub fn convert_file(path: &Path) -> Result<Conversion, ConfigError> {
     let text = crate::config::read_bounded(path, FILE_LIMIT).map_err(|e| ConfigError {
         origin: origin.clone(),
         problems: vec![crate::config::ConfigProblem {
+            kind: ProblemKind::Unreadable,
             line: None,
             field: "file".into(),
             message: format!("cannot read: {e}"),
@@ -191,7 +192,12 @@ fn read(text: &str, name: &str, report: &mut Report, notes: &mut Vec<Note>) -> O
             section = match stripped.to_ascii_lowercase().as_str() {
                 "[interface]" => {
                     if file.interface_line.is_some() {
-                        report.at_line(Some(line), "Interface", "a second [Interface] section; expected one");
+                        report.at_line(
+                            ProblemKind::Duplicate,
+                            Some(line),
+                            "Interface",
+                            "a second [Interface] section; expected one",
+                        );
                     }
                     file.interface_line = Some(line);
                     pending_name = None;
@@ -203,6 +209,7 @@ fn read(text: &str, name: &str, report: &mut Report, notes: &mut Vec<Note>) -> O
                 }
                 _ => {
                     report.at_line(
+                        ProblemKind::UnknownField,
                         Some(line),
                         "file",
                         format!("found the section {}, expected [Interface] or [Peer]", values::shown(stripped)),
@@ -213,7 +220,12 @@ fn read(text: &str, name: &str, report: &mut Report, notes: &mut Vec<Note>) -> O
             continue;
         }
         let Some((key, value)) = stripped.split_once('=') else {
-            report.at_line(Some(line), "file", "found a line without '=', expected Key = Value or a [Section]");
+            report.at_line(
+                ProblemKind::Syntax,
+                Some(line),
+                "file",
+                "found a line without '=', expected Key = Value or a [Section]",
+            );
             continue;
         };
         let (key, value) = (key.trim(), value.trim());
@@ -227,13 +239,19 @@ fn read(text: &str, name: &str, report: &mut Report, notes: &mut Vec<Note>) -> O
             Section::Interface => INTERFACE_KEYS,
             Section::Peer => PEER_KEYS,
             Section::None => {
-                report.at_line(Some(line), key, "found a key before any section, expected [Interface] first");
+                report.at_line(
+                    ProblemKind::Syntax,
+                    Some(line),
+                    key,
+                    "found a key before any section, expected [Interface] first",
+                );
                 continue;
             }
         };
         let Some(key) = known.iter().copied().find(|k| k.eq_ignore_ascii_case(key)) else {
             let header = if section == Section::Peer { "[Peer]" } else { "[Interface]" };
             report.at_line(
+                ProblemKind::UnknownField,
                 Some(line),
                 key,
                 format!("unknown key {} in {header}; known: {}", values::shown(key), known.join(", ")),
@@ -254,7 +272,7 @@ fn read(text: &str, name: &str, report: &mut Report, notes: &mut Vec<Note>) -> O
                 seen_once.insert(field.clone(), line);
             }
         }
-        let mut fail = |message: String| report.at_line(Some(line), field.clone(), message);
+        let mut fail = |message: String| report.at_line(ProblemKind::Invalid, Some(line), field.clone(), message);
         match section {
             Section::Interface => interface_key(&mut file, key, value, line, &mut fail, notes),
             Section::Peer => {
@@ -266,7 +284,7 @@ fn read(text: &str, name: &str, report: &mut Report, notes: &mut Vec<Note>) -> O
     }
 
     if file.interface_line.is_none() {
-        report.at_line(None, "Interface", "missing; expected an [Interface] section");
+        report.at_line(ProblemKind::Missing, None, "Interface", "missing; expected an [Interface] section");
         return None;
     }
     for hook in file.hooks.iter().filter(|h| matches!(h.kind, "PreUp" | "PostUp")) {
@@ -276,6 +294,7 @@ fn read(text: &str, name: &str, report: &mut Report, notes: &mut Vec<Note>) -> O
     }
     if !file.private_key_given && file.private_key_file.is_none() {
         report.at_line(
+            ProblemKind::Missing,
             file.interface_line,
             "Interface.PrivateKey",
             "missing; expected PrivateKey = the base64 key (or PostUp = wg set %i private-key FILE)",
@@ -283,7 +302,12 @@ fn read(text: &str, name: &str, report: &mut Report, notes: &mut Vec<Note>) -> O
     }
     for (i, peer) in file.peers.iter().enumerate() {
         if !peer.public_key_given {
-            report.at_line(Some(peer.line), format!("Peer[{i}].PublicKey"), "missing; expected the peer's public key");
+            report.at_line(
+                ProblemKind::Missing,
+                Some(peer.line),
+                format!("Peer[{i}].PublicKey"),
+                "missing; expected the peer's public key",
+            );
         }
     }
     Some(file)
@@ -329,7 +353,7 @@ fn interface_key(
             file.private_key_given = true;
             match PrivateKey::parse(value) {
                 Ok(k) => file.private_key = Some(k),
-                Err(e) => fail(e.0),
+                Err(e) => fail(e.to_string()),
             }
         }
         "ListenPort" => match integer::<u16>(value, "a UDP port 0–65535", fail) {
@@ -399,12 +423,12 @@ fn peer_key(
             peer.public_key_given = true;
             match PublicKey::parse(value) {
                 Ok(k) => peer.public_key = Some(k),
-                Err(e) => fail(e.0),
+                Err(e) => fail(e.to_string()),
             }
         }
         "PresharedKey" => match PresharedKey::parse(value) {
             Ok(k) => peer.preshared_key = Some(k),
-            Err(e) => fail(e.0),
+            Err(e) => fail(e.to_string()),
         },
         "AllowedIPs" => {
             for item in list(value) {

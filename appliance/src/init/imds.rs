@@ -66,29 +66,18 @@ pub fn url_from_cmdline(cmdline: &str) -> Option<String> {
         .map(|v| v.trim_matches('"').to_string())
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ImdsError {
     /// IMDS answered, and the instance has no user-data (404).
+    #[error("GET {url}: 404, the instance has no user-data")]
     NoUserData { url: String },
     /// IMDS did not answer (connect or read failed): it may be disabled, or not reachable yet.
+    #[error("{url}: {why}")]
     Unreachable { url: String, why: String },
     /// IMDS answered something we cannot use.
+    #[error("{url}: {why}")]
     BadAnswer { url: String, why: String },
 }
-
-impl std::fmt::Display for ImdsError {
-    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        match self {
-            ImdsError::NoUserData { url } => {
-                write!(f, "GET {url}: 404, the instance has no user-data")
-            }
-            ImdsError::Unreachable { url, why } => write!(f, "{url}: {why}"),
-            ImdsError::BadAnswer { url, why } => write!(f, "{url}: {why}"),
-        }
-    }
-}
-
-impl std::error::Error for ImdsError {}
 
 /// Gets a session token, then the user-data text.
 pub fn fetch_user_data(endpoint: &Endpoint) -> Result<String, ImdsError> {

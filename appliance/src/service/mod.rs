@@ -170,14 +170,32 @@ struct Service {
     data_plane: Arc<DataPlane>,
 }
 
+/// Why `bastion run` could not start (every step before it is undone).
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Tunnel(#[from] crate::tunnel::TunnelError),
+    #[error(transparent)]
+    Nat(#[from] nat::NatError),
+    #[error("install nftables table inet {table}: {source}", table = nat::TABLE)]
+    InstallNat { source: nat::NatError },
+    /// `nat.egress = "auto"` found no interface.
+    #[error("nat.egress = \"auto\": {why}")]
+    NoEgress { why: String },
+    #[error("start the self-test: {0}")]
+    SelfTest(std::io::Error),
+    #[error("health responder: {0}")]
+    Health(std::io::Error),
+}
+
 impl Service {
-    fn start(config: Config) -> Result<Service, String> {
+    fn start(config: Config) -> Result<Service, StartError> {
         let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         // The self-test client's key lives only in this process, and the service admits it
         // only from loopback.
         let selftest_key = PrivateKey::generate();
         let spec = plan::tunnel_spec(&config, workers, selftest_key.public_key());
-        let data_plane = Arc::new(DataPlane::start(spec).map_err(|e| e.to_string())?);
+        let data_plane = Arc::new(DataPlane::start(spec)?);
         log!(
             "tunnel: {} up with {} ({} peers, UDP port {}, {} workers)",
             config.interface.name,
@@ -187,12 +205,12 @@ impl Service {
             workers
         );
         let ipv6 = config.interface.addresses.iter().any(|a| a.address.is_ipv6());
-        nat::enable_forwarding(ipv6).map_err(|e| format!("enable forwarding: {e}"))?;
+        nat::enable_forwarding(ipv6)?;
         let nat_plan = plan::nat_plan(&config)?;
         if ipv6 {
-            nat::keep_router_advertisements(&nat_plan.egress).map_err(|e| e.to_string())?;
+            nat::keep_router_advertisements(&nat_plan.egress)?;
         }
-        let nat_rules = nat::ruleset(&nat_plan).map_err(|e| e.to_string())?;
+        let nat_rules = nat::ruleset(&nat_plan)?;
         let nat = Arc::new(InstalledNat::install(nat_plan)?);
         let state = Arc::new(ServiceState {
             drain_started: Mutex::new(None),
@@ -207,12 +225,12 @@ impl Service {
             nat.clone(),
             state.clone(),
         )
-        .map_err(|e| format!("start the self-test: {e}"))?;
+        .map_err(StartError::SelfTest)?;
         let health = {
             let state = state.clone();
             let data_plane = data_plane.clone();
             HealthResponder::start(config.health.listen, move || judge::verdict(&state, &data_plane))
-                .map_err(|e| format!("health responder: {e}"))?
+                .map_err(StartError::Health)?
         };
         log!("health: listening on {}", config.health.listen);
         let status = {

@@ -10,8 +10,8 @@ pub struct InstalledNat {
 }
 
 impl InstalledNat {
-    pub fn install(plan: NatPlan) -> Result<InstalledNat, String> {
-        nat::install(&plan).map_err(|e| format!("install nftables table inet {}: {e}", nat::TABLE))?;
+    pub fn install(plan: NatPlan) -> Result<InstalledNat, super::StartError> {
+        nat::install(&plan).map_err(|source| super::StartError::InstallNat { source })?;
         log!(
             "nat: table inet {} installed (egress {}, masquerade {}, {} allow rules)",
             nat::TABLE,

@@ -48,15 +48,17 @@ pub fn tunnel_spec(config: &Config, workers: usize, selftest_key: PublicKey) -> 
 
 /// The table for this config: global reach for every tunnel source, per-peer reach for the
 /// peer's own allowed IPs (same IP version only), and the self-test's probes.
-pub fn nat_plan(config: &Config) -> Result<NatPlan, String> {
+pub fn nat_plan(config: &Config) -> Result<NatPlan, super::StartError> {
+    let no_egress = |why: String| super::StartError::NoEgress { why };
     let egress = match &config.nat.egress {
         Egress::Interface(name) => name.clone(),
         Egress::Auto => route::default_route_interface()
-            .map_err(|e| format!("nat.egress = \"auto\": cannot read the routing table: {e}"))?
+            .map_err(|e| no_egress(format!("cannot read the routing table: {e}")))?
             .ok_or_else(|| {
-                "nat.egress = \"auto\": there is no IPv4 default route to take the interface from; \
-                 set [nat] egress to an interface name"
-                    .to_string()
+                no_egress(
+                    "there is no IPv4 default route to take the interface from; set [nat] egress to an interface name"
+                        .to_string(),
+                )
             })?,
     };
     let mut allow: Vec<Allow> = config.nat.reach.iter().map(|d| Allow { source: None, destination: *d }).collect();

@@ -25,7 +25,6 @@ use boringtun::noise::Tunn;
 use boringtun::x25519;
 pub use peers::PeerSpec;
 use peers::PeerTable;
-use std::fmt;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -54,16 +53,18 @@ pub struct TunnelSpec {
     pub workers: usize,
 }
 
-#[derive(Debug)]
-pub struct TunnelError(pub String);
-
-impl fmt::Display for TunnelError {
-    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str(&self.0)
-    }
+/// Why the data plane could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum TunnelError {
+    #[error("create TUN interface {name}: {source}")]
+    CreateTun { name: String, source: io::Error },
+    #[error("configure {name}: {source}")]
+    Configure { name: String, source: io::Error },
+    #[error("listen on UDP port {port}: {source}")]
+    Listen { port: u16, source: io::Error },
+    #[error("start {thread} thread: {source}")]
+    Thread { thread: &'static str, source: io::Error },
 }
-
-impl std::error::Error for TunnelError {}
 
 /// Data-plane-wide counters of things that went wrong (relaxed atomics).
 #[derive(Default)]
@@ -168,10 +169,10 @@ impl DataPlane {
         let workers = spec.workers.max(1);
         let addresses = spec.addresses.clone();
         let queues = tun::open(&spec.name, workers)
-            .map_err(|e| TunnelError(format!("create TUN interface {}: {e}", spec.name)))?;
-        configure_link(&spec).map_err(|e| TunnelError(format!("configure {}: {e}", spec.name)))?;
+            .map_err(|source| TunnelError::CreateTun { name: spec.name.clone(), source })?;
+        configure_link(&spec).map_err(|source| TunnelError::Configure { name: spec.name.clone(), source })?;
         let listen = udp::bind(spec.listen_port, workers)
-            .map_err(|e| TunnelError(format!("listen on UDP port {}: {e}", spec.listen_port)))?;
+            .map_err(|source| TunnelError::Listen { port: spec.listen_port, source })?;
 
         let static_private = spec.private_key.to_x25519();
         let static_public = x25519::PublicKey::from(&static_private);
@@ -212,7 +213,7 @@ impl DataPlane {
                 std::thread::Builder::new()
                     .name(format!("wg-worker-{w}"))
                     .spawn(move || worker::run(shared, w, queue))
-                    .map_err(|e| TunnelError(format!("start worker thread: {e}")))?,
+                    .map_err(|source| TunnelError::Thread { thread: "worker", source })?,
             );
         }
         let timer_shared = shared.clone();
@@ -220,7 +221,7 @@ impl DataPlane {
             std::thread::Builder::new()
                 .name("wg-timers".into())
                 .spawn(move || timers::run(timer_shared))
-                .map_err(|e| TunnelError(format!("start timer thread: {e}")))?,
+                .map_err(|source| TunnelError::Thread { thread: "timer", source })?,
         );
         Ok(DataPlane { shared, threads: Mutex::new(threads), listen_port: spec.listen_port, addresses })
     }
