@@ -57,6 +57,9 @@ enum Command {
         /// The service's tunnel interface.
         #[arg(long, default_value = "wg0")]
         interface: String,
+        /// Print the report as JSON (schema in docs/operations.md) instead of text.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -80,9 +83,13 @@ fn main() -> ExitCode {
         }
         Command::Pubkey => pubkey(),
         Command::Convert { file } => convert(&file),
-        Command::Status { interface } => match status::fetch(&interface) {
-            Ok(text) => {
-                print!("{text}");
+        Command::Status { interface, json } => match status::fetch(&interface) {
+            Ok(report) => {
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+                } else {
+                    print!("{}", status::render_text(&report));
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => {

@@ -54,7 +54,7 @@ pub fn run_from_file(path: &Path) -> ExitCode {
         log!("cannot block signals: {e}");
         return ExitCode::FAILURE;
     }
-    let service = match Service::start(config) {
+    let service = match Service::start(config, &path.display().to_string()) {
         Ok(service) => service,
         Err(e) => {
             log!("cannot start: {e}");
@@ -189,7 +189,7 @@ pub enum StartError {
 }
 
 impl Service {
-    fn start(config: Config) -> Result<Service, StartError> {
+    fn start(config: Config, origin: &str) -> Result<Service, StartError> {
         let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         // The self-test client's key lives only in this process, and the service admits it
         // only from loopback.
@@ -236,9 +236,13 @@ impl Service {
         let status = {
             let state = state.clone();
             let data_plane = data_plane.clone();
-            let port = config.interface.listen_port;
+            let identity = report::Identity {
+                public_key: config.interface.private_key.public_key().to_base64(),
+                listen_port: config.interface.listen_port,
+                config_origin: origin.to_string(),
+            };
             // Status is a convenience: a second service in the same namespace must not fail on it.
-            match StatusServer::start(&config.interface.name, move || report::report(&state, &data_plane, port)) {
+            match StatusServer::start(&config.interface.name, move || report::report(&state, &data_plane, &identity)) {
                 Ok(server) => Some(server),
                 Err(e) => {
                     log!("status: not available: {e}");

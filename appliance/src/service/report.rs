@@ -1,71 +1,75 @@
-//! The text `bastion status` prints: health, drain, the last self-test, every peer's endpoint,
-//! last handshake and bytes, and the drop counters. Never keys.
+//! The service's [`StatusReport`]: health, drain, the last self-test, every peer's endpoint,
+//! last handshake and bytes, the drop counters. Filled from what the threads know now; never
+//! keys (the report has no field for one).
 
 use super::judge::verdict;
 use super::ServiceState;
 use crate::health::Verdict;
-use crate::status;
+use crate::status::{self, StatusReport};
 use crate::tunnel::DataPlane;
-use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-pub fn report(state: &ServiceState, data_plane: &DataPlane, listen_port: u16) -> String {
-    let mut text = String::new();
+/// What the report says about where the config came from and who we are.
+pub struct Identity {
+    pub public_key: String,
+    pub listen_port: u16,
+    pub config_origin: String,
+}
+
+pub fn report(state: &ServiceState, data_plane: &DataPlane, identity: &Identity) -> StatusReport {
     let verdict = verdict(state, data_plane);
-    let _ = writeln!(text, "interface: {}  UDP port {listen_port}  health {}", data_plane.name(), verdict.status());
-    if let Verdict::Unhealthy(reasons) = &verdict {
-        for reason in reasons {
-            let _ = writeln!(text, "  {reason}");
-        }
-    }
-    let _ = writeln!(text, "draining: {}", if state.drain_left().is_some() { "yes" } else { "no" });
-    match state.last_selftest() {
-        Some(last) => {
-            let _ = writeln!(text, "{} ({} s ago)", last.line, last.at.elapsed().as_secs());
-        }
-        None => {
-            let _ = writeln!(text, "selftest: not run yet");
-        }
-    }
-    let peers = data_plane.peers();
-    let _ = writeln!(text, "peers: {}", peers.iter().filter(|p| !p.internal).count());
-    for peer in peers.iter().filter(|p| !p.internal) {
-        let endpoint = peer.endpoint.map(|e| e.to_string()).unwrap_or_else(|| "-".into());
-        let handshake = peer.last_handshake.map(|d| format!("{} s ago", d.as_secs())).unwrap_or_else(|| "never".into());
-        let _ = writeln!(
-            text,
-            "  {}  endpoint {endpoint}  last handshake {handshake}  handshakes {}  received {}  sent {}  \
-             failover handshakes {}  rejected sources {}  session index {:06x}",
-            peer.name,
-            peer.handshakes,
-            status::bytes(peer.rx_bytes),
-            status::bytes(peer.tx_bytes),
-            peer.failover_handshakes,
-            peer.rejected_source,
-            peer.session_index
-        );
-    }
+    let failing = match &verdict {
+        Verdict::Unhealthy(reasons) => reasons.clone(),
+        Verdict::Healthy(_) => Vec::new(),
+    };
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let peers = data_plane
+        .peers()
+        .into_iter()
+        .filter(|p| !p.internal)
+        .map(|p| status::Peer {
+            name: p.name,
+            public_key: p.public_key.to_base64(),
+            endpoint: p.endpoint.map(|e| e.to_string()),
+            allowed_ips: p.allowed_ips.iter().map(|n| n.to_string()).collect(),
+            latest_handshake: p.last_handshake.map(|age| now.saturating_sub(age.as_secs())),
+            latest_handshake_age_seconds: p.last_handshake.map(|age| age.as_secs()),
+            handshakes: p.handshakes,
+            rx_bytes: p.rx_bytes,
+            tx_bytes: p.tx_bytes,
+            failover_handshakes: p.failover_handshakes,
+            rejected_sources: p.rejected_source,
+            session_index: format!("{:06x}", p.session_index),
+        })
+        .collect();
     let c = data_plane.counters();
     let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-    let _ = writeln!(
-        text,
-        "dropped: {} datagrams not ours, {} rejected, {} handshakes from unknown keys, \
-         {} cookie replies, {} TUN packets with no peer",
-        load(&c.dropped_datagrams),
-        load(&c.rejected_datagrams),
-        load(&c.unknown_peer_handshakes),
-        load(&c.cookie_replies),
-        load(&c.dropped_tun_packets)
-    );
-    let _ = writeln!(
-        text,
-        "failover: {} refused (the peer was heard here moments before: forged or replayed), {} held back by the global budget",
-        load(&c.failover_refused_heard_recently),
-        load(&c.failover_refused_budget)
-    );
-    let _ = writeln!(text, "nat: what the service installs (`nft list table inet bastion` shows what is there):");
-    for line in state.nat_rules.lines() {
-        let _ = writeln!(text, "{}", if line.is_empty() { String::new() } else { format!("  {line}") });
+    StatusReport {
+        schema: status::SCHEMA_VERSION,
+        interface: data_plane.name().to_string(),
+        public_key: identity.public_key.clone(),
+        listen_port: identity.listen_port,
+        health: status::Health { status: verdict.status(), failing },
+        draining: state.drain_left().is_some(),
+        selftest: state.last_selftest().map(|last| status::SelfTest {
+            passed: last.passed,
+            line: last.line,
+            age_seconds: last.at.elapsed().as_secs(),
+        }),
+        config: status::ConfigSource { origin: identity.config_origin.clone(), version: None },
+        peers,
+        dropped: status::Dropped {
+            not_ours: load(&c.dropped_datagrams),
+            rejected: load(&c.rejected_datagrams),
+            unknown_keys: load(&c.unknown_peer_handshakes),
+            cookie_replies: load(&c.cookie_replies),
+            tun_no_peer: load(&c.dropped_tun_packets),
+        },
+        failover: status::Failover {
+            refused_heard_recently: load(&c.failover_refused_heard_recently),
+            held_back_by_budget: load(&c.failover_refused_budget),
+        },
+        nat_rules: state.nat_rules.clone(),
     }
-    text
 }

@@ -18,7 +18,7 @@ mod udp;
 mod worker;
 
 use crate::config::InterfaceAddress;
-use crate::keys::PrivateKey;
+use crate::keys::{PrivateKey, PublicKey};
 use crate::netlink::route;
 use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::Tunn;
@@ -143,6 +143,8 @@ impl DataPlaneShared {
 #[derive(Debug, Clone)]
 pub struct PeerStatus {
     pub name: String,
+    pub public_key: PublicKey,
+    pub allowed_ips: Vec<ip_network::IpNetwork>,
     /// The peer's 24-bit session index base: the same on every bastion of a cluster (fast
     /// failover relies on it), so operators can compare it across bastions.
     pub session_index: u32,
@@ -256,6 +258,8 @@ impl DataPlane {
                 let (last_handshake, tx, rx, _, _) = peer.lock_tunn().stats();
                 PeerStatus {
                     name: peer.name.clone(),
+                    public_key: peer.public_key,
+                    allowed_ips: peer.allowed_ips.clone(),
                     session_index: peer.index,
                     endpoint: peer.endpoint().map(udp::canonical),
                     last_handshake,

@@ -46,6 +46,8 @@ pub struct PeerCounters {
 
 pub struct Peer {
     pub name: String,
+    pub public_key: PublicKey,
+    pub allowed_ips: Vec<IpNetwork>,
     /// The 24-bit session index base (boringtun appends 8 bits per session).
     pub index: u32,
     pub tunn: Mutex<Tunn>,
@@ -127,6 +129,8 @@ impl PeerTable {
             }
             table.peers.push(Peer {
                 name: spec.name,
+                public_key: spec.public_key,
+                allowed_ips: spec.allowed_ips.clone(),
                 index,
                 tunn: Mutex::new(tunn),
                 endpoint: RwLock::new(spec.endpoint),

@@ -1,7 +1,13 @@
 //! `bastion status`: a running service answers on an abstract Unix socket
 //! (`@bastion-status-<interface>`, scoped to the network namespace, so every bastion in its own
-//! namespace has its own) with a plain-text report — peers, last handshake age, bytes, the last
-//! self-test, drain state. Never keys. Only root or the service's own user may ask.
+//! namespace has its own) with its [`StatusReport`] as JSON — peers, last handshake, bytes, the
+//! last self-test, drain state. Never keys. Only root or the service's own user may ask. The
+//! client renders it as text (`report::render_text`) or prints the JSON (`--json`).
+
+mod report;
+
+pub use report::{render_text, StatusReport, SCHEMA_VERSION};
+pub use report::{ConfigSource, Dropped, Failover, Health, Peer, SelfTest};
 
 use std::io::{self, Read, Write};
 use std::os::linux::net::SocketAddrExt;
@@ -26,7 +32,7 @@ pub struct StatusServer {
 }
 
 impl StatusServer {
-    pub fn start(interface: &str, report: impl Fn() -> String + Send + 'static) -> io::Result<StatusServer> {
+    pub fn start(interface: &str, report: impl Fn() -> StatusReport + Send + 'static) -> io::Result<StatusServer> {
         let address = SocketAddr::from_abstract_name(socket_name(interface).as_bytes())?;
         let listener = Arc::new(
             UnixListener::bind_addr(&address)
@@ -44,7 +50,8 @@ impl StatusServer {
                     if let Ok(mut stream) = stream {
                         if may_ask(&stream) {
                             let _ = stream.set_write_timeout(Some(Duration::from_secs(2)));
-                            let _ = stream.write_all(report().as_bytes());
+                            let json = serde_json::to_vec(&report()).unwrap_or_default();
+                            let _ = stream.write_all(&json);
                         }
                     }
                 }
@@ -84,17 +91,28 @@ fn may_ask(stream: &UnixStream) -> bool {
     }
 }
 
-/// The client side (`bastion status`): the report text of the service on `interface` in this
-/// network namespace.
-pub fn fetch(interface: &str) -> io::Result<String> {
+/// The client side (`bastion status`): the report of the service on `interface` in this network
+/// namespace.
+pub fn fetch(interface: &str) -> io::Result<StatusReport> {
     let address = SocketAddr::from_abstract_name(socket_name(interface).as_bytes())?;
     let stream = UnixStream::connect_addr(&address).map_err(|e| {
         io::Error::new(e.kind(), format!("no bastion service for {interface} in this network namespace ({e})"))
     })?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let mut text = String::new();
-    stream.take(MAX_REPORT_BYTES).read_to_string(&mut text)?;
-    Ok(text)
+    let mut bytes = Vec::new();
+    stream.take(MAX_REPORT_BYTES).read_to_end(&mut bytes)?;
+    parse(&bytes)
+}
+
+/// The server's answer, checked: JSON of a report of our schema version.
+pub fn parse(bytes: &[u8]) -> io::Result<StatusReport> {
+    let bad =
+        |why: String| io::Error::new(io::ErrorKind::InvalidData, format!("the status answer is not a report: {why}"));
+    let report: StatusReport = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
+    if report.schema != SCHEMA_VERSION {
+        return Err(bad(format!("schema {} (this bastion reads {SCHEMA_VERSION})", report.schema)));
+    }
+    Ok(report)
 }
 
 /// Human units for byte counters.
@@ -120,10 +138,20 @@ mod tests {
     #[test]
     fn a_client_reads_the_servers_report() {
         let name = format!("t{}", std::process::id());
-        let server = StatusServer::start(&name, || "interface t up\n".to_string()).unwrap();
-        assert_eq!(fetch(&name).unwrap(), "interface t up\n");
+        let server = StatusServer::start(&name, report::example).unwrap();
+        assert_eq!(fetch(&name).unwrap(), report::example());
         server.stop();
         assert!(fetch(&name).is_err());
+    }
+
+    #[test]
+    fn garbage_answers_are_errors() {
+        for bad in [&b""[..], b"{", b"[]", b"null", b"{\"schema\":1}", &[0xff, 0xfe]] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+        let mut other = report::example();
+        other.schema = 99;
+        assert!(parse(&serde_json::to_vec(&other).unwrap()).is_err());
     }
 
     #[test]

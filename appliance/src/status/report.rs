@@ -1,0 +1,224 @@
+//! What `bastion status` reports, as one typed, versioned structure: the service fills it in,
+//! the status socket carries it as JSON, and [`render_text`] is the one place that turns it into
+//! the human report. `bastion status --json` prints the JSON itself. Never a private or
+//! preshared key: the structure has no field that could hold one.
+
+use serde::{Deserialize, Serialize};
+
+/// Bumped when a field changes meaning or goes away (adding fields keeps the version).
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusReport {
+    /// [`SCHEMA_VERSION`] of the service that wrote it.
+    pub schema: u32,
+    /// The tunnel interface (`wg0`).
+    pub interface: String,
+    /// The bastion's public key (base64).
+    pub public_key: String,
+    pub listen_port: u16,
+    pub health: Health,
+    pub draining: bool,
+    pub selftest: Option<SelfTest>,
+    /// Where the running config came from, and its version when the source has one.
+    pub config: ConfigSource,
+    pub peers: Vec<Peer>,
+    pub dropped: Dropped,
+    pub failover: Failover,
+    /// Our nftables table as `nft list` prints it (what the service installs).
+    pub nat_rules: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    /// 200 or 503.
+    pub status: u16,
+    /// One line per failing condition (empty when 200).
+    pub failing: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SelfTest {
+    pub passed: bool,
+    /// The console line (`selftest: PASS handshake 1.0 ms, ...`).
+    pub line: String,
+    pub age_seconds: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigSource {
+    /// A file path, `user-data`, or an SSM parameter.
+    pub origin: String,
+    pub version: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Peer {
+    pub name: String,
+    pub public_key: String,
+    pub endpoint: Option<String>,
+    pub allowed_ips: Vec<String>,
+    /// Unix seconds of the last handshake, or none yet.
+    pub latest_handshake: Option<u64>,
+    /// Seconds since then (what the text report shows).
+    pub latest_handshake_age_seconds: Option<u64>,
+    pub handshakes: u64,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    pub failover_handshakes: u64,
+    /// Decrypted packets whose source was outside the peer's allowed IPs.
+    pub rejected_sources: u64,
+    /// The 24-bit session index base, hex: the same on every bastion of a cluster.
+    pub session_index: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dropped {
+    pub not_ours: u64,
+    pub rejected: u64,
+    pub unknown_keys: u64,
+    pub cookie_replies: u64,
+    pub tun_no_peer: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failover {
+    pub refused_heard_recently: u64,
+    pub held_back_by_budget: u64,
+}
+
+/// The human report (what `bastion status` prints).
+pub fn render_text(r: &StatusReport) -> String {
+    use std::fmt::Write;
+    let mut text = String::new();
+    let _ = writeln!(text, "interface: {}  UDP port {}  health {}", r.interface, r.listen_port, r.health.status);
+    for reason in &r.health.failing {
+        let _ = writeln!(text, "  {reason}");
+    }
+    let _ = writeln!(text, "draining: {}", if r.draining { "yes" } else { "no" });
+    match &r.selftest {
+        Some(last) => {
+            let _ = writeln!(text, "{} ({} s ago)", last.line, last.age_seconds);
+        }
+        None => {
+            let _ = writeln!(text, "selftest: not run yet");
+        }
+    }
+    let _ = writeln!(
+        text,
+        "config: {}{}",
+        r.config.origin,
+        r.config.version.as_ref().map(|v| format!(" (version {v})")).unwrap_or_default()
+    );
+    let _ = writeln!(text, "peers: {}", r.peers.len());
+    for peer in &r.peers {
+        let handshake =
+            peer.latest_handshake_age_seconds.map(|s| format!("{s} s ago")).unwrap_or_else(|| "never".into());
+        let _ = writeln!(
+            text,
+            "  {}  endpoint {}  last handshake {handshake}  handshakes {}  received {}  sent {}  \
+             failover handshakes {}  rejected sources {}  session index {}",
+            peer.name,
+            peer.endpoint.as_deref().unwrap_or("-"),
+            peer.handshakes,
+            super::bytes(peer.rx_bytes),
+            super::bytes(peer.tx_bytes),
+            peer.failover_handshakes,
+            peer.rejected_sources,
+            peer.session_index
+        );
+    }
+    let d = &r.dropped;
+    let _ = writeln!(
+        text,
+        "dropped: {} datagrams not ours, {} rejected, {} handshakes from unknown keys, \
+         {} cookie replies, {} TUN packets with no peer",
+        d.not_ours, d.rejected, d.unknown_keys, d.cookie_replies, d.tun_no_peer
+    );
+    let _ = writeln!(
+        text,
+        "failover: {} refused (the peer was heard here moments before: forged or replayed), {} held back by the global budget",
+        r.failover.refused_heard_recently, r.failover.held_back_by_budget
+    );
+    let _ = writeln!(text, "nat: what the service installs (`nft list table inet bastion` shows what is there):");
+    for line in r.nat_rules.lines() {
+        let _ = writeln!(text, "{}", if line.is_empty() { String::new() } else { format!("  {line}") });
+    }
+    text
+}
+
+#[cfg(test)]
+pub(crate) fn example() -> StatusReport {
+    StatusReport {
+        schema: SCHEMA_VERSION,
+        interface: "wg0".into(),
+        public_key: "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw=".into(),
+        listen_port: 51820,
+        health: Health { status: 503, failing: vec!["draining: shutting down, 3 s left".into()] },
+        draining: true,
+        selftest: Some(SelfTest {
+            passed: true,
+            line: "selftest: PASS handshake 1.0 ms, ping 0.2 ms".into(),
+            age_seconds: 4,
+        }),
+        config: ConfigSource { origin: "/etc/bastion/bastion.toml".into(), version: None },
+        peers: vec![Peer {
+            name: "alice".into(),
+            public_key: "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=".into(),
+            endpoint: Some("192.0.2.101:4000".into()),
+            allowed_ips: vec!["10.100.0.2/32".into()],
+            latest_handshake: Some(1_790_000_000),
+            latest_handshake_age_seconds: Some(1),
+            handshakes: 2,
+            rx_bytes: 1024,
+            tx_bytes: 3,
+            failover_handshakes: 1,
+            rejected_sources: 0,
+            session_index: "eba7e0".into(),
+        }],
+        dropped: Dropped { not_ours: 7, rejected: 1, unknown_keys: 5, cookie_replies: 300, tun_no_peer: 2 },
+        failover: Failover { refused_heard_recently: 9, held_back_by_budget: 0 },
+        nat_rules: "table inet bastion {\n}\n".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_text_report_has_every_line_the_operators_and_tests_read() {
+        let text = render_text(&example());
+        let expected = "interface: wg0  UDP port 51820  health 503\n  draining: shutting down, 3 s left\ndraining: yes\n\
+            selftest: PASS handshake 1.0 ms, ping 0.2 ms (4 s ago)\nconfig: /etc/bastion/bastion.toml\npeers: 1\n  \
+            alice  endpoint 192.0.2.101:4000  last handshake 1 s ago  handshakes 2  received 1.0 KiB  sent 3 B  \
+            failover handshakes 1  rejected sources 0  session index eba7e0\n\
+            dropped: 7 datagrams not ours, 1 rejected, 5 handshakes from unknown keys, 300 cookie replies, 2 TUN packets with no peer\n\
+            failover: 9 refused (the peer was heard here moments before: forged or replayed), 0 held back by the global budget\n\
+            nat: what the service installs (`nft list table inet bastion` shows what is there):\n  table inet bastion {\n  }\n";
+        assert_eq!(text, expected);
+    }
+
+    #[test]
+    fn json_round_trips_and_holds_no_private_key() {
+        let report = example();
+        let json = serde_json::to_string(&report).unwrap();
+        assert_eq!(serde_json::from_str::<StatusReport>(&json).unwrap(), report);
+        for key in [
+            "schema",
+            "interface",
+            "public_key",
+            "listen_port",
+            "health",
+            "config",
+            "peers",
+            "latest_handshake",
+            "rx_bytes",
+            "tx_bytes",
+            "failover_handshakes",
+        ] {
+            assert!(json.contains(&format!("\"{key}\"")), "{key} missing: {json}");
+        }
+        assert!(!json.contains("private") && !json.contains("preshared"), "{json}");
+    }
+}
