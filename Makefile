@@ -61,7 +61,7 @@ HOST_BASTION := target/release/bastion
 # by a host build of the same source.
 CONFIG ?=
 
-.PHONY: all build test test-deps gates unit-test integration-test clean \
+.PHONY: all build test test-deps gates unit-test integration-test fuzz clean \
         image-deps appliance image-builder kernel image run boot-test lock-packages bench
 
 all: build
@@ -179,6 +179,12 @@ bench: test-deps build
 	BASTION_BIN=$(CURDIR)/target/release/bastion BORINGTUN_BIN=$(BORINGTUN_ROOT)/bin/boringtun-cli \
 	  BENCH_COMMAND="make bench$(if $(BENCH_ARGS), BENCH_ARGS='$(BENCH_ARGS)')" \
 	  $(CARGO) bench -p bastion-tests --bench throughput -- --out $(CURDIR)/target/bench $(BENCH_ARGS)
+
+# The property tests of every parser of outside input, with many more cases than `make test`
+# runs (256 each). FUZZ_CASES=N to change.
+FUZZ_CASES ?= 100000
+fuzz:
+	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test --release -p bastion fuzz_tests
 
 clean:
 	$(CARGO) clean

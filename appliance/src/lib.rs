@@ -21,3 +21,6 @@ pub mod selftest;
 pub mod service;
 pub mod status;
 pub mod tunnel;
+
+#[cfg(test)]
+mod fuzz_tests;

@@ -10,7 +10,7 @@
 //! never waits for a client: it closes every connection and the port at once.
 
 mod admission;
-mod exchange;
+pub(crate) mod exchange;
 
 use admission::{Admission, Admit, ConnectionId, Limits};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};

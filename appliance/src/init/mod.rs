@@ -17,8 +17,8 @@
 mod backoff;
 mod config_source;
 mod console;
-mod dhcp;
-mod imds;
+pub(crate) mod dhcp;
+pub(crate) mod imds;
 mod modules;
 mod mounts;
 mod network;

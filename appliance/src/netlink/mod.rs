@@ -8,7 +8,7 @@
 //!
 //! Everything acts on the network namespace of the calling thread.
 
-mod message;
+pub(crate) mod message;
 pub mod nftables;
 pub mod route;
 mod socket;

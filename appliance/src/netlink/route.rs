@@ -336,7 +336,7 @@ fn one_link(answers: &[Owned]) -> io::Result<Option<Link>> {
     }
 }
 
-fn parse_link(payload: &[u8]) -> io::Result<Link> {
+pub(crate) fn parse_link(payload: &[u8]) -> io::Result<Link> {
     let (header, attrs) = fixed_header(payload, IFINFOMSG_LEN, "link message")?;
     let index = i32::from_ne_bytes([header[4], header[5], header[6], header[7]]);
     let flags = u32::from_ne_bytes([header[8], header[9], header[10], header[11]]);
@@ -364,7 +364,7 @@ fn parse_link(payload: &[u8]) -> io::Result<Link> {
 }
 
 /// The link index an address message is about, and the address (None for other families).
-fn parse_address(payload: &[u8]) -> io::Result<(u32, Option<Address>)> {
+pub(crate) fn parse_address(payload: &[u8]) -> io::Result<(u32, Option<Address>)> {
     let (header, attrs) = fixed_header(payload, IFADDRMSG_LEN, "address message")?;
     let (family, prefix_len) = (header[0], header[1]);
     let index = u32::from_ne_bytes([header[4], header[5], header[6], header[7]]);
@@ -401,7 +401,7 @@ fn parse_address(payload: &[u8]) -> io::Result<(u32, Option<Address>)> {
 }
 
 /// The route if `payload` is an IPv4 unicast default route of the main table.
-fn parse_default_route(payload: &[u8]) -> io::Result<Option<DefaultRoute>> {
+pub(crate) fn parse_default_route(payload: &[u8]) -> io::Result<Option<DefaultRoute>> {
     let (header, attrs) = fixed_header(payload, RTMSG_LEN, "route message")?;
     let (family, dst_len, mut table, kind) = (header[0], header[1], header[4] as u32, header[7]);
     if family as i32 != libc::AF_INET || dst_len != 0 || kind != RTN_UNICAST {

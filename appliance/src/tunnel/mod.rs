@@ -7,7 +7,7 @@
 //! thin threads around them. This module does not touch NAT or health: it reports what it knows
 //! through `DataPlane::status` and the heartbeat.
 
-mod decision;
+pub(crate) mod decision;
 mod failover;
 mod inbound;
 mod outbound;
