@@ -166,7 +166,7 @@ boot-test: test-deps image build
 	  --bastion $(HOST_BASTION) --workdir $(ARCH_OUT)/boot-test --summary $(ARCH_OUT)/boot-test.json
 
 # Throughput and CPU per GB of one bastion: `bastion run` against wireguard-go and boringtun-cli
-# as the bastion, in the same run (README-bench.md). Not part of `make test`. boringtun-cli is
+# as the bastion, in the same run (docs/performance.md). Not part of `make test`. boringtun-cli is
 # built once into target/; if it cannot be built the benchmark compares with wireguard-go only.
 # BENCH_ARGS passes options, e.g. BENCH_ARGS="--reps 5 --scenarios tcp-up,tcp-up-4".
 BORINGTUN_VERSION := 0.7.1
