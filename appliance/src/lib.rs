@@ -10,6 +10,7 @@
 //! - `init` — PID 1 of the appliance: boot, network, config, supervision, power button.
 
 pub mod config;
+pub mod control;
 pub mod convert;
 pub mod health;
 pub mod init;
@@ -19,6 +20,7 @@ pub mod nat;
 pub mod netlink;
 pub mod selftest;
 pub mod service;
+pub mod source;
 pub mod status;
 pub mod tunnel;
 

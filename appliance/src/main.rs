@@ -3,7 +3,7 @@
 //! This file only parses the command line and dispatches; each command's work lives in the
 //! library (`bastion::service` runs the bastion, `config` validates, `keys` makes keys...).
 
-use bastion::{config, convert, init, keys, service, status};
+use bastion::{config, control, convert, init, keys, service, status};
 use clap::{Parser, Subcommand};
 use std::io::Read;
 use std::path::PathBuf;
@@ -20,9 +20,12 @@ struct Cli {
 enum Command {
     /// Run the bastion service: WireGuard, NAT forwarding, health responder.
     Run {
-        /// The TOML configuration file.
+        /// The TOML configuration file (re-read on SIGHUP and `bastion reload`).
         #[arg(long, short)]
         config: PathBuf,
+        /// The control socket (default: [control] socket, else /run/bastion/<interface>.sock).
+        #[arg(long)]
+        socket: Option<PathBuf>,
     },
     /// Validate a configuration file: exit 0, or 2 with every problem listed.
     CheckConfig { file: PathBuf },
@@ -54,12 +57,24 @@ enum Command {
     },
     /// Show the running service of this network namespace: peers, handshakes, bytes, drain.
     Status {
-        /// The service's tunnel interface.
+        /// The service's tunnel interface (its socket is /run/bastion/<interface>.sock).
         #[arg(long, default_value = "wg0")]
         interface: String,
+        /// The service's control socket, when its config moved it.
+        #[arg(long)]
+        socket: Option<PathBuf>,
         /// Print the report as JSON (schema in docs/operations.md) instead of text.
         #[arg(long)]
         json: bool,
+    },
+    /// Make the running service read its config source again now and apply what changed.
+    Reload {
+        /// The service's tunnel interface (its socket is /run/bastion/<interface>.sock).
+        #[arg(long, default_value = "wg0")]
+        interface: String,
+        /// The service's control socket, when its config moved it.
+        #[arg(long)]
+        socket: Option<PathBuf>,
     },
 }
 
@@ -75,7 +90,7 @@ fn main() -> ExitCode {
         Command::Init { imds, interface, run_dir, baked_config, modules_list } => {
             init::run(init::Mode::Command, init::Options { imds, interface, modules_list, baked_config, run_dir })
         }
-        Command::Run { config } => service::run_from_file(&config),
+        Command::Run { config, socket } => service::run(service::Options { config, socket }),
         Command::CheckConfig { file } => check_config(&file),
         Command::Genkey => {
             println!("{}", keys::PrivateKey::generate().expose_base64());
@@ -83,20 +98,50 @@ fn main() -> ExitCode {
         }
         Command::Pubkey => pubkey(),
         Command::Convert { file } => convert(&file),
-        Command::Status { interface, json } => match status::fetch(&interface) {
-            Ok(report) => {
-                if json {
-                    println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
-                } else {
-                    print!("{}", status::render_text(&report));
+        Command::Status { interface, socket, json } => {
+            match status::fetch(&socket.unwrap_or_else(|| control::default_socket(&interface))) {
+                Ok(report) => {
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+                    } else {
+                        print!("{}", status::render_text(&report));
+                    }
+                    ExitCode::SUCCESS
                 }
-                ExitCode::SUCCESS
+                Err(e) => {
+                    eprintln!("status: {e}");
+                    ExitCode::FAILURE
+                }
             }
-            Err(e) => {
-                eprintln!("status: {e}");
+        }
+        Command::Reload { interface, socket } => reload(&socket.unwrap_or_else(|| control::default_socket(&interface))),
+    }
+}
+
+/// `bastion reload`: exit 0 when the source's config runs now, 1 when it was not applied.
+fn reload(socket: &std::path::Path) -> ExitCode {
+    let answer = control::ask(socket, control::Request::Reload, std::time::Duration::from_secs(90)).and_then(|bytes| {
+        serde_json::from_slice::<control::ReloadAnswer>(&bytes).map_err(|e| {
+            std::io::Error::new(std::io::ErrorKind::InvalidData, format!("the answer is not a reload answer: {e}"))
+        })
+    });
+    match answer {
+        Ok(answer) => {
+            let read = answer.read_version.as_deref().map(|v| format!(", read version {v}")).unwrap_or_default();
+            println!("reload: {:?} (running version {}{read})", answer.outcome, answer.running_version);
+            for line in &answer.lines {
+                println!("  {line}");
+            }
+            if answer.outcome.succeeded() {
+                ExitCode::SUCCESS
+            } else {
                 ExitCode::FAILURE
             }
-        },
+        }
+        Err(e) => {
+            eprintln!("reload: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -111,6 +111,9 @@ pub struct Bastion {
     pub process: Process,
     binary: PathBuf,
     pub config: PathBuf,
+    /// The control socket (`--socket`, in the topology's directory: every bastion of a test has
+    /// its own, whatever its namespace).
+    pub socket: PathBuf,
     pub setup: BastionSetup,
     health: SocketAddr,
     ns_name: String,
@@ -128,8 +131,19 @@ impl Bastion {
     pub fn start_in(topo: &Topology, ns: &crate::Netns, binary: &std::path::Path, setup: BastionSetup) -> Bastion {
         let name = crate::unique_name("cfg");
         let config = topo.dir.write(&format!("bastion-{name}.toml"), &setup.to_toml(topo));
+        let socket = topo.dir.path().join(format!("{name}.sock"));
         let mut argv: Vec<std::ffi::OsString> = setup.command_prefix.iter().map(Into::into).collect();
-        argv.extend([binary.as_os_str(), "run".as_ref(), "--config".as_ref(), config.as_os_str()].map(Into::into));
+        argv.extend(
+            [
+                binary.as_os_str(),
+                "run".as_ref(),
+                "--config".as_ref(),
+                config.as_os_str(),
+                "--socket".as_ref(),
+                socket.as_os_str(),
+            ]
+            .map(Into::into),
+        );
         let mut process = ns.spawn(
             &format!("bastion run in {}", ns.name()),
             &argv,
@@ -141,6 +155,7 @@ impl Bastion {
             process,
             binary: binary.to_path_buf(),
             config,
+            socket,
             health: SocketAddr::from(([127, 0, 0, 1], setup.health_port)),
             setup,
             ns_name: ns.name().to_string(),
@@ -202,9 +217,28 @@ impl Bastion {
         self.process.log_report()
     }
 
-    /// What `bastion status --interface NAME` prints in the bastion namespace.
+    /// What `bastion status --socket SOCKET` prints.
     pub fn status(&self) -> Result<String, String> {
-        let out = self.ns().exec(&[self.binary.to_str().unwrap(), "status", "--interface", &self.setup.interface_name]);
+        self.control(&["status"])
+    }
+
+    /// `bastion status --json`, parsed.
+    pub fn status_json(&self) -> Result<serde_json::Value, String> {
+        let text = self.control(&["status", "--json"])?;
+        serde_json::from_str(&text).map_err(|e| format!("status --json is not JSON: {e}: {text}"))
+    }
+
+    /// `bastion reload --socket SOCKET`: its output, and whether it exited 0.
+    pub fn reload(&self) -> (bool, String) {
+        let out = self.ns().exec(&[self.binary.to_str().unwrap(), "reload", "--socket", self.socket.to_str().unwrap()]);
+        (out.success(), out.to_string())
+    }
+
+    fn control(&self, words: &[&str]) -> Result<String, String> {
+        let mut argv = vec![self.binary.to_str().unwrap()];
+        argv.extend(words);
+        argv.extend(["--socket", self.socket.to_str().unwrap()]);
+        let out = self.ns().exec(&argv);
         if out.success() {
             Ok(out.stdout)
         } else {

@@ -3,7 +3,7 @@
 //! address (chosen, or checked when the operator set it).
 
 use super::document::Report;
-use super::schema::{InterfaceDraft, PeerDraft, SelfTestDraft};
+use super::schema::{HealthDraft, InterfaceDraft, MetricsDraft, PeerDraft, SelfTestDraft};
 use super::values;
 use super::ProblemKind;
 use ip_network::IpNetwork;
@@ -292,6 +292,26 @@ fn highest_free(net: &IpNetwork, taken: &[Range]) -> Option<IpAddr> {
         }
     }
     (candidate >= first).then(|| ip_of(r.v6, candidate))
+}
+
+/// The metrics listener may not take the health responder's address: the NLB and the whole VPC
+/// reach health, metrics are for the monitoring network only.
+pub fn check_listeners(health: &HealthDraft, metrics: &MetricsDraft, report: &mut Report) {
+    let (Some(health), Some((metrics, span))) = (health.listen, metrics.listen.as_ref()) else {
+        return;
+    };
+    let same_ip = health.ip() == metrics.ip() || health.ip().is_unspecified() || metrics.ip().is_unspecified();
+    if health.port() == metrics.port() && same_ip {
+        report.at(
+            ProblemKind::Conflict,
+            span.clone(),
+            "metrics.listen",
+            format!(
+                "{metrics} overlaps health.listen {health}; expected a port of its own (9586 is the \
+                 exporter's usual one): metrics are never served on the health port"
+            ),
+        );
+    }
 }
 
 #[cfg(test)]

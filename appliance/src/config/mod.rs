@@ -47,6 +47,10 @@ pub struct Config {
     pub nat: Nat,
     pub health: Health,
     pub selftest: SelfTest,
+    pub metrics: Metrics,
+    pub control: Control,
+    pub source: Source,
+    pub aws: Aws,
     /// What validation let pass but the operator probably did not mean (shown by
     /// `check-config` and logged at start, see [`render_warnings`]).
     pub warnings: Vec<ConfigProblem>,
@@ -54,12 +58,32 @@ pub struct Config {
 
 #[derive(Debug, Clone)]
 pub struct Interface {
-    pub private_key: PrivateKey,
+    pub key: InterfaceKey,
     pub addresses: Vec<InterfaceAddress>,
     pub listen_port: u16,
     pub mtu: u16,
     /// Name of the TUN interface (`wg0`).
     pub name: String,
+}
+
+/// The bastion's private key, or where to fetch it.
+#[derive(Debug, Clone)]
+pub enum InterfaceKey {
+    /// From `private_key` or `private_key_file`.
+    Given(PrivateKey),
+    /// `private_key_ssm`: an SSM SecureString parameter, fetched by `bastion run` before it
+    /// starts (see `crate::source`), which then makes this `Given`.
+    Ssm { parameter: String },
+}
+
+impl Interface {
+    /// The key, once known (always, unless it lives in SSM and was not fetched yet).
+    pub fn private_key(&self) -> Option<&PrivateKey> {
+        match &self.key {
+            InterfaceKey::Given(key) => Some(key),
+            InterfaceKey::Ssm { .. } => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -105,6 +129,37 @@ pub struct SelfTest {
     pub address: IpAddr,
     /// TCP targets in the private subnets the self-test connects to through the tunnel.
     pub probes: Vec<SocketAddr>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Metrics {
+    /// `[metrics] listen`: where `GET /metrics` is answered; `None` (the default) = off.
+    pub listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Control {
+    /// The control socket (`bastion status`, `bastion reload`): `/run/bastion/<interface>.sock`
+    /// unless `[control] socket` says otherwise.
+    pub socket: std::path::PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source {
+    /// `[source] ssm_path`: every parameter under this path is a part of the config (see
+    /// `crate::source`); `None` = the config is this file alone.
+    pub ssm_path: Option<String>,
+    /// How often `bastion run` reads the SSM parameters again.
+    pub refresh_seconds: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Aws {
+    /// The region for SSM; default: the instance's (IMDS), or `AWS_REGION`.
+    pub region: Option<String>,
+    /// Sent to instead of `https://ssm.REGION.amazonaws.com` (a VPC endpoint's own DNS name,
+    /// or an emulator).
+    pub endpoint_url: Option<String>,
 }
 
 /// What kind of problem a config has: what tests (and tools) look at, rather than the words.
@@ -196,17 +251,21 @@ const CONFIG_FILE_LIMIT: u64 = 4 << 20;
 
 /// Reads and validates a config file.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let origin = path.display().to_string();
-    let text = read_bounded(path, CONFIG_FILE_LIMIT).map_err(|e| ConfigError {
-        origin: origin.clone(),
+    let text = read_config_file(path)?;
+    parse(&text, &path.display().to_string(), path.parent())
+}
+
+/// The text of a config file (bounded; wiped when dropped), or the problem of reading it.
+pub fn read_config_file(path: &Path) -> Result<zeroize::Zeroizing<String>, ConfigError> {
+    read_bounded(path, CONFIG_FILE_LIMIT).map_err(|e| ConfigError {
+        origin: path.display().to_string(),
         problems: vec![ConfigProblem {
             kind: ProblemKind::Unreadable,
             line: None,
             field: "file".into(),
             message: format!("cannot read: {e}"),
         }],
-    })?;
-    parse(&text, &origin, path.parent())
+    })
 }
 
 /// Reads a whole text file of at most `limit` bytes; a longer one is an error, not a truncation.
@@ -262,6 +321,7 @@ fn build(root: &toml::de::DeTable, base_dir: Option<&Path>, report: &mut documen
     consistency::check_peers(drafts.interface.as_ref(), &drafts.peers, report);
     let interface = drafts.interface?;
     let selftest_address = consistency::selftest_address(&interface, &drafts.peers, &drafts.selftest, report);
+    consistency::check_listeners(&drafts.health, &drafts.metrics, report);
     if !report.is_clean() {
         return None;
     }
@@ -280,9 +340,17 @@ fn build(root: &toml::de::DeTable, base_dir: Option<&Path>, report: &mut documen
             })
         })
         .collect::<Option<Vec<_>>>()?;
+    let control_socket = drafts
+        .control
+        .socket
+        .unwrap_or_else(|| Path::new(schema::DEFAULT_CONTROL_DIR).join(format!("{}.sock", interface.name)));
     Some(Config {
         interface: Interface {
-            private_key: interface.private_key?,
+            key: match (interface.private_key, interface.key_ssm) {
+                (Some(key), _) => InterfaceKey::Given(key),
+                (None, Some(parameter)) => InterfaceKey::Ssm { parameter },
+                (None, None) => return None,
+            },
             addresses: interface.addresses.into_iter().map(|a| a.value).collect(),
             listen_port: interface.listen_port,
             mtu: interface.mtu,
@@ -296,6 +364,10 @@ fn build(root: &toml::de::DeTable, base_dir: Option<&Path>, report: &mut documen
             address: selftest_address?,
             probes: drafts.selftest.probes,
         },
+        metrics: Metrics { listen: drafts.metrics.listen.map(|(a, _)| a) },
+        control: Control { socket: control_socket },
+        source: Source { ssm_path: drafts.source.ssm_path, refresh_seconds: drafts.source.refresh_seconds },
+        aws: Aws { region: drafts.aws.region, endpoint_url: drafts.aws.endpoint_url },
         warnings: Vec::new(),
     })
 }

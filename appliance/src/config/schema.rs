@@ -13,8 +13,12 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use toml::de::DeTable;
 
-pub const SECTIONS: &[&str] = &["interface", "peer", "nat", "health", "selftest"];
-pub const INTERFACE_FIELDS: &[&str] = &["private_key", "private_key_file", "address", "listen_port", "mtu", "name"];
+pub const SECTIONS: &[&str] =
+    &["interface", "peer", "nat", "health", "selftest", "metrics", "control", "source", "aws"];
+pub const INTERFACE_FIELDS: &[&str] =
+    &["private_key", "private_key_file", "private_key_ssm", "address", "listen_port", "mtu", "name"];
+/// The three ways to give the bastion's key; exactly one is used.
+const KEY_FIELDS: [&str; 3] = ["private_key", "private_key_file", "private_key_ssm"];
 pub const PEER_FIELDS: &[&str] = &[
     "name",
     "public_key",
@@ -28,6 +32,10 @@ pub const PEER_FIELDS: &[&str] = &[
 pub const NAT_FIELDS: &[&str] = &["masquerade", "egress", "reach"];
 pub const HEALTH_FIELDS: &[&str] = &["listen", "drain_seconds"];
 pub const SELFTEST_FIELDS: &[&str] = &["interval_seconds", "probes", "address"];
+pub const METRICS_FIELDS: &[&str] = &["listen"];
+pub const CONTROL_FIELDS: &[&str] = &["socket"];
+pub const SOURCE_FIELDS: &[&str] = &["ssm_path", "refresh_seconds"];
+pub const AWS_FIELDS: &[&str] = &["region", "endpoint_url"];
 
 pub const DEFAULT_LISTEN_PORT: u16 = 51820;
 /// 1500 (an internet path) less 80 bytes of WireGuard over IPv6, as wg-quick computes it.
@@ -45,6 +53,12 @@ pub const DEFAULT_DRAIN_SECONDS: u64 = 30;
 pub const MAX_DRAIN_SECONDS: u64 = 3600;
 pub const DEFAULT_SELFTEST_INTERVAL: u64 = 30;
 pub const MAX_SELFTEST_INTERVAL: u64 = 86_400;
+/// The control socket's directory; the socket is `DIR/<interface>.sock`.
+pub const DEFAULT_CONTROL_DIR: &str = "/run/bastion";
+pub const DEFAULT_REFRESH_SECONDS: u64 = 60;
+/// Below this, a fleet of bastions would spend SSM's shared 40 requests/s on polling.
+pub const MIN_REFRESH_SECONDS: u64 = 10;
+pub const MAX_REFRESH_SECONDS: u64 = 86_400;
 /// A key file holds one line; anything longer is the wrong file.
 const KEY_FILE_LIMIT: u64 = 4096;
 
@@ -54,7 +68,9 @@ const NETWORK_EXPECTED: &str = "networks like 10.0.1.0/24 or fd00::/64";
 pub struct InterfaceDraft {
     pub line: Option<usize>,
     pub private_key: Option<PrivateKey>,
-    /// Where the key was written (`interface.private_key` or `interface.private_key_file`).
+    /// `private_key_ssm`: the parameter that holds the key (fetched by `bastion run`).
+    pub key_ssm: Option<String>,
+    /// Where the key was written (`interface.private_key`, `…_file` or `…_ssm`).
     pub key_field: Option<String>,
     pub addresses: Vec<Item<InterfaceAddress>>,
     pub listen_port: u16,
@@ -94,12 +110,35 @@ pub struct SelfTestDraft {
     pub address: Option<(IpAddr, Range<usize>)>,
 }
 
+pub struct MetricsDraft {
+    /// Where it was written, for the clash with the health port.
+    pub listen: Option<(SocketAddr, Range<usize>)>,
+}
+
+pub struct ControlDraft {
+    pub socket: Option<PathBuf>,
+}
+
+pub struct SourceDraft {
+    pub ssm_path: Option<String>,
+    pub refresh_seconds: u64,
+}
+
+pub struct AwsDraft {
+    pub region: Option<String>,
+    pub endpoint_url: Option<String>,
+}
+
 pub struct Drafts {
     pub interface: Option<InterfaceDraft>,
     pub peers: Vec<PeerDraft>,
     pub nat: NatDraft,
     pub health: HealthDraft,
     pub selftest: SelfTestDraft,
+    pub metrics: MetricsDraft,
+    pub control: ControlDraft,
+    pub source: SourceDraft,
+    pub aws: AwsDraft,
 }
 
 /// Reads every section; problems go to `report`, and every field that could be read is kept so
@@ -146,7 +185,11 @@ pub fn read(root: &DeTable, base_dir: Option<&Path>, report: &mut Report) -> Dra
     let nat = section(&top, "nat", "[nat]", NAT_FIELDS, report, read_nat);
     let health = section(&top, "health", "[health]", HEALTH_FIELDS, report, read_health);
     let selftest = section(&top, "selftest", "[selftest]", SELFTEST_FIELDS, report, read_selftest);
-    Drafts { interface, peers, nat, health, selftest }
+    let metrics = section(&top, "metrics", "[metrics]", METRICS_FIELDS, report, read_metrics);
+    let control = section(&top, "control", "[control]", CONTROL_FIELDS, report, read_control);
+    let source = section(&top, "source", "[source]", SOURCE_FIELDS, report, read_source);
+    let aws = section(&top, "aws", "[aws]", AWS_FIELDS, report, read_aws);
+    Drafts { interface, peers, nat, health, selftest, metrics, control, source, aws }
 }
 
 /// An optional section: read it when present, else read an empty table (all defaults).
@@ -182,51 +225,70 @@ fn root_hint(name: &str) -> Option<String> {
         let header = if *section == "peer" { "[[peer]]".to_string() } else { format!("[{section}]") };
         return Some(header);
     }
-    let owners: [(&str, &[&str]); 5] = [
+    let owners: [(&str, &[&str]); 9] = [
         ("[interface]", INTERFACE_FIELDS),
         ("[[peer]]", PEER_FIELDS),
         ("[nat]", NAT_FIELDS),
         ("[health]", HEALTH_FIELDS),
         ("[selftest]", SELFTEST_FIELDS),
+        ("[metrics]", METRICS_FIELDS),
+        ("[control]", CONTROL_FIELDS),
+        ("[source]", SOURCE_FIELDS),
+        ("[aws]", AWS_FIELDS),
     ];
     owners.iter().find_map(|(header, fields)| document::suggestion(name, fields).map(|f| format!("{f} under {header}")))
 }
 
 fn read_interface(t: &Table, base_dir: Option<&Path>, report: &mut Report) -> InterfaceDraft {
-    let (private_key, key_field) = match (t.get("private_key"), t.get("private_key_file")) {
-        (Some(_), Some(file)) => {
+    let given: Vec<&str> = KEY_FIELDS.iter().copied().filter(|f| t.get(f).is_some()).collect();
+    let (mut private_key, mut key_ssm, mut key_field) = (None, None, None);
+    match given.as_slice() {
+        [] => t.missing(
+            report,
+            "private_key",
+            "private_key (base64, from `bastion genkey`), private_key_file (a path) or private_key_ssm \
+             (an SSM SecureString parameter)",
+        ),
+        [one] => {
+            let field = t.field(one);
+            let value = t.get(one).expect("listed as given");
+            key_field = Some(field.clone());
+            match *one {
+                "private_key" => {
+                    private_key = document::string(report, &field, value, KEY_EXPECTED).and_then(|text| {
+                        PrivateKey::parse(text)
+                            .map_err(|e| report.at(ProblemKind::Invalid, value.span(), &field, e.to_string()))
+                            .ok()
+                    })
+                }
+                "private_key_file" => {
+                    private_key = document::string(report, &field, value, "a string: the path of the key file")
+                        .and_then(|path| read_key_file(path, base_dir, value.span(), &field, report, PrivateKey::parse))
+                }
+                _ => {
+                    key_ssm = document::string(report, &field, value, "a string: an SSM parameter name or ARN")
+                        .and_then(|name| {
+                            values::ssm_parameter_name(name)
+                                .map_err(|e| report.at(ProblemKind::Invalid, value.span(), &field, e))
+                                .ok()
+                                .map(|()| name.to_string())
+                        })
+                }
+            }
+        }
+        [_, later @ ..] => {
+            let last = later.last().expect("two or more");
             report.at(
                 ProblemKind::Conflict,
-                file.span(),
-                t.field("private_key_file"),
-                "found both private_key and private_key_file; expected exactly one of them",
+                t.get(last).expect("listed as given").span(),
+                t.field(last),
+                format!(
+                    "found {}; expected exactly one of private_key, private_key_file and private_key_ssm",
+                    given.join(" and ")
+                ),
             );
-            (None, None)
         }
-        (Some(value), None) => {
-            let field = t.field("private_key");
-            let key = document::string(report, &field, value, KEY_EXPECTED).and_then(|text| {
-                PrivateKey::parse(text)
-                    .map_err(|e| report.at(ProblemKind::Invalid, value.span(), &field, e.to_string()))
-                    .ok()
-            });
-            (key, Some(field))
-        }
-        (None, Some(value)) => {
-            let field = t.field("private_key_file");
-            let key = document::string(report, &field, value, "a string: the path of the key file")
-                .and_then(|path| read_key_file(path, base_dir, value.span(), &field, report, PrivateKey::parse));
-            (key, Some(field))
-        }
-        (None, None) => {
-            t.missing(
-                report,
-                "private_key",
-                "private_key (base64, from `bastion genkey`) or private_key_file (a path)",
-            );
-            (None, None)
-        }
-    };
+    }
 
     let mut addresses = Vec::new();
     match t.get("address") {
@@ -290,7 +352,7 @@ fn read_interface(t: &Table, base_dir: Option<&Path>, report: &mut Report) -> In
         .unwrap_or_else(|| DEFAULT_INTERFACE_NAME.to_string());
 
     t.finish(report);
-    InterfaceDraft { line: t.line(), private_key, key_field, addresses, listen_port, mtu, name }
+    InterfaceDraft { line: t.line(), private_key, key_ssm, key_field, addresses, listen_port, mtu, name }
 }
 
 /// Reads a key file (bounded: one line is expected) and parses it with `parse`. The key text
@@ -544,4 +606,70 @@ fn read_selftest(t: &Table, report: &mut Report) -> SelfTestDraft {
     });
     t.finish(report);
     SelfTestDraft { line: t.line(), interval_seconds, probes, address }
+}
+
+/// A string field checked by `check`; `None` when absent or wrong (the problem is reported).
+fn checked_string(
+    t: &Table,
+    key: &str,
+    expected: &str,
+    report: &mut Report,
+    check: impl Fn(&str) -> Result<(), String>,
+) -> Option<String> {
+    let v = t.get(key)?;
+    let field = t.field(key);
+    let text = document::string(report, &field, v, expected)?;
+    check(text).map_err(|e| report.at(ProblemKind::Invalid, v.span(), &field, e)).ok()?;
+    Some(text.to_string())
+}
+
+fn read_metrics(t: &Table, report: &mut Report) -> MetricsDraft {
+    let listen = t.get("listen").and_then(|v| {
+        let field = t.field("listen");
+        let text = document::string(report, &field, v, "a string: IP:port (9586 is the exporter's usual port)")?;
+        values::socket_addr(text, "the metrics listen address")
+            .map_err(|e| report.at(ProblemKind::Invalid, v.span(), &field, e))
+            .ok()
+            .map(|a| (a, v.span()))
+    });
+    t.finish(report);
+    MetricsDraft { listen }
+}
+
+fn read_control(t: &Table, report: &mut Report) -> ControlDraft {
+    let socket = checked_string(t, "socket", "a string: the socket's path", report, values::socket_path);
+    t.finish(report);
+    ControlDraft { socket: socket.map(PathBuf::from) }
+}
+
+fn read_source(t: &Table, report: &mut Report) -> SourceDraft {
+    let ssm_path =
+        checked_string(t, "ssm_path", "a string: an SSM parameter path like /bastion/prod", report, values::ssm_path);
+    let refresh_seconds = t
+        .get("refresh_seconds")
+        .and_then(|v| {
+            document::integer(
+                report,
+                &t.field("refresh_seconds"),
+                v,
+                MIN_REFRESH_SECONDS as i128..=MAX_REFRESH_SECONDS as i128,
+                "seconds, 10–86400 (every bastion of a fleet polls SSM this often)",
+            )
+        })
+        .map_or(DEFAULT_REFRESH_SECONDS, |n| n as u64);
+    t.finish(report);
+    SourceDraft { ssm_path: ssm_path.map(|p| p.trim_end_matches('/').to_string()), refresh_seconds }
+}
+
+fn read_aws(t: &Table, report: &mut Report) -> AwsDraft {
+    let region = checked_string(t, "region", "a string: a region like eu-west-1", report, values::region);
+    let endpoint_url = checked_string(
+        t,
+        "endpoint_url",
+        "a string: a URL like https://ssm.eu-west-1.amazonaws.com",
+        report,
+        values::endpoint_url,
+    );
+    t.finish(report);
+    AwsDraft { region, endpoint_url: endpoint_url.map(|u| u.trim_end_matches('/').to_string()) }
 }

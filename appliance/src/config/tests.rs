@@ -61,7 +61,7 @@ fn the_annotated_example_is_valid() {
 #[test]
 fn defaults_fill_everything_but_keys_addresses_and_peers() {
     let c = ok(&minimal());
-    assert_eq!(c.interface.private_key.public_key().to_base64(), OUR_PUBLIC);
+    assert_eq!(c.interface.private_key().unwrap().public_key().to_base64(), OUR_PUBLIC);
     assert_eq!(c.interface.addresses[0].to_string(), "10.100.0.1/24");
     assert_eq!(c.interface.listen_port, 51820);
     assert_eq!(c.interface.mtu, 1420);
@@ -110,16 +110,20 @@ fn every_field_is_read_when_given() {
 
 #[test]
 fn unknown_fields_and_sections_name_the_known_ones() {
-    let text = minimal().replace("[[peer]]", "ListenPort = 1\n[[peer]]\nallowedips = 1") + "[metrics]\nlisten = 1\n";
+    let text = minimal().replace("[[peer]]", "ListenPort = 1\n[[peer]]\nallowedips = 1") + "[monitoring]\nlisten = 1\n";
     let p = problem(&text, "interface.ListenPort", ProblemKind::UnknownField);
     assert_eq!(p.line, Some(5));
-    assert!(p.message.contains("known fields: private_key, private_key_file, address"), "{}", p.message);
+    assert!(
+        p.message.contains("known fields: private_key, private_key_file, private_key_ssm, address"),
+        "{}",
+        p.message
+    );
     assert!(p.message.contains("did you mean listen_port?"), "{}", p.message);
     let p = problem(&text, "peer[0].allowedips", ProblemKind::UnknownField);
     assert!(p.message.contains("did you mean allowed_ips?"), "{}", p.message);
-    let p = problem(&text, "metrics", ProblemKind::UnknownField);
+    let p = problem(&text, "monitoring", ProblemKind::UnknownField);
     assert_eq!(p.line, Some(10));
-    assert!(p.message.contains("unknown section [metrics]; known sections: [interface], [[peer]]"), "{}", p.message);
+    assert!(p.message.contains("unknown section [monitoring]; known sections: [interface], [[peer]]"), "{}", p.message);
 }
 
 #[test]
@@ -143,6 +147,9 @@ fn bad_keys_are_rejected_without_echoing_them() {
 fn exactly_one_private_key_source() {
     let both = minimal().replace("address", "private_key_file = \"k\"\naddress");
     problem(&both, "interface.private_key_file", ProblemKind::Conflict);
+    let with_ssm = minimal().replace("address", "private_key_ssm = \"/bastion/key\"\naddress");
+    let p = problem(&with_ssm, "interface.private_key_ssm", ProblemKind::Conflict);
+    assert!(p.message.contains("exactly one of private_key, private_key_file and private_key_ssm"), "{}", p.message);
     let neither = minimal().replace(&format!("private_key = \"{OUR_KEY}\"\n"), "");
     let p = problem(&neither, "interface.private_key", ProblemKind::Missing);
     assert_eq!(p.line, Some(1), "reported at the [interface] header");
@@ -173,7 +180,7 @@ fn key_files_are_read_relative_to_the_config() {
         .replace(&format!("private_key = \"{OUR_KEY}\""), "private_key_file = \"private.key\"")
         .replace("allowed_ips", "preshared_key_file = \"alice.psk\"\nallowed_ips");
     let c = parse(&text, "x", Some(&dir.0)).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(c.interface.private_key.public_key().to_base64(), OUR_PUBLIC);
+    assert_eq!(c.interface.private_key().unwrap().public_key().to_base64(), OUR_PUBLIC);
     assert_eq!(c.peers[0].preshared_key.as_ref().unwrap().expose_base64(), BOB);
 
     std::fs::write(dir.0.join("bad.key"), format!("{}\n", &OUR_KEY[..40])).unwrap();
@@ -420,6 +427,43 @@ fn every_problem_is_listed_in_file_order() {
 fn generated_keys_round_trip_through_the_config() {
     let key = PrivateKey::generate();
     let c = ok(&minimal().replace(OUR_KEY, &key.expose_base64()));
-    assert_eq!(c.interface.private_key.public_key(), key.public_key());
+    assert_eq!(c.interface.private_key().unwrap().public_key(), key.public_key());
     let _ = CAROL;
+}
+
+#[test]
+fn the_key_may_live_in_ssm() {
+    let text = minimal().replace(&format!("private_key = \"{OUR_KEY}\""), "private_key_ssm = \"/bastion/prod/key\"");
+    let c = parse(&text, "bastion.toml", None).unwrap();
+    assert!(c.interface.private_key().is_none());
+    assert!(matches!(&c.interface.key, InterfaceKey::Ssm { parameter } if parameter == "/bastion/prod/key"));
+    let bad = text.replace("/bastion/prod/key", "/aws/key");
+    let p = problem(&bad, "interface.private_key_ssm", ProblemKind::Invalid);
+    assert!(p.message.contains("reserved"), "{}", p.message);
+}
+
+#[test]
+fn metrics_control_source_and_aws_sections() {
+    let c = parse(&minimal(), "bastion.toml", None).unwrap();
+    assert_eq!(c.metrics.listen, None, "metrics are off by default");
+    assert_eq!(c.control.socket, std::path::PathBuf::from("/run/bastion/wg0.sock"));
+    assert_eq!((c.source.ssm_path.as_deref(), c.source.refresh_seconds), (None, 60));
+    assert_eq!(c.aws, Aws::default());
+    let text = minimal()
+        + "[metrics]\nlisten = \"10.0.0.5:9586\"\n[control]\nsocket = \"/tmp/b.sock\"\n\
+           [source]\nssm_path = \"/bastion/prod/\"\nrefresh_seconds = 30\n\
+           [aws]\nregion = \"eu-west-1\"\nendpoint_url = \"https://vpce.example/\"\n";
+    let c = parse(&text, "bastion.toml", None).unwrap();
+    assert_eq!(c.metrics.listen, Some("10.0.0.5:9586".parse().unwrap()));
+    assert_eq!(c.control.socket, std::path::PathBuf::from("/tmp/b.sock"));
+    assert_eq!((c.source.ssm_path.as_deref(), c.source.refresh_seconds), (Some("/bastion/prod"), 30));
+    assert_eq!(c.aws.region.as_deref(), Some("eu-west-1"));
+    assert_eq!(c.aws.endpoint_url.as_deref(), Some("https://vpce.example"));
+
+    problem(&(minimal() + "[source]\nrefresh_seconds = 1\n"), "source.refresh_seconds", ProblemKind::OutOfRange);
+    problem(&(minimal() + "[aws]\nendpoint_url = \"ssm.local\"\n"), "aws.endpoint_url", ProblemKind::Invalid);
+    problem(&(minimal() + "[control]\nsocket = \"wg0.sock\"\n"), "control.socket", ProblemKind::Invalid);
+    let clash = minimal() + "[health]\nlisten = \"0.0.0.0:8080\"\n[metrics]\nlisten = \"10.0.0.5:8080\"\n";
+    let p = problem(&clash, "metrics.listen", ProblemKind::Conflict);
+    assert!(p.message.contains("never served on the health port"), "{}", p.message);
 }

@@ -251,6 +251,119 @@ pub fn peer_name(text: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// An SSM parameter name (`/bastion/prod/key`, `bastion-key`) or ARN
+/// (`arn:aws:ssm:REGION:ACCOUNT:parameter/NAME`), by SSM's rules: at most 2048 characters of
+/// `a-zA-Z0-9_.-/`, at most 15 levels, and not starting with `aws` or `ssm`.
+pub fn ssm_parameter_name(text: &str) -> Result<(), String> {
+    let name = match text.strip_prefix("arn:") {
+        Some(rest) => {
+            let parts: Vec<&str> = rest.splitn(5, ':').collect();
+            match parts.as_slice() {
+                [partition, "ssm", region, account, resource]
+                    if partition.starts_with("aws")
+                        && !region.is_empty()
+                        && account.len() == 12
+                        && account.chars().all(|c| c.is_ascii_digit()) =>
+                {
+                    match resource.strip_prefix("parameter") {
+                        Some(name) if name.starts_with('/') => name,
+                        _ => return Err(format!("found {}, expected an ARN ending in :parameter/NAME", shown(text))),
+                    }
+                }
+                _ => {
+                    return Err(format!(
+                    "found {}, expected an SSM parameter ARN like arn:aws:ssm:eu-west-1:123456789012:parameter/NAME",
+                    shown(text)
+                ))
+                }
+            }
+        }
+        None => text,
+    };
+    ssm_path_chars(name, text)?;
+    let bare = name.trim_start_matches('/');
+    if bare.is_empty() || name.ends_with('/') {
+        return Err(format!("found {}, expected a parameter name like /bastion/prod/private-key", shown(text)));
+    }
+    Ok(())
+}
+
+/// An SSM parameter path, the root of a hierarchy (`/bastion/prod`): starts with `/`, SSM's
+/// characters, no trailing `/` needed.
+pub fn ssm_path(text: &str) -> Result<(), String> {
+    if !text.starts_with('/') || text.trim_matches('/').is_empty() {
+        return Err(format!("found {}, expected a parameter path like /bastion/prod (starting with /)", shown(text)));
+    }
+    ssm_path_chars(text, text)
+}
+
+fn ssm_path_chars(name: &str, text: &str) -> Result<(), String> {
+    if name.len() > 2048 {
+        return Err(format!("found {} characters, expected at most 2048 (SSM's limit)", name.len()));
+    }
+    if let Some(bad) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || "_.-/".contains(*c))) {
+        return Err(format!(
+            "found {}, which holds {bad:?}; SSM parameter names hold only letters, digits and _ . - /",
+            shown(text)
+        ));
+    }
+    if name.contains("//") {
+        return Err(format!("found {}, expected no empty level (//)", shown(text)));
+    }
+    if name.split('/').filter(|level| !level.is_empty()).count() > 15 {
+        return Err(format!("found {}, expected at most 15 levels (SSM's limit)", shown(text)));
+    }
+    let first = name.trim_start_matches('/').to_ascii_lowercase();
+    if first.starts_with("aws") || first.starts_with("ssm") {
+        return Err(format!("found {}: names starting with aws or ssm are reserved by AWS", shown(text)));
+    }
+    Ok(())
+}
+
+/// An AWS region name (`eu-west-1`, `us-gov-west-1`, `cn-north-1`).
+pub fn region(text: &str) -> Result<(), String> {
+    let ok = (4..=32).contains(&text.len())
+        && text.split('-').count() >= 3
+        && text.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !text.starts_with('-')
+        && !text.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("found {}, expected a region name like eu-west-1", shown(text)))
+    }
+}
+
+/// An endpoint URL override: `https://HOST[:PORT][/PATH]` (or `http://` for a test emulator).
+pub fn endpoint_url(text: &str) -> Result<(), String> {
+    let rest = text
+        .strip_prefix("https://")
+        .or_else(|| text.strip_prefix("http://"))
+        .ok_or_else(|| format!("found {}, expected a URL starting with https:// (or http://)", shown(text)))?;
+    let host = rest.split('/').next().unwrap_or("");
+    if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c.is_control() || c == '@') {
+        return Err(format!("found {}, expected https://HOST[:PORT] (no user, no spaces)", shown(text)));
+    }
+    if text.contains('?') || text.contains('#') {
+        return Err(format!("found {}, expected no query or fragment", shown(text)));
+    }
+    Ok(())
+}
+
+/// The control socket's path: absolute, and short enough for a Unix socket address (107 bytes).
+pub fn socket_path(text: &str) -> Result<(), String> {
+    if !text.starts_with('/') {
+        return Err(format!("found {}, expected an absolute path like /run/bastion/wg0.sock", shown(text)));
+    }
+    if text.len() > 107 {
+        return Err(format!("found a path of {} bytes, expected at most 107 (a Unix socket's limit)", text.len()));
+    }
+    if text.ends_with('/') || text.contains('\0') {
+        return Err(format!("found {}, expected the path of a file", shown(text)));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -299,6 +412,33 @@ mod tests {
         for bad in ["", ".", "..", "wg/0", "wg 0", "wg:0"] {
             assert!(interface_name(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn ssm_names_follow_ssms_rules() {
+        for good in ["/bastion/prod/key", "bastion-key", "arn:aws:ssm:eu-west-1:123456789012:parameter/bastion/key"] {
+            assert!(ssm_parameter_name(good).is_ok(), "{good}");
+        }
+        for bad in ["", "/", "/a b", "/aws/x", "ssm-key", "/a//b", "arn:aws:ssm:eu-west-1:1:parameter/x", "/a/"] {
+            assert!(ssm_parameter_name(bad).is_err(), "{bad:?}");
+        }
+        assert!(ssm_path("/bastion/prod").is_ok());
+        assert!(ssm_path("bastion/prod").unwrap_err().contains("starting with /"));
+        assert!(ssm_path("/").is_err());
+        assert!(ssm_path(&"/a".repeat(16)).unwrap_err().contains("15 levels"));
+    }
+
+    #[test]
+    fn regions_urls_and_socket_paths() {
+        assert!(region("eu-west-1").is_ok() && region("us-gov-west-1").is_ok());
+        assert!(region("EU-WEST-1").is_err() && region("eu").is_err());
+        assert!(endpoint_url("https://ssm.eu-west-1.amazonaws.com").is_ok());
+        assert!(endpoint_url("http://127.0.0.1:5000").is_ok());
+        assert!(endpoint_url("ssm.amazonaws.com").is_err());
+        assert!(endpoint_url("https://user@host").is_err());
+        assert!(socket_path("/run/bastion/wg0.sock").is_ok());
+        assert!(socket_path("run/wg0.sock").is_err());
+        assert!(socket_path(&format!("/{}", "a".repeat(120))).is_err());
     }
 
     #[test]

@@ -833,7 +833,7 @@ mod tests {
     fn the_article_server_converts_to_a_valid_config() {
         let c = convert(&server(), "wg0.conf", Some("wg0.conf")).unwrap();
         let config = crate::config::parse(&c.toml, "out", None).unwrap_or_else(|e| panic!("{e}\n{}", c.toml));
-        assert_eq!(config.interface.private_key.expose_base64(), KEY);
+        assert_eq!(config.interface.private_key().unwrap().expose_base64(), KEY);
         assert_eq!(config.interface.addresses[0].to_string(), "10.100.0.1/24");
         assert_eq!(config.interface.listen_port, 51820);
         assert_eq!(config.interface.name, "wg0");

@@ -1,125 +1,104 @@
-//! `bastion run`: starts the data plane, NAT, health responder, status socket and periodic
-//! self-test from a config, then waits for a signal to drain and exit.
+//! `bastion run`: starts the data plane, NAT, health responder, control socket and periodic
+//! self-test from a config, applies new configs while it runs, and drains and exits on a signal.
 //!
 //! Start order: TUN + UDP (data plane) → forwarding + our nftables table → self-test loop →
-//! health responder → status socket. Every component is a guard: when a later step fails, or
+//! health responder → control socket. Every component is a guard: when a later step fails, or
 //! at exit, the earlier ones undo themselves (the TUN disappears, our table is removed), so
 //! nothing is left behind. SIGTERM/SIGINT start the drain: health answers 503 at once,
 //! WireGuard keeps serving for `drain_seconds`, then everything stops and the process exits 0.
-//! A second signal cuts the drain short (cleanup still happens). Every other signal that can
-//! arrive by accident (a SIGHUP from a closing terminal or a reload habit, SIGUSR1/2, SIGQUIT,
-//! a Ctrl-Z...) is logged and ignored: none of them may end the service without its drain and
-//! cleanup.
+//! A second signal cuts the drain short (cleanup still happens).
+//!
+//! SIGHUP, `bastion reload` (the control socket) and, for an SSM source, every
+//! `refresh_seconds` read the config source again; `reload` decides what changed and the
+//! service applies it without re-creating the interface: peers (sessions of unchanged peers
+//! untouched), the NAT table (one atomic replacement), the drain time. A change that needs a
+//! restart, or a config that fails validation, is not applied: the old config keeps running.
+//! Every other signal that can arrive by accident (SIGUSR1/2, SIGQUIT, a Ctrl-Z...) is logged
+//! and ignored: none of them may end the service without its drain and cleanup.
 
+mod events;
 mod judge;
 mod nat_guard;
 mod plan;
+pub mod reload;
 mod report;
 mod selftest_loop;
 
 use crate::config::{self, Config};
+use crate::control::{ControlServer, ReloadAnswer, ReloadOutcome, Request};
 use crate::health::HealthResponder;
-use crate::keys::PrivateKey;
+use crate::keys::{PrivateKey, PublicKey};
 use crate::log;
 use crate::nat;
 use crate::selftest::SelfTestPlan;
-use crate::status::StatusServer;
+use crate::source::{ConfigSource, LoadError, Loaded};
 use crate::tunnel::DataPlane;
+use events::Event;
 use nat_guard::InstalledNat;
-use nix::sys::signal::{SigSet, Signal};
 use selftest_loop::SelfTestLoop;
-use std::path::Path;
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How long one self-test step (handshake, ping, each probe) may take.
 const SELFTEST_STEP_TIMEOUT: Duration = Duration::from_secs(2);
 
-pub fn run_from_file(path: &Path) -> ExitCode {
-    let config = match config::load(path) {
-        Ok(config) => config,
+/// How long `bastion reload` waits for the service's answer (an SSM read may retry).
+const RELOAD_ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What `bastion run` is told on its command line.
+pub struct Options {
+    pub config: PathBuf,
+    /// `--socket`: the control socket, instead of the config's.
+    pub socket: Option<PathBuf>,
+}
+
+pub fn run(options: Options) -> ExitCode {
+    let mut source = ConfigSource::file(&options.config);
+    let loaded = match source.load() {
+        Ok(loaded) => loaded,
         Err(e) => {
             eprintln!("{e}");
             return ExitCode::from(2);
         }
     };
-    for warning in config::render_warnings(&config, &path.display().to_string()) {
+    for warning in config::render_warnings(&loaded.config, &loaded.origin) {
         log!("config: {warning}");
     }
-    // Block the drain signals before any thread exists, so every thread inherits the mask and
-    // only `wait_for_signal` ever sees them.
-    let signals = handled_signals();
+    // Block the handled signals before any thread exists, so every thread inherits the mask
+    // and only the main thread's `events` ever sees them.
+    let signals = events::handled_signals();
     if let Err(e) = signals.thread_block() {
         log!("cannot block signals: {e}");
         return ExitCode::FAILURE;
     }
-    let service = match Service::start(config, &path.display().to_string()) {
+    let (reload_requests, reload_inbox) = mpsc::channel();
+    let mut service = match Service::start(loaded, options.socket, reload_requests) {
         Ok(service) => service,
         Err(e) => {
             log!("cannot start: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let first = wait_for_signal(&signals, None);
-    service.drain(first, &signals);
+    let mut next_refresh = source.refresh_interval().map(|every| Instant::now() + every);
+    let first = loop {
+        match events::next(&signals, &reload_inbox, next_refresh) {
+            Event::Stop(signal) => break signal,
+            Event::Reload { reply, why } => {
+                let answer = service.reload(source.load(), why);
+                if let Some(reply) = reply {
+                    let _ = reply.send(answer);
+                }
+                next_refresh = source.refresh_interval().map(|every| Instant::now() + every);
+            }
+        }
+    };
+    service.drain(first, &signals, &reload_inbox);
     service.stop();
     log!("stopped");
     ExitCode::SUCCESS
-}
-
-/// The signals that drain and stop the service.
-const DRAIN_SIGNALS: [Signal; 2] = [Signal::SIGTERM, Signal::SIGINT];
-/// Signals that may arrive by accident and would otherwise kill or stop the process: logged and
-/// ignored. (SIGHUP becomes "reload" once the service can reload its config.)
-const STRAY_SIGNALS: [Signal; 12] = [
-    Signal::SIGHUP,
-    Signal::SIGUSR1,
-    Signal::SIGUSR2,
-    Signal::SIGQUIT,
-    Signal::SIGALRM,
-    Signal::SIGVTALRM,
-    Signal::SIGPROF,
-    Signal::SIGIO,
-    Signal::SIGPWR,
-    Signal::SIGTSTP,
-    Signal::SIGTTIN,
-    Signal::SIGTTOU,
-];
-
-fn handled_signals() -> SigSet {
-    let mut set = SigSet::empty();
-    for signal in DRAIN_SIGNALS.into_iter().chain(STRAY_SIGNALS) {
-        set.add(signal);
-    }
-    set
-}
-
-/// Waits for a drain signal (every handled signal is blocked in every thread), up to
-/// `timeout`; stray signals are logged and waited past.
-fn wait_for_signal(signals: &SigSet, timeout: Option<Duration>) -> Option<Signal> {
-    let deadline = timeout.map(|t| Instant::now() + t);
-    loop {
-        let remaining = match deadline {
-            Some(d) => d.checked_duration_since(Instant::now())?,
-            None => Duration::from_secs(3600),
-        };
-        let ts = libc::timespec {
-            tv_sec: remaining.as_secs() as libc::time_t,
-            tv_nsec: remaining.subsec_nanos() as libc::c_long,
-        };
-        let rc = unsafe { libc::sigtimedwait(signals.as_ref(), std::ptr::null_mut(), &ts) };
-        if rc > 0 {
-            match Signal::try_from(rc) {
-                Ok(signal) if DRAIN_SIGNALS.contains(&signal) => return Some(signal),
-                Ok(signal) => {
-                    log!("{} ignored: only SIGTERM or SIGINT stop bastion run (with a drain)", signal.as_str())
-                }
-                Err(_) => {}
-            }
-        }
-        // EAGAIN (this slice of time is over) or EINTR: look at the deadline again.
-    }
 }
 
 /// The last self-test, as health and status show it.
@@ -134,19 +113,48 @@ pub struct LastSelfTest {
 /// What the health check and the status command read, shared by the service's threads.
 pub struct ServiceState {
     drain_started: Mutex<Option<Instant>>,
-    drain_seconds: u64,
+    /// `[health] drain_seconds` (a reload may change it).
+    drain_seconds: AtomicU64,
     /// Whether the tunnel has IPv6 addresses (then IPv6 forwarding is a health condition too).
     ipv6: bool,
     selftest: Mutex<Option<LastSelfTest>>,
     /// Our table as `nft list` would print it, for `bastion status`.
-    nat_rules: String,
+    nat_rules: Mutex<String>,
+    /// The running config's source and version, and how reloads went.
+    config: Mutex<ConfigState>,
+}
+
+/// What status and metrics say about the config.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigState {
+    pub origin: String,
+    pub version: String,
+    /// Fields a newer config changes that need a restart (empty: none pending).
+    pub restart_pending: Vec<String>,
+    pub reloads: u64,
+    /// Reloads that did not apply (invalid, unreadable, failed to apply; not "needs restart").
+    pub reload_failures: u64,
+    /// Why the last reload did not apply, while that is the latest news.
+    pub last_failure: Option<String>,
 }
 
 impl ServiceState {
     /// While draining: how long until the service stops.
     pub fn drain_left(&self) -> Option<Duration> {
         let started = (*self.drain_started.lock().unwrap_or_else(|e| e.into_inner()))?;
-        Some(Duration::from_secs(self.drain_seconds).saturating_sub(started.elapsed()))
+        Some(Duration::from_secs(self.drain_seconds.load(Ordering::Relaxed)).saturating_sub(started.elapsed()))
+    }
+
+    pub fn config_state(&self) -> ConfigState {
+        self.config.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn update_config_state(&self, change: impl FnOnce(&mut ConfigState)) {
+        change(&mut self.config.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    pub fn nat_rules(&self) -> String {
+        self.nat_rules.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     pub fn last_selftest(&self) -> Option<LastSelfTest> {
@@ -161,13 +169,15 @@ impl ServiceState {
 struct Service {
     config: Config,
     state: Arc<ServiceState>,
-    // Stopped in this order: health stops answering first, then status and the self-test, then
-    // the table goes, then the data plane (and with it the TUN).
+    // Stopped in this order: health stops answering first, then the control socket and the
+    // self-test, then the table goes, then the data plane (and with it the TUN).
     health: Option<HealthResponder>,
-    status: Option<StatusServer>,
+    control: Option<ControlServer>,
     selftest: SelfTestLoop,
     nat: Arc<InstalledNat>,
     data_plane: Arc<DataPlane>,
+    /// The self-test client's key: its peer is part of every peer set a reload applies.
+    selftest_public: PublicKey,
 }
 
 /// Why `bastion run` could not start (every step before it is undone).
@@ -186,15 +196,25 @@ pub enum StartError {
     SelfTest(std::io::Error),
     #[error("health responder: {0}")]
     Health(std::io::Error),
+    /// `private_key_ssm` names the key, but nobody fetched it (a bug of the caller).
+    #[error("the private key lives in SSM and was not fetched")]
+    KeyNotFetched,
 }
 
 impl Service {
-    fn start(config: Config, origin: &str) -> Result<Service, StartError> {
+    fn start(
+        loaded: Loaded,
+        socket: Option<PathBuf>,
+        reload_requests: mpsc::Sender<mpsc::Sender<ReloadAnswer>>,
+    ) -> Result<Service, StartError> {
+        let Loaded { config, version, origin } = loaded;
         let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         // The self-test client's key lives only in this process, and the service admits it
         // only from loopback.
         let selftest_key = PrivateKey::generate();
-        let spec = plan::tunnel_spec(&config, workers, selftest_key.public_key());
+        let selftest_public = selftest_key.public_key();
+        let private_key = config.interface.private_key().cloned().ok_or(StartError::KeyNotFetched)?;
+        let spec = plan::tunnel_spec(&config, &private_key, workers, selftest_key.public_key());
         let data_plane = Arc::new(DataPlane::start(spec)?);
         log!(
             "tunnel: {} up with {} ({} peers, UDP port {}, {} workers)",
@@ -214,13 +234,14 @@ impl Service {
         let nat = Arc::new(InstalledNat::install(nat_plan)?);
         let state = Arc::new(ServiceState {
             drain_started: Mutex::new(None),
-            drain_seconds: config.health.drain_seconds,
+            drain_seconds: AtomicU64::new(config.health.drain_seconds),
             ipv6,
             selftest: Mutex::new(None),
-            nat_rules,
+            nat_rules: Mutex::new(nat_rules),
+            config: Mutex::new(ConfigState { origin, version, ..ConfigState::default() }),
         });
         let selftest = SelfTestLoop::start(
-            selftest_plan(&config, selftest_key),
+            selftest_plan(&config, private_key.public_key(), selftest_key),
             Duration::from_secs(config.selftest.interval_seconds.max(1)),
             nat.clone(),
             state.clone(),
@@ -233,47 +254,191 @@ impl Service {
                 .map_err(StartError::Health)?
         };
         log!("health: listening on {}", config.health.listen);
-        let status = {
+        let control = {
             let state = state.clone();
             let data_plane = data_plane.clone();
             let identity = report::Identity {
-                public_key: config.interface.private_key.public_key().to_base64(),
+                public_key: private_key.public_key().to_base64(),
                 listen_port: config.interface.listen_port,
-                config_origin: origin.to_string(),
             };
-            // Status is a convenience: a second service in the same namespace must not fail on it.
-            match StatusServer::start(&config.interface.name, move || report::report(&state, &data_plane, &identity)) {
-                Ok(server) => Some(server),
+            let path = socket.unwrap_or_else(|| config.control.socket.clone());
+            let handle = move |request: Request| match request {
+                Request::Status => {
+                    serde_json::to_vec(&report::report(&state, &data_plane, &identity)).unwrap_or_default()
+                }
+                Request::Reload => serde_json::to_vec(&ask_main_thread(&reload_requests)).unwrap_or_default(),
+            };
+            // The control socket is a convenience: the service runs without it.
+            match ControlServer::start(&path, handle) {
+                Ok(server) => {
+                    log!("control: listening on {}", path.display());
+                    Some(server)
+                }
                 Err(e) => {
-                    log!("status: not available: {e}");
+                    log!("control: not available: {e}");
                     None
                 }
             }
         };
-        Ok(Service { config, state, health: Some(health), status, selftest, nat, data_plane })
+        log!("config: version {} from {}", state.config_state().version, state.config_state().origin);
+        Ok(Service { config, state, health: Some(health), control, selftest, nat, data_plane, selftest_public })
     }
 
-    /// Health 503 at once; keep serving for drain_seconds or until a second signal.
-    fn drain(&self, first: Option<Signal>, signals: &SigSet) {
+    /// Health 503 at once; keep serving for drain_seconds or until a second signal. Reloads
+    /// asked for meanwhile are answered "draining".
+    fn drain(
+        &self,
+        first: nix::sys::signal::Signal,
+        signals: &nix::sys::signal::SigSet,
+        reload_inbox: &mpsc::Receiver<mpsc::Sender<ReloadAnswer>>,
+    ) {
         *self.state.drain_started.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
-        let seconds = self.config.health.drain_seconds;
-        log!(
-            "drain started ({}): health answers 503, WireGuard keeps serving for {seconds} s",
-            first.map(|s| s.as_str()).unwrap_or("signal")
-        );
-        if let Some(second) = wait_for_signal(signals, Some(Duration::from_secs(seconds))) {
-            log!("drain cut short by a second {}", second.as_str());
-        } else {
-            log!("drain finished after {seconds} s");
+        let seconds = self.state.drain_seconds.load(Ordering::Relaxed);
+        log!("drain started ({}): health answers 503, WireGuard keeps serving for {seconds} s", first.as_str());
+        let deadline = Instant::now() + Duration::from_secs(seconds);
+        loop {
+            match events::next_until(signals, reload_inbox, deadline) {
+                Some(Event::Stop(second)) => {
+                    log!("drain cut short by a second {}", second.as_str());
+                    return;
+                }
+                Some(Event::Reload { reply, why }) => {
+                    log!("reload ({why}) ignored: draining");
+                    if let Some(reply) = reply {
+                        let _ = reply.send(self.answer(
+                            ReloadOutcome::Draining,
+                            None,
+                            vec!["the service is draining".into()],
+                        ));
+                    }
+                }
+                None => {
+                    log!("drain finished after {seconds} s");
+                    return;
+                }
+            }
         }
+    }
+
+    /// Applies what `loaded` changes (see `reload`), or says why not; the old config keeps
+    /// running unless the answer is `Applied`.
+    fn reload(&mut self, loaded: Result<Loaded, LoadError>, why: &str) -> ReloadAnswer {
+        let started = Instant::now();
+        let loaded = match loaded {
+            Ok(loaded) => loaded,
+            Err(e) => return self.reload_failed(&e, why),
+        };
+        let running = self.state.config_state().version;
+        let change = reload::compare(&self.config, &loaded.config);
+        let changes = match change {
+            reload::Change::NeedsRestart(fields) => {
+                let fields: Vec<String> = fields.into_iter().map(String::from).collect();
+                log!(
+                    "reload ({why}): version {} changes {}, which needs a restart (on AWS: an instance refresh); \
+                     still running version {running}",
+                    loaded.version,
+                    fields.join(", ")
+                );
+                self.state.update_config_state(|c| {
+                    c.restart_pending = fields.clone();
+                    c.last_failure = None;
+                });
+                let lines = vec![format!("needs a restart: {}", fields.join(", "))];
+                return self.answer(ReloadOutcome::NeedsRestart, Some(loaded.version), lines);
+            }
+            reload::Change::Live { peers, drain_seconds } => (peers, drain_seconds),
+        };
+        let (peers, drain_seconds) = changes;
+        let nat_plan = match plan::nat_plan(&loaded.config) {
+            Ok(plan) => plan,
+            Err(e) => return self.reload_failed_with(format!("nat: {e}"), &loaded.version, why),
+        };
+        let nat_rules = nat::ruleset(&nat_plan).unwrap_or_default();
+        let nat_replaced = match self.nat.replace(nat_plan) {
+            Ok(replaced) => replaced,
+            Err(e) => return self.reload_failed_with(format!("nat: {e}"), &loaded.version, why),
+        };
+        let private_key = self.config.interface.private_key().cloned().expect("a running service has its key");
+        let spec = plan::tunnel_spec(&loaded.config, &private_key, 1, self.selftest_public);
+        let recreate = reload::recreate(&self.config, &loaded.config);
+        self.data_plane.update_peers(spec.peers, &recreate);
+        if let Some(seconds) = drain_seconds {
+            self.state.drain_seconds.store(seconds, Ordering::Relaxed);
+        }
+        *self.state.nat_rules.lock().unwrap_or_else(|e| e.into_inner()) = nat_rules;
+        let unchanged = peers.is_empty() && !nat_replaced && drain_seconds.is_none();
+        let outcome =
+            if unchanged && loaded.version == running { ReloadOutcome::Unchanged } else { ReloadOutcome::Applied };
+        let mut lines = vec![peers.summary()];
+        lines.extend(peer_lines(&peers));
+        lines.push(format!("nat rules {}", if nat_replaced { "replaced" } else { "unchanged" }));
+        if let Some(seconds) = drain_seconds {
+            lines.push(format!("drain {seconds} s"));
+        }
+        log!(
+            "reload ({why}): version {} {} in {:.1} ms: {}",
+            loaded.version,
+            if outcome == ReloadOutcome::Unchanged { "is what runs already" } else { "applied" },
+            started.elapsed().as_secs_f64() * 1000.0,
+            lines.join(", ")
+        );
+        for warning in config::render_warnings(&loaded.config, &loaded.origin) {
+            log!("config: {warning}");
+        }
+        let version = loaded.version.clone();
+        self.state.update_config_state(|c| {
+            c.version = version;
+            c.origin = loaded.origin.clone();
+            c.restart_pending.clear();
+            c.last_failure = None;
+            c.reloads += 1;
+        });
+        self.config = loaded.config;
+        self.answer(outcome, Some(self.state.config_state().version), lines)
+    }
+
+    fn reload_failed(&self, error: &LoadError, why: &str) -> ReloadAnswer {
+        let running = self.state.config_state().version;
+        let summary = error.summary();
+        log!("reload ({why}): {summary}; still running version {running}");
+        let lines: Vec<String> = match error {
+            LoadError::Invalid(e) => e.to_string().lines().map(str::to_string).collect(),
+            LoadError::Fetch(_) => vec![summary.clone()],
+        };
+        if matches!(error, LoadError::Invalid(_)) {
+            for line in &lines {
+                log!("{line}");
+            }
+        }
+        self.state.update_config_state(|c| {
+            c.reload_failures += 1;
+            c.last_failure = Some(summary);
+        });
+        let outcome =
+            if matches!(error, LoadError::Invalid(_)) { ReloadOutcome::Rejected } else { ReloadOutcome::Failed };
+        self.answer(outcome, None, lines)
+    }
+
+    fn reload_failed_with(&self, why_not: String, version: &str, why: &str) -> ReloadAnswer {
+        let running = self.state.config_state().version;
+        log!("reload ({why}): version {version} not applied: {why_not}; still running version {running}");
+        self.state.update_config_state(|c| {
+            c.reload_failures += 1;
+            c.last_failure = Some(why_not.clone());
+        });
+        self.answer(ReloadOutcome::Failed, Some(version.to_string()), vec![why_not])
+    }
+
+    fn answer(&self, outcome: ReloadOutcome, read_version: Option<String>, lines: Vec<String>) -> ReloadAnswer {
+        ReloadAnswer { outcome, running_version: self.state.config_state().version, read_version, lines }
     }
 
     fn stop(mut self) {
         if let Some(health) = self.health.take() {
             health.stop();
         }
-        if let Some(status) = self.status.take() {
-            status.stop();
+        if let Some(control) = self.control.take() {
+            control.stop();
         }
         self.selftest.stop();
         let Service { nat, data_plane, .. } = self;
@@ -283,7 +448,38 @@ impl Service {
     }
 }
 
-fn selftest_plan(config: &Config, client_private: PrivateKey) -> SelfTestPlan {
+/// One line per changed peer, for the reload's answer.
+fn peer_lines(peers: &reload::PeerChanges) -> Vec<String> {
+    let mut lines = Vec::new();
+    for (label, names) in [
+        ("added", &peers.added),
+        ("removed", &peers.removed),
+        ("updated", &peers.updated),
+        ("re-created (new session)", &peers.recreated),
+    ] {
+        if !names.is_empty() {
+            lines.push(format!("{label}: {}", names.join(", ")));
+        }
+    }
+    lines
+}
+
+/// From the control thread: asks the main thread to reload and waits for its answer.
+fn ask_main_thread(requests: &mpsc::Sender<mpsc::Sender<ReloadAnswer>>) -> ReloadAnswer {
+    let (reply, answer) = mpsc::channel();
+    let failed = |line: &str| ReloadAnswer {
+        outcome: ReloadOutcome::Failed,
+        running_version: String::new(),
+        read_version: None,
+        lines: vec![line.to_string()],
+    };
+    if requests.send(reply).is_err() {
+        return failed("the service is stopping");
+    }
+    answer.recv_timeout(RELOAD_ANSWER_TIMEOUT).unwrap_or_else(|_| failed("no answer from the service within 60 s"))
+}
+
+fn selftest_plan(config: &Config, server_public: PublicKey, client_private: PrivateKey) -> SelfTestPlan {
     let client_address = config.selftest.address;
     // Ping our own tunnel address of the same IP version as the client's.
     let ping_target = config
@@ -295,7 +491,7 @@ fn selftest_plan(config: &Config, client_private: PrivateKey) -> SelfTestPlan {
         .unwrap_or(config.interface.addresses[0].address);
     SelfTestPlan {
         server: std::net::SocketAddr::from(([127, 0, 0, 1], config.interface.listen_port)),
-        server_public: config.interface.private_key.public_key(),
+        server_public,
         client_private,
         client_address,
         ping_target,

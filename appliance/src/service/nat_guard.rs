@@ -4,9 +4,11 @@
 
 use crate::log;
 use crate::nat::{self, NatPlan};
+use std::sync::Mutex;
 
 pub struct InstalledNat {
-    plan: NatPlan,
+    /// What is installed now (a reload replaces it).
+    plan: Mutex<NatPlan>,
 }
 
 impl InstalledNat {
@@ -19,7 +21,19 @@ impl InstalledNat {
             if plan.masquerade { "on" } else { "off" },
             plan.allow.len()
         );
-        Ok(InstalledNat { plan })
+        Ok(InstalledNat { plan: Mutex::new(plan) })
+    }
+
+    /// Installs `plan` in place of the current one when it differs (one atomic batch: no moment
+    /// without a table). Ok(false) when it is the same plan. On failure the old table stays.
+    pub fn replace(&self, plan: NatPlan) -> Result<bool, nat::NatError> {
+        let mut current = self.plan.lock().unwrap_or_else(|e| e.into_inner());
+        if *current == plan {
+            return Ok(false);
+        }
+        nat::install(&plan)?;
+        *current = plan;
+        Ok(true)
     }
 
     /// What is wrong with our table in the kernel now (read back over netlink), if anything.
@@ -33,7 +47,8 @@ impl InstalledNat {
 
     /// Puts the table back (one atomic batch, as at start) and logs what happened.
     pub fn reinstall(&self) {
-        match nat::install(&self.plan) {
+        let plan = self.plan.lock().unwrap_or_else(|e| e.into_inner());
+        match nat::install(&plan) {
             Ok(()) => log!("nat: table inet {} reinstalled", nat::TABLE),
             Err(e) => log!("nat: cannot reinstall table inet {}: {e}", nat::TABLE),
         }

@@ -2,7 +2,7 @@
 //! configured ones plus the self-test's internal peer) and the NAT table's rules.
 
 use crate::config::{Config, Egress};
-use crate::keys::PublicKey;
+use crate::keys::{PrivateKey, PublicKey};
 use crate::nat::{Allow, NatPlan};
 use crate::netlink::route;
 use crate::tunnel::{PeerSpec, TunnelSpec};
@@ -12,7 +12,7 @@ use std::net::IpAddr;
 /// The name the self-test's peer has in logs.
 pub const SELFTEST_PEER: &str = "selftest";
 
-pub fn tunnel_spec(config: &Config, workers: usize, selftest_key: PublicKey) -> TunnelSpec {
+pub fn tunnel_spec(config: &Config, private_key: &PrivateKey, workers: usize, selftest_key: PublicKey) -> TunnelSpec {
     let mut peers: Vec<PeerSpec> = config
         .peers
         .iter()
@@ -37,7 +37,7 @@ pub fn tunnel_spec(config: &Config, workers: usize, selftest_key: PublicKey) -> 
     });
     TunnelSpec {
         name: config.interface.name.clone(),
-        private_key: config.interface.private_key.clone(),
+        private_key: private_key.clone(),
         listen_port: config.interface.listen_port,
         mtu: config.interface.mtu,
         addresses: config.interface.addresses.clone(),
@@ -133,7 +133,8 @@ probes = ["10.0.1.5:443"]
     #[test]
     fn the_selftest_peer_is_loopback_only_and_owns_only_its_address() {
         let key = crate::keys::PrivateKey::generate().public_key();
-        let spec = tunnel_spec(&config(BASE), 2, key);
+        let c = config(BASE);
+        let spec = tunnel_spec(&c, c.interface.private_key().unwrap(), 2, key);
         let internal = spec.peers.last().unwrap();
         assert_eq!(internal.name, SELFTEST_PEER);
         assert!(internal.loopback_only);

@@ -10,11 +10,10 @@ use crate::tunnel::DataPlane;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// What the report says about where the config came from and who we are.
+/// Who we are (what a reload cannot change).
 pub struct Identity {
     pub public_key: String,
     pub listen_port: u16,
-    pub config_origin: String,
 }
 
 pub fn report(state: &ServiceState, data_plane: &DataPlane, identity: &Identity) -> StatusReport {
@@ -57,7 +56,17 @@ pub fn report(state: &ServiceState, data_plane: &DataPlane, identity: &Identity)
             line: last.line,
             age_seconds: last.at.elapsed().as_secs(),
         }),
-        config: status::ConfigSource { origin: identity.config_origin.clone(), version: None },
+        config: {
+            let c = state.config_state();
+            status::ConfigSource {
+                origin: c.origin,
+                version: Some(c.version),
+                restart_pending: c.restart_pending,
+                reloads: c.reloads,
+                reload_failures: c.reload_failures,
+                last_failure: c.last_failure,
+            }
+        },
         peers,
         dropped: status::Dropped {
             not_ours: load(&c.dropped_datagrams),
@@ -70,6 +79,6 @@ pub fn report(state: &ServiceState, data_plane: &DataPlane, identity: &Identity)
             refused_heard_recently: load(&c.failover_refused_heard_recently),
             held_back_by_budget: load(&c.failover_refused_budget),
         },
-        nat_rules: state.nat_rules.clone(),
+        nat_rules: state.nat_rules(),
     }
 }

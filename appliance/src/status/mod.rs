@@ -1,107 +1,20 @@
-//! `bastion status`: a running service answers on an abstract Unix socket
-//! (`@bastion-status-<interface>`, scoped to the network namespace, so every bastion in its own
-//! namespace has its own) with its [`StatusReport`] as JSON — peers, last handshake, bytes, the
-//! last self-test, drain state. Never keys. Only root or the service's own user may ask. The
-//! client renders it as text (`report::render_text`) or prints the JSON (`--json`).
+//! `bastion status`: a running service answers on its control socket (`crate::control`) with
+//! its [`StatusReport`] as JSON — peers, last handshake, bytes, the last self-test, drain
+//! state, the config's source and version. Never keys. The client renders it as text
+//! (`report::render_text`) or prints the JSON (`--json`).
 
 mod report;
 
 pub use report::{render_text, StatusReport, SCHEMA_VERSION};
 pub use report::{ConfigSource, Dropped, Failover, Health, Peer, SelfTest};
 
-use std::io::{self, Read, Write};
-use std::os::linux::net::SocketAddrExt;
-use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
+use std::io;
+use std::path::Path;
 use std::time::Duration;
 
-/// A report is a few lines per peer; this caps what the client reads from a misbehaving server.
-const MAX_REPORT_BYTES: u64 = 16 << 20;
-
-fn socket_name(interface: &str) -> String {
-    format!("bastion-status-{interface}")
-}
-
-/// The server side: answers every connection with `report()`.
-pub struct StatusServer {
-    stopping: Arc<AtomicBool>,
-    listener: Arc<UnixListener>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl StatusServer {
-    pub fn start(interface: &str, report: impl Fn() -> StatusReport + Send + 'static) -> io::Result<StatusServer> {
-        let address = SocketAddr::from_abstract_name(socket_name(interface).as_bytes())?;
-        let listener = Arc::new(
-            UnixListener::bind_addr(&address)
-                .map_err(|e| io::Error::new(e.kind(), format!("status socket @{}: {e}", socket_name(interface))))?,
-        );
-        let stopping = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let listener = listener.clone();
-            let stopping = stopping.clone();
-            std::thread::Builder::new().name("status".into()).spawn(move || {
-                for stream in listener.incoming() {
-                    if stopping.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    if let Ok(mut stream) = stream {
-                        if may_ask(&stream) {
-                            let _ = stream.set_write_timeout(Some(Duration::from_secs(2)));
-                            let json = serde_json::to_vec(&report()).unwrap_or_default();
-                            let _ = stream.write_all(&json);
-                        }
-                    }
-                }
-            })?
-        };
-        Ok(StatusServer { stopping, listener, thread: Some(thread) })
-    }
-
-    pub fn stop(mut self) {
-        self.shutdown();
-    }
-
-    fn shutdown(&mut self) {
-        self.stopping.store(true, Ordering::Relaxed);
-        // Wakes the blocked accept; the loop then sees `stopping`.
-        let _ = nix::sys::socket::shutdown(
-            std::os::fd::AsRawFd::as_raw_fd(&*self.listener),
-            nix::sys::socket::Shutdown::Both,
-        );
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-impl Drop for StatusServer {
-    fn drop(&mut self) {
-        self.shutdown();
-    }
-}
-
-/// Root, or the user the service runs as.
-fn may_ask(stream: &UnixStream) -> bool {
-    match nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerCredentials) {
-        Ok(cred) => cred.uid() == 0 || cred.uid() == nix::unistd::geteuid().as_raw(),
-        Err(_) => false,
-    }
-}
-
-/// The client side (`bastion status`): the report of the service on `interface` in this network
-/// namespace.
-pub fn fetch(interface: &str) -> io::Result<StatusReport> {
-    let address = SocketAddr::from_abstract_name(socket_name(interface).as_bytes())?;
-    let stream = UnixStream::connect_addr(&address).map_err(|e| {
-        io::Error::new(e.kind(), format!("no bastion service for {interface} in this network namespace ({e})"))
-    })?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let mut bytes = Vec::new();
-    stream.take(MAX_REPORT_BYTES).read_to_end(&mut bytes)?;
-    parse(&bytes)
+/// The report of the service whose control socket is `socket`.
+pub fn fetch(socket: &Path) -> io::Result<StatusReport> {
+    parse(&crate::control::ask(socket, crate::control::Request::Status, Duration::from_secs(5))?)
 }
 
 /// The server's answer, checked: JSON of a report of our schema version.
@@ -137,11 +50,12 @@ mod tests {
 
     #[test]
     fn a_client_reads_the_servers_report() {
-        let name = format!("t{}", std::process::id());
-        let server = StatusServer::start(&name, report::example).unwrap();
-        assert_eq!(fetch(&name).unwrap(), report::example());
+        let path = std::env::temp_dir().join(format!("bastion-status-{}.sock", std::process::id()));
+        let server =
+            crate::control::ControlServer::start(&path, |_| serde_json::to_vec(&report::example()).unwrap()).unwrap();
+        assert_eq!(fetch(&path).unwrap(), report::example());
         server.stop();
-        assert!(fetch(&name).is_err());
+        assert!(fetch(&path).is_err());
     }
 
     #[test]

@@ -47,9 +47,23 @@ pub struct SelfTest {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConfigSource {
-    /// A file path, `user-data`, or an SSM parameter.
+    /// A file path, or the file and the SSM parameters it names.
     pub origin: String,
+    /// 12 hex digits of the SHA-256 of the config's text (the same on every bastion that read
+    /// the same text).
     pub version: Option<String>,
+    /// Fields a newer config changes that only a restart can apply (empty: none).
+    #[serde(default)]
+    pub restart_pending: Vec<String>,
+    /// Reloads applied (or found unchanged) since the start.
+    #[serde(default)]
+    pub reloads: u64,
+    /// Reloads that could not be applied (unreadable, invalid, failed).
+    #[serde(default)]
+    pub reload_failures: u64,
+    /// Why the last reload failed, while it is the latest news.
+    #[serde(default)]
+    pub last_failure: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -110,6 +124,12 @@ pub fn render_text(r: &StatusReport) -> String {
         r.config.origin,
         r.config.version.as_ref().map(|v| format!(" (version {v})")).unwrap_or_default()
     );
+    if !r.config.restart_pending.is_empty() {
+        let _ = writeln!(text, "  restart pending: a newer config changes {}", r.config.restart_pending.join(", "));
+    }
+    if let Some(failure) = &r.config.last_failure {
+        let _ = writeln!(text, "  last reload failed: {failure}");
+    }
     let _ = writeln!(text, "peers: {}", r.peers.len());
     for peer in &r.peers {
         let handshake =
@@ -161,7 +181,14 @@ pub(crate) fn example() -> StatusReport {
             line: "selftest: PASS handshake 1.0 ms, ping 0.2 ms".into(),
             age_seconds: 4,
         }),
-        config: ConfigSource { origin: "/etc/bastion/bastion.toml".into(), version: None },
+        config: ConfigSource {
+            origin: "/etc/bastion/bastion.toml".into(),
+            version: Some("0123456789ab".into()),
+            restart_pending: vec!["interface.listen_port".into()],
+            reloads: 2,
+            reload_failures: 1,
+            last_failure: None,
+        },
         peers: vec![Peer {
             name: "alice".into(),
             public_key: "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=".into(),
@@ -190,7 +217,8 @@ mod tests {
     fn the_text_report_has_every_line_the_operators_and_tests_read() {
         let text = render_text(&example());
         let expected = "interface: wg0  UDP port 51820  health 503\n  draining: shutting down, 3 s left\ndraining: yes\n\
-            selftest: PASS handshake 1.0 ms, ping 0.2 ms (4 s ago)\nconfig: /etc/bastion/bastion.toml\npeers: 1\n  \
+            selftest: PASS handshake 1.0 ms, ping 0.2 ms (4 s ago)\nconfig: /etc/bastion/bastion.toml (version 0123456789ab)\n  \
+            restart pending: a newer config changes interface.listen_port\npeers: 1\n  \
             alice  endpoint 192.0.2.101:4000  last handshake 1 s ago  handshakes 2  received 1.0 KiB  sent 3 B  \
             failover handshakes 1  rejected sources 0  session index eba7e0\n\
             dropped: 7 datagrams not ours, 1 rejected, 5 handshakes from unknown keys, 300 cookie replies, 2 TUN packets with no peer\n\

@@ -10,7 +10,7 @@
 
 use super::decision::{self, MessageKind, Role, Route, Verdict};
 use super::failover::{self, PeerStamps, Refusal};
-use super::peers::{Peer, PeerId};
+use super::peers::{Peer, PeerId, PeerTable};
 use super::{udp, Counters, DataPlaneShared};
 use crate::log;
 use boringtun::noise::handshake::parse_handshake_anon;
@@ -28,12 +28,14 @@ pub fn handle_datagram(
     datagram: &[u8],
     out: &mut [u8],
 ) {
-    let (peer_id, kind) = match decision::route(datagram, |index| shared.peers.by_receiver_index(index)) {
+    // One table for the whole datagram: a reload swaps in a new one between datagrams.
+    let peers = shared.peers.load();
+    let (peer_id, kind) = match decision::route(datagram, |index| peers.by_receiver_index(index)) {
         Route::Drop(reason) => {
             Counters::count(shared.counters.dropped(reason));
             return;
         }
-        Route::Initiation(init) => match identify_initiator(shared, socket, source, datagram, &init, out) {
+        Route::Initiation(init) => match identify_initiator(shared, &peers, socket, source, datagram, &init, out) {
             Some(id) => (id, MessageKind::Initiation),
             None => return,
         },
@@ -44,7 +46,7 @@ pub fn handle_datagram(
             (id, kind)
         }
     };
-    let peer = shared.peers.get(peer_id);
+    let peer = peers.get(peer_id);
     if !peer.admits_source(&source) {
         Counters::count(&shared.counters.dropped_datagrams);
         return;
@@ -64,7 +66,7 @@ pub fn handle_datagram(
             }
         }
         Verdict::Deliver { packet, source: from } => {
-            deliver(shared, peer_id, peer, tun, packet, from);
+            deliver(shared, &peers, peer_id, peer, tun, packet, from);
             note_endpoint(shared, peer, source);
         }
         Verdict::Authenticated => note_endpoint(shared, peer, source),
@@ -106,6 +108,7 @@ fn passes_rate_limit(
 /// DH that reveals the initiator's static key.
 fn identify_initiator(
     shared: &DataPlaneShared,
+    peers: &PeerTable,
     socket: &UdpSocket,
     source: SocketAddr,
     datagram: &[u8],
@@ -122,7 +125,7 @@ fn identify_initiator(
             return None;
         }
     };
-    let id = shared.peers.by_public_key(&half.peer_static_public);
+    let id = peers.by_public_key(&half.peer_static_public);
     if id.is_none() {
         Counters::count(&shared.counters.unknown_peer_handshakes);
     }
@@ -132,13 +135,14 @@ fn identify_initiator(
 /// Writes a decrypted packet to the TUN if its source belongs to the peer.
 fn deliver(
     shared: &DataPlaneShared,
+    peers: &PeerTable,
     peer_id: PeerId,
     peer: &Peer,
     tun: &super::tun::TunQueue,
     packet: &[u8],
     from: std::net::IpAddr,
 ) {
-    if !shared.peers.source_allowed(peer_id, from) {
+    if !peers.source_allowed(peer_id, from) {
         Peer::count(&peer.counters.rejected_source);
         return;
     }
@@ -158,7 +162,7 @@ fn handshake_completed(peer: &Peer, source: SocketAddr, role: Role) {
         Role::Responder => "as responder",
         Role::Initiator => "as initiator",
     };
-    log!("peer {} handshake completed {} with {}", peer.name, role, udp::canonical(source));
+    log!("peer {} handshake completed {} with {}", peer.name(), role, udp::canonical(source));
 }
 
 /// Records when and from where an authenticated packet came; logs when a known peer moved.
@@ -168,7 +172,7 @@ fn note_endpoint(shared: &DataPlaneShared, peer: &Peer, source: SocketAddr) {
         if peer.loopback_only {
             return;
         }
-        log!("peer {} roamed from {} to {}", peer.name, udp::canonical(old), udp::canonical(source));
+        log!("peer {} roamed from {} to {}", peer.name(), udp::canonical(old), udp::canonical(source));
     }
 }
 
@@ -226,7 +230,7 @@ fn log_failover(peer: &Peer, source: SocketAddr, now: u64) {
     log!(
         "a packet claiming to be from peer {} names a session this bastion does not have; \
          starting a handshake to {}{more}",
-        peer.name,
+        peer.name(),
         udp::canonical(source)
     );
 }

@@ -20,11 +20,12 @@ mod worker;
 use crate::config::InterfaceAddress;
 use crate::keys::{PrivateKey, PublicKey};
 use crate::netlink::route;
+use arc_swap::ArcSwap;
 use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::Tunn;
 use boringtun::x25519;
-pub use peers::PeerSpec;
 use peers::PeerTable;
+pub use peers::{PeerSpec, TableChange};
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -114,7 +115,10 @@ pub struct DataPlaneShared {
     name: String,
     static_private: x25519::StaticSecret,
     static_public: x25519::PublicKey,
-    peers: PeerTable,
+    /// The peer table; a reload swaps in a new one (workers load it once per packet).
+    peers: ArcSwap<PeerTable>,
+    /// What every `Tunn` is given as its own limiter (see `DataPlane::start`).
+    unlimited: Arc<RateLimiter>,
     /// Counts handshake messages across all peers; reset every second by the timer thread.
     handshake_limiter: Arc<RateLimiter>,
     /// Failover handshakes over all peers (see `failover`).
@@ -164,6 +168,19 @@ pub struct DataPlane {
     threads: Mutex<Vec<JoinHandle<()>>>,
     listen_port: u16,
     addresses: Vec<InterfaceAddress>,
+    /// Serializes `update_peers`.
+    updating: Mutex<()>,
+}
+
+fn make_tunn(static_private: &x25519::StaticSecret, limiter: &Arc<RateLimiter>, peer: &PeerSpec, index: u32) -> Tunn {
+    Tunn::new(
+        static_private.clone(),
+        peer.public_key.to_x25519(),
+        peer.preshared_key,
+        peer.persistent_keepalive,
+        index,
+        Some(limiter.clone()),
+    )
 }
 
 impl DataPlane {
@@ -181,21 +198,13 @@ impl DataPlane {
         // Every Tunn checks MACs itself; the real rate limit is the shared limiter we apply
         // before a handshake reaches a Tunn, so theirs never counts as under load.
         let unlimited = Arc::new(RateLimiter::new(&static_public, u64::MAX));
-        let peers = PeerTable::new(spec.peers, |peer, index| {
-            Tunn::new(
-                static_private.clone(),
-                peer.public_key.to_x25519(),
-                peer.preshared_key,
-                peer.persistent_keepalive,
-                index,
-                Some(unlimited.clone()),
-            )
-        });
+        let peers = PeerTable::new(spec.peers, |peer, index| make_tunn(&static_private, &unlimited, peer, index));
         let shared = Arc::new(DataPlaneShared {
             name: spec.name.clone(),
             static_private,
             static_public,
-            peers,
+            peers: ArcSwap::from_pointee(peers),
+            unlimited,
             handshake_limiter: Arc::new(RateLimiter::new(&static_public, HANDSHAKES_PER_SECOND)),
             failover_budget: Mutex::new(failover::GlobalBudget::default()),
             sockets: listen.sockets,
@@ -225,7 +234,26 @@ impl DataPlane {
                 .spawn(move || timers::run(timer_shared))
                 .map_err(|source| TunnelError::Thread { thread: "timer", source })?,
         );
-        Ok(DataPlane { shared, threads: Mutex::new(threads), listen_port: spec.listen_port, addresses })
+        Ok(DataPlane {
+            shared,
+            threads: Mutex::new(threads),
+            listen_port: spec.listen_port,
+            addresses,
+            updating: Mutex::new(()),
+        })
+    }
+
+    /// Puts a new peer set in place without touching the interface, the sockets or the sessions
+    /// of the peers that stay (see `PeerTable::updated`); the peers whose keys are in `recreate`
+    /// get a new `Tunn`. Packets in flight finish on the table they started with.
+    pub fn update_peers(&self, specs: Vec<PeerSpec>, recreate: &std::collections::HashSet<PublicKey>) -> TableChange {
+        let _one_at_a_time = self.updating.lock().unwrap_or_else(|e| e.into_inner());
+        let shared = &self.shared;
+        let current = shared.peers.load_full();
+        let (table, change) = current
+            .updated(specs, recreate, |peer, index| make_tunn(&shared.static_private, &shared.unlimited, peer, index));
+        shared.peers.store(Arc::new(table));
+        change
     }
 
     /// The interface name (`wg0`).
@@ -253,13 +281,15 @@ impl DataPlane {
     pub fn peers(&self) -> Vec<PeerStatus> {
         self.shared
             .peers
+            .load()
             .iter()
             .map(|peer| {
                 let (last_handshake, tx, rx, _, _) = peer.lock_tunn().stats();
+                let info = peer.info();
                 PeerStatus {
-                    name: peer.name.clone(),
+                    name: info.name,
                     public_key: peer.public_key,
-                    allowed_ips: peer.allowed_ips.clone(),
+                    allowed_ips: info.allowed_ips,
                     session_index: peer.index,
                     endpoint: peer.endpoint().map(udp::canonical),
                     last_handshake,

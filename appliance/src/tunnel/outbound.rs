@@ -13,12 +13,13 @@ pub fn handle_tun_packet(shared: &DataPlaneShared, socket: &UdpSocket, packet: &
         Counters::count(&shared.counters.dropped_tun_packets);
         return;
     };
-    let Some(peer_id) = shared.peers.route(destination) else {
+    let peers = shared.peers.load();
+    let Some(peer_id) = peers.route(destination) else {
         // No peer owns this address (e.g. IPv6 router solicitations): nothing to send it to.
         Counters::count(&shared.counters.dropped_tun_packets);
         return;
     };
-    let peer = shared.peers.get(peer_id);
+    let peer = peers.get(peer_id);
     let mut tunn = peer.lock_tunn();
     match tunn.encapsulate(packet, out) {
         TunnResult::WriteToNetwork(datagram) => match peer.endpoint() {

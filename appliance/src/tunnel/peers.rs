@@ -13,7 +13,7 @@ use ip_network_table::IpNetworkTable;
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 /// boringtun keeps the low 8 bits of a receiver index for its session ring, so a peer's own
 /// index has 24 bits.
@@ -44,10 +44,16 @@ pub struct PeerCounters {
     pub failover_handshakes: AtomicU64,
 }
 
-pub struct Peer {
+/// What a reload may change about a peer without touching its session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerInfo {
     pub name: String,
-    pub public_key: PublicKey,
     pub allowed_ips: Vec<IpNetwork>,
+}
+
+pub struct Peer {
+    pub public_key: PublicKey,
+    info: RwLock<PeerInfo>,
     /// The 24-bit session index base (boringtun appends 8 bits per session).
     pub index: u32,
     pub tunn: Mutex<Tunn>,
@@ -66,6 +72,31 @@ pub struct Peer {
 }
 
 impl Peer {
+    fn new(spec: PeerSpec, index: u32, tunn: Tunn) -> Peer {
+        Peer {
+            public_key: spec.public_key,
+            info: RwLock::new(PeerInfo { name: spec.name, allowed_ips: spec.allowed_ips }),
+            index,
+            tunn: Mutex::new(tunn),
+            endpoint: RwLock::new(spec.endpoint),
+            loopback_only: spec.loopback_only,
+            counters: PeerCounters::default(),
+            last_failover_ms: AtomicU64::new(0),
+            last_authenticated_ms: AtomicU64::new(0),
+            last_failover_log_ms: AtomicU64::new(0),
+            failover_lines_left_out: AtomicU64::new(0),
+        }
+    }
+
+    /// The peer's name (for logs and status).
+    pub fn name(&self) -> String {
+        self.info().name
+    }
+
+    pub fn info(&self) -> PeerInfo {
+        self.info.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     pub fn endpoint(&self) -> Option<SocketAddr> {
         *self.endpoint.read().unwrap_or_else(|e| e.into_inner())
     }
@@ -101,8 +132,20 @@ impl Peer {
 /// Index of a peer in the table.
 pub type PeerId = usize;
 
+/// What [`PeerTable::updated`] did, in numbers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TableChange {
+    pub added: usize,
+    pub removed: usize,
+    /// Carried over with a new name or new allowed IPs (same session).
+    pub updated: usize,
+    /// Built again with a new `Tunn` (preshared key or keepalive changed): its session restarts.
+    pub recreated: usize,
+    pub unchanged: usize,
+}
+
 pub struct PeerTable {
-    peers: Vec<Peer>,
+    peers: Vec<Arc<Peer>>,
     by_index: HashMap<u32, PeerId>,
     by_key: HashMap<[u8; 32], PeerId>,
     routes: IpNetworkTable<PeerId>,
@@ -114,35 +157,89 @@ impl PeerTable {
     pub fn new(specs: Vec<PeerSpec>, mut make_tunn: impl FnMut(&PeerSpec, u32) -> Tunn) -> Self {
         let keys: Vec<PublicKey> = specs.iter().map(|s| s.public_key).collect();
         let indices = derive_session_indices(&keys);
+        let peers = specs
+            .into_iter()
+            .zip(indices)
+            .map(|(spec, index)| {
+                let tunn = make_tunn(&spec, index);
+                Arc::new(Peer::new(spec, index, tunn))
+            })
+            .collect();
+        PeerTable::from_peers(peers)
+    }
+
+    fn from_peers(peers: Vec<Arc<Peer>>) -> Self {
         let mut table = PeerTable {
-            peers: Vec::with_capacity(specs.len()),
+            peers: Vec::new(),
             by_index: HashMap::new(),
             by_key: HashMap::new(),
             routes: IpNetworkTable::new(),
         };
-        for (id, (spec, index)) in specs.into_iter().zip(indices).enumerate() {
-            let tunn = make_tunn(&spec, index);
-            table.by_index.insert(index, id);
-            table.by_key.insert(spec.public_key.0, id);
-            for net in &spec.allowed_ips {
+        for (id, peer) in peers.iter().enumerate() {
+            table.by_index.insert(peer.index, id);
+            table.by_key.insert(peer.public_key.0, id);
+            for net in &peer.info().allowed_ips {
                 table.routes.insert(*net, id);
             }
-            table.peers.push(Peer {
-                name: spec.name,
-                public_key: spec.public_key,
-                allowed_ips: spec.allowed_ips.clone(),
-                index,
-                tunn: Mutex::new(tunn),
-                endpoint: RwLock::new(spec.endpoint),
-                loopback_only: spec.loopback_only,
-                counters: PeerCounters::default(),
-                last_failover_ms: AtomicU64::new(0),
-                last_authenticated_ms: AtomicU64::new(0),
-                last_failover_log_ms: AtomicU64::new(0),
-                failover_lines_left_out: AtomicU64::new(0),
-            });
         }
+        table.peers = peers;
         table
+    }
+
+    /// The table for a new peer set (a reload). A peer whose key is in this table and not in
+    /// `recreate` is carried over as it is — the same `Tunn`, session, endpoint and counters —
+    /// with its name and allowed IPs updated (and its endpoint, when the spec gives one). Every
+    /// other spec becomes a new peer: it keeps the index its key had here, or gets the first
+    /// free candidate of its own key's sequence. Peers not in `specs` are gone from the new
+    /// table (their session ends when the last packet in flight lets go of them).
+    pub fn updated(
+        &self,
+        specs: Vec<PeerSpec>,
+        recreate: &HashSet<PublicKey>,
+        mut make_tunn: impl FnMut(&PeerSpec, u32) -> Tunn,
+    ) -> (PeerTable, TableChange) {
+        let mut change = TableChange::default();
+        let wanted: HashSet<[u8; 32]> = specs.iter().map(|s| s.public_key.0).collect();
+        let mut taken: HashSet<u32> =
+            specs.iter().filter_map(|s| self.by_public_key(&s.public_key.0)).map(|id| self.peers[id].index).collect();
+        change.removed = self.peers.iter().filter(|p| !wanted.contains(&p.public_key.0)).count();
+        let mut peers = Vec::with_capacity(specs.len());
+        for spec in specs {
+            match self.by_public_key(&spec.public_key.0).map(|id| &self.peers[id]) {
+                Some(existing) if !recreate.contains(&spec.public_key) => {
+                    let info = PeerInfo { name: spec.name.clone(), allowed_ips: spec.allowed_ips.clone() };
+                    let mut slot = existing.info.write().unwrap_or_else(|e| e.into_inner());
+                    if *slot != info {
+                        *slot = info;
+                        change.updated += 1;
+                    } else {
+                        change.unchanged += 1;
+                    }
+                    drop(slot);
+                    if let Some(endpoint) = spec.endpoint {
+                        existing.update_endpoint(endpoint);
+                    }
+                    peers.push(existing.clone());
+                }
+                Some(existing) => {
+                    let index = existing.index;
+                    let tunn = make_tunn(&spec, index);
+                    peers.push(Arc::new(Peer::new(spec, index, tunn)));
+                    change.recreated += 1;
+                }
+                None => {
+                    let index = (0..)
+                        .map(|attempt| session_index_candidate(&spec.public_key, attempt))
+                        .find(|c| *c != 0 && !taken.contains(c))
+                        .expect("2^24 indices for at most a few thousand peers");
+                    taken.insert(index);
+                    let tunn = make_tunn(&spec, index);
+                    peers.push(Arc::new(Peer::new(spec, index, tunn)));
+                    change.added += 1;
+                }
+            }
+        }
+        (PeerTable::from_peers(peers), change)
     }
 
     pub fn get(&self, id: PeerId) -> &Peer {
@@ -150,7 +247,15 @@ impl PeerTable {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Peer> {
-        self.peers.iter()
+        self.peers.iter().map(|p| &**p)
+    }
+
+    pub fn len(&self) -> usize {
+        self.peers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.peers.is_empty()
     }
 
     /// The peer a receiver index (from a data, response or cookie message) belongs to.

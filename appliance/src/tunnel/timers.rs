@@ -21,7 +21,8 @@ pub fn run(shared: Arc<DataPlaneShared>) {
             shared.handshake_limiter.reset_count();
             last_reset = Instant::now();
         }
-        for peer in shared.peers.iter() {
+        let peers = shared.peers.load_full();
+        for peer in peers.iter() {
             let mut tunn = peer.lock_tunn();
             if let TunnResult::WriteToNetwork(packet) = tunn.update_timers(&mut out) {
                 if let Some(endpoint) = peer.endpoint() {
