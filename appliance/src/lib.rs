@@ -16,6 +16,7 @@ pub mod health;
 pub mod init;
 pub mod keys;
 pub mod log;
+pub mod metrics;
 pub mod nat;
 pub mod netlink;
 pub mod selftest;

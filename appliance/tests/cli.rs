@@ -173,7 +173,7 @@ fn every_problem_is_listed_one_per_line() {
         .replace("10.100.0.1/24", "10.100.0.1")
         .replace(PEER_B, PEER_A)
         .replace("name = \"bob\"", "name = \"alice\"")
-        .replace("[nat]\n", "[nat]\negress = \"\"\n[metrics]\n");
+        .replace("[nat]\n", "[nat]\negress = \"\"\n[telemetry]\n");
     let path = scratch.file("bastion.toml", &text);
     let run = check_config(&path);
     assert_eq!(run.code, Some(2));
@@ -189,7 +189,7 @@ fn every_problem_is_listed_one_per_line() {
         .collect();
     assert_eq!(
         heads,
-        ["3: interface.address[0]", "11: peer[1].name", "12: peer[1].public_key", "16: nat.egress", "17: metrics"],
+        ["3: interface.address[0]", "11: peer[1].name", "12: peer[1].public_key", "16: nat.egress", "17: telemetry"],
         "{}",
         run.stderr
     );

@@ -172,6 +172,11 @@ impl Bastion {
         http::get(&self.ns(), self.health, "/", Duration::from_secs(2))
     }
 
+    /// One `GET path` of the health responder.
+    pub fn health_path(&self, path: &str) -> Result<HttpResponse, String> {
+        http::get(&self.ns(), self.health, path, Duration::from_secs(2))
+    }
+
     /// One `HEAD /` of the health responder.
     pub fn health_head(&self) -> Result<HttpResponse, String> {
         http::request(&self.ns(), "HEAD", self.health, "/", Duration::from_secs(2))

@@ -83,20 +83,35 @@ pub fn answer(received: &Received, verdict: impl FnOnce() -> Verdict) -> Vec<u8>
             (verdict.status(), verdict.body(), *method == Method::Head, false)
         }
     };
+    let omitted = if omit_body { Body::Omitted } else { Body::Sent };
+    response(status, "text/plain; charset=utf-8", body.as_bytes(), omitted, allow)
+}
+
+/// Whether the body goes on the wire (not for `HEAD`; `Content-Length` is the same either way).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Body {
+    Sent,
+    Omitted,
+}
+
+/// A whole one-request response: status line, `Content-Type`, `Content-Length`, `no-store`,
+/// `Connection: close`, `Allow: GET, HEAD` when `allow`, then the body.
+pub fn response(status: u16, content_type: &str, body: &[u8], omitted: Body, allow: bool) -> Vec<u8> {
     let mut out = format!(
-        "HTTP/1.1 {status} {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n\
+        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
          Cache-Control: no-store\r\nConnection: close\r\n",
         reason_phrase(status),
         body.len()
-    );
+    )
+    .into_bytes();
     if allow {
-        out.push_str("Allow: GET, HEAD\r\n");
+        out.extend_from_slice(b"Allow: GET, HEAD\r\n");
     }
-    out.push_str("\r\n");
-    if !omit_body {
-        out.push_str(&body);
+    out.extend_from_slice(b"\r\n");
+    if omitted == Body::Sent {
+        out.extend_from_slice(body);
     }
-    out.into_bytes()
+    out
 }
 
 fn reason_phrase(status: u16) -> &'static str {

@@ -8,6 +8,9 @@
 //! connection); each connection gets one request of at most 4 KiB (`exchange`) and 2 s to send
 //! it and 2 s to take the answer; `admission` caps connections per source and in all. Stopping
 //! never waits for a client: it closes every connection and the port at once.
+//!
+//! The same bounded responder serves `GET /metrics` on the metrics port ([`HttpResponder::serve`]
+//! with another answer); only what it answers differs.
 
 mod admission;
 pub(crate) mod exchange;
@@ -67,16 +70,33 @@ const ACCEPTS_PER_TURN: usize = 64;
 const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
 /// A running responder; `stop` (or drop) closes the port and every connection at once.
-pub struct HealthResponder {
+pub struct HttpResponder {
     stopping: Arc<AtomicBool>,
     /// Writing a byte here wakes the loop out of `poll`.
     wake: UnixStream,
     thread: Option<JoinHandle<()>>,
 }
 
-impl HealthResponder {
-    pub fn start(listen: SocketAddr, judge: impl Fn() -> Verdict + Send + 'static) -> io::Result<HealthResponder> {
-        let listener = bind(listen)?;
+/// The health port's responder.
+pub type HealthResponder = HttpResponder;
+
+/// What a responder answers to one whole request (or refusal): the bytes of the response.
+pub type Answer = dyn Fn(&exchange::Received) -> Vec<u8> + Send;
+
+impl HttpResponder {
+    /// The health check on `listen`: `GET /` answered from `judge`.
+    pub fn start(listen: SocketAddr, judge: impl Fn() -> Verdict + Send + 'static) -> io::Result<HttpResponder> {
+        HttpResponder::serve("health", listen, move |received| exchange::answer(received, &judge))
+    }
+
+    /// A bounded responder named `name` (its thread and log lines) on `listen`, answering each
+    /// request with `answer`.
+    pub fn serve(
+        name: &'static str,
+        listen: SocketAddr,
+        answer: impl Fn(&exchange::Received) -> Vec<u8> + Send + 'static,
+    ) -> io::Result<HttpResponder> {
+        let listener = bind(name, listen)?;
         listener.set_nonblocking(true)?;
         let (wake, woken) = UnixStream::pair()?;
         woken.set_nonblocking(true)?;
@@ -84,10 +104,10 @@ impl HealthResponder {
         let thread = {
             let stopping = stopping.clone();
             std::thread::Builder::new()
-                .name("health".into())
-                .spawn(move || Responder::new(listener, woken).serve(&stopping, &judge))?
+                .name(name.into())
+                .spawn(move || Responder::new(name, listener, woken).serve(&stopping, &answer))?
         };
-        Ok(HealthResponder { stopping, wake, thread: Some(thread) })
+        Ok(HttpResponder { stopping, wake, thread: Some(thread) })
     }
 
     pub fn stop(mut self) {
@@ -103,13 +123,13 @@ impl HealthResponder {
     }
 }
 
-impl Drop for HealthResponder {
+impl Drop for HttpResponder {
     fn drop(&mut self) {
         self.shutdown();
     }
 }
 
-fn bind(listen: SocketAddr) -> io::Result<TcpListener> {
+fn bind(name: &str, listen: SocketAddr) -> io::Result<TcpListener> {
     let deadline = Instant::now() + BIND_PATIENCE;
     loop {
         let socket = Socket::new(Domain::for_address(listen), Type::STREAM.cloexec(), Some(Protocol::TCP))?;
@@ -119,7 +139,7 @@ fn bind(listen: SocketAddr) -> io::Result<TcpListener> {
             Err(e) if e.kind() == io::ErrorKind::AddrInUse && Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(100));
             }
-            Err(e) => return Err(io::Error::new(e.kind(), format!("health listener on {listen}: {e}"))),
+            Err(e) => return Err(io::Error::new(e.kind(), format!("{name} listener on {listen}: {e}"))),
         }
     }
 }
@@ -141,6 +161,7 @@ enum Progress {
 
 /// The loop's state: the port, the connections, the limits.
 struct Responder {
+    name: &'static str,
     listener: TcpListener,
     woken: UnixStream,
     admission: Admission,
@@ -149,18 +170,19 @@ struct Responder {
 }
 
 impl Responder {
-    fn new(listener: TcpListener, woken: UnixStream) -> Responder {
+    fn new(name: &'static str, listener: TcpListener, woken: UnixStream) -> Responder {
         Responder {
+            name,
             listener,
             woken,
             admission: Admission::new(Limits::HEALTH),
             connections: BTreeMap::new(),
-            refused: RefusalLog::default(),
+            refused: RefusalLog { name, ..RefusalLog::default() },
         }
     }
 
     /// Serves until `stopping`; then returns, dropping (closing) the port and every connection.
-    fn serve(mut self, stopping: &AtomicBool, judge: &dyn Fn() -> Verdict) {
+    fn serve(mut self, stopping: &AtomicBool, answer: &Answer) {
         let mut readiness = Vec::new();
         while !stopping.load(Ordering::Relaxed) {
             let now = Instant::now();
@@ -173,7 +195,7 @@ impl Responder {
                 .min(IDLE_POLL);
             let ids: Vec<ConnectionId> = self.connections.keys().copied().collect();
             if let Err(e) = self.wait(&ids, sleep, &mut readiness) {
-                crate::log!("health: poll failed: {e}");
+                crate::log!("{}: poll failed: {e}", self.name);
                 std::thread::sleep(Duration::from_millis(100));
                 continue;
             }
@@ -189,7 +211,7 @@ impl Responder {
             }
             for (id, ready) in ids.iter().zip(&readiness[2..]) {
                 if *ready {
-                    self.advance(*id, judge);
+                    self.advance(*id, answer);
                 }
             }
             self.expire(Instant::now());
@@ -229,7 +251,7 @@ impl Responder {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     // Out of descriptors or memory: make room by dropping the oldest client.
-                    crate::log!("health: accept failed: {e}");
+                    crate::log!("{}: accept failed: {e}", self.name);
                     if let Some(oldest) = self.connections.keys().next().copied() {
                         self.close(oldest);
                     }
@@ -265,9 +287,9 @@ impl Responder {
         self.admission.close(id);
     }
 
-    fn advance(&mut self, id: ConnectionId, judge: &dyn Fn() -> Verdict) {
+    fn advance(&mut self, id: ConnectionId, answer: &Answer) {
         let Some(connection) = self.connections.get_mut(&id) else { return };
-        if let Progress::Done = connection.advance(judge) {
+        if let Progress::Done = connection.advance(answer) {
             self.close(id);
         }
     }
@@ -283,7 +305,7 @@ impl Responder {
 
 impl Connection {
     /// Reads what has arrived or writes what can be written; never blocks.
-    fn advance(&mut self, judge: &dyn Fn() -> Verdict) -> Progress {
+    fn advance(&mut self, answer: &Answer) -> Progress {
         if self.answer.is_none() {
             let mut chunk = [0u8; exchange::MAX_REQUEST_BYTES];
             // Never more than the limit in all: a long head is refused, not stored.
@@ -300,7 +322,7 @@ impl Connection {
             if received == exchange::Received::Incomplete {
                 return Progress::Open;
             }
-            self.answer = Some((exchange::answer(&received, judge), 0));
+            self.answer = Some((answer(&received), 0));
             self.deadline = Instant::now() + WRITE_TIMEOUT;
         }
         let Some((answer, written)) = self.answer.as_mut() else { return Progress::Open };
@@ -321,6 +343,7 @@ impl Connection {
 /// Counts connections refused for their source's limit; one log line per interval at most.
 #[derive(Default)]
 struct RefusalLog {
+    name: &'static str,
     last_line: Option<Instant>,
     since_last_line: u64,
 }
@@ -332,8 +355,9 @@ impl RefusalLog {
             return;
         }
         crate::log!(
-            "health: refused {} connection(s) over the limit of {} open per source (latest from {}); \
+            "{}: refused {} connection(s) over the limit of {} open per source (latest from {}); \
              logged at most once a minute",
+            self.name,
             self.since_last_line,
             Limits::HEALTH.per_source,
             source.to_canonical()

@@ -26,7 +26,7 @@ mod selftest_loop;
 
 use crate::config::{self, Config};
 use crate::control::{ControlServer, ReloadAnswer, ReloadOutcome, Request};
-use crate::health::HealthResponder;
+use crate::health::{HealthResponder, HttpResponder};
 use crate::keys::{PrivateKey, PublicKey};
 use crate::log;
 use crate::nat;
@@ -108,6 +108,8 @@ pub struct LastSelfTest {
     /// The console line (`selftest: PASS …` or `selftest: FAIL …`).
     pub line: String,
     pub at: Instant,
+    /// How long the whole run took (none for a failure found before running).
+    pub duration: Option<Duration>,
 }
 
 /// What the health check and the status command read, shared by the service's threads.
@@ -134,6 +136,8 @@ pub struct ConfigState {
     pub reloads: u64,
     /// Reloads that did not apply (invalid, unreadable, failed to apply; not "needs restart").
     pub reload_failures: u64,
+    /// Of those, the ones where the source could not be read (SSM unreachable, denied, missing).
+    pub source_failures: u64,
     /// Why the last reload did not apply, while that is the latest news.
     pub last_failure: Option<String>,
 }
@@ -172,6 +176,7 @@ struct Service {
     // Stopped in this order: health stops answering first, then the control socket and the
     // self-test, then the table goes, then the data plane (and with it the TUN).
     health: Option<HealthResponder>,
+    metrics: Option<HttpResponder>,
     control: Option<ControlServer>,
     selftest: SelfTestLoop,
     nat: Arc<InstalledNat>,
@@ -196,6 +201,8 @@ pub enum StartError {
     SelfTest(std::io::Error),
     #[error("health responder: {0}")]
     Health(std::io::Error),
+    #[error("metrics responder: {0}")]
+    Metrics(std::io::Error),
     /// `private_key_ssm` names the key, but nobody fetched it (a bug of the caller).
     #[error("the private key lives in SSM and was not fetched")]
     KeyNotFetched,
@@ -254,13 +261,25 @@ impl Service {
                 .map_err(StartError::Health)?
         };
         log!("health: listening on {}", config.health.listen);
+        let identity = report::Identity {
+            public_key: private_key.public_key().to_base64(),
+            listen_port: config.interface.listen_port,
+        };
+        let metrics = match config.metrics.listen {
+            None => None,
+            Some(listen) => {
+                let state = state.clone();
+                let data_plane = data_plane.clone();
+                let identity = identity.clone();
+                let responder = crate::metrics::serve(listen, move || report::report(&state, &data_plane, &identity))
+                    .map_err(StartError::Metrics)?;
+                log!("metrics: listening on {listen} (GET /metrics)");
+                Some(responder)
+            }
+        };
         let control = {
             let state = state.clone();
             let data_plane = data_plane.clone();
-            let identity = report::Identity {
-                public_key: private_key.public_key().to_base64(),
-                listen_port: config.interface.listen_port,
-            };
             let path = socket.unwrap_or_else(|| config.control.socket.clone());
             let handle = move |request: Request| match request {
                 Request::Status => {
@@ -281,7 +300,17 @@ impl Service {
             }
         };
         log!("config: version {} from {}", state.config_state().version, state.config_state().origin);
-        Ok(Service { config, state, health: Some(health), control, selftest, nat, data_plane, selftest_public })
+        Ok(Service {
+            config,
+            state,
+            health: Some(health),
+            metrics,
+            control,
+            selftest,
+            nat,
+            data_plane,
+            selftest_public,
+        })
     }
 
     /// Health 503 at once; keep serving for drain_seconds or until a second signal. Reloads
@@ -398,20 +427,28 @@ impl Service {
     }
 
     fn reload_failed(&self, error: &LoadError, why: &str) -> ReloadAnswer {
-        let running = self.state.config_state().version;
+        let state = self.state.config_state();
+        let running = state.version;
         let summary = error.summary();
-        log!("reload ({why}): {summary}; still running version {running}");
+        // A fault that persists is logged when it starts and when it changes, not every refresh.
+        let news = why != "refresh" || state.last_failure.as_deref() != Some(summary.as_str());
+        if news {
+            log!("reload ({why}): {summary}; still running version {running}");
+        }
         let lines: Vec<String> = match error {
             LoadError::Invalid(e) => e.to_string().lines().map(str::to_string).collect(),
             LoadError::Fetch(_) => vec![summary.clone()],
         };
-        if matches!(error, LoadError::Invalid(_)) {
+        if news && matches!(error, LoadError::Invalid(_)) {
             for line in &lines {
                 log!("{line}");
             }
         }
         self.state.update_config_state(|c| {
             c.reload_failures += 1;
+            if matches!(error, LoadError::Fetch(_)) {
+                c.source_failures += 1;
+            }
             c.last_failure = Some(summary);
         });
         let outcome =
@@ -436,6 +473,9 @@ impl Service {
     fn stop(mut self) {
         if let Some(health) = self.health.take() {
             health.stop();
+        }
+        if let Some(metrics) = self.metrics.take() {
+            metrics.stop();
         }
         if let Some(control) = self.control.take() {
             control.stop();

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Who we are (what a reload cannot change).
+#[derive(Debug, Clone)]
 pub struct Identity {
     pub public_key: String,
     pub listen_port: u16,
@@ -55,6 +56,7 @@ pub fn report(state: &ServiceState, data_plane: &DataPlane, identity: &Identity)
             passed: last.passed,
             line: last.line,
             age_seconds: last.at.elapsed().as_secs(),
+            duration_ms: last.duration.map(|d| d.as_millis() as u64),
         }),
         config: {
             let c = state.config_state();
@@ -64,6 +66,7 @@ pub fn report(state: &ServiceState, data_plane: &DataPlane, identity: &Identity)
                 restart_pending: c.restart_pending,
                 reloads: c.reloads,
                 reload_failures: c.reload_failures,
+                source_failures: c.source_failures,
                 last_failure: c.last_failure,
             }
         },

@@ -38,13 +38,15 @@ impl SelfTestLoop {
                     // Health shows this until the run below passes with the table back.
                     let line = format!("selftest: FAIL nat: {problem}");
                     log!("{line}");
-                    state.record_selftest(LastSelfTest { passed: false, line, at: Instant::now() });
+                    state.record_selftest(LastSelfTest { passed: false, line, at: Instant::now(), duration: None });
                     nat.reinstall();
                 }
+                let started = Instant::now();
                 let outcome = selftest::run(&plan);
+                let duration = Some(started.elapsed());
                 let line = outcome.to_string();
                 log!("{line}");
-                state.record_selftest(LastSelfTest { passed: outcome.passed(), line, at: Instant::now() });
+                state.record_selftest(LastSelfTest { passed: outcome.passed(), line, at: Instant::now(), duration });
                 next = Instant::now() + interval;
             }
         })?;

@@ -5,6 +5,8 @@
 
 mod report;
 
+#[cfg(test)]
+pub(crate) use report::example;
 pub use report::{render_text, StatusReport, SCHEMA_VERSION};
 pub use report::{ConfigSource, Dropped, Failover, Health, Peer, SelfTest};
 

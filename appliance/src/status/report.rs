@@ -43,6 +43,9 @@ pub struct SelfTest {
     /// The console line (`selftest: PASS handshake 1.0 ms, ...`).
     pub line: String,
     pub age_seconds: u64,
+    /// How long the run took, in milliseconds.
+    #[serde(default)]
+    pub duration_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,6 +64,9 @@ pub struct ConfigSource {
     /// Reloads that could not be applied (unreadable, invalid, failed).
     #[serde(default)]
     pub reload_failures: u64,
+    /// Of those, the ones where the source could not be read (SSM unreachable, denied, missing).
+    #[serde(default)]
+    pub source_failures: u64,
     /// Why the last reload failed, while it is the latest news.
     #[serde(default)]
     pub last_failure: Option<String>,
@@ -180,6 +186,7 @@ pub(crate) fn example() -> StatusReport {
             passed: true,
             line: "selftest: PASS handshake 1.0 ms, ping 0.2 ms".into(),
             age_seconds: 4,
+            duration_ms: Some(2),
         }),
         config: ConfigSource {
             origin: "/etc/bastion/bastion.toml".into(),
@@ -187,6 +194,7 @@ pub(crate) fn example() -> StatusReport {
             restart_pending: vec!["interface.listen_port".into()],
             reloads: 2,
             reload_failures: 1,
+            source_failures: 0,
             last_failure: None,
         },
         peers: vec![Peer {
