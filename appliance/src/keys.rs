@@ -131,7 +131,19 @@ impl fmt::Debug for PresharedKey {
 pub const HIDDEN: &str = "<hidden>";
 
 /// Longer words that are not keys and may appear in diagnostics (wg-quick's key names).
-const SHOWN_WORDS: &[&str] = &["PersistentKeepalive"];
+const SHOWN_WORDS: &[&str] = &[
+    "PersistentKeepalive",
+    // AWS's action names and error codes in SSM errors (`ssm:GetParametersByPath: ...`).
+    "GetParametersByPath",
+    "ParameterNotFound",
+    "ParameterVersionNotFound",
+    "AccessDeniedException",
+    "ThrottlingException",
+    "ExpiredTokenException",
+    "UnrecognizedClientException",
+    "InvalidSignatureException",
+    "InternalServerError",
+];
 
 /// Masks every fragment of `text` that could be (part of) a WireGuard key: each run of 16 or
 /// more base64 characters (`A-Z a-z 0-9 + / =`) becomes [`HIDDEN`]. Every diagnostic that can

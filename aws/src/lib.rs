@@ -3,7 +3,7 @@
 //! AWS's signing test suite), the standard credential chain (`credentials`, `profile`, `imds`,
 //! `sts`), endpoints and region from the environment as the SDKs read them (`env`), retries
 //! with backoff and jitter (`retry`, `client`), typed errors naming the IAM action (`error`),
-//! and the calls themselves (`ec2`, `ebs`).
+//! and the calls themselves (`ec2`, `ebs`, `ssm`).
 //!
 //! Sans-I/O where it matters: signing, the retry policy, and every parser of an answer are
 //! plain functions of their inputs; `http` and `client` are the thin shell that sends.
@@ -19,6 +19,7 @@ pub mod imds;
 pub mod profile;
 pub mod retry;
 pub mod sigv4;
+pub mod ssm;
 pub mod sts;
 pub mod time;
 mod xml;

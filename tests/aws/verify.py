@@ -12,6 +12,9 @@ checks our client with itself. Prints one JSON object.
   leftover NAME             start (and leave pending) a snapshot tagged as an interrupted run would
   iam-user ACTION...        an IAM user allowed only ACTIONs (on a moto with authentication);
                             prints its key id and secret
+  put-parameter NAME TYPE FILE   write an SSM parameter (String or SecureString) with FILE's
+                            text (a file, so a key is never on a command line); its version
+  delete-parameter NAME     delete an SSM parameter
 """
 
 import base64
@@ -172,11 +175,24 @@ def iam_user(region, *actions):
     return {"id": key["AccessKeyId"], "secret": key["SecretAccessKey"]}
 
 
+def put_parameter(region, name, kind, path):
+    with open(path) as f:
+        value = f.read()
+    answer = client("ssm", region).put_parameter(Name=name, Value=value, Type=kind, Overwrite=True)
+    return {"version": answer["Version"]}
+
+
+def delete_parameter(region, name):
+    client("ssm", region).delete_parameter(Name=name)
+    return {}
+
+
 def main():
     region = os.environ.get("AWS_REGION", "eu-west-1")
     what, args = sys.argv[1], sys.argv[2:]
     commands = {"readback": readback, "image": image, "permissions": permissions, "snapshots-tagged": snapshots_tagged,
-                "recording": recording, "leftover": leftover, "iam-user": iam_user}
+                "recording": recording, "leftover": leftover, "iam-user": iam_user,
+                "put-parameter": put_parameter, "delete-parameter": delete_parameter}
     result = commands[what](region, *args)
     print(json.dumps(result))
 

@@ -1,9 +1,13 @@
 #!/usr/bin/env python3
-"""An IMDSv2 emulator for tests: the two calls the bastion makes, with a real token check.
+"""An IMDSv2 emulator for tests: the calls the bastion makes, with a real token check.
 
   PUT /latest/api/token   with X-aws-ec2-metadata-token-ttl-seconds: 1..21600  -> a fresh token
   GET /latest/user-data   with X-aws-ec2-metadata-token: <a live token>         -> the file's bytes
                           without a token, or with an unknown/expired one       -> 401
+  GET /latest/meta-data/iam/security-credentials/[ROLE]   (with --role)          -> the role, its
+                          credentials (new ones on every request, expiring after
+                          --credentials-seconds)
+  GET /latest/meta-data/placement/region                  (with --region)
 
 Like EC2's IMDS, a PUT carrying X-Forwarded-For is refused (403) and a PUT without a valid TTL
 gets 400. Every request is logged as one JSON line to --log (method, path, whether a token header
@@ -85,6 +89,34 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.answer(200, token.encode())
 
     def do_GET(self):
+        args = self.server.args
+        if self.path.startswith("/latest/meta-data/"):
+            token = self.headers.get("X-aws-ec2-metadata-token")
+            if token is None or not token_valid(token):
+                self.record(401)
+                return self.answer(401, b"Unauthorized")
+            creds = "/latest/meta-data/iam/security-credentials/"
+            if args.role and self.path == creds:
+                self.record(200)
+                return self.answer(200, args.role.encode())
+            if args.role and self.path == creds + args.role:
+                expiry = time.gmtime(time.time() + args.credentials_seconds)
+                body = json.dumps({
+                    "Code": "Success",
+                    "LastUpdated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "Type": "AWS-HMAC",
+                    "AccessKeyId": "ASIA" + secrets.token_hex(8).upper(),
+                    "SecretAccessKey": secrets.token_urlsafe(30),
+                    "Token": secrets.token_urlsafe(60),
+                    "Expiration": time.strftime("%Y-%m-%dT%H:%M:%SZ", expiry),
+                }).encode()
+                self.record(200)
+                return self.answer(200, body, "application/json")
+            if args.region and self.path == "/latest/meta-data/placement/region":
+                self.record(200)
+                return self.answer(200, args.region.encode())
+            self.record(404)
+            return self.answer(404, b"Not Found")
         if self.path != "/latest/user-data":
             self.record(404)
             return self.answer(404, b"Not Found")
@@ -161,6 +193,9 @@ def main():
     p.add_argument("--log", required=True, help="JSON lines, one per request")
     p.add_argument("--mode", default="normal", choices=MODES)
     p.add_argument("--mode-file", help="file whose first word overrides --mode, read per request")
+    p.add_argument("--role", help="the instance role's name (no role: 404)")
+    p.add_argument("--credentials-seconds", type=int, default=21600, help="lifetime of the role's credentials")
+    p.add_argument("--region", help="placement/region (none: 404)")
     args = p.parse_args()
     server = http.server.ThreadingHTTPServer((args.bind, args.port), Handler)
     server.daemon_threads = True

@@ -48,6 +48,10 @@ pub struct BastionSetup {
     pub peers: Option<Vec<usize>>,
     /// Words before the binary on its command line (e.g. `setpriv --bounding-set=...`).
     pub command_prefix: Vec<String>,
+    /// Environment variables of the process (e.g. `AWS_EC2_METADATA_SERVICE_ENDPOINT`).
+    pub env: Vec<(String, String)>,
+    /// `private_key_ssm = "NAME"` instead of the key in the file.
+    pub key_in_ssm: Option<String>,
 }
 
 impl Default for BastionSetup {
@@ -62,6 +66,8 @@ impl Default for BastionSetup {
             extra_toml: String::new(),
             peers: None,
             command_prefix: Vec::new(),
+            env: Vec::new(),
+            key_in_ssm: None,
         }
     }
 }
@@ -76,7 +82,10 @@ impl BastionSetup {
     pub fn to_toml(&self, topo: &Topology) -> String {
         let mut s = String::new();
         writeln!(s, "[interface]").unwrap();
-        writeln!(s, "private_key = \"{}\"", topo.bastion_keys.private).unwrap();
+        match &self.key_in_ssm {
+            Some(name) => writeln!(s, "private_key_ssm = \"{name}\"").unwrap(),
+            None => writeln!(s, "private_key = \"{}\"", topo.bastion_keys.private).unwrap(),
+        }
         writeln!(s, "address = [\"{BASTION_TUNNEL_V4}/24\", \"{BASTION_TUNNEL_V6}/64\"]").unwrap();
         writeln!(s, "listen_port = {LISTEN_PORT}").unwrap();
         writeln!(s, "name = \"{}\"", self.interface_name).unwrap();
@@ -147,7 +156,7 @@ impl Bastion {
         let mut process = ns.spawn(
             &format!("bastion run in {}", ns.name()),
             &argv,
-            &[],
+            &setup.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect::<Vec<_>>(),
             &topo.dir.path().join(format!("bastion-{name}.log")),
         );
         process.set_grace(Duration::from_secs(5));

@@ -75,6 +75,19 @@ impl ImdsEmulator {
         mode: ImdsMode,
         dir: &RunDir,
     ) -> ImdsEmulator {
+        ImdsEmulator::start_with(ns, address, user_data, mode, dir, &[])
+    }
+
+    /// Like [`ImdsEmulator::start`], with more of the emulator's options (`--role NAME`,
+    /// `--credentials-seconds N`, `--region R`).
+    pub fn start_with(
+        ns: &Netns,
+        address: SocketAddr,
+        user_data: Option<&str>,
+        mode: ImdsMode,
+        dir: &RunDir,
+        options: &[&str],
+    ) -> ImdsEmulator {
         let file = |what: &str| dir.path().join(format!("imds-{}.{what}", address.port()));
         let mode_file = file("mode");
         let request_log = file("requests.jsonl");
@@ -97,6 +110,7 @@ impl ImdsEmulator {
             argv.push("--user-data".into());
             argv.push(path.display().to_string());
         }
+        argv.extend(options.iter().map(|o| o.to_string()));
         // Before the start: the emulator reads the file on every request.
         write_mode(&mode_file, mode);
         let process = ns.spawn("imds emulator", &argv, &[], &file("log"));

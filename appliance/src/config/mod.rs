@@ -210,6 +210,25 @@ pub struct ConfigError {
     /// The file (or `user-data`, or another origin) the text came from.
     pub origin: String,
     pub problems: Vec<ConfigProblem>,
+    /// When the text was put together from several (user-data, then SSM parameters): where
+    /// each begins, so a problem is shown at its own origin and line. Empty: one text.
+    pub parts: Vec<TextPart>,
+}
+
+/// One of the texts a config was put together from: its first line in the whole text and what
+/// diagnostics call it (`ssm:/bastion/prod/peers/a (version 3)`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TextPart {
+    pub first_line: usize,
+    pub origin: String,
+}
+
+/// Where line `line` of the whole text is: the part's origin and the line within it.
+pub fn locate<'a>(parts: &'a [TextPart], origin: &'a str, line: usize) -> (&'a str, usize) {
+    match parts.iter().rev().find(|p| p.first_line <= line) {
+        Some(part) => (&part.origin, line - part.first_line + 1),
+        None => (origin, line),
+    }
 }
 
 impl ConfigProblem {
@@ -232,7 +251,14 @@ impl std::fmt::Display for ConfigError {
             if i > 0 {
                 writeln!(f)?;
             }
-            f.write_str(&p.render(&self.origin, ""))?;
+            match p.line {
+                Some(line) if !self.parts.is_empty() => {
+                    let (origin, line) = locate(&self.parts, &self.origin, line);
+                    let local = ConfigProblem { line: Some(line), ..p.clone() };
+                    f.write_str(&local.render(origin, ""))?;
+                }
+                _ => f.write_str(&p.render(&self.origin, ""))?,
+            }
         }
         Ok(())
     }
@@ -265,6 +291,7 @@ pub fn read_config_file(path: &Path) -> Result<zeroize::Zeroizing<String>, Confi
             field: "file".into(),
             message: format!("cannot read: {e}"),
         }],
+        parts: Vec::new(),
     })
 }
 
@@ -309,7 +336,7 @@ pub fn parse(text: &str, origin: &str, base_dir: Option<&Path>) -> Result<Config
              it in this format",
         );
     }
-    Err(ConfigError { origin: origin.into(), problems: report.finish() })
+    Err(ConfigError { origin: origin.into(), problems: report.finish(), parts: Vec::new() })
 }
 
 fn looks_like_wg_quick(text: &str) -> bool {

@@ -56,6 +56,7 @@ pub fn convert_file(path: &Path) -> Result<Conversion, ConfigError> {
             field: "file".into(),
             message: format!("cannot read: {e}"),
         }],
+        parts: Vec::new(),
     })?;
     convert(&text, &origin, path.file_name().and_then(|n| n.to_str()))
 }
@@ -68,7 +69,7 @@ pub fn convert(text: &str, origin: &str, file_name: Option<&str>) -> Result<Conv
     let name = interface_name(file_name, &mut notes);
     let file = read(text, &name, &mut report, &mut notes);
     let (Some(file), true) = (file, report.is_clean()) else {
-        return Err(ConfigError { origin: origin.into(), problems: report.finish() });
+        return Err(ConfigError { origin: origin.into(), problems: report.finish(), parts: Vec::new() });
     };
     let nat = nat_from_hooks(&file, &name, &mut notes);
     describe_shape(&file, &mut notes);

@@ -56,17 +56,6 @@ pub struct Options {
 }
 
 pub fn run(options: Options) -> ExitCode {
-    let mut source = ConfigSource::file(&options.config);
-    let loaded = match source.load() {
-        Ok(loaded) => loaded,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(2);
-        }
-    };
-    for warning in config::render_warnings(&loaded.config, &loaded.origin) {
-        log!("config: {warning}");
-    }
     // Block the handled signals before any thread exists, so every thread inherits the mask
     // and only the main thread's `events` ever sees them.
     let signals = events::handled_signals();
@@ -75,6 +64,14 @@ pub fn run(options: Options) -> ExitCode {
         return ExitCode::FAILURE;
     }
     let (reload_requests, reload_inbox) = mpsc::channel();
+    let mut source = ConfigSource::file(&options.config);
+    let loaded = match first_load(&mut source, &signals, &reload_inbox) {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
+    };
+    for warning in config::render_warnings(&loaded.config, &loaded.origin) {
+        log!("config: {warning}");
+    }
     let mut service = match Service::start(loaded, options.socket, reload_requests) {
         Ok(service) => service,
         Err(e) => {
@@ -167,6 +164,64 @@ impl ServiceState {
 
     fn record_selftest(&self, last: LastSelfTest) {
         *self.selftest.lock().unwrap_or_else(|e| e.into_inner()) = Some(last);
+    }
+}
+
+/// The first config. An invalid one ends `bastion run` (exit 2, every problem on stderr); one
+/// whose SSM parts cannot be read yet (no network, no role, denied, missing) is tried again with
+/// backoff (1 s doubling to 60 s) while the health port answers 503 with the reason, so a
+/// fleet whose SSM comes up late converges without a restart loop.
+fn first_load(
+    source: &mut ConfigSource,
+    signals: &nix::sys::signal::SigSet,
+    inbox: &mpsc::Receiver<mpsc::Sender<ReloadAnswer>>,
+) -> Result<Loaded, ExitCode> {
+    const FIRST_WAIT: Duration = Duration::from_secs(1);
+    const LONGEST_WAIT: Duration = Duration::from_secs(60);
+    let mut wait = FIRST_WAIT;
+    let mut standby: Option<HealthResponder> = None;
+    let reason = Arc::new(Mutex::new(String::new()));
+    loop {
+        let error = match source.load() {
+            Ok(loaded) => {
+                if let Some(responder) = standby.take() {
+                    responder.stop();
+                }
+                return Ok(loaded);
+            }
+            Err(LoadError::Invalid(e)) => {
+                eprintln!("{e}");
+                return Err(ExitCode::from(2));
+            }
+            Err(e) => e,
+        };
+        let summary = error.summary();
+        let changed = *reason.lock().unwrap_or_else(|e| e.into_inner()) != summary;
+        if changed {
+            log!("config: {summary}; trying again with backoff (health answers 503 meanwhile)");
+            *reason.lock().unwrap_or_else(|e| e.into_inner()) = summary;
+        }
+        if standby.is_none() {
+            if let Some(listen) = source.health_listen() {
+                let reason = reason.clone();
+                let verdict = move || {
+                    let why = reason.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                    crate::health::Verdict::Unhealthy(vec![format!("config: not loaded yet: {why}")])
+                };
+                match HealthResponder::start(listen, verdict) {
+                    Ok(responder) => standby = Some(responder),
+                    Err(e) => log!("health: {e}"),
+                }
+            }
+        }
+        match events::next(signals, inbox, Some(Instant::now() + wait)) {
+            Event::Stop(signal) => {
+                log!("stopped ({}) before a config was loaded", signal.as_str());
+                return Err(ExitCode::SUCCESS);
+            }
+            Event::Reload { reply, .. } => drop(reply),
+        }
+        wait = (wait * 2).min(LONGEST_WAIT);
     }
 }
 

@@ -50,11 +50,18 @@ pub struct ConfigSource {
     path: PathBuf,
     /// The client that reads SSM, once the file names SSM parameters.
     ssm: Option<ssm::SsmSource>,
+    /// `[health] listen` of the file as last read (for the 503 while SSM cannot be read yet).
+    health_listen: Option<std::net::SocketAddr>,
 }
 
 impl ConfigSource {
     pub fn file(path: &Path) -> ConfigSource {
-        ConfigSource { path: path.to_path_buf(), ssm: None }
+        ConfigSource { path: path.to_path_buf(), ssm: None, health_listen: None }
+    }
+
+    /// The health port of the file as last read, valid or not yet complete.
+    pub fn health_listen(&self) -> Option<std::net::SocketAddr> {
+        self.health_listen
     }
 
     /// How often to read the source again by itself (SSM only; a file waits for SIGHUP).
@@ -67,6 +74,7 @@ impl ConfigSource {
         let origin = self.path.display().to_string();
         let text = config::read_config_file(&self.path).map_err(LoadError::Invalid)?;
         let base = config::parse(&text, &origin, self.path.parent()).map_err(LoadError::Invalid)?;
+        self.health_listen = Some(base.health.listen);
         if !ssm::needed(&base) {
             self.ssm = None;
             return Ok(Loaded { version: version_of(&[text.as_bytes()]), origin, config: base });

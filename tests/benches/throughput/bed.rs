@@ -42,6 +42,8 @@ pub struct Binaries {
     pub boringtun_threads: usize,
 }
 
+// Few of these exist (one per bench bed): the size difference is no concern.
+#[allow(clippy::large_enum_variant)]
 enum Running {
     Bastion(Bastion),
     WireguardGo(WireguardGoBastion),
