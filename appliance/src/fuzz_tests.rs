@@ -4,7 +4,7 @@
 //!
 //! The inputs: WireGuard datagrams (routing and a real `Tunn`'s verdict), health HTTP requests,
 //! IMDS answers, DHCP packets and leases, netlink answers, config and wg-quick files, and the
-//! status protocol.
+//! status protocol; `bastion peer add/remove` on mutated configs.
 
 use proptest::prelude::*;
 
@@ -149,6 +149,18 @@ proptest! {
             prop_assert!(!e.problems.is_empty());
             let _ = e.to_string();
         }
+    }
+
+    #[test]
+    fn peer_add_and_remove_edit_or_explain_never_a_panic(text in mutated(CONFIG), name in "(?s).{0,12}", endpoint in "(?s).{0,24}") {
+        let key = crate::keys::PrivateKey::from_bytes([9; 32]);
+        let request = crate::enroll::AddRequest { name: &name, endpoint: &endpoint, server_public_key: None, reach: &[] };
+        if let Ok(added) = crate::enroll::add(&text, "fuzz", None, &request, &key) {
+            prop_assert!(crate::config::parse(&added.text, "fuzz", None).is_ok());
+            prop_assert!(!added.text.contains(&key.expose_base64()));
+        }
+        let _ = crate::enroll::remove(&text, "fuzz", None, &name);
+        let _ = crate::enroll::remove(&text, "fuzz", None, "alice");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! (or another binary) can call. `ARCHITECTURE.md` at the top of the repository is the map.
 //!
 //! - `config` — the TOML schema and its validation; `convert` — wg-quick files into it;
+//! - `enroll` — `bastion peer add/remove/list`: a peer into the file, its client config out;
 //! - `keys` — WireGuard keys and the masking of key-like text in diagnostics; `log` — lines;
 //! - `tunnel` — the WireGuard data plane; `nat` (+ `netlink`) — forwarding and our nftables table;
 //! - `health` — the HTTP health responder; `status` — the local status socket;
@@ -12,6 +13,7 @@
 pub mod config;
 pub mod control;
 pub mod convert;
+pub mod enroll;
 pub mod health;
 pub mod init;
 pub mod keys;

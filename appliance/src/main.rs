@@ -3,10 +3,10 @@
 //! This file only parses the command line and dispatches; each command's work lives in the
 //! library (`bastion::service` runs the bastion, `config` validates, `keys` makes keys...).
 
-use bastion::{config, control, convert, init, keys, service, status};
+use bastion::{config, control, convert, enroll, init, keys, service, status};
 use clap::{Parser, Subcommand};
-use std::io::Read;
-use std::path::PathBuf;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -35,6 +35,9 @@ enum Command {
     Pubkey,
     /// Print the TOML equivalent of a wg-quick configuration file.
     Convert { file: PathBuf },
+    /// Add, remove or list the peers of a configuration file.
+    #[command(subcommand)]
+    Peer(PeerCommand),
     /// Boot as the appliance's init (what `/init` does as PID 1), but exit 0 where the machine
     /// would power off. For tests in their own PID, mount and network namespaces.
     Init {
@@ -78,6 +81,45 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum PeerCommand {
+    /// Add a peer: a new key pair and the next free tunnel addresses; append its [[peer]] to the
+    /// file and print the client's wg-quick config (its private key is shown once, stored nowhere).
+    Add {
+        /// The TOML configuration file to add the peer to (edited in place, atomically).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// HOST:PORT the client connects to (the load balancer's DNS name or address).
+        #[arg(long)]
+        endpoint: String,
+        /// The bastion's public key, when its private key is in SSM (private_key_ssm).
+        #[arg(long)]
+        server_public_key: Option<String>,
+        /// A network this peer may reach beyond [nat] reach (repeatable).
+        #[arg(long)]
+        reach: Vec<String>,
+        /// Also print the client config as a QR code (for the WireGuard phone apps).
+        #[arg(long)]
+        qr: bool,
+        /// Also write the new [[peer]] table alone (no secrets) to this file, for SSM Parameter Store.
+        #[arg(long)]
+        fragment: Option<PathBuf>,
+        /// The peer's name (unique; one printable line, at most 64 characters).
+        name: String,
+    },
+    /// Remove the peer NAME from the file (edited in place, atomically).
+    Remove {
+        #[arg(long, short)]
+        config: PathBuf,
+        name: String,
+    },
+    /// List the file's peers: name, public key, allowed_ips, reach.
+    List {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
 fn main() -> ExitCode {
     protect_process_memory();
     // The kernel starts `/init` as PID 1 with whatever words of its command line it did not
@@ -98,6 +140,7 @@ fn main() -> ExitCode {
         }
         Command::Pubkey => pubkey(),
         Command::Convert { file } => convert(&file),
+        Command::Peer(command) => peer(command),
         Command::Status { interface, socket, json } => {
             match status::fetch(&socket.unwrap_or_else(|| control::default_socket(&interface))) {
                 Ok(report) => {
@@ -222,4 +265,137 @@ fn convert(file: &std::path::Path) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// `bastion peer ...`: the decisions are `enroll`'s; this reads the file, writes it back
+/// atomically and prints. Exit 2 for bad input (as check-config), 1 when a write fails.
+fn peer(command: PeerCommand) -> ExitCode {
+    match command {
+        PeerCommand::Add { config, endpoint, server_public_key, reach, qr, fragment, name } => {
+            let text = match config::read_config_file(&config) {
+                Ok(text) => text,
+                Err(e) => return invalid(&e),
+            };
+            let origin = config.display().to_string();
+            let request = enroll::AddRequest {
+                name: &name,
+                endpoint: &endpoint,
+                server_public_key: server_public_key.as_deref(),
+                reach: &reach,
+            };
+            let client_key = keys::PrivateKey::generate();
+            let added = match enroll::add(&text, &origin, config.parent(), &request, &client_key) {
+                Ok(added) => added,
+                Err(e) => return invalid(&e),
+            };
+            drop(client_key);
+            // The fragment first: if it cannot be written, the file still has no peer without it.
+            if let Some(path) = &fragment {
+                if let Err(e) = write_atomically(path, added.fragment.as_bytes(), None) {
+                    eprintln!(
+                        "{}",
+                        keys::redact_key_like(&format!("{}: cannot write the fragment: {e}", path.display()))
+                    );
+                    return ExitCode::FAILURE;
+                }
+            }
+            if let Err(e) = write_atomically(&config, added.text.as_bytes(), Some(&text)) {
+                eprintln!("{}", keys::redact_key_like(&format!("{origin}: not changed: {e}")));
+                return ExitCode::FAILURE;
+            }
+            let addresses: Vec<String> = added.allowed_ips.iter().map(|n| n.to_string()).collect();
+            eprintln!(
+                "{origin}: added peer {name:?} ({}, public key {}){}",
+                addresses.join(", "),
+                added.public_key,
+                fragment.as_ref().map(|f| format!("; its [[peer]] fragment is in {}", f.display())).unwrap_or_default()
+            );
+            eprintln!(
+                "The client config below holds the peer's private key: it is shown this once and stored \
+                 nowhere. Hand it to the user over a safe channel."
+            );
+            let mut out = std::io::stdout().lock();
+            let mut printed = out.write_all(added.client.expose_text().as_bytes());
+            if qr {
+                match enroll::render_qr(&added.client) {
+                    Some(code) => {
+                        printed = printed.and_then(|()| writeln!(out).and_then(|()| writeln!(out, "{}", code.as_str())))
+                    }
+                    None => eprintln!("the client config does not fit a QR code; use the text"),
+                }
+            }
+            if printed.and_then(|()| out.flush()).is_err() {
+                eprintln!("{origin}: peer {name:?} was added, but its client config could not be printed; remove it and add it again");
+                return ExitCode::FAILURE;
+            }
+            ExitCode::SUCCESS
+        }
+        PeerCommand::Remove { config, name } => {
+            let text = match config::read_config_file(&config) {
+                Ok(text) => text,
+                Err(e) => return invalid(&e),
+            };
+            let origin = config.display().to_string();
+            let new_text = match enroll::remove(&text, &origin, config.parent(), &name) {
+                Ok(new_text) => new_text,
+                Err(e) => return invalid(&e),
+            };
+            if let Err(e) = write_atomically(&config, new_text.as_bytes(), Some(&text)) {
+                eprintln!("{}", keys::redact_key_like(&format!("{origin}: not changed: {e}")));
+                return ExitCode::FAILURE;
+            }
+            eprintln!("{origin}: removed peer {name:?}");
+            ExitCode::SUCCESS
+        }
+        PeerCommand::List { config } => match config::load(&config) {
+            Ok(cfg) => {
+                print!("{}", enroll::render_list(&enroll::list(&cfg)));
+                ExitCode::SUCCESS
+            }
+            Err(e) => invalid(&e),
+        },
+    }
+}
+
+fn invalid(e: &config::ConfigError) -> ExitCode {
+    eprintln!("{e}");
+    ExitCode::from(2)
+}
+
+/// Replaces `path` with `bytes` so a reader sees the old file or the new one, never a part:
+/// a temporary file in the same folder (same mode and owner as the file it replaces), fsync,
+/// rename over, fsync of the folder. With `expected`, the file must still hold that text just
+/// before the rename (another edit in between is not overwritten).
+fn write_atomically(path: &Path, bytes: &[u8], expected: Option<&str>) -> std::io::Result<()> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let file_name = path.file_name().ok_or_else(|| std::io::Error::other("expected a file name"))?;
+    let existing = std::fs::metadata(path).ok();
+    let mode = existing.as_ref().map_or(0o644, |m| m.permissions().mode() & 0o7777);
+    let temp = dir.join(format!(".{}.bastion-{}.tmp", file_name.to_string_lossy(), std::process::id()));
+    let result = (|| {
+        let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode & 0o777).open(&temp)?;
+        if let Some(m) = &existing {
+            // Keep the owner when we may (as root); otherwise the file becomes ours, as any editor's.
+            let _ = std::os::unix::fs::fchown(&file, Some(m.uid()), Some(m.gid()));
+        }
+        file.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        if let Some(expected) = expected {
+            let now = config::read_config_file(path).map_err(|e| std::io::Error::other(e.to_string()))?;
+            if now.as_str() != expected {
+                return Err(std::io::Error::other("the file changed while it was being edited; run the command again"));
+            }
+        }
+        std::fs::rename(&temp, path)?;
+        std::fs::File::open(&dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    result
 }

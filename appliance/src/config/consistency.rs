@@ -294,6 +294,32 @@ fn highest_free(net: &IpNetwork, taken: &[Range]) -> Option<IpAddr> {
     (candidate >= first).then(|| ip_of(r.v6, candidate))
 }
 
+/// The lowest host address of `net` outside every network in `taken` (for `bastion peer add`,
+/// which hands out addresses from the bottom while the self-test's default sits at the top).
+/// Network and broadcast addresses (IPv4 up to /30) and the subnet-router anycast address
+/// (IPv6 up to /126) are never chosen, as in [`highest_free`].
+pub fn lowest_free(net: &IpNetwork, taken: &[IpNetwork]) -> Option<IpAddr> {
+    let r = range(net);
+    let (first, last) = match net {
+        IpNetwork::V4(n) if n.netmask() <= 30 => (r.first + 1, r.last - 1),
+        IpNetwork::V6(n) if n.netmask() <= 126 => (r.first + 1, r.last),
+        _ => (r.first, r.last),
+    };
+    // Walking the ranges by their bottom address, lowest first, the candidate only moves up.
+    let mut ranges: Vec<Range> = taken.iter().map(range).filter(|t| t.v6 == r.v6).collect();
+    ranges.sort_by_key(|t| t.first);
+    let mut candidate = first;
+    for t in ranges {
+        if t.first > candidate {
+            break;
+        }
+        if t.last >= candidate {
+            candidate = t.last.checked_add(1)?;
+        }
+    }
+    (candidate <= last).then(|| ip_of(r.v6, candidate))
+}
+
 /// The metrics listener may not take the health responder's address: the NLB and the whole VPC
 /// reach health, metrics are for the monitoring network only.
 pub fn check_listeners(health: &HealthDraft, metrics: &MetricsDraft, report: &mut Report) {
@@ -338,6 +364,26 @@ mod tests {
         assert!(highest_free(&net("10.100.0.0/24"), &v6).is_some());
         assert_eq!(highest_free(&net("0.0.0.0/0"), &none).unwrap().to_string(), "255.255.255.254");
         assert!(highest_free(&net("::/0"), &none).is_some());
+    }
+
+    #[test]
+    fn lowest_free_skips_the_network_address_and_taken_ranges() {
+        assert_eq!(lowest_free(&net("10.100.0.0/24"), &[]).unwrap().to_string(), "10.100.0.1");
+        let taken = [net("10.100.0.1/32"), net("10.100.0.2/31"), net("10.100.0.5/32")];
+        assert_eq!(lowest_free(&net("10.100.0.0/24"), &taken).unwrap().to_string(), "10.100.0.4");
+        assert_eq!(
+            lowest_free(&net("10.100.0.0/24"), &[net("10.100.0.0/25"), net("10.100.0.128/26")]).unwrap().to_string(),
+            "10.100.0.192"
+        );
+        // Full: the broadcast address is not a host.
+        assert_eq!(lowest_free(&net("10.100.0.0/30"), &[net("10.100.0.1/32"), net("10.100.0.2/32")]), None);
+        assert_eq!(lowest_free(&net("10.100.0.0/24"), &[net("10.0.0.0/8")]), None);
+        assert_eq!(lowest_free(&net("fd00:100::/64"), &[net("fd00:100::1/128")]).unwrap().to_string(), "fd00:100::2");
+        assert_eq!(lowest_free(&net("fd00:100::/64"), &[net("fd00:100::/64")]), None);
+        // An IPv4 range never blocks an IPv6 candidate; the top of the space does not overflow.
+        assert!(lowest_free(&net("fd00:100::/64"), &[net("0.0.0.0/0")]).is_some());
+        assert_eq!(lowest_free(&net("::/0"), &[net("::/0")]), None);
+        assert_eq!(lowest_free(&net("10.100.0.7/32"), &[]).unwrap().to_string(), "10.100.0.7");
     }
 
     #[test]

@@ -10,6 +10,8 @@ pub(crate) mod document;
 pub(crate) mod schema;
 pub(crate) mod values;
 
+pub(crate) use consistency::lowest_free;
+
 #[cfg(test)]
 mod leak_tests;
 #[cfg(test)]
