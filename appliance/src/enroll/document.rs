@@ -32,6 +32,7 @@ impl<'t> Peers<'t> {
             let line = e.span().map(|s| line_of(text, s.start));
             ConfigError {
                 origin: origin.into(),
+                parts: Vec::new(),
                 problems: vec![ConfigProblem {
                     kind: ProblemKind::Syntax,
                     line,
@@ -52,6 +53,7 @@ impl<'t> Peers<'t> {
                 let line = item.span().map(|s| line_of(text, s.start));
                 return Err(ConfigError {
                     origin: origin.into(),
+                    parts: Vec::new(),
                     problems: vec![ConfigProblem {
                         kind: ProblemKind::WrongFormat,
                         line,
@@ -134,6 +136,7 @@ pub fn check_fragment(fragment: &str, origin: &str) -> Result<(), ConfigError> {
     }
     Err(ConfigError {
         origin: origin.into(),
+        parts: Vec::new(),
         problems: vec![ConfigProblem {
             kind: ProblemKind::Syntax,
             line: None,

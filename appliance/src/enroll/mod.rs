@@ -79,6 +79,7 @@ pub fn add(
 
     let allowed_ips = address::choose(&config).map_err(|message| ConfigError {
         origin: origin.into(),
+        parts: Vec::new(),
         problems: vec![problem(ProblemKind::Conflict, None, "interface.address", message)],
     })?;
     let public_key = client_key.public_key();
@@ -93,6 +94,7 @@ pub fn add(
     if ours != 1 || checked.peers.len() != config.peers.len() + 1 {
         return Err(ConfigError {
             origin: origin.into(),
+            parts: Vec::new(),
             problems: vec![problem(
                 ProblemKind::Conflict,
                 None,
@@ -124,11 +126,13 @@ pub fn remove(text: &str, origin: &str, base_dir: Option<&Path>, name: &str) -> 
         let known = if names.is_empty() { "it has none".to_string() } else { format!("it has {}", quoted(&names)) };
         return Err(ConfigError {
             origin: origin.into(),
+            parts: Vec::new(),
             problems: vec![problem(ProblemKind::Missing, None, "peer", format!("no peer named {name:?}; {known}"))],
         });
     };
     let new_text = doc.without_peer(index).map_err(|message| ConfigError {
         origin: origin.into(),
+        parts: Vec::new(),
         problems: vec![problem(ProblemKind::WrongFormat, doc.line_of_peer(index), &format!("peer[{index}]"), message)],
     })?;
     let checked_origin = format!("{origin} (with peer {name:?} removed)");
@@ -136,6 +140,7 @@ pub fn remove(text: &str, origin: &str, base_dir: Option<&Path>, name: &str) -> 
     if checked.peers.len() + 1 != config.peers.len() || checked.peers.iter().any(|p| p.name == name) {
         return Err(ConfigError {
             origin: origin.into(),
+            parts: Vec::new(),
             problems: vec![problem(
                 ProblemKind::Conflict,
                 None,
@@ -191,6 +196,7 @@ fn check_name(config: &Config, doc: &document::Peers, origin: &str, name: &str) 
     if let Some(index) = config.peers.iter().position(|p| p.name == name) {
         return Err(ConfigError {
             origin: origin.into(),
+            parts: Vec::new(),
             problems: vec![problem(
                 ProblemKind::Duplicate,
                 doc.line_of_peer(index),
@@ -212,6 +218,7 @@ fn server_public_key(config: &Config, origin: &str, given: Option<&str>) -> Resu
     match (config.interface.private_key().map(PrivateKey::public_key), given) {
         (Some(own), Some(given)) if own != given => Err(ConfigError {
             origin: origin.into(),
+            parts: Vec::new(),
             problems: vec![problem(
                 ProblemKind::Conflict,
                 None,
@@ -231,6 +238,7 @@ fn server_public_key(config: &Config, origin: &str, given: Option<&str>) -> Resu
             };
             Err(ConfigError {
                 origin: origin.into(),
+                parts: Vec::new(),
                 problems: vec![problem(
                     ProblemKind::Missing,
                     None,
@@ -255,6 +263,7 @@ fn problem(kind: ProblemKind, line: Option<usize>, field: &str, message: String)
 fn argument_error(command: &str, argument: &str, message: String) -> ConfigError {
     ConfigError {
         origin: format!("bastion peer {command}"),
+        parts: Vec::new(),
         problems: vec![problem(ProblemKind::Invalid, None, argument, message)],
     }
 }
