@@ -387,6 +387,9 @@ def boot(g, a, r, modules, user_data_size):
     r.check("eth0 is up (virtio_net bound)", eth0)
     lease = g.wait_for(r"bastion: dhcp: eth0 lease: 169\.254\.169\.15/24 router 169\.254\.169\.254", STEP_TIMEOUT)
     r.check("DHCP lease from QEMU's DHCP server", lease, lease[2].split("bastion: ", 1)[1] if lease else "")
+    dns = g.wait_for(r"bastion: dns: /etc/resolv\.conf: nameserver 169\.254\.169\.3, 169\.254\.169\.253", STEP_TIMEOUT)
+    r.check("resolv.conf from the lease's name server and the VPC resolver", dns,
+            dns[2].split("bastion: ", 1)[1] if dns else "")
     fetch = g.wait_for(r"bastion: config: fetching user-data from http://169\.254\.169\.254 \(IMDSv2\)", STEP_TIMEOUT)
     accepted = g.wait_for(r"bastion: config: accepted user-data \(\d+ bytes", STEP_TIMEOUT)
     r.check("the config came from the emulated IMDS (user-data, same size as served)",

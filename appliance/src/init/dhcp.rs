@@ -32,6 +32,8 @@ pub struct Lease {
     /// Option 51, in seconds.
     pub lease_seconds: Option<u32>,
     pub server: Ipv4Addr,
+    /// Option 6, in the server's order (in a VPC: its resolver at the VPC's base + 2).
+    pub dns_servers: Vec<Ipv4Addr>,
 }
 
 impl std::fmt::Display for Lease {
@@ -49,11 +51,16 @@ impl std::fmt::Display for Lease {
             Some(s) => write!(f, " lease {s} s")?,
             None => write!(f, " lease time not given")?,
         }
-        write!(f, " from {}", self.server)
+        write!(f, " from {}", self.server)?;
+        if !self.dns_servers.is_empty() {
+            let servers: Vec<String> = self.dns_servers.iter().map(|s| s.to_string()).collect();
+            write!(f, " dns {}", servers.join(" "))?;
+        }
+        Ok(())
     }
 }
 
-/// Builds a lease from what smoltcp parsed and the options it leaves to us (26 and 51).
+/// Builds a lease from what smoltcp parsed and the options it leaves to us (26, 51 and 6).
 pub fn lease_from_packet<'a>(
     address: Ipv4Cidr,
     router: Option<Ipv4Addr>,
@@ -67,11 +74,15 @@ pub fn lease_from_packet<'a>(
         mtu: None,
         lease_seconds: None,
         server,
+        dns_servers: Vec::new(),
     };
     for option in options {
         match (option.kind, option.data) {
             (26, [hi, lo]) => lease.mtu = Some(u16::from_be_bytes([*hi, *lo])),
             (51, [a, b, c, d]) => lease.lease_seconds = Some(u32::from_be_bytes([*a, *b, *c, *d])),
+            (6, data) if !data.is_empty() && data.len() % 4 == 0 => {
+                lease.dns_servers = data.chunks(4).map(|c| Ipv4Addr::new(c[0], c[1], c[2], c[3])).collect()
+            }
             _ => {}
         }
     }
@@ -320,8 +331,14 @@ mod tests {
 
     #[test]
     fn lease_takes_mtu_and_lease_time_from_options() {
-        let options =
-            [opt(1, &[255, 255, 255, 0]), opt(26, &[0x23, 0x29]), opt(51, &[0, 0, 0x0e, 0x10]), opt(26, &[1])];
+        let options = [
+            opt(1, &[255, 255, 255, 0]),
+            opt(26, &[0x23, 0x29]),
+            opt(51, &[0, 0, 0x0e, 0x10]),
+            opt(26, &[1]),
+            opt(6, &[10, 0, 0, 2, 1, 1, 1, 1]),
+            opt(6, &[1, 2, 3]),
+        ];
         let lease = lease_from_packet(
             Ipv4Cidr::new(Ipv4Addr::new(10, 0, 1, 23), 24),
             Some(Ipv4Addr::new(10, 0, 1, 1)),
@@ -330,7 +347,15 @@ mod tests {
         );
         assert_eq!(lease.mtu, Some(9001), "the malformed second option 26 is ignored");
         assert_eq!(lease.lease_seconds, Some(3600));
-        assert_eq!(lease.to_string(), "10.0.1.23/24 router 10.0.1.1 mtu 9001 lease 3600 s from 10.0.1.1");
+        assert_eq!(
+            lease.dns_servers,
+            [Ipv4Addr::new(10, 0, 0, 2), Ipv4Addr::new(1, 1, 1, 1)],
+            "the malformed second 6 too"
+        );
+        assert_eq!(
+            lease.to_string(),
+            "10.0.1.23/24 router 10.0.1.1 mtu 9001 lease 3600 s from 10.0.1.1 dns 10.0.0.2 1.1.1.1"
+        );
     }
 
     #[test]
@@ -342,6 +367,7 @@ mod tests {
             mtu: Some(9001),
             lease_seconds: Some(3600),
             server: Ipv4Addr::new(10, 0, 1, 1),
+            dns_servers: Vec::new(),
         };
         let (steps, notes) = plan(&lease);
         assert_eq!(
@@ -364,6 +390,7 @@ mod tests {
             mtu: Some(100),
             lease_seconds: None,
             server: Ipv4Addr::new(192, 168, 0, 1),
+            dns_servers: Vec::new(),
         };
         let (steps, notes) = plan(&lease);
         assert_eq!(steps, vec![Step::AddAddress { address: Ipv4Addr::new(192, 168, 7, 9), prefix_len: 16 }]);

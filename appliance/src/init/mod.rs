@@ -24,12 +24,13 @@ mod mounts;
 mod network;
 mod packet_socket;
 mod power;
+mod resolv;
 mod shutdown;
 mod standby_health;
 mod supervise;
 mod supervisor_loop;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::mpsc;
 use supervise::Ending;
@@ -114,11 +115,23 @@ pub fn run(mode: Mode, options: Options) -> ExitCode {
     let imds = imds_endpoint(options.imds.as_deref(), &cmdline);
     let tx = events.clone();
     let interface = options.interface.clone();
+    // Only the machine's own /etc: under test, init shares the host's.
+    let machine = mode == Mode::Machine;
     let spawned = std::thread::Builder::new().name("network".into()).spawn(move || {
         let link = network::wait_for_primary(interface.as_deref());
         let mac: [u8; 6] = link.mac.as_slice().try_into().unwrap_or([0; 6]);
         let mut told = false;
-        dhcp::run(link.index, &link.name, mac, |_lease, _applied| {
+        let mut resolvers: Option<Vec<std::net::Ipv4Addr>> = None;
+        dhcp::run(link.index, &link.name, mac, |lease, _applied| {
+            let servers = resolv::servers(&lease.dns_servers);
+            if machine && resolvers.as_ref() != Some(&servers) {
+                let shown: Vec<String> = servers.iter().map(|s| s.to_string()).collect();
+                match resolv::write(Path::new("/etc/resolv.conf"), &resolv::resolv_conf(&servers)) {
+                    Ok(()) => crate::log!("dns: /etc/resolv.conf: nameserver {}", shown.join(", ")),
+                    Err(e) => crate::log!("dns: ERROR cannot write /etc/resolv.conf: {e}"),
+                }
+                resolvers = Some(servers);
+            }
             if !told {
                 told = true;
                 let _ = tx.send(Event::NetworkUp);
