@@ -390,6 +390,9 @@ def boot(g, a, r, modules, user_data_size):
     dns = g.wait_for(r"bastion: dns: /etc/resolv\.conf: nameserver 169\.254\.169\.3, 169\.254\.169\.253", STEP_TIMEOUT)
     r.check("resolv.conf from the lease's name server and the VPC resolver", dns,
             dns[2].split("bastion: ", 1)[1] if dns else "")
+    clock = g.wait_for(r"bastion: time: ", STEP_TIMEOUT)
+    r.check("the clock is checked against the Amazon Time Sync Service (no answer under QEMU)", clock,
+            clock[2].split("bastion: ", 1)[1] if clock else "")
     fetch = g.wait_for(r"bastion: config: fetching user-data from http://169\.254\.169\.254 \(IMDSv2\)", STEP_TIMEOUT)
     accepted = g.wait_for(r"bastion: config: accepted user-data \(\d+ bytes", STEP_TIMEOUT)
     r.check("the config came from the emulated IMDS (user-data, same size as served)",

@@ -26,6 +26,7 @@ mod packet_socket;
 mod power;
 mod resolv;
 mod shutdown;
+mod sntp;
 mod standby_health;
 mod supervise;
 mod supervisor_loop;
@@ -134,6 +135,10 @@ pub fn run(mode: Mode, options: Options) -> ExitCode {
             }
             if !told {
                 told = true;
+                if machine {
+                    // In the background: up to 3 s without an answer off EC2.
+                    let _ = std::thread::Builder::new().name("sntp".into()).spawn(sntp::set_at_boot);
+                }
                 let _ = tx.send(Event::NetworkUp);
             }
         })
