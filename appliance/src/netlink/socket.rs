@@ -125,7 +125,7 @@ impl Socket {
         // Best effort: older kernels lack these, and answers are still parsed without them.
         set_int_option(&fd, SOL_NETLINK, NETLINK_CAP_ACK, 1);
         set_int_option(&fd, SOL_NETLINK, NETLINK_EXT_ACK, 1);
-        let timeout = libc::timeval { tv_sec: ANSWER_TIMEOUT.as_secs() as libc::time_t, tv_usec: 0 };
+        let timeout = libc::timeval { tv_sec: ANSWER_TIMEOUT.as_secs() as _, tv_usec: 0 };
         let rc = unsafe {
             libc::setsockopt(
                 fd.as_raw_fd(),

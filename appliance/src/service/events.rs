@@ -88,8 +88,7 @@ pub fn next_until(
 
 /// One `sigtimedwait` of at most `timeout`.
 fn wait_signal(signals: &SigSet, timeout: Duration) -> Option<Signal> {
-    let ts =
-        libc::timespec { tv_sec: timeout.as_secs() as libc::time_t, tv_nsec: timeout.subsec_nanos() as libc::c_long };
+    let ts = libc::timespec { tv_sec: timeout.as_secs() as _, tv_nsec: timeout.subsec_nanos() as libc::c_long };
     // SAFETY: a valid signal set and timespec; no out-parameter is written (null).
     let rc = unsafe { libc::sigtimedwait(signals.as_ref(), std::ptr::null_mut(), &ts) };
     if rc > 0 {
