@@ -27,15 +27,21 @@ struct Ssm {
     imds: ImdsEmulator,
 }
 
-fn start_aws(topo: &Topology, credentials_seconds: u32) -> Ssm {
-    let imds = ImdsEmulator::start_with(
+/// The IMDS emulator in the bastion's namespace: the instance role (its credentials living
+/// `credentials_seconds`) and the region.
+fn start_imds(topo: &Topology, credentials_seconds: u32) -> ImdsEmulator {
+    ImdsEmulator::start_with(
         &topo.bastion,
         SocketAddr::from(IMDS),
         None,
         ImdsMode::Normal,
         &topo.dir,
         &["--role", "bastion-role", "--credentials-seconds", &credentials_seconds.to_string(), "--region", REGION],
-    );
+    )
+}
+
+fn start_aws(topo: &Topology, credentials_seconds: u32) -> Ssm {
+    let imds = start_imds(topo, credentials_seconds);
     Ssm { moto: Some(AwsEmulator::start(&topo.bastion, &topo.dir, MOTO_PORT, &[])), imds }
 }
 
@@ -165,14 +171,7 @@ fn key_and_peers_come_from_ssm_and_faults_keep_the_last_good_config() {
 #[ignore = "needs root, network namespaces, moto and the binaries under test: `make integration-test` runs it"]
 fn with_nothing_good_yet_health_is_503_until_ssm_answers() {
     let topo = Topology::with(1, 1);
-    let imds = ImdsEmulator::start_with(
-        &topo.bastion,
-        SocketAddr::from(IMDS),
-        None,
-        ImdsMode::Normal,
-        &topo.dir,
-        &["--role", "bastion-role", "--region", REGION],
-    );
+    let imds = start_imds(&topo, 21600);
     // No SSM yet: the bastion waits, and says why on the health port.
     let bastion = start_bastion(&topo);
     let waiting = bastion

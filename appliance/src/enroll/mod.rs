@@ -92,16 +92,7 @@ pub fn add(
     let checked = config::parse(&new_text, &checked_origin, base_dir)?;
     let ours = checked.peers.iter().filter(|p| p.public_key == public_key && p.name == request.name).count();
     if ours != 1 || checked.peers.len() != config.peers.len() + 1 {
-        return Err(ConfigError {
-            origin: origin.into(),
-            parts: Vec::new(),
-            problems: vec![problem(
-                ProblemKind::Conflict,
-                None,
-                "peer",
-                "the edited file does not read back with the new peer; left unchanged".into(),
-            )],
-        });
+        return Err(not_read_back(origin, "with the new peer"));
     }
     let fragment_origin = format!("the [[peer]] fragment of {:?}", request.name);
     document::check_fragment(&fragment, &fragment_origin)?;
@@ -114,6 +105,20 @@ pub fn add(
     }
     let client = ClientConfig::render(client_key, &allowed_ips, &server_key, &endpoint, &client_allowed);
     Ok(Added { text: new_text, fragment, public_key, allowed_ips, client })
+}
+
+/// The edit did not give the file it should have (`with the new peer`, `without the peer`).
+fn not_read_back(origin: &str, how: &str) -> ConfigError {
+    ConfigError {
+        origin: origin.into(),
+        parts: Vec::new(),
+        problems: vec![problem(
+            ProblemKind::Conflict,
+            None,
+            "peer",
+            format!("the edited file does not read back {how}; left unchanged"),
+        )],
+    }
 }
 
 /// Removes the peer named `name` (its `name`, or `peer-N` when it has none, as `check-config`
@@ -138,16 +143,7 @@ pub fn remove(text: &str, origin: &str, base_dir: Option<&Path>, name: &str) -> 
     let checked_origin = format!("{origin} (with peer {name:?} removed)");
     let checked = config::parse(&new_text, &checked_origin, base_dir)?;
     if checked.peers.len() + 1 != config.peers.len() || checked.peers.iter().any(|p| p.name == name) {
-        return Err(ConfigError {
-            origin: origin.into(),
-            parts: Vec::new(),
-            problems: vec![problem(
-                ProblemKind::Conflict,
-                None,
-                "peer",
-                "the edited file does not read back without the peer; left unchanged".into(),
-            )],
-        });
+        return Err(not_read_back(origin, "without the peer"));
     }
     Ok(new_text)
 }
