@@ -216,6 +216,11 @@ mod tests {
                 "/tmp/bastion-tests/b5s9gx0/bastion-b5s9gx1cfg.toml".into(),
                 "/tmp/bastion-tests/b5s9gx0/bastion-b5s9gx1cfg.toml".into(),
             ),
+            // The test kit's names (letters only, see tests/src/lib.rs run_prefix).
+            (
+                "/tmp/bastion-tests/bkqzxab/bkqzxaccfg.toml:13: nat.masquerade".into(),
+                "/tmp/bastion-tests/bkqzxab/bkqzxaccfg.toml:13: nat.masquerade".into(),
+            ),
             (
                 "found 18446744073709551615, expected a port".into(),
                 "found 18446744073709551615, expected a port".into(),
