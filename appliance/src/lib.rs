@@ -8,7 +8,9 @@
 //! - `health` — the HTTP health responder; `status` — the local status socket;
 //! - `selftest` — the in-process WireGuard client that proves the data plane works;
 //! - `service` — `bastion run`, which puts the above together;
-//! - `init` — PID 1 of the appliance: boot, network, config, supervision, power button.
+//! - `init` — PID 1 of the appliance: boot, network, config, supervision, power button;
+//! - `watch` — `bastion watch`, on client machines: moves a stalled tunnel to a new flow;
+//!   `move_notice` — the in-tunnel notice a draining bastion sends its peers.
 
 pub mod config;
 pub mod control;
@@ -19,6 +21,7 @@ pub mod init;
 pub mod keys;
 pub mod log;
 pub mod metrics;
+pub mod move_notice;
 pub mod nat;
 pub mod netlink;
 pub mod selftest;
@@ -26,6 +29,7 @@ pub mod service;
 pub mod source;
 pub mod status;
 pub mod tunnel;
+pub mod watch;
 
 #[cfg(test)]
 mod fuzz_tests;

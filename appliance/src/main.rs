@@ -3,7 +3,7 @@
 //! This file only parses the command line and dispatches; each command's work lives in the
 //! library (`bastion::service` runs the bastion, `config` validates, `keys` makes keys...).
 
-use bastion::{config, control, convert, enroll, init, keys, service, status};
+use bastion::{config, control, convert, enroll, init, keys, service, status, watch};
 use clap::{Parser, Subcommand};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -69,6 +69,28 @@ enum Command {
         /// Print the report as JSON (schema in docs/operations.md) instead of text.
         #[arg(long)]
         json: bool,
+    },
+    /// On a client machine, next to a stock WireGuard client (wireguard-go): move the tunnel to a
+    /// new flow (new listen port, fresh handshake) when it stalls or when a draining bastion asks.
+    Watch {
+        /// The client's WireGuard interface.
+        #[arg(long, default_value = "wg0")]
+        interface: String,
+        /// Its userspace API socket (default /var/run/wireguard/<interface>.sock).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// Data sent and nothing received this long is a stall.
+        #[arg(long, default_value_t = 2.0)]
+        stall_seconds: f64,
+        /// While a stall lasts, move again after 2 s, growing by half up to this.
+        #[arg(long, default_value_t = 4.0)]
+        max_backoff_seconds: f64,
+        /// How often the peers' counters are read, in milliseconds.
+        #[arg(long, default_value_t = 200)]
+        poll_ms: u64,
+        /// Do not listen for the bastions' move notices (UDP 51821 on the interface).
+        #[arg(long)]
+        no_notices: bool,
     },
     /// Make the running service read its config source again now and apply what changed.
     Reload {
@@ -156,6 +178,38 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+        Command::Watch { interface, socket, stall_seconds, max_backoff_seconds, poll_ms, no_notices } => {
+            let seconds = |s: f64, what: &str| {
+                if s.is_finite() && (0.1..=3600.0).contains(&s) {
+                    Ok(std::time::Duration::from_secs_f64(s))
+                } else {
+                    Err(format!("--{what}: expected seconds between 0.1 and 3600, found {s}"))
+                }
+            };
+            let params =
+                match (seconds(stall_seconds, "stall-seconds"), seconds(max_backoff_seconds, "max-backoff-seconds")) {
+                    (Ok(stall_after), Ok(max_backoff)) => watch::stall::StallParams {
+                        stall_after,
+                        max_backoff,
+                        first_backoff: watch::stall::StallParams::default().first_backoff.min(max_backoff),
+                    },
+                    (Err(e), _) | (_, Err(e)) => {
+                        eprintln!("watch: {e}");
+                        return ExitCode::from(2);
+                    }
+                };
+            if !(10..=10_000).contains(&poll_ms) {
+                eprintln!("watch: --poll-ms: expected 10 to 10000, found {poll_ms}");
+                return ExitCode::from(2);
+            }
+            watch::run(watch::Options {
+                interface,
+                socket,
+                poll: std::time::Duration::from_millis(poll_ms),
+                stall: params,
+                notices: !no_notices,
+            })
         }
         Command::Reload { interface, socket } => reload(&socket.unwrap_or_else(|| control::default_socket(&interface))),
     }

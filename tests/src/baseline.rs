@@ -22,8 +22,13 @@ impl WireguardGoBastion {
     /// Configures the bastion namespace of `topo` as a wireguard-go bastion that admits every
     /// client of the topology and masquerades tunnel traffic leaving through `priv0`.
     pub fn start(topo: &Topology) -> WireguardGoBastion {
-        let wg = WgInterface::start(&topo.bastion, &unique_name("bwg"), &topo.dir);
-        configure_bastion(topo, &wg);
+        WireguardGoBastion::start_in(topo, &topo.bastion)
+    }
+
+    /// The same in another namespace shaped like the bastion's (a cluster's second bastion).
+    pub fn start_in(topo: &Topology, ns: &crate::Netns) -> WireguardGoBastion {
+        let wg = WgInterface::start(ns, &unique_name("bwg"), &topo.dir);
+        configure_bastion(topo, ns, &wg);
         WireguardGoBastion { wg }
     }
 }
@@ -59,15 +64,14 @@ impl BoringtunBastion {
             &[],
         );
         wg.set_mtu(TUNNEL_MTU);
-        configure_bastion(topo, &wg);
+        configure_bastion(topo, &topo.bastion, &wg);
         BoringtunBastion { wg }
     }
 }
 
 /// Keys and peers (one per client), tunnel addresses, forwarding, and the masquerade toward the
 /// VPC subnet: the by-hand bastion setup.
-fn configure_bastion(topo: &Topology, wg: &WgInterface) {
-    let ns = &topo.bastion;
+fn configure_bastion(topo: &Topology, ns: &crate::Netns, wg: &WgInterface) {
     wg.set_conf(&WgConf {
         private_key: topo.bastion_keys.private.clone(),
         listen_port: Some(LISTEN_PORT),

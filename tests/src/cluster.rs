@@ -26,6 +26,7 @@ use std::time::Duration;
 use crate::http::{self, HttpResponse};
 use crate::link;
 use crate::netns::Netns;
+use crate::nlb::{Nlb, NlbParams};
 use crate::topology::{Topology, BASTION_PRIVATE_V4, BASTION_PUBLIC_V4, LISTEN_PORT, VPC_ROUTER_V4, VPC_ROUTER_V6};
 
 /// The load balancer's listener address: the clients' endpoint.
@@ -108,6 +109,14 @@ impl Cluster {
             listener_rule(TARGETS[0])
         ));
         cluster
+    }
+
+    /// Starts the NLB model ([`Nlb`]) on the load balancer: from here on it decides where flows
+    /// go (don't mix with [`Cluster::point_to`] and [`Cluster::move_flows`]). Target i is in
+    /// zone `zones[i]`.
+    pub fn start_nlb(&self, params: NlbParams, zones: &[usize]) -> Nlb {
+        let addresses: Vec<Ipv4Addr> = TARGETS.iter().map(|t| t.address).collect();
+        Nlb::start(&self.lb, VIP, &addresses, HEALTH_PORT, zones, params)
     }
 
     /// Bastion `i`'s namespace: 0 is A (the topology's), 1 is B.

@@ -56,6 +56,10 @@ impl HttpServer {
         server
     }
 
+    pub fn process(&self) -> &Process {
+        &self.process
+    }
+
     /// The access log (and anything else the server printed).
     pub fn log(&self) -> String {
         self.process.log()

@@ -18,6 +18,7 @@
 
 mod events;
 mod judge;
+mod move_notices;
 mod nat_guard;
 mod plan;
 pub mod reload;
@@ -380,8 +381,29 @@ impl Service {
         let seconds = self.state.drain_seconds.load(Ordering::Relaxed);
         log!("drain started ({}): health answers 503, WireGuard keeps serving for {seconds} s", first.as_str());
         let deadline = Instant::now() + Duration::from_secs(seconds);
+        let mut notices_logged = false;
+        let mut next_notice = Instant::now();
         loop {
-            match events::next_until(signals, reload_inbox, deadline) {
+            if Instant::now() >= next_notice && Instant::now() < deadline {
+                let recipients = move_notices::recipients(&self.data_plane.peers(), self.data_plane.addresses());
+                let sent = move_notices::send(&recipients);
+                if !notices_logged {
+                    log!(
+                        "drain: asked {sent} of {} peer(s) with a live session to move (UDP {}, repeated every {} s)",
+                        recipients.len(),
+                        crate::move_notice::PORT,
+                        move_notices::REPEAT.as_secs()
+                    );
+                    notices_logged = true;
+                }
+                next_notice = Instant::now() + move_notices::REPEAT;
+            }
+            let wake = deadline.min(next_notice);
+            let event = match events::next_until(signals, reload_inbox, wake) {
+                None if Instant::now() < deadline => continue,
+                event => event,
+            };
+            match event {
                 Some(Event::Stop(second)) => {
                     log!("drain cut short by a second {}", second.as_str());
                     return;

@@ -1,0 +1,181 @@
+//! The high-availability test bed: two bastions (ours or wireguard-go) behind the NLB model
+//! ([`crate::nlb`]), one wireguard-go client talking to the load balancer's address, optionally
+//! with `bastion watch` beside it. Shared by the failover tests, `make bench-failover` and
+//! `make ha-demo`.
+
+use std::net::SocketAddrV4;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::baseline::WireguardGoBastion;
+use crate::bastion::{Bastion, BastionSetup};
+use crate::cluster::{Cluster, HEALTH_PORT};
+use crate::nlb::{Nlb, NlbParams};
+use crate::process::Process;
+use crate::{HttpServer, WgInterface};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BastionKind {
+    /// `bastion run` (this binary).
+    Ours(PathBuf),
+    /// wireguard-go with forwarding and a masquerade, as operators run it by hand; its health
+    /// check is a web server in the same namespace that dies with it.
+    WireguardGo,
+}
+
+impl BastionKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            BastionKind::Ours(_) => "ours",
+            BastionKind::WireguardGo => "wireguard-go",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct HaOptions {
+    pub bastions: BastionKind,
+    pub nlb: NlbParams,
+    /// Run `bastion watch` (this binary) next to the client.
+    pub watch: Option<PathBuf>,
+    /// The client's `PersistentKeepalive` (seconds).
+    pub keepalive: Option<u16>,
+    /// `[health] drain_seconds` of our bastions.
+    pub drain_seconds: u32,
+}
+
+pub enum HaBastion {
+    Ours(Bastion),
+    WireguardGo { health: HttpServer, wg: WireguardGoBastion },
+}
+
+/// Field order is drop order: the watcher and the client first, the cluster last.
+pub struct HaBed {
+    pub watch: Option<Process>,
+    pub tunnel: WgInterface,
+    pub nlb: Nlb,
+    pub bastions: Vec<HaBastion>,
+    pub cluster: Cluster,
+}
+
+impl HaBed {
+    /// Builds the cluster (one client, one private host), starts both bastions, the load
+    /// balancer, and waits until it finds both healthy; then the client tunnel (and watch).
+    pub fn start(options: &HaOptions) -> HaBed {
+        let cluster = Cluster::build(1, 1);
+        let bastions: Vec<HaBastion> = (0..2)
+            .map(|i| {
+                let ns = cluster.bastion_ns(i);
+                match &options.bastions {
+                    BastionKind::Ours(binary) => {
+                        let setup = BastionSetup { drain_seconds: options.drain_seconds, ..BastionSetup::default() };
+                        let b = Bastion::start_in(&cluster.topo, ns, binary, setup);
+                        b.wait_healthy(Duration::from_secs(30)).unwrap_or_else(|e| panic!("bastion {i}: {e}"));
+                        HaBastion::Ours(b)
+                    }
+                    BastionKind::WireguardGo => {
+                        let wg = WireguardGoBastion::start_in(&cluster.topo, ns);
+                        let health = HttpServer::start(ns, &cluster.topo.dir, &format!("health{i}"), HEALTH_PORT);
+                        HaBastion::WireguardGo { health, wg }
+                    }
+                }
+            })
+            .collect();
+        let nlb = cluster.start_nlb(options.nlb, &[0, 1]);
+        let p = options.nlb;
+        let healthy_within = p.interval * (p.healthy_threshold + 3);
+        for i in 0..2 {
+            nlb.wait_healthy(i, healthy_within).unwrap_or_else(|e| panic!("{e}"));
+        }
+        let tunnel = cluster.topo.start_client_tunnel(0, cluster.topo.endpoint_v4());
+        if let Some(seconds) = options.keepalive {
+            let key = cluster.topo.bastion_keys.public.clone();
+            tunnel.wg_set(&["peer", &key, "persistent-keepalive", &seconds.to_string()]);
+        }
+        let watch = options.watch.as_ref().map(|binary| start_watch(&cluster, &tunnel, binary));
+        HaBed { watch, tunnel, nlb, bastions, cluster }
+    }
+
+    /// The client's current flow (its internet address and the tunnel's listen port).
+    pub fn client_flow(&self) -> SocketAddrV4 {
+        let port = self.cluster.topo.clients[0].ns.run(&["wg", "show", self.tunnel.name(), "listen-port"]);
+        let port: u16 = port.trim().parse().unwrap_or_else(|_| panic!("listen port {port:?}"));
+        SocketAddrV4::new(self.cluster.topo.clients[0].public_v4, port)
+    }
+
+    /// The target the client's current flow is on, once the load balancer tracks it.
+    pub fn serving_target(&self) -> Option<usize> {
+        self.nlb.target_of(self.client_flow())
+    }
+
+    /// Kills bastion `i` outright: a crashed instance (its health check fails from now on).
+    pub fn crash(&self, i: usize) {
+        let kill = |p: &Process| {
+            p.signal(libc::SIGKILL);
+            let _ = p.wait_exit(Duration::from_secs(10));
+        };
+        match &self.bastions[i] {
+            HaBastion::Ours(b) => kill(&b.process),
+            HaBastion::WireguardGo { health, wg } => {
+                kill(wg.wg.process());
+                kill(health.process());
+            }
+        }
+    }
+
+    /// A planned drain of bastion `i`, as scale-in does it: deregistered from the target group,
+    /// then told to stop (SIGTERM: our bastions drain for `drain_seconds`, wireguard-go stops).
+    pub fn drain(&self, i: usize) {
+        self.nlb.deregister(i);
+        match &self.bastions[i] {
+            HaBastion::Ours(b) => b.process.signal(libc::SIGTERM),
+            HaBastion::WireguardGo { health, wg } => {
+                wg.wg.process().signal(libc::SIGTERM);
+                health.process().signal(libc::SIGTERM);
+            }
+        }
+    }
+
+    /// Whether bastion `i` still runs.
+    pub fn is_running(&self, i: usize) -> bool {
+        match &self.bastions[i] {
+            HaBastion::Ours(b) => b.process.is_running(),
+            HaBastion::WireguardGo { wg, .. } => wg.wg.process().is_running(),
+        }
+    }
+
+    /// Everything that can explain a failure.
+    pub fn report(&self) -> String {
+        let mut parts = Vec::new();
+        for b in &self.bastions {
+            parts.push(match b {
+                HaBastion::Ours(b) => b.log_report(),
+                HaBastion::WireguardGo { wg, .. } => wg.wg.log_report(),
+            });
+        }
+        parts.push(format!("{}\n{}", self.tunnel.show(), self.tunnel.log_report()));
+        if let Some(w) = &self.watch {
+            parts.push(w.log_report());
+        }
+        parts.push(self.nlb.report());
+        parts.join("\n")
+    }
+
+    /// The run folder (logs).
+    pub fn dir(&self) -> &Path {
+        self.cluster.topo.dir.path()
+    }
+}
+
+/// `bastion watch --interface NAME` in the client's namespace.
+pub fn start_watch(cluster: &Cluster, tunnel: &WgInterface, binary: &Path) -> Process {
+    let log = cluster.topo.dir.path().join(format!("watch-{}.log", tunnel.name()));
+    let p = cluster.topo.clients[0].ns.spawn(
+        "bastion watch",
+        &[binary.to_str().expect("binary path is UTF-8"), "watch", "--interface", tunnel.name()],
+        &[],
+        &log,
+    );
+    p.wait_for_log("watching", Duration::from_secs(10)).unwrap_or_else(|e| panic!("{e}"));
+    p
+}

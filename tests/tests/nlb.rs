@@ -1,0 +1,137 @@
+//! Failover behind the NLB model (`bastion_tests::nlb`): flows stay on a dead or deregistered
+//! target until idle 30 s, as AWS's NLB keeps UDP flows, so a busy stock client is stranded
+//! when its bastion dies; `bastion watch` moves it to a new flow, which the load balancer
+//! places on the healthy bastion. A planned drain (deregistration + SIGTERM) with `bastion
+//! watch` loses no request: the draining bastion asks its peers to move while it still serves.
+//!
+//! Fast health checks (1 s, thresholds 2) keep the tests short; `make bench-failover` measures
+//! with AWS's fastest (5 s, 2). The tests assert that recovery happens, not how fast.
+
+use std::time::{Duration, Instant};
+
+use bastion_tests::bastion;
+use bastion_tests::ha::{start_watch, BastionKind, HaBed, HaOptions};
+use bastion_tests::nlb::{FlowPolicy, NlbParams};
+use bastion_tests::ping::{self, Pinger};
+use bastion_tests::wait_until;
+
+const STEP: Duration = Duration::from_secs(10);
+
+fn fast_sticky() -> NlbParams {
+    NlbParams {
+        interval: Duration::from_secs(1),
+        check_timeout: Duration::from_millis(800),
+        flows: FlowPolicy::STICKY,
+        ..NlbParams::default()
+    }
+}
+
+fn options(watch: bool, drain_seconds: u32) -> HaOptions {
+    let binary = bastion::binary();
+    HaOptions {
+        bastions: BastionKind::Ours(binary.clone()),
+        nlb: fast_sticky(),
+        watch: watch.then_some(binary),
+        keepalive: None,
+        drain_seconds,
+    }
+}
+
+fn host0(bed: &HaBed) -> String {
+    bed.cluster.topo.private_hosts[0].v4.to_string()
+}
+
+/// The tunnel is up and the load balancer tracks the client's flow: which target serves it.
+fn warm_up(bed: &HaBed) -> usize {
+    bed.cluster.topo.clients[0].ns.ping(&host0(bed), STEP).unwrap_or_else(|e| panic!("{e}\n{}", bed.report()));
+    wait_until("the load balancer to track the client's flow", STEP, || {
+        bed.serving_target().ok_or_else(|| bed.nlb.report())
+    })
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn wall_clock() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64()
+}
+
+#[test]
+#[ignore = "needs root, network namespaces and the binaries under test: `make integration-test` runs it"]
+fn sticky_flows_strand_a_stock_client_and_bastion_watch_moves_it() {
+    let bed = HaBed::start(&options(false, 3));
+    let serving = warm_up(&bed);
+    let pinger = Pinger::start(
+        &bed.cluster.topo.clients[0].ns,
+        &host0(&bed),
+        Duration::from_millis(100),
+        600,
+        &bed.dir().join("ping.log"),
+    );
+    std::thread::sleep(Duration::from_secs(1));
+
+    let killed = Instant::now();
+    let killed_at = wall_clock();
+    bed.crash(serving);
+    let detected = wait_until("the load balancer to find the dead bastion unhealthy", STEP, || {
+        bed.nlb.detected_unhealthy(serving, killed).ok_or_else(|| bed.nlb.report())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", bed.report()));
+    // Sticky: the busy client's flow stays on the dead target; nothing comes back.
+    std::thread::sleep(Duration::from_secs(4));
+    let stranded = ping::parse(&pinger.log(), 0);
+    assert_eq!(
+        stranded.first_reply_after(killed_at + 0.5),
+        None,
+        "a stock client came back by itself {:.1} s after detection: the model does not keep the flow\n{}",
+        detected.elapsed().as_secs_f64(),
+        bed.report()
+    );
+    assert_eq!(bed.serving_target(), Some(serving), "the flow is still on the dead target\n{}", bed.nlb.report());
+
+    // bastion watch moves the tunnel to a new flow, which goes to the healthy bastion.
+    let watch_started = wall_clock();
+    let watch = start_watch(&bed.cluster, &bed.tunnel, &bastion::binary());
+    wait_until("a reply after bastion watch started", Duration::from_secs(20), || {
+        ping::parse(&pinger.log(), 0).first_reply_after(watch_started).ok_or_else(|| watch.log_report())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", bed.report()));
+    watch.wait_for_log("moved to a new flow: listen port", STEP).unwrap();
+    assert_eq!(bed.serving_target(), Some(1 - serving), "{}", bed.nlb.report());
+    let recovered = ping::parse(&pinger.log(), 0).first_reply_after(watch_started).unwrap();
+    eprintln!(
+        "FIGURE first reply {:.2} s after bastion watch started\n{}",
+        recovered.at - watch_started,
+        watch.log_report()
+    );
+}
+
+#[test]
+#[ignore = "needs root, network namespaces and the binaries under test: `make integration-test` runs it"]
+fn a_planned_drain_with_bastion_watch_loses_no_request() {
+    let bed = HaBed::start(&options(true, 6));
+    let serving = warm_up(&bed);
+    let pinger = Pinger::start(
+        &bed.cluster.topo.clients[0].ns,
+        &host0(&bed),
+        Duration::from_millis(100),
+        120,
+        &bed.dir().join("ping.log"),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    bed.drain(serving);
+    let watch = bed.watch.as_ref().unwrap();
+    watch
+        .wait_for_log("is draining and asked its peers to move", STEP)
+        .unwrap_or_else(|e| panic!("{e}\n{}", bed.report()));
+    let report = pinger.finish(STEP).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(report.lost(), 0, "requests lost during the drain ({} sent)\n{}", report.sent, bed.report());
+    assert_eq!(bed.serving_target(), Some(1 - serving), "{}", bed.nlb.report());
+    wait_until("the drained bastion to exit", STEP, || {
+        if bed.is_running(serving) {
+            Err("running".into())
+        } else {
+            Ok(())
+        }
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", bed.report()));
+    eprintln!("FIGURE {} requests, {} lost\n{}\n{}", report.sent, report.lost(), watch.log_report(), bed.nlb.report());
+}
