@@ -8,6 +8,7 @@
                           credentials (new ones on every request, expiring after
                           --credentials-seconds)
   GET /latest/meta-data/placement/region                  (with --region)
+  GET /latest/meta-data/autoscaling/target-lifecycle-state (with --lifecycle-file)
 
 Like EC2's IMDS, a PUT carrying X-Forwarded-For is refused (403) and a PUT without a valid TTL
 gets 400. Every request is logged as one JSON line to --log (method, path, whether a token header
@@ -112,6 +113,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 }).encode()
                 self.record(200)
                 return self.answer(200, body, "application/json")
+            if args.lifecycle_file and self.path == "/latest/meta-data/autoscaling/target-lifecycle-state":
+                try:
+                    with open(args.lifecycle_file) as f:
+                        state = f.read().strip()
+                except FileNotFoundError:
+                    state = None
+                if state:
+                    self.record(200)
+                    return self.answer(200, state.encode())
             if args.region and self.path == "/latest/meta-data/placement/region":
                 self.record(200)
                 return self.answer(200, args.region.encode())
@@ -196,6 +206,7 @@ def main():
     p.add_argument("--role", help="the instance role's name (no role: 404)")
     p.add_argument("--credentials-seconds", type=int, default=21600, help="lifetime of the role's credentials")
     p.add_argument("--region", help="placement/region (none: 404)")
+    p.add_argument("--lifecycle-file", help="autoscaling/target-lifecycle-state: the file's text, read per request (no file: 404)")
     args = p.parse_args()
     server = http.server.ThreadingHTTPServer((args.bind, args.port), Handler)
     server.daemon_threads = True

@@ -29,6 +29,10 @@ pub fn binary() -> PathBuf {
     path
 }
 
+/// The environment variable that makes `bastion run` poll IMDS for the Auto Scaling lifecycle
+/// state (init sets it on the appliance).
+pub const LIFECYCLE_VAR: &str = "BASTION_LIFECYCLE_FROM_IMDS";
+
 /// What varies between tests' configs; everything else follows the topology.
 #[derive(Clone, Debug)]
 pub struct BastionSetup {

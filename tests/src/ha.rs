@@ -3,13 +3,14 @@
 //! with `bastion watch` beside it. Shared by the failover tests, `make bench-failover` and
 //! `make ha-demo`.
 
-use std::net::SocketAddrV4;
+use std::net::{SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::baseline::WireguardGoBastion;
 use crate::bastion::{Bastion, BastionSetup};
 use crate::cluster::{Cluster, HEALTH_PORT};
+use crate::imds::{ImdsEmulator, ImdsMode};
 use crate::nlb::{Nlb, NlbParams};
 use crate::process::Process;
 use crate::{HttpServer, WgInterface};
@@ -42,7 +43,13 @@ pub struct HaOptions {
     pub keepalive: Option<u16>,
     /// `[health] drain_seconds` of our bastions.
     pub drain_seconds: u32,
+    /// Give each of our bastions an IMDS emulator (in its namespace, on loopback) serving the
+    /// Auto Scaling lifecycle state ([`HaBed::set_lifecycle`]), and let it poll it.
+    pub imds_lifecycle: bool,
 }
+
+/// Where a bastion's IMDS emulator listens, inside the bastion's own namespace.
+const LIFECYCLE_IMDS: ([u8; 4], u16) = ([127, 0, 0, 1], 8181);
 
 pub enum HaBastion {
     Ours(Bastion),
@@ -52,6 +59,7 @@ pub enum HaBastion {
 /// Field order is drop order: the watcher and the client first, the cluster last.
 pub struct HaBed {
     pub watch: Option<Process>,
+    pub imds: Vec<ImdsEmulator>,
     pub tunnel: WgInterface,
     pub nlb: Nlb,
     pub bastions: Vec<HaBastion>,
@@ -63,12 +71,41 @@ impl HaBed {
     /// balancer, and waits until it finds both healthy; then the client tunnel (and watch).
     pub fn start(options: &HaOptions) -> HaBed {
         let cluster = Cluster::build(1, 1);
+        let imds: Vec<ImdsEmulator> = if options.imds_lifecycle {
+            (0..2)
+                .map(|i| {
+                    let file = cluster.topo.dir.path().join(format!("lifecycle-{i}"));
+                    ImdsEmulator::start_with(
+                        cluster.bastion_ns(i),
+                        SocketAddr::from(LIFECYCLE_IMDS),
+                        None,
+                        ImdsMode::Normal,
+                        &cluster.topo.dir,
+                        &["--lifecycle-file", file.to_str().expect("UTF-8 path")],
+                    )
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         let bastions: Vec<HaBastion> = (0..2)
             .map(|i| {
                 let ns = cluster.bastion_ns(i);
                 match &options.bastions {
                     BastionKind::Ours(binary) => {
-                        let setup = BastionSetup { drain_seconds: options.drain_seconds, ..BastionSetup::default() };
+                        let env = if options.imds_lifecycle {
+                            vec![
+                                (
+                                    "AWS_EC2_METADATA_SERVICE_ENDPOINT".to_string(),
+                                    format!("http://{}", SocketAddr::from(LIFECYCLE_IMDS)),
+                                ),
+                                (crate::bastion::LIFECYCLE_VAR.to_string(), "1".to_string()),
+                            ]
+                        } else {
+                            Vec::new()
+                        };
+                        let setup =
+                            BastionSetup { drain_seconds: options.drain_seconds, env, ..BastionSetup::default() };
                         let b = Bastion::start_in(&cluster.topo, ns, binary, setup);
                         b.wait_healthy(Duration::from_secs(30)).unwrap_or_else(|e| panic!("bastion {i}: {e}"));
                         HaBastion::Ours(b)
@@ -93,7 +130,13 @@ impl HaBed {
             tunnel.wg_set(&["peer", &key, "persistent-keepalive", &seconds.to_string()]);
         }
         let watch = options.watch.as_ref().map(|binary| start_watch(&cluster, &tunnel, binary));
-        HaBed { watch, tunnel, nlb, bastions, cluster }
+        HaBed { watch, imds, tunnel, nlb, bastions, cluster }
+    }
+
+    /// What bastion `i`'s IMDS says as `autoscaling/target-lifecycle-state` from now on.
+    pub fn set_lifecycle(&self, i: usize, state: &str) {
+        assert!(!self.imds.is_empty(), "the bed was started without imds_lifecycle");
+        std::fs::write(self.dir().join(format!("lifecycle-{i}")), state).unwrap();
     }
 
     /// The client's current flow (its internet address and the tunnel's listen port).

@@ -10,7 +10,7 @@
 use std::time::{Duration, Instant};
 
 use bastion_tests::bastion;
-use bastion_tests::ha::{start_watch, BastionKind, HaBed, HaOptions};
+use bastion_tests::ha::{start_watch, BastionKind, HaBastion, HaBed, HaOptions};
 use bastion_tests::nlb::{FlowPolicy, NlbParams};
 use bastion_tests::ping::{self, Pinger};
 use bastion_tests::wait_until;
@@ -34,6 +34,7 @@ fn options(watch: bool, drain_seconds: u32) -> HaOptions {
         watch: watch.then_some(binary),
         keepalive: None,
         drain_seconds,
+        imds_lifecycle: false,
     }
 }
 
@@ -134,4 +135,37 @@ fn a_planned_drain_with_bastion_watch_loses_no_request() {
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", bed.report()));
     eprintln!("FIGURE {} requests, {} lost\n{}\n{}", report.sent, report.lost(), watch.log_report(), bed.nlb.report());
+}
+
+#[test]
+#[ignore = "needs root, network namespaces and the binaries under test: `make integration-test` runs it"]
+fn the_lifecycle_state_in_imds_makes_the_bastion_ask_its_peers_to_move_before_it_stops() {
+    let bed = HaBed::start(&HaOptions { imds_lifecycle: true, ..options(true, 30) });
+    let serving = warm_up(&bed);
+    let pinger = Pinger::start(
+        &bed.cluster.topo.clients[0].ns,
+        &host0(&bed),
+        Duration::from_millis(100),
+        150,
+        &bed.dir().join("ping.log"),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    // Scale-in: Auto Scaling marks the instance Terminated, then deregisters the target; the
+    // power button would come only after the deregistration delay.
+    bed.set_lifecycle(serving, "Terminated");
+    bed.nlb.deregister(serving);
+    let HaBastion::Ours(draining) = &bed.bastions[serving] else { unreachable!() };
+    draining
+        .process
+        .wait_for_log("lifecycle: target-lifecycle-state is Terminated: draining in place", STEP)
+        .unwrap_or_else(|e| panic!("{e}\n{}", bed.report()));
+    let watch = bed.watch.as_ref().unwrap();
+    watch
+        .wait_for_log("is draining and asked its peers to move", STEP)
+        .unwrap_or_else(|e| panic!("{e}\n{}", bed.report()));
+    let report = pinger.finish(STEP).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(report.lost(), 0, "requests lost ({} sent)\n{}", report.sent, bed.report());
+    assert_eq!(bed.serving_target(), Some(1 - serving), "{}", bed.nlb.report());
+    assert!(bed.is_running(serving), "a lifecycle drain keeps serving until the instance stops");
+    assert_eq!(draining.health().map(|r| r.status), Ok(503), "health says draining");
 }

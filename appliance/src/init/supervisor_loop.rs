@@ -154,6 +154,8 @@ fn spawn_service(config: &Path) -> std::io::Result<i32> {
         .arg("run")
         .arg("--config")
         .arg(config)
+        // On EC2 the service learns from IMDS that Auto Scaling is taking the instance out.
+        .env(crate::service::LIFECYCLE_ENABLE_VAR, "1")
         .stdin(std::process::Stdio::null())
         .spawn()?;
     // The child is reaped by `reap` (waitpid -1), never through `Child`.

@@ -18,6 +18,8 @@
 
 mod events;
 mod judge;
+mod lifecycle;
+pub use lifecycle::ENABLE_VAR as LIFECYCLE_ENABLE_VAR;
 mod move_notices;
 mod nat_guard;
 mod plan;
@@ -355,6 +357,31 @@ impl Service {
                 }
             }
         };
+        {
+            // Detached: it polls until the process ends; a weak handle, so the data plane (and
+            // its TUN) still goes when the service stops.
+            let state = state.clone();
+            let data_plane = Arc::downgrade(&data_plane);
+            lifecycle::start(move |leaving| {
+                let seconds = state.drain_seconds.load(Ordering::Relaxed);
+                state.drain_started.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_with(Instant::now);
+                log!(
+                    "lifecycle: target-lifecycle-state is {leaving}: draining in place (health 503, peers asked to \
+                     move for {seconds} s); WireGuard keeps serving until the instance stops"
+                );
+                let mut logged = false;
+                let until = Instant::now() + Duration::from_secs(seconds);
+                lifecycle::notify_until(until, move_notices::REPEAT, || {
+                    let Some(data_plane) = data_plane.upgrade() else { return };
+                    let recipients = move_notices::recipients(&data_plane.peers(), data_plane.addresses());
+                    let sent = move_notices::send(&recipients);
+                    if !logged {
+                        log!("lifecycle: asked {sent} of {} peer(s) with a live session to move", recipients.len());
+                        logged = true;
+                    }
+                });
+            });
+        }
         log!("config: version {} from {}", state.config_state().version, state.config_state().origin);
         Ok(Service {
             config,
