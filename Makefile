@@ -61,7 +61,7 @@ HOST_BASTION := target/release/bastion
 # by a host build of the same source.
 CONFIG ?=
 
-.PHONY: all build test test-deps gates unit-test integration-test fuzz clean \
+.PHONY: all build test test-deps gates unit-test integration-test fuzz clean bench-failover ha-demo \
         image-deps appliance image-builder kernel image run boot-test lock-packages bench
 
 all: build
@@ -179,6 +179,21 @@ bench: test-deps build
 	BASTION_BIN=$(CURDIR)/target/release/bastion BORINGTUN_BIN=$(BORINGTUN_ROOT)/bin/boringtun-cli \
 	  BENCH_COMMAND="make bench$(if $(BENCH_ARGS), BENCH_ARGS='$(BENCH_ARGS)')" \
 	  $(CARGO) bench -p bastion-tests --bench throughput -- --out $(CURDIR)/target/bench $(BENCH_ARGS)
+
+# Failover behind the NLB model: {flush, sticky} LB x {stock, bastion watch} client x
+# {wireguard-go, ours} bastions, an active and an idle client; table, JSON and SVG in
+# target/bench. About 15 minutes. FAILOVER_ARGS passes options (--interval S, --give-up S).
+FAILOVER_ARGS ?=
+bench-failover: test-deps build
+	BASTION_BIN=$(CURDIR)/target/release/bastion \
+	  $(CARGO) bench -p bastion-tests --bench failover -- --out $(CURDIR)/target/bench $(FAILOVER_ARGS)
+
+# One failover, narrated: two of our bastions behind the sticky NLB model (health checks every
+# 5 s, 2 to change), a client with bastion watch doing a request every 100 ms; kill -9 of the
+# bastion serving it.
+ha-demo: test-deps build
+	BASTION_BIN=$(CURDIR)/target/release/bastion \
+	  $(CARGO) bench -p bastion-tests --bench failover -- --demo $(FAILOVER_ARGS)
 
 # The property tests of every parser of outside input, with many more cases than `make test`
 # runs (256 each). FUZZ_CASES=N to change.

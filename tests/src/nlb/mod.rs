@@ -43,6 +43,11 @@ pub enum NlbEventKind {
         target: usize,
         reason: ForgetReason,
     },
+    /// A flow seen for the first time (to within one sweep).
+    NewFlow {
+        client: SocketAddrV4,
+        target: usize,
+    },
 }
 
 /// A flow the kernel tracks for the listener.
@@ -150,6 +155,18 @@ impl Nlb {
         self.events().into_iter().find(|e| e.at >= since && e.what == unhealthy).map(|e| e.at)
     }
 
+    /// When a flow from `client_ip` first showed up on `target` at or after `since`.
+    pub fn new_flow_on(&self, client_ip: Ipv4Addr, target: usize, since: Instant) -> Option<Instant> {
+        self.events().into_iter().find_map(|e| match e.what {
+            NlbEventKind::NewFlow { client, target: t }
+                if e.at >= since && t == target && *client.ip() == client_ip =>
+            {
+                Some(e.at)
+            }
+            _ => None,
+        })
+    }
+
     /// The flows the kernel tracks for the listener now.
     pub fn flows(&self) -> Vec<Flow> {
         self.shared.flows()
@@ -232,8 +249,17 @@ impl Shared {
     }
 
     fn sweep_loop(&self) {
+        let mut seen = std::collections::HashSet::new();
         while self.nap(SWEEP) {
             let flows = self.flows();
+            for flow in &flows {
+                if let Some(target) = flow.target {
+                    if seen.insert((flow.client, target)) {
+                        self.event(NlbEventKind::NewFlow { client: flow.client, target });
+                    }
+                }
+            }
+            seen.retain(|&(client, target)| flows.iter().any(|f| f.client == client && f.target == Some(target)));
             let model = self.model.lock().unwrap();
             let idle_after = model.params().flow_idle.as_secs();
             let now = self.started.elapsed();

@@ -1,0 +1,343 @@
+//! `make bench-failover`: what a user sees when the bastion serving them dies, behind the NLB
+//! model ([`bastion_tests::nlb`], AWS's fastest health checks by default: every 5 s, 2 to
+//! change), for {flush LB, sticky NLB} × {stock client, client with `bastion watch`} ×
+//! {wireguard-go bastions, our bastions}, each with an active client (a request every 100 ms)
+//! and an idle one (keepalive 25 s, its first request 15 s after the failure). One table
+//! (markdown and JSON) and a plot of the active client's replies around the failure (SVG),
+//! all from the same run.
+//!
+//! `make ha-demo` runs one case (sticky NLB, our bastions, client with watch) and narrates it.
+//!
+//! Options: `--out DIR`, `--interval S` (health check interval), `--give-up S` (how long a
+//! client may stay without an answer before the case is written "never"), `--demo`.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bastion_tests::ha::{BastionKind, HaBed, HaOptions};
+use bastion_tests::nlb::{FlowPolicy, NlbParams};
+use bastion_tests::ping::{self, Pinger};
+
+const REQUEST_EVERY: Duration = Duration::from_millis(100);
+/// The idle client's first request after the failure: after the load balancer has noticed.
+const IDLE_FIRST_REQUEST: Duration = Duration::from_secs(15);
+const KEEPALIVE: u16 = 25;
+
+#[derive(Clone)]
+struct Case {
+    lb: FlowPolicy,
+    watch: bool,
+    bastions: BastionKind,
+}
+
+impl Case {
+    fn label(&self) -> String {
+        format!(
+            "{} LB, {} client, {} bastions",
+            self.lb.name(),
+            if self.watch { "watch" } else { "stock" },
+            self.bastions.name()
+        )
+    }
+}
+
+#[derive(Default, Clone)]
+struct Active {
+    detection: Option<f64>,
+    reroute: Option<f64>,
+    first_reply: Option<f64>,
+    /// Reply times relative to the kill.
+    replies: Vec<f64>,
+}
+
+#[derive(Default, Clone)]
+struct Idle {
+    /// From the first request after the failure to its first answer.
+    reply_after_first_request: Option<f64>,
+}
+
+struct Settings {
+    out: PathBuf,
+    nlb: NlbParams,
+    give_up: Duration,
+    demo: bool,
+}
+
+fn now_wall() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64()
+}
+
+fn options(case: &Case, settings: &Settings, binary: &std::path::Path, keepalive: Option<u16>) -> HaOptions {
+    HaOptions {
+        bastions: case.bastions.clone(),
+        nlb: NlbParams { flows: case.lb, ..settings.nlb },
+        watch: case.watch.then(|| binary.to_path_buf()),
+        keepalive,
+        drain_seconds: 3,
+        imds_lifecycle: false,
+    }
+}
+
+fn serving(bed: &HaBed) -> usize {
+    let host = bed.cluster.topo.private_hosts[0].v4.to_string();
+    bed.cluster.topo.clients[0]
+        .ns
+        .ping(&host, Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{e}\n{}", bed.report()));
+    bastion_tests::wait_until("the client's flow", Duration::from_secs(10), || {
+        bed.serving_target().ok_or_else(|| bed.nlb.report())
+    })
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn run_active(case: &Case, settings: &Settings, binary: &std::path::Path) -> Active {
+    let bed = HaBed::start(&options(case, settings, binary, None));
+    let target = serving(&bed);
+    let host = bed.cluster.topo.private_hosts[0].v4.to_string();
+    let count = ((settings.give_up.as_secs_f64() + 8.0) / REQUEST_EVERY.as_secs_f64()) as u32;
+    let pinger =
+        Pinger::start(&bed.cluster.topo.clients[0].ns, &host, REQUEST_EVERY, count, &bed.dir().join("ping.log"));
+    std::thread::sleep(Duration::from_secs(2));
+    let killed = Instant::now();
+    let killed_wall = now_wall();
+    if settings.demo {
+        eprintln!("demo: killing bastion {target} (kill -9), the one serving the client");
+    }
+    bed.crash(target);
+    let deadline = killed + settings.give_up;
+    let mut result = Active::default();
+    let mut narrated = 0;
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        if settings.demo {
+            narrated = narrate(&bed, killed, narrated);
+        }
+        let report = ping::parse(&pinger.log(), 0);
+        if let Some(reply) = report.first_reply_after(killed_wall + 0.05) {
+            result.first_reply = Some(reply.at - killed_wall);
+            break;
+        }
+    }
+    // Recovered (or given up): wait for the load balancer's verdict too, for the table.
+    let p = settings.nlb;
+    let verdict_by = killed + p.interval * (p.unhealthy_threshold + 1) + Duration::from_secs(2);
+    while Instant::now() < verdict_by && bed.nlb.detected_unhealthy(target, killed).is_none() {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    result.detection = bed.nlb.detected_unhealthy(target, killed).map(|t| (t - killed).as_secs_f64());
+    let client = bed.cluster.topo.clients[0].public_v4;
+    result.reroute = bed.nlb.new_flow_on(client, 1 - target, killed).map(|t| (t - killed).as_secs_f64());
+    result.replies = ping::parse(&pinger.log(), 0).replies.iter().map(|r| r.at - killed_wall).collect();
+    if settings.demo {
+        narrate(&bed, killed, narrated);
+        if let Some(w) = &bed.watch {
+            eprintln!("{}", w.log_report());
+        }
+    }
+    result
+}
+
+/// Prints the load balancer's new events since `shown`; how many are shown now.
+fn narrate(bed: &HaBed, killed: Instant, shown: usize) -> usize {
+    let events = bed.nlb.events();
+    for e in events.iter().skip(shown) {
+        let at = if e.at >= killed { (e.at - killed).as_secs_f64() } else { -(killed - e.at).as_secs_f64() };
+        eprintln!("demo: {at:+7.2} s from the kill: load balancer: {:?}", e.what);
+    }
+    events.len()
+}
+
+fn run_idle(case: &Case, settings: &Settings, binary: &std::path::Path) -> Idle {
+    let bed = HaBed::start(&options(case, settings, binary, Some(KEEPALIVE)));
+    let target = serving(&bed);
+    std::thread::sleep(Duration::from_secs(3));
+    bed.crash(target);
+    std::thread::sleep(IDLE_FIRST_REQUEST);
+    let host = bed.cluster.topo.private_hosts[0].v4.to_string();
+    let first_request = now_wall();
+    let count = (settings.give_up.as_secs_f64() / REQUEST_EVERY.as_secs_f64()) as u32;
+    let pinger =
+        Pinger::start(&bed.cluster.topo.clients[0].ns, &host, REQUEST_EVERY, count, &bed.dir().join("ping.log"));
+    let deadline = Instant::now() + settings.give_up;
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        if let Some(reply) = ping::parse(&pinger.log(), 0).first_reply_after(first_request) {
+            return Idle { reply_after_first_request: Some(reply.at - first_request) };
+        }
+    }
+    Idle::default()
+}
+
+fn seconds(v: Option<f64>, give_up: Duration) -> String {
+    match v {
+        Some(s) => format!("{s:.1} s"),
+        None => format!("never (> {} s)", give_up.as_secs()),
+    }
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let mut settings = Settings {
+        out: PathBuf::from("target/bench"),
+        nlb: NlbParams::default(),
+        give_up: Duration::from_secs(45),
+        demo: false,
+    };
+    while let Some(arg) = args.next() {
+        let mut value = || args.next().unwrap_or_else(|| panic!("{arg} needs a value"));
+        match arg.as_str() {
+            "--out" => settings.out = PathBuf::from(value()),
+            "--interval" => settings.nlb.interval = Duration::from_secs(value().parse().expect("--interval: seconds")),
+            "--give-up" => settings.give_up = Duration::from_secs(value().parse().expect("--give-up: seconds")),
+            "--demo" => settings.demo = true,
+            "--bench" => {} // cargo bench passes it
+            other => panic!("unknown option {other}: expected --out DIR, --interval S, --give-up S, --demo"),
+        }
+    }
+    bastion_tests::require_root_and_tools();
+    let binary = bastion_tests::bastion::binary();
+    if settings.demo {
+        let case = Case { lb: FlowPolicy::STICKY, watch: true, bastions: BastionKind::Ours(binary.clone()) };
+        eprintln!(
+            "demo: {} — health checks every {} s, {} to change; a request every 100 ms",
+            case.label(),
+            settings.nlb.interval.as_secs(),
+            settings.nlb.unhealthy_threshold
+        );
+        let a = run_active(&case, &settings, &binary);
+        eprintln!(
+            "demo: LB detection {}, re-route {}, first reply {}",
+            seconds(a.detection, settings.give_up),
+            seconds(a.reroute, settings.give_up),
+            seconds(a.first_reply, settings.give_up)
+        );
+        return;
+    }
+    let mut cases = Vec::new();
+    for lb in [FlowPolicy::Flush, FlowPolicy::STICKY] {
+        for watch in [false, true] {
+            for bastions in [BastionKind::WireguardGo, BastionKind::Ours(binary.clone())] {
+                cases.push(Case { lb, watch, bastions });
+            }
+        }
+    }
+    let mut results = Vec::new();
+    for case in &cases {
+        eprintln!("bench-failover: {} (active client)", case.label());
+        let active = run_active(case, &settings, &binary);
+        eprintln!("bench-failover: {} (idle client)", case.label());
+        let idle = run_idle(case, &settings, &binary);
+        results.push((case.clone(), active, idle));
+    }
+    std::fs::create_dir_all(&settings.out).unwrap();
+    let table = table(&results, &settings);
+    println!("{table}");
+    std::fs::write(settings.out.join("failover.md"), &table).unwrap();
+    std::fs::write(settings.out.join("failover.json"), json(&results)).unwrap();
+    std::fs::write(settings.out.join("failover.svg"), svg(&results, &settings)).unwrap();
+    eprintln!("bench-failover: wrote {}/failover.{{md,json,svg}}", settings.out.display());
+}
+
+fn table(results: &[(Case, Active, Idle)], settings: &Settings) -> String {
+    let g = settings.give_up;
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "Health checks every {} s, {} to change; active client: a request every 100 ms; idle client: keepalive {KEEPALIVE} s, \
+         first request {} s after the kill. Times from the kill -9 of the serving bastion. `make bench-failover`.\n",
+        settings.nlb.interval.as_secs(),
+        settings.nlb.unhealthy_threshold,
+        IDLE_FIRST_REQUEST.as_secs()
+    );
+    let _ = writeln!(
+        t,
+        "| load balancer | client | bastions | LB detection | re-route | re-route → first reply | total outage (active) | idle: first request → reply |"
+    );
+    let _ = writeln!(t, "|---|---|---|---|---|---|---|---|");
+    for (case, a, i) in results {
+        let after_reroute = match (a.reroute, a.first_reply) {
+            (Some(r), Some(f)) => Some((f - r).max(0.0)),
+            _ => None,
+        };
+        let _ = writeln!(
+            t,
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            case.lb.name(),
+            if case.watch { "bastion watch" } else { "stock" },
+            case.bastions.name(),
+            seconds(a.detection, g),
+            seconds(a.reroute, g),
+            seconds(after_reroute, g),
+            seconds(a.first_reply, g),
+            seconds(i.reply_after_first_request, g)
+        );
+    }
+    t
+}
+
+fn json(results: &[(Case, Active, Idle)]) -> String {
+    let rows: Vec<serde_json::Value> = results
+        .iter()
+        .map(|(c, a, i)| {
+            serde_json::json!({
+                "lb": c.lb.name(), "watch": c.watch, "bastions": c.bastions.name(),
+                "detection_s": a.detection, "reroute_s": a.reroute, "first_reply_s": a.first_reply,
+                "idle_reply_after_first_request_s": i.reply_after_first_request,
+                "active_replies_s": a.replies,
+            })
+        })
+        .collect();
+    serde_json::to_string_pretty(&rows).unwrap()
+}
+
+/// One row per case: a dot per answered request of the active client, from 3 s before the kill
+/// to `give_up` after; the kill at 0, the load balancer's detection as a tick. Hand-written SVG
+/// (a few dozen lines; a plotting crate would add more to the build than the plot is worth).
+fn svg(results: &[(Case, Active, Idle)], settings: &Settings) -> String {
+    let (left, width, row, top) = (330.0, 700.0, 28.0, 40.0);
+    let (t0, t1) = (-3.0, settings.give_up.as_secs_f64());
+    let x = |t: f64| left + (t - t0) / (t1 - t0) * width;
+    let height = top + row * results.len() as f64 + 40.0;
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{height}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+         <text x=\"10\" y=\"20\">Replies of a client doing a request every 100 ms; the serving bastion is killed at 0 s</text>\n",
+        left + width + 20.0
+    );
+    let bottom = top + row * results.len() as f64;
+    let mut t = 0.0;
+    while t <= t1 {
+        let _ = writeln!(
+            s,
+            "<line x1=\"{0:.1}\" y1=\"{top}\" x2=\"{0:.1}\" y2=\"{bottom}\" stroke=\"#ddd\"/><text x=\"{0:.1}\" y=\"{1}\" text-anchor=\"middle\">{t} s</text>",
+            x(t),
+            bottom + 15.0
+        );
+        t += 5.0;
+    }
+    let _ = writeln!(s, "<line x1=\"{0:.1}\" y1=\"{top}\" x2=\"{0:.1}\" y2=\"{bottom}\" stroke=\"red\"/>", x(0.0));
+    for (n, (case, a, _)) in results.iter().enumerate() {
+        let y = top + row * n as f64 + row / 2.0;
+        let _ = writeln!(s, "<text x=\"10\" y=\"{:.1}\">{}</text>", y + 4.0, case.label());
+        for r in a.replies.iter().filter(|r| **r >= t0 && **r <= t1) {
+            let _ = writeln!(s, "<circle cx=\"{:.1}\" cy=\"{y:.1}\" r=\"1.5\" fill=\"#1f77b4\"/>", x(*r));
+        }
+        if let Some(d) = a.detection {
+            let _ = writeln!(
+                s,
+                "<line x1=\"{0:.1}\" y1=\"{1:.1}\" x2=\"{0:.1}\" y2=\"{2:.1}\" stroke=\"orange\" stroke-width=\"2\"/>",
+                x(d),
+                y - 9.0,
+                y + 9.0
+            );
+        }
+    }
+    let _ = writeln!(
+        s,
+        "<text x=\"{left}\" y=\"{:.1}\">red: kill -9 · orange: the load balancer finds it unhealthy · dots: answers</text>\n</svg>",
+        bottom + 32.0
+    );
+    s
+}
