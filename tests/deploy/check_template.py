@@ -112,6 +112,15 @@ def check(template, listen_port, health_port, drain_seconds):
             problems.append(f"{name}: expected IMDSv2 only (HttpTokens required, hop limit 1), found {meta}")
         if "KeyName" in data:
             problems.append(f"{name}: a key pair is set; the appliance has no SSH")
+    hooks = {n: h for n, h in of_type(resources, "AWS::AutoScaling::LifecycleHook").items()
+             if h.get("LifecycleTransition") == "autoscaling:EC2_INSTANCE_TERMINATING"}
+    if len(hooks) != 1:
+        problems.append(f"expected one termination lifecycle hook (it holds a leaving bastion while it asks its peers to move), found {len(hooks)}")
+    for name, hook in hooks.items():
+        if str(plain(hook.get("HeartbeatTimeout"), parameters)) != str(drain_seconds):
+            problems.append(f"{name}: HeartbeatTimeout {hook.get('HeartbeatTimeout')!r}, expected the drain_seconds default {drain_seconds} (the same parameter as the deregistration delay)")
+        if hook.get("DefaultResult") != "CONTINUE":
+            problems.append(f"{name}: DefaultResult {hook.get('DefaultResult')!r}, expected CONTINUE (nothing completes the action)")
     facts["resources"] = sorted({r.get("Type") for r in resources.values()})
     return problems, facts
 

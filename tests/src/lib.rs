@@ -27,6 +27,7 @@ pub mod ping;
 pub mod process;
 pub mod rundir;
 pub mod scratch;
+pub mod storm;
 pub mod topology;
 pub mod traffic;
 pub mod wait;

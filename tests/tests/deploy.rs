@@ -90,6 +90,8 @@ fn the_own_check_catches_what_cfn_lint_lets_through() {
         ),
         ("HealthCheckIntervalSeconds: 5", "HealthCheckIntervalSeconds: 30", "the fastest an NLB allows", false),
         ("          HttpTokens: required", "          HttpTokens: optional", "IMDSv2 only", false),
+        ("      HeartbeatTimeout: !Ref DrainSeconds", "      HeartbeatTimeout: 300", "the same parameter as the deregistration delay", false),
+        ("LifecycleTransition: autoscaling:EC2_INSTANCE_TERMINATING", "LifecycleTransition: autoscaling:EC2_INSTANCE_LAUNCHING", "expected one termination lifecycle hook", false),
     ];
     let mut missed_by_lint = 0;
     for (i, (from, to, problem, _)) in mutants.iter().enumerate() {
