@@ -4,7 +4,8 @@
 //!
 //! The inputs: WireGuard datagrams (routing and a real `Tunn`'s verdict), health HTTP requests,
 //! IMDS answers, DHCP packets and leases, netlink answers, config and wg-quick files, and the
-//! status protocol; `bastion peer add/remove` on mutated configs.
+//! status protocol, the drain's move notice, WireGuard API answers (`bastion watch`);
+//! `bastion peer add/remove` on mutated configs.
 
 use proptest::prelude::*;
 
@@ -172,7 +173,25 @@ proptest! {
     fn status_answers_are_reports_or_errors(bytes in prop::collection::vec(any::<u8>(), 0..500)) {
         let _ = crate::status::parse(&bytes);
     }
+
+    #[test]
+    fn move_notices_are_parsed_or_refused_never_a_panic(bytes in prop::collection::vec(any::<u8>(), 0..64)) {
+        let _ = crate::move_notice::parse(&bytes);
+    }
+
+    #[test]
+    fn uapi_answers_are_read_or_refused_never_a_panic(text in prop_oneof!["(?s).{0,300}".boxed(), mutated(UAPI_ANSWER).boxed()]) {
+        if let Ok(device) = crate::watch::uapi::parse_get(&text) {
+            for peer in &device.peers {
+                // What a move would send back is made of lines the answer had.
+                let _ = peer.recreate();
+            }
+        }
+    }
 }
+
+const UAPI_ANSWER: &str = "listen_port=12912\npublic_key=b85996fecc9c7f1fc6d2572a76eda11d59bcd20be8e543b15ce4bd85a8e75a33\n\
+    endpoint=192.0.2.1:51820\nallowed_ip=10.100.0.0/24\ntx_bytes=38333\nrx_bytes=2224\npersistent_keepalive_interval=25\nerrno=0\n";
 
 #[test]
 fn the_valid_inputs_of_the_mutations_are_valid() {

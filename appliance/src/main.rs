@@ -82,8 +82,8 @@ enum Command {
         /// Data sent and nothing received this long is a stall.
         #[arg(long, default_value_t = 2.0)]
         stall_seconds: f64,
-        /// While a stall lasts, move again after 2 s, growing by half up to this.
-        #[arg(long, default_value_t = 4.0)]
+        /// While a stall lasts, move again every 2 s for 30 s, then doubling up to this.
+        #[arg(long, default_value_t = 30.0)]
         max_backoff_seconds: f64,
         /// How often the peers' counters are read, in milliseconds.
         #[arg(long, default_value_t = 200)]
@@ -193,6 +193,7 @@ fn main() -> ExitCode {
                         stall_after,
                         max_backoff,
                         first_backoff: watch::stall::StallParams::default().first_backoff.min(max_backoff),
+                        ..watch::stall::StallParams::default()
                     },
                     (Err(e), _) | (_, Err(e)) => {
                         eprintln!("watch: {e}");

@@ -102,10 +102,11 @@ impl StormPeer {
                         result = self.tunn.decapsulate(None, &[], &mut buf);
                         continue;
                     }
-                    TunnResult::WriteToTunnelV4(p, _) => {
-                        if p.len() >= 28 && p[9] == 1 && p[20] == 0 && self.answered.is_none() {
-                            self.answered = Some(Instant::now());
-                        }
+                    // An ICMP echo reply: the peer's traffic flows again.
+                    TunnResult::WriteToTunnelV4(p, _)
+                        if p.len() >= 28 && p[9] == 1 && p[20] == 0 && self.answered.is_none() =>
+                    {
+                        self.answered = Some(Instant::now());
                     }
                     _ => {}
                 }
@@ -146,7 +147,13 @@ fn checksum(bytes: &[u8]) -> u16 {
 
 /// Drives `peers` until every one is answered or `timeout` passes: each unanswered peer pings
 /// `to` every `every`, and every peer's socket and timers are served in between.
-pub fn drive_until_answered(peers: &mut [StormPeer], to: Ipv4Addr, endpoint: SocketAddr, every: Duration, timeout: Duration) {
+pub fn drive_until_answered(
+    peers: &mut [StormPeer],
+    to: Ipv4Addr,
+    endpoint: SocketAddr,
+    every: Duration,
+    timeout: Duration,
+) {
     let deadline = Instant::now() + timeout;
     let mut next_ping = Instant::now();
     while Instant::now() < deadline && peers.iter().any(|p| p.answered.is_none()) {

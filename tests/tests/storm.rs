@@ -57,7 +57,8 @@ fn two_hundred_peers_of_a_dead_bastion_all_recover_on_the_other_while_a_flood_ge
         let (stop, sent, cookies) = (stop.clone(), sent.clone(), cookies.clone());
         let bastion_public = bastion_public.clone();
         std::thread::spawn(move || {
-            let initiations: Vec<Vec<u8>> = (0..64).map(|_| Initiator::stranger(&bastion_public).initiation()).collect();
+            let initiations: Vec<Vec<u8>> =
+                (0..64).map(|_| Initiator::stranger(&bastion_public).initiation()).collect();
             let mut buf = [0u8; 256];
             let mut n = 0usize;
             while !stop.load(Ordering::Relaxed) {
@@ -89,8 +90,7 @@ fn two_hundred_peers_of_a_dead_bastion_all_recover_on_the_other_while_a_flood_ge
     stop.store(true, Ordering::Relaxed);
     flood.join().unwrap();
 
-    let mut times: Vec<f64> =
-        peers.iter().filter_map(|p| p.answered.map(|t| (t - rerouted).as_secs_f64())).collect();
+    let mut times: Vec<f64> = peers.iter().filter_map(|p| p.answered.map(|t| (t - rerouted).as_secs_f64())).collect();
     times.sort_by(f64::total_cmp);
     let (sent, cookies) = (sent.load(Ordering::Relaxed), cookies.load(Ordering::Relaxed));
     eprintln!(
@@ -101,5 +101,9 @@ fn two_hundred_peers_of_a_dead_bastion_all_recover_on_the_other_while_a_flood_ge
         times.last().copied().unwrap_or(f64::NAN)
     );
     assert_eq!(times.len(), PEERS, "peers that recovered on B\n{}", bastions[1].log_report());
-    assert!(cookies > 0, "the flood got no cookie reply: the defence is off under the storm\n{}", bastions[1].log_report());
+    assert!(
+        cookies > 0,
+        "the flood got no cookie reply: the defence is off under the storm\n{}",
+        bastions[1].log_report()
+    );
 }

@@ -28,6 +28,20 @@ pub const PEER_INTERVAL_MS: u64 = 5_000;
 pub const GLOBAL_PER_SECOND: u64 = 50;
 // A reconnect storm of 200 peers must be through within 5 s.
 const _: () = assert!(GLOBAL_PER_SECOND >= 40);
+/// Handshake responses a second, over all peers, that answer a failover initiation sent in the
+/// last [`PEER_INTERVAL_MS`]: they are checked against a limiter of their own, so a flood of
+/// initiations that puts the shared limiter under load (cookie replies for everyone) cannot
+/// turn away the responses of a reconnect storm (their senders would wait for the next
+/// initiation, 5 s later). A forger who knows a peer's session index can spend this budget too,
+/// but only while that peer has a failover handshake outstanding, and at most this many a second.
+pub const FAILOVER_RESPONSES_PER_SECOND: u64 = 2 * GLOBAL_PER_SECOND;
+
+/// Whether a handshake response from the peer answers a failover initiation of ours that is
+/// still outstanding (sent within [`PEER_INTERVAL_MS`]).
+pub fn awaits_failover_response(last_failover_ms: u64, now: u64) -> bool {
+    last_failover_ms != 0 && now.saturating_sub(last_failover_ms) < PEER_INTERVAL_MS
+}
+
 /// The failover log line of one peer is written at most this often; the next line says how
 /// many were left out.
 pub const LOG_INTERVAL_MS: u64 = 60_000;
@@ -126,6 +140,15 @@ mod tests {
         ];
         for (stamps, verdict) in cases {
             assert_eq!(peer_allows(stamps, now), verdict, "{stamps:?}");
+        }
+    }
+
+    #[test]
+    fn responses_count_as_answers_to_a_failover_only_while_it_is_outstanding() {
+        for (last, now, expected) in
+            [(0, 10_000, false), (10_000, 10_000, true), (10_000, 14_999, true), (10_000, 15_000, false)]
+        {
+            assert_eq!(awaits_failover_response(last, now), expected, "last {last} now {now}");
         }
     }
 

@@ -14,6 +14,7 @@ use super::peers::{Peer, PeerId, PeerTable};
 use super::{udp, Counters, DataPlaneShared};
 use crate::log;
 use boringtun::noise::handshake::parse_handshake_anon;
+use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::{HandshakeInit, Tunn, TunnResult};
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::Ordering;
@@ -40,8 +41,16 @@ pub fn handle_datagram(
             None => return,
         },
         Route::Peer(id, kind) => {
-            if kind == MessageKind::Response && !passes_rate_limit(shared, socket, source, datagram, out) {
-                return;
+            if kind == MessageKind::Response {
+                let last_failover = peers.get(id).last_failover_ms.load(Ordering::Relaxed);
+                let limiter = if failover::awaits_failover_response(last_failover, shared.now_ms()) {
+                    &shared.failover_response_limiter
+                } else {
+                    &*shared.handshake_limiter
+                };
+                if !passes_rate_limit(shared, limiter, socket, source, datagram, out) {
+                    return;
+                }
             }
             (id, kind)
         }
@@ -85,12 +94,13 @@ pub fn handle_datagram(
 /// the datagram must not go further.
 fn passes_rate_limit(
     shared: &DataPlaneShared,
+    limiter: &RateLimiter,
     socket: &UdpSocket,
     source: SocketAddr,
     datagram: &[u8],
     out: &mut [u8],
 ) -> bool {
-    match shared.handshake_limiter.verify_packet(Some(source.ip().to_canonical()), datagram, out) {
+    match limiter.verify_packet(Some(source.ip().to_canonical()), datagram, out) {
         Ok(_) => true,
         Err(TunnResult::WriteToNetwork(cookie)) => {
             Counters::count(&shared.counters.cookie_replies);
@@ -115,7 +125,7 @@ fn identify_initiator(
     init: &HandshakeInit,
     out: &mut [u8],
 ) -> Option<PeerId> {
-    if !passes_rate_limit(shared, socket, source, datagram, out) {
+    if !passes_rate_limit(shared, &shared.handshake_limiter, socket, source, datagram, out) {
         return None;
     }
     let half = match parse_handshake_anon(&shared.static_private, &shared.static_public, init) {

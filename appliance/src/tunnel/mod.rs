@@ -121,6 +121,8 @@ pub struct DataPlaneShared {
     unlimited: Arc<RateLimiter>,
     /// Counts handshake messages across all peers; reset every second by the timer thread.
     handshake_limiter: Arc<RateLimiter>,
+    /// Responses to our own outstanding failover initiations (`failover::FAILOVER_RESPONSES_PER_SECOND`).
+    failover_response_limiter: RateLimiter,
     /// Failover handshakes over all peers (see `failover`).
     failover_budget: Mutex<failover::GlobalBudget>,
     sockets: Vec<UdpSocket>,
@@ -206,6 +208,7 @@ impl DataPlane {
             peers: ArcSwap::from_pointee(peers),
             unlimited,
             handshake_limiter: Arc::new(RateLimiter::new(&static_public, HANDSHAKES_PER_SECOND)),
+            failover_response_limiter: RateLimiter::new(&static_public, failover::FAILOVER_RESPONSES_PER_SECOND),
             failover_budget: Mutex::new(failover::GlobalBudget::default()),
             sockets: listen.sockets,
             dual_stack: listen.dual_stack,

@@ -19,6 +19,7 @@ pub fn run(shared: Arc<DataPlaneShared>) {
         std::thread::sleep(TICK);
         if last_reset.elapsed() >= Duration::from_secs(1) {
             shared.handshake_limiter.reset_count();
+            shared.failover_response_limiter.reset_count();
             last_reset = Instant::now();
         }
         let peers = shared.peers.load_full();

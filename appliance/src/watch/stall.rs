@@ -5,9 +5,12 @@
 //! sample whose sent bytes grew by more than a lone keepalive (32 bytes: WireGuard answers
 //! a keepalive with nothing, by design, so a keepalive alone is never a stall), and stops as
 //! soon as received bytes grow. An unanswered handshake initiation (148 bytes) counts as data.
-//! While the stall lasts, rotations follow with a growing backoff up to `max_backoff`: the first
-//! may land on the dead bastion again, because the load balancer has not marked it unhealthy
-//! yet (AWS's fastest health checks take about 10 s).
+//! While the stall lasts, moves follow every `first_backoff` (2 s) for `fast_for` (30 s): a move
+//! made before the load balancer has marked the dead bastion unhealthy (AWS's fastest health
+//! checks take 5–15 s) may land on it again, and the first move after that mark is the one
+//! that recovers, so it must come soon. After `fast_for` the stall is not a dead bastion any
+//! more (the whole cluster, or the client's own network, is gone): the wait doubles each time
+//! up to `max_backoff`.
 
 use std::time::Duration;
 
@@ -18,9 +21,11 @@ pub const KEEPALIVE_BYTES: u64 = 32;
 pub struct StallParams {
     /// Data sent and nothing received this long is a stall.
     pub stall_after: Duration,
-    /// After a rotation, wait this long for an answer before the next one...
+    /// After a move, wait this long for an answer before the next one...
     pub first_backoff: Duration,
-    /// ...growing by half each time, up to this.
+    /// ...for as long as the stall is younger than this...
+    pub fast_for: Duration,
+    /// ...then doubling each time, up to this.
     pub max_backoff: Duration,
 }
 
@@ -29,7 +34,8 @@ impl Default for StallParams {
         StallParams {
             stall_after: Duration::from_secs(2),
             first_backoff: Duration::from_secs(2),
-            max_backoff: Duration::from_secs(4),
+            fast_for: Duration::from_secs(30),
+            max_backoff: Duration::from_secs(30),
         }
     }
 }
@@ -62,6 +68,8 @@ pub struct StallDetector {
     /// When the current stall's data first went unanswered (kept across counter restarts).
     stall_since: Option<Duration>,
     rotations: u32,
+    /// Moves made after the stall was `fast_for` old.
+    slow_rotations: u32,
     next_rotation: Option<Duration>,
 }
 
@@ -73,6 +81,7 @@ impl StallDetector {
             unanswered_since: None,
             stall_since: None,
             rotations: 0,
+            slow_rotations: 0,
             next_rotation: None,
         }
     }
@@ -102,6 +111,7 @@ impl StallDetector {
             self.unanswered_since = None;
             self.stall_since = None;
             self.rotations = 0;
+            self.slow_rotations = 0;
             self.next_rotation = None;
             return verdict;
         }
@@ -119,15 +129,21 @@ impl StallDetector {
             return Verdict::Fine;
         }
         self.rotations += 1;
-        self.stall_since.get_or_insert(since);
-        self.next_rotation = Some(now + self.backoff(self.rotations));
-        Verdict::Rotate { attempt: self.rotations, silent }
+        let stall_since = *self.stall_since.get_or_insert(since);
+        if now.saturating_sub(stall_since) >= self.params.fast_for {
+            self.slow_rotations += 1;
+        }
+        self.next_rotation = Some(now + self.backoff());
+        Verdict::Rotate { attempt: self.rotations, silent: now.saturating_sub(stall_since) }
     }
 
-    /// The wait after rotation `n` (1-based): first_backoff × 1.5^(n−1), at most max_backoff.
-    fn backoff(&self, n: u32) -> Duration {
-        let grown = self.params.first_backoff.as_secs_f64() * 1.5f64.powi(n.saturating_sub(1).min(20) as i32);
-        Duration::from_secs_f64(grown.min(self.params.max_backoff.as_secs_f64()))
+    /// The wait after this move: `first_backoff` while the stall is young, then doubling with
+    /// each move up to `max_backoff`.
+    fn backoff(&self) -> Duration {
+        let grown = self.params.first_backoff.as_secs_f64() * 2f64.powi(self.slow_rotations.min(20) as i32);
+        Duration::from_secs_f64(
+            grown.min(self.params.max_backoff.as_secs_f64().max(self.params.first_backoff.as_secs_f64())),
+        )
     }
 }
 
@@ -166,15 +182,25 @@ mod tests {
     }
 
     #[test]
-    fn data_without_answers_rotates_after_stall_after_then_with_a_growing_backoff() {
+    fn data_without_answers_moves_after_stall_after_every_2_s_then_with_a_doubling_backoff() {
         let mut samples = vec![(0, 1000, 1000)];
-        samples.extend(stalled(200, 20_000, 1000, 1000, 96));
+        samples.extend(stalled(200, 150_000, 1000, 1000, 96));
         let rotations: Vec<(u64, Verdict)> = run(&samples);
         let times: Vec<u64> = rotations.iter().map(|(t, _)| *t).collect();
-        // Unanswered from 200 ms: first rotation 2 s later, then +2 s, +3 s, +4 s (the cap)...
-        assert_eq!(times, vec![2200, 4200, 7200, 11200, 15200, 19200]);
+        // Unanswered from 200 ms: the first move 2 s later, then every 2 s while the stall is
+        // younger than 30 s; then 4, 8, 16, 30 (the cap), 30 s.
+        let mut expected: Vec<u64> = (0..15).map(|i| 2200 + 2000 * i).collect();
+        expected.extend([
+            30_200 + 4000,
+            34_200 + 8000,
+            42_200 + 16_000,
+            58_200 + 30_000,
+            88_200 + 30_000,
+            118_200 + 30_000,
+        ]);
+        assert_eq!(times, expected);
         assert_eq!(rotations[0].1, Verdict::Rotate { attempt: 1, silent: ms(2000) });
-        assert_eq!(rotations[2].1, Verdict::Rotate { attempt: 3, silent: ms(7000) });
+        assert_eq!(rotations[2].1, Verdict::Rotate { attempt: 3, silent: ms(6000) });
     }
 
     #[test]
