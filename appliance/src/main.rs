@@ -91,6 +91,9 @@ enum Command {
         /// Do not listen for the bastions' move notices (UDP 51821 on the interface).
         #[arg(long)]
         no_notices: bool,
+        /// auto (the API socket if there is one, else the wg tool), uapi, or wg (kernel WireGuard).
+        #[arg(long, default_value = "auto")]
+        backend: String,
     },
     /// Make the running service read its config source again now and apply what changed.
     Reload {
@@ -179,7 +182,14 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Watch { interface, socket, stall_seconds, max_backoff_seconds, poll_ms, no_notices } => {
+        Command::Watch { interface, socket, stall_seconds, max_backoff_seconds, poll_ms, no_notices, backend } => {
+            let backend = match watch::Backend::parse(&backend) {
+                Ok(backend) => backend,
+                Err(e) => {
+                    eprintln!("watch: {e}");
+                    return ExitCode::from(2);
+                }
+            };
             let seconds = |s: f64, what: &str| {
                 if s.is_finite() && (0.1..=3600.0).contains(&s) {
                     Ok(std::time::Duration::from_secs_f64(s))
@@ -210,6 +220,7 @@ fn main() -> ExitCode {
                 poll: std::time::Duration::from_millis(poll_ms),
                 stall: params,
                 notices: !no_notices,
+                backend,
             })
         }
         Command::Reload { interface, socket } => reload(&socket.unwrap_or_else(|| control::default_socket(&interface))),

@@ -129,7 +129,7 @@ impl HaBed {
             let key = cluster.topo.bastion_keys.public.clone();
             tunnel.wg_set(&["peer", &key, "persistent-keepalive", &seconds.to_string()]);
         }
-        let watch = options.watch.as_ref().map(|binary| start_watch(&cluster, &tunnel, binary));
+        let watch = options.watch.as_ref().map(|binary| start_watch(&cluster, &tunnel, binary, &[]));
         HaBed { watch, imds, tunnel, nlb, bastions, cluster }
     }
 
@@ -210,15 +210,12 @@ impl HaBed {
     }
 }
 
-/// `bastion watch --interface NAME` in the client's namespace.
-pub fn start_watch(cluster: &Cluster, tunnel: &WgInterface, binary: &Path) -> Process {
+/// `bastion watch --interface NAME [ARGS]` in the client's namespace.
+pub fn start_watch(cluster: &Cluster, tunnel: &WgInterface, binary: &Path, args: &[&str]) -> Process {
     let log = cluster.topo.dir.path().join(format!("watch-{}.log", tunnel.name()));
-    let p = cluster.topo.clients[0].ns.spawn(
-        "bastion watch",
-        &[binary.to_str().expect("binary path is UTF-8"), "watch", "--interface", tunnel.name()],
-        &[],
-        &log,
-    );
+    let mut argv = vec![binary.to_str().expect("binary path is UTF-8"), "watch", "--interface", tunnel.name()];
+    argv.extend_from_slice(args);
+    let p = cluster.topo.clients[0].ns.spawn("bastion watch", &argv, &[], &log);
     p.wait_for_log("watching", Duration::from_secs(10)).unwrap_or_else(|e| panic!("{e}"));
     p
 }

@@ -58,6 +58,18 @@ fn wall_clock() -> f64 {
 #[test]
 #[ignore = "needs root, network namespaces and the binaries under test: `make integration-test` runs it"]
 fn sticky_flows_strand_a_stock_client_and_bastion_watch_moves_it() {
+    stranded_then_moved(&[]);
+}
+
+/// The same through the `wg` tool (the backend for kernel WireGuard; here `wg` itself talks to
+/// wireguard-go's socket).
+#[test]
+#[ignore = "needs root, network namespaces and the binaries under test: `make integration-test` runs it"]
+fn bastion_watch_through_the_wg_tool_moves_a_stranded_client_too() {
+    stranded_then_moved(&["--backend", "wg"]);
+}
+
+fn stranded_then_moved(watch_args: &[&str]) {
     let bed = HaBed::start(&options(false, 3));
     let serving = warm_up(&bed);
     let pinger = Pinger::start(
@@ -90,12 +102,14 @@ fn sticky_flows_strand_a_stock_client_and_bastion_watch_moves_it() {
 
     // bastion watch moves the tunnel to a new flow, which goes to the healthy bastion.
     let watch_started = wall_clock();
-    let watch = start_watch(&bed.cluster, &bed.tunnel, &bastion::binary());
+    let watch = start_watch(&bed.cluster, &bed.tunnel, &bastion::binary(), watch_args);
     wait_until("a reply after bastion watch started", Duration::from_secs(20), || {
         ping::parse(&pinger.log(), 0).first_reply_after(watch_started).ok_or_else(|| watch.log_report())
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", bed.report()));
     watch.wait_for_log("moved to a new flow: listen port", STEP).unwrap();
+    let through = if watch_args.contains(&"wg") { "through the wg tool" } else { "through the API socket" };
+    assert!(watch.log().contains(through), "{}", watch.log_report());
     assert_eq!(bed.serving_target(), Some(1 - serving), "{}", bed.nlb.report());
     let recovered = ping::parse(&pinger.log(), 0).first_reply_after(watch_started).unwrap();
     eprintln!(

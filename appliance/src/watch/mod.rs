@@ -10,11 +10,13 @@
 //! for it inside WireGuard instead of being lost). A bastion of the cluster answers the
 //! handshake in one round trip.
 //!
-//! It speaks WireGuard's userspace API ([`uapi`]: wireguard-go, boringtun-cli). Kernel
-//! WireGuard interfaces are not supported yet (they have no such socket; the message says so).
+//! It speaks WireGuard's userspace API ([`uapi`]: wireguard-go, boringtun-cli) when the
+//! interface has an API socket, and otherwise goes through the `wg` tool ([`wg_tool`]: kernel
+//! WireGuard, over netlink); `--backend` chooses explicitly.
 
 pub mod stall;
 pub mod uapi;
+pub mod wg_tool;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
@@ -37,6 +39,56 @@ pub struct Options {
     pub stall: StallParams,
     /// Listen for the bastions' move notices (on the interface, UDP [`move_notice::PORT`]).
     pub notices: bool,
+    pub backend: Backend,
+}
+
+/// How the interface is read and changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// The API socket if there is one, else the `wg` tool.
+    Auto,
+    Uapi,
+    WgTool,
+}
+
+impl Backend {
+    pub fn parse(text: &str) -> Result<Backend, String> {
+        match text {
+            "auto" => Ok(Backend::Auto),
+            "uapi" => Ok(Backend::Uapi),
+            "wg" => Ok(Backend::WgTool),
+            other => Err(format!("--backend: expected auto, uapi or wg, found {other:?}")),
+        }
+    }
+}
+
+/// The interface, through one backend.
+enum Api {
+    Uapi(Uapi),
+    WgTool(wg_tool::WgTool),
+}
+
+impl Api {
+    fn get(&self) -> Result<Device, UapiError> {
+        match self {
+            Api::Uapi(u) => u.get(),
+            Api::WgTool(w) => w.get(),
+        }
+    }
+
+    fn set(&self, lines: &str) -> Result<(), UapiError> {
+        match self {
+            Api::Uapi(u) => u.set(lines),
+            Api::WgTool(w) => w.set(lines),
+        }
+    }
+
+    fn name(&self) -> String {
+        match self {
+            Api::Uapi(u) => format!("the API socket {}", u.path().display()),
+            Api::WgTool(_) => "the wg tool".into(),
+        }
+    }
 }
 
 impl Default for Options {
@@ -47,6 +99,7 @@ impl Default for Options {
             poll: Duration::from_millis(200),
             stall: StallParams::default(),
             notices: true,
+            backend: Backend::Auto,
         }
     }
 }
@@ -58,15 +111,17 @@ pub fn run(options: Options) -> ExitCode {
         eprintln!("watch: blocking SIGINT/SIGTERM: {e}");
         return ExitCode::FAILURE;
     }
-    let api = options.socket.as_deref().map(Uapi::at).unwrap_or_else(|| Uapi::for_interface(&options.interface));
+    let socket = options.socket.as_deref().map(Uapi::at).unwrap_or_else(|| Uapi::for_interface(&options.interface));
+    let api = match options.backend {
+        Backend::Uapi => Api::Uapi(socket),
+        Backend::WgTool => Api::WgTool(wg_tool::WgTool::new(&options.interface)),
+        Backend::Auto if socket.path().exists() => Api::Uapi(socket),
+        Backend::Auto => Api::WgTool(wg_tool::WgTool::new(&options.interface)),
+    };
     let device = match api.get() {
         Ok(device) => device,
         Err(e) => {
-            eprintln!(
-                "watch: cannot read interface {}: {e}\n(bastion watch speaks WireGuard's userspace API, as wireguard-go \
-                 serves it; kernel WireGuard interfaces are not supported yet)",
-                options.interface
-            );
+            eprintln!("watch: cannot read interface {} through {}: {e}", options.interface, api.name());
             return ExitCode::FAILURE;
         }
     };
@@ -82,10 +137,11 @@ pub fn run(options: Options) -> ExitCode {
         None
     };
     log!(
-        "watch {}: watching {} peer(s) (listen port {}); moving to a new flow after {:.1} s without an answer{}",
+        "watch {}: watching {} peer(s) (listen port {}, through {}); moving to a new flow after {:.1} s without an answer{}",
         options.interface,
         device.peers.len(),
         device.listen_port,
+        api.name(),
         options.stall.stall_after.as_secs_f64(),
         if notices.is_some() { format!(", or when a bastion asks (UDP {})", move_notice::PORT) } else { String::new() }
     );
@@ -123,7 +179,7 @@ fn notice_socket(interface: &str) -> std::io::Result<socket2::Socket> {
 
 struct Watcher {
     options: Options,
-    api: Uapi,
+    api: Api,
     started: Instant,
     /// One stall detector per peer (by public key, hex).
     detectors: HashMap<String, StallDetector>,

@@ -9,7 +9,8 @@
 //! `make ha-demo` runs one case (sticky NLB, our bastions, client with watch) and narrates it.
 //!
 //! Options: `--out DIR`, `--interval S` (health check interval), `--give-up S` (how long a
-//! client may stay without an answer before the case is written "never"), `--demo`.
+//! client may stay without an answer before the case is written "never"), `--demo` (with
+//! `--lb flush|sticky|sticky-moving`).
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -62,6 +63,8 @@ struct Settings {
     nlb: NlbParams,
     give_up: Duration,
     demo: bool,
+    /// The demo's load balancer model.
+    demo_lb: FlowPolicy,
 }
 
 fn now_wall() -> f64 {
@@ -184,6 +187,7 @@ fn main() {
         nlb: NlbParams::default(),
         give_up: Duration::from_secs(45),
         demo: false,
+        demo_lb: FlowPolicy::STICKY,
     };
     while let Some(arg) = args.next() {
         let mut value = || args.next().unwrap_or_else(|| panic!("{arg} needs a value"));
@@ -192,14 +196,17 @@ fn main() {
             "--interval" => settings.nlb.interval = Duration::from_secs(value().parse().expect("--interval: seconds")),
             "--give-up" => settings.give_up = Duration::from_secs(value().parse().expect("--give-up: seconds")),
             "--demo" => settings.demo = true,
+            "--lb" => settings.demo_lb = FlowPolicy::parse(&value()).unwrap_or_else(|e| panic!("{e}")),
             "--bench" => {} // cargo bench passes it
-            other => panic!("unknown option {other}: expected --out DIR, --interval S, --give-up S, --demo"),
+            other => {
+                panic!("unknown option {other}: expected --out DIR, --interval S, --give-up S, --demo [--lb MODEL]")
+            }
         }
     }
     bastion_tests::require_root_and_tools();
     let binary = bastion_tests::bastion::binary();
     if settings.demo {
-        let case = Case { lb: FlowPolicy::STICKY, watch: true, bastions: BastionKind::Ours(binary.clone()) };
+        let case = Case { lb: settings.demo_lb, watch: true, bastions: BastionKind::Ours(binary.clone()) };
         eprintln!(
             "demo: {} — health checks every {} s, {} to change; a request every 100 ms",
             case.label(),
