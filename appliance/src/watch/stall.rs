@@ -97,8 +97,11 @@ impl StallDetector {
     pub fn observe(&mut self, now: Duration, counters: Counters) -> Verdict {
         let Some(last) = self.last.replace(counters) else { return Verdict::Fine };
         if counters.rx_bytes < last.rx_bytes || counters.tx_bytes < last.tx_bytes {
-            // The counters restarted (the peer was removed and added): a fresh start.
-            self.unanswered_since = None;
+            // The counters restarted: the peer was removed and added, by a move of ours (then
+            // its handshake initiation is out and must be answered: the stall goes on, and the
+            // next move comes on time even though WireGuard sends nothing more until its own
+            // retry, 5 s later) or by someone else (a fresh start).
+            self.unanswered_since = if self.rotations > 0 && counters.rx_bytes == 0 { Some(now) } else { None };
             return Verdict::Fine;
         }
         if counters.rx_bytes > last.rx_bytes {
@@ -221,6 +224,17 @@ mod tests {
         assert_eq!(verdicts.len(), 3, "{verdicts:?}");
         assert_eq!(verdicts[2], (5000, Verdict::Recovered { rotations: 2, outage: ms(4800) }));
         // Fresh after recovery: 800 ms of unanswered data is no stall yet.
+    }
+
+    #[test]
+    fn after_a_move_the_next_one_comes_on_time_though_nothing_more_is_sent() {
+        // Stalled from 200 ms; the move at 2.2 s re-creates the peer: counters restart, the
+        // new initiation (148 bytes) goes out once, and WireGuard waits 5 s before its retry.
+        let mut samples = vec![(0, 1000, 1000)];
+        samples.extend(stalled(200, 2400, 1000, 1000, 96));
+        samples.extend((2400..9000).step_by(200).map(|t| (t, 0, 148)));
+        let times: Vec<u64> = run(&samples).iter().map(|(t, _)| *t).collect();
+        assert_eq!(times, vec![2200, 4200, 6200, 8200]);
     }
 
     #[test]
