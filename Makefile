@@ -32,10 +32,12 @@ APPLIANCE_BIN := target/$(TARGET)/release/bastion
 # Linking is done by rust-lld (.cargo/config.toml), so no cross binutils or musl-gcc is needed.
 ifeq ($(ARCH),$(HOST_ARCH))
 CROSS_CC := gcc
-CROSS_PACKAGES := gcc
+CROSS_PACKAGES := gcc libc6-dev
 else
+# The cross compiler only recommends its libc headers (ring's C includes <stdint.h>), and we
+# install without recommends: name them.
 CROSS_CC := $(ARCH)-linux-gnu-gcc
-CROSS_PACKAGES := gcc-$(subst _,-,$(ARCH))-linux-gnu
+CROSS_PACKAGES = gcc-$(subst _,-,$(ARCH))-linux-gnu libc6-dev-$(DEB_ARCH)-cross
 endif
 ifeq ($(ARCH),aarch64)
 FILE_ARCH := ARM aarch64
@@ -48,7 +50,7 @@ QEMU_PACKAGES := qemu-system-x86 ovmf
 else
 $(error ARCH must be aarch64 or x86_64, not $(ARCH))
 endif
-IMAGE_PACKAGES := $(CROSS_PACKAGES) $(QEMU_PACKAGES) file cpio
+IMAGE_PACKAGES = $(CROSS_PACKAGES) $(QEMU_PACKAGES) file cpio
 
 # --- the image --------------------------------------------------------------------------------
 ARCH_OUT := $(OUT)/$(ARCH)

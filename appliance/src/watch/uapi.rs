@@ -30,6 +30,9 @@ pub enum UapiError {
     Refused(i64),
     #[error("the answer is larger than {MAX_ANSWER} bytes")]
     TooLarge,
+    /// The `wg` tool (kernel interfaces) failed or was given what it cannot say.
+    #[error("{0}")]
+    Tool(String),
 }
 
 /// What `get=1` says about the interface.

@@ -135,7 +135,7 @@ impl WgTool {
     }
 
     pub fn set(&self, lines: &str) -> Result<(), UapiError> {
-        let (args, secret) = set_to_args(lines).map_err(|m| UapiError::Answer { line: 0, message: m })?;
+        let (args, secret) = set_to_args(lines).map_err(UapiError::Tool)?;
         let mut child = Command::new("wg")
             .arg("set")
             .arg(&self.interface)
@@ -164,10 +164,7 @@ impl WgTool {
 
     fn failed(&self, what: &str, stderr: &[u8]) -> UapiError {
         let text = String::from_utf8_lossy(stderr);
-        UapiError::Answer {
-            line: 0,
-            message: format!("wg {what} {}: {}", self.interface, crate::keys::redact_key_like(text.trim())),
-        }
+        UapiError::Tool(format!("wg {what} {}: {}", self.interface, crate::keys::redact_key_like(text.trim())))
     }
 }
 
