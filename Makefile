@@ -39,14 +39,16 @@ else
 CROSS_CC := $(ARCH)-linux-gnu-gcc
 CROSS_PACKAGES = gcc-$(subst _,-,$(ARCH))-linux-gnu libc6-dev-$(DEB_ARCH)-cross
 endif
+# QEMU only recommends ipxe-qemu, which holds the virtio-net option ROM (efi-virtio.rom) that
+# `-device virtio-net-pci` loads; without it QEMU refuses to start. Name it.
 ifeq ($(ARCH),aarch64)
 FILE_ARCH := ARM aarch64
 DEB_ARCH := arm64
-QEMU_PACKAGES := qemu-system-arm qemu-efi-aarch64
+QEMU_PACKAGES := qemu-system-arm qemu-efi-aarch64 ipxe-qemu
 else ifeq ($(ARCH),x86_64)
 FILE_ARCH := x86-64
 DEB_ARCH := amd64
-QEMU_PACKAGES := qemu-system-x86 ovmf
+QEMU_PACKAGES := qemu-system-x86 ovmf ipxe-qemu
 else
 $(error ARCH must be aarch64 or x86_64, not $(ARCH))
 endif
