@@ -39,20 +39,30 @@ else
 CROSS_CC := $(ARCH)-linux-gnu-gcc
 CROSS_PACKAGES = gcc-$(subst _,-,$(ARCH))-linux-gnu libc6-dev-$(DEB_ARCH)-cross
 endif
-# QEMU only recommends ipxe-qemu, which holds the virtio-net option ROM (efi-virtio.rom) that
-# `-device virtio-net-pci` loads; without it QEMU refuses to start. Name it.
 ifeq ($(ARCH),aarch64)
 FILE_ARCH := ARM aarch64
 DEB_ARCH := arm64
-QEMU_PACKAGES := qemu-system-arm qemu-efi-aarch64 ipxe-qemu
+QEMU_PACKAGES := qemu-system-arm qemu-efi-aarch64
 else ifeq ($(ARCH),x86_64)
 FILE_ARCH := x86-64
 DEB_ARCH := amd64
-QEMU_PACKAGES := qemu-system-x86 ovmf ipxe-qemu
+QEMU_PACKAGES := qemu-system-x86 ovmf
 else
 $(error ARCH must be aarch64 or x86_64, not $(ARCH))
 endif
-IMAGE_PACKAGES = $(CROSS_PACKAGES) $(QEMU_PACKAGES) file cpio
+# QEMU only recommends ipxe-qemu, which holds the virtio-net option ROM (efi-virtio.rom) that
+# `-device virtio-net-pci` loads; without it QEMU refuses to start. Name it.
+IMAGE_PACKAGES = $(CROSS_PACKAGES) $(QEMU_PACKAGES) ipxe-qemu file cpio
+
+# Installs those of the Debian packages $(1) that are missing, without recommends (so every
+# package a target needs is named); quiet and quick when all are there.
+define apt_install_missing
+	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+endef
 
 # --- the image --------------------------------------------------------------------------------
 ARCH_OUT := $(OUT)/$(ARCH)
@@ -75,11 +85,7 @@ build:
 
 # Installs missing Debian packages and the Python virtualenv; a second run does nothing.
 test-deps:
-	@missing=""; for p in $(TEST_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
-	if [ -n "$$missing" ]; then \
-	  echo "installing:$$missing"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
-	fi
+	$(call apt_install_missing,$(TEST_PACKAGES))
 	@$(MAKE) --no-print-directory $(VENV_STAMP)
 
 $(VENV_STAMP):
@@ -113,11 +119,7 @@ gates:
 
 # Cross toolchain, QEMU and firmware; the Rust target. Idempotent and quiet when all is there.
 image-deps:
-	@missing=""; for p in $(IMAGE_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
-	if [ -n "$$missing" ]; then \
-	  echo "installing:$$missing"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
-	fi
+	$(call apt_install_missing,$(IMAGE_PACKAGES))
 	@rustup target list --installed | grep -qx $(TARGET) || rustup target add $(TARGET)
 
 # The appliance binary: static musl, stripped (profile.release strip = true), checked with file(1).
