@@ -158,6 +158,49 @@ const SHOWN_WORDS: &[&str] = &[
 /// probability of about 3 in a million (measured over 2 million random pieces); a whole key,
 /// far less.
 pub fn redact_key_like(text: &str) -> std::borrow::Cow<'_, str> {
+    let shown = SHOWN_TEXTS.lock().unwrap_or_else(|e| e.into_inner());
+    if shown.is_empty() {
+        return redact_runs(text);
+    }
+    // The operator's own paths are kept whole; what lies between them is redacted as usual.
+    let mut out = String::new();
+    let mut rest = text;
+    let mut changed = false;
+    while let Some((at, len)) =
+        shown.iter().filter_map(|s| rest.find(s.as_str()).map(|at| (at, s.len()))).min_by_key(|&(at, len)| (at, !len))
+    {
+        let before = redact_runs(&rest[..at]);
+        changed |= matches!(before, std::borrow::Cow::Owned(_));
+        out.push_str(&before);
+        out.push_str(&rest[at..at + len]);
+        rest = &rest[at + len..];
+    }
+    let tail = redact_runs(rest);
+    if !changed && matches!(tail, std::borrow::Cow::Borrowed(_)) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    out.push_str(&tail);
+    std::borrow::Cow::Owned(out)
+}
+
+/// Texts that diagnostics show as they are: the paths the operator named on the command line
+/// (a config file in `mktemp -d`'s `/tmp/tmp.Ab3dEf9Xyz/` is not a key). See [`show_in_diagnostics`].
+static SHOWN_TEXTS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// From now on, `text` (a path the operator gave) is shown whole in diagnostics. Only for
+/// names of files and sockets, never for a value read from a file. Texts shorter than 16
+/// characters are never redacted anyway, and are not kept.
+pub fn show_in_diagnostics(text: &str) {
+    if text.len() < 16 {
+        return;
+    }
+    let mut shown = SHOWN_TEXTS.lock().unwrap_or_else(|e| e.into_inner());
+    if !shown.iter().any(|s| s == text) {
+        shown.push(text.to_string());
+    }
+}
+
+fn redact_runs(text: &str) -> std::borrow::Cow<'_, str> {
     let is_base64 = |c: char| c.is_ascii_alphanumeric() || c == '+' || c == '/' || c == '=';
     let mut out = String::new();
     let mut changed = false;
@@ -234,6 +277,17 @@ mod tests {
         for (input, expected) in cases {
             assert_eq!(redact_key_like(input), *expected, "{input}");
         }
+    }
+
+    #[test]
+    fn paths_the_operator_named_are_shown_whole_and_keys_around_them_are_not() {
+        let path = "/tmp/tmp.Ab3dEf9XyzQ/Bastion-Prod.toml";
+        let key = "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=";
+        let line = format!("{path}:3: peer[0].name: found \"{key}\"");
+        assert_eq!(redact_key_like(&line), format!("/tmp/tmp.{HIDDEN}-Prod.toml:3: peer[0].name: found \"{HIDDEN}\""));
+        show_in_diagnostics(path);
+        assert_eq!(redact_key_like(&line), format!("{path}:3: peer[0].name: found \"{HIDDEN}\""));
+        assert_eq!(redact_key_like(&format!("{path} {path}")), format!("{path} {path}"));
     }
 
     #[test]

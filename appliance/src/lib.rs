@@ -13,6 +13,7 @@
 //!   `move_notice` — the in-tunnel notice a draining bastion sends its peers.
 
 pub mod config;
+pub mod config_edit;
 pub mod control;
 pub mod convert;
 pub mod enroll;

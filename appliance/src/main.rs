@@ -3,7 +3,7 @@
 //! This file only parses the command line and dispatches; each command's work lives in the
 //! library (`bastion::service` runs the bastion, `config` validates, `keys` makes keys...).
 
-use bastion::{config, control, convert, enroll, init, keys, service, status, watch};
+use bastion::{config, config_edit, control, convert, enroll, init, keys, service, status, watch};
 use clap::{Parser, Subcommand};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -153,6 +153,7 @@ fn main() -> ExitCode {
         return init::run(init::Mode::Machine, init::Options::default());
     }
     let cli = Cli::parse();
+    show_named_paths(&cli.command);
     match cli.command {
         Command::Init { imds, interface, run_dir, baked_config, modules_list } => {
             init::run(init::Mode::Command, init::Options { imds, interface, modules_list, baked_config, run_dir })
@@ -267,6 +268,26 @@ fn protect_process_memory() {
     }
 }
 
+/// The files and sockets named on the command line are the operator's own words: diagnostics
+/// show them whole, even where a piece looks like a key (`keys::show_in_diagnostics`).
+fn show_named_paths(command: &Command) {
+    let paths: Vec<&Path> = match command {
+        Command::Run { config, socket } => [Some(config.as_path()), socket.as_deref()].into_iter().flatten().collect(),
+        Command::CheckConfig { file } | Command::Convert { file } => vec![file],
+        Command::Peer(PeerCommand::Add { config, fragment, .. }) => {
+            [Some(config.as_path()), fragment.as_deref()].into_iter().flatten().collect()
+        }
+        Command::Peer(PeerCommand::Remove { config, .. } | PeerCommand::List { config }) => vec![config],
+        Command::Status { socket, .. } | Command::Reload { socket, .. } | Command::Watch { socket, .. } => {
+            socket.as_deref().into_iter().collect()
+        }
+        Command::Init { .. } | Command::Genkey | Command::Pubkey => Vec::new(),
+    };
+    for path in paths {
+        keys::show_in_diagnostics(&path.display().to_string());
+    }
+}
+
 fn check_config(file: &std::path::Path) -> ExitCode {
     match config::load(file) {
         Ok(cfg) => {
@@ -337,12 +358,16 @@ fn convert(file: &std::path::Path) -> ExitCode {
 /// atomically and prints. Exit 2 for bad input (as check-config), 1 when a write fails.
 fn peer(command: PeerCommand) -> ExitCode {
     match command {
-        PeerCommand::Add { config, endpoint, server_public_key, reach, qr, fragment, name } => {
+        PeerCommand::Add { config: given, endpoint, server_public_key, reach, qr, fragment, name } => {
+            let (config, _lock) = match lock_for_edit(&given) {
+                Ok(locked) => locked,
+                Err(code) => return code,
+            };
             let text = match config::read_config_file(&config) {
                 Ok(text) => text,
                 Err(e) => return invalid(&e),
             };
-            let origin = config.display().to_string();
+            let origin = given.display().to_string();
             let request = enroll::AddRequest {
                 name: &name,
                 endpoint: &endpoint,
@@ -350,14 +375,14 @@ fn peer(command: PeerCommand) -> ExitCode {
                 reach: &reach,
             };
             let client_key = keys::PrivateKey::generate();
-            let added = match enroll::add(&text, &origin, config.parent(), &request, &client_key) {
+            let added = match enroll::add(&text, &origin, given.parent(), &request, &client_key) {
                 Ok(added) => added,
                 Err(e) => return invalid(&e),
             };
             drop(client_key);
             // The fragment first: if it cannot be written, the file still has no peer without it.
             if let Some(path) = &fragment {
-                if let Err(e) = write_atomically(path, added.fragment.as_bytes(), None) {
+                if let Err(e) = config_edit::write_atomically(path, added.fragment.as_bytes(), None) {
                     eprintln!(
                         "{}",
                         keys::redact_key_like(&format!("{}: cannot write the fragment: {e}", path.display()))
@@ -365,7 +390,7 @@ fn peer(command: PeerCommand) -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             }
-            if let Err(e) = write_atomically(&config, added.text.as_bytes(), Some(&text)) {
+            if let Err(e) = config_edit::write_atomically(&config, added.text.as_bytes(), Some(&text)) {
                 eprintln!("{}", keys::redact_key_like(&format!("{origin}: not changed: {e}")));
                 return ExitCode::FAILURE;
             }
@@ -396,17 +421,21 @@ fn peer(command: PeerCommand) -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        PeerCommand::Remove { config, name } => {
+        PeerCommand::Remove { config: given, name } => {
+            let (config, _lock) = match lock_for_edit(&given) {
+                Ok(locked) => locked,
+                Err(code) => return code,
+            };
             let text = match config::read_config_file(&config) {
                 Ok(text) => text,
                 Err(e) => return invalid(&e),
             };
-            let origin = config.display().to_string();
-            let new_text = match enroll::remove(&text, &origin, config.parent(), &name) {
+            let origin = given.display().to_string();
+            let new_text = match enroll::remove(&text, &origin, given.parent(), &name) {
                 Ok(new_text) => new_text,
                 Err(e) => return invalid(&e),
             };
-            if let Err(e) = write_atomically(&config, new_text.as_bytes(), Some(&text)) {
+            if let Err(e) = config_edit::write_atomically(&config, new_text.as_bytes(), Some(&text)) {
                 eprintln!("{}", keys::redact_key_like(&format!("{origin}: not changed: {e}")));
                 return ExitCode::FAILURE;
             }
@@ -423,45 +452,18 @@ fn peer(command: PeerCommand) -> ExitCode {
     }
 }
 
+/// The file to edit (a symlink followed) and the lock that makes this the only edit of it.
+fn lock_for_edit(given: &Path) -> Result<(PathBuf, config_edit::EditLock), ExitCode> {
+    let failed = |e: std::io::Error| {
+        eprintln!("{}", keys::redact_key_like(&format!("{}: not changed: {e}", given.display())));
+        ExitCode::FAILURE
+    };
+    let config = config_edit::resolve(given).map_err(failed)?;
+    let lock = config_edit::lock(&config).map_err(failed)?;
+    Ok((config, lock))
+}
+
 fn invalid(e: &config::ConfigError) -> ExitCode {
     eprintln!("{e}");
     ExitCode::from(2)
-}
-
-/// Replaces `path` with `bytes` so a reader sees the old file or the new one, never a part:
-/// a temporary file in the same folder (same mode and owner as the file it replaces), fsync,
-/// rename over, fsync of the folder. With `expected`, the file must still hold that text just
-/// before the rename (another edit in between is not overwritten).
-fn write_atomically(path: &Path, bytes: &[u8], expected: Option<&str>) -> std::io::Result<()> {
-    use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let file_name = path.file_name().ok_or_else(|| std::io::Error::other("expected a file name"))?;
-    let existing = std::fs::metadata(path).ok();
-    let mode = existing.as_ref().map_or(0o644, |m| m.permissions().mode() & 0o7777);
-    let temp = dir.join(format!(".{}.bastion-{}.tmp", file_name.to_string_lossy(), std::process::id()));
-    let result = (|| {
-        let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode & 0o777).open(&temp)?;
-        if let Some(m) = &existing {
-            // Keep the owner when we may (as root); otherwise the file becomes ours, as any editor's.
-            let _ = std::os::unix::fs::fchown(&file, Some(m.uid()), Some(m.gid()));
-        }
-        file.set_permissions(std::fs::Permissions::from_mode(mode))?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        if let Some(expected) = expected {
-            let now = config::read_config_file(path).map_err(|e| std::io::Error::other(e.to_string()))?;
-            if now.as_str() != expected {
-                return Err(std::io::Error::other("the file changed while it was being edited; run the command again"));
-            }
-        }
-        std::fs::rename(&temp, path)?;
-        std::fs::File::open(&dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&temp);
-    }
-    result
 }

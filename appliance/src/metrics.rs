@@ -64,7 +64,7 @@ pub fn answer(received: &Received, report: impl FnOnce() -> StatusReport) -> Vec
 /// The report as OpenMetrics text (ends with `# EOF`).
 pub fn render(report: &StatusReport) -> String {
     let mut registry = Registry::default();
-    let interface = || ("interface".to_string(), report.interface.clone());
+    let interface = || ("interface".to_string(), escaped(&report.interface));
 
     // prometheus_wireguard_exporter's three series.
     let sent = Family::<Labels, Counter>::default();
@@ -294,6 +294,12 @@ mod tests {
         report.peers[0].name = "a\"b\\c".into();
         let text = render(&report);
         assert!(text.contains(r#"friendly_name="a\"b\\c""#), "{text}");
+        // An interface name may hold `"` or `\` (the kernel allows them): escaped too, on every
+        // series, so a scraper never reads a broken label set.
+        report.interface = "wg\"0\\".into();
+        let text = render(&report);
+        assert!(!text.contains(r#"interface="wg"0"#), "{text}");
+        assert_eq!(text.matches(r#"interface="wg\"0\\""#).count(), text.matches("interface=").count(), "{text}");
     }
 
     #[test]

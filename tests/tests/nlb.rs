@@ -183,3 +183,29 @@ fn the_lifecycle_state_in_imds_makes_the_bastion_ask_its_peers_to_move_before_it
     assert!(bed.is_running(serving), "a lifecycle drain keeps serving until the instance stops");
     assert_eq!(draining.health().map(|r| r.status), Ok(503), "health says draining");
 }
+
+/// Standby is not forever: an instance that Auto Scaling puts back in service ends the drain
+/// the lifecycle state began, answers 200 again and keeps polling (before, it stayed 503
+/// "draining" for good).
+#[test]
+#[ignore = "needs root, network namespaces and the binaries under test: `make integration-test` runs it"]
+fn back_in_service_after_standby_ends_the_drain() {
+    let bed = HaBed::start(&HaOptions { imds_lifecycle: true, ..options(false, 30) });
+    let HaBastion::Ours(bastion) = &bed.bastions[0] else { unreachable!() };
+    bastion.wait_healthy(STEP).unwrap_or_else(|e| panic!("{e}\n{}", bed.report()));
+    for round in 0..2 {
+        let offset = bastion.process.log().len();
+        bed.set_lifecycle(0, "Standby");
+        wait_until("health 503 in standby", STEP, || match bastion.health() {
+            Ok(r) if r.status == 503 && r.body.contains("draining") => Ok(()),
+            other => Err(format!("{other:?}")),
+        })
+        .unwrap_or_else(|e| panic!("round {round}: {e}\n{}", bed.report()));
+        bed.set_lifecycle(0, "InService");
+        bastion
+            .process
+            .wait_for_log_after(offset, "lifecycle: target-lifecycle-state is InService again: drain ended", STEP)
+            .unwrap_or_else(|e| panic!("round {round}: {e}\n{}", bed.report()));
+        bastion.wait_healthy(STEP).unwrap_or_else(|e| panic!("round {round}: {e}\n{}", bed.report()));
+    }
+}

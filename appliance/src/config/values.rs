@@ -248,7 +248,23 @@ pub fn peer_name(text: &str) -> Result<(), String> {
     if text.chars().any(|c| c.is_control()) {
         return Err(format!("found {}, expected one printable line (no control characters)", shown(text)));
     }
+    if text.chars().any(invisible_format_character) {
+        return Err(format!(
+            "found {}, which holds an invisible formatting character (bidirectional override, \
+             zero-width or byte-order mark) that would make logs and `bastion status` show something else",
+            shown(text)
+        ));
+    }
     Ok(())
+}
+
+/// Unicode format characters that change how the text around them is shown (Trojan Source,
+/// CVE-2021-42574) or are invisible: bidi embeddings, overrides, isolates and marks,
+/// zero-width characters, the byte-order mark, and the tag characters.
+fn invisible_format_character(c: char) -> bool {
+    matches!(c,
+        '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{206F}'
+        | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}' | '\u{E0000}'..='\u{E007F}')
 }
 
 /// An SSM parameter name (`/bastion/prod/key`, `bastion-key`) or ARN
@@ -367,6 +383,17 @@ pub fn socket_path(text: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn peer_names_are_one_line_that_shows_what_it_says() {
+        assert!(peer_name("alice-laptop").is_ok());
+        assert!(peer_name("Zoë's phone").is_ok());
+        for bad in ["", "  ", "a\nb", "\u{202E}potaL ecila", "alice\u{200B}", "\u{2066}bob\u{2069}", "\u{FEFF}x"] {
+            let e = peer_name(bad).unwrap_err();
+            assert!(!e.contains('\u{202E}') && !e.contains('\u{200B}'), "the error shows it escaped: {e}");
+        }
+        assert!(peer_name("\u{202E}potaL ecila").unwrap_err().contains("\\u{202e}"));
+    }
 
     #[test]
     fn interface_addresses_need_a_prefix_and_a_host() {

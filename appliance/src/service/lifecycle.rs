@@ -7,6 +7,10 @@
 //! peers are asked to move ([`super::move_notices`]) for `drain_seconds`, while WireGuard keeps
 //! serving whoever stays (stock clients) until the instance stops.
 //!
+//! Standby and Detached can end: an instance put back in service (`InService` again) ends
+//! the drain it started, and health answers 200 again. So polling never stops. [`Tracker`]
+//! decides (no I/O); [`start`] is the thread that reads IMDS and carries it out.
+//!
 //! Enabled by the environment variable [`ENABLE_VAR`] (init sets it for the service it starts;
 //! `bastion run` elsewhere can set it too). IMDS is found as the AWS SDKs find it.
 
@@ -25,8 +29,50 @@ pub fn leaving(state: &str) -> bool {
     matches!(state.trim(), "Terminated" | "Warmed:Terminated" | "Detached" | "Standby")
 }
 
-/// Starts the poller when enabled; `on_leaving(state)` is called once, from its thread.
-pub fn start(on_leaving: impl FnOnce(&str) + Send + 'static) -> Option<JoinHandle<()>> {
+/// What to do about the state just read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    Nothing,
+    /// The instance is leaving: drain in place.
+    StartDrain,
+    /// It is back in service after a drain this poller started: end that drain.
+    EndDrain,
+}
+
+/// The poller's memory: whether it has a drain going.
+#[derive(Debug, Default)]
+pub struct Tracker {
+    draining: bool,
+}
+
+impl Tracker {
+    pub fn observe(&mut self, state: &str) -> Step {
+        match (self.draining, leaving(state), state.trim() == "InService") {
+            (false, true, _) => {
+                self.draining = true;
+                Step::StartDrain
+            }
+            (true, _, true) => {
+                self.draining = false;
+                Step::EndDrain
+            }
+            _ => Step::Nothing,
+        }
+    }
+}
+
+/// What the poller asks of the service.
+pub struct Actions {
+    /// Drain in place (the state read is passed); returns how long to send move notices.
+    pub start_drain: Box<dyn Fn(&str) -> Duration + Send>,
+    /// The instance is in service again: end the drain `start_drain` began.
+    pub end_drain: Box<dyn Fn(&str) + Send>,
+    /// Send one round of move notices.
+    pub send_notices: Box<dyn FnMut() + Send>,
+}
+
+/// Starts the poller when enabled; it runs until the process ends.
+pub fn start(mut actions: Actions) -> Option<JoinHandle<()>> {
     if std::env::var(ENABLE_VAR).map(|v| v != "1").unwrap_or(true) {
         return None;
     }
@@ -34,33 +80,47 @@ pub fn start(on_leaving: impl FnOnce(&str) + Send + 'static) -> Option<JoinHandl
     let imds = Arc::new(bastion_aws::imds::Imds::new(&env.imds_endpoint()));
     let thread = std::thread::Builder::new().name("lifecycle".into()).spawn(move || {
         let mut last_problem = String::new();
+        let mut tracker = Tracker::default();
+        let mut notices_until: Option<Instant> = None;
+        let mut next_poll = Instant::now();
         loop {
-            match imds.get(PATH) {
-                Ok(state) if leaving(&state) => return on_leaving(state.trim()),
-                Ok(_) => last_problem.clear(),
-                Err(e) => {
-                    let problem = e.to_string();
-                    if problem != last_problem {
-                        log!(
-                            "lifecycle: cannot read {PATH} from IMDS ({problem}); still polling every {} s",
-                            POLL.as_secs()
-                        );
-                        last_problem = problem;
+            if Instant::now() >= next_poll {
+                next_poll = Instant::now() + POLL;
+                match imds.get(PATH) {
+                    Ok(state) => {
+                        last_problem.clear();
+                        match tracker.observe(&state) {
+                            Step::StartDrain => {
+                                notices_until = Some(Instant::now() + (actions.start_drain)(state.trim()))
+                            }
+                            Step::EndDrain => {
+                                notices_until = None;
+                                (actions.end_drain)(state.trim());
+                            }
+                            Step::Nothing => {}
+                        }
+                    }
+                    Err(e) => {
+                        let problem = e.to_string();
+                        if problem != last_problem {
+                            log!(
+                                "lifecycle: cannot read {PATH} from IMDS ({problem}); still polling every {} s",
+                                POLL.as_secs()
+                            );
+                            last_problem = problem;
+                        }
                     }
                 }
             }
-            std::thread::sleep(POLL);
+            let notifying = notices_until.is_some_and(|until| Instant::now() < until);
+            if notifying {
+                (actions.send_notices)();
+            }
+            let next_notice = if notifying { super::move_notices::REPEAT } else { POLL };
+            std::thread::sleep(next_notice.min(next_poll.saturating_duration_since(Instant::now())));
         }
     });
     thread.ok()
-}
-
-/// The drain in place: until `until`, `send_notices()` every `repeat`.
-pub fn notify_until(until: Instant, repeat: Duration, mut send_notices: impl FnMut()) {
-    while Instant::now() < until {
-        send_notices();
-        std::thread::sleep(repeat.min(until.saturating_duration_since(Instant::now())));
-    }
 }
 
 #[cfg(test)]
@@ -75,5 +135,17 @@ mod tests {
         for state in ["InService", "Pending", "Warmed:Running", "", "terminated", "<html>"] {
             assert!(!leaving(state), "{state}");
         }
+    }
+
+    #[test]
+    fn standby_then_in_service_starts_and_ends_one_drain() {
+        let mut t = Tracker::default();
+        let steps: Vec<Step> =
+            ["InService", "Standby", "Standby", "Pending", "InService\n", "InService", "Detached", "Terminated"]
+                .iter()
+                .map(|s| t.observe(s))
+                .collect();
+        use Step::*;
+        assert_eq!(steps, [Nothing, StartDrain, Nothing, Nothing, EndDrain, Nothing, StartDrain, Nothing]);
     }
 }

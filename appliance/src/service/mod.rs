@@ -360,26 +360,56 @@ impl Service {
         {
             // Detached: it polls until the process ends; a weak handle, so the data plane (and
             // its TUN) still goes when the service stops.
-            let state = state.clone();
-            let data_plane = Arc::downgrade(&data_plane);
-            lifecycle::start(move |leaving| {
-                let seconds = state.drain_seconds.load(Ordering::Relaxed);
-                state.drain_started.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_with(Instant::now);
-                log!(
-                    "lifecycle: target-lifecycle-state is {leaving}: draining in place (health 503, peers asked to \
-                     move for {seconds} s); WireGuard keeps serving until the instance stops"
-                );
-                let mut logged = false;
-                let until = Instant::now() + Duration::from_secs(seconds);
-                lifecycle::notify_until(until, move_notices::REPEAT, || {
-                    let Some(data_plane) = data_plane.upgrade() else { return };
-                    let recipients = move_notices::recipients(&data_plane.peers(), data_plane.addresses());
-                    let sent = move_notices::send(&recipients);
-                    if !logged {
-                        log!("lifecycle: asked {sent} of {} peer(s) with a live session to move", recipients.len());
-                        logged = true;
+            let started_by_lifecycle = Arc::new(Mutex::new(None::<Instant>));
+            let log_next_round = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let start_drain = {
+                let state = state.clone();
+                let started_by_lifecycle = started_by_lifecycle.clone();
+                let log_next_round = log_next_round.clone();
+                move |leaving: &str| {
+                    log_next_round.store(true, Ordering::Relaxed);
+                    let seconds = state.drain_seconds.load(Ordering::Relaxed);
+                    let mut drain = state.drain_started.lock().unwrap_or_else(|e| e.into_inner());
+                    if drain.is_none() {
+                        let now = Instant::now();
+                        *drain = Some(now);
+                        *started_by_lifecycle.lock().unwrap_or_else(|e| e.into_inner()) = Some(now);
                     }
-                });
+                    log!(
+                        "lifecycle: target-lifecycle-state is {leaving}: draining in place (health 503, peers asked \
+                         to move for {seconds} s); WireGuard keeps serving until the instance stops"
+                    );
+                    Duration::from_secs(seconds)
+                }
+            };
+            let end_drain = {
+                let state = state.clone();
+                move |now_state: &str| {
+                    let ours = started_by_lifecycle.lock().unwrap_or_else(|e| e.into_inner()).take();
+                    let mut drain = state.drain_started.lock().unwrap_or_else(|e| e.into_inner());
+                    // A drain of a signal (shutdown) is not ours to end.
+                    if ours.is_some() && *drain == ours {
+                        *drain = None;
+                        log!(
+                            "lifecycle: target-lifecycle-state is {now_state} again: drain ended, health serves again"
+                        );
+                    }
+                }
+            };
+            let data_plane = Arc::downgrade(&data_plane);
+            let send_notices = move || {
+                let Some(data_plane) = data_plane.upgrade() else { return };
+                let recipients = move_notices::recipients(&data_plane.peers(), data_plane.addresses());
+                let sent = move_notices::send(&recipients);
+                // The first round of each drain (a drain sends one every second).
+                if log_next_round.swap(false, Ordering::Relaxed) {
+                    log!("lifecycle: asked {sent} of {} peer(s) with a live session to move", recipients.len());
+                }
+            };
+            lifecycle::start(lifecycle::Actions {
+                start_drain: Box::new(start_drain),
+                end_drain: Box::new(end_drain),
+                send_notices: Box::new(send_notices),
             });
         }
         log!("config: version {} from {}", state.config_state().version, state.config_state().origin);
