@@ -4,8 +4,13 @@
 //! on every connection with SO_PEERCRED, on top of the file mode).
 //!
 //! The protocol is one request line (`status` or `reload`), then the answer (JSON) until the
-//! server closes. Each connection is read and written with a 2 s deadline, one at a time, so a
-//! client that stalls delays others by 2 s at most.
+//! server closes. Each connection has its own short-lived thread (at most [`MAX_CONNECTIONS`]
+//! at once) and one deadline for the whole exchange ([`DEADLINE`], however slowly a client
+//! drips bytes), so a slow client delays nobody else; stopping never waits for a connection.
+//!
+//! The socket's folder must be root's (or the service user's) and writable by nobody else
+//! (a root-owned sticky folder such as /tmp is fine): anyone who may rename files there could
+//! swap the socket and answer root's `reload`.
 
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
@@ -20,7 +25,10 @@ use std::time::Duration;
 const MAX_REQUEST_BYTES: u64 = 64;
 /// A report is a few lines per peer; this caps what the client reads from a misbehaving server.
 const MAX_ANSWER_BYTES: u64 = 16 << 20;
+/// The whole exchange on one connection, request and answer.
 const DEADLINE: Duration = Duration::from_secs(2);
+/// Connections served at once; more wait in the listen backlog.
+pub const MAX_CONNECTIONS: usize = 8;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Request {
@@ -100,14 +108,13 @@ pub struct ControlServer {
 }
 
 impl ControlServer {
-    pub fn start(path: &Path, handle: impl Fn(Request) -> Vec<u8> + Send + 'static) -> io::Result<ControlServer> {
+    pub fn start(
+        path: &Path,
+        handle: impl Fn(Request) -> Vec<u8> + Send + Sync + 'static,
+    ) -> io::Result<ControlServer> {
         let context = |e: io::Error, doing: &str| io::Error::new(e.kind(), format!("{doing} {}: {e}", path.display()));
         if let Some(dir) = path.parent() {
-            if !dir.exists() {
-                std::fs::create_dir_all(dir).map_err(|e| context(e, "create the directory of"))?;
-                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-                    .map_err(|e| context(e, "restrict the directory of"))?;
-            }
+            prepare_folder(dir)?;
         }
         clear_stale(path)?;
         let listener = UnixListener::bind(path).map_err(|e| context(e, "bind"))?;
@@ -116,16 +123,30 @@ impl ControlServer {
         let inode = std::fs::metadata(path).map_err(|e| context(e, "stat"))?.ino();
         let listener = Arc::new(listener);
         let stopping = Arc::new(AtomicBool::new(false));
+        let handle = Arc::new(handle);
         let thread = {
             let listener = listener.clone();
             let stopping = stopping.clone();
+            let serving = Arc::new(std::sync::atomic::AtomicUsize::new(0));
             std::thread::Builder::new().name("control".into()).spawn(move || {
                 for stream in listener.incoming() {
                     if stopping.load(Ordering::Relaxed) {
                         break;
                     }
-                    if let Ok(stream) = stream {
-                        serve(stream, &handle);
+                    let Ok(stream) = stream else { continue };
+                    let started = std::time::Instant::now();
+                    // A full house: the newcomer waits (a connection ends within DEADLINE).
+                    while serving.load(Ordering::Acquire) >= MAX_CONNECTIONS && started.elapsed() < DEADLINE {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    serving.fetch_add(1, Ordering::AcqRel);
+                    let (handle, done) = (handle.clone(), serving.clone());
+                    let spawned = std::thread::Builder::new().name("control-conn".into()).spawn(move || {
+                        serve(stream, &*handle, started + DEADLINE);
+                        done.fetch_sub(1, Ordering::AcqRel);
+                    });
+                    if spawned.is_err() {
+                        serving.fetch_sub(1, Ordering::AcqRel);
                     }
                 }
             })?
@@ -184,26 +205,74 @@ fn clear_stale(path: &Path) -> io::Result<()> {
     }
 }
 
-fn serve(mut stream: UnixStream, handle: &impl Fn(Request) -> Vec<u8>) {
+/// A folder for the service's local files (the control socket, the instance lock): made
+/// (mode 0700) when missing; refused unless it is a real folder, owned by root or by us, and
+/// writable by its owner only (or root's and sticky, as /tmp).
+pub fn prepare_folder(dir: &Path) -> io::Result<()> {
+    if std::fs::symlink_metadata(dir).is_err() {
+        let failed = |e: io::Error, doing: &str| io::Error::new(e.kind(), format!("{doing} {}: {e}", dir.display()));
+        std::fs::create_dir_all(dir).map_err(|e| failed(e, "create"))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| failed(e, "restrict"))?;
+    }
+    check_folder(dir)
+}
+
+fn check_folder(dir: &Path) -> io::Result<()> {
+    let meta = std::fs::symlink_metadata(dir)?;
+    let euid = nix::unistd::geteuid().as_raw();
+    let why = if !meta.file_type().is_dir() {
+        "is not a folder (a symlink?)".to_string()
+    } else if meta.uid() != 0 && meta.uid() != euid {
+        format!("belongs to uid {}, expected root or this service's user", meta.uid())
+    } else if meta.mode() & 0o022 != 0 && !(meta.mode() & 0o1000 != 0 && meta.uid() == 0) {
+        // A root-owned sticky folder (/tmp) is fine: there nobody but us may rename or remove
+        // our socket, so nobody can swap it.
+        format!("is writable by others (mode {:o}), expected at most 0755", meta.mode() & 0o7777)
+    } else {
+        return Ok(());
+    };
+    Err(io::Error::new(
+        io::ErrorKind::PermissionDenied,
+        format!(
+            "the service's folder {} {why}: whoever may write there could answer for the service; \
+             fix or remove it",
+            dir.display()
+        ),
+    ))
+}
+
+fn serve(mut stream: UnixStream, handle: &dyn Fn(Request) -> Vec<u8>, deadline: std::time::Instant) {
     if !may_ask(&stream) {
         return;
     }
-    let _ = stream.set_read_timeout(Some(DEADLINE));
-    let _ = stream.set_write_timeout(Some(DEADLINE));
+    let left = || deadline.checked_duration_since(std::time::Instant::now()).filter(|d| !d.is_zero());
     let mut line = Vec::new();
     let mut byte = [0u8; 1];
-    let mut limited = (&mut stream).take(MAX_REQUEST_BYTES);
-    while let Ok(1) = limited.read(&mut byte) {
-        if byte[0] == b'\n' {
+    loop {
+        let Some(left) = left() else { return };
+        if stream.set_read_timeout(Some(left)).is_err() || line.len() as u64 >= MAX_REQUEST_BYTES {
             break;
         }
-        line.push(byte[0]);
+        match stream.read(&mut byte) {
+            Ok(1) if byte[0] != b'\n' => line.push(byte[0]),
+            _ => break,
+        }
     }
     let answer = match Request::parse(&line) {
         Some(request) => handle(request),
         None => br#"{"error":"expected a request line: status or reload"}"#.to_vec(),
     };
-    let _ = stream.write_all(&answer);
+    let mut rest = &answer[..];
+    while !rest.is_empty() {
+        let Some(left) = left() else { return };
+        if stream.set_write_timeout(Some(left)).is_err() {
+            return;
+        }
+        match stream.write(rest) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => rest = &rest[n..],
+        }
+    }
 }
 
 /// Root, or the user the service runs as.
@@ -277,6 +346,62 @@ mod tests {
         assert!(err.to_string().contains("is not a socket"), "{err}");
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "not a socket", "never deleted");
         std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+    }
+
+    #[test]
+    fn a_slow_client_delays_nobody_and_never_holds_the_stop() {
+        let path = scratch_socket("slow");
+        let server = ControlServer::start(&path, |_| b"report".to_vec()).unwrap();
+        // Clients that drip a byte every 300 ms (each read alone would meet a 2 s timeout).
+        let drippers: Vec<_> = (0..3)
+            .map(|_| {
+                let mut stream = UnixStream::connect(&path).unwrap();
+                std::thread::spawn(move || {
+                    for _ in 0..40 {
+                        if stream.write_all(b"s").is_err() {
+                            return true;
+                        }
+                        std::thread::sleep(Duration::from_millis(300));
+                    }
+                    false
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(200));
+        let asked = std::time::Instant::now();
+        assert_eq!(ask(&path, Request::Status, DEADLINE).unwrap(), b"report");
+        assert!(asked.elapsed() < Duration::from_millis(500), "answered after {:?}", asked.elapsed());
+        // The whole-connection deadline cuts the drippers off after ~2 s, not after 12 s.
+        for dripper in drippers {
+            assert!(dripper.join().unwrap(), "a dripping client was cut off");
+        }
+        let _keep = UnixStream::connect(&path).unwrap();
+        let stopping = std::time::Instant::now();
+        server.stop();
+        assert!(stopping.elapsed() < Duration::from_millis(500), "stop took {:?}", stopping.elapsed());
+        std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+    }
+
+    #[test]
+    fn a_folder_others_may_write_to_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let path = scratch_socket("folder");
+        let dir = path.parent().unwrap();
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = ControlServer::start(&path, |_| Vec::new()).err().unwrap();
+        assert!(e.to_string().contains("is writable by others (mode 777)"), "{e}");
+        assert!(!path.exists());
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        if nix::unistd::geteuid().is_root() {
+            // Another user's folder (as root, the test can make one): refused too.
+            std::os::unix::fs::chown(dir, Some(65534), None).unwrap();
+            let e = ControlServer::start(&path, |_| Vec::new()).err().unwrap();
+            assert!(e.to_string().contains("belongs to uid 65534"), "{e}");
+            std::os::unix::fs::chown(dir, Some(0), None).unwrap();
+        }
+        ControlServer::start(&path, |_| Vec::new()).unwrap().stop();
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

@@ -88,12 +88,16 @@ enum Command {
         /// How often the peers' counters are read, in milliseconds.
         #[arg(long, default_value_t = 200)]
         poll_ms: u64,
-        /// Do not listen for the bastions' move notices (UDP 51821 on the interface).
+        /// Do not listen for the bastions' move notices (UDP 821 on the interface).
         #[arg(long)]
         no_notices: bool,
         /// auto (the API socket if there is one, else the wg tool), uapi, or wg (kernel WireGuard).
         #[arg(long, default_value = "auto")]
         backend: String,
+        /// Obey move notices only from this address, the bastions' tunnel address (repeatable;
+        /// default: any address of a peer's allowed IPs that is not this machine's).
+        #[arg(long = "bastion-address")]
+        bastion_addresses: Vec<std::net::IpAddr>,
     },
     /// Make the running service read its config source again now and apply what changed.
     Reload {
@@ -183,7 +187,16 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Watch { interface, socket, stall_seconds, max_backoff_seconds, poll_ms, no_notices, backend } => {
+        Command::Watch {
+            interface,
+            socket,
+            stall_seconds,
+            max_backoff_seconds,
+            poll_ms,
+            no_notices,
+            backend,
+            bastion_addresses,
+        } => {
             let backend = match watch::Backend::parse(&backend) {
                 Ok(backend) => backend,
                 Err(e) => {
@@ -221,6 +234,7 @@ fn main() -> ExitCode {
                 poll: std::time::Duration::from_millis(poll_ms),
                 stall: params,
                 notices: !no_notices,
+                bastion_addresses,
                 backend,
             })
         }

@@ -7,8 +7,10 @@
 //! that peer's allowed IPs, so nobody outside the tunnel can make a client move. The payload is
 //! parsed strictly (anything else is not a notice) and carries no secret.
 
-/// The UDP port `bastion watch` listens on, on the client's WireGuard interface.
-pub const PORT: u16 = 51821;
+/// The UDP port `bastion watch` listens on, on the client's WireGuard interface. Below 1024,
+/// so on the client only root may bind it (an unprivileged user can neither listen there in
+/// watch's place nor hold it before watch starts); the bastion drops it between peers.
+pub const PORT: u16 = 821;
 
 const PREFIX: &str = "bastion-move 1 ";
 

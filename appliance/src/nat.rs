@@ -1,12 +1,13 @@
 //! NAT forwarding: turns the config into our own nftables table (masquerade, per-peer forward
 //! ACL, and what peers may send to the bastion itself), installs it idempotently over netlink,
-//! reads it back, removes it; and the forwarding sysctls. Only the table named [`TABLE`] in
-//! family `inet` is ever touched.
+//! reads it back, removes it; and the forwarding sysctls. Each service has a table of its own,
+//! named after its tunnel ([`table_name`]: `bastion-wg0`), in family `inet`; no other table is
+//! ever touched, so two services on one host (two tunnels) never replace each other's rules.
 //!
 //! The table, for tunnel `wg0` and egress `eth0`:
 //!
 //! ```text
-//! table inet bastion {
+//! table inet bastion-wg0 {
 //!     chain input {
 //!         type filter hook input priority filter; policy accept;
 //!         iifname "wg0" ct state established,related accept
@@ -16,6 +17,7 @@
 //!     }
 //!     chain forward {
 //!         type filter hook forward priority filter; policy accept;
+//!         iifname "wg0" oifname "wg0" udp dport 821 drop             # move notices: bastion only
 //!         iifname "wg0" ip daddr 169.254.169.254 drop                 # the instance metadata
 //!         iifname "wg0" ip6 daddr fd00:ec2::254 drop                  # service, always
 //!         ct state established,related accept
@@ -36,14 +38,18 @@
 //! rules; nothing else may enter the tunnel from outside. From the tunnel, a peer may ping the
 //! bastion (the self-test does) but reach none of its ports: not the health port, not whatever
 //! else listens on a host that runs `bastion run`. The instance metadata service is never
-//! forwarded to, whatever `reach` says: it hands out the instance role's credentials.
+//! forwarded to, whatever `reach` says: it hands out the instance role's credentials. A peer
+//! never reaches another peer's move-notice port ([`crate::move_notice::PORT`]), even when
+//! `reach` covers the tunnel network: only the bastion itself may ask a client to move.
 
 use crate::netlink::nftables::{self, BaseChain, Batch, ChainType, Hook, IpVersion, Rule, Verdict, FAMILY_INET};
 use ip_network::IpNetwork;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-/// Our table: `table inet bastion`.
-pub const TABLE: &str = "bastion";
+/// The table of the service whose tunnel is `tunnel`: `bastion-wg0`.
+pub fn table_name(tunnel: &str) -> String {
+    format!("bastion-{tunnel}")
+}
 
 const INPUT_CHAIN: &str = "input";
 const FORWARD_CHAIN: &str = "forward";
@@ -94,39 +100,43 @@ pub enum NatError {
 /// crash replaces it). Never touches another table.
 pub fn install(plan: &NatPlan) -> Result<(), NatError> {
     let chains = chains(plan)?;
+    let table = table_name(&plan.tunnel);
+    let table = table.as_str();
     let mut batch = Batch::new();
     // Create-then-delete makes the delete succeed whether or not a table was left behind, and
     // the whole batch is one transaction: there is no moment without a table, and no moment
     // with half of one.
-    batch.add_table(FAMILY_INET, TABLE);
-    batch.delete_table(FAMILY_INET, TABLE);
-    batch.add_table(FAMILY_INET, TABLE);
+    batch.add_table(FAMILY_INET, table);
+    batch.delete_table(FAMILY_INET, table);
+    batch.add_table(FAMILY_INET, table);
     for (chain, rules) in &chains {
-        batch.add_chain(FAMILY_INET, TABLE, chain);
+        batch.add_chain(FAMILY_INET, table, chain);
         for rule in rules {
-            batch.add_rule(FAMILY_INET, TABLE, &chain.name, rule);
+            batch.add_rule(FAMILY_INET, table, &chain.name, rule);
         }
     }
     batch.commit().map_err(|source| NatError::Netlink { doing: String::new(), source })
 }
 
-/// Removes our table; a missing table is not an error.
-pub fn remove() -> Result<(), NatError> {
+/// Removes the table of `tunnel`; a missing table is not an error.
+pub fn remove(tunnel: &str) -> Result<(), NatError> {
+    let table = table_name(tunnel);
     let mut batch = Batch::new();
-    batch.add_table(FAMILY_INET, TABLE);
-    batch.delete_table(FAMILY_INET, TABLE);
-    batch.commit().map_err(|source| NatError::Netlink { doing: format!("remove table inet {TABLE}"), source })
+    batch.add_table(FAMILY_INET, &table);
+    batch.delete_table(FAMILY_INET, &table);
+    batch.commit().map_err(|source| NatError::Netlink { doing: format!("remove table inet {table}"), source })
 }
 
-/// Whether our table is in the kernel now (read back over netlink, not remembered).
-pub fn table_present() -> Result<bool, NatError> {
-    nftables::table_exists(FAMILY_INET, TABLE).map_err(|source| NatError::Netlink { doing: String::new(), source })
+/// Whether the table of `tunnel` is in the kernel now (read back over netlink, not remembered).
+pub fn table_present(tunnel: &str) -> Result<bool, NatError> {
+    nftables::table_exists(FAMILY_INET, &table_name(tunnel))
+        .map_err(|source| NatError::Netlink { doing: String::new(), source })
 }
 
-/// The table the plan installs, as `nft list table inet bastion` prints it (for logs, status
+/// The table the plan installs, as `nft list table inet bastion-wg0` prints it (for logs, status
 /// and documentation; the kernel gets the same rules over netlink, not this text).
 pub fn ruleset(plan: &NatPlan) -> Result<String, NatError> {
-    let mut text = format!("table inet {TABLE} {{\n");
+    let mut text = format!("table inet {} {{\n", table_name(&plan.tunnel));
     for (i, (chain, rules)) in chains(plan)?.iter().enumerate() {
         if i > 0 {
             text.push('\n');
@@ -169,10 +179,13 @@ fn chains(plan: &NatPlan) -> Result<Vec<(BaseChain, Vec<Rule>)>, NatError> {
         Rule::new().iifname(tunnel).echo_request(IpVersion::V6).verdict(Verdict::Accept),
         Rule::new().iifname(tunnel).verdict(Verdict::Drop),
     ];
-    let mut forward: Vec<Rule> = METADATA_SERVICE
-        .iter()
-        .map(|address| Rule::new().iifname(tunnel).daddr(IpNetwork::from(*address)).verdict(Verdict::Drop))
-        .collect();
+    let mut forward: Vec<Rule> =
+        vec![Rule::new().iifname(tunnel).oifname(tunnel).udp_dport(crate::move_notice::PORT).verdict(Verdict::Drop)];
+    forward.extend(
+        METADATA_SERVICE
+            .iter()
+            .map(|address| Rule::new().iifname(tunnel).daddr(IpNetwork::from(*address)).verdict(Verdict::Drop)),
+    );
     forward.push(Rule::new().established_or_related().verdict(Verdict::Accept));
     for allow in &plan.allow {
         let mut rule = Rule::new().iifname(tunnel);
@@ -319,7 +332,7 @@ mod tests {
     }
 
     /// The same table, written by hand in nft's language: the oracle.
-    const EXPECTED: &str = r#"table inet bastion {
+    const EXPECTED: &str = r#"table inet bastion-wg0 {
     chain input {
         type filter hook input priority 0; policy accept;
         iifname "wg0" ct state established,related accept
@@ -329,6 +342,7 @@ mod tests {
     }
     chain forward {
         type filter hook forward priority 0; policy accept;
+        iifname "wg0" oifname "wg0" udp dport 821 drop
         iifname "wg0" ip daddr 169.254.169.254 drop
         iifname "wg0" ip6 daddr fd00:ec2::254 drop
         ct state established,related accept
@@ -350,15 +364,15 @@ mod tests {
 "#;
 
     fn list(netns: &ScratchNetns) -> String {
-        netns.command_output("nft", &["list", "table", "inet", "bastion"])
+        netns.command_output("nft", &["list", "table", "inet", "bastion-wg0"])
     }
 
     /// The expressions the kernel holds, without rule handles (which differ between runs).
     fn expressions(netns: &ScratchNetns) -> String {
-        let out = netns.command_output("nft", &["--debug=netlink", "list", "table", "inet", "bastion"]);
+        let out = netns.command_output("nft", &["--debug=netlink", "list", "table", "inet", "bastion-wg0"]);
         out.lines()
             .map(|line| {
-                if line.starts_with("inet bastion ") {
+                if line.starts_with("inet bastion-wg0 ") {
                     line.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
                 } else {
                     line.to_string()
@@ -372,7 +386,7 @@ mod tests {
     fn oracle(netns: &ScratchNetns) -> (String, String) {
         netns.command_with_stdin("nft", &["-f", "-"], EXPECTED);
         let listed = (list(netns), expressions(netns));
-        netns.command_ok("nft", &["delete", "table", "inet", "bastion"]);
+        netns.command_ok("nft", &["delete", "table", "inet", "bastion-wg0"]);
         listed
     }
 
@@ -397,9 +411,9 @@ mod tests {
     fn kernel_install_matches_nft_oracle() {
         run(|netns| {
             let (want_listing, want_expressions) = oracle(netns);
-            assert!(!table_present().unwrap());
+            assert!(!table_present("wg0").unwrap());
             install(&plan()).unwrap();
-            assert!(table_present().unwrap());
+            assert!(table_present("wg0").unwrap());
             assert_eq!(list(netns), want_listing);
             assert_eq!(expressions(netns), want_expressions);
             // Our own description of the table is what nft lists.
@@ -415,7 +429,7 @@ mod tests {
             netns.command_with_stdin(
                 "nft",
                 &["-f", "-"],
-                "table inet bastion {\n chain forward { type filter hook forward priority 0; policy drop; }\n \
+                "table inet bastion-wg0 {\n chain forward { type filter hook forward priority 0; policy drop; }\n \
                  chain junk {\n counter\n }\n}\n",
             );
             install(&plan()).unwrap();
@@ -423,7 +437,7 @@ mod tests {
             install(&plan()).unwrap();
             assert_eq!(list(netns), want_listing);
             let tables = netns.command_output("nft", &["list", "tables"]);
-            assert_eq!(tables.matches("table inet bastion").count(), 1, "{tables}");
+            assert_eq!(tables.matches("table inet bastion-wg0").count(), 1, "{tables}");
             // A smaller plan replaces the bigger one entirely.
             let small = NatPlan { masquerade: false, allow: vec![], ..plan() };
             install(&small).unwrap();
@@ -441,11 +455,17 @@ mod tests {
             netns.command_with_stdin("nft", &["-f", "-"], foreign);
             let before = netns.command_output("nft", &["list", "ruleset"]);
             install(&plan()).unwrap();
-            remove().unwrap();
-            assert!(!table_present().unwrap());
+            // A second service's table (tunnel wg1) comes and goes without touching ours.
+            let second = NatPlan { tunnel: "wg1".into(), ..plan() };
+            install(&second).unwrap();
+            assert!(table_present("wg0").unwrap() && table_present("wg1").unwrap());
+            remove("wg1").unwrap();
+            assert!(table_present("wg0").unwrap() && !table_present("wg1").unwrap());
+            remove("wg0").unwrap();
+            assert!(!table_present("wg0").unwrap());
             assert_eq!(netns.command_output("nft", &["list", "ruleset"]), before);
             // Removing again: nothing there, not an error; the others still untouched.
-            remove().unwrap();
+            remove("wg0").unwrap();
             assert_eq!(netns.command_output("nft", &["list", "ruleset"]), before);
         });
     }
@@ -454,12 +474,12 @@ mod tests {
     fn kernel_table_present_reads_the_kernel() {
         run(|netns| {
             install(&plan()).unwrap();
-            assert!(table_present().unwrap());
-            netns.command_ok("nft", &["delete", "table", "inet", "bastion"]);
-            assert!(!table_present().unwrap());
+            assert!(table_present("wg0").unwrap());
+            netns.command_ok("nft", &["delete", "table", "inet", "bastion-wg0"]);
+            assert!(!table_present("wg0").unwrap());
             // Same name in another family is not ours.
-            netns.command_ok("nft", &["add", "table", "ip", "bastion"]);
-            assert!(!table_present().unwrap());
+            netns.command_ok("nft", &["add", "table", "ip", "bastion-wg0"]);
+            assert!(!table_present("wg0").unwrap());
         });
     }
 
@@ -474,14 +494,14 @@ mod tests {
                 "{e}"
             );
             assert!(e.to_string().contains("nftables batch: batch begin failed: Operation not permitted"), "{e}");
-            let e = remove().unwrap_err();
-            assert!(matches!(&e, NatError::Netlink { doing, .. } if doing == "remove table inet bastion"), "{e}");
-            assert!(e.to_string().starts_with("remove table inet bastion: "), "{e}");
+            let e = remove("wg0").unwrap_err();
+            assert!(matches!(&e, NatError::Netlink { doing, .. } if doing == "remove table inet bastion-wg0"), "{e}");
+            assert!(e.to_string().starts_with("remove table inet bastion-wg0: "), "{e}");
             let e = enable_forwarding(false).unwrap_err();
             assert!(matches!(&e, NatError::Sysctl { path, value: "1", .. } if path == IPV4_FORWARDING), "{e}");
             // nfnetlink wants CAP_NET_ADMIN even to read (unlike rtnetlink).
-            let e = table_present().unwrap_err();
-            assert_eq!(e.to_string(), "read back table inet bastion: Operation not permitted (os error 1)");
+            let e = table_present("wg0").unwrap_err();
+            assert_eq!(e.to_string(), "read back table inet bastion-wg0: Operation not permitted (os error 1)");
         });
     }
 
@@ -656,7 +676,7 @@ mod tests {
                 assert_eq!(t.source_seen(&format!("/{v}/per-peer")).as_deref(), Some(egress));
             }
 
-            remove().unwrap();
+            remove("bnl-tun").unwrap();
             for (v, client, _, _, _, outside) in cases {
                 assert!(t.reaches(outside, &format!("/{v}/after"), Some(client)), "{v}: forwarding as before");
                 assert_eq!(t.source_seen(&format!("/{v}/after")).as_deref(), Some(client));

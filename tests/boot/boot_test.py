@@ -405,7 +405,7 @@ def boot(g, a, r, modules, user_data_size):
     r.check(f"wg0 up with one worker per vCPU ({a.smp})",
             wg and f"{TUNNEL_NET}.1/24" in wg[2] and f"{a.smp} workers" in wg[2],
             wg[2].split("bastion: ", 1)[1] if wg else "")
-    nat = g.wait_for(r"bastion: nat: table inet bastion installed \(egress eth0, masquerade on", STEP_TIMEOUT)
+    nat = g.wait_for(r"bastion: nat: table inet bastion-wg0 installed \(egress eth0, masquerade on", STEP_TIMEOUT)
     r.check("NAT table installed (egress eth0 from the DHCP default route, masquerade)", nat)
     selftest = g.wait_for(r"bastion: selftest: (PASS|FAIL)", STEP_TIMEOUT * 2)
     r.check("selftest: PASS on the console", selftest and "PASS" in selftest[2],
@@ -499,7 +499,7 @@ def shutdown(g, r, timings):
     time.sleep(0.3)  # the console reader drains QEMU's last output
     for name, rx in [
         ("drain finished after drain_seconds", rf"bastion: drain finished after {DRAIN_SECONDS} s"),
-        ("NAT table removed", r"bastion: nat: table inet bastion removed"),
+        ("NAT table removed", r"bastion: nat: table inet bastion-wg0 removed"),
         ("wg0 removed", r"bastion: tunnel: wg0 removed"),
         ("service exited 0", r"bastion: shutdown: service \(pid \d+\) stopped: exit status 0"),
         ("init syncs and powers off", r"bastion: shutdown: sync and power off"),

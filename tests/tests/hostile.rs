@@ -114,7 +114,7 @@ fn a_client_never_holds_up_the_drain() {
     let took = signalled.elapsed();
     assert!(status.success(), "bastion run exited with {status:?}\n{}", bastion.log_report());
     let tables = topo.bastion.run(&["nft", "list", "tables"]);
-    assert!(!tables.contains("table inet bastion"), "the table stayed behind: {tables}");
+    assert!(!tables.contains("table inet bastion-wg0"), "the table stayed behind: {tables}");
     eprintln!(
         "FIGURE health/drain: SIGTERM to exit {:.2} s with drain_seconds = 1 and two hostile clients",
         took.as_secs_f64()
@@ -293,7 +293,7 @@ fn stray_signals_neither_kill_nor_stop_the_service() {
     let status = bastion.process.wait_exit(Duration::from_secs(10)).unwrap_or_else(|e| panic!("{e}"));
     assert!(status.success(), "{status:?}\n{}", bastion.log_report());
     let tables = topo.bastion.run(&["nft", "list", "tables"]);
-    assert!(!tables.contains("table inet bastion"), "{tables}");
+    assert!(!tables.contains("table inet bastion-wg0"), "{tables}");
 }
 
 /// Runs a command as root without CAP_SYS_PTRACE.

@@ -135,7 +135,7 @@ fn a_planned_drain_with_bastion_watch_loses_no_request() {
     bed.drain(serving);
     let watch = bed.watch.as_ref().unwrap();
     watch
-        .wait_for_log("is draining and asked its peers to move", STEP)
+        .wait_for_log("(a draining bastion asks its peers to move); moved to a new flow", STEP)
         .unwrap_or_else(|e| panic!("{e}\n{}", bed.report()));
     let report = pinger.finish(STEP).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(report.lost(), 0, "requests lost during the drain ({} sent)\n{}", report.sent, bed.report());
@@ -175,7 +175,7 @@ fn the_lifecycle_state_in_imds_makes_the_bastion_ask_its_peers_to_move_before_it
         .unwrap_or_else(|e| panic!("{e}\n{}", bed.report()));
     let watch = bed.watch.as_ref().unwrap();
     watch
-        .wait_for_log("is draining and asked its peers to move", STEP)
+        .wait_for_log("(a draining bastion asks its peers to move); moved to a new flow", STEP)
         .unwrap_or_else(|e| panic!("{e}\n{}", bed.report()));
     let report = pinger.finish(STEP).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(report.lost(), 0, "requests lost ({} sent)\n{}", report.sent, bed.report());

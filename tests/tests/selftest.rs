@@ -115,14 +115,14 @@ fn selftest_fails_when_the_table_is_removed_then_repairs_it_and_passes() {
     bastion.wait_healthy(START).unwrap_or_else(|e| panic!("{e}"));
 
     let offset = bastion.process.log_len();
-    topo.bastion.run(&["nft", "delete", "table", "inet", "bastion"]);
+    topo.bastion.run(&["nft", "delete", "table", "inet", "bastion-wg0"]);
     // FAIL → repair → PASS, in that order on the console.
     let (_, offset) =
-        next_line(&bastion.process, offset, "selftest: FAIL nat: table inet bastion was removed from outside");
-    let (_, offset) = next_line(&bastion.process, offset, "nat: table inet bastion reinstalled");
+        next_line(&bastion.process, offset, "selftest: FAIL nat: table inet bastion-wg0 was removed from outside");
+    let (_, offset) = next_line(&bastion.process, offset, "nat: table inet bastion-wg0 reinstalled");
     let (pass, _) = next_line(&bastion.process, offset, "selftest: PASS");
     assert!(pass.contains(&format!("probe {probe} ")), "the probe passes through the repaired NAT: {pass}");
     bastion.wait_healthy(CYCLE).unwrap_or_else(|e| panic!("{e}"));
     let tables = topo.bastion.run(&["nft", "list", "tables"]);
-    assert_eq!(tables.matches("table inet bastion").count(), 1, "{tables}");
+    assert_eq!(tables.matches("table inet bastion-wg0").count(), 1, "{tables}");
 }

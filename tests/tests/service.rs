@@ -107,7 +107,7 @@ fn refused_datagrams(status: &str) -> u64 {
 }
 
 fn has_bastion_table(tables: &str) -> bool {
-    tables.lines().any(|l| l.trim() == "table inet bastion")
+    tables.lines().any(|l| l.trim() == "table inet bastion-wg0")
 }
 
 #[test]
@@ -265,7 +265,7 @@ fn health_reports_a_missing_nat_table_and_the_service_restores_it() {
     // unlikely without slowing the repair down.
     let mut seen = None;
     for _ in 0..3 {
-        s.topo.bastion.run(&["nft", "delete", "table", "inet", "bastion"]);
+        s.topo.bastion.run(&["nft", "delete", "table", "inet", "bastion-wg0"]);
         let r = s.bastion.health().unwrap_or_else(|e| panic!("{e}\n{}", s.report()));
         if r.status == 503 {
             seen = Some(r);
@@ -461,9 +461,9 @@ fn restart_after_a_crash_replaces_the_table() {
         .wait_healthy(START)
         .unwrap_or_else(|e| panic!("restart over a leftover table: {e}\nbefore the crash:\n{}", crashed.log_report()));
     let tables = s.nft_tables();
-    assert_eq!(tables.lines().filter(|l| l.trim() == "table inet bastion").count(), 1, "{tables}");
+    assert_eq!(tables.lines().filter(|l| l.trim() == "table inet bastion-wg0").count(), 1, "{tables}");
     // The client's old session is gone with the old process; it re-handshakes.
-    let ruleset = s.topo.bastion.run(&["nft", "list", "table", "inet", "bastion"]);
+    let ruleset = s.topo.bastion.run(&["nft", "list", "table", "inet", "bastion-wg0"]);
     let source = s.fetch_page_and_source(0, 0);
     assert_eq!(source, BASTION_PRIVATE_V4.to_string(), "after the restart\n{ruleset}\n{}", s.report());
 }

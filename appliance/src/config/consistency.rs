@@ -322,6 +322,43 @@ pub fn lowest_free(net: &IpNetwork, taken: &[IpNetwork]) -> Option<IpAddr> {
 
 /// The metrics listener may not take the health responder's address: the NLB and the whole VPC
 /// reach health, metrics are for the monitoring network only.
+/// A `reach` that covers the tunnel network lets peers reach one another on every port (the
+/// bastion forwards tunnel to tunnel): rarely meant (`convert` writes it for wg-quick's usual
+/// `iptables -A FORWARD -i wg0 -j ACCEPT`), so a warning, not an error.
+pub fn check_reach_of_the_tunnel(
+    interface: &InterfaceDraft,
+    nat: &super::schema::NatDraft,
+    peers: &[PeerDraft],
+    report: &mut Report,
+) {
+    let tunnel: Vec<IpNetwork> = interface.addresses.iter().map(|a| a.value.network()).collect();
+    let mut check = |field: String, item: &super::document::Item<IpNetwork>| {
+        if let Some(net) = tunnel.iter().find(|t| overlaps(t, &item.value)) {
+            report.warn_at(
+                item.span.clone(),
+                field,
+                format!(
+                    "covers the tunnel network {net}: peers then reach one another through the bastion \
+                     on every port; leave the tunnel network out unless that is meant"
+                ),
+            );
+        }
+    };
+    for item in &nat.reach {
+        check(format!("nat.reach[{}]", item.index), item);
+    }
+    for (i, peer) in peers.iter().enumerate() {
+        for item in &peer.reach {
+            check(format!("peer[{i}].reach[{}]", item.index), item);
+        }
+    }
+}
+
+fn overlaps(a: &IpNetwork, b: &IpNetwork) -> bool {
+    let (a, b) = (range(a), range(b));
+    a.v6 == b.v6 && a.first <= b.last && b.first <= a.last
+}
+
 pub fn check_listeners(health: &HealthDraft, metrics: &MetricsDraft, report: &mut Report) {
     let (Some(health), Some((metrics, span))) = (health.listen, metrics.listen.as_ref()) else {
         return;

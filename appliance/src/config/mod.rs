@@ -351,6 +351,7 @@ fn build(root: &toml::de::DeTable, base_dir: Option<&Path>, report: &mut documen
     let interface = drafts.interface?;
     let selftest_address = consistency::selftest_address(&interface, &drafts.peers, &drafts.selftest, report);
     consistency::check_listeners(&drafts.health, &drafts.metrics, report);
+    consistency::check_reach_of_the_tunnel(&interface, &drafts.nat, &drafts.peers, report);
     if !report.is_clean() {
         return None;
     }
@@ -365,7 +366,7 @@ fn build(root: &toml::de::DeTable, base_dir: Option<&Path>, report: &mut documen
                 allowed_ips: p.allowed_ips.into_iter().map(|i| i.value).collect(),
                 endpoint: p.endpoint,
                 persistent_keepalive: p.persistent_keepalive,
-                reach: p.reach,
+                reach: p.reach.into_iter().map(|item| item.value).collect(),
             })
         })
         .collect::<Option<Vec<_>>>()?;
@@ -386,7 +387,11 @@ fn build(root: &toml::de::DeTable, base_dir: Option<&Path>, report: &mut documen
             name: interface.name,
         },
         peers,
-        nat: Nat { masquerade: drafts.nat.masquerade, egress: drafts.nat.egress, reach: drafts.nat.reach },
+        nat: Nat {
+            masquerade: drafts.nat.masquerade,
+            egress: drafts.nat.egress,
+            reach: drafts.nat.reach.into_iter().map(|item| item.value).collect(),
+        },
         health: Health { listen: drafts.health.listen?, drain_seconds: drafts.health.drain_seconds },
         selftest: SelfTest {
             interval_seconds: drafts.selftest.interval_seconds,

@@ -88,13 +88,13 @@ pub struct PeerDraft {
     pub allowed_ips: Vec<Item<IpNetwork>>,
     pub endpoint: Option<SocketAddr>,
     pub persistent_keepalive: Option<u16>,
-    pub reach: Vec<IpNetwork>,
+    pub reach: Vec<Item<IpNetwork>>,
 }
 
 pub struct NatDraft {
     pub masquerade: bool,
     pub egress: Egress,
-    pub reach: Vec<IpNetwork>,
+    pub reach: Vec<Item<IpNetwork>>,
 }
 
 pub struct HealthDraft {
@@ -495,7 +495,7 @@ fn read_peer(t: &Table, index: usize, base_dir: Option<&Path>, report: &mut Repo
     }
 }
 
-fn network_list(t: &Table, key: &str, report: &mut Report) -> Vec<IpNetwork> {
+fn network_list(t: &Table, key: &str, report: &mut Report) -> Vec<Item<IpNetwork>> {
     match t.get(key) {
         None => Vec::new(),
         Some(v) => {
@@ -508,7 +508,7 @@ fn network_list(t: &Table, key: &str, report: &mut Report) -> Vec<IpNetwork> {
                     }
                 }
             }
-            items.into_iter().map(|item| item.value).collect()
+            items
         }
     }
 }

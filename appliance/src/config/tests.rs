@@ -467,3 +467,22 @@ fn metrics_control_source_and_aws_sections() {
     let p = problem(&clash, "metrics.listen", ProblemKind::Conflict);
     assert!(p.message.contains("never served on the health port"), "{}", p.message);
 }
+
+#[test]
+fn a_reach_that_covers_the_tunnel_network_is_a_warning() {
+    let text = format!(
+        "[interface]\nprivate_key = \"{OUR_KEY}\"\naddress = [\"10.100.0.1/24\"]\n\n[[peer]]\npublic_key = \"{ALICE}\"\n\
+         allowed_ips = [\"10.100.0.2/32\"]\nreach = [\"10.100.0.0/16\"]\n\n[nat]\nreach = [\"10.0.0.0/16\", \"0.0.0.0/0\"]\n"
+    );
+    let config = ok(&text);
+    let fields: Vec<(Option<usize>, &str)> = config
+        .warnings
+        .iter()
+        .filter(|w| w.message.contains("covers the tunnel network"))
+        .map(|w| (w.line, w.field.as_str()))
+        .collect();
+    assert_eq!(fields, [(Some(8), "peer[0].reach[0]"), (Some(11), "nat.reach[1]")], "{:?}", config.warnings);
+    assert!(config.warnings[0].message.contains("covers the tunnel network 10.100.0.0/24"));
+    let quiet = ok(&text.replace("\"10.100.0.0/16\"", "\"10.0.2.0/24\"").replace(", \"0.0.0.0/0\"", ""));
+    assert!(quiet.warnings.is_empty(), "{:?}", quiet.warnings);
+}

@@ -91,6 +91,7 @@ const CT_STATE_RELATED: u32 = 1 << 2;
 const IFNAMSIZ: usize = 16;
 const IPPROTO_ICMP: u8 = 1;
 const IPPROTO_ICMPV6: u8 = 58;
+const IPPROTO_UDP: u8 = 17;
 const ICMP_ECHO_REQUEST: u8 = 8;
 const ICMPV6_ECHO_REQUEST: u8 = 128;
 
@@ -325,6 +326,16 @@ impl Rule {
         self.exprs.push(Expr::Payload { base: PayloadBase::Transport, offset: 0, len: 1 });
         self.exprs.push(Expr::Cmp { op: NFT_CMP_EQ, data: vec![kind] });
         self.word(format_args!("{word} type echo-request"));
+        self
+    }
+
+    /// `udp dport PORT`: a UDP datagram to PORT (either IP version).
+    pub fn udp_dport(mut self, port: u16) -> Rule {
+        self.exprs.push(Expr::Meta { key: NFT_META_L4PROTO });
+        self.exprs.push(Expr::Cmp { op: NFT_CMP_EQ, data: vec![IPPROTO_UDP] });
+        self.exprs.push(Expr::Payload { base: PayloadBase::Transport, offset: 2, len: 2 });
+        self.exprs.push(Expr::Cmp { op: NFT_CMP_EQ, data: port.to_be_bytes().to_vec() });
+        self.word(format_args!("udp dport {port}"));
         self
     }
 

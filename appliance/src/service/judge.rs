@@ -66,8 +66,8 @@ pub fn judge(facts: &Facts) -> Verdict {
     }
     match &facts.nat_table {
         Ok(true) => {}
-        Ok(false) => failing.push(format!("nat: table inet {} is missing", nat::TABLE)),
-        Err(e) => failing.push(format!("nat: cannot read table inet {}: {e}", nat::TABLE)),
+        Ok(false) => failing.push(format!("nat: table inet {} is missing", nat::table_name(&facts.interface))),
+        Err(e) => failing.push(format!("nat: cannot read table inet {}: {e}", nat::table_name(&facts.interface))),
     }
     if !facts.forwarding_on {
         failing.push(if facts.ipv6 {
@@ -118,7 +118,7 @@ pub fn observe(state: &ServiceState, data_plane: &DataPlane) -> Facts {
         drain_left: state.drain_left(),
         tun,
         udp_bound: data_plane.udp_bound(),
-        nat_table: nat::table_present().map_err(|e| e.to_string()),
+        nat_table: nat::table_present(name).map_err(|e| e.to_string()),
         forwarding_on: nat::forwarding_enabled(state.ipv6),
         ipv6: state.ipv6,
         heartbeat_age: data_plane.heartbeat_age(),
@@ -168,8 +168,11 @@ mod tests {
                 vec!["tun: cannot read the state of wg0: EPERM"],
             ),
             (Facts { udp_bound: false, ..healthy() }, vec!["udp: the WireGuard socket is not bound"]),
-            (Facts { nat_table: Ok(false), ..healthy() }, vec!["nat: table inet bastion is missing"]),
-            (Facts { nat_table: Err("EPERM".into()), ..healthy() }, vec!["nat: cannot read table inet bastion: EPERM"]),
+            (Facts { nat_table: Ok(false), ..healthy() }, vec!["nat: table inet bastion-wg0 is missing"]),
+            (
+                Facts { nat_table: Err("EPERM".into()), ..healthy() },
+                vec!["nat: cannot read table inet bastion-wg0: EPERM"],
+            ),
             (Facts { forwarding_on: false, ipv6: false, ..healthy() }, vec!["forwarding: net.ipv4.ip_forward is off"]),
             (
                 Facts { forwarding_on: false, ..healthy() },

@@ -17,6 +17,7 @@
 //! and ignored: none of them may end the service without its drain and cleanup.
 
 mod events;
+mod instance;
 mod judge;
 mod lifecycle;
 pub use lifecycle::ENABLE_VAR as LIFECYCLE_ENABLE_VAR;
@@ -39,7 +40,7 @@ use crate::tunnel::DataPlane;
 use events::Event;
 use nat_guard::InstalledNat;
 use selftest_loop::SelfTestLoop;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
@@ -241,6 +242,8 @@ struct Service {
     data_plane: Arc<DataPlane>,
     /// The self-test client's key: its peer is part of every peer set a reload applies.
     selftest_public: PublicKey,
+    /// This interface is ours in this network namespace until the very end.
+    _instance: instance::InstanceLock,
 }
 
 /// Why `bastion run` could not start (every step before it is undone).
@@ -250,8 +253,8 @@ pub enum StartError {
     Tunnel(#[from] crate::tunnel::TunnelError),
     #[error(transparent)]
     Nat(#[from] nat::NatError),
-    #[error("install nftables table inet {table}: {source}", table = nat::TABLE)]
-    InstallNat { source: nat::NatError },
+    #[error("install nftables table inet {table}: {source}")]
+    InstallNat { table: String, source: nat::NatError },
     /// `nat.egress = "auto"` found no interface.
     #[error("nat.egress = \"auto\": {why}")]
     NoEgress { why: String },
@@ -261,6 +264,10 @@ pub enum StartError {
     Health(std::io::Error),
     #[error("metrics responder: {0}")]
     Metrics(std::io::Error),
+    #[error("control socket: {0}")]
+    Control(std::io::Error),
+    #[error(transparent)]
+    Instance(#[from] instance::InstanceError),
     /// `private_key_ssm` names the key, but nobody fetched it (a bug of the caller).
     #[error("the private key lives in SSM and was not fetched")]
     KeyNotFetched,
@@ -273,6 +280,8 @@ impl Service {
         reload_requests: mpsc::Sender<mpsc::Sender<ReloadAnswer>>,
     ) -> Result<Service, StartError> {
         let Loaded { config, version, origin } = loaded;
+        // Before anything is touched: a second service for the same interface changes nothing.
+        let instance = instance::acquire(Path::new(config::schema::DEFAULT_CONTROL_DIR), &config.interface.name)?;
         let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         // The self-test client's key lives only in this process, and the service admits it
         // only from loopback.
@@ -345,17 +354,11 @@ impl Service {
                 }
                 Request::Reload => serde_json::to_vec(&ask_main_thread(&reload_requests)).unwrap_or_default(),
             };
-            // The control socket is a convenience: the service runs without it.
-            match ControlServer::start(&path, handle) {
-                Ok(server) => {
-                    log!("control: listening on {}", path.display());
-                    Some(server)
-                }
-                Err(e) => {
-                    log!("control: not available: {e}");
-                    None
-                }
-            }
+            // A live socket means another service runs this interface; a folder others may
+            // write to could hand root's `reload` to them: either way, no start.
+            let server = ControlServer::start(&path, handle).map_err(StartError::Control)?;
+            log!("control: listening on {}", path.display());
+            Some(server)
         };
         {
             // Detached: it polls until the process ends; a weak handle, so the data plane (and
@@ -423,6 +426,7 @@ impl Service {
             nat,
             data_plane,
             selftest_public,
+            _instance: instance,
         })
     }
 

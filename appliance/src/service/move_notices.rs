@@ -97,8 +97,8 @@ mod tests {
         ];
         let got = recipients(&peers, &addresses);
         let want: Vec<(SocketAddr, SocketAddr)> = vec![
-            ("10.100.0.1:0".parse().unwrap(), "10.100.0.2:51821".parse().unwrap()),
-            ("[fd00:100::1]:0".parse().unwrap(), "[fd00:100::3]:51821".parse().unwrap()),
+            ("10.100.0.1:0".parse().unwrap(), "10.100.0.2:821".parse().unwrap()),
+            ("[fd00:100::1]:0".parse().unwrap(), "[fd00:100::3]:821".parse().unwrap()),
         ];
         assert_eq!(got, want);
     }

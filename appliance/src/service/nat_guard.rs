@@ -13,10 +13,11 @@ pub struct InstalledNat {
 
 impl InstalledNat {
     pub fn install(plan: NatPlan) -> Result<InstalledNat, super::StartError> {
-        nat::install(&plan).map_err(|source| super::StartError::InstallNat { source })?;
+        nat::install(&plan)
+            .map_err(|source| super::StartError::InstallNat { table: nat::table_name(&plan.tunnel), source })?;
         log!(
             "nat: table inet {} installed (egress {}, masquerade {}, {} allow rules)",
-            nat::TABLE,
+            nat::table_name(&plan.tunnel),
             plan.egress,
             if plan.masquerade { "on" } else { "off" },
             plan.allow.len()
@@ -38,28 +39,35 @@ impl InstalledNat {
 
     /// What is wrong with our table in the kernel now (read back over netlink), if anything.
     pub fn problem(&self) -> Option<String> {
-        match nat::table_present() {
+        let tunnel = self.tunnel();
+        match nat::table_present(&tunnel) {
             Ok(true) => None,
-            Ok(false) => Some(format!("table inet {} was removed from outside", nat::TABLE)),
-            Err(e) => Some(format!("cannot read table inet {}: {e}", nat::TABLE)),
+            Ok(false) => Some(format!("table inet {} was removed from outside", nat::table_name(&tunnel))),
+            Err(e) => Some(format!("cannot read table inet {}: {e}", nat::table_name(&tunnel))),
         }
+    }
+
+    /// The tunnel whose table this is (a reload never changes it: a restart-only field).
+    pub fn tunnel(&self) -> String {
+        self.plan.lock().unwrap_or_else(|e| e.into_inner()).tunnel.clone()
     }
 
     /// Puts the table back (one atomic batch, as at start) and logs what happened.
     pub fn reinstall(&self) {
         let plan = self.plan.lock().unwrap_or_else(|e| e.into_inner());
         match nat::install(&plan) {
-            Ok(()) => log!("nat: table inet {} reinstalled", nat::TABLE),
-            Err(e) => log!("nat: cannot reinstall table inet {}: {e}", nat::TABLE),
+            Ok(()) => log!("nat: table inet {} reinstalled", nat::table_name(&plan.tunnel)),
+            Err(e) => log!("nat: cannot reinstall table inet {}: {e}", nat::table_name(&plan.tunnel)),
         }
     }
 }
 
 impl Drop for InstalledNat {
     fn drop(&mut self) {
-        match nat::remove() {
-            Ok(()) => log!("nat: table inet {} removed", nat::TABLE),
-            Err(e) => log!("nat: cannot remove table inet {}: {e}", nat::TABLE),
+        let tunnel = self.tunnel();
+        match nat::remove(&tunnel) {
+            Ok(()) => log!("nat: table inet {} removed", nat::table_name(&tunnel)),
+            Err(e) => log!("nat: cannot remove table inet {}: {e}", nat::table_name(&tunnel)),
         }
     }
 }

@@ -14,6 +14,7 @@
 //! interface has an API socket, and otherwise goes through the `wg` tool ([`wg_tool`]: kernel
 //! WireGuard, over netlink); `--backend` chooses explicitly.
 
+pub mod notice_filter;
 pub mod stall;
 pub mod uapi;
 pub mod wg_tool;
@@ -39,6 +40,9 @@ pub struct Options {
     pub stall: StallParams,
     /// Listen for the bastions' move notices (on the interface, UDP [`move_notice::PORT`]).
     pub notices: bool,
+    /// Obey notices from these addresses only (the bastions' tunnel addresses); empty: from
+    /// any address a peer may send from (see [`notice_filter`]).
+    pub bastion_addresses: Vec<IpAddr>,
     pub backend: Backend,
 }
 
@@ -99,6 +103,7 @@ impl Default for Options {
             poll: Duration::from_millis(200),
             stall: StallParams::default(),
             notices: true,
+            bastion_addresses: Vec::new(),
             backend: Backend::Auto,
         }
     }
@@ -112,6 +117,8 @@ pub fn run(options: Options) -> ExitCode {
         return ExitCode::FAILURE;
     }
     let socket = options.socket.as_deref().map(Uapi::at).unwrap_or_else(|| Uapi::for_interface(&options.interface));
+    // The interface's own socket path is no secret, however key-like its name looks.
+    crate::keys::show_in_diagnostics(&socket.path().display().to_string());
     let api = match options.backend {
         Backend::Uapi => Api::Uapi(socket),
         Backend::WgTool => Api::WgTool(wg_tool::WgTool::new(&options.interface)),
@@ -125,12 +132,28 @@ pub fn run(options: Options) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Without the notice port, stalls are still watched: notices only make a planned drain
+    // faster.
     let notices = if options.notices {
         match notice_socket(&options.interface) {
-            Ok(socket) => Some(socket),
+            Ok(socket) => {
+                if unprivileged_may_bind(move_notice::PORT) {
+                    log!(
+                        "watch {}: net.ipv4.ip_unprivileged_port_start lets any user bind UDP {}: a local user \
+                         could listen for move notices in watch's place after a restart",
+                        options.interface,
+                        move_notice::PORT
+                    );
+                }
+                Some(socket)
+            }
             Err(e) => {
-                eprintln!("watch: listening for move notices on {} port {}: {e}", options.interface, move_notice::PORT);
-                return ExitCode::FAILURE;
+                log!(
+                    "watch {}: cannot listen for move notices on UDP {} ({e}); watching for stalls only",
+                    options.interface,
+                    move_notice::PORT
+                );
+                None
             }
         }
     } else {
@@ -145,7 +168,14 @@ pub fn run(options: Options) -> ExitCode {
         options.stall.stall_after.as_secs_f64(),
         if notices.is_some() { format!(", or when a bastion asks (UDP {})", move_notice::PORT) } else { String::new() }
     );
-    let mut watcher = Watcher { options, api, started: Instant::now(), detectors: HashMap::new(), notice_hold: None };
+    let mut watcher = Watcher {
+        options,
+        api,
+        started: Instant::now(),
+        detectors: HashMap::new(),
+        notice_hold: None,
+        refusals: notice_filter::LogLimiter::default(),
+    };
     let code = watcher.run(&signals, notices.as_ref());
     log!("watch {}: stopped", watcher.options.interface);
     code
@@ -165,16 +195,38 @@ fn stop_pending(signals: &nix::sys::signal::SigSet) -> bool {
     unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &zero) > 0 }
 }
 
-/// UDP on the WireGuard interface only (SO_BINDTODEVICE), both families: what arrives there
-/// came through the tunnel from a peer.
+/// UDP on the WireGuard interface only (SO_BINDTODEVICE), both families, on a port below
+/// 1024 and without SO_REUSEADDR: nobody else can listen on it beside or instead of us.
 fn notice_socket(interface: &str) -> std::io::Result<socket2::Socket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::IPV6, Type::DGRAM, Some(Protocol::UDP))?;
     socket.set_only_v6(false)?;
     socket.bind_device(Some(interface.as_bytes()))?;
-    socket.set_reuse_address(true)?;
     socket.bind(&SocketAddr::from((Ipv6Addr::UNSPECIFIED, move_notice::PORT)).into())?;
     Ok(socket)
+}
+
+/// Whether this machine lets any user bind `port` (a lowered `ip_unprivileged_port_start`).
+fn unprivileged_may_bind(port: u16) -> bool {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+        .ok()
+        .and_then(|text| text.trim().parse::<u32>().ok())
+        .is_some_and(|start| u32::from(port) >= start)
+}
+
+/// Every address of this machine's interfaces (a notice from one of them is local).
+fn local_addresses() -> Vec<IpAddr> {
+    let Ok(addresses) = nix::ifaddrs::getifaddrs() else { return Vec::new() };
+    addresses
+        .filter_map(|a| {
+            let address = a.address?;
+            if let Some(v4) = address.as_sockaddr_in() {
+                Some(IpAddr::V4(v4.ip()))
+            } else {
+                address.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip()))
+            }
+        })
+        .collect()
 }
 
 struct Watcher {
@@ -185,6 +237,8 @@ struct Watcher {
     detectors: HashMap<String, StallDetector>,
     /// Notices are ignored until then after a move they caused (a draining bastion repeats them).
     notice_hold: Option<Instant>,
+    /// Refused notices are logged at most every 10 s.
+    refusals: notice_filter::LogLimiter,
 }
 
 impl Watcher {
@@ -271,19 +325,33 @@ impl Watcher {
     /// A notice from `source`: if a peer of this interface may send from that address, wait for
     /// a quiet moment (nothing outstanding) and move that peer's tunnel.
     fn on_notice(&mut self, source: IpAddr) {
-        if self.notice_hold.is_some_and(|until| Instant::now() < until) {
-            return;
-        }
         let device = match self.api.get() {
             Ok(device) => device,
             Err(e) => return log!("watch {}: reading the interface: {e}", self.options.interface),
         };
-        let Some(peer) = device.peers.iter().find(|p| p.allows(source)) else {
-            return log!(
-                "watch {}: a move notice from {source}, which no peer may send from; ignored",
-                self.options.interface
-            );
+        let allowed: Vec<&[ip_network::IpNetwork]> = device.peers.iter().map(|p| p.allowed_ips.as_slice()).collect();
+        let verdict = notice_filter::judge(source, &local_addresses(), &self.options.bastion_addresses, &allowed);
+        let peer = match verdict {
+            notice_filter::NoticeVerdict::Obey { peer } => &device.peers[peer],
+            notice_filter::NoticeVerdict::Refuse(refusal) => {
+                if let Some(unlogged) = self.refusals.admit(self.now()) {
+                    let more = if unlogged > 0 {
+                        format!(" ({unlogged} more refused since the last line)")
+                    } else {
+                        String::new()
+                    };
+                    log!(
+                        "watch {}: a move notice from {source} refused: {}{more}",
+                        self.options.interface,
+                        refusal.why()
+                    );
+                }
+                return;
+            }
         };
+        if self.notice_hold.is_some_and(|until| Instant::now() < until) {
+            return;
+        }
         let key = peer.public_key.clone();
         self.wait_for_quiet(&key);
         let device = match self.api.get() {
@@ -294,7 +362,10 @@ impl Watcher {
         self.move_to_new_flow(
             device.listen_port,
             &[peer],
-            &format!("bastion {source} of peer {} is draining and asked its peers to move", endpoint_of(peer)),
+            &format!(
+                "a move notice from {source} through peer {} (a draining bastion asks its peers to move)",
+                endpoint_of(peer)
+            ),
         );
         self.notice_hold = Some(Instant::now() + self.options.stall.first_backoff);
         if let Some(detector) = self.detectors.get_mut(&key) {
