@@ -66,6 +66,9 @@ pub struct ReloadAnswer {
     pub read_version: Option<String>,
     /// One line per thing to know (the changes, or every problem, or what needs a restart).
     pub lines: Vec<String>,
+    /// SSM fragments the running config was built without, one line each.
+    #[serde(default)]
+    pub refused: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -256,7 +256,11 @@ fn reload(socket: &std::path::Path) -> ExitCode {
             for line in &answer.lines {
                 println!("  {line}");
             }
-            if answer.outcome.succeeded() {
+            for line in &answer.refused {
+                println!("  {line}");
+            }
+            // A refused fragment is news too: its peers are not served.
+            if answer.outcome.succeeded() && answer.refused.is_empty() {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE

@@ -100,10 +100,24 @@ fn key_and_peers_come_from_ssm_and_faults_keep_the_last_good_config() {
     let aws = start_aws(&topo, 302);
     let key_version = aws.put(&topo, KEY, "SecureString", &topo.bastion_keys.private);
     aws.put(&topo, &format!("{PEERS}/{}", topo.clients[0].name), "SecureString", &peer_fragment(&topo, 0));
+    // Parameters that are no peer fragments: a section the file lacks (it would widen reach
+    // for every peer) and a key placed under the path. Before, they were applied, or made every
+    // start exit 2; now each is refused by name and the service starts without them.
+    let widening = format!("{PEERS}/aa-nat");
+    aws.put(&topo, &widening, "String", "[nat]\nreach = [\"0.0.0.0/0\"]\n");
+    let stray_key = format!("{PEERS}/ab-key");
+    aws.put(&topo, &stray_key, "SecureString", &topo.bastion_keys.private);
     let bastion = start_bastion(&topo);
     bastion
         .wait_healthy(Duration::from_secs(60))
         .unwrap_or_else(|e| panic!("not healthy: {e}\n{}", aws.imds.log_report()));
+    let log = bastion.process.log();
+    assert!(log.contains(&format!("config: ssm:{widening} (version 1): refused: holds \"nat\"")), "{log}");
+    assert!(log.contains(&format!("config: ssm:{stray_key} (version 1): refused: holds a WireGuard key")), "{log}");
+    let rules = bastion.status().unwrap();
+    assert!(!rules.contains("meta nfproto ipv4 accept"), "reach widened by a fragment:\n{rules}");
+    aws.delete(&widening);
+    aws.delete(&stray_key);
     let target = topo.private_hosts[0].v4.to_string();
 
     // The key and the first peer are SSM's: a client handshakes and reaches the private host.

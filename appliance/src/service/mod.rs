@@ -141,6 +141,8 @@ pub struct ConfigState {
     pub source_failures: u64,
     /// Why the last reload did not apply, while that is the latest news.
     pub last_failure: Option<String>,
+    /// SSM fragments the running config was built without (one line each, naming them).
+    pub refused: Vec<String>,
 }
 
 impl ServiceState {
@@ -279,7 +281,10 @@ impl Service {
         socket: Option<PathBuf>,
         reload_requests: mpsc::Sender<mpsc::Sender<ReloadAnswer>>,
     ) -> Result<Service, StartError> {
-        let Loaded { config, version, origin } = loaded;
+        let Loaded { config, version, origin, refused } = loaded;
+        for line in &refused {
+            log!("config: {line}");
+        }
         // Before anything is touched: a second service for the same interface changes nothing.
         let instance = instance::acquire(Path::new(config::schema::DEFAULT_CONTROL_DIR), &config.interface.name)?;
         let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
@@ -312,7 +317,7 @@ impl Service {
             ipv6,
             selftest: Mutex::new(None),
             nat_rules: Mutex::new(nat_rules),
-            config: Mutex::new(ConfigState { origin, version, ..ConfigState::default() }),
+            config: Mutex::new(ConfigState { origin, version, refused, ..ConfigState::default() }),
         });
         let selftest = SelfTestLoop::start(
             selftest_plan(&config, private_key.public_key(), selftest_key),
@@ -496,6 +501,13 @@ impl Service {
             Err(e) => return self.reload_failed(&e, why),
         };
         let running = self.state.config_state().version;
+        if loaded.refused != self.state.config_state().refused || why != "refresh" {
+            for line in &loaded.refused {
+                log!("config: {line}");
+            }
+        }
+        let refused = loaded.refused.clone();
+        self.state.update_config_state(|c| c.refused = refused.clone());
         let change = reload::compare(&self.config, &loaded.config);
         let changes = match change {
             reload::Change::NeedsRestart(fields) => {
@@ -605,7 +617,8 @@ impl Service {
     }
 
     fn answer(&self, outcome: ReloadOutcome, read_version: Option<String>, lines: Vec<String>) -> ReloadAnswer {
-        ReloadAnswer { outcome, running_version: self.state.config_state().version, read_version, lines }
+        let state = self.state.config_state();
+        ReloadAnswer { outcome, running_version: state.version, read_version, lines, refused: state.refused }
     }
 
     fn stop(mut self) {
@@ -650,6 +663,7 @@ fn ask_main_thread(requests: &mpsc::Sender<mpsc::Sender<ReloadAnswer>>) -> Reloa
         running_version: String::new(),
         read_version: None,
         lines: vec![line.to_string()],
+        refused: Vec::new(),
     };
     if requests.send(reply).is_err() {
         return failed("the service is stopping");

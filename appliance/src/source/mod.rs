@@ -20,6 +20,9 @@ pub struct Loaded {
     pub version: String,
     /// `/etc/bastion/bastion.toml`, or `user-data + ssm:/bastion/prod (3 parameters)`.
     pub origin: String,
+    /// One line per SSM fragment left out (it names the parameter and why): the config runs
+    /// without it.
+    pub refused: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -77,7 +80,7 @@ impl ConfigSource {
         self.health_listen = Some(base.health.listen);
         if !ssm::needed(&base) {
             self.ssm = None;
-            return Ok(Loaded { version: version_of(&[text.as_bytes()]), origin, config: base });
+            return Ok(Loaded { version: version_of(&[text.as_bytes()]), origin, config: base, refused: Vec::new() });
         }
         let ssm = match &mut self.ssm {
             Some(existing) if existing.serves(&base) => existing,

@@ -8,6 +8,13 @@
 //!   standard parameters of 20 peers are 5 calls per refresh (10 per page), so 4 bastions at the
 //!   default 60 s make 0.33 calls/s against SSM's default 40/s.
 //!
+//! A parameter under the path holds `[[peer]]` tables and nothing else: what the file lacks
+//! (`[nat] reach`, `[health] drain_seconds`, `[selftest] probes`) is the file's to say, not the
+//! peer store's. [`accept_fragments`] takes each fragment in name order and refuses, naming the
+//! parameter, one that holds anything else, a bare key, invalid TOML, or peers that do not fit
+//! with the file and the fragments before it; the rest is the config. So one bad fragment costs
+//! its own peers only: it never stops a start, nor a reload that adds or removes others.
+//!
 //! [`assemble`] puts the texts together and knows where each begins, so a problem is shown as
 //! `ssm:/bastion/prod/peers/alice (version 3):2: peer[1].allowed_ips: ...`; it does no I/O.
 //! Values are never logged: errors name the parameter and its version only.
@@ -122,6 +129,9 @@ impl SsmSource {
                 all.into_iter().filter(|p| Some(&p.name) != self.settings.key_parameter.as_ref()).collect()
             }
         };
+        // The file alone must be valid: its problems are the file's (and stop a start).
+        config::parse(text, origin, base_dir).map_err(LoadError::Invalid)?;
+        let (fragments, refused) = accept_fragments(text, origin, base_dir, fragments);
         let assembled = assemble(text, origin, &fragments);
         let mut loaded_config = config::parse(&assembled.text, origin, base_dir)
             .and_then(|config| header_problems(&assembled, origin).map(|()| config))
@@ -143,7 +153,7 @@ impl SsmSource {
         if let Some(key) = &self.key {
             described.push_str(&format!(" + key ssm:{} (version {})", key.parameter, key.version));
         }
-        Ok(Loaded { config: loaded_config, version: version_of(&refs), origin: described })
+        Ok(Loaded { config: loaded_config, version: version_of(&refs), origin: described, refused })
     }
 
     /// The key, read on first use.
@@ -171,6 +181,76 @@ fn key_of(p: &Parameter) -> Result<FetchedKey, FetchError> {
     }
     let key = PrivateKey::parse(p.value.trim()).map_err(|e| bad(e.to_string()))?;
     Ok(FetchedKey { parameter: p.name.clone(), version: p.version, key })
+}
+
+/// The fragments that make a valid config with `base` (in order), and one line per refused
+/// fragment (its problems, each naming the parameter). No I/O.
+pub fn accept_fragments(
+    base: &str,
+    origin: &str,
+    base_dir: Option<&Path>,
+    fragments: Vec<Parameter>,
+) -> (Vec<Parameter>, Vec<String>) {
+    let fits = |accepted: &[Parameter]| {
+        let assembled = assemble(base, origin, accepted);
+        config::parse(&assembled.text, origin, base_dir)
+            .and_then(|_| header_problems(&assembled, origin))
+            .map_err(|e| ConfigError { parts: assembled.parts.clone(), ..e })
+    };
+    let (shaped, mut refused): (Vec<Parameter>, Vec<String>) = {
+        let mut shaped = Vec::new();
+        let mut refused = Vec::new();
+        for p in fragments {
+            match shape_problem(&p.value) {
+                None => shaped.push(p),
+                Some(why) => refused.push(format!("{}: refused: {why}", part_name(&p))),
+            }
+        }
+        (shaped, refused)
+    };
+    // The usual case: everything fits at once (one parse).
+    if fits(&shaped).is_ok() {
+        return (shaped, refused);
+    }
+    let mut accepted: Vec<Parameter> = Vec::new();
+    for p in shaped {
+        accepted.push(p);
+        if let Err(e) = fits(&accepted) {
+            let p = accepted.pop().expect("just pushed");
+            let problems: Vec<String> = e.to_string().lines().map(str::to_string).collect();
+            refused.push(format!("{}: refused: {}", part_name(&p), problems.join("; ")));
+        }
+    }
+    (accepted, refused)
+}
+
+/// Why a fragment's text is not `[[peer]]` tables only (never quoting it).
+fn shape_problem(value: &str) -> Option<String> {
+    if crate::keys::PrivateKey::parse(value.trim()).is_ok() {
+        return Some("holds a WireGuard key, not [[peer]] tables (keep the key outside ssm_path)".into());
+    }
+    let table = match value.parse::<toml::Table>() {
+        Ok(table) => table,
+        Err(e) => {
+            let line = e.span().map(|span| value[..span.start.min(value.len())].lines().count().max(1));
+            return Some(format!(
+                "is not valid TOML{}; a parameter under ssm_path holds [[peer]] tables only",
+                line.map(|l| format!(" (line {l})")).unwrap_or_default()
+            ));
+        }
+    };
+    let others: Vec<&str> = table
+        .iter()
+        .filter(|(key, value)| {
+            !(key.as_str() == "peer" && value.as_array().is_some_and(|a| a.iter().all(|item| item.is_table())))
+        })
+        .map(|(key, _)| key.as_str())
+        .collect();
+    if others.is_empty() {
+        return None;
+    }
+    let shown: Vec<String> = others.iter().map(|k| crate::config::values::shown(k)).collect();
+    Some(format!("holds {}; a parameter under ssm_path holds [[peer]] tables only", shown.join(", ")))
 }
 
 /// The user-data text with every fragment after it, and where each begins.
@@ -258,6 +338,42 @@ mod tests {
         let good = assemble(BASE, "user-data", &[fragment("/b/p/alice", 3, ALICE)]);
         let config = config::parse(&good.text, "user-data", None).unwrap();
         assert_eq!(config.peers[0].name, "alice");
+    }
+
+    #[test]
+    fn fragments_hold_peers_only_and_a_bad_one_costs_only_its_own_peers() {
+        let key = "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=";
+        let twin = ALICE
+            .replace("alice", "alice-twin")
+            .replace("xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=", "CLndk2VC55qYMfcevou7V13nrfd+WBrBBWozMazUKH8=");
+        let fragments = vec![
+            fragment("/b/p/alice", 1, ALICE),
+            fragment("/b/p/nat", 2, "[nat]\nreach = [\"0.0.0.0/0\"]\n"),
+            fragment("/b/p/drain", 1, "[health]\ndrain_seconds = 0\n"),
+            fragment("/b/p/probes", 1, "[[peer]]\nname = \"x\"\n[selftest]\nprobes = [\"10.0.0.1:22\"]\n"),
+            fragment("/b/p/key", 4, &format!("{key}\n")),
+            fragment("/b/p/syntax", 1, "[[peer]\nname = \"y\"\n"),
+            fragment("/b/p/twin", 1, &twin), // alice's address again: conflicts with the one before
+        ];
+        let (accepted, refused) = accept_fragments(BASE, "user-data", None, fragments);
+        let names: Vec<&str> = accepted.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["/b/p/alice"]);
+        let expected = [
+            "ssm:/b/p/nat (version 2): refused: holds \"nat\"; a parameter under ssm_path holds [[peer]] tables only",
+            "ssm:/b/p/drain (version 1): refused: holds \"health\"",
+            "ssm:/b/p/probes (version 1): refused: holds \"selftest\"",
+            "ssm:/b/p/key (version 4): refused: holds a WireGuard key",
+            "ssm:/b/p/syntax (version 1): refused: is not valid TOML (line 1)",
+            "ssm:/b/p/twin (version 1): refused: ssm:/b/p/twin (version 1):4: peer[1].allowed_ips",
+        ];
+        assert_eq!(refused.len(), expected.len(), "{refused:#?}");
+        for (line, want) in refused.iter().zip(expected) {
+            assert!(line.starts_with(want), "{line}\nexpected to start with {want}");
+            assert!(!line.contains(key), "{line}");
+        }
+        // All good: one parse, nothing refused.
+        let (accepted, refused) = accept_fragments(BASE, "user-data", None, vec![fragment("/b/p/alice", 1, ALICE)]);
+        assert_eq!((accepted.len(), refused.len()), (1, 0));
     }
 
     #[test]

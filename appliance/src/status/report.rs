@@ -166,7 +166,11 @@ pub fn render_text(r: &StatusReport) -> String {
         "failover: {} refused (the peer was heard here moments before: forged or replayed), {} held back by the global budget",
         r.failover.refused_heard_recently, r.failover.held_back_by_budget
     );
-    let _ = writeln!(text, "nat: what the service installs (`nft list table inet bastion` shows what is there):");
+    let _ = writeln!(
+        text,
+        "nat: what the service installs (`nft list table inet {}` shows what is there):",
+        crate::nat::table_name(&r.interface)
+    );
     for line in r.nat_rules.lines() {
         let _ = writeln!(text, "{}", if line.is_empty() { String::new() } else { format!("  {line}") });
     }
@@ -213,7 +217,7 @@ pub(crate) fn example() -> StatusReport {
         }],
         dropped: Dropped { not_ours: 7, rejected: 1, unknown_keys: 5, cookie_replies: 300, tun_no_peer: 2 },
         failover: Failover { refused_heard_recently: 9, held_back_by_budget: 0 },
-        nat_rules: "table inet bastion {\n}\n".into(),
+        nat_rules: "table inet bastion-wg0 {\n}\n".into(),
     }
 }
 
@@ -231,7 +235,7 @@ mod tests {
             failover handshakes 1  rejected sources 0  session index eba7e0\n\
             dropped: 7 datagrams not ours, 1 rejected, 5 handshakes from unknown keys, 300 cookie replies, 2 TUN packets with no peer\n\
             failover: 9 refused (the peer was heard here moments before: forged or replayed), 0 held back by the global budget\n\
-            nat: what the service installs (`nft list table inet bastion` shows what is there):\n  table inet bastion {\n  }\n";
+            nat: what the service installs (`nft list table inet bastion-wg0` shows what is there):\n  table inet bastion-wg0 {\n  }\n";
         assert_eq!(text, expected);
     }
 
