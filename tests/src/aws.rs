@@ -44,10 +44,15 @@ impl AwsEmulator {
     /// waits until it answers.
     pub fn start(ns: &Netns, dir: &RunDir, port: u16, envs: &[(&str, &str)]) -> AwsEmulator {
         let moto = venv().join("bin/moto_server");
+        // moto's recorder writes to `moto_recording` in its working directory unless told
+        // where: the run's own folder, so a test never leaves a file in the checkout.
+        let recording = dir.path().join(format!("moto-{port}.recording"));
+        let mut envs = envs.to_vec();
+        envs.push(("MOTO_RECORDER_FILEPATH", recording.to_str().expect("run folders are UTF-8")));
         let process = ns.spawn(
             &format!("moto on port {port}"),
             &[moto.as_os_str(), "-H".as_ref(), "127.0.0.1".as_ref(), "-p".as_ref(), port.to_string().as_ref()],
-            envs,
+            &envs,
             &dir.path().join(format!("moto-{port}.log")),
         );
         let emulator = AwsEmulator { process, port, ns: ns.name().to_string() };
