@@ -96,6 +96,10 @@ impl Cluster {
         }
         lb.sysctl("net.ipv4.ip_forward", "1");
         let cluster = Cluster { lb, standby, topo };
+        // A load balancer carries its clients' flows and the targets' replies, never a flow a
+        // target starts: a bastion whose flow was moved away cannot reach the client from its
+        // own address (a client would roam to it). Hence `ct state new` from the targets' side
+        // is dropped.
         cluster.nft(&format!(
             "table ip nlb {{\n\
              \tchain listener {{\n\
@@ -103,6 +107,7 @@ impl Cluster {
              \t}}\n\
              \tchain forward {{\n\
              \t\ttype filter hook forward priority filter; policy accept;\n\
+             \t\tiifname \"br0\" ct state new drop\n\
              \t}}\n\
              }}\n\
              {}",
