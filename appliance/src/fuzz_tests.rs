@@ -4,7 +4,8 @@
 //!
 //! The inputs: WireGuard datagrams (routing and a real `Tunn`'s verdict), health HTTP requests,
 //! IMDS answers, DHCP packets and leases, netlink answers, config and wg-quick files, and the
-//! status protocol, the drain's move notice, WireGuard API answers (`bastion watch`);
+//! status protocol, the drain's move notice, WireGuard API answers (`bastion watch`), the load
+//! balancer's target health (`[siblings]`);
 //! `bastion peer add/remove` on mutated configs.
 
 use proptest::prelude::*;
@@ -84,6 +85,17 @@ proptest! {
         let got = receive(format!("{method} {path}?x=1 HTTP/1.1\r\nHost: h\r\n\r\n").as_bytes());
         let want = if head { Method::Head } else { Method::Get };
         prop_assert_eq!(got, Received::Request { method: want, path });
+    }
+
+    #[test]
+    fn target_health_answers_are_read_or_refused_never_a_panic(
+        text in "(<[A-Za-z]{0,12}>|</[A-Za-z]{0,12}>|[a-z0-9.:-]{0,8}){0,40}",
+        bytes in prop::collection::vec(any::<u8>(), 0..300),
+    ) {
+        let wrapped = format!("<TargetHealthDescriptions><member><Target>{text}</Target></member></TargetHealthDescriptions>");
+        let _ = bastion_aws::elbv2::parse_target_health(&wrapped);
+        let _ = bastion_aws::elbv2::parse_target_health(&text);
+        let _ = bastion_aws::elbv2::parse_target_health(&String::from_utf8_lossy(&bytes));
     }
 
     #[test]

@@ -187,18 +187,25 @@ pub fn redact_key_like(text: &str) -> std::borrow::Cow<'_, str> {
 /// (a config file in `mktemp -d`'s `/tmp/tmp.Ab3dEf9Xyz/` is not a key). See [`show_in_diagnostics`].
 static SHOWN_TEXTS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
 
-/// From now on, `text` (a path the operator gave) is shown whole in diagnostics. Only for
-/// names of files and sockets, never for a value read from a file. Texts shorter than 16
-/// characters are never redacted anyway, and are not kept.
+/// From now on, `text` is shown whole in diagnostics. Only for names that are no secret: the
+/// paths the operator gave, and AWS resource names (a target group's ARN, instance ids) —
+/// never for a value read from a file. Texts shorter than 16 characters are never redacted
+/// anyway, and are not kept; the newest [`MAX_SHOWN_TEXTS`] are.
 pub fn show_in_diagnostics(text: &str) {
     if text.len() < 16 {
         return;
     }
     let mut shown = SHOWN_TEXTS.lock().unwrap_or_else(|e| e.into_inner());
     if !shown.iter().any(|s| s == text) {
+        if shown.len() >= MAX_SHOWN_TEXTS {
+            shown.remove(0);
+        }
         shown.push(text.to_string());
     }
 }
+
+/// How many texts [`show_in_diagnostics`] keeps (instance ids come and go for months).
+pub const MAX_SHOWN_TEXTS: usize = 256;
 
 fn redact_runs(text: &str) -> std::borrow::Cow<'_, str> {
     let is_base64 = |c: char| c.is_ascii_alphanumeric() || c == '+' || c == '/' || c == '=';

@@ -7,7 +7,8 @@
 //! - `tunnel` — the WireGuard data plane; `nat` (+ `netlink`) — forwarding and our nftables table;
 //! - `health` — the HTTP health responder; `status` — the local status socket;
 //! - `selftest` — the in-process WireGuard client that proves the data plane works;
-//! - `service` — `bastion run`, which puts the above together;
+//! - `service` — `bastion run`, which puts the above together; `siblings` — taking a dead
+//!   sibling out of the load balancer (`[siblings]`);
 //! - `init` — PID 1 of the appliance: boot, network, config, supervision, power button;
 //! - `watch` — `bastion watch`, on client machines: moves a stalled tunnel to a new flow;
 //!   `move_notice` — the in-tunnel notice a draining bastion sends its peers.
@@ -27,6 +28,7 @@ pub mod nat;
 pub mod netlink;
 pub mod selftest;
 pub mod service;
+pub mod siblings;
 pub mod source;
 pub mod status;
 pub mod tunnel;

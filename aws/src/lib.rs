@@ -3,15 +3,18 @@
 //! AWS's signing test suite), the standard credential chain (`credentials`, `profile`, `imds`,
 //! `sts`), endpoints and region from the environment as the SDKs read them (`env`), retries
 //! with backoff and jitter (`retry`, `client`), typed errors naming the IAM action (`error`),
-//! and the calls themselves (`ec2`, `ebs`, `ssm`).
+//! and the calls themselves (`ec2`, `ebs`, `ssm`; `elbv2` and `autoscaling` for the bastions'
+//! action on a dead sibling).
 //!
 //! Sans-I/O where it matters: signing, the retry policy, and every parser of an answer are
 //! plain functions of their inputs; `http` and `client` are the thin shell that sends.
 
+pub mod autoscaling;
 pub mod client;
 pub mod credentials;
 pub mod ebs;
 pub mod ec2;
+pub mod elbv2;
 pub mod env;
 pub mod error;
 pub mod http;

@@ -9,6 +9,7 @@
                           --credentials-seconds)
   GET /latest/meta-data/placement/region                  (with --region)
   GET /latest/meta-data/autoscaling/target-lifecycle-state (with --lifecycle-file)
+  GET /latest/meta-data/instance-id, /latest/meta-data/local-ipv4 (with --instance-id, --local-ipv4)
 
 Like EC2's IMDS, a PUT carrying X-Forwarded-For is refused (403) and a PUT without a valid TTL
 gets 400. Every request is logged as one JSON line to --log (method, path, whether a token header
@@ -122,6 +123,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 if state:
                     self.record(200)
                     return self.answer(200, state.encode())
+            fixed = {"/latest/meta-data/instance-id": args.instance_id, "/latest/meta-data/local-ipv4": args.local_ipv4}
+            if fixed.get(self.path):
+                self.record(200)
+                return self.answer(200, fixed[self.path].encode())
             if args.region and self.path == "/latest/meta-data/placement/region":
                 self.record(200)
                 return self.answer(200, args.region.encode())
@@ -206,6 +211,8 @@ def main():
     p.add_argument("--role", help="the instance role's name (no role: 404)")
     p.add_argument("--credentials-seconds", type=int, default=21600, help="lifetime of the role's credentials")
     p.add_argument("--region", help="placement/region (none: 404)")
+    p.add_argument("--instance-id", help="meta-data/instance-id (none: 404)")
+    p.add_argument("--local-ipv4", help="meta-data/local-ipv4 (none: 404)")
     p.add_argument("--lifecycle-file", help="autoscaling/target-lifecycle-state: the file's text, read per request (no file: 404)")
     args = p.parse_args()
     server = http.server.ThreadingHTTPServer((args.bind, args.port), Handler)

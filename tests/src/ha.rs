@@ -11,7 +11,7 @@ use crate::baseline::WireguardGoBastion;
 use crate::bastion::{Bastion, BastionSetup};
 use crate::cluster::{Cluster, HEALTH_PORT};
 use crate::imds::{ImdsEmulator, ImdsMode};
-use crate::nlb::{Nlb, NlbParams};
+use crate::nlb::{ApiSetup, Nlb, NlbParams};
 use crate::process::Process;
 use crate::{HttpServer, WgInterface};
 
@@ -46,6 +46,35 @@ pub struct HaOptions {
     /// Give each of our bastions an IMDS emulator (in its namespace, on loopback) serving the
     /// Auto Scaling lifecycle state ([`HaBed::set_lifecycle`]), and let it poll it.
     pub imds_lifecycle: bool,
+    /// Our bastions act on dead siblings (`[siblings]`): the load balancer answers the AWS
+    /// calls ([`crate::nlb::api`]) and each bastion's IMDS says which target it is.
+    pub siblings: bool,
+}
+
+impl HaOptions {
+    /// Our bastions (`bastion run`), no watch, no keepalive, drain 3 s, nothing from IMDS.
+    pub fn ours(binary: &Path, nlb: NlbParams) -> HaOptions {
+        HaOptions {
+            bastions: BastionKind::Ours(binary.to_path_buf()),
+            nlb,
+            watch: None,
+            keepalive: None,
+            drain_seconds: 3,
+            imds_lifecycle: false,
+            siblings: false,
+        }
+    }
+}
+
+/// The target group the API emulator answers for.
+pub const TARGET_GROUP_ARN: &str =
+    "arn:aws:elasticloadbalancing:eu-west-1:123456789012:targetgroup/bastion/0123456789abcdef";
+/// Where the load balancer answers the bastions' AWS calls (its address on their segment).
+pub const API_PORT: u16 = 4566;
+
+/// Target i's instance id (the id it is registered with).
+pub fn instance_id(i: usize) -> String {
+    format!("i-{:017x}", 0xba5_7100 + i)
 }
 
 /// Where a bastion's IMDS emulator listens, inside the bastion's own namespace.
@@ -71,17 +100,28 @@ impl HaBed {
     /// balancer, and waits until it finds both healthy; then the client tunnel (and watch).
     pub fn start(options: &HaOptions) -> HaBed {
         let cluster = Cluster::build(1, 1);
-        let imds: Vec<ImdsEmulator> = if options.imds_lifecycle {
+        let imds: Vec<ImdsEmulator> = if options.imds_lifecycle || options.siblings {
             (0..2)
                 .map(|i| {
                     let file = cluster.topo.dir.path().join(format!("lifecycle-{i}"));
+                    let id = instance_id(i);
+                    let address = crate::cluster::TARGETS[i].address.to_string();
                     ImdsEmulator::start_with(
                         cluster.bastion_ns(i),
                         SocketAddr::from(LIFECYCLE_IMDS),
                         None,
                         ImdsMode::Normal,
                         &cluster.topo.dir,
-                        &["--lifecycle-file", file.to_str().expect("UTF-8 path")],
+                        &[
+                            "--lifecycle-file",
+                            file.to_str().expect("UTF-8 path"),
+                            "--instance-id",
+                            &id,
+                            "--local-ipv4",
+                            &address,
+                            "--role",
+                            "bastion",
+                        ],
                     )
                 })
                 .collect()
@@ -93,19 +133,31 @@ impl HaBed {
                 let ns = cluster.bastion_ns(i);
                 match &options.bastions {
                     BastionKind::Ours(binary) => {
-                        let env = if options.imds_lifecycle {
-                            vec![
-                                (
-                                    "AWS_EC2_METADATA_SERVICE_ENDPOINT".to_string(),
-                                    format!("http://{}", SocketAddr::from(LIFECYCLE_IMDS)),
-                                ),
-                                (crate::bastion::LIFECYCLE_VAR.to_string(), "1".to_string()),
-                            ]
+                        let mut env = Vec::new();
+                        if options.imds_lifecycle || options.siblings {
+                            env.push((
+                                "AWS_EC2_METADATA_SERVICE_ENDPOINT".to_string(),
+                                format!("http://{}", SocketAddr::from(LIFECYCLE_IMDS)),
+                            ));
+                        }
+                        if options.imds_lifecycle {
+                            env.push((crate::bastion::LIFECYCLE_VAR.to_string(), "1".to_string()));
+                        }
+                        let extra_toml = if options.siblings {
+                            format!(
+                                "[aws]\nendpoint_url = \"http://{}:{API_PORT}\"\n\n\
+                                 [siblings]\ntarget_group_arn = \"{TARGET_GROUP_ARN}\"\n",
+                                crate::cluster::LB_TARGET_SIDE
+                            )
                         } else {
-                            Vec::new()
+                            String::new()
                         };
-                        let setup =
-                            BastionSetup { drain_seconds: options.drain_seconds, env, ..BastionSetup::default() };
+                        let setup = BastionSetup {
+                            drain_seconds: options.drain_seconds,
+                            env,
+                            extra_toml,
+                            ..BastionSetup::default()
+                        };
                         let b = Bastion::start_in(&cluster.topo, ns, binary, setup);
                         b.wait_healthy(Duration::from_secs(30)).unwrap_or_else(|e| panic!("bastion {i}: {e}"));
                         HaBastion::Ours(b)
@@ -118,7 +170,17 @@ impl HaBed {
                 }
             })
             .collect();
-        let nlb = cluster.start_nlb(options.nlb, &[0, 1]);
+        let mut nlb = cluster.start_nlb(options.nlb, &[0, 1]);
+        if options.siblings {
+            nlb.serve_api(
+                SocketAddr::from((crate::cluster::LB_TARGET_SIDE, API_PORT)),
+                ApiSetup {
+                    target_group_arn: TARGET_GROUP_ARN.into(),
+                    ids: (0..2).map(instance_id).collect(),
+                    port: crate::topology::LISTEN_PORT,
+                },
+            );
+        }
         let p = options.nlb;
         let healthy_within = p.interval * (p.healthy_threshold + 3);
         for i in 0..2 {
@@ -176,6 +238,23 @@ impl HaBed {
                 wg.wg.process().signal(libc::SIGTERM);
                 health.process().signal(libc::SIGTERM);
             }
+        }
+    }
+
+    /// Cuts the bastions off from one another (both segments), as a partition between
+    /// instances would; the load balancer still reaches each of them.
+    pub fn partition_bastions(&self) {
+        for i in 0..2 {
+            let other = 1 - i;
+            let other_addresses = [crate::cluster::TARGETS[other].address, crate::cluster::TARGETS[other].private_v4];
+            let set: Vec<String> = other_addresses.iter().map(|a| a.to_string()).collect();
+            let script = format!(
+                "table ip partition {{\n chain input {{ type filter hook input priority -10; ip saddr {{ {0} }} drop; }}\n \
+                 chain output {{ type filter hook output priority -10; ip daddr {{ {0} }} drop; }}\n}}\n",
+                set.join(", ")
+            );
+            let out = self.cluster.bastion_ns(i).exec_with_input(&["nft", "-f", "-"], script.as_bytes());
+            assert!(out.success(), "partition: {out}");
         }
     }
 

@@ -35,6 +35,7 @@ fn options(watch: bool, drain_seconds: u32) -> HaOptions {
         keepalive: None,
         drain_seconds,
         imds_lifecycle: false,
+        siblings: false,
     }
 }
 

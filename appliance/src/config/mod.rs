@@ -1,7 +1,7 @@
 //! The service's configuration: the validated model every other module reads.
 //!
 //! This module owns the TOML schema (`[interface]`, `[[peer]]`, `[nat]`, `[health]`,
-//! `[selftest]`), its validation, and the error list `check-config` prints (file, line, field,
+//! `[selftest]`, `[metrics]`, `[control]`, `[source]`, `[aws]`, `[siblings]`), its validation, and the error list `check-config` prints (file, line, field,
 //! what was expected). It does not open sockets or touch the network; `crate::convert` converts
 //! existing wg-quick files into this schema.
 
@@ -53,6 +53,7 @@ pub struct Config {
     pub control: Control,
     pub source: Source,
     pub aws: Aws,
+    pub siblings: Siblings,
     /// What validation let pass but the operator probably did not mean (shown by
     /// `check-config` and logged at start, see [`render_warnings`]).
     pub warnings: Vec<ConfigProblem>,
@@ -157,11 +158,24 @@ pub struct Source {
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Aws {
-    /// The region for SSM; default: the instance's (IMDS), or `AWS_REGION`.
+    /// The region for SSM; default: the instance's (IMDS), or `AWS_REGION`. (`[siblings]` uses
+    /// its target group's region.)
     pub region: Option<String>,
-    /// Sent to instead of `https://ssm.REGION.amazonaws.com` (a VPC endpoint's own DNS name,
-    /// or an emulator).
+    /// Sent to instead of AWS's own endpoints (`https://ssm.REGION.amazonaws.com`, and those
+    /// of ELBv2 and Auto Scaling for `[siblings]`): a VPC endpoint's own DNS name, or an
+    /// emulator.
     pub endpoint_url: Option<String>,
+}
+
+/// `[siblings]`: acting on a dead sibling the load balancer reports (see `crate::siblings`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Siblings {
+    /// The target group this bastion is a target of; `None` (the default) = off.
+    pub target_group_arn: Option<String>,
+    /// How often the group's health is read.
+    pub poll_seconds: u64,
+    /// Also mark a dead instance target unhealthy in its Auto Scaling group (replaced now).
+    pub mark_unhealthy: bool,
 }
 
 /// What kind of problem a config has: what tests (and tools) look at, rather than the words.
@@ -402,6 +416,11 @@ fn build(root: &toml::de::DeTable, base_dir: Option<&Path>, report: &mut documen
         control: Control { socket: control_socket },
         source: Source { ssm_path: drafts.source.ssm_path, refresh_seconds: drafts.source.refresh_seconds },
         aws: Aws { region: drafts.aws.region, endpoint_url: drafts.aws.endpoint_url },
+        siblings: Siblings {
+            target_group_arn: drafts.siblings.target_group_arn,
+            poll_seconds: drafts.siblings.poll_seconds,
+            mark_unhealthy: drafts.siblings.mark_unhealthy,
+        },
         warnings: Vec::new(),
     })
 }

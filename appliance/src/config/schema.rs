@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use toml::de::DeTable;
 
 pub const SECTIONS: &[&str] =
-    &["interface", "peer", "nat", "health", "selftest", "metrics", "control", "source", "aws"];
+    &["interface", "peer", "nat", "health", "selftest", "metrics", "control", "source", "aws", "siblings"];
 pub const INTERFACE_FIELDS: &[&str] =
     &["private_key", "private_key_file", "private_key_ssm", "address", "listen_port", "mtu", "name"];
 /// The three ways to give the bastion's key; exactly one is used.
@@ -36,6 +36,8 @@ pub const METRICS_FIELDS: &[&str] = &["listen"];
 pub const CONTROL_FIELDS: &[&str] = &["socket"];
 pub const SOURCE_FIELDS: &[&str] = &["ssm_path", "refresh_seconds"];
 pub const AWS_FIELDS: &[&str] = &["region", "endpoint_url"];
+pub const SIBLINGS_FIELDS: &[&str] = &["target_group_arn", "poll_seconds", "mark_unhealthy"];
+pub const DEFAULT_SIBLINGS_POLL_SECONDS: u64 = 2;
 
 pub const DEFAULT_LISTEN_PORT: u16 = 51820;
 /// 1500 (an internet path) less 80 bytes of WireGuard over IPv6, as wg-quick computes it.
@@ -129,6 +131,12 @@ pub struct AwsDraft {
     pub endpoint_url: Option<String>,
 }
 
+pub struct SiblingsDraft {
+    pub target_group_arn: Option<String>,
+    pub poll_seconds: u64,
+    pub mark_unhealthy: bool,
+}
+
 pub struct Drafts {
     pub interface: Option<InterfaceDraft>,
     pub peers: Vec<PeerDraft>,
@@ -139,6 +147,7 @@ pub struct Drafts {
     pub control: ControlDraft,
     pub source: SourceDraft,
     pub aws: AwsDraft,
+    pub siblings: SiblingsDraft,
 }
 
 /// Reads every section; problems go to `report`, and every field that could be read is kept so
@@ -189,7 +198,8 @@ pub fn read(root: &DeTable, base_dir: Option<&Path>, report: &mut Report) -> Dra
     let control = section(&top, "control", "[control]", CONTROL_FIELDS, report, read_control);
     let source = section(&top, "source", "[source]", SOURCE_FIELDS, report, read_source);
     let aws = section(&top, "aws", "[aws]", AWS_FIELDS, report, read_aws);
-    Drafts { interface, peers, nat, health, selftest, metrics, control, source, aws }
+    let siblings = section(&top, "siblings", "[siblings]", SIBLINGS_FIELDS, report, read_siblings);
+    Drafts { interface, peers, nat, health, selftest, metrics, control, source, aws, siblings }
 }
 
 /// An optional section: read it when present, else read an empty table (all defaults).
@@ -225,7 +235,7 @@ fn root_hint(name: &str) -> Option<String> {
         let header = if *section == "peer" { "[[peer]]".to_string() } else { format!("[{section}]") };
         return Some(header);
     }
-    let owners: [(&str, &[&str]); 9] = [
+    let owners: [(&str, &[&str]); 10] = [
         ("[interface]", INTERFACE_FIELDS),
         ("[[peer]]", PEER_FIELDS),
         ("[nat]", NAT_FIELDS),
@@ -235,6 +245,7 @@ fn root_hint(name: &str) -> Option<String> {
         ("[control]", CONTROL_FIELDS),
         ("[source]", SOURCE_FIELDS),
         ("[aws]", AWS_FIELDS),
+        ("[siblings]", SIBLINGS_FIELDS),
     ];
     owners.iter().find_map(|(header, fields)| document::suggestion(name, fields).map(|f| format!("{f} under {header}")))
 }
@@ -672,4 +683,38 @@ fn read_aws(t: &Table, report: &mut Report) -> AwsDraft {
     );
     t.finish(report);
     AwsDraft { region, endpoint_url: endpoint_url.map(|u| u.trim_end_matches('/').to_string()) }
+}
+
+fn read_siblings(t: &Table, report: &mut Report) -> SiblingsDraft {
+    let target_group_arn = checked_string(
+        t,
+        "target_group_arn",
+        "a string: the target group's ARN (arn:aws:elasticloadbalancing:REGION:ACCOUNT:targetgroup/NAME/ID)",
+        report,
+        values::target_group_arn,
+    );
+    let poll_seconds = t
+        .get("poll_seconds")
+        .and_then(|v| {
+            document::integer(
+                report,
+                &t.field("poll_seconds"),
+                v,
+                2..=60,
+                "seconds, 2–60 (one DescribeTargetHealth call per bastion this often)",
+            )
+        })
+        .map_or(DEFAULT_SIBLINGS_POLL_SECONDS, |n| n as u64);
+    let mark_unhealthy =
+        t.get("mark_unhealthy").and_then(|v| document::boolean(report, &t.field("mark_unhealthy"), v)).unwrap_or(true);
+    if target_group_arn.is_none() && (t.get("poll_seconds").is_some() || t.get("mark_unhealthy").is_some()) {
+        report.at_line(
+            ProblemKind::Missing,
+            t.line(),
+            "siblings.target_group_arn",
+            "missing; [siblings] acts on the target group it names",
+        );
+    }
+    t.finish(report);
+    SiblingsDraft { target_group_arn, poll_seconds, mark_unhealthy }
 }

@@ -486,3 +486,37 @@ fn a_reach_that_covers_the_tunnel_network_is_a_warning() {
     let quiet = ok(&text.replace("\"10.100.0.0/16\"", "\"10.0.2.0/24\"").replace(", \"0.0.0.0/0\"", ""));
     assert!(quiet.warnings.is_empty(), "{:?}", quiet.warnings);
 }
+
+#[test]
+fn the_siblings_section() {
+    let c = parse(&minimal(), "bastion.toml", None).unwrap();
+    assert_eq!(c.siblings.target_group_arn, None, "off by default");
+    let arn = "arn:aws:elasticloadbalancing:eu-west-1:123456789012:targetgroup/bastion/50dc6c495c0c9188";
+    let c = parse(&(minimal() + &format!("[siblings]\ntarget_group_arn = \"{arn}\"\n")), "bastion.toml", None).unwrap();
+    assert_eq!(
+        c.siblings,
+        crate::config::Siblings { target_group_arn: Some(arn.into()), poll_seconds: 2, mark_unhealthy: true }
+    );
+    let text =
+        minimal() + &format!("[siblings]\ntarget_group_arn = \"{arn}\"\npoll_seconds = 10\nmark_unhealthy = false\n");
+    let c = parse(&text, "bastion.toml", None).unwrap();
+    assert_eq!((c.siblings.poll_seconds, c.siblings.mark_unhealthy), (10, false));
+
+    let p = problem(
+        &(minimal() + "[siblings]\ntarget_group_arn = \"bastion\"\n"),
+        "siblings.target_group_arn",
+        ProblemKind::Invalid,
+    );
+    assert!(
+        p.message.contains("expected arn:aws:elasticloadbalancing:REGION:ACCOUNT:targetgroup/NAME/ID"),
+        "{}",
+        p.message
+    );
+    problem(
+        &(minimal() + &format!("[siblings]\ntarget_group_arn = \"{arn}\"\npoll_seconds = 1\n")),
+        "siblings.poll_seconds",
+        ProblemKind::OutOfRange,
+    );
+    problem(&(minimal() + "[siblings]\npoll_seconds = 5\n"), "siblings.target_group_arn", ProblemKind::Missing);
+    problem(&(minimal() + "[siblings]\ntarget_group = \"x\"\n"), "siblings.target_group", ProblemKind::UnknownField);
+}

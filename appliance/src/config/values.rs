@@ -306,6 +306,34 @@ pub fn ssm_parameter_name(text: &str) -> Result<(), String> {
 
 /// An SSM parameter path, the root of a hierarchy (`/bastion/prod`): starts with `/`, SSM's
 /// characters, no trailing `/` needed.
+/// A target group's ARN: `arn:PARTITION:elasticloadbalancing:REGION:ACCOUNT:targetgroup/NAME/ID`.
+pub fn target_group_arn(text: &str) -> Result<(), String> {
+    let expected = "expected arn:aws:elasticloadbalancing:REGION:ACCOUNT:targetgroup/NAME/ID";
+    let parts: Vec<&str> = text.splitn(6, ':').collect();
+    let ok = parts.len() == 6
+        && parts[0] == "arn"
+        && parts[1].starts_with("aws")
+        && parts[2] == "elasticloadbalancing"
+        && region(parts[3]).is_ok()
+        && !parts[4].is_empty()
+        && parts[4].chars().all(|c| c.is_ascii_digit())
+        && parts[5].starts_with("targetgroup/")
+        && parts[5].split('/').count() == 3
+        && parts[5].split('/').all(|p| !p.is_empty())
+        && text.len() <= 2048
+        && text.chars().all(|c| c.is_ascii_graphic());
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("found {}, {expected}", shown(text)))
+    }
+}
+
+/// The region named in a (validated) target group ARN.
+pub fn region_of_arn(arn: &str) -> Option<&str> {
+    arn.split(':').nth(3)
+}
+
 pub fn ssm_path(text: &str) -> Result<(), String> {
     if !text.starts_with('/') || text.trim_matches('/').is_empty() {
         return Err(format!("found {}, expected a parameter path like /bastion/prod (starting with /)", shown(text)));
@@ -460,6 +488,21 @@ mod tests {
         assert!(region("eu-west-1").is_ok() && region("us-gov-west-1").is_ok());
         assert!(region("EU-WEST-1").is_err() && region("eu").is_err());
         assert!(endpoint_url("https://ssm.eu-west-1.amazonaws.com").is_ok());
+        let arn = "arn:aws:elasticloadbalancing:eu-west-1:123456789012:targetgroup/bastion/50dc6c495c0c9188";
+        assert!(target_group_arn(arn).is_ok());
+        assert_eq!(region_of_arn(arn), Some("eu-west-1"));
+        for bad in [
+            "",
+            "arn:aws:elasticloadbalancing:eu-west-1:123456789012:loadbalancer/net/x/1",
+            "arn:aws:ec2:eu-west-1:123456789012:targetgroup/bastion/1",
+            "arn:aws:elasticloadbalancing:EU:123456789012:targetgroup/bastion/1",
+            "arn:aws:elasticloadbalancing:eu-west-1:12a:targetgroup/bastion/1",
+            "arn:aws:elasticloadbalancing:eu-west-1:123456789012:targetgroup/bastion",
+            "arn:aws:elasticloadbalancing:eu-west-1:123456789012:targetgroup//1",
+            "arn:aws:elasticloadbalancing:eu-west-1:123456789012:targetgroup/b s/1",
+        ] {
+            assert!(target_group_arn(bad).is_err(), "{bad}");
+        }
         assert!(endpoint_url("http://127.0.0.1:5000").is_ok());
         assert!(endpoint_url("ssm.amazonaws.com").is_err());
         assert!(endpoint_url("https://user@host").is_err());

@@ -420,6 +420,8 @@ impl Service {
                 send_notices: Box::new(send_notices),
             });
         }
+        // Detached, like the lifecycle poller: it acts only while this bastion is healthy.
+        crate::siblings::start(&config.siblings, &config.aws);
         log!("config: version {} from {}", state.config_state().version, state.config_state().origin);
         Ok(Service {
             config,

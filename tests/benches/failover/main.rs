@@ -79,6 +79,7 @@ fn options(case: &Case, settings: &Settings, binary: &std::path::Path, keepalive
         keepalive,
         drain_seconds: 3,
         imds_lifecycle: false,
+        siblings: false,
     }
 }
 

@@ -10,6 +10,7 @@
 //! `flow_idle` − remaining (to the second). Everything the load balancer decides is kept as
 //! [`NlbEvent`]s with their time, for failure messages and for the failover bench.
 
+pub mod api;
 pub mod model;
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -18,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+pub use api::{ApiCall, ApiSetup};
 pub use model::{FlowPolicy, FlowVerdict, ForgetReason, HealthChange, NlbModel, NlbParams};
 
 use crate::netns::Netns;
@@ -70,6 +72,8 @@ struct Shared {
     events: Mutex<Vec<NlbEvent>>,
     /// The targets the listener rule currently hashes over.
     placed: Mutex<Vec<usize>>,
+    /// The AWS API calls answered ([`api`]).
+    api_calls: Mutex<Vec<ApiCall>>,
 }
 
 /// The running load balancer; dropping it stops its threads (the rules stay with the namespace).
@@ -106,6 +110,7 @@ impl Nlb {
             stop: AtomicBool::new(false),
             events: Mutex::new(Vec::new()),
             placed: Mutex::new(Vec::new()),
+            api_calls: Mutex::new(Vec::new()),
         });
         shared.place_new_flows(&shared.model.lock().unwrap());
         let mut threads = Vec::new();
@@ -142,6 +147,24 @@ impl Nlb {
         let model = &mut self.shared.model.lock().unwrap();
         model.deregister(target, self.shared.started.elapsed());
         self.shared.event(NlbEventKind::Deregistered(target));
+        self.shared.place_new_flows(model);
+    }
+
+    /// Answers the bastions' AWS calls about the target group on `listen` (an address of the
+    /// load balancer's namespace), from this model, until the load balancer is dropped.
+    pub fn serve_api(&mut self, listen: SocketAddr, setup: ApiSetup) {
+        self.threads.push(api::serve(self.shared.clone(), listen, setup));
+    }
+
+    /// The AWS calls answered so far.
+    pub fn api_calls(&self) -> Vec<ApiCall> {
+        self.shared.api_calls.lock().unwrap().clone()
+    }
+
+    /// Registers `target` again (a replacement instance, or a test putting it back).
+    pub fn register(&self, target: usize) {
+        let model = &mut self.shared.model.lock().unwrap();
+        model.register(target, self.shared.started.elapsed());
         self.shared.place_new_flows(model);
     }
 

@@ -4,15 +4,22 @@
 //! table-driven unit test; [`super::Nlb`] is the shell that runs health checks and edits the
 //! kernel's flows.
 //!
-//! The rules, as documented by AWS and observed in the seed article:
+//! The rules common to every model:
 //! - a flow (client address and port) stays on its target until it has been idle
 //!   [`NlbParams::flow_idle`] (120 s);
 //! - new flows go to healthy registered targets only; when none is healthy, to every registered
 //!   target (fail-open);
-//! - a flow of a target that turned unhealthy or was deregistered is kept until it has been idle
-//!   30 s; optionally it is moved once the target has been out that long (about 90 s) if another
-//!   target of its zone is healthy ([`FlowPolicy::Sticky`]);
-//! - [`FlowPolicy::Flush`] is the stand-in the earlier tests used: such flows move at once.
+//! - a deregistered target drains for [`NlbParams::deregistration_delay`], then leaves the group.
+//!
+//! What happens to the flows of a target that stops serving is where AWS's documentation and
+//! the seed article disagree, so it is a choice ([`FlowPolicy`]):
+//! - `docs`, as AWS's API reference and user guide say: an unhealthy target keeps its UDP flows
+//!   (termination "can't be enabled for UDP"); a deregistered one keeps them until the end of
+//!   the deregistration delay, when they are terminated ([`FlowPolicy::Documented`]);
+//! - `article`, as the article observed: unhealthy or deregistered, a flow is kept until it has
+//!   been idle 30 s, and moved once the target has been out 90 s if another target of its zone
+//!   is healthy ([`FlowPolicy::ARTICLE`]; `sticky` is the same without the move);
+//! - `flush` is the stand-in the earlier tests used: such flows move at once.
 
 use std::time::Duration;
 
@@ -21,6 +28,9 @@ use std::time::Duration;
 pub enum FlowPolicy {
     /// They move at once: the next packet of each goes to a healthy target.
     Flush,
+    /// AWS's documentation: an unhealthy target keeps them; a deregistered one until the end
+    /// of the deregistration delay.
+    Documented,
     /// They stay until idle `unhealthy_idle`; with `move_after`, they move once the target has
     /// been out that long and another target of its zone is healthy.
     Sticky { unhealthy_idle: Duration, move_after: Option<Duration> },
@@ -29,25 +39,28 @@ pub enum FlowPolicy {
 impl FlowPolicy {
     /// What NLB does by the article's observation: kept until idle 30 s, never moved.
     pub const STICKY: FlowPolicy = FlowPolicy::Sticky { unhealthy_idle: Duration::from_secs(30), move_after: None };
-    /// The same, with active flows moved after 90 s when the zone has another healthy target.
-    pub const STICKY_MOVING: FlowPolicy =
+    /// The article's model: the same, with active flows moved after 90 s when the zone has
+    /// another healthy target.
+    pub const ARTICLE: FlowPolicy =
         FlowPolicy::Sticky { unhealthy_idle: Duration::from_secs(30), move_after: Some(Duration::from_secs(90)) };
 
-    /// `flush`, `sticky` or `sticky-moving` (bench and demo options).
+    /// `docs`, `article`, `flush` or `sticky` (bench and demo options).
     pub fn parse(text: &str) -> Result<FlowPolicy, String> {
         match text {
+            "docs" => Ok(FlowPolicy::Documented),
+            "article" | "sticky-moving" => Ok(FlowPolicy::ARTICLE),
             "flush" => Ok(FlowPolicy::Flush),
             "sticky" => Ok(FlowPolicy::STICKY),
-            "sticky-moving" => Ok(FlowPolicy::STICKY_MOVING),
-            other => Err(format!("unknown load balancer model {other:?}: expected flush, sticky or sticky-moving")),
+            other => Err(format!("unknown load balancer model {other:?}: expected docs, article, flush or sticky")),
         }
     }
 
     pub fn name(&self) -> &'static str {
         match self {
             FlowPolicy::Flush => "flush",
+            FlowPolicy::Documented => "docs",
             FlowPolicy::Sticky { move_after: None, .. } => "sticky",
-            FlowPolicy::Sticky { move_after: Some(_), .. } => "sticky-moving",
+            FlowPolicy::Sticky { move_after: Some(_), .. } => "article",
         }
     }
 }
@@ -64,6 +77,9 @@ pub struct NlbParams {
     pub check_timeout: Duration,
     /// A flow with no packet for this long is forgotten (AWS: 120 s for UDP, fixed).
     pub flow_idle: Duration,
+    /// How long a deregistered target drains (AWS: 0–3600 s, 300 by default; the stack sets
+    /// it).
+    pub deregistration_delay: Duration,
     pub flows: FlowPolicy,
 }
 
@@ -76,6 +92,7 @@ impl Default for NlbParams {
             unhealthy_threshold: 2,
             check_timeout: Duration::from_secs(2),
             flow_idle: Duration::from_secs(120),
+            deregistration_delay: Duration::from_secs(3),
             flows: FlowPolicy::STICKY,
         }
     }
@@ -90,7 +107,14 @@ struct TargetState {
     streak: u32,
     /// Since when the target has not been serving (unhealthy or deregistered).
     out_since: Option<Duration>,
+    /// When it was deregistered (while it is not registered).
+    deregistered_at: Option<Duration>,
+    /// Registered and not yet through its first checks.
+    initial: bool,
 }
+
+/// A target's health as DescribeTargetHealth reports it: `(State, Reason)`.
+pub type ReportedHealth = (&'static str, &'static str);
 
 /// A change of a target's health, for the log and the bench's "LB detection".
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -117,6 +141,8 @@ pub enum ForgetReason {
     IdleOnUnhealthy,
     /// Its target has been out `move_after` and its zone has another healthy target.
     MovedInZone,
+    /// Its target was deregistered and the deregistration delay is over (`docs`).
+    Terminated,
 }
 
 pub struct NlbModel {
@@ -136,6 +162,8 @@ impl NlbModel {
                 healthy: false,
                 streak: 0,
                 out_since: Some(Duration::ZERO),
+                deregistered_at: None,
+                initial: true,
             })
             .collect();
         NlbModel { params, targets }
@@ -163,6 +191,7 @@ impl NlbModel {
         }
         t.streak = 0;
         t.healthy = passed;
+        t.initial = false;
         if t.registered {
             t.out_since = if passed { None } else { Some(now) };
         }
@@ -176,7 +205,42 @@ impl NlbModel {
         if t.registered {
             t.registered = false;
             t.out_since.get_or_insert(now);
+            t.deregistered_at = Some(now);
         }
+    }
+
+    /// Puts the target (back) into the group: it is `initial` until it passes its checks.
+    pub fn register(&mut self, target: usize, now: Duration) {
+        let t = &mut self.targets[target];
+        if !t.registered {
+            *t = TargetState {
+                zone: t.zone,
+                registered: true,
+                healthy: false,
+                streak: 0,
+                out_since: Some(now),
+                deregistered_at: None,
+                initial: true,
+            };
+        }
+    }
+
+    /// What DescribeTargetHealth says of `target` at `now`; `None` once it has left the group
+    /// (deregistered and drained).
+    pub fn reported_health(&self, target: usize, now: Duration) -> Option<ReportedHealth> {
+        let t = &self.targets[target];
+        Some(match (t.registered, t.healthy, t.initial) {
+            (false, _, _) => {
+                let since = t.deregistered_at.unwrap_or_default();
+                if now.saturating_sub(since) >= self.params.deregistration_delay {
+                    return None;
+                }
+                ("draining", "Target.DeregistrationInProgress")
+            }
+            (true, true, _) => ("healthy", ""),
+            (true, false, true) => ("initial", "Elb.InitialHealthChecking"),
+            (true, false, false) => ("unhealthy", "Target.FailedHealthChecks"),
+        })
     }
 
     fn serving(&self, target: usize) -> bool {
@@ -205,6 +269,12 @@ impl NlbModel {
         }
         match self.params.flows {
             FlowPolicy::Flush => FlowVerdict::Forget(ForgetReason::Flushed),
+            FlowPolicy::Documented => match t.deregistered_at {
+                Some(at) if now.saturating_sub(at) >= self.params.deregistration_delay => {
+                    FlowVerdict::Forget(ForgetReason::Terminated)
+                }
+                _ => FlowVerdict::Keep,
+            },
             FlowPolicy::Sticky { unhealthy_idle, move_after } => {
                 if idle >= unhealthy_idle {
                     return FlowVerdict::Forget(ForgetReason::IdleOnUnhealthy);
@@ -285,10 +355,16 @@ mod tests {
             (FlowPolicy::STICKY, &[0, 1], "deregistered", 29, 200, Keep),
             (FlowPolicy::STICKY, &[0, 1], "deregistered", 30, 50, Forget(IdleOnUnhealthy)),
             // Moving needs another healthy target in the same zone, and 90 s out.
-            (FlowPolicy::STICKY_MOVING, &[0, 1], "unhealthy", 1, 200, Keep),
-            (FlowPolicy::STICKY_MOVING, &[0, 0], "unhealthy", 1, 109, Keep),
-            (FlowPolicy::STICKY_MOVING, &[0, 0], "unhealthy", 1, 110, Forget(MovedInZone)),
-            (FlowPolicy::STICKY_MOVING, &[0, 0], "deregistered", 1, 110, Forget(MovedInZone)),
+            (FlowPolicy::ARTICLE, &[0, 1], "unhealthy", 1, 200, Keep),
+            (FlowPolicy::ARTICLE, &[0, 0], "unhealthy", 1, 109, Keep),
+            (FlowPolicy::ARTICLE, &[0, 0], "unhealthy", 1, 110, Forget(MovedInZone)),
+            (FlowPolicy::ARTICLE, &[0, 0], "deregistered", 1, 110, Forget(MovedInZone)),
+            // AWS's documentation: unhealthy keeps UDP flows until they idle out (120 s);
+            // deregistered keeps them until the delay (3 s here) is over, however busy.
+            (FlowPolicy::Documented, &[0, 0], "unhealthy", 119, 500, Keep),
+            (FlowPolicy::Documented, &[0, 0], "unhealthy", 120, 500, Forget(Idle)),
+            (FlowPolicy::Documented, &[0, 1], "deregistered", 0, 22, Keep),
+            (FlowPolicy::Documented, &[0, 1], "deregistered", 0, 23, Forget(Terminated)),
         ];
         for &(policy, zones, how, idle, now, verdict) in cases {
             let mut m = healthy_pair(policy, zones);
@@ -307,9 +383,31 @@ mod tests {
 
     #[test]
     fn policies_parse_and_name_themselves() {
-        for name in ["flush", "sticky", "sticky-moving"] {
+        for name in ["docs", "article", "flush", "sticky"] {
             assert_eq!(FlowPolicy::parse(name).unwrap().name(), name);
         }
-        assert!(FlowPolicy::parse("round-robin").unwrap_err().contains("expected flush, sticky"));
+        assert_eq!(FlowPolicy::parse("sticky-moving"), Ok(FlowPolicy::ARTICLE), "the earlier name");
+        assert!(FlowPolicy::parse("round-robin").unwrap_err().contains("expected docs, article"));
+    }
+
+    #[test]
+    fn describe_target_health_states_through_a_target_life() {
+        let mut m = NlbModel::new(NlbParams::default(), &[0, 1]);
+        assert_eq!(m.reported_health(0, s(0)), Some(("initial", "Elb.InitialHealthChecking")));
+        m.record_check(0, true, s(0));
+        m.record_check(0, true, s(5));
+        assert_eq!(m.reported_health(0, s(5)), Some(("healthy", "")));
+        m.record_check(0, false, s(10));
+        m.record_check(0, false, s(15));
+        assert_eq!(m.reported_health(0, s(15)), Some(("unhealthy", "Target.FailedHealthChecks")));
+        m.deregister(0, s(16));
+        assert_eq!(m.reported_health(0, s(18)), Some(("draining", "Target.DeregistrationInProgress")));
+        assert_eq!(m.reported_health(0, s(19)), None, "3 s later it has left the group");
+        assert!(!m.new_flow_targets().contains(&0));
+        m.register(0, s(30));
+        assert_eq!(m.reported_health(0, s(30)), Some(("initial", "Elb.InitialHealthChecking")));
+        m.record_check(0, true, s(30));
+        m.record_check(0, true, s(35));
+        assert_eq!(m.reported_health(0, s(35)), Some(("healthy", "")));
     }
 }

@@ -1,0 +1,228 @@
+//! The AWS APIs the bastions call about their siblings, answered from the load balancer model:
+//! ELBv2 `DescribeTargetHealth`, `DeregisterTargets`, `RegisterTargets` and Auto Scaling
+//! `SetInstanceHealth`, in the Query protocol (form body, XML answer), on an address of the
+//! load balancer's namespace that the bastions reach as `[aws] endpoint_url`.
+//!
+//! Only the shape AWS documents is accepted: a POST with a SigV4 `Authorization` header and a
+//! known `Action` (anything else is answered with AWS's error XML). Every call is kept with its
+//! time and caller, so tests assert on what the bastions did, and deregistration acts on the
+//! model as the real one would (no new flows; the flows' fate is the model's [`super::FlowPolicy`]).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{NlbEventKind, Shared};
+
+/// One call the emulator answered.
+#[derive(Clone, Debug)]
+pub struct ApiCall {
+    pub at: Instant,
+    /// The caller's address (which bastion).
+    pub from: std::net::IpAddr,
+    /// `DescribeTargetHealth`, `DeregisterTargets`...
+    pub action: String,
+    /// The target or instance id acted on (empty for DescribeTargetHealth).
+    pub id: String,
+    /// The HTTP status answered.
+    pub status: u16,
+}
+
+/// The target group's name and the ids of its targets (`ids[i]` is target i).
+#[derive(Clone, Debug)]
+pub struct ApiSetup {
+    pub target_group_arn: String,
+    pub ids: Vec<String>,
+    /// The port registered with each target.
+    pub port: u16,
+}
+
+pub(super) fn serve(shared: Arc<Shared>, listen: SocketAddr, setup: ApiSetup) -> std::thread::JoinHandle<()> {
+    let lb = shared.lb.name().to_string();
+    let listener = crate::Netns::borrowed(&lb).enter(move || {
+        let l = TcpListener::bind(listen).unwrap_or_else(|e| panic!("AWS API emulator on {listen}: {e}"));
+        l.set_nonblocking(true).unwrap();
+        l
+    });
+    std::thread::spawn(move || {
+        while !shared.stop.load(Ordering::Relaxed) {
+            match listener.accept() {
+                Ok((stream, from)) => {
+                    let shared = shared.clone();
+                    let setup = setup.clone();
+                    std::thread::spawn(move || {
+                        let _ = handle(&shared, &setup, stream, from);
+                    });
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    })
+}
+
+fn handle(shared: &Shared, setup: &ApiSetup, stream: TcpStream, from: SocketAddr) -> std::io::Result<()> {
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    loop {
+        let mut request_line = String::new();
+        if reader.read_line(&mut request_line)? == 0 {
+            return Ok(());
+        }
+        let mut length = 0usize;
+        let mut signed = false;
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line)?;
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = line.split_once(':') {
+                match name.trim().to_ascii_lowercase().as_str() {
+                    "content-length" => length = value.trim().parse().unwrap_or(0),
+                    "authorization" => signed = value.trim().starts_with("AWS4-HMAC-SHA256 Credential="),
+                    _ => {}
+                }
+            }
+        }
+        let mut body = vec![0u8; length.min(1 << 20)];
+        reader.read_exact(&mut body)?;
+        let form = parse_form(&String::from_utf8_lossy(&body));
+        let (status, xml, action, id) = if !request_line.starts_with("POST ") {
+            (405, error("InvalidAction", "POST only"), String::new(), String::new())
+        } else if !signed {
+            (403, error("MissingAuthenticationToken", "no SigV4 Authorization header"), String::new(), String::new())
+        } else {
+            answer(shared, setup, &form)
+        };
+        shared.api_calls.lock().unwrap().push(ApiCall { at: Instant::now(), from: from.ip(), action, id, status });
+        let reason = if status == 200 { "OK" } else { "Error" };
+        let mut out = stream.try_clone()?;
+        write!(
+            out,
+            "HTTP/1.1 {status} {reason}\r\ncontent-type: text/xml\r\ncontent-length: {}\r\n\r\n{xml}",
+            xml.len()
+        )?;
+    }
+}
+
+fn parse_form(body: &str) -> Vec<(String, String)> {
+    body.split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(k, v)| (percent_decode(k), percent_decode(v)))
+        .collect()
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+            (b'+', _) => out.push(b' '),
+            (b, _) => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn error(code: &str, message: &str) -> String {
+    format!(
+        "<ErrorResponse><Error><Type>Sender</Type><Code>{code}</Code><Message>{message}</Message></Error>\
+         <RequestId>emulator</RequestId></ErrorResponse>"
+    )
+}
+
+/// `(status, XML, action, id)` for one call.
+fn answer(shared: &Shared, setup: &ApiSetup, form: &[(String, String)]) -> (u16, String, String, String) {
+    let get = |key: &str| form.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
+    let action = get("Action").unwrap_or_default();
+    let id = get("Targets.member.1.Id").or_else(|| get("InstanceId")).unwrap_or_default();
+    let fail = |status, code: &str, message: &str| (status, error(code, message), action.clone(), id.clone());
+    let group_ok = || get("TargetGroupArn").as_deref() == Some(setup.target_group_arn.as_str());
+    let target = setup.ids.iter().position(|t| *t == id);
+    let now = shared.started.elapsed();
+    let ok = |name: &str, inner: String| {
+        (
+            200,
+            format!("<{name}Response><{name}Result>{inner}</{name}Result></{name}Response>"),
+            action.clone(),
+            id.clone(),
+        )
+    };
+    match action.as_str() {
+        "DescribeTargetHealth" | "DeregisterTargets" | "RegisterTargets" if !group_ok() => {
+            fail(400, "TargetGroupNotFound", "One or more target groups not found")
+        }
+        "DescribeTargetHealth" => {
+            let model = shared.model.lock().unwrap();
+            let members: String = setup
+                .ids
+                .iter()
+                .enumerate()
+                .filter_map(|(i, id)| {
+                    let (state, reason) = model.reported_health(i, now)?;
+                    let reason = if reason.is_empty() { String::new() } else { format!("<Reason>{reason}</Reason>") };
+                    Some(format!(
+                        "<member><Target><Id>{id}</Id><Port>{}</Port></Target><HealthCheckPort>traffic-port\
+                         </HealthCheckPort><TargetHealth>{reason}<State>{state}</State></TargetHealth></member>",
+                        setup.port
+                    ))
+                })
+                .collect();
+            ok("DescribeTargetHealth", format!("<TargetHealthDescriptions>{members}</TargetHealthDescriptions>"))
+        }
+        "DeregisterTargets" | "RegisterTargets" => {
+            let Some(target) = target else {
+                return fail(400, "InvalidTarget", "The target is not in the target group's VPC");
+            };
+            let model = &mut shared.model.lock().unwrap();
+            if action == "DeregisterTargets" {
+                let was_registered = model.reported_health(target, now).is_some_and(|(s, _)| s != "draining");
+                model.deregister(target, now);
+                if was_registered {
+                    shared.event(NlbEventKind::Deregistered(target));
+                }
+            } else {
+                model.register(target, now);
+            }
+            shared.place_new_flows(model);
+            ok(&action, String::new())
+        }
+        "SetInstanceHealth" => {
+            if target.is_none() || !id.starts_with("i-") {
+                return fail(400, "ValidationError", "Instance Id not found");
+            }
+            if get("HealthStatus").as_deref() != Some("Unhealthy") && get("HealthStatus").as_deref() != Some("Healthy")
+            {
+                return fail(400, "ValidationError", "HealthStatus must be Healthy or Unhealthy");
+            }
+            ok("SetInstanceHealth", String::new())
+        }
+        _ => fail(400, "InvalidAction", "unknown action"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn forms_decode_as_aws_encodes_them() {
+        let form = super::parse_form(
+            "Action=DeregisterTargets&TargetGroupArn=arn%3Aaws%3Atg%2Fx&Targets.member.1.Id=i-1&bad&%zz=1",
+        );
+        assert_eq!(form[0], ("Action".into(), "DeregisterTargets".into()));
+        assert_eq!(form[1], ("TargetGroupArn".into(), "arn:aws:tg/x".into()));
+        assert_eq!(form[2], ("Targets.member.1.Id".into(), "i-1".into()));
+        assert_eq!(form[3], ("%zz".into(), "1".into()));
+    }
+}
