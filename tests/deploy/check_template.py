@@ -4,7 +4,10 @@ defaults: target-group attribute keys valid for a UDP target group of a Network 
 (a misspelt key is accepted by cfn-lint and refused by AWS at deploy time), an HTTP health
 check on the appliance's health port and path at the fastest interval and thresholds an NLB
 allows, the listener, target group and accelerator on the appliance's WireGuard port, the
-bastions reachable only from the NLB, IMDSv2 only.
+bastions reachable only from the NLB, IMDSv2 only; a short deregistration delay (a dead
+bastion's stock clients wait that long after a survivor took it out), a termination hook that
+holds a leaving bastion for the appliance's drain, and, with [siblings] in the user-data, the
+permissions it needs on this target group and this Auto Scaling group.
 
   check_template.py TEMPLATE --listen-port 51820 --health-port 8080 --drain-seconds 30
 
@@ -81,8 +84,12 @@ def check(template, listen_port, health_port, drain_seconds):
             elif str(plain(value, parameters)).lower() == UDP_REFUSED.get(key):
                 problems.append(f"{name}: attribute {key} = {value} is refused for a UDP target group")
         delay = attributes.get("deregistration_delay.timeout_seconds")
-        if str(plain(delay, parameters)) != str(drain_seconds):
-            problems.append(f"{name}: deregistration delay {delay!r} (default {plain(delay, parameters)}), expected the appliance's drain_seconds default {drain_seconds}")
+        try:
+            delay_seconds = int(str(plain(delay, parameters)))
+        except ValueError:
+            delay_seconds = None
+        if delay_seconds is None or delay_seconds > 10:
+            problems.append(f"{name}: deregistration delay {delay!r} (default {plain(delay, parameters)}), expected at most 10 s: a dead bastion's stock clients wait that long after a survivor took it out")
         if str(attributes.get("deregistration_delay.connection_termination.enabled")).lower() != "true":
             problems.append(f"{name}: deregistration_delay.connection_termination.enabled should be true")
     for name, listener in of_type(resources, "AWS::ElasticLoadBalancingV2::Listener").items():
@@ -118,11 +125,46 @@ def check(template, listen_port, health_port, drain_seconds):
         problems.append(f"expected one termination lifecycle hook (it holds a leaving bastion while it asks its peers to move), found {len(hooks)}")
     for name, hook in hooks.items():
         if str(plain(hook.get("HeartbeatTimeout"), parameters)) != str(drain_seconds):
-            problems.append(f"{name}: HeartbeatTimeout {hook.get('HeartbeatTimeout')!r}, expected the drain_seconds default {drain_seconds} (the same parameter as the deregistration delay)")
+            problems.append(f"{name}: HeartbeatTimeout {hook.get('HeartbeatTimeout')!r}, expected the appliance's drain_seconds default {drain_seconds} (a leaving bastion asks its peers to move that long)")
         if hook.get("DefaultResult") != "CONTINUE":
             problems.append(f"{name}: DefaultResult {hook.get('DefaultResult')!r}, expected CONTINUE (nothing completes the action)")
+    problems += check_siblings(resources, groups)
     facts["resources"] = sorted({r.get("Type") for r in resources.values()})
     return problems, facts
+
+
+def statements(policy):
+    return policy.get("PolicyDocument", {}).get("Statement", [])
+
+
+def check_siblings(resources, groups):
+    """With [siblings] appended to the user-data: the three actions it calls are allowed, the
+    deregistration on this stack's target group only."""
+    text = json.dumps({n: r for n, r in resources.items() if r.get("Type") == "AWS::EC2::LaunchTemplate"})
+    if "[siblings]" not in text:
+        return []
+    problems = []
+    if not any(g in text for g in groups):
+        problems.append("LaunchTemplate: [siblings] in the user-data does not name the stack's target group")
+    allowed = {}
+    for name, policy in of_type(resources, "AWS::IAM::Policy").items():
+        for st in statements(policy):
+            actions = st.get("Action")
+            for action in actions if isinstance(actions, list) else [actions]:
+                allowed[action] = st.get("Resource")
+    for name, role in of_type(resources, "AWS::IAM::Role").items():
+        for policy in role.get("Policies", []):
+            for st in statements(policy):
+                actions = st.get("Action")
+                for action in actions if isinstance(actions, list) else [actions]:
+                    allowed.setdefault(action, st.get("Resource"))
+    for action in ("elasticloadbalancing:DescribeTargetHealth", "elasticloadbalancing:DeregisterTargets", "autoscaling:SetInstanceHealth"):
+        if action not in allowed:
+            problems.append(f"[siblings] is in the user-data but the bastions may not call {action}")
+    deregister = allowed.get("elasticloadbalancing:DeregisterTargets")
+    if deregister is not None and not (isinstance(deregister, dict) and deregister.get("Ref") in groups):
+        problems.append(f"elasticloadbalancing:DeregisterTargets is allowed on {deregister!r}, expected this stack's target group only")
+    return problems
 
 
 def main():

@@ -232,6 +232,12 @@ impl HaBed {
     /// then told to stop (SIGTERM: our bastions drain for `drain_seconds`, wireguard-go stops).
     pub fn drain(&self, i: usize) {
         self.nlb.deregister(i);
+        self.stop(i);
+    }
+
+    /// Stops bastion `i` as an instance shutdown does (SIGTERM: ours drain, wireguard-go
+    /// stops); no deregistration here.
+    pub fn stop(&self, i: usize) {
         match &self.bastions[i] {
             HaBastion::Ours(b) => b.process.signal(libc::SIGTERM),
             HaBastion::WireguardGo { health, wg } => {

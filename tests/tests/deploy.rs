@@ -1,7 +1,8 @@
 //! `deploy/bastion.yaml`: cfn-lint passes it, and our own check (`tests/deploy/check_template.py`)
 //! finds it consistent with what the appliance really listens on (asked of the binary under
 //! test with `check-config`). The own check is shown to catch what cfn-lint lets through: a
-//! misspelt target-group attribute, an HTTPS health check on a UDP target group, the wrong ports.
+//! misspelt target-group attribute, an HTTPS health check on a UDP target group, the wrong ports,
+//! a long deregistration delay, `[siblings]` without the permissions it needs.
 //!
 //! Needs the virtualenv from `make test-deps` and `BASTION_BIN`.
 
@@ -90,7 +91,10 @@ fn the_own_check_catches_what_cfn_lint_lets_through() {
         ),
         ("HealthCheckIntervalSeconds: 5", "HealthCheckIntervalSeconds: 30", "the fastest an NLB allows", false),
         ("          HttpTokens: required", "          HttpTokens: optional", "IMDSv2 only", false),
-        ("      HeartbeatTimeout: !Ref DrainSeconds", "      HeartbeatTimeout: 300", "the same parameter as the deregistration delay", false),
+        ("      HeartbeatTimeout: 30", "      HeartbeatTimeout: 300", "a leaving bastion asks its peers to move that long", false),
+        ("    Default: 3\n    MinValue: 0", "    Default: 300\n    MinValue: 0", "expected at most 10 s", false),
+        ("            Action: elasticloadbalancing:DeregisterTargets", "            Action: elasticloadbalancing:RegisterTargets", "may not call elasticloadbalancing:DeregisterTargets", false),
+        ("            Resource: !Ref TargetGroup", "            Resource: \"*\"", "expected this stack's target group only", false),
         ("LifecycleTransition: autoscaling:EC2_INSTANCE_TERMINATING", "LifecycleTransition: autoscaling:EC2_INSTANCE_LAUNCHING", "expected one termination lifecycle hook", false),
     ];
     let mut missed_by_lint = 0;

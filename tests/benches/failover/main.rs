@@ -1,16 +1,21 @@
 //! `make bench-failover`: what a user sees when the bastion serving them dies, behind the NLB
 //! model ([`bastion_tests::nlb`], AWS's fastest health checks by default: every 5 s, 2 to
-//! change), for {flush LB, sticky NLB} × {stock client, client with `bastion watch`} ×
-//! {wireguard-go bastions, our bastions}, each with an active client (a request every 100 ms)
-//! and an idle one (keepalive 25 s, its first request 15 s after the failure). One table
-//! (markdown and JSON) and a plot of the active client's replies around the failure (SVG),
-//! all from the same run.
+//! change). Two suites, each case with an active client (a request every 100 ms) and an idle
+//! one (keepalive 25 s, its first request 15 s after the failure):
+//! - `watch`: {flush LB, sticky NLB} × {stock client, client with `bastion watch`} ×
+//!   {wireguard-go bastions, our bastions};
+//! - `stock`: stock clients only, {`docs` model, `article` model} × {our bastions with
+//!   `[siblings]`, ours without, wireguard-go}, crash (kill -9); and a planned scale-in under
+//!   each model (deregistration, the delay, then SIGTERM), counting the lost requests.
+//!
+//! One table (markdown and JSON) and a plot of the active client's replies around the failure
+//! (SVG), all from the same run.
 //!
 //! `make ha-demo` runs one case (sticky NLB, our bastions, client with watch) and narrates it.
 //!
-//! Options: `--out DIR`, `--interval S` (health check interval), `--give-up S` (how long a
-//! client may stay without an answer before the case is written "never"), `--demo` (with
-//! `--lb flush|sticky|sticky-moving`).
+//! Options: `--out DIR`, `--suite all|watch|stock`, `--interval S` (health check interval),
+//! `--delay S` (deregistration delay, default 3), `--give-up S` (how long a client may stay
+//! without an answer before the case is written "never"), `--demo` (with `--lb MODEL`).
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -30,17 +35,35 @@ struct Case {
     lb: FlowPolicy,
     watch: bool,
     bastions: BastionKind,
+    /// Our bastions act on dead siblings (`[siblings]`).
+    siblings: bool,
 }
 
 impl Case {
+    fn bastions_name(&self) -> &'static str {
+        match (&self.bastions, self.siblings) {
+            (BastionKind::Ours(_), true) => "ours + siblings",
+            (b, _) => b.name(),
+        }
+    }
+
     fn label(&self) -> String {
         format!(
             "{} LB, {} client, {} bastions",
             self.lb.name(),
             if self.watch { "watch" } else { "stock" },
-            self.bastions.name()
+            self.bastions_name()
         )
     }
+}
+
+/// A planned scale-in seen by an active stock client.
+#[derive(Default, Clone)]
+struct ScaleIn {
+    sent: u32,
+    answered: u32,
+    /// The longest run without an answer (s).
+    longest_gap: f64,
 }
 
 #[derive(Default, Clone)]
@@ -65,6 +88,7 @@ struct Settings {
     demo: bool,
     /// The demo's load balancer model.
     demo_lb: FlowPolicy,
+    suite: String,
 }
 
 fn now_wall() -> f64 {
@@ -79,7 +103,7 @@ fn options(case: &Case, settings: &Settings, binary: &std::path::Path, keepalive
         keepalive,
         drain_seconds: 3,
         imds_lifecycle: false,
-        siblings: false,
+        siblings: case.siblings,
     }
 }
 
@@ -174,6 +198,28 @@ fn run_idle(case: &Case, settings: &Settings, binary: &std::path::Path) -> Idle 
     Idle::default()
 }
 
+/// A planned scale-in as Auto Scaling does it with a load balancer: the serving bastion is
+/// deregistered first, keeps serving through the deregistration delay, then is stopped
+/// (SIGTERM; our bastions drain, wireguard-go stops).
+fn run_scale_in(case: &Case, settings: &Settings, binary: &std::path::Path) -> ScaleIn {
+    let bed = HaBed::start(&options(case, settings, binary, None));
+    let target = serving(&bed);
+    let host = bed.cluster.topo.private_hosts[0].v4.to_string();
+    let window = settings.nlb.deregistration_delay + Duration::from_secs(12);
+    let count = ((window.as_secs_f64() + 2.0) / REQUEST_EVERY.as_secs_f64()) as u32;
+    let pinger =
+        Pinger::start(&bed.cluster.topo.clients[0].ns, &host, REQUEST_EVERY, count, &bed.dir().join("ping.log"));
+    std::thread::sleep(Duration::from_secs(2));
+    bed.nlb.deregister(target);
+    std::thread::sleep(settings.nlb.deregistration_delay);
+    bed.stop(target);
+    let report = pinger.finish(window + Duration::from_secs(10)).unwrap_or_else(|e| panic!("{e}"));
+    let mut times: Vec<f64> = report.replies.iter().map(|r| r.at).collect();
+    times.sort_by(f64::total_cmp);
+    let longest_gap = times.windows(2).map(|w| w[1] - w[0]).fold(0.0, f64::max);
+    ScaleIn { sent: report.sent, answered: report.replies.len() as u32, longest_gap }
+}
+
 fn seconds(v: Option<f64>, give_up: Duration) -> String {
     match v {
         Some(s) => format!("{s:.1} s"),
@@ -189,25 +235,37 @@ fn main() {
         give_up: Duration::from_secs(45),
         demo: false,
         demo_lb: FlowPolicy::STICKY,
+        suite: "all".into(),
     };
     while let Some(arg) = args.next() {
         let mut value = || args.next().unwrap_or_else(|| panic!("{arg} needs a value"));
         match arg.as_str() {
             "--out" => settings.out = PathBuf::from(value()),
             "--interval" => settings.nlb.interval = Duration::from_secs(value().parse().expect("--interval: seconds")),
+            "--delay" => {
+                settings.nlb.deregistration_delay = Duration::from_secs(value().parse().expect("--delay: seconds"))
+            }
+            "--suite" => {
+                settings.suite = value();
+                assert!(["all", "watch", "stock"].contains(&settings.suite.as_str()), "--suite: all, watch or stock");
+            }
             "--give-up" => settings.give_up = Duration::from_secs(value().parse().expect("--give-up: seconds")),
             "--demo" => settings.demo = true,
             "--lb" => settings.demo_lb = FlowPolicy::parse(&value()).unwrap_or_else(|e| panic!("{e}")),
             "--bench" => {} // cargo bench passes it
             other => {
-                panic!("unknown option {other}: expected --out DIR, --interval S, --give-up S, --demo [--lb MODEL]")
+                panic!(
+                    "unknown option {other}: expected --out DIR, --suite all|watch|stock, --interval S, --delay S, \
+                     --give-up S, --demo [--lb MODEL]"
+                )
             }
         }
     }
     bastion_tests::require_root_and_tools();
     let binary = bastion_tests::bastion::binary();
     if settings.demo {
-        let case = Case { lb: settings.demo_lb, watch: true, bastions: BastionKind::Ours(binary.clone()) };
+        let case =
+            Case { lb: settings.demo_lb, watch: true, bastions: BastionKind::Ours(binary.clone()), siblings: false };
         eprintln!(
             "demo: {} — health checks every {} s, {} to change; a request every 100 ms",
             case.label(),
@@ -224,12 +282,24 @@ fn main() {
         return;
     }
     let mut cases = Vec::new();
-    for lb in [FlowPolicy::Flush, FlowPolicy::STICKY] {
-        for watch in [false, true] {
-            for bastions in [BastionKind::WireguardGo, BastionKind::Ours(binary.clone())] {
-                cases.push(Case { lb, watch, bastions });
+    let ours = BastionKind::Ours(binary.clone());
+    if settings.suite != "stock" {
+        for lb in [FlowPolicy::Flush, FlowPolicy::STICKY] {
+            for watch in [false, true] {
+                for bastions in [BastionKind::WireguardGo, ours.clone()] {
+                    cases.push(Case { lb, watch, bastions, siblings: false });
+                }
             }
         }
+    }
+    let mut stock = Vec::new();
+    if settings.suite != "watch" {
+        for lb in [FlowPolicy::Documented, FlowPolicy::ARTICLE] {
+            stock.push(Case { lb, watch: false, bastions: ours.clone(), siblings: true });
+            stock.push(Case { lb, watch: false, bastions: ours.clone(), siblings: false });
+            stock.push(Case { lb, watch: false, bastions: BastionKind::WireguardGo, siblings: false });
+        }
+        cases.extend(stock.iter().cloned());
     }
     let mut results = Vec::new();
     for case in &cases {
@@ -239,11 +309,19 @@ fn main() {
         let idle = run_idle(case, &settings, &binary);
         results.push((case.clone(), active, idle));
     }
+    let mut scale_ins = Vec::new();
+    for case in &stock {
+        eprintln!("bench-failover: {} (planned scale-in)", case.label());
+        scale_ins.push((case.clone(), run_scale_in(case, &settings, &binary)));
+    }
     std::fs::create_dir_all(&settings.out).unwrap();
-    let table = table(&results, &settings);
+    let mut table = table(&results, &settings);
+    if !scale_ins.is_empty() {
+        table.push_str(&scale_in_table(&scale_ins, &settings));
+    }
     println!("{table}");
     std::fs::write(settings.out.join("failover.md"), &table).unwrap();
-    std::fs::write(settings.out.join("failover.json"), json(&results)).unwrap();
+    std::fs::write(settings.out.join("failover.json"), json(&results, &scale_ins)).unwrap();
     std::fs::write(settings.out.join("failover.svg"), svg(&results, &settings)).unwrap();
     eprintln!("bench-failover: wrote {}/failover.{{md,json,svg}}", settings.out.display());
 }
@@ -253,10 +331,12 @@ fn table(results: &[(Case, Active, Idle)], settings: &Settings) -> String {
     let mut t = String::new();
     let _ = writeln!(
         t,
-        "Health checks every {} s, {} to change; active client: a request every 100 ms; idle client: keepalive {KEEPALIVE} s, \
-         first request {} s after the kill. Times from the kill -9 of the serving bastion. `make bench-failover`.\n",
+        "Health checks every {} s, {} to change; deregistration delay {} s; active client: a request every 100 ms; \
+         idle client: keepalive {KEEPALIVE} s, first request {} s after the kill. Times from the kill -9 of the serving \
+         bastion. `make bench-failover`.\n",
         settings.nlb.interval.as_secs(),
         settings.nlb.unhealthy_threshold,
+        settings.nlb.deregistration_delay.as_secs(),
         IDLE_FIRST_REQUEST.as_secs()
     );
     let _ = writeln!(
@@ -274,7 +354,7 @@ fn table(results: &[(Case, Active, Idle)], settings: &Settings) -> String {
             "| {} | {} | {} | {} | {} | {} | {} | {} |",
             case.lb.name(),
             if case.watch { "bastion watch" } else { "stock" },
-            case.bastions.name(),
+            case.bastions_name(),
             seconds(a.detection, g),
             seconds(a.reroute, g),
             seconds(after_reroute, g),
@@ -285,18 +365,48 @@ fn table(results: &[(Case, Active, Idle)], settings: &Settings) -> String {
     t
 }
 
-fn json(results: &[(Case, Active, Idle)]) -> String {
-    let rows: Vec<serde_json::Value> = results
+fn scale_in_table(rows: &[(Case, ScaleIn)], settings: &Settings) -> String {
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "\nPlanned scale-in, stock client doing a request every 100 ms: the serving bastion is deregistered, keeps \
+         serving for the {} s delay, then gets SIGTERM.\n",
+        settings.nlb.deregistration_delay.as_secs()
+    );
+    let _ = writeln!(t, "| load balancer | bastions | requests | lost | longest gap |");
+    let _ = writeln!(t, "|---|---|---|---|---|");
+    for (case, r) in rows {
+        let _ = writeln!(
+            t,
+            "| {} | {} | {} | {} | {:.1} s |",
+            case.lb.name(),
+            case.bastions_name(),
+            r.sent,
+            r.sent.saturating_sub(r.answered),
+            r.longest_gap
+        );
+    }
+    t
+}
+
+fn json(results: &[(Case, Active, Idle)], scale_ins: &[(Case, ScaleIn)]) -> String {
+    let mut rows: Vec<serde_json::Value> = results
         .iter()
         .map(|(c, a, i)| {
             serde_json::json!({
-                "lb": c.lb.name(), "watch": c.watch, "bastions": c.bastions.name(),
+                "lb": c.lb.name(), "watch": c.watch, "bastions": c.bastions_name(),
                 "detection_s": a.detection, "reroute_s": a.reroute, "first_reply_s": a.first_reply,
                 "idle_reply_after_first_request_s": i.reply_after_first_request,
                 "active_replies_s": a.replies,
             })
         })
         .collect();
+    rows.extend(scale_ins.iter().map(|(c, r)| {
+        serde_json::json!({
+            "lb": c.lb.name(), "watch": c.watch, "bastions": c.bastions_name(), "scale_in": true,
+            "requests": r.sent, "answered": r.answered, "longest_gap_s": r.longest_gap,
+        })
+    }));
     serde_json::to_string_pretty(&rows).unwrap()
 }
 
