@@ -25,6 +25,10 @@ VENV := $(OUT)/venv
 VENV_STAMP := $(VENV)/.installed-2
 PYTHON_TEST_PACKAGES := moto[server]==5.2.5 cfn-lint==1.58.0
 
+# promtool (Prometheus's own checker of the text format), out of Debian's prometheus package
+# without installing it (that would start a Prometheus server): `apt-get download`, unpacked.
+PROMTOOL := $(OUT)/prometheus/usr/bin/promtool
+
 # --- cross builds -----------------------------------------------------------------------------
 TARGET := $(ARCH)-unknown-linux-musl
 APPLIANCE_BIN := target/$(TARGET)/release/bastion
@@ -86,7 +90,13 @@ build:
 # Installs missing Debian packages and the Python virtualenv; a second run does nothing.
 test-deps:
 	$(call apt_install_missing,$(TEST_PACKAGES))
-	@$(MAKE) --no-print-directory $(VENV_STAMP)
+	@$(MAKE) --no-print-directory $(VENV_STAMP) $(PROMTOOL)
+
+$(PROMTOOL):
+	rm -rf $(OUT)/prometheus $(OUT)/cache/prometheus && mkdir -p $(OUT)/cache/prometheus
+	cd $(OUT)/cache/prometheus && { apt-get download prometheus 2>/dev/null || { apt-get update -qq && apt-get download prometheus; }; }
+	dpkg-deb -x $(OUT)/cache/prometheus/prometheus_*.deb $(OUT)/prometheus
+	$(PROMTOOL) --version >/dev/null
 
 $(VENV_STAMP):
 	rm -rf $(VENV)
@@ -102,7 +112,7 @@ unit-test:
 # The namespace tests, and publish against moto with the real image (so the image comes first).
 integration-test: build image-builder image
 	BASTION_BIN=$(CURDIR)/target/release/bastion BASTION_IMAGE_BIN=$(CURDIR)/$(IMAGE_BUILDER) \
-	  BASTION_DISK=$(CURDIR)/$(DISK) BASTION_VENV=$(CURDIR)/$(VENV) \
+	  BASTION_DISK=$(CURDIR)/$(DISK) BASTION_VENV=$(CURDIR)/$(VENV) BASTION_PROMTOOL=$(CURDIR)/$(PROMTOOL) \
 	  $(CARGO) test --release -p bastion-tests -- --test-threads=1 --include-ignored
 
 test: test-deps gates unit-test integration-test boot-test

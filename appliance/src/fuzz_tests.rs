@@ -84,7 +84,7 @@ proptest! {
         let method = if head { "HEAD" } else { "GET" };
         let got = receive(format!("{method} {path}?x=1 HTTP/1.1\r\nHost: h\r\n\r\n").as_bytes());
         let want = if head { Method::Head } else { Method::Get };
-        prop_assert_eq!(got, Received::Request { method: want, path });
+        prop_assert_eq!(got, Received::Request { method: want, path, openmetrics: false });
     }
 
     #[test]

@@ -1,6 +1,9 @@
-//! `GET /metrics`: the service's [`StatusReport`] as Prometheus metrics, in the OpenMetrics text
-//! format (`prometheus-client`'s encoder), on a port of its own (`[metrics] listen`; off by
-//! default), served by the same bounded responder as the health port.
+//! `GET /metrics`: the service's [`StatusReport`] as Prometheus metrics, on a port of its own
+//! (`[metrics] listen`; off by default), served by the same bounded responder as the health
+//! port. Negotiated as client_golang does: the OpenMetrics text format (`prometheus-client`'s
+//! encoder) when `Accept` asks for it (Prometheus does), else the text format 0.0.4
+//! ([`text_format`]: counters named with their `_total`, no `# EOF`), which curl, `promtool
+//! check metrics` and older agents read.
 //!
 //! The `wireguard_*` series have the names and labels of prometheus_wireguard_exporter
 //! (`interface`, `public_key`, `allowed_ips`, `friendly_name`, and `remote_ip`/`remote_port`
@@ -24,8 +27,10 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 
-/// The `Content-Type` of the answer.
+/// The `Content-Type` of an OpenMetrics answer.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The `Content-Type` of a text format 0.0.4 answer.
+pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// The conditions health judges (the prefix of each failing line), each a
 /// `bastion_health_condition_failing` series that is always present, 0 or 1.
 pub const CONDITIONS: [&str; 7] = ["draining", "tun", "udp", "nat", "forwarding", "event loop", "selftest"];
@@ -53,12 +58,60 @@ pub fn answer(received: &Received, report: impl FnOnce() -> StatusReport) -> Vec
             text(404, "not found: the metrics are at /metrics\n", false)
         }
         Received::Request { method: Method::Other, .. } => text(405, "method not allowed: use GET or HEAD\n", true),
-        Received::Request { method, .. } => {
-            let body = render(&report());
+        Received::Request { method, openmetrics, .. } => {
+            let openmetrics_text = render(&report());
+            let (content_type, body) = if *openmetrics {
+                (CONTENT_TYPE, openmetrics_text)
+            } else {
+                (TEXT_CONTENT_TYPE, text_format(&openmetrics_text))
+            };
             let omitted = if *method == Method::Head { Body::Omitted } else { Body::Sent };
-            exchange::response(200, CONTENT_TYPE, body.as_bytes(), omitted, false)
+            exchange::response(200, content_type, body.as_bytes(), omitted, false)
         }
     }
+}
+
+/// The text format 0.0.4 of OpenMetrics text as [`render`] writes it: a counter family
+/// `x` (samples `x_total`) is announced as `x_total`, an info family `x` (samples `x_info`)
+/// as the gauge `x_info`; `_created` samples, `# UNIT` and `# EOF` are dropped. Pure.
+pub fn text_format(openmetrics: &str) -> String {
+    let mut out = String::with_capacity(openmetrics.len());
+    let mut help: Option<(&str, &str)> = None;
+    let mut created: Option<String> = None;
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            help = rest.split_once(' ').or(Some((rest, "")));
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, "untyped"));
+            let (name, kind) = match kind {
+                "counter" if !name.ends_with("_total") => (format!("{name}_total"), "counter"),
+                "info" => (format!("{name}_info"), "gauge"),
+                "counter" | "gauge" | "histogram" | "summary" => (name.to_string(), kind),
+                _ => (name.to_string(), "untyped"),
+            };
+            created = (kind == "counter").then(|| format!("{}_created", name.trim_end_matches("_total")));
+            if let Some((help_name, text)) = help.take() {
+                if name.starts_with(help_name) {
+                    out.push_str(&format!("# HELP {name} {text}\n"));
+                }
+            }
+            out.push_str(&format!("# TYPE {name} {kind}\n"));
+            continue;
+        }
+        if let Some(created) = &created {
+            if line.starts_with(created.as_str()) {
+                continue;
+            }
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
 }
 
 /// The report as OpenMetrics text (ends with `# EOF`).
@@ -303,15 +356,50 @@ mod tests {
     }
 
     #[test]
+    fn the_text_format_names_counters_with_their_total() {
+        let text = text_format(&render(&example()));
+        // Every family announced under the name its samples carry.
+        let mut announced = std::collections::HashSet::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').unwrap();
+                assert!(["counter", "gauge", "untyped", "histogram", "summary"].contains(&kind), "{line}");
+                if kind == "counter" {
+                    assert!(name.ends_with("_total"), "{line}");
+                }
+                announced.insert(name.to_string());
+            } else if !line.starts_with('#') && !line.is_empty() {
+                let name = line.split(['{', ' ']).next().unwrap();
+                assert!(announced.contains(name), "sample {name} of no announced family:\n{text}");
+                assert!(!name.ends_with("_created"), "{line}");
+            }
+        }
+        assert!(text.contains("# TYPE wireguard_sent_bytes_total counter\n"), "{text}");
+        assert!(!text.contains("# EOF") && !text.contains("# UNIT"));
+        // A hand-written case: an info family and a counter with `_created`.
+        let om = "# HELP build Build.\n# TYPE build info\nbuild_info{v=\"1\"} 1\n# HELP x Things.\n# TYPE x counter\n\
+                  x_total 3\nx_created 1.0\n# EOF\n";
+        assert_eq!(
+            text_format(om),
+            "# HELP build_info Build.\n# TYPE build_info gauge\nbuild_info{v=\"1\"} 1\n# HELP x_total Things.\n\
+             # TYPE x_total counter\nx_total 3\n"
+        );
+    }
+
+    #[test]
     fn http_answers() {
         let get = |path: &str, method| {
-            let received = Received::Request { method, path: path.into() };
+            let received = Received::Request { method, path: path.into(), openmetrics: true };
             String::from_utf8(answer(&received, example)).unwrap()
         };
         let ok = get("/metrics", Method::Get);
         assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
         assert!(ok.contains(&format!("Content-Type: {CONTENT_TYPE}\r\n")));
         assert!(ok.ends_with("# EOF\n"));
+        let plain = Received::Request { method: Method::Get, path: "/metrics".into(), openmetrics: false };
+        let plain = String::from_utf8(answer(&plain, example)).unwrap();
+        assert!(plain.contains(&format!("Content-Type: {TEXT_CONTENT_TYPE}\r\n")), "{plain}");
+        assert!(!plain.contains("# EOF"), "{plain}");
         let head = get("/metrics", Method::Head);
         assert!(head.ends_with("\r\n\r\n") && head.contains("Content-Length: "), "{head}");
         assert!(get("/", Method::Get).starts_with("HTTP/1.1 404"));

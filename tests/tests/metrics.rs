@@ -1,7 +1,9 @@
 //! `GET /metrics` of `bastion run` with `[metrics] listen`: a wireguard-go client's bytes and
 //! handshake in prometheus_wireguard_exporter's series, the bastion's own series, never a key,
-//! never on the health port; and the scrape time with 1,000 peers (`FIGURE ...`, no timed
-//! assertion).
+//! never on the health port; OpenMetrics for a scraper that asks for it (Prometheus's own
+//! `Accept`), the text format 0.0.4 otherwise, which `promtool check metrics` (Prometheus 2.42,
+//! from Debian's package) finds clean; and the scrape time with 1,000 peers (`FIGURE ...`, no
+//! timed assertion).
 //!
 //! Needs root and `BASTION_BIN` (`make integration-test` sets it).
 
@@ -17,14 +19,26 @@ use bastion_tests::{Netns, Topology};
 const START: Duration = Duration::from_secs(30);
 const METRICS_PORT: u16 = 9586;
 
-/// One raw `GET /metrics` from inside `ns` (no size limit: 1,000 peers make ~1.5 MB): the head,
-/// the body and how long the whole exchange took.
+/// What Prometheus 2.42 sends as `Accept`.
+const PROMETHEUS_ACCEPT: &str = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+
+/// One raw `GET /metrics` from inside `ns` as Prometheus asks (no size limit: 1,000 peers make
+/// ~1.5 MB): the head, the body and how long the whole exchange took.
 fn scrape(ns: &Netns, port: u16) -> (String, String, Duration) {
-    ns.enter(|| {
+    scrape_accepting(ns, port, Some(PROMETHEUS_ACCEPT))
+}
+
+/// The same with this `Accept` header (`None`: none, as curl sends).
+fn scrape_accepting(ns: &Netns, port: u16, accept: Option<&str>) -> (String, String, Duration) {
+    let request = match accept {
+        Some(a) => format!("GET /metrics HTTP/1.1\r\nHost: bastion\r\nAccept: {a}\r\n\r\n"),
+        None => "GET /metrics HTTP/1.1\r\nHost: bastion\r\n\r\n".to_string(),
+    };
+    ns.enter(move || {
         let started = Instant::now();
         let mut stream = TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))).expect("connect to metrics");
         stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: bastion\r\n\r\n").unwrap();
+        stream.write_all(request.as_bytes()).unwrap();
         let mut raw = Vec::new();
         stream.read_to_end(&mut raw).expect("read the metrics");
         let took = started.elapsed();
@@ -41,6 +55,14 @@ fn sample(body: &str, series: &str, labels: &[&str]) -> Option<f64> {
         .find(|l| labels.iter().all(|want| l.contains(want)))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
+}
+
+/// `BASTION_PROMTOOL`, else `out/prometheus/usr/bin/promtool` (`make test-deps` unpacks it).
+fn promtool() -> String {
+    let path = std::env::var("BASTION_PROMTOOL")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../out/prometheus/usr/bin/promtool").to_string());
+    assert!(std::path::Path::new(&path).is_file(), "no promtool at {path}: run `make test-deps`");
+    path
 }
 
 #[test]
@@ -104,6 +126,24 @@ fn a_clients_traffic_and_the_bastions_state_are_scraped() {
         Duration::from_secs(2),
     );
     assert!(through_tunnel.is_err(), "a peer scraped the metrics: {through_tunnel:?}");
+    // A scraper that does not ask for OpenMetrics gets the text format 0.0.4, and promtool
+    // finds it clean; fed the OpenMetrics answer, promtool 2.42 reads it as 0.0.4 and stops at
+    // the first counter (`_total` samples of a family announced without it).
+    let (plain_head, plain, _) = scrape_accepting(&topo.bastion, METRICS_PORT, None);
+    assert!(plain_head.contains("Content-Type: text/plain; version=0.0.4"), "{plain_head}");
+    assert!(plain.contains("# TYPE wireguard_sent_bytes_total counter\n") && !plain.contains("# EOF"), "{plain}");
+    assert!(sample(&plain, "wireguard_sent_bytes_total", &peer).is_some_and(|v| v >= sent), "{plain}");
+    let promtool = promtool();
+    let checked =
+        bastion_tests::command::run_with_input(&[promtool.as_str(), "check", "metrics"], Some(plain.as_bytes()));
+    assert!(checked.success(), "promtool check metrics on the 0.0.4 answer: {checked}\n{plain}");
+    let checked =
+        bastion_tests::command::run_with_input(&[promtool.as_str(), "check", "metrics"], Some(body.as_bytes()));
+    eprintln!(
+        "FIGURE promtool on the OpenMetrics answer (read as 0.0.4): exit {:?}, {}",
+        checked.code,
+        checked.stderr.lines().chain(checked.stdout.lines()).find(|l| !l.trim().is_empty()).unwrap_or("")
+    );
     // A drain shows in the metrics too.
     bastion.process.signal(libc::SIGTERM);
     bastion.wait_health("the drain", Duration::from_secs(3), |r| r.status == 503).unwrap();

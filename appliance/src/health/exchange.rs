@@ -19,8 +19,9 @@ const MAX_HEADERS: usize = 32;
 pub enum Received {
     /// Not a whole request head yet, and still within the limit: read more.
     Incomplete,
-    /// A whole request head: what was asked for.
-    Request { method: Method, path: String },
+    /// A whole request head: what was asked for, and whether its `Accept` names the
+    /// OpenMetrics text format (what Prometheus sends; curl and older agents do not).
+    Request { method: Method, path: String, openmetrics: bool },
     /// Not HTTP, or over the limits: answer with this status and close.
     Refused(Refusal),
 }
@@ -54,7 +55,11 @@ pub fn receive(bytes: &[u8]) -> Received {
             };
             let target = request.path.unwrap_or("");
             let path = target.split('?').next().unwrap_or("").to_string();
-            Received::Request { method, path }
+            let openmetrics = request.headers.iter().any(|h| {
+                h.name.eq_ignore_ascii_case("accept")
+                    && String::from_utf8_lossy(h.value).to_ascii_lowercase().contains("application/openmetrics-text")
+            });
+            Received::Request { method, path, openmetrics }
         }
         Ok(httparse::Status::Partial) if bytes.len() >= MAX_REQUEST_BYTES => Received::Refused(Refusal::TooLarge),
         Ok(httparse::Status::Partial) => Received::Incomplete,
@@ -134,6 +139,10 @@ mod tests {
         Verdict::Healthy("wg0 up".into())
     }
 
+    fn request(method: Method, path: &str, openmetrics: bool) -> Received {
+        Received::Request { method, path: path.into(), openmetrics }
+    }
+
     fn text(received: &Received) -> String {
         String::from_utf8(answer(received, healthy)).unwrap()
     }
@@ -141,10 +150,17 @@ mod tests {
     #[test]
     fn requests_are_told_apart_by_method_and_path() {
         let cases: &[(&[u8], Received)] = &[
-            (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", Received::Request { method: Method::Get, path: "/".into() }),
-            (b"HEAD /?probe=1 HTTP/1.0\r\n\r\n", Received::Request { method: Method::Head, path: "/".into() }),
-            (b"POST / HTTP/1.1\r\n\r\n", Received::Request { method: Method::Other, path: "/".into() }),
-            (b"GET /metrics HTTP/1.1\r\n\r\n", Received::Request { method: Method::Get, path: "/metrics".into() }),
+            (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", request(Method::Get, "/", false)),
+            (b"HEAD /?probe=1 HTTP/1.0\r\n\r\n", request(Method::Head, "/", false)),
+            (b"POST / HTTP/1.1\r\n\r\n", request(Method::Other, "/", false)),
+            (b"GET /metrics HTTP/1.1\r\n\r\n", request(Method::Get, "/metrics", false)),
+            // What Prometheus 2.x sends, and a bare one.
+            (
+                b"GET /metrics HTTP/1.1\r\nAccept: application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1\r\n\r\n",
+                request(Method::Get, "/metrics", true),
+            ),
+            (b"GET /metrics HTTP/1.1\r\naccept: Application/OpenMetrics-Text\r\n\r\n", request(Method::Get, "/metrics", true)),
+            (b"GET /metrics HTTP/1.1\r\nAccept: text/plain\r\n\r\n", request(Method::Get, "/metrics", false)),
             (b"GET / HTTP/1.1\r\nHost: x\r\n", Received::Incomplete),
             (b"", Received::Incomplete),
             (b"\x00\x01garbage\r\n\r\n", Received::Refused(Refusal::Malformed)),
