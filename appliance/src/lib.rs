@@ -2,10 +2,13 @@
 //! (or another binary) can call. `ARCHITECTURE.md` at the top of the repository is the map.
 //!
 //! - `config` — the TOML schema and its validation; `convert` — wg-quick files into it;
+//!   `source` — where a config comes from (the file, SSM parameters);
 //! - `enroll` — `bastion peer add/remove/list`: a peer into the file, its client config out;
+//!   `config_edit` — editing the file in place (lock, symlink, atomic write);
 //! - `keys` — WireGuard keys and the masking of key-like text in diagnostics; `log` — lines;
 //! - `tunnel` — the WireGuard data plane; `nat` (+ `netlink`) — forwarding and our nftables table;
-//! - `health` — the HTTP health responder; `status` — the local status socket;
+//! - `health` — the bounded HTTP responder and the health answer; `metrics` — `GET /metrics`;
+//!   `status` — the status report; `control` — the local control socket (status, reload);
 //! - `selftest` — the in-process WireGuard client that proves the data plane works;
 //! - `service` — `bastion run`, which puts the above together; `siblings` — taking a dead
 //!   sibling out of the load balancer (`[siblings]`);

@@ -31,9 +31,6 @@ use std::sync::atomic::AtomicU64;
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 /// The `Content-Type` of a text format 0.0.4 answer.
 pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
-/// The conditions health judges (the prefix of each failing line), each a
-/// `bastion_health_condition_failing` series that is always present, 0 or 1.
-pub const CONDITIONS: [&str; 7] = ["draining", "tun", "udp", "nat", "forwarding", "event loop", "selftest"];
 
 type Labels = Vec<(String, String)>;
 
@@ -184,10 +181,11 @@ pub fn render(report: &StatusReport) -> String {
     );
     registry.register("bastion_draining", "1 while draining before a stop", gauge(i64::from(report.draining)));
     let conditions = Family::<Labels, Gauge>::default();
-    for condition in CONDITIONS {
-        let failing = report.health.failing.iter().any(|line| condition_of(line) == Some(condition));
+    // Every condition the judge knows is a series, always present, 0 or 1.
+    for condition in crate::health::Condition::ALL {
+        let failing = report.health.conditions.iter().any(|c| c == condition.label());
         conditions
-            .get_or_create(&vec![interface(), ("condition".to_string(), condition.replace(' ', "_"))])
+            .get_or_create(&vec![interface(), ("condition".to_string(), condition.label().to_string())])
             .set(i64::from(failing));
     }
     registry.register(
@@ -278,12 +276,6 @@ fn escaped(value: &str) -> String {
         }
     }
     out
-}
-
-/// The condition a failing health line is about: the words before its first `:`.
-fn condition_of(line: &str) -> Option<&str> {
-    let prefix = line.split(':').next()?;
-    CONDITIONS.iter().copied().find(|c| *c == prefix)
 }
 
 #[cfg(test)]

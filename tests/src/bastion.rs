@@ -280,6 +280,7 @@ impl Drop for Bastion {
 /// test to place a log line on the test's own timeline.
 pub fn log_clock_now() -> f64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec into `ts`, a live local.
     let rc = unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
     assert_eq!(rc, 0, "clock_gettime(CLOCK_BOOTTIME) failed");
     ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9

@@ -73,6 +73,7 @@ pub fn unique_name(role: &str) -> String {
 /// A random number from the kernel (no crate needed for a test prefix or a flood's seed).
 pub fn random_u64() -> u64 {
     let mut bytes = [0u8; 8];
+    // SAFETY: getrandom writes at most `bytes.len()` bytes into the live local array.
     let filled = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
     assert_eq!(filled, 8, "getrandom failed");
     u64::from_ne_bytes(bytes)
@@ -81,6 +82,7 @@ pub fn random_u64() -> u64 {
 /// Panics with a clear message unless the tests can run here: root, and the tools installed
 /// (`make test-deps` installs them on Debian).
 pub fn require_root_and_tools() {
+    // SAFETY: geteuid(2) has no arguments and cannot fail.
     assert_eq!(unsafe { libc::geteuid() }, 0, "the integration tests create network namespaces: run them as root");
     require_tools(&["ip", "wg", "wireguard-go", "nft", "ping", "sysctl"]);
     assert!(

@@ -96,6 +96,7 @@ impl Netns {
                     let file =
                         std::fs::File::open(&path).unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()));
                     // setns(CLONE_NEWNET) changes only this thread's namespace.
+                    // SAFETY: setns(2) takes an open fd (borrowed from `file`) and a flag; it changes only this thread.
                     let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
                     assert_eq!(rc, 0, "setns into {}: {}", path.display(), std::io::Error::last_os_error());
                     f()
@@ -114,6 +115,7 @@ impl Netns {
         let path = Path::new("/var/run/netns").join(&self.name);
         std::thread::spawn(move || {
             let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()));
+            // SAFETY: setns(2) takes an open fd (borrowed from `file`) and a flag; it changes only this thread.
             let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
             assert_eq!(rc, 0, "setns into {}: {}", path.display(), std::io::Error::last_os_error());
             f()
@@ -138,6 +140,7 @@ impl Drop for Netns {
         // Guards normally stopped everything already; this catches what escaped them, so the
         // namespace (and its interfaces) really goes away.
         for pid in self.pids() {
+            // SAFETY: kill(2) takes plain integers; a pid that is gone only makes it fail.
             unsafe {
                 libc::kill(pid, libc::SIGKILL);
             }

@@ -39,6 +39,8 @@ impl Process {
         for (k, v) in envs {
             cmd.env(k, v);
         }
+        // SAFETY: the closure runs between fork and exec and calls only prctl(2), which is
+        //   async-signal-safe, and allocates nothing.
         unsafe {
             cmd.pre_exec(|| {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
@@ -125,6 +127,7 @@ impl Process {
         // Under the lock: a reaped pid could be reused, so never signal after reaping.
         let state = self.state();
         if state.1.is_none() {
+            // SAFETY: kill(2) takes plain integers; the pid is ours and not yet reaped (checked under the lock).
             unsafe {
                 libc::kill(self.pid, signal);
             }

@@ -43,10 +43,12 @@ impl ScratchNetns {
 /// Runs `body` on a new thread inside a new, empty network namespace (with `lo` up).
 pub fn run<T: Send + 'static>(body: impl FnOnce(&ScratchNetns) -> T + Send + 'static) -> T {
     assert!(
+        // SAFETY: geteuid(2) has no arguments and cannot fail.
         unsafe { libc::geteuid() } == 0,
         "kernel tests need root (they create network namespaces); run them as root"
     );
     let handle = std::thread::spawn(move || {
+        // SAFETY: unshare(2) takes a flag; it changes only this thread's network namespace.
         if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
             panic!("unshare(CLONE_NEWNET): {}", std::io::Error::last_os_error());
         }
@@ -168,6 +170,8 @@ pub fn drop_capabilities() {
     const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
     let header = Header { version: LINUX_CAPABILITY_VERSION_3, pid: 0 };
     let data = [Data { effective: 0, permitted: 0, inheritable: 0 }; 2];
+    // SAFETY: capset reads one header and two data structs, laid out as the kernel's v3 ABI
+    //   (`#[repr(C)]`), from live locals.
     let rc = unsafe { libc::syscall(libc::SYS_capset, &header as *const Header, data.as_ptr()) };
     assert_eq!(rc, 0, "capset: {}", std::io::Error::last_os_error());
 }

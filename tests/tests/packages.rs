@@ -15,6 +15,7 @@ use bastion_tests::{unique_name, RunDir};
 #[ignore = "needs root and the Debian archive: `make integration-test` runs it"]
 fn a_pin_gone_from_the_archive_falls_back_to_the_newest_and_says_so() {
     bastion_tests::require_tools(&["apt-get", "apt-cache", "dpkg", "sha256sum"]);
+    // SAFETY: geteuid(2) has no arguments and cannot fail.
     assert_eq!(unsafe { libc::geteuid() }, 0, "apt-get needs root");
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let script = workspace.join("image/fetch-packages.sh");

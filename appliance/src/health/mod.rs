@@ -28,6 +28,60 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+/// A condition the service's health depends on: every failing line of a 503 is about one, and
+/// each is a `bastion_health_condition_failing` series. Typed, so that rewording a line never
+/// changes a metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Condition {
+    Draining,
+    Tun,
+    Udp,
+    Nat,
+    Forwarding,
+    EventLoop,
+    Selftest,
+}
+
+impl Condition {
+    pub const ALL: [Condition; 7] = [
+        Condition::Draining,
+        Condition::Tun,
+        Condition::Udp,
+        Condition::Nat,
+        Condition::Forwarding,
+        Condition::EventLoop,
+        Condition::Selftest,
+    ];
+
+    /// How its lines start (`event loop: ...`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Condition::Draining => "draining",
+            Condition::Tun => "tun",
+            Condition::Udp => "udp",
+            Condition::Nat => "nat",
+            Condition::Forwarding => "forwarding",
+            Condition::EventLoop => "event loop",
+            Condition::Selftest => "selftest",
+        }
+    }
+
+    /// Its metrics label and status JSON name (`event_loop`).
+    pub fn label(self) -> &'static str {
+        match self {
+            Condition::EventLoop => "event_loop",
+            other => other.name(),
+        }
+    }
+}
+
+/// One failing condition and the line that says why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failing {
+    pub condition: Condition,
+    pub line: String,
+}
+
 /// What the health check says right now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {

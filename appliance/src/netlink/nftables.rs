@@ -689,6 +689,7 @@ fn read_acks(
 
 fn grow_buffer(socket: &Socket, forced: libc::c_int, plain: libc::c_int, size: usize) {
     let size = size.min(64 * 1024 * 1024) as libc::c_int;
+    // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from `&size`, a live c_int; the fd is open.
     let set = |name| unsafe {
         libc::setsockopt(
             socket.raw_fd(),

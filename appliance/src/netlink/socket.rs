@@ -105,13 +105,17 @@ pub struct Socket {
 impl Socket {
     /// Opens a netlink socket of `protocol` (NETLINK_ROUTE, NETLINK_NETFILTER).
     pub fn open(protocol: libc::c_int) -> io::Result<Socket> {
+        // SAFETY: socket(2) takes plain integers and returns a new fd or -1.
         let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, protocol) };
         if fd < 0 {
             return Err(context(io::Error::last_os_error(), "open netlink socket"));
         }
+        // SAFETY: `fd` was just returned by socket(2) (checked >= 0) and nothing else owns it.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: sockaddr_nl is plain old data: all zeroes is a valid value (pid 0 = the kernel).
         let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
         addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+        // SAFETY: bind reads `size_of::<sockaddr_nl>()` bytes from `&addr`, which lives across the call.
         let rc = unsafe {
             libc::bind(
                 fd.as_raw_fd(),
@@ -126,6 +130,7 @@ impl Socket {
         set_int_option(&fd, SOL_NETLINK, NETLINK_CAP_ACK, 1);
         set_int_option(&fd, SOL_NETLINK, NETLINK_EXT_ACK, 1);
         let timeout = libc::timeval { tv_sec: ANSWER_TIMEOUT.as_secs() as _, tv_usec: 0 };
+        // SAFETY: setsockopt reads `size_of::<timeval>()` bytes from `&timeout`, a live timeval.
         let rc = unsafe {
             libc::setsockopt(
                 fd.as_raw_fd(),
@@ -155,8 +160,10 @@ impl Socket {
     }
 
     pub fn send(&self, bytes: &[u8]) -> io::Result<()> {
+        // SAFETY: sockaddr_nl is plain old data: all zeroes is a valid value (pid 0 = the kernel).
         let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
         addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+        // SAFETY: sendto reads `bytes.len()` bytes from the live slice and the address from `&addr`.
         let n = unsafe {
             libc::sendto(
                 self.fd.as_raw_fd(),
@@ -180,9 +187,12 @@ impl Socket {
     /// `wait` false returns Ok(None) when nothing is queued.
     pub fn receive(&mut self, wait: bool) -> io::Result<Option<usize>> {
         loop {
+            // SAFETY: sockaddr_nl is plain old data: all zeroes is a valid value.
             let mut from: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
             let mut from_len = std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t;
             let flags = libc::MSG_TRUNC | if wait { 0 } else { libc::MSG_DONTWAIT };
+            // SAFETY: recvfrom writes at most `self.buf.len()` bytes into `self.buf` and at most `from_len`
+            //   bytes into `from`; both are live, exclusively borrowed buffers.
             let n = unsafe {
                 libc::recvfrom(
                     self.fd.as_raw_fd(),
@@ -317,6 +327,8 @@ fn check_flag(bytes: &[u8], flag: u16) -> io::Result<()> {
 }
 
 fn set_int_option(fd: &OwnedFd, level: libc::c_int, name: libc::c_int, value: libc::c_int) {
+    // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from `&value`, a live c_int; the fd is
+    // borrowed, so open.
     unsafe {
         libc::setsockopt(
             fd.as_raw_fd(),

@@ -5,7 +5,7 @@
 
 use super::ServiceState;
 use crate::config::InterfaceAddress;
-use crate::health::Verdict;
+use crate::health::{Condition, Failing, Verdict};
 use crate::nat;
 use crate::netlink::route;
 use crate::tunnel::DataPlane;
@@ -46,48 +46,65 @@ pub struct Facts {
     pub selftest: Option<(bool, String)>,
 }
 
-/// 200 when every condition holds, else 503 with one line per failing condition.
-pub fn judge(facts: &Facts) -> Verdict {
+/// Every condition that fails, with its line (empty: healthy).
+pub fn failing(facts: &Facts) -> Vec<Failing> {
     let name = &facts.interface;
     let mut failing = Vec::new();
+    let mut fail = |condition, line: String| failing.push(Failing { condition, line });
     if let Some(left) = facts.drain_left {
-        failing.push(format!("draining: shutting down, {} s left", left.as_secs()));
+        fail(Condition::Draining, format!("draining: shutting down, {} s left", left.as_secs()));
     }
     match &facts.tun {
         TunState::Up { missing } => {
-            failing.extend(missing.iter().map(|want| format!("tun: {name} has lost its address {want}")))
+            for want in missing {
+                fail(Condition::Tun, format!("tun: {name} has lost its address {want}"));
+            }
         }
-        TunState::Down => failing.push(format!("tun: {name} is down")),
-        TunState::Missing => failing.push(format!("tun: {name} does not exist")),
-        TunState::Unreadable(e) => failing.push(format!("tun: cannot read the state of {name}: {e}")),
+        TunState::Down => fail(Condition::Tun, format!("tun: {name} is down")),
+        TunState::Missing => fail(Condition::Tun, format!("tun: {name} does not exist")),
+        TunState::Unreadable(e) => fail(Condition::Tun, format!("tun: cannot read the state of {name}: {e}")),
     }
     if !facts.udp_bound {
-        failing.push("udp: the WireGuard socket is not bound".into());
+        fail(Condition::Udp, "udp: the WireGuard socket is not bound".into());
     }
+    let table = nat::table_name(&facts.interface);
     match &facts.nat_table {
         Ok(true) => {}
-        Ok(false) => failing.push(format!("nat: table inet {} is missing", nat::table_name(&facts.interface))),
-        Err(e) => failing.push(format!("nat: cannot read table inet {}: {e}", nat::table_name(&facts.interface))),
+        Ok(false) => fail(Condition::Nat, format!("nat: table inet {table} is missing")),
+        Err(e) => fail(Condition::Nat, format!("nat: cannot read table inet {table}: {e}")),
     }
     if !facts.forwarding_on {
-        failing.push(if facts.ipv6 {
-            "forwarding: net.ipv4.ip_forward or net.ipv6.conf.all.forwarding is off".into()
-        } else {
-            "forwarding: net.ipv4.ip_forward is off".into()
-        });
+        fail(
+            Condition::Forwarding,
+            if facts.ipv6 {
+                "forwarding: net.ipv4.ip_forward or net.ipv6.conf.all.forwarding is off".into()
+            } else {
+                "forwarding: net.ipv4.ip_forward is off".into()
+            },
+        );
     }
     if facts.heartbeat_age > HEARTBEAT_LIMIT {
-        failing.push(format!("event loop: no heartbeat for {:.1} s", facts.heartbeat_age.as_secs_f64()));
+        fail(Condition::EventLoop, format!("event loop: no heartbeat for {:.1} s", facts.heartbeat_age.as_secs_f64()));
     }
     match &facts.selftest {
         Some((true, _)) => {}
-        Some((false, line)) => failing.push(line.clone()),
-        None => failing.push("selftest: not run yet".into()),
+        Some((false, line)) => fail(Condition::Selftest, line.clone()),
+        None => fail(Condition::Selftest, "selftest: not run yet".into()),
     }
+    failing
+}
+
+/// 200 when every condition holds, else 503 with one line per failing condition.
+pub fn judge(facts: &Facts) -> Verdict {
+    verdict_of(&facts.interface, &failing(facts))
+}
+
+/// The verdict for these failing conditions of `interface`.
+pub fn verdict_of(interface: &str, failing: &[Failing]) -> Verdict {
     if failing.is_empty() {
-        Verdict::Healthy(format!("{name} up"))
+        Verdict::Healthy(format!("{interface} up"))
     } else {
-        Verdict::Unhealthy(failing)
+        Verdict::Unhealthy(failing.iter().map(|f| f.line.clone()).collect())
     }
 }
 
@@ -147,6 +164,27 @@ mod tests {
             heartbeat_age: Duration::from_millis(300),
             selftest: Some((true, "selftest: PASS handshake 1.0 ms".into())),
         }
+    }
+
+    #[test]
+    fn each_failing_line_is_typed_by_the_condition_it_starts_with() {
+        let all_failing = Facts {
+            drain_left: Some(Duration::from_secs(3)),
+            tun: TunState::Down,
+            udp_bound: false,
+            nat_table: Ok(false),
+            forwarding_on: false,
+            heartbeat_age: Duration::from_secs(5),
+            selftest: Some((false, "selftest: FAIL no handshake".into())),
+            ..healthy()
+        };
+        let failing = failing(&all_failing);
+        let conditions: Vec<Condition> = failing.iter().map(|f| f.condition).collect();
+        assert_eq!(conditions, Condition::ALL.to_vec(), "every condition, once, in order");
+        for f in &failing {
+            assert!(f.line.starts_with(&format!("{}: ", f.condition.name())), "{f:?}");
+        }
+        assert!(super::failing(&healthy()).is_empty());
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! last handshake and bytes, the drop counters. Filled from what the threads know now; never
 //! keys (the report has no field for one).
 
-use super::judge::verdict;
+use super::judge::{failing, observe, verdict_of};
 use super::ServiceState;
 use crate::health::Verdict;
 use crate::status::{self, StatusReport};
@@ -18,7 +18,9 @@ pub struct Identity {
 }
 
 pub fn report(state: &ServiceState, data_plane: &DataPlane, identity: &Identity) -> StatusReport {
-    let verdict = verdict(state, data_plane);
+    let failing = failing(&observe(state, data_plane));
+    let verdict = verdict_of(data_plane.name(), &failing);
+    let conditions = failing.iter().map(|f| f.condition.label().to_string()).collect();
     let failing = match &verdict {
         Verdict::Unhealthy(reasons) => reasons.clone(),
         Verdict::Healthy(_) => Vec::new(),
@@ -50,7 +52,7 @@ pub fn report(state: &ServiceState, data_plane: &DataPlane, identity: &Identity)
         interface: data_plane.name().to_string(),
         public_key: identity.public_key.clone(),
         listen_port: identity.listen_port,
-        health: status::Health { status: verdict.status(), failing },
+        health: status::Health { status: verdict.status(), failing, conditions },
         draining: state.drain_left().is_some(),
         selftest: state.last_selftest().map(|last| status::SelfTest {
             passed: last.passed,

@@ -35,6 +35,10 @@ pub struct Health {
     pub status: u16,
     /// One line per failing condition (empty when 200).
     pub failing: Vec<String>,
+    /// The failing conditions by label (`nat`, `event_loop`...), one per line of `failing`
+    /// (a service before this field sends none).
+    #[serde(default)]
+    pub conditions: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -184,7 +188,11 @@ pub(crate) fn example() -> StatusReport {
         interface: "wg0".into(),
         public_key: "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw=".into(),
         listen_port: 51820,
-        health: Health { status: 503, failing: vec!["draining: shutting down, 3 s left".into()] },
+        health: Health {
+            status: 503,
+            failing: vec!["draining: shutting down, 3 s left".into()],
+            conditions: vec!["draining".into()],
+        },
         draining: true,
         selftest: Some(SelfTest {
             passed: true,

@@ -58,6 +58,8 @@ pub fn open(name: &str, queues: usize) -> io::Result<Vec<TunQueue>> {
             .map_err(|e| io::Error::new(e.kind(), format!("open /dev/net/tun: {e}")))?;
         let mut req = IfReq { name: [0; libc::IFNAMSIZ], flags: IFF_TUN | IFF_NO_PI | IFF_MULTI_QUEUE, _pad: [0; 22] };
         req.name[..name.len()].copy_from_slice(name.as_bytes());
+        // SAFETY: TUNSETIFF reads and writes one `struct ifreq`; IfReq has its layout (name, flags,
+        //   padding to 40 bytes) and lives across the call; the fd is open.
         let rc = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF as _, &mut req) };
         if rc < 0 {
             let e = io::Error::last_os_error();

@@ -192,6 +192,8 @@ fn stop_signals() -> nix::sys::signal::SigSet {
 fn stop_pending(signals: &nix::sys::signal::SigSet) -> bool {
     let zero = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     let set = signals.as_ref() as *const libc::sigset_t;
+    // SAFETY: `set` points at the live SigSet borrowed for this call, the info pointer may be null,
+    //   and `&zero` is a live timespec: sigtimedwait only reads them.
     unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &zero) > 0 }
 }
 
@@ -427,6 +429,7 @@ fn receive_notice(socket: &socket2::Socket, timeout: Duration) -> Option<IpAddr>
     socket.set_read_timeout(Some(timeout)).ok()?;
     let mut buffer = [std::mem::MaybeUninit::<u8>::uninit(); 512];
     let (n, from) = socket.recv_from(&mut buffer).ok()?;
+    // SAFETY: recv_from initialised the first `n` bytes of `buffer`, and only those are read.
     let payload: Vec<u8> = buffer[..n].iter().map(|b| unsafe { b.assume_init() }).collect();
     move_notice::parse(&payload).ok()?;
     let source = from.as_socket()?.ip();

@@ -12,6 +12,7 @@ use std::time::Instant;
 
 /// Clock ticks per second of the `/proc` counters.
 fn ticks_per_second() -> f64 {
+    // SAFETY: sysconf(3) takes a name and returns a value or -1.
     let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     if t > 0 {
         t as f64
