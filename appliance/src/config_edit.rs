@@ -1,7 +1,8 @@
 //! Editing a config file in place (`bastion peer add/remove`): one editor at a time, the file a
 //! symlink points to edited where it is, and the new text replacing the old in one rename.
 //!
-//! What to write is `enroll`'s decision (no I/O); this module only does the file work. The lock
+//! What to write is `enroll`'s decision (no I/O); this module only does the file work
+//! ([`add_peer`], [`remove_peer`]). The lock
 //! is `flock` on the file's folder, held from before the file is read until after it is
 //! replaced: two `peer add` at once then run one after the other, and the second sees the
 //! first one's peer (so the two never get the same tunnel address). The lock goes with the
@@ -10,6 +11,64 @@
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+
+use crate::config::{self, ConfigError};
+use crate::enroll::{self, AddRequest, Added};
+use crate::keys;
+
+/// Why `peer add`/`peer remove` changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum EditError {
+    /// The file, or what the edit would make of it, is not a valid config (`check-config`'s
+    /// exit 2).
+    #[error("{0}")]
+    Invalid(ConfigError),
+    /// The file could not be locked, read or written (exit 1); the message names it.
+    #[error("{0}")]
+    Io(String),
+}
+
+/// `bastion peer add`: under the lock, reads `given` (a symlink followed), adds the peer
+/// (`enroll::add` decides), writes `fragment` first when asked (so the file never holds a peer
+/// whose fragment is missing), then the file. The new key pair is made here and its private
+/// half leaves only inside the returned client config.
+pub fn add_peer(given: &Path, request: &AddRequest, fragment: Option<&Path>) -> Result<Added, EditError> {
+    let (config, _lock) = lock_for_edit(given)?;
+    let text = config::read_config_file(&config).map_err(EditError::Invalid)?;
+    let origin = given.display().to_string();
+    let client_key = keys::PrivateKey::generate();
+    let added = enroll::add(&text, &origin, given.parent(), request, &client_key).map_err(EditError::Invalid)?;
+    drop(client_key);
+    if let Some(path) = fragment {
+        write_atomically(path, added.fragment.as_bytes(), None)
+            .map_err(|e| io_failed(&format!("{}: cannot write the fragment: {e}", path.display())))?;
+    }
+    write_atomically(&config, added.text.as_bytes(), Some(&text))
+        .map_err(|e| io_failed(&format!("{origin}: not changed: {e}")))?;
+    Ok(added)
+}
+
+/// `bastion peer remove`: under the lock, the peer `name` out of `given` (a symlink followed).
+pub fn remove_peer(given: &Path, name: &str) -> Result<(), EditError> {
+    let (config, _lock) = lock_for_edit(given)?;
+    let text = config::read_config_file(&config).map_err(EditError::Invalid)?;
+    let origin = given.display().to_string();
+    let new_text = enroll::remove(&text, &origin, given.parent(), name).map_err(EditError::Invalid)?;
+    write_atomically(&config, new_text.as_bytes(), Some(&text))
+        .map_err(|e| io_failed(&format!("{origin}: not changed: {e}")))
+}
+
+/// The file to edit (a symlink followed) and the lock that makes this the only edit of it.
+fn lock_for_edit(given: &Path) -> Result<(PathBuf, EditLock), EditError> {
+    let failed = |e: std::io::Error| io_failed(&format!("{}: not changed: {e}", given.display()));
+    let config = resolve(given).map_err(failed)?;
+    let lock = lock(&config).map_err(failed)?;
+    Ok((config, lock))
+}
+
+fn io_failed(message: &str) -> EditError {
+    EditError::Io(keys::redact_key_like(message).into_owned())
+}
 
 /// The config file an edit works on: the file a symlink points to (followed to the end), so
 /// the link stays a link; the path as given otherwise.

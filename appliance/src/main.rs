@@ -79,21 +79,21 @@ enum Command {
         /// Its userspace API socket (default /var/run/wireguard/<interface>.sock).
         #[arg(long)]
         socket: Option<PathBuf>,
-        /// Data sent and nothing received this long is a stall.
-        #[arg(long, default_value_t = 2.0)]
-        stall_seconds: f64,
-        /// While a stall lasts, move again every 2 s for 30 s, then doubling up to this.
-        #[arg(long, default_value_t = 30.0)]
-        max_backoff_seconds: f64,
-        /// How often the peers' counters are read, in milliseconds.
-        #[arg(long, default_value_t = 200)]
+        /// Data sent and nothing received this long is a stall (seconds, 0.1–3600).
+        #[arg(long, default_value = "2", value_parser = seconds_arg)]
+        stall_seconds: std::time::Duration,
+        /// While a stall lasts, move again every 2 s for 30 s, then doubling up to this (seconds, 0.1–3600).
+        #[arg(long, default_value = "30", value_parser = seconds_arg)]
+        max_backoff_seconds: std::time::Duration,
+        /// How often the peers' counters are read, in milliseconds (10–10000).
+        #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(10..=10_000))]
         poll_ms: u64,
         /// Do not listen for the bastions' move notices (UDP 821 on the interface).
         #[arg(long)]
         no_notices: bool,
         /// auto (the API socket if there is one, else the wg tool), uapi, or wg (kernel WireGuard).
-        #[arg(long, default_value = "auto")]
-        backend: String,
+        #[arg(long, default_value = "auto", value_parser = watch::Backend::parse)]
+        backend: watch::Backend,
         /// Obey move notices only from this address, the bastions' tunnel address (repeatable;
         /// default: any address of a peer's allowed IPs that is not this machine's).
         #[arg(long = "bastion-address")]
@@ -196,49 +196,24 @@ fn main() -> ExitCode {
             no_notices,
             backend,
             bastion_addresses,
-        } => {
-            let backend = match watch::Backend::parse(&backend) {
-                Ok(backend) => backend,
-                Err(e) => {
-                    eprintln!("watch: {e}");
-                    return ExitCode::from(2);
-                }
-            };
-            let seconds = |s: f64, what: &str| {
-                if s.is_finite() && (0.1..=3600.0).contains(&s) {
-                    Ok(std::time::Duration::from_secs_f64(s))
-                } else {
-                    Err(format!("--{what}: expected seconds between 0.1 and 3600, found {s}"))
-                }
-            };
-            let params =
-                match (seconds(stall_seconds, "stall-seconds"), seconds(max_backoff_seconds, "max-backoff-seconds")) {
-                    (Ok(stall_after), Ok(max_backoff)) => watch::stall::StallParams {
-                        stall_after,
-                        max_backoff,
-                        first_backoff: watch::stall::StallParams::default().first_backoff.min(max_backoff),
-                        ..watch::stall::StallParams::default()
-                    },
-                    (Err(e), _) | (_, Err(e)) => {
-                        eprintln!("watch: {e}");
-                        return ExitCode::from(2);
-                    }
-                };
-            if !(10..=10_000).contains(&poll_ms) {
-                eprintln!("watch: --poll-ms: expected 10 to 10000, found {poll_ms}");
-                return ExitCode::from(2);
-            }
-            watch::run(watch::Options {
-                interface,
-                socket,
-                poll: std::time::Duration::from_millis(poll_ms),
-                stall: params,
-                notices: !no_notices,
-                bastion_addresses,
-                backend,
-            })
-        }
+        } => watch::run(watch::Options {
+            interface,
+            socket,
+            poll: std::time::Duration::from_millis(poll_ms),
+            stall: watch::stall::StallParams::with(stall_seconds, max_backoff_seconds),
+            notices: !no_notices,
+            bastion_addresses,
+            backend,
+        }),
         Command::Reload { interface, socket } => reload(&socket.unwrap_or_else(|| control::default_socket(&interface))),
+    }
+}
+
+/// Seconds on the command line: 0.1 to 3600.
+fn seconds_arg(text: &str) -> Result<std::time::Duration, String> {
+    match text.parse::<f64>() {
+        Ok(s) if s.is_finite() && (0.1..=3600.0).contains(&s) => Ok(std::time::Duration::from_secs_f64(s)),
+        _ => Err(format!("expected seconds between 0.1 and 3600, found {text:?}")),
     }
 }
 
@@ -372,46 +347,22 @@ fn convert(file: &std::path::Path) -> ExitCode {
     }
 }
 
-/// `bastion peer ...`: the decisions are `enroll`'s; this reads the file, writes it back
-/// atomically and prints. Exit 2 for bad input (as check-config), 1 when a write fails.
+/// `bastion peer ...`: `config_edit` does the work under its lock; this prints. Exit 2 for bad
+/// input (as check-config), 1 when the file could not be locked, read or written.
 fn peer(command: PeerCommand) -> ExitCode {
     match command {
         PeerCommand::Add { config: given, endpoint, server_public_key, reach, qr, fragment, name } => {
-            let (config, _lock) = match lock_for_edit(&given) {
-                Ok(locked) => locked,
-                Err(code) => return code,
-            };
-            let text = match config::read_config_file(&config) {
-                Ok(text) => text,
-                Err(e) => return invalid(&e),
-            };
-            let origin = given.display().to_string();
             let request = enroll::AddRequest {
                 name: &name,
                 endpoint: &endpoint,
                 server_public_key: server_public_key.as_deref(),
                 reach: &reach,
             };
-            let client_key = keys::PrivateKey::generate();
-            let added = match enroll::add(&text, &origin, given.parent(), &request, &client_key) {
+            let added = match config_edit::add_peer(&given, &request, fragment.as_deref()) {
                 Ok(added) => added,
-                Err(e) => return invalid(&e),
+                Err(e) => return edit_failed(&e),
             };
-            drop(client_key);
-            // The fragment first: if it cannot be written, the file still has no peer without it.
-            if let Some(path) = &fragment {
-                if let Err(e) = config_edit::write_atomically(path, added.fragment.as_bytes(), None) {
-                    eprintln!(
-                        "{}",
-                        keys::redact_key_like(&format!("{}: cannot write the fragment: {e}", path.display()))
-                    );
-                    return ExitCode::FAILURE;
-                }
-            }
-            if let Err(e) = config_edit::write_atomically(&config, added.text.as_bytes(), Some(&text)) {
-                eprintln!("{}", keys::redact_key_like(&format!("{origin}: not changed: {e}")));
-                return ExitCode::FAILURE;
-            }
+            let origin = given.display();
             let addresses: Vec<String> = added.allowed_ips.iter().map(|n| n.to_string()).collect();
             eprintln!(
                 "{origin}: added peer {name:?} ({}, public key {}){}",
@@ -439,27 +390,13 @@ fn peer(command: PeerCommand) -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        PeerCommand::Remove { config: given, name } => {
-            let (config, _lock) = match lock_for_edit(&given) {
-                Ok(locked) => locked,
-                Err(code) => return code,
-            };
-            let text = match config::read_config_file(&config) {
-                Ok(text) => text,
-                Err(e) => return invalid(&e),
-            };
-            let origin = given.display().to_string();
-            let new_text = match enroll::remove(&text, &origin, given.parent(), &name) {
-                Ok(new_text) => new_text,
-                Err(e) => return invalid(&e),
-            };
-            if let Err(e) = config_edit::write_atomically(&config, new_text.as_bytes(), Some(&text)) {
-                eprintln!("{}", keys::redact_key_like(&format!("{origin}: not changed: {e}")));
-                return ExitCode::FAILURE;
+        PeerCommand::Remove { config: given, name } => match config_edit::remove_peer(&given, &name) {
+            Ok(()) => {
+                eprintln!("{}: removed peer {name:?}", given.display());
+                ExitCode::SUCCESS
             }
-            eprintln!("{origin}: removed peer {name:?}");
-            ExitCode::SUCCESS
-        }
+            Err(e) => edit_failed(&e),
+        },
         PeerCommand::List { config } => match config::load(&config) {
             Ok(cfg) => {
                 print!("{}", enroll::render_list(&enroll::list(&cfg)));
@@ -470,15 +407,12 @@ fn peer(command: PeerCommand) -> ExitCode {
     }
 }
 
-/// The file to edit (a symlink followed) and the lock that makes this the only edit of it.
-fn lock_for_edit(given: &Path) -> Result<(PathBuf, config_edit::EditLock), ExitCode> {
-    let failed = |e: std::io::Error| {
-        eprintln!("{}", keys::redact_key_like(&format!("{}: not changed: {e}", given.display())));
-        ExitCode::FAILURE
-    };
-    let config = config_edit::resolve(given).map_err(failed)?;
-    let lock = config_edit::lock(&config).map_err(failed)?;
-    Ok((config, lock))
+fn edit_failed(e: &config_edit::EditError) -> ExitCode {
+    eprintln!("{e}");
+    match e {
+        config_edit::EditError::Invalid(_) => ExitCode::from(2),
+        config_edit::EditError::Io(_) => ExitCode::FAILURE,
+    }
 }
 
 fn invalid(e: &config::ConfigError) -> ExitCode {

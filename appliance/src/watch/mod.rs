@@ -61,7 +61,7 @@ impl Backend {
             "auto" => Ok(Backend::Auto),
             "uapi" => Ok(Backend::Uapi),
             "wg" => Ok(Backend::WgTool),
-            other => Err(format!("--backend: expected auto, uapi or wg, found {other:?}")),
+            other => Err(format!("expected auto, uapi or wg, found {other:?}")),
         }
     }
 }

@@ -40,6 +40,15 @@ impl Default for StallParams {
     }
 }
 
+impl StallParams {
+    /// The defaults with this stall threshold and longest backoff (the first backoff is never
+    /// longer than the longest).
+    pub fn with(stall_after: Duration, max_backoff: Duration) -> StallParams {
+        let default = StallParams::default();
+        StallParams { stall_after, max_backoff, first_backoff: default.first_backoff.min(max_backoff), ..default }
+    }
+}
+
 /// One reading of a peer's counters (cumulative, as WireGuard reports them).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Counters {
