@@ -5,8 +5,10 @@
 //!
 //! The protocol is one request line (`status` or `reload`), then the answer (JSON) until the
 //! server closes. Each connection has its own short-lived thread (at most [`MAX_CONNECTIONS`]
-//! at once) and one deadline for the whole exchange ([`DEADLINE`], however slowly a client
-//! drips bytes), so a slow client delays nobody else; stopping never waits for a connection.
+//! at once) and a deadline ([`DEADLINE`], however slowly a client drips bytes) for reading the
+//! request and another for writing the answer, so a slow client delays nobody else; the time
+//! the service takes to answer (a reload that reads SSM) is not the client's and does not
+//! count. Stopping never waits for a connection.
 //!
 //! The socket's folder must be root's (or the service user's) and writable by nobody else
 //! (a root-owned sticky folder such as /tmp is fine): anyone who may rename files there could
@@ -25,7 +27,7 @@ use std::time::Duration;
 const MAX_REQUEST_BYTES: u64 = 64;
 /// A report is a few lines per peer; this caps what the client reads from a misbehaving server.
 const MAX_ANSWER_BYTES: u64 = 16 << 20;
-/// The whole exchange on one connection, request and answer.
+/// For reading the request, and again for writing the answer, on one connection.
 const DEADLINE: Duration = Duration::from_secs(2);
 /// Connections served at once; more wait in the listen backlog.
 pub const MAX_CONNECTIONS: usize = 8;
@@ -208,6 +210,10 @@ fn clear_stale(path: &Path) -> io::Result<()> {
     }
 }
 
+/// How long the service takes at most to answer a `reload` (an SSM read may retry); a reload
+/// not done by then is answered as failed.
+pub const RELOAD_ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// A folder for the service's local files (the control socket, the instance lock): made
 /// (mode 0700) when missing; refused unless it is a real folder, owned by root or by us, and
 /// writable by its owner only (or root's and sticky, as /tmp).
@@ -265,6 +271,9 @@ fn serve(mut stream: UnixStream, handle: &dyn Fn(Request) -> Vec<u8>, deadline: 
         Some(request) => handle(request),
         None => br#"{"error":"expected a request line: status or reload"}"#.to_vec(),
     };
+    // The answer gets its own deadline: a reload may take the service many seconds.
+    let deadline = std::time::Instant::now() + DEADLINE;
+    let left = || deadline.checked_duration_since(std::time::Instant::now()).filter(|d| !d.is_zero());
     let mut rest = &answer[..];
     while !rest.is_empty() {
         let Some(left) = left() else { return };
@@ -331,6 +340,19 @@ mod tests {
         server.stop();
         assert!(!path.exists(), "the socket file is removed at stop");
         assert!(ask(&path, Request::Status, DEADLINE).unwrap_err().to_string().contains("is `bastion run` running?"));
+        let _ = std::fs::remove_dir(path.parent().unwrap());
+    }
+
+    #[test]
+    fn an_answer_that_takes_the_service_longer_than_the_deadline_still_arrives() {
+        let path = scratch_socket("slow-answer");
+        let server = ControlServer::start(&path, |_| {
+            std::thread::sleep(DEADLINE + Duration::from_millis(500));
+            b"reloaded".to_vec()
+        })
+        .unwrap();
+        assert_eq!(ask(&path, Request::Reload, RELOAD_ANSWER_TIMEOUT).unwrap(), b"reloaded");
+        server.stop();
         let _ = std::fs::remove_dir(path.parent().unwrap());
     }
 

@@ -219,7 +219,9 @@ fn seconds_arg(text: &str) -> Result<std::time::Duration, String> {
 
 /// `bastion reload`: exit 0 when the source's config runs now, 1 when it was not applied.
 fn reload(socket: &std::path::Path) -> ExitCode {
-    let answer = control::ask(socket, control::Request::Reload, std::time::Duration::from_secs(90)).and_then(|bytes| {
+    // The service answers within its own timeout (a reload not done by then is an answer too).
+    let wait = control::RELOAD_ANSWER_TIMEOUT + std::time::Duration::from_secs(5);
+    let answer = control::ask(socket, control::Request::Reload, wait).and_then(|bytes| {
         serde_json::from_slice::<control::ReloadAnswer>(&bytes).map_err(|e| {
             std::io::Error::new(std::io::ErrorKind::InvalidData, format!("the answer is not a reload answer: {e}"))
         })

@@ -49,9 +49,6 @@ use std::time::{Duration, Instant};
 /// How long one self-test step (handshake, ping, each probe) may take.
 const SELFTEST_STEP_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// How long `bastion reload` waits for the service's answer (an SSM read may retry).
-const RELOAD_ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
-
 /// What `bastion run` is told on its command line.
 pub struct Options {
     pub config: PathBuf,
@@ -407,11 +404,10 @@ impl Service {
             let data_plane = Arc::downgrade(&data_plane);
             let send_notices = move || {
                 let Some(data_plane) = data_plane.upgrade() else { return };
-                let recipients = move_notices::recipients(&data_plane.peers(), data_plane.addresses());
-                let sent = move_notices::send(&recipients);
+                let (sent, asked) = move_notices::ask_everyone(&data_plane);
                 // The first round of each drain (a drain sends one every second).
                 if log_next_round.swap(false, Ordering::Relaxed) {
-                    log!("lifecycle: asked {sent} of {} peer(s) with a live session to move", recipients.len());
+                    log!("lifecycle: asked {sent} of {asked} peer(s) with a live session to move");
                 }
             };
             lifecycle::start(lifecycle::Actions {
@@ -453,12 +449,10 @@ impl Service {
         let mut next_notice = Instant::now();
         loop {
             if Instant::now() >= next_notice && Instant::now() < deadline {
-                let recipients = move_notices::recipients(&self.data_plane.peers(), self.data_plane.addresses());
-                let sent = move_notices::send(&recipients);
+                let (sent, asked) = move_notices::ask_everyone(&self.data_plane);
                 if !notices_logged {
                     log!(
-                        "drain: asked {sent} of {} peer(s) with a live session to move (UDP {}, repeated every {} s)",
-                        recipients.len(),
+                        "drain: asked {sent} of {asked} peer(s) with a live session to move (UDP {}, repeated every {} s)",
                         crate::move_notice::PORT,
                         move_notices::REPEAT.as_secs()
                     );
@@ -670,7 +664,9 @@ fn ask_main_thread(requests: &mpsc::Sender<mpsc::Sender<ReloadAnswer>>) -> Reloa
     if requests.send(reply).is_err() {
         return failed("the service is stopping");
     }
-    answer.recv_timeout(RELOAD_ANSWER_TIMEOUT).unwrap_or_else(|_| failed("no answer from the service within 60 s"))
+    answer.recv_timeout(crate::control::RELOAD_ANSWER_TIMEOUT).unwrap_or_else(|_| {
+        failed(&format!("no answer from the service within {} s", crate::control::RELOAD_ANSWER_TIMEOUT.as_secs()))
+    })
 }
 
 fn selftest_plan(config: &Config, server_public: PublicKey, client_private: PrivateKey) -> SelfTestPlan {

@@ -5,14 +5,15 @@
 //! ignore the notice (it is one UDP datagram to a port nothing listens on).
 //!
 //! [`recipients`] decides who gets one (pure); [`send`] sends them from the bastion's tunnel
-//! address, so they go through the TUN and the peers' sessions like any other packet.
+//! address, so they go through the TUN and the peers' sessions like any other packet;
+//! [`ask_everyone`] is one round of both, for the drain and the lifecycle poller alike.
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::time::Duration;
 
 use crate::config::InterfaceAddress;
 use crate::move_notice;
-use crate::tunnel::PeerStatus;
+use crate::tunnel::{DataPlane, PeerStatus};
 
 /// How often the notices are repeated during a drain (a datagram can be lost).
 pub const REPEAT: Duration = Duration::from_secs(1);
@@ -57,6 +58,12 @@ pub fn send(recipients: &[(SocketAddr, SocketAddr)]) -> usize {
         }
     }
     sent
+}
+
+/// One round: every peer with a live session is asked to move. `(sent, asked)`.
+pub fn ask_everyone(data_plane: &DataPlane) -> (usize, usize) {
+    let recipients = recipients(&data_plane.peers(), data_plane.addresses());
+    (send(&recipients), recipients.len())
 }
 
 #[cfg(test)]
