@@ -100,6 +100,20 @@ impl PingReport {
         self.replies.windows(2).map(|w| (w[1].at - w[0].at, w[1].at)).max_by(|a, b| a.0.total_cmp(&b.0))
     }
 
+    /// The longest run of requests in a row that got no answer (also at the end, when the
+    /// answers stopped for good).
+    pub fn longest_unanswered_run(&self) -> u32 {
+        let mut answered: Vec<u32> = self.replies.iter().map(|r| r.seq).collect();
+        answered.sort_unstable();
+        let mut longest = 0;
+        let mut previous = 0;
+        for seq in answered.into_iter().chain([self.sent + 1]) {
+            longest = longest.max(seq.saturating_sub(previous + 1));
+            previous = previous.max(seq);
+        }
+        longest
+    }
+
     /// The first answer after `time` (seconds since the epoch).
     pub fn first_reply_after(&self, time: f64) -> Option<Reply> {
         self.replies.iter().copied().find(|r| r.at > time)
@@ -123,5 +137,8 @@ mod tests {
         let (gap, ended) = r.longest_gap().unwrap();
         assert!((gap - 2.3).abs() < 1e-9 && ended == 1703.4, "{gap} {ended}");
         assert_eq!(r.first_reply_after(1702.0).unwrap().seq, 4);
+        assert_eq!(r.longest_unanswered_run(), 2);
+        assert_eq!(parse(out, 9).longest_unanswered_run(), 4, "requests 6-9 never answered");
+        assert_eq!(parse("", 3).longest_unanswered_run(), 3);
     }
 }

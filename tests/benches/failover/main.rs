@@ -62,8 +62,8 @@ impl Case {
 struct ScaleIn {
     sent: u32,
     answered: u32,
-    /// The longest run without an answer (s).
-    longest_gap: f64,
+    /// The longest run of requests in a row without an answer.
+    longest_run: u32,
 }
 
 #[derive(Default, Clone)]
@@ -214,10 +214,7 @@ fn run_scale_in(case: &Case, settings: &Settings, binary: &std::path::Path) -> S
     std::thread::sleep(settings.nlb.deregistration_delay);
     bed.stop(target);
     let report = pinger.finish(window + Duration::from_secs(10)).unwrap_or_else(|e| panic!("{e}"));
-    let mut times: Vec<f64> = report.replies.iter().map(|r| r.at).collect();
-    times.sort_by(f64::total_cmp);
-    let longest_gap = times.windows(2).map(|w| w[1] - w[0]).fold(0.0, f64::max);
-    ScaleIn { sent: report.sent, answered: report.replies.len() as u32, longest_gap }
+    ScaleIn { sent: report.sent, answered: report.replies.len() as u32, longest_run: report.longest_unanswered_run() }
 }
 
 fn seconds(v: Option<f64>, give_up: Duration) -> String {
@@ -373,17 +370,18 @@ fn scale_in_table(rows: &[(Case, ScaleIn)], settings: &Settings) -> String {
          serving for the {} s delay, then gets SIGTERM.\n",
         settings.nlb.deregistration_delay.as_secs()
     );
-    let _ = writeln!(t, "| load balancer | bastions | requests | lost | longest gap |");
+    let _ = writeln!(t, "| load balancer | bastions | requests | lost | longest run unanswered |");
     let _ = writeln!(t, "|---|---|---|---|---|");
     for (case, r) in rows {
         let _ = writeln!(
             t,
-            "| {} | {} | {} | {} | {:.1} s |",
+            "| {} | {} | {} | {} | {} ({:.1} s) |",
             case.lb.name(),
             case.bastions_name(),
             r.sent,
             r.sent.saturating_sub(r.answered),
-            r.longest_gap
+            r.longest_run,
+            f64::from(r.longest_run) * REQUEST_EVERY.as_secs_f64()
         );
     }
     t
@@ -404,7 +402,7 @@ fn json(results: &[(Case, Active, Idle)], scale_ins: &[(Case, ScaleIn)]) -> Stri
     rows.extend(scale_ins.iter().map(|(c, r)| {
         serde_json::json!({
             "lb": c.lb.name(), "watch": c.watch, "bastions": c.bastions_name(), "scale_in": true,
-            "requests": r.sent, "answered": r.answered, "longest_gap_s": r.longest_gap,
+            "requests": r.sent, "answered": r.answered, "longest_unanswered_run": r.longest_run,
         })
     }));
     serde_json::to_string_pretty(&rows).unwrap()
