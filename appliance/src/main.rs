@@ -48,15 +48,15 @@ enum Command {
         /// The interface to run DHCP on (default: the first Ethernet interface).
         #[arg(long)]
         interface: Option<String>,
-        /// Where an accepted user-data config is written.
-        #[arg(long, default_value = "/run/bastion")]
-        run_dir: PathBuf,
-        /// The config used when there is no user-data.
-        #[arg(long, default_value = "/etc/bastion/bastion.toml")]
-        baked_config: PathBuf,
-        /// The kernel module list.
-        #[arg(long, default_value = "/etc/bastion/modules")]
-        modules_list: PathBuf,
+        /// Where an accepted user-data config is written (default: /run/bastion).
+        #[arg(long)]
+        run_dir: Option<PathBuf>,
+        /// The config used when there is no user-data (default: /etc/bastion/bastion.toml).
+        #[arg(long)]
+        baked_config: Option<PathBuf>,
+        /// The kernel module list (default: /etc/bastion/modules).
+        #[arg(long)]
+        modules_list: Option<PathBuf>,
     },
     /// Show the running service of this network namespace: peers, handshakes, bytes, drain.
     Status {
@@ -160,7 +160,18 @@ fn main() -> ExitCode {
     show_named_paths(&cli.command);
     match cli.command {
         Command::Init { imds, interface, run_dir, baked_config, modules_list } => {
-            init::run(init::Mode::Command, init::Options { imds, interface, modules_list, baked_config, run_dir })
+            // The machine's own defaults (`init::Options::default`), where the command line is silent.
+            let machine = init::Options::default();
+            init::run(
+                init::Mode::Command,
+                init::Options {
+                    imds,
+                    interface,
+                    modules_list: modules_list.unwrap_or(machine.modules_list),
+                    baked_config: baked_config.unwrap_or(machine.baked_config),
+                    run_dir: run_dir.unwrap_or(machine.run_dir),
+                },
+            )
         }
         Command::Run { config, socket } => service::run(service::Options { config, socket }),
         Command::CheckConfig { file } => check_config(&file),
