@@ -144,3 +144,62 @@ fn slugs_are_githubs() {
     );
     assert_eq!(anchors("# A\n## A\n```\n# not\n```\n"), vec!["a", "a-1"]);
 }
+
+/// The commands of README's "Deploy on AWS" block, continuation lines joined.
+fn readme_deploy_commands() -> Vec<String> {
+    let readme = std::fs::read_to_string(workspace().join("README.md")).unwrap();
+    let from = readme.find("Deploy on AWS").expect("README has a \"Deploy on AWS\" paragraph");
+    let block = readme[from..].split("```sh\n").nth(1).and_then(|b| b.split("\n```").next()).expect("its sh block");
+    let mut commands = Vec::new();
+    let mut current = String::new();
+    for line in block.lines() {
+        current.push_str(line.trim_end_matches('\\'));
+        if !line.ends_with('\\') {
+            commands.push(std::mem::take(&mut current));
+        }
+    }
+    commands
+}
+
+/// README's deploy path, the steps that need no AWS account and no image build, run as
+/// written (in a scratch folder where `target/release/bastion` is the binary under test and
+/// `rootfs/` the checkout's): the key made and its public half kept, the config from the
+/// example with the key in SSM, check-config, and a user added. The AWS steps are shown, not
+/// run; `make build` and `make image` are what `make test` itself did.
+#[test]
+#[ignore = "needs BASTION_BIN: `make integration-test` runs it"]
+fn the_readmes_local_deploy_steps_run_as_written() {
+    let binary = bastion_tests::bastion::binary();
+    let dir = bastion_tests::RunDir::new(&bastion_tests::unique_name("readme"));
+    let scratch = dir.path();
+    std::fs::create_dir_all(scratch.join("target/release")).unwrap();
+    std::os::unix::fs::symlink(&binary, scratch.join("target/release/bastion")).unwrap();
+    std::os::unix::fs::symlink(workspace().join("rootfs"), scratch.join("rootfs")).unwrap();
+    let commands = readme_deploy_commands();
+    let needs_aws_or_build =
+        |c: &str| ["make ", "aws ", "AMI=$(", "ENDPOINT=$("].iter().any(|p| c.trim_start().starts_with(p));
+    let (skipped, local): (Vec<&String>, Vec<&String>) = commands.iter().partition(|c| needs_aws_or_build(c));
+    assert!(local.len() >= 5, "too few local steps found in README: {local:#?}");
+    assert!(skipped.iter().any(|c| c.contains("cloudformation deploy")), "{skipped:#?}");
+    // What the skipped `ENDPOINT=$(aws ...)` would have set.
+    let script = format!(
+        "set -euo pipefail\nENDPOINT=vpn.example.com:51820\n{}\n",
+        local.iter().map(|c| c.as_str()).collect::<Vec<_>>().join("\n")
+    );
+    let out = std::process::Command::new("bash").arg("-c").arg(&script).current_dir(scratch).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "README's local steps failed:\n{script}\n{stderr}");
+    assert!(!scratch.join("cluster.key").exists(), "the private key file must be gone");
+    let public = std::fs::read_to_string(scratch.join("cluster.pub")).unwrap();
+    assert_eq!(public.trim().len(), 44, "{public}");
+    let config = std::fs::read_to_string(scratch.join("bastion.toml")).unwrap();
+    assert!(
+        config.contains("private_key_ssm = \"/bastion/prod/key\"") && !config.contains("\nprivate_key = "),
+        "{config}"
+    );
+    assert!(config.contains("name = \"alice\""), "{config}");
+    let client = std::fs::read_to_string(scratch.join("alice.conf")).unwrap();
+    assert!(client.contains("Endpoint = vpn.example.com:51820"), "{client}");
+    assert!(client.contains(&format!("PublicKey = {}", public.trim())), "{client}");
+    eprintln!("README: {} local steps ran as written; {} AWS or build steps shown only", local.len(), skipped.len());
+}
