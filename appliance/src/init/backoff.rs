@@ -1,4 +1,5 @@
-//! Retry pacing shared by init's loops: the service restart delay and the config fetch retries.
+//! Retry pacing shared by init's loops (the service restart delay, the config fetch retries)
+//! and the service's first config load.
 //!
 //! Pure arithmetic on durations the caller passes in (how long the last run lasted); nothing here
 //! sleeps or reads a clock, so the schedule is tested without waiting.
@@ -31,6 +32,11 @@ impl Backoff {
         Backoff::new(Duration::from_secs(1), Duration::from_secs(30), Duration::MAX)
     }
 
+    /// `bastion run`'s first config load (SSM may come up late): 1 s doubling to 60 s.
+    pub fn first_config_load() -> Backoff {
+        Backoff::new(Duration::from_secs(1), Duration::from_secs(60), Duration::MAX)
+    }
+
     /// The delay before the next attempt, given how long the last attempt ran before failing.
     pub fn after_failure(&mut self, ran_for: Duration) -> Duration {
         if ran_for >= self.healthy_after {
@@ -48,6 +54,13 @@ mod tests {
 
     fn secs(s: u64) -> Duration {
         Duration::from_secs(s)
+    }
+
+    #[test]
+    fn the_first_config_load_doubles_to_a_minute() {
+        let mut b = Backoff::first_config_load();
+        let delays: Vec<u64> = (0..9).map(|_| b.after_failure(Duration::ZERO).as_secs()).collect();
+        assert_eq!(delays, vec![1, 2, 4, 8, 16, 32, 60, 60, 60]);
     }
 
     #[test]

@@ -14,7 +14,7 @@
 //! The machine's PID 1 never exits and never powers off on its own; `bastion init` (a test in
 //! its own PID, mount and network namespaces) ends with exit 0 where the machine would power off.
 
-mod backoff;
+pub(crate) mod backoff;
 mod config_source;
 mod console;
 pub(crate) mod dhcp;

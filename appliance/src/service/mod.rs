@@ -179,9 +179,7 @@ fn first_load(
     signals: &nix::sys::signal::SigSet,
     inbox: &mpsc::Receiver<mpsc::Sender<ReloadAnswer>>,
 ) -> Result<Loaded, ExitCode> {
-    const FIRST_WAIT: Duration = Duration::from_secs(1);
-    const LONGEST_WAIT: Duration = Duration::from_secs(60);
-    let mut wait = FIRST_WAIT;
+    let mut backoff = crate::init::backoff::Backoff::first_config_load();
     let mut standby: Option<HealthResponder> = None;
     let reason = Arc::new(Mutex::new(String::new()));
     loop {
@@ -217,6 +215,7 @@ fn first_load(
                 }
             }
         }
+        let wait = backoff.after_failure(Duration::ZERO);
         match events::next(signals, inbox, Some(Instant::now() + wait)) {
             Event::Stop(signal) => {
                 log!("stopped ({}) before a config was loaded", signal.as_str());
@@ -224,7 +223,6 @@ fn first_load(
             }
             Event::Reload { reply, .. } => drop(reply),
         }
-        wait = (wait * 2).min(LONGEST_WAIT);
     }
 }
 
