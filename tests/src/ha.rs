@@ -295,6 +295,50 @@ impl HaBed {
     }
 }
 
+/// A crash under load, as [`HaBed::crash_under_load`] made it.
+pub struct CrashUnderLoad {
+    /// The client's requests, one every 100 ms, started before the crash.
+    pub pinger: crate::ping::Pinger,
+    /// The target that was serving the client, and died.
+    pub dead: usize,
+    /// When it was killed (seconds since the epoch, as ping's times).
+    pub killed_at: f64,
+    /// When the load balancer found it unhealthy.
+    pub detected: std::time::Instant,
+}
+
+impl HaBed {
+    /// Warms the tunnel up (a ping, the flow tracked), starts `requests` client requests one
+    /// every 100 ms, kills the serving bastion a second later and waits for the load balancer
+    /// to notice.
+    pub fn crash_under_load(&self, requests: u32) -> CrashUnderLoad {
+        let step = Duration::from_secs(10);
+        let host = self.cluster.topo.private_hosts[0].v4.to_string();
+        let client = &self.cluster.topo.clients[0].ns;
+        client.ping(&host, step).unwrap_or_else(|e| panic!("{e}\n{}", self.report()));
+        let dead = crate::wait_until("the load balancer to track the client's flow", step, || {
+            self.serving_target().ok_or_else(|| self.nlb.report())
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        let pinger = crate::ping::Pinger::start(
+            client,
+            &host,
+            Duration::from_millis(100),
+            requests,
+            &self.dir().join("ping.log"),
+        );
+        std::thread::sleep(Duration::from_secs(1));
+        let killed = std::time::Instant::now();
+        let killed_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+        self.crash(dead);
+        let detected = crate::wait_until("the load balancer to find the dead bastion unhealthy", step, || {
+            self.nlb.detected_unhealthy(dead, killed).ok_or_else(|| self.nlb.report())
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", self.report()));
+        CrashUnderLoad { pinger, dead, killed_at, detected }
+    }
+}
+
 /// `bastion watch --interface NAME [ARGS]` in the client's namespace.
 pub fn start_watch(cluster: &Cluster, tunnel: &WgInterface, binary: &Path, args: &[&str]) -> Process {
     let log = cluster.topo.dir.path().join(format!("watch-{}.log", tunnel.name()));

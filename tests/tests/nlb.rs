@@ -7,10 +7,10 @@
 //! Fast health checks (1 s, thresholds 2) keep the tests short; `make bench-failover` measures
 //! with AWS's fastest (5 s, 2). The tests assert that recovery happens, not how fast.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bastion_tests::bastion;
-use bastion_tests::ha::{start_watch, BastionKind, HaBastion, HaBed, HaOptions};
+use bastion_tests::ha::{start_watch, BastionKind, CrashUnderLoad, HaBastion, HaBed, HaOptions};
 use bastion_tests::nlb::{FlowPolicy, NlbParams};
 use bastion_tests::ping::{self, Pinger};
 use bastion_tests::wait_until;
@@ -72,23 +72,7 @@ fn bastion_watch_through_the_wg_tool_moves_a_stranded_client_too() {
 
 fn stranded_then_moved(watch_args: &[&str]) {
     let bed = HaBed::start(&options(false, 3));
-    let serving = warm_up(&bed);
-    let pinger = Pinger::start(
-        &bed.cluster.topo.clients[0].ns,
-        &host0(&bed),
-        Duration::from_millis(100),
-        600,
-        &bed.dir().join("ping.log"),
-    );
-    std::thread::sleep(Duration::from_secs(1));
-
-    let killed = Instant::now();
-    let killed_at = wall_clock();
-    bed.crash(serving);
-    let detected = wait_until("the load balancer to find the dead bastion unhealthy", STEP, || {
-        bed.nlb.detected_unhealthy(serving, killed).ok_or_else(|| bed.nlb.report())
-    })
-    .unwrap_or_else(|e| panic!("{e}\n{}", bed.report()));
+    let CrashUnderLoad { pinger, dead: serving, killed_at, detected } = bed.crash_under_load(600);
     // Sticky: the busy client's flow stays on the dead target; nothing comes back.
     std::thread::sleep(Duration::from_secs(4));
     let stranded = ping::parse(&pinger.log(), 0);

@@ -14,12 +14,10 @@ use std::time::{Duration, Instant};
 
 use bastion_tests::bastion;
 use bastion_tests::cluster::TARGETS;
-use bastion_tests::ha::{instance_id, HaBed, HaOptions};
+use bastion_tests::ha::{instance_id, CrashUnderLoad, HaBed, HaOptions};
 use bastion_tests::nlb::{FlowPolicy, NlbParams};
-use bastion_tests::ping::{self, Pinger};
+use bastion_tests::ping;
 use bastion_tests::wait_until;
-
-const STEP: Duration = Duration::from_secs(10);
 
 fn documented(siblings: bool) -> HaOptions {
     let nlb = NlbParams {
@@ -36,38 +34,11 @@ fn wall_clock() -> f64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64()
 }
 
-/// Warms the tunnel up, starts a request every 100 ms, kills the serving bastion; returns the
-/// bed's pinger, which target died, when (wall clock), and when the load balancer noticed.
-fn crash_under_load(bed: &HaBed) -> (Pinger, usize, f64, Instant) {
-    let host = bed.cluster.topo.private_hosts[0].v4.to_string();
-    bed.cluster.topo.clients[0].ns.ping(&host, STEP).unwrap_or_else(|e| panic!("{e}\n{}", bed.report()));
-    let serving = wait_until("the load balancer to track the client's flow", STEP, || {
-        bed.serving_target().ok_or_else(|| bed.nlb.report())
-    })
-    .unwrap_or_else(|e| panic!("{e}"));
-    let pinger = Pinger::start(
-        &bed.cluster.topo.clients[0].ns,
-        &host,
-        Duration::from_millis(100),
-        600,
-        &bed.dir().join("ping.log"),
-    );
-    std::thread::sleep(Duration::from_secs(1));
-    let killed = Instant::now();
-    let killed_at = wall_clock();
-    bed.crash(serving);
-    let detected = wait_until("the load balancer to find the dead bastion unhealthy", STEP, || {
-        bed.nlb.detected_unhealthy(serving, killed).ok_or_else(|| bed.nlb.report())
-    })
-    .unwrap_or_else(|e| panic!("{e}\n{}", bed.report()));
-    (pinger, serving, killed_at, detected)
-}
-
 #[test]
 #[ignore = "needs root, network namespaces and the binaries under test: `make integration-test` runs it"]
 fn a_survivor_takes_the_dead_bastion_out_and_a_stock_client_recovers() {
     let bed = HaBed::start(&documented(true));
-    let (pinger, dead, killed_at, detected) = crash_under_load(&bed);
+    let CrashUnderLoad { pinger, dead, killed_at, detected } = bed.crash_under_load(600);
     let detected_at = wall_clock() - detected.elapsed().as_secs_f64();
     let reply = wait_until("a reply after the crash", Duration::from_secs(30), || {
         ping::parse(&pinger.log(), 0).first_reply_after(killed_at + 0.5).ok_or_else(|| bed.nlb.report())
@@ -109,7 +80,7 @@ fn a_survivor_takes_the_dead_bastion_out_and_a_stock_client_recovers() {
 #[ignore = "needs root, network namespaces and the binaries under test: `make integration-test` runs it"]
 fn without_siblings_a_stock_client_stays_stranded_under_the_documented_model() {
     let bed = HaBed::start(&documented(false));
-    let (pinger, dead, killed_at, _) = crash_under_load(&bed);
+    let CrashUnderLoad { pinger, dead, killed_at, .. } = bed.crash_under_load(600);
     std::thread::sleep(Duration::from_secs(10));
     assert_eq!(
         ping::parse(&pinger.log(), 0).first_reply_after(killed_at + 0.5),
