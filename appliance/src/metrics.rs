@@ -257,6 +257,23 @@ pub fn render(report: &StatusReport) -> String {
         "1 while the source holds a config that only a restart can apply",
         gauge(i64::from(!config.restart_pending.is_empty())),
     );
+    if let Some(s) = &report.siblings {
+        registry.register(
+            "bastion_siblings_deregistered",
+            "Dead sibling targets this bastion took out of the target group ([siblings])",
+            counter(s.deregistered),
+        );
+        registry.register(
+            "bastion_siblings_marked_unhealthy",
+            "Dead sibling instances this bastion marked unhealthy in their Auto Scaling group",
+            counter(s.marked_unhealthy),
+        );
+        registry.register(
+            "bastion_siblings_failures",
+            "Rounds whose AWS calls failed (DescribeTargetHealth and the actions)",
+            counter(s.failures),
+        );
+    }
 
     let mut out = String::new();
     // Writing to a String cannot fail.
@@ -321,6 +338,17 @@ mod tests {
         }
         assert!(line_of(&text, "bastion_config_info{").contains("version=\"0123456789ab\""));
         assert!(line_of(&text, "bastion_peer_failover_handshakes_total{").ends_with("} 1"));
+        assert!(!text.contains("bastion_siblings_"), "no siblings series while [siblings] is off");
+        let mut report = example();
+        report.siblings = Some(crate::status::Siblings { deregistered: 2, marked_unhealthy: 1, failures: 0 });
+        let text = render(&report);
+        for (series, value) in [
+            ("bastion_siblings_deregistered_total{interface=\"wg0\"}", "2"),
+            ("bastion_siblings_marked_unhealthy_total{interface=\"wg0\"}", "1"),
+            ("bastion_siblings_failures_total{interface=\"wg0\"}", "0"),
+        ] {
+            assert_eq!(line_of(&text, series), format!("{series} {value}"), "{text}");
+        }
     }
 
     #[test]

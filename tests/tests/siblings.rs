@@ -61,11 +61,16 @@ fn a_survivor_takes_the_dead_bastion_out_and_a_stock_client_recovers() {
         "{acted:#?}"
     );
     assert!(acted.iter().all(|c| c.from == survivor && c.id == instance_id(dead)), "{acted:#?}");
-    let log = match &bed.bastions[1 - dead] {
-        bastion_tests::ha::HaBastion::Ours(b) => b.process.log(),
+    let survivor_bastion = match &bed.bastions[1 - dead] {
+        bastion_tests::ha::HaBastion::Ours(b) => b,
         _ => unreachable!(),
     };
+    let log = survivor_bastion.process.log();
     assert!(log.contains(&format!("siblings: deregistered target {}", instance_id(dead))), "{log}");
+    // bastion status counts what it did.
+    let status = survivor_bastion.status_json().unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(status["siblings"]["deregistered"], 1, "{status}");
+    assert_eq!(status["siblings"]["marked_unhealthy"], 1, "{status}");
     let deregistered = acted.iter().find(|c| c.action == "DeregisterTargets").unwrap().at;
     eprintln!(
         "FIGURE stock client, crash, docs model (checks 1 s x2, delay 2 s): detection {:.2} s after the kill, \

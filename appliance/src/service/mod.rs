@@ -122,6 +122,8 @@ pub struct ServiceState {
     nat_rules: Mutex<String>,
     /// The running config's source and version, and how reloads went.
     config: Mutex<ConfigState>,
+    /// What `[siblings]` has done (`None`: off).
+    siblings: Option<Arc<crate::siblings::Counters>>,
 }
 
 /// What status and metrics say about the config.
@@ -140,6 +142,13 @@ pub struct ConfigState {
     pub last_failure: Option<String>,
     /// SSM fragments the running config was built without (one line each, naming them).
     pub refused: Vec<String>,
+}
+
+impl ServiceState {
+    /// What `[siblings]` has done, when it is on.
+    pub fn siblings_counters(&self) -> Option<&crate::siblings::Counters> {
+        self.siblings.as_deref()
+    }
 }
 
 impl ServiceState {
@@ -313,6 +322,7 @@ impl Service {
             selftest: Mutex::new(None),
             nat_rules: Mutex::new(nat_rules),
             config: Mutex::new(ConfigState { origin, version, refused, ..ConfigState::default() }),
+            siblings: config.siblings.target_group_arn.is_some().then(Arc::default),
         });
         let selftest = SelfTestLoop::start(
             selftest_plan(&config, private_key.public_key(), selftest_key),
@@ -415,7 +425,9 @@ impl Service {
             });
         }
         // Detached, like the lifecycle poller: it acts only while this bastion is healthy.
-        crate::siblings::start(&config.siblings, &config.aws);
+        if let Some(counters) = &state.siblings {
+            crate::siblings::start(&config.siblings, &config.aws, counters.clone());
+        }
         log!("config: version {} from {}", state.config_state().version, state.config_state().origin);
         Ok(Service {
             config,

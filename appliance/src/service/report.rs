@@ -85,5 +85,10 @@ pub fn report(state: &ServiceState, data_plane: &DataPlane, identity: &Identity)
             held_back_by_budget: load(&c.failover_refused_budget),
         },
         nat_rules: state.nat_rules(),
+        siblings: state.siblings_counters().map(|c| status::Siblings {
+            deregistered: load(&c.deregistered),
+            marked_unhealthy: load(&c.marked_unhealthy),
+            failures: load(&c.failures),
+        }),
     }
 }

@@ -13,6 +13,8 @@
 
 pub mod plan;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -24,8 +26,20 @@ use plan::{Action, Planner, Standing, Target};
 
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
-/// Starts the poller when `[siblings] target_group_arn` is set; it runs until the process ends.
-pub fn start(siblings: &Siblings, aws: &Aws) -> Option<JoinHandle<()>> {
+/// What the poller has done, for `bastion status` and the metrics.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Targets this bastion deregistered.
+    pub deregistered: AtomicU64,
+    /// Instances this bastion marked unhealthy.
+    pub marked_unhealthy: AtomicU64,
+    /// Rounds that failed (AWS unreachable, denied, throttled past its retries).
+    pub failures: AtomicU64,
+}
+
+/// Starts the poller when `[siblings] target_group_arn` is set (counting into `counters`); it
+/// runs until the process ends.
+pub fn start(siblings: &Siblings, aws: &Aws, counters: Arc<Counters>) -> Option<JoinHandle<()>> {
     let arn = siblings.target_group_arn.clone()?;
     let region = crate::config::values::region_of_arn(&arn).unwrap_or_default().to_string();
     let mut vars: Vec<(String, String)> = std::env::vars().collect();
@@ -44,7 +58,7 @@ pub fn start(siblings: &Siblings, aws: &Aws) -> Option<JoinHandle<()>> {
         poll.as_secs(),
         if mark_unhealthy { " and its instance marked unhealthy" } else { "" }
     );
-    Some(std::thread::spawn(move || run(Client::new(env, region), &arn, poll, mark_unhealthy)))
+    Some(std::thread::spawn(move || run(Client::new(env, region), &arn, poll, mark_unhealthy, &counters)))
 }
 
 /// Whether `id` has the shape of an EC2 instance id (`i-` and 8 or 17 hex digits).
@@ -72,7 +86,7 @@ fn own_ids(env: &Environment) -> Result<Vec<String>, String> {
     Ok(ids)
 }
 
-fn run(client: Client, arn: &str, poll: Duration, mark_unhealthy: bool) {
+fn run(client: Client, arn: &str, poll: Duration, mark_unhealthy: bool, counters: &Counters) {
     let started = Instant::now();
     let mut planner = Planner::default();
     let mut me: Option<Vec<String>> = None;
@@ -117,6 +131,11 @@ fn run(client: Client, arn: &str, poll: Duration, mark_unhealthy: bool) {
             let healthy = targets.iter().filter(|t| t.state == "healthy").count();
             for action in &decision.actions {
                 carry_out(&client, arn, action, healthy)?;
+                let counter = match action {
+                    Action::Deregister { .. } => &counters.deregistered,
+                    Action::MarkUnhealthy { .. } => &counters.marked_unhealthy,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
             }
             Ok(())
         })();
@@ -128,6 +147,7 @@ fn run(client: Client, arn: &str, poll: Duration, mark_unhealthy: bool) {
                 wait = poll;
             }
             Err(problem) => {
+                counters.failures.fetch_add(1, Ordering::Relaxed);
                 if last_problem.as_ref() != Some(&problem) {
                     log!("siblings: {problem} (trying again with backoff, up to {} s)", MAX_BACKOFF.as_secs());
                     last_problem = Some(problem);

@@ -27,6 +27,17 @@ pub struct StatusReport {
     pub failover: Failover,
     /// Our nftables table as `nft list` prints it (what the service installs).
     pub nat_rules: String,
+    /// What `[siblings]` has done; `None` when it is off (or the service predates it).
+    #[serde(default)]
+    pub siblings: Option<Siblings>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Siblings {
+    pub deregistered: u64,
+    pub marked_unhealthy: u64,
+    /// Rounds whose AWS calls failed.
+    pub failures: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -170,6 +181,13 @@ pub fn render_text(r: &StatusReport) -> String {
         "failover: {} refused (the peer was heard here moments before: forged or replayed), {} held back by the global budget",
         r.failover.refused_heard_recently, r.failover.held_back_by_budget
     );
+    if let Some(s) = &r.siblings {
+        let _ = writeln!(
+            text,
+            "siblings: deregistered {} dead target(s), marked {} instance(s) unhealthy, {} failed round(s)",
+            s.deregistered, s.marked_unhealthy, s.failures
+        );
+    }
     let _ = writeln!(
         text,
         "nat: what the service installs (`nft list table inet {}` shows what is there):",
@@ -226,6 +244,7 @@ pub(crate) fn example() -> StatusReport {
         dropped: Dropped { not_ours: 7, rejected: 1, unknown_keys: 5, cookie_replies: 300, tun_no_peer: 2 },
         failover: Failover { refused_heard_recently: 9, held_back_by_budget: 0 },
         nat_rules: "table inet bastion-wg0 {\n}\n".into(),
+        siblings: None,
     }
 }
 
