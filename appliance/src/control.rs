@@ -254,11 +254,10 @@ fn serve(mut stream: UnixStream, handle: &dyn Fn(Request) -> Vec<u8>, deadline: 
     if !may_ask(&stream) {
         return;
     }
-    let left = || deadline.checked_duration_since(std::time::Instant::now()).filter(|d| !d.is_zero());
     let mut line = Vec::new();
     let mut byte = [0u8; 1];
     loop {
-        let Some(left) = left() else { return };
+        let Some(left) = time_left(deadline) else { return };
         if stream.set_read_timeout(Some(left)).is_err() || line.len() as u64 >= MAX_REQUEST_BYTES {
             break;
         }
@@ -273,10 +272,9 @@ fn serve(mut stream: UnixStream, handle: &dyn Fn(Request) -> Vec<u8>, deadline: 
     };
     // The answer gets its own deadline: a reload may take the service many seconds.
     let deadline = std::time::Instant::now() + DEADLINE;
-    let left = || deadline.checked_duration_since(std::time::Instant::now()).filter(|d| !d.is_zero());
     let mut rest = &answer[..];
     while !rest.is_empty() {
-        let Some(left) = left() else { return };
+        let Some(left) = time_left(deadline) else { return };
         if stream.set_write_timeout(Some(left)).is_err() {
             return;
         }
@@ -285,6 +283,11 @@ fn serve(mut stream: UnixStream, handle: &dyn Fn(Request) -> Vec<u8>, deadline: 
             Ok(n) => rest = &rest[n..],
         }
     }
+}
+
+/// What is left until `deadline`; `None` once it has passed.
+fn time_left(deadline: std::time::Instant) -> Option<Duration> {
+    deadline.checked_duration_since(std::time::Instant::now()).filter(|d| !d.is_zero())
 }
 
 /// Root, or the user the service runs as.

@@ -18,7 +18,6 @@ use std::time::Duration;
 pub struct Client {
     caller: Caller,
     credentials: Arc<Mutex<Option<Credentials>>>,
-    pub stats: Arc<Stats>,
 }
 
 /// Refresh credentials this long before they expire.
@@ -27,7 +26,7 @@ const REFRESH_MARGIN: Duration = Duration::from_secs(300);
 impl Client {
     pub fn new(env: Environment, region: String) -> Client {
         let caller = Caller::new(Arc::new(env), Http::new(Duration::from_secs(60)), region);
-        Client { stats: caller.stats.clone(), caller, credentials: Arc::new(Mutex::new(None)) }
+        Client { caller, credentials: Arc::new(Mutex::new(None)) }
     }
 
     /// Uses these credentials instead of the chain (tests, or credentials found elsewhere).
@@ -39,6 +38,11 @@ impl Client {
     /// The same client for another region.
     pub fn in_region(&self, region: &str) -> Client {
         Client { caller: self.caller.in_region(region), ..self.clone() }
+    }
+
+    /// What this client (and its clones) has done.
+    pub fn stats(&self) -> &Stats {
+        &self.caller.stats
     }
 
     pub fn region(&self) -> &str {

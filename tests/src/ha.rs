@@ -308,18 +308,26 @@ pub struct CrashUnderLoad {
 }
 
 impl HaBed {
-    /// Warms the tunnel up (a ping, the flow tracked), starts `requests` client requests one
-    /// every 100 ms, kills the serving bastion a second later and waits for the load balancer
-    /// to notice.
+    /// The tunnel is up (a ping through it) and the load balancer tracks the client's flow:
+    /// which target serves it.
+    pub fn warm_up(&self) -> usize {
+        let step = Duration::from_secs(10);
+        let host = self.cluster.topo.private_hosts[0].v4.to_string();
+        self.cluster.topo.clients[0].ns.ping(&host, step).unwrap_or_else(|e| panic!("{e}\n{}", self.report()));
+        crate::wait_until("the load balancer to track the client's flow", step, || {
+            self.serving_target().ok_or_else(|| self.nlb.report())
+        })
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Warms the tunnel up ([`HaBed::warm_up`]), starts `requests` client requests one every
+    /// 100 ms, kills the serving bastion a second later and waits for the load balancer to
+    /// notice.
     pub fn crash_under_load(&self, requests: u32) -> CrashUnderLoad {
         let step = Duration::from_secs(10);
         let host = self.cluster.topo.private_hosts[0].v4.to_string();
         let client = &self.cluster.topo.clients[0].ns;
-        client.ping(&host, step).unwrap_or_else(|e| panic!("{e}\n{}", self.report()));
-        let dead = crate::wait_until("the load balancer to track the client's flow", step, || {
-            self.serving_target().ok_or_else(|| self.nlb.report())
-        })
-        .unwrap_or_else(|e| panic!("{e}"));
+        let dead = self.warm_up();
         let pinger = crate::ping::Pinger::start(
             client,
             &host,

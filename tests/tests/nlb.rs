@@ -43,15 +43,6 @@ fn host0(bed: &HaBed) -> String {
     bed.cluster.topo.private_hosts[0].v4.to_string()
 }
 
-/// The tunnel is up and the load balancer tracks the client's flow: which target serves it.
-fn warm_up(bed: &HaBed) -> usize {
-    bed.cluster.topo.clients[0].ns.ping(&host0(bed), STEP).unwrap_or_else(|e| panic!("{e}\n{}", bed.report()));
-    wait_until("the load balancer to track the client's flow", STEP, || {
-        bed.serving_target().ok_or_else(|| bed.nlb.report())
-    })
-    .unwrap_or_else(|e| panic!("{e}"))
-}
-
 fn wall_clock() -> f64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64()
 }
@@ -108,7 +99,7 @@ fn stranded_then_moved(watch_args: &[&str]) {
 #[ignore = "needs root, network namespaces and the binaries under test: `make integration-test` runs it"]
 fn a_planned_drain_with_bastion_watch_loses_no_request() {
     let bed = HaBed::start(&options(true, 6));
-    let serving = warm_up(&bed);
+    let serving = bed.warm_up();
     let pinger = Pinger::start(
         &bed.cluster.topo.clients[0].ns,
         &host0(&bed),
@@ -140,7 +131,7 @@ fn a_planned_drain_with_bastion_watch_loses_no_request() {
 #[ignore = "needs root, network namespaces and the binaries under test: `make integration-test` runs it"]
 fn the_lifecycle_state_in_imds_makes_the_bastion_ask_its_peers_to_move_before_it_stops() {
     let bed = HaBed::start(&HaOptions { imds_lifecycle: true, ..options(true, 30) });
-    let serving = warm_up(&bed);
+    let serving = bed.warm_up();
     let pinger = Pinger::start(
         &bed.cluster.topo.clients[0].ns,
         &host0(&bed),

@@ -141,6 +141,12 @@ pub struct Table<'a, 'i> {
 }
 
 impl<'a, 'i> Table<'a, 'i> {
+    /// The integer field `key` within `range` (see [`integer`]); `None` when absent or wrong
+    /// (the problem is reported).
+    pub fn integer(&self, report: &mut Report, key: &str, range: RangeInclusive<i128>, expected: &str) -> Option<i128> {
+        self.get(key).and_then(|v| integer(report, &self.field(key), v, range, expected))
+    }
+
     pub fn new(
         table: &'a DeTable<'i>,
         path: impl Into<String>,

@@ -335,22 +335,16 @@ fn read_interface(t: &Table, base_dir: Option<&Path>, report: &mut Report) -> In
         }
     }
 
-    let listen_port = t
-        .get("listen_port")
-        .and_then(|v| document::integer(report, &t.field("listen_port"), v, 1..=65535, "a UDP port 1–65535"))
-        .map_or(DEFAULT_LISTEN_PORT, |n| n as u16);
+    let listen_port =
+        t.integer(report, "listen_port", 1..=65535, "a UDP port 1–65535").map_or(DEFAULT_LISTEN_PORT, |n| n as u16);
     let mtu = t
-        .get("mtu")
-        .and_then(|v| {
-            document::integer(
-                report,
-                &t.field("mtu"),
-                v,
-                MIN_MTU as i128..=MAX_MTU as i128,
-                "an MTU from 1280 (IPv6's minimum) to 8921 (a 9001-byte VPC jumbo frame less 80 \
+        .integer(
+            report,
+            "mtu",
+            MIN_MTU as i128..=MAX_MTU as i128,
+            "an MTU from 1280 (IPv6's minimum) to 8921 (a 9001-byte VPC jumbo frame less 80 \
                  bytes of WireGuard over IPv6)",
-            )
-        })
+        )
         .map_or(DEFAULT_MTU, |n| n as u16);
     let name = t
         .get("name")
@@ -480,16 +474,14 @@ fn read_peer(t: &Table, index: usize, base_dir: Option<&Path>, report: &mut Repo
         let text = document::string(report, &field, v, "a string: IP:port")?;
         values::endpoint(text).map_err(|e| report.at(ProblemKind::Invalid, v.span(), &field, e)).ok()
     });
-    let persistent_keepalive = t.get("persistent_keepalive").and_then(|v| {
-        document::integer(
+    let persistent_keepalive = t
+        .integer(
             report,
-            &t.field("persistent_keepalive"),
-            v,
+            "persistent_keepalive",
             1..=65535,
             "seconds between keepalives, 1–65535 (leave the field out for none)",
         )
-        .map(|n| n as u16)
-    });
+        .map(|n| n as u16);
     let reach = network_list(t, "reach", report);
 
     t.finish(report);
@@ -562,16 +554,12 @@ fn read_health(t: &Table, report: &mut Report) -> HealthDraft {
         }
     };
     let drain_seconds = t
-        .get("drain_seconds")
-        .and_then(|v| {
-            document::integer(
-                report,
-                &t.field("drain_seconds"),
-                v,
-                0..=MAX_DRAIN_SECONDS as i128,
-                "seconds, 0–3600 (the NLB's longest deregistration delay)",
-            )
-        })
+        .integer(
+            report,
+            "drain_seconds",
+            0..=MAX_DRAIN_SECONDS as i128,
+            "seconds, 0–3600 (the NLB's longest deregistration delay)",
+        )
         .map_or(DEFAULT_DRAIN_SECONDS, |n| n as u64);
     t.finish(report);
     HealthDraft { listen, drain_seconds }
@@ -579,16 +567,7 @@ fn read_health(t: &Table, report: &mut Report) -> HealthDraft {
 
 fn read_selftest(t: &Table, report: &mut Report) -> SelfTestDraft {
     let interval_seconds = t
-        .get("interval_seconds")
-        .and_then(|v| {
-            document::integer(
-                report,
-                &t.field("interval_seconds"),
-                v,
-                1..=MAX_SELFTEST_INTERVAL as i128,
-                "seconds, 1–86400",
-            )
-        })
+        .integer(report, "interval_seconds", 1..=MAX_SELFTEST_INTERVAL as i128, "seconds, 1–86400")
         .map_or(DEFAULT_SELFTEST_INTERVAL, |n| n as u64);
     let probes = match t.get("probes") {
         None => Vec::new(),
@@ -657,16 +636,12 @@ fn read_source(t: &Table, report: &mut Report) -> SourceDraft {
     let ssm_path =
         checked_string(t, "ssm_path", "a string: an SSM parameter path like /bastion/prod", report, values::ssm_path);
     let refresh_seconds = t
-        .get("refresh_seconds")
-        .and_then(|v| {
-            document::integer(
-                report,
-                &t.field("refresh_seconds"),
-                v,
-                MIN_REFRESH_SECONDS as i128..=MAX_REFRESH_SECONDS as i128,
-                "seconds, 10–86400 (every bastion of a fleet polls SSM this often)",
-            )
-        })
+        .integer(
+            report,
+            "refresh_seconds",
+            MIN_REFRESH_SECONDS as i128..=MAX_REFRESH_SECONDS as i128,
+            "seconds, 10–86400 (every bastion of a fleet polls SSM this often)",
+        )
         .map_or(DEFAULT_REFRESH_SECONDS, |n| n as u64);
     t.finish(report);
     SourceDraft { ssm_path: ssm_path.map(|p| p.trim_end_matches('/').to_string()), refresh_seconds }
@@ -694,16 +669,7 @@ fn read_siblings(t: &Table, report: &mut Report) -> SiblingsDraft {
         values::target_group_arn,
     );
     let poll_seconds = t
-        .get("poll_seconds")
-        .and_then(|v| {
-            document::integer(
-                report,
-                &t.field("poll_seconds"),
-                v,
-                2..=60,
-                "seconds, 2–60 (one DescribeTargetHealth call per bastion this often)",
-            )
-        })
+        .integer(report, "poll_seconds", 2..=60, "seconds, 2–60 (one DescribeTargetHealth call per bastion this often)")
         .map_or(DEFAULT_SIBLINGS_POLL_SECONDS, |n| n as u64);
     let mark_unhealthy =
         t.get("mark_unhealthy").and_then(|v| document::boolean(report, &t.field("mark_unhealthy"), v)).unwrap_or(true);

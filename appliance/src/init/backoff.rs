@@ -37,6 +37,11 @@ impl Backoff {
         Backoff::new(Duration::from_secs(1), Duration::from_secs(60), Duration::MAX)
     }
 
+    /// After a success: the next failure waits `first` again.
+    pub fn reset(&mut self) {
+        self.next = self.first;
+    }
+
     /// The delay before the next attempt, given how long the last attempt ran before failing.
     pub fn after_failure(&mut self, ran_for: Duration) -> Duration {
         if ran_for >= self.healthy_after {
@@ -54,6 +59,14 @@ mod tests {
 
     fn secs(s: u64) -> Duration {
         Duration::from_secs(s)
+    }
+
+    #[test]
+    fn a_reset_starts_the_doubling_over() {
+        let mut b = Backoff::new(secs(2), secs(60), Duration::MAX);
+        assert_eq!((b.after_failure(Duration::ZERO), b.after_failure(Duration::ZERO)), (secs(2), secs(4)));
+        b.reset();
+        assert_eq!(b.after_failure(Duration::ZERO), secs(2));
     }
 
     #[test]

@@ -4,7 +4,6 @@
 
 use super::judge::{failing, observe, verdict_of};
 use super::ServiceState;
-use crate::health::Verdict;
 use crate::status::{self, StatusReport};
 use crate::tunnel::DataPlane;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,11 +18,10 @@ pub struct Identity {
 
 pub fn report(state: &ServiceState, data_plane: &DataPlane, identity: &Identity) -> StatusReport {
     let failing = failing(&observe(state, data_plane));
-    let verdict = verdict_of(data_plane.name(), &failing);
-    let conditions = failing.iter().map(|f| f.condition.label().to_string()).collect();
-    let failing = match &verdict {
-        Verdict::Unhealthy(reasons) => reasons.clone(),
-        Verdict::Healthy(_) => Vec::new(),
+    let health = status::Health {
+        status: verdict_of(data_plane.name(), &failing).status(),
+        conditions: failing.iter().map(|f| f.condition.label().to_string()).collect(),
+        failing: failing.into_iter().map(|f| f.line).collect(),
     };
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let peers = data_plane
@@ -52,7 +50,7 @@ pub fn report(state: &ServiceState, data_plane: &DataPlane, identity: &Identity)
         interface: data_plane.name().to_string(),
         public_key: identity.public_key.clone(),
         listen_port: identity.listen_port,
-        health: status::Health { status: verdict.status(), failing, conditions },
+        health,
         draining: state.drain_left().is_some(),
         selftest: state.last_selftest().map(|last| status::SelfTest {
             passed: last.passed,

@@ -4,7 +4,8 @@
 //! Every [`Siblings::poll_seconds`] (2 s by default: one DescribeTargetHealth call per bastion)
 //! it reads the target group's health as the load balancer sees it; [`plan::Planner`] decides
 //! (no I/O); this shell makes the calls (ELBv2 DeregisterTargets, Auto Scaling
-//! SetInstanceHealth), logs each with its reason, and backs off (doubling to 60 s) while AWS
+//! SetInstanceHealth), logs each with its reason, and backs off (init's `Backoff`, doubling
+//! to 60 s) while AWS
 //! answers with errors. Which targets are this bastion comes from IMDS (its instance id and
 //! private IPv4 address), so the same config serves every bastion of the group.
 //!
@@ -21,6 +22,7 @@ use std::time::{Duration, Instant};
 use bastion_aws::{Client, Environment};
 
 use crate::config::{Aws, Siblings};
+use crate::init::backoff::Backoff;
 use crate::log;
 use plan::{Action, Planner, Standing, Target};
 
@@ -87,63 +89,27 @@ fn own_ids(env: &Environment) -> Result<Vec<String>, String> {
 }
 
 fn run(client: Client, arn: &str, poll: Duration, mark_unhealthy: bool, counters: &Counters) {
-    let started = Instant::now();
-    let mut planner = Planner::default();
-    let mut me: Option<Vec<String>> = None;
+    let mut poller = Poller {
+        client,
+        arn,
+        mark_unhealthy,
+        counters,
+        started: Instant::now(),
+        planner: Planner::default(),
+        me: None,
+        last_standing: None,
+    };
+    let mut backoff = Backoff::new(poll * 2, MAX_BACKOFF, Duration::MAX);
     let mut wait = poll;
     let mut last_problem: Option<String> = None;
-    let mut last_standing: Option<Standing> = None;
     loop {
         std::thread::sleep(wait);
-        let round = (|| -> Result<(), String> {
-            if me.is_none() {
-                let ids =
-                    own_ids(client.env()).map_err(|e| format!("cannot tell which target is this bastion: {e}"))?;
-                ids.iter().filter(|id| is_instance_id(id)).for_each(|id| crate::keys::show_in_diagnostics(id));
-                log!("siblings: this bastion is target {}", ids.join(" or "));
-                me = Some(ids);
-            }
-            let targets: Vec<Target> = client
-                .describe_target_health(arn)
-                .map_err(|e| format!("DescribeTargetHealth: {e}"))?
-                .into_iter()
-                .map(|t| Target { id: t.id, port: t.port, state: t.state, reason: t.reason })
-                .collect();
-            for t in &targets {
-                if is_instance_id(&t.id) {
-                    crate::keys::show_in_diagnostics(&t.id);
-                }
-            }
-            let decision =
-                planner.decide(&targets, me.as_deref().unwrap_or_default(), mark_unhealthy, started.elapsed());
-            if last_standing.as_ref() != Some(&decision.standing) {
-                match &decision.standing {
-                    Standing::Healthy => {
-                        log!("siblings: the load balancer reports this bastion healthy: acting on dead siblings")
-                    }
-                    Standing::NotATarget => log!("siblings: the load balancer does not list this bastion: not acting"),
-                    Standing::NotHealthy(state) => {
-                        log!("siblings: the load balancer reports this bastion {state}: not acting")
-                    }
-                }
-                last_standing = Some(decision.standing.clone());
-            }
-            let healthy = targets.iter().filter(|t| t.state == "healthy").count();
-            for action in &decision.actions {
-                carry_out(&client, arn, action, healthy)?;
-                let counter = match action {
-                    Action::Deregister { .. } => &counters.deregistered,
-                    Action::MarkUnhealthy { .. } => &counters.marked_unhealthy,
-                };
-                counter.fetch_add(1, Ordering::Relaxed);
-            }
-            Ok(())
-        })();
-        match round {
+        match poller.round() {
             Ok(()) => {
                 if last_problem.take().is_some() {
                     log!("siblings: AWS answers again");
                 }
+                backoff.reset();
                 wait = poll;
             }
             Err(problem) => {
@@ -152,9 +118,70 @@ fn run(client: Client, arn: &str, poll: Duration, mark_unhealthy: bool, counters
                     log!("siblings: {problem} (trying again with backoff, up to {} s)", MAX_BACKOFF.as_secs());
                     last_problem = Some(problem);
                 }
-                wait = (wait * 2).min(MAX_BACKOFF);
+                wait = backoff.after_failure(Duration::ZERO);
             }
         }
+    }
+}
+
+/// The poller's state between rounds.
+struct Poller<'a> {
+    client: Client,
+    arn: &'a str,
+    mark_unhealthy: bool,
+    counters: &'a Counters,
+    started: Instant,
+    planner: Planner,
+    /// This bastion's target ids, once IMDS told them.
+    me: Option<Vec<String>>,
+    /// What the last round logged about this bastion's own standing.
+    last_standing: Option<Standing>,
+}
+
+impl Poller<'_> {
+    /// One read of the group's health, and the actions it calls for.
+    fn round(&mut self) -> Result<(), String> {
+        if self.me.is_none() {
+            let ids =
+                own_ids(self.client.env()).map_err(|e| format!("cannot tell which target is this bastion: {e}"))?;
+            ids.iter().filter(|id| is_instance_id(id)).for_each(|id| crate::keys::show_in_diagnostics(id));
+            log!("siblings: this bastion is target {}", ids.join(" or "));
+            self.me = Some(ids);
+        }
+        let me = self.me.as_deref().unwrap_or_default();
+        let targets: Vec<Target> = self
+            .client
+            .describe_target_health(self.arn)
+            .map_err(|e| format!("DescribeTargetHealth: {e}"))?
+            .into_iter()
+            .map(|t| Target { id: t.id, port: t.port, state: t.state, reason: t.reason })
+            .collect();
+        for t in targets.iter().filter(|t| is_instance_id(&t.id)) {
+            crate::keys::show_in_diagnostics(&t.id);
+        }
+        let decision = self.planner.decide(&targets, me, self.mark_unhealthy, self.started.elapsed());
+        if self.last_standing.as_ref() != Some(&decision.standing) {
+            match &decision.standing {
+                Standing::Healthy => {
+                    log!("siblings: the load balancer reports this bastion healthy: acting on dead siblings")
+                }
+                Standing::NotATarget => log!("siblings: the load balancer does not list this bastion: not acting"),
+                Standing::NotHealthy(state) => {
+                    log!("siblings: the load balancer reports this bastion {state}: not acting")
+                }
+            }
+            self.last_standing = Some(decision.standing.clone());
+        }
+        let healthy = targets.iter().filter(|t| t.state == "healthy").count();
+        for action in &decision.actions {
+            carry_out(&self.client, self.arn, action, healthy)?;
+            let counter = match action {
+                Action::Deregister { .. } => &self.counters.deregistered,
+                Action::MarkUnhealthy { .. } => &self.counters.marked_unhealthy,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
     }
 }
 

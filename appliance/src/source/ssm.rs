@@ -131,11 +131,8 @@ impl SsmSource {
         };
         // The file alone must be valid: its problems are the file's (and stop a start).
         config::parse(text, origin, base_dir).map_err(LoadError::Invalid)?;
-        let (fragments, refused) = accept_fragments(text, origin, base_dir, fragments);
-        let assembled = assemble(text, origin, &fragments);
-        let mut loaded_config = config::parse(&assembled.text, origin, base_dir)
-            .and_then(|config| header_problems(&assembled, origin).map(|()| config))
-            .map_err(|e| LoadError::Invalid(ConfigError { parts: assembled.parts.clone(), ..e }))?;
+        let Accepted { fragments, config: mut loaded_config, refused } =
+            accept_fragments(text, origin, base_dir, fragments).map_err(LoadError::Invalid)?;
         let mut versioned: Vec<Vec<u8>> = vec![text.as_bytes().to_vec()];
         if let Some((name_and_version, key)) = key {
             versioned.push(name_and_version.into_bytes());
@@ -183,18 +180,28 @@ fn key_of(p: &Parameter) -> Result<FetchedKey, FetchError> {
     Ok(FetchedKey { parameter: p.name.clone(), version: p.version, key })
 }
 
-/// The fragments that make a valid config with `base` (in order), and one line per refused
-/// fragment (its problems, each naming the parameter). No I/O.
+/// What [`accept_fragments`] kept.
+pub struct Accepted {
+    /// The fragments that make a valid config with the file, in order.
+    pub fragments: Vec<Parameter>,
+    /// That config, parsed.
+    pub config: Config,
+    /// One line per refused fragment (its problems, each naming the parameter).
+    pub refused: Vec<String>,
+}
+
+/// Takes the fragments that make a valid config with `base`, in order, and refuses the others.
+/// An error only when `base` alone is not valid. No I/O.
 pub fn accept_fragments(
     base: &str,
     origin: &str,
     base_dir: Option<&Path>,
     fragments: Vec<Parameter>,
-) -> (Vec<Parameter>, Vec<String>) {
+) -> Result<Accepted, ConfigError> {
     let fits = |accepted: &[Parameter]| {
         let assembled = assemble(base, origin, accepted);
         config::parse(&assembled.text, origin, base_dir)
-            .and_then(|_| header_problems(&assembled, origin))
+            .and_then(|config| header_problems(&assembled, origin).map(|()| config))
             .map_err(|e| ConfigError { parts: assembled.parts.clone(), ..e })
     };
     let (shaped, mut refused): (Vec<Parameter>, Vec<String>) = {
@@ -209,19 +216,23 @@ pub fn accept_fragments(
         (shaped, refused)
     };
     // The usual case: everything fits at once (one parse).
-    if fits(&shaped).is_ok() {
-        return (shaped, refused);
+    if let Ok(config) = fits(&shaped) {
+        return Ok(Accepted { fragments: shaped, config, refused });
     }
+    let mut config = fits(&[])?;
     let mut accepted: Vec<Parameter> = Vec::new();
     for p in shaped {
         accepted.push(p);
-        if let Err(e) = fits(&accepted) {
-            let p = accepted.pop().expect("just pushed");
-            let problems: Vec<String> = e.to_string().lines().map(str::to_string).collect();
-            refused.push(format!("{}: refused: {}", part_name(&p), problems.join("; ")));
+        match fits(&accepted) {
+            Ok(fitting) => config = fitting,
+            Err(e) => {
+                let p = accepted.pop().expect("just pushed");
+                let problems: Vec<String> = e.to_string().lines().map(str::to_string).collect();
+                refused.push(format!("{}: refused: {}", part_name(&p), problems.join("; ")));
+            }
         }
     }
-    (accepted, refused)
+    Ok(Accepted { fragments: accepted, config, refused })
 }
 
 /// Why a fragment's text is not `[[peer]]` tables only (never quoting it).
@@ -355,8 +366,14 @@ mod tests {
             fragment("/b/p/syntax", 1, "[[peer]\nname = \"y\"\n"),
             fragment("/b/p/twin", 1, &twin), // alice's address again: conflicts with the one before
         ];
-        let (accepted, refused) = accept_fragments(BASE, "user-data", None, fragments);
+        let Accepted { fragments: accepted, config, refused } =
+            accept_fragments(BASE, "user-data", None, fragments).unwrap();
         let names: Vec<&str> = accepted.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(
+            config.peers.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
+            ["alice"],
+            "the config parsed is the kept one"
+        );
         assert_eq!(names, ["/b/p/alice"]);
         let expected = [
             "ssm:/b/p/nat (version 2): refused: holds \"nat\"; a parameter under ssm_path holds [[peer]] tables only",
@@ -372,8 +389,8 @@ mod tests {
             assert!(!line.contains(key), "{line}");
         }
         // All good: one parse, nothing refused.
-        let (accepted, refused) = accept_fragments(BASE, "user-data", None, vec![fragment("/b/p/alice", 1, ALICE)]);
-        assert_eq!((accepted.len(), refused.len()), (1, 0));
+        let kept = accept_fragments(BASE, "user-data", None, vec![fragment("/b/p/alice", 1, ALICE)]).unwrap();
+        assert_eq!((kept.fragments.len(), kept.refused.len()), (1, 0));
     }
 
     #[test]

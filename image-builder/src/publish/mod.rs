@@ -93,7 +93,7 @@ pub fn run(options: &Options) -> Result<Vec<(String, String)>, String> {
             share(&client.in_region(r), id, &plan.share_with, &progress)?;
         }
     }
-    let stats = &client.stats;
+    let stats = client.stats();
     progress.step(format!(
         "done: {} requests, {} retried ({} throttled, {} server errors, {} connection problems)",
         stats.requests.load(std::sync::atomic::Ordering::Relaxed),

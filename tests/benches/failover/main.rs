@@ -107,21 +107,9 @@ fn options(case: &Case, settings: &Settings, binary: &std::path::Path, keepalive
     }
 }
 
-fn serving(bed: &HaBed) -> usize {
-    let host = bed.cluster.topo.private_hosts[0].v4.to_string();
-    bed.cluster.topo.clients[0]
-        .ns
-        .ping(&host, Duration::from_secs(10))
-        .unwrap_or_else(|e| panic!("{e}\n{}", bed.report()));
-    bastion_tests::wait_until("the client's flow", Duration::from_secs(10), || {
-        bed.serving_target().ok_or_else(|| bed.nlb.report())
-    })
-    .unwrap_or_else(|e| panic!("{e}"))
-}
-
 fn run_active(case: &Case, settings: &Settings, binary: &std::path::Path) -> Active {
     let bed = HaBed::start(&options(case, settings, binary, None));
-    let target = serving(&bed);
+    let target = bed.warm_up();
     let host = bed.cluster.topo.private_hosts[0].v4.to_string();
     let count = ((settings.give_up.as_secs_f64() + 8.0) / REQUEST_EVERY.as_secs_f64()) as u32;
     let pinger =
@@ -179,7 +167,7 @@ fn narrate(bed: &HaBed, killed: Instant, shown: usize) -> usize {
 
 fn run_idle(case: &Case, settings: &Settings, binary: &std::path::Path) -> Idle {
     let bed = HaBed::start(&options(case, settings, binary, Some(KEEPALIVE)));
-    let target = serving(&bed);
+    let target = bed.warm_up();
     std::thread::sleep(Duration::from_secs(3));
     bed.crash(target);
     std::thread::sleep(IDLE_FIRST_REQUEST);
@@ -203,7 +191,7 @@ fn run_idle(case: &Case, settings: &Settings, binary: &std::path::Path) -> Idle 
 /// (SIGTERM; our bastions drain, wireguard-go stops).
 fn run_scale_in(case: &Case, settings: &Settings, binary: &std::path::Path) -> ScaleIn {
     let bed = HaBed::start(&options(case, settings, binary, None));
-    let target = serving(&bed);
+    let target = bed.warm_up();
     let host = bed.cluster.topo.private_hosts[0].v4.to_string();
     let window = settings.nlb.deregistration_delay + Duration::from_secs(12);
     let count = ((window.as_secs_f64() + 2.0) / REQUEST_EVERY.as_secs_f64()) as u32;

@@ -9,6 +9,11 @@ fn net(s: &str) -> IpNetwork {
     s.parse().unwrap()
 }
 
+/// A forward filter chain `c` that accepts by default.
+fn forward_chain() -> BaseChain {
+    BaseChain { name: "c".into(), kind: ChainType::Filter, hook: Hook::Forward, priority: 0, policy: Verdict::Accept }
+}
+
 /// nft colours the numbers of its dump with ANSI escapes.
 fn strip_colours(line: &str) -> String {
     let mut out = String::with_capacity(line.len());
@@ -110,13 +115,7 @@ fn kernel_rule_bytes_equal_what_nft_sends() {
 fn kernel_batch_commit_reports_the_failing_message() {
     run(|netns| {
         assert!(!table_exists(FAMILY_INET, "bnl").unwrap());
-        let chain = BaseChain {
-            name: "c".into(),
-            kind: ChainType::Filter,
-            hook: Hook::Forward,
-            priority: 0,
-            policy: Verdict::Accept,
-        };
+        let chain = forward_chain();
         let mut batch = Batch::new();
         batch.add_table(FAMILY_INET, "bnl");
         batch.add_chain(FAMILY_INET, "bnl", &chain);
@@ -151,13 +150,7 @@ fn kernel_batch_commit_reports_the_failing_message() {
 #[test]
 fn kernel_large_batches_are_fully_acknowledged() {
     run(|netns| {
-        let chain = BaseChain {
-            name: "c".into(),
-            kind: ChainType::Filter,
-            hook: Hook::Forward,
-            priority: 0,
-            policy: Verdict::Accept,
-        };
+        let chain = forward_chain();
         let mut batch = Batch::new();
         batch.add_table(FAMILY_INET, "big");
         batch.add_chain(FAMILY_INET, "big", &chain);
