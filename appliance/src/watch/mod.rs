@@ -15,6 +15,7 @@
 //! WireGuard, over netlink); `--backend` chooses explicitly.
 
 pub mod notice_filter;
+pub mod quiet;
 pub mod stall;
 pub mod uapi;
 pub mod wg_tool;
@@ -375,30 +376,20 @@ impl Watcher {
         }
     }
 
-    /// Up to 1 s, until the last change of the peer's counters was a receive (the answer to
-    /// what was sent), or nothing changed for 300 ms: a move then strands no answer on the old
-    /// flow.
+    /// Waits for the moment [`quiet`] picks (right after an answer; at most 1 s): a move then
+    /// strands no answer on the old flow.
     fn wait_for_quiet(&self, key: &str) {
-        let deadline = Instant::now() + Duration::from_secs(1);
         let read = || -> Option<Counters> {
             self.api.get().ok()?.peers.into_iter().find(|p| p.public_key == key).map(|p| p.counters)
         };
-        let Some(mut last) = read() else { return };
-        let mut unchanged_since = Instant::now();
-        while Instant::now() < deadline {
+        let Some(first) = read() else { return };
+        let mut moment = quiet::QuietMoment::new(first, Instant::now());
+        loop {
             std::thread::sleep(Duration::from_millis(5));
             let Some(now) = read() else { return };
-            let received = now.rx_bytes > last.rx_bytes;
-            let sent = now.tx_bytes > last.tx_bytes;
-            if received && !sent {
+            if moment.observe(now, Instant::now()) {
                 return;
             }
-            if received || sent {
-                unchanged_since = Instant::now();
-            } else if unchanged_since.elapsed() >= Duration::from_millis(300) {
-                return;
-            }
-            last = now;
         }
     }
 
