@@ -100,9 +100,9 @@ proptest! {
 
     #[test]
     fn imds_answers_are_taken_or_refused_never_a_panic(status in 100u16..600, body in prop::collection::vec(any::<u8>(), 0..300)) {
-        use crate::init::imds;
-        let _ = imds::token_from_response("u", status, "reason", &body);
-        let _ = imds::user_data_from_response("u", status, "reason", body);
+        use bastion_aws::imds;
+        let _ = imds::token_from_answer("u", status, "reason", &body);
+        let _ = crate::init::imds::user_data_from("u", imds::body_from_answer("u", status, "reason", body));
     }
 
     #[test]

@@ -196,7 +196,7 @@ fn from_instance_metadata(env: &Environment, looked: &mut Looked) -> Result<Opti
     let imds = Imds::new(&env.imds_endpoint());
     match imds.role_credentials() {
         Ok(found) => Ok(Some(found)),
-        Err(crate::imds::ImdsError::Unreachable(why)) => {
+        Err(crate::imds::ImdsError::Unreachable(why) | crate::imds::ImdsError::TokenRefused(why)) => {
             looked.0.push(format!("EC2 instance metadata ({}: {why})", imds.endpoint()));
             Ok(None)
         }

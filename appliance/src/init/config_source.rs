@@ -13,7 +13,7 @@
 //! relative `private_key_file` in it still resolves.
 
 use super::backoff::Backoff;
-use super::imds::{self, Endpoint, ImdsError};
+use super::imds::{self, Endpoint, UserDataError};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -62,17 +62,17 @@ enum Choice {
     Retry(String),
 }
 
-fn choose(fetched: Result<String, ImdsError>, baked_exists: bool, baked: &Path, unreachable_so_far: u32) -> Choice {
+fn choose(fetched: Result<String, UserDataError>, baked_exists: bool, baked: &Path, unreachable_so_far: u32) -> Choice {
     match fetched {
         Ok(text) => Choice::Validate { text, origin: "user-data".into() },
-        Err(e @ ImdsError::NoUserData { .. }) => {
+        Err(e @ UserDataError::NoUserData { .. }) => {
             if baked_exists {
                 Choice::UseBaked { note: Some(format!("{e}; using {}", baked.display())) }
             } else {
                 Choice::Retry(format!("IMDS: {e}, and the image has no {}", baked.display()))
             }
         }
-        Err(e @ ImdsError::Unreachable { .. }) => {
+        Err(e @ UserDataError::Unreachable { .. }) => {
             if baked_exists && unreachable_so_far >= UNREACHABLE_ATTEMPTS_BEFORE_BAKED {
                 Choice::UseBaked {
                     note: Some(format!("IMDS unreachable {unreachable_so_far} times ({e}); using {}", baked.display())),
@@ -81,7 +81,7 @@ fn choose(fetched: Result<String, ImdsError>, baked_exists: bool, baked: &Path, 
                 Choice::Retry(format!("IMDS: {e}"))
             }
         }
-        Err(e @ ImdsError::BadAnswer { .. }) => Choice::Retry(format!("IMDS: {e}")),
+        Err(e @ UserDataError::BadAnswer { .. }) => Choice::Retry(format!("IMDS: {e}")),
     }
 }
 
@@ -95,7 +95,7 @@ pub fn wait_for_config(sources: &Sources, mut rejected: impl FnMut(&Rejected)) -
     loop {
         attempt += 1;
         let fetched = imds::fetch_user_data(&sources.imds);
-        if matches!(fetched, Err(ImdsError::Unreachable { .. })) {
+        if matches!(fetched, Err(UserDataError::Unreachable { .. })) {
             unreachable += 1;
         }
         let choice = choose(fetched, sources.baked.exists(), &sources.baked, unreachable);
@@ -213,11 +213,8 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
 mod tests {
     use super::*;
 
-    fn unreachable() -> Result<String, ImdsError> {
-        Err(ImdsError::Unreachable {
-            url: "PUT http://169.254.169.254/latest/api/token".into(),
-            why: "timed out".into(),
-        })
+    fn unreachable() -> Result<String, UserDataError> {
+        Err(UserDataError::Unreachable("PUT http://169.254.169.254/latest/api/token: timed out".into()))
     }
 
     #[test]
@@ -229,7 +226,7 @@ mod tests {
     #[test]
     fn no_user_data_uses_the_baked_file_or_says_both_are_missing() {
         let baked = Path::new("/etc/bastion/bastion.toml");
-        let none = || Err(ImdsError::NoUserData { url: "http://169.254.169.254/latest/user-data".into() });
+        let none = || Err(UserDataError::NoUserData { url: "http://169.254.169.254/latest/user-data".into() });
         assert!(matches!(choose(none(), true, baked, 0), Choice::UseBaked { .. }));
         match choose(none(), false, baked, 0) {
             Choice::Retry(reason) => {
@@ -251,8 +248,7 @@ mod tests {
 
     #[test]
     fn a_bad_answer_never_falls_back() {
-        let bad =
-            Err(ImdsError::BadAnswer { url: "GET u".into(), why: "response body larger than 65536 bytes".into() });
+        let bad = Err(UserDataError::BadAnswer("GET u: response body larger than 65536 bytes".into()));
         match choose(bad, true, Path::new("/b.toml"), 5) {
             Choice::Retry(reason) => assert!(reason.contains("larger than 65536"), "{reason}"),
             other => panic!("{other:?}"),

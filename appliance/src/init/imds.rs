@@ -1,19 +1,16 @@
-//! IMDSv2: fetches the instance's user-data (the service's TOML config) from the EC2 instance
-//! metadata service — `PUT /latest/api/token` with a TTL header, then `GET /latest/user-data`
-//! with that token.
+//! The boot's config from IMDSv2: the instance's user-data (the service's TOML config).
 //!
 //! Owns the endpoint address (default `http://169.254.169.254`, overridden by the kernel command
-//! line `bastion.imds=http://IP:PORT` or `bastion init --imds URL`) and the meaning of IMDS answers.
-//! HTTP is the project's one client (`bastion_aws::http`, ureq), bounded in time and size;
-//! retrying and falling back is `super::config_source`'s.
+//! line `bastion.imds=http://IP:PORT` or `bastion init --imds URL`) and what a user-data answer
+//! means for the boot (none, not yet reachable, unusable). The IMDSv2 protocol (token, bounded
+//! read) is the project's one client, [`bastion_aws::imds::Imds`]; retrying and falling back is
+//! `super::config_source`'s.
 
-use bastion_aws::http::{Http, HttpRequest, HttpResponse, TransportError};
+use bastion_aws::imds::{Imds, ImdsError};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 pub const DEFAULT_URL: &str = "http://169.254.169.254";
-/// The token lives as long as IMDS allows (6 hours); one boot needs it for seconds.
-const TOKEN_TTL_SECONDS: &str = "21600";
 /// EC2 caps user-data at 16 KiB; anything past 64 KiB is not a config.
 pub const MAX_USER_DATA: usize = 64 * 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -66,108 +63,49 @@ pub fn url_from_cmdline(cmdline: &str) -> Option<String> {
         .map(|v| v.trim_matches('"').to_string())
 }
 
+/// Why the boot has no user-data to validate.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ImdsError {
+pub enum UserDataError {
     /// IMDS answered, and the instance has no user-data (404).
     #[error("GET {url}: 404, the instance has no user-data")]
     NoUserData { url: String },
     /// IMDS did not answer (connect or read failed): it may be disabled, or not reachable yet.
-    #[error("{url}: {why}")]
-    Unreachable { url: String, why: String },
+    #[error("{0}")]
+    Unreachable(String),
     /// IMDS answered something we cannot use.
-    #[error("{url}: {why}")]
-    BadAnswer { url: String, why: String },
+    #[error("{0}")]
+    BadAnswer(String),
 }
 
 /// Gets a session token, then the user-data text.
-pub fn fetch_user_data(endpoint: &Endpoint) -> Result<String, ImdsError> {
-    let token = fetch_token(endpoint)?;
+pub fn fetch_user_data(endpoint: &Endpoint) -> Result<String, UserDataError> {
+    let imds = Imds::bounded(&endpoint.url(), REQUEST_DEADLINE, CONNECT_TIMEOUT, MAX_USER_DATA as u64);
     let url = format!("{}/latest/user-data", endpoint.url());
-    let headers = vec![("X-aws-ec2-metadata-token".to_string(), token)];
-    let response = exchange(&format!("GET {url}"), "GET", &url, headers, MAX_USER_DATA)?;
-    user_data_from_response(&url, response.status, &response.reason, response.body)
+    user_data_from(&url, imds.get_bytes("user-data"))
 }
 
-fn fetch_token(endpoint: &Endpoint) -> Result<String, ImdsError> {
-    let url = format!("{}/latest/api/token", endpoint.url());
-    let headers = vec![("X-aws-ec2-metadata-token-ttl-seconds".to_string(), TOKEN_TTL_SECONDS.to_string())];
-    let response = exchange(&format!("PUT {url}"), "PUT", &url, headers, 4096)?;
-    token_from_response(&url, response.status, &response.reason, &response.body)
-}
-
-/// One bounded request: connect within `CONNECT_TIMEOUT`, the whole answer within
-/// `REQUEST_DEADLINE`, at most `max_body` bytes of body.
-fn exchange(
-    what: &str,
-    method: &str,
-    url: &str,
-    headers: Vec<(String, String)>,
-    max_body: usize,
-) -> Result<HttpResponse, ImdsError> {
-    let http = Http::bounded(REQUEST_DEADLINE, CONNECT_TIMEOUT, max_body as u64);
-    let request = HttpRequest { method: method.into(), url: url.into(), headers, body: Vec::new() };
-    http.send(&request).map_err(|e| classify(what, e))
-}
-
-/// Not answering at all (refused, no route, no connection in time) is "unreachable": IMDS may
-/// be off, or not there yet. An answer we cannot use is a bad answer.
-fn classify(what: &str, e: TransportError) -> ImdsError {
-    let url = what.to_string();
-    match e {
-        TransportError::ConnectTimeout(_) => {
-            ImdsError::Unreachable { url, why: format!("no connection within {:.1} s", CONNECT_TIMEOUT.as_secs_f64()) }
+/// What a user-data read means for the boot: text, none, or why not.
+pub fn user_data_from(url: &str, read: Result<Vec<u8>, ImdsError>) -> Result<String, UserDataError> {
+    let body = match read {
+        Ok(body) => body,
+        Err(ImdsError::NotFound(_)) => return Err(UserDataError::NoUserData { url: url.to_string() }),
+        Err(ImdsError::Unreachable(why)) => return Err(UserDataError::Unreachable(why)),
+        // A refused token is not "unreachable": the baked config must not replace user-data
+        // because IMDS is turned off for a moment.
+        Err(e @ (ImdsError::TokenRefused(_) | ImdsError::BadAnswer(_) | ImdsError::NoRole)) => {
+            return Err(UserDataError::BadAnswer(e.to_string()))
         }
-        TransportError::Timeout(_) => ImdsError::BadAnswer {
-            url,
-            why: format!("response not complete after {:.1} s", REQUEST_DEADLINE.as_secs_f64()),
-        },
-        TransportError::BodyTooLarge(limit) => {
-            ImdsError::BadAnswer { url, why: format!("response body larger than {limit} bytes") }
-        }
-        TransportError::HostNotFound(h) => ImdsError::Unreachable { url, why: format!("cannot resolve {h}") },
-        TransportError::Unreachable(why) => ImdsError::Unreachable { url, why },
-        TransportError::Failed(why) => ImdsError::BadAnswer { url, why },
-    }
-}
-
-/// Interprets the token answer: 200 with a printable token, else why not.
-pub fn token_from_response(url: &str, status: u16, reason: &str, body: &[u8]) -> Result<String, ImdsError> {
-    let what = format!("PUT {url}");
-    if status != 200 {
-        return Err(ImdsError::BadAnswer {
-            url: what,
-            why: format!("status {status} {reason} (IMDSv2 token refused; is IMDS enabled for this instance?)"),
-        });
-    }
-    let token = std::str::from_utf8(body).unwrap_or("").trim();
-    if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(ImdsError::BadAnswer { url: what, why: "the token is empty or not printable".into() });
-    }
-    Ok(token.to_string())
-}
-
-/// Interprets the user-data answer.
-pub fn user_data_from_response(url: &str, status: u16, reason: &str, body: Vec<u8>) -> Result<String, ImdsError> {
-    match status {
-        200 => {}
-        404 => return Err(ImdsError::NoUserData { url: url.to_string() }),
-        401 => {
-            return Err(ImdsError::BadAnswer {
-                url: format!("GET {url}"),
-                why: "status 401 Unauthorized: the token was refused".into(),
-            })
-        }
-        _ => return Err(ImdsError::BadAnswer { url: format!("GET {url}"), why: format!("status {status} {reason}") }),
-    }
+    };
     if body.starts_with(&[0x1f, 0x8b]) {
-        return Err(ImdsError::BadAnswer {
-            url: format!("GET {url}"),
-            why: "user-data is gzip-compressed; give the TOML config as plain text".into(),
-        });
+        return Err(UserDataError::BadAnswer(format!(
+            "GET {url}: user-data is gzip-compressed; give the TOML config as plain text"
+        )));
     }
-    String::from_utf8(body).map_err(|e| ImdsError::BadAnswer {
-        url: format!("GET {url}"),
-        why: format!("user-data is not UTF-8 text (byte {})", e.utf8_error().valid_up_to()),
+    String::from_utf8(body).map_err(|e| {
+        UserDataError::BadAnswer(format!(
+            "GET {url}: user-data is not UTF-8 text (byte {})",
+            e.utf8_error().valid_up_to()
+        ))
     })
 }
 
@@ -202,34 +140,21 @@ mod tests {
     }
 
     #[test]
-    fn token_answers() {
-        assert_eq!(token_from_response("u", 200, "OK", b"AQAEA-abc==\n").unwrap(), "AQAEA-abc==");
-        assert!(token_from_response("u", 200, "OK", b"").is_err());
-        assert!(token_from_response("u", 200, "OK", b"a b").is_err());
-        assert!(token_from_response("u", 200, "OK", b"a\r\nX-Evil: 1").is_err());
-        let e = token_from_response("u", 403, "Forbidden", b"x").unwrap_err();
-        assert!(e.to_string().contains("403 Forbidden"), "{e}");
-    }
-
-    #[test]
     fn user_data_answers() {
-        assert_eq!(user_data_from_response("u", 200, "OK", b"[interface]\n".to_vec()).unwrap(), "[interface]\n");
+        assert_eq!(user_data_from("u", Ok(b"[interface]\n".to_vec())).unwrap(), "[interface]\n");
         assert_eq!(
-            user_data_from_response("u", 404, "Not Found", vec![]),
-            Err(ImdsError::NoUserData { url: "u".into() })
+            user_data_from("u", Err(ImdsError::NotFound("GET u".into()))),
+            Err(UserDataError::NoUserData { url: "u".into() })
         );
-        assert!(user_data_from_response("u", 401, "Unauthorized", vec![])
-            .unwrap_err()
-            .to_string()
-            .contains("token was refused"));
-        assert!(user_data_from_response("u", 200, "OK", vec![0x1f, 0x8b, 8]).unwrap_err().to_string().contains("gzip"));
-        assert!(user_data_from_response("u", 200, "OK", vec![b'a', 0xff])
-            .unwrap_err()
-            .to_string()
-            .contains("not UTF-8"));
-        assert!(user_data_from_response("u", 500, "Internal", vec![])
-            .unwrap_err()
-            .to_string()
-            .contains("500 Internal"));
+        assert_eq!(
+            user_data_from("u", Err(ImdsError::Unreachable("PUT u: refused".into()))),
+            Err(UserDataError::Unreachable("PUT u: refused".into()))
+        );
+        assert!(matches!(
+            user_data_from("u", Err(ImdsError::TokenRefused("PUT u: 403".into()))),
+            Err(UserDataError::BadAnswer(_))
+        ));
+        assert!(user_data_from("u", Ok(vec![0x1f, 0x8b, 8])).unwrap_err().to_string().contains("gzip"));
+        assert!(user_data_from("u", Ok(vec![b'a', 0xff])).unwrap_err().to_string().contains("not UTF-8"));
     }
 }
