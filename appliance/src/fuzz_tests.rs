@@ -70,17 +70,17 @@ proptest! {
 
     #[test]
     fn health_requests_are_answered_never_a_panic(bytes in prop::collection::vec(any::<u8>(), 0..5000)) {
-        use crate::health::exchange;
+        use crate::http_port::exchange;
         let received = exchange::receive(&bytes);
         if received != exchange::Received::Incomplete {
-            let answer = exchange::answer(&received, || crate::health::Verdict::Healthy("wg0 up".into()));
+            let answer = crate::health::answer(&received, || crate::health::HealthVerdict::Healthy("wg0 up".into()));
             prop_assert!(answer.starts_with(b"HTTP/1.1 "));
         }
     }
 
     #[test]
     fn health_request_paths_round_trip(path in "/[a-z0-9/_.-]{0,40}", head in any::<bool>()) {
-        use crate::health::exchange::{receive, Method, Received};
+        use crate::http_port::exchange::{receive, Method, Received};
         let method = if head { "HEAD" } else { "GET" };
         let got = receive(format!("{method} {path}?x=1 HTTP/1.1\r\nHost: h\r\n\r\n").as_bytes());
         let want = if head { Method::Head } else { Method::Get };

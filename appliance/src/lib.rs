@@ -7,7 +7,8 @@
 //!   `config_edit` — editing the file in place (lock, symlink, atomic write);
 //! - `keys` — WireGuard keys and the masking of key-like text in diagnostics; `log` — lines;
 //! - `tunnel` — the WireGuard data plane; `nat` (+ `netlink`) — forwarding and our nftables table;
-//! - `health` — the bounded HTTP responder and the health answer; `metrics` — `GET /metrics`;
+//! - `http_port` — the bounded HTTP responder; `health` — the health check on it; `metrics` —
+//!   `GET /metrics` on it;
 //!   `status` — the status report; `control` — the local control socket (status, reload);
 //! - `selftest` — the in-process WireGuard client that proves the data plane works;
 //! - `service` — `bastion run`, which puts the above together; `siblings` — taking a dead
@@ -22,6 +23,7 @@ pub mod control;
 pub mod convert;
 pub mod enroll;
 pub mod health;
+pub mod http_port;
 pub mod init;
 pub mod keys;
 pub mod log;

@@ -15,8 +15,8 @@
 //! one unescaped `"` in a peer's name would make Prometheus reject the whole scrape: every
 //! value from the config goes through [`escaped`] first.
 
-use crate::health::exchange::{self, Body, Method, Received, Refusal};
-use crate::health::HttpResponder;
+use crate::http_port::exchange::{self, Body, Method, Received, Refusal};
+use crate::http_port::HttpResponder;
 use crate::status::StatusReport;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;

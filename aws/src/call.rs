@@ -8,7 +8,7 @@ use crate::credentials::Credentials;
 use crate::env::Environment;
 use crate::error::{self, AwsError};
 use crate::http::{Http, HttpRequest, HttpResponse};
-use crate::retry::{self, Backoff};
+use crate::retry::{self, RetryPolicy};
 use crate::sigv4;
 use crate::time::UtcTime;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -42,7 +42,7 @@ pub struct Call {
     pub payload_sha256: Option<String>,
     /// Error codes this call may also retry (eventual consistency, "not ready yet").
     pub retry_codes: &'static [&'static str],
-    pub backoff: Backoff,
+    pub retry: RetryPolicy,
 }
 
 impl Call {
@@ -64,7 +64,7 @@ impl Call {
             protocol,
             payload_sha256: None,
             retry_codes: &[],
-            backoff: Backoff::STANDARD,
+            retry: RetryPolicy::STANDARD,
         }
     }
 
@@ -171,7 +171,7 @@ impl Caller {
                 }
             };
             let also = error.code().is_some_and(|c| call.retry_codes.contains(&c));
-            if attempt >= call.backoff.attempts || !(error.retryable() || also) {
+            if attempt >= call.retry.attempts || !(error.retryable() || also) {
                 return Err(error);
             }
             let counter = match &error {
@@ -181,7 +181,7 @@ impl Caller {
                 _ => &self.stats.retried_other,
             };
             counter.fetch_add(1, Ordering::Relaxed);
-            std::thread::sleep(call.backoff.delay(attempt, retry::unit_random()));
+            std::thread::sleep(call.retry.delay(attempt, retry::unit_random()));
         }
     }
 

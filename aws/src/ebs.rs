@@ -4,7 +4,7 @@
 
 use crate::client::{Call, Client, Protocol};
 use crate::error::AwsError;
-use crate::retry::Backoff;
+use crate::retry::RetryPolicy;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 
@@ -98,7 +98,7 @@ impl Client {
         call.body = data.to_vec();
         call.payload_sha256 = Some(crate::sigv4::hex(sha256));
         call.retry_codes = NOT_READY;
-        call.backoff = Backoff::UPLOAD;
+        call.retry = RetryPolicy::UPLOAD;
         self.call(&call).map(drop)
     }
 

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 #[derive(Debug, Clone, Copy)]
-pub struct Backoff {
+pub struct RetryPolicy {
     /// The bound of the first retry's delay; it doubles each attempt...
     pub base: Duration,
     /// ...up to this.
@@ -14,13 +14,13 @@ pub struct Backoff {
     pub attempts: u32,
 }
 
-impl Backoff {
+impl RetryPolicy {
     /// For ordinary calls: up to 8 attempts over about half a minute at worst.
-    pub const STANDARD: Backoff =
-        Backoff { base: Duration::from_millis(200), cap: Duration::from_secs(10), attempts: 8 };
+    pub const STANDARD: RetryPolicy =
+        RetryPolicy { base: Duration::from_millis(200), cap: Duration::from_secs(10), attempts: 8 };
     /// For the many PutSnapshotBlock calls of an upload: more patience with throttling.
-    pub const UPLOAD: Backoff =
-        Backoff { base: Duration::from_millis(250), cap: Duration::from_secs(20), attempts: 12 };
+    pub const UPLOAD: RetryPolicy =
+        RetryPolicy { base: Duration::from_millis(250), cap: Duration::from_secs(20), attempts: 12 };
 
     /// The delay before attempt `attempt + 1` (`attempt` ≥ 1 is the one that just failed),
     /// given a uniform random `unit` in [0, 1).
@@ -47,7 +47,7 @@ mod tests {
 
     #[test]
     fn delays_grow_to_the_cap_and_stay_random_below_their_bound() {
-        let b = Backoff::STANDARD;
+        let b = RetryPolicy::STANDARD;
         assert_eq!(b.delay(1, 0.999_999).as_millis(), 199);
         assert_eq!(b.delay(2, 0.5), Duration::from_millis(200));
         assert_eq!(b.delay(3, 0.5), Duration::from_millis(400));

@@ -4,7 +4,7 @@
 //! responder (`crate::health`), whose `stop` stops listening at once, so the service can bind
 //! the same port right after.
 
-use crate::health::{HealthResponder, Verdict};
+use crate::health::{self, HealthResponder, HealthVerdict};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
@@ -19,8 +19,8 @@ impl StandbyHealth {
     pub fn start(listen: SocketAddr, reason: &str) -> std::io::Result<StandbyHealth> {
         let reason = Arc::new(Mutex::new(reason.to_string()));
         let shown = reason.clone();
-        let responder = HealthResponder::start(listen, move || {
-            Verdict::Unhealthy(vec![shown.lock().map(|r| r.clone()).unwrap_or_default()])
+        let responder = health::start(listen, move || {
+            HealthVerdict::Unhealthy(vec![shown.lock().map(|r| r.clone()).unwrap_or_default()])
         })?;
         Ok(StandbyHealth { listen, reason, responder })
     }

@@ -7,15 +7,15 @@
 //! admit its key as a peer, or touch health: the service does that.
 
 mod client;
-mod report;
+mod outcome;
 mod stack;
 
-pub use report::{SelfTestOutcome, Step};
+pub use outcome::{SelfTestOutcome, Step};
 
 use crate::keys::{PrivateKey, PublicKey};
 use client::Tunnel;
+use outcome::Wait;
 use rand_core::{OsRng, RngCore};
-use report::Wait;
 use stack::{PingState, ProbeState, Stack};
 use std::io;
 use std::net::{IpAddr, SocketAddr};

@@ -5,7 +5,7 @@
 
 use super::ServiceState;
 use crate::config::InterfaceAddress;
-use crate::health::{Condition, Failing, Verdict};
+use crate::health::{Condition, Failing, HealthVerdict};
 use crate::nat;
 use crate::netlink::route;
 use crate::tunnel::DataPlane;
@@ -95,16 +95,16 @@ pub fn failing(facts: &Facts) -> Vec<Failing> {
 }
 
 /// 200 when every condition holds, else 503 with one line per failing condition.
-pub fn judge(facts: &Facts) -> Verdict {
+pub fn judge(facts: &Facts) -> HealthVerdict {
     verdict_of(&facts.interface, &failing(facts))
 }
 
 /// The verdict for these failing conditions of `interface`.
-pub fn verdict_of(interface: &str, failing: &[Failing]) -> Verdict {
+pub fn verdict_of(interface: &str, failing: &[Failing]) -> HealthVerdict {
     if failing.is_empty() {
-        Verdict::Healthy(format!("{interface} up"))
+        HealthVerdict::Healthy(format!("{interface} up"))
     } else {
-        Verdict::Unhealthy(failing.iter().map(|f| f.line.clone()).collect())
+        HealthVerdict::Unhealthy(failing.iter().map(|f| f.line.clone()).collect())
     }
 }
 
@@ -144,7 +144,7 @@ pub fn observe(state: &ServiceState, data_plane: &DataPlane) -> Facts {
 }
 
 /// The verdict now.
-pub fn verdict(state: &ServiceState, data_plane: &DataPlane) -> Verdict {
+pub fn verdict(state: &ServiceState, data_plane: &DataPlane) -> HealthVerdict {
     judge(&observe(state, data_plane))
 }
 
@@ -236,10 +236,10 @@ mod tests {
             ),
         ];
         for (facts, lines) in cases {
-            let expected = Verdict::Unhealthy(lines.iter().map(|l| l.to_string()).collect());
+            let expected = HealthVerdict::Unhealthy(lines.iter().map(|l| l.to_string()).collect());
             assert_eq!(judge(&facts), expected, "{facts:?}");
         }
-        assert_eq!(judge(&healthy()), Verdict::Healthy("wg0 up".into()));
+        assert_eq!(judge(&healthy()), HealthVerdict::Healthy("wg0 up".into()));
         // The limit itself is still alive.
         assert_eq!(judge(&Facts { heartbeat_age: HEARTBEAT_LIMIT, ..healthy() }).status(), 200);
     }

@@ -61,18 +61,18 @@ impl Tracker {
     }
 }
 
-/// What the poller asks of the service.
-pub struct Actions {
+/// What the poller asks of the service (`super::in_place_drain` carries it out).
+pub trait Actions: Send + 'static {
     /// Drain in place (the state read is passed); returns how long to send move notices.
-    pub start_drain: Box<dyn Fn(&str) -> Duration + Send>,
+    fn start_drain(&self, leaving: &str) -> Duration;
     /// The instance is in service again: end the drain `start_drain` began.
-    pub end_drain: Box<dyn Fn(&str) + Send>,
+    fn end_drain(&self, now_state: &str);
     /// Send one round of move notices.
-    pub send_notices: Box<dyn FnMut() + Send>,
+    fn send_notices(&self);
 }
 
 /// Starts the poller when enabled; it runs until the process ends.
-pub fn start(mut actions: Actions) -> Option<JoinHandle<()>> {
+pub fn start(actions: impl Actions) -> Option<JoinHandle<()>> {
     if std::env::var(ENABLE_VAR).map(|v| v != "1").unwrap_or(true) {
         return None;
     }
@@ -91,11 +91,11 @@ pub fn start(mut actions: Actions) -> Option<JoinHandle<()>> {
                         last_problem.clear();
                         match tracker.observe(&state) {
                             Step::StartDrain => {
-                                notices_until = Some(Instant::now() + (actions.start_drain)(state.trim()))
+                                notices_until = Some(Instant::now() + actions.start_drain(state.trim()))
                             }
                             Step::EndDrain => {
                                 notices_until = None;
-                                (actions.end_drain)(state.trim());
+                                actions.end_drain(state.trim());
                             }
                             Step::Nothing => {}
                         }
@@ -114,7 +114,7 @@ pub fn start(mut actions: Actions) -> Option<JoinHandle<()>> {
             }
             let notifying = notices_until.is_some_and(|until| Instant::now() < until);
             if notifying {
-                (actions.send_notices)();
+                actions.send_notices();
             }
             let next_notice = if notifying { super::move_notices::REPEAT } else { POLL };
             std::thread::sleep(next_notice.min(next_poll.saturating_duration_since(Instant::now())));

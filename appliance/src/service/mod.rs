@@ -17,6 +17,7 @@
 //! and ignored: none of them may end the service without its drain and cleanup.
 
 mod events;
+mod in_place_drain;
 mod instance;
 mod judge;
 mod lifecycle;
@@ -25,12 +26,13 @@ mod move_notices;
 mod nat_guard;
 mod plan;
 pub mod reload;
-mod report;
 mod selftest_loop;
+mod status_report;
 
 use crate::config::{self, Config};
 use crate::control::{ControlServer, ReloadAnswer, ReloadOutcome, Request};
-use crate::health::{HealthResponder, HttpResponder};
+use crate::health::{self, HealthResponder};
+use crate::http_port::HttpResponder;
 use crate::keys::{PrivateKey, PublicKey};
 use crate::log;
 use crate::nat;
@@ -216,9 +218,9 @@ fn first_load(
                 let reason = reason.clone();
                 let verdict = move || {
                     let why = reason.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                    crate::health::Verdict::Unhealthy(vec![format!("config: not loaded yet: {why}")])
+                    crate::health::HealthVerdict::Unhealthy(vec![format!("config: not loaded yet: {why}")])
                 };
-                match HealthResponder::start(listen, verdict) {
+                match health::start(listen, verdict) {
                     Ok(responder) => standby = Some(responder),
                     Err(e) => log!("health: {e}"),
                 }
@@ -291,30 +293,14 @@ impl Service {
         }
         // Before anything is touched: a second service for the same interface changes nothing.
         let instance = instance::acquire(Path::new(config::schema::DEFAULT_CONTROL_DIR), &config.interface.name)?;
-        let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         // The self-test client's key lives only in this process, and the service admits it
         // only from loopback.
         let selftest_key = PrivateKey::generate();
         let selftest_public = selftest_key.public_key();
         let private_key = config.interface.private_key().cloned().ok_or(StartError::KeyNotFetched)?;
-        let spec = plan::tunnel_spec(&config, &private_key, workers, selftest_key.public_key());
-        let data_plane = Arc::new(DataPlane::start(spec)?);
-        log!(
-            "tunnel: {} up with {} ({} peers, UDP port {}, {} workers)",
-            config.interface.name,
-            config.interface.addresses.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", "),
-            config.peers.len(),
-            config.interface.listen_port,
-            workers
-        );
+        let data_plane = Arc::new(start_tunnel(&config, &private_key, selftest_public)?);
         let ipv6 = config.interface.addresses.iter().any(|a| a.address.is_ipv6());
-        nat::enable_forwarding(ipv6)?;
-        let nat_plan = plan::nat_plan(&config)?;
-        if ipv6 {
-            nat::keep_router_advertisements(&nat_plan.egress)?;
-        }
-        let nat_rules = nat::ruleset(&nat_plan)?;
-        let nat = Arc::new(InstalledNat::install(nat_plan)?);
+        let (nat, nat_rules) = install_nat(&config, ipv6)?;
         let state = Arc::new(ServiceState {
             drain_started: Mutex::new(None),
             drain_seconds: AtomicU64::new(config.health.drain_seconds),
@@ -334,96 +320,22 @@ impl Service {
         let health = {
             let state = state.clone();
             let data_plane = data_plane.clone();
-            HealthResponder::start(config.health.listen, move || judge::verdict(&state, &data_plane))
+            health::start(config.health.listen, move || judge::verdict(&state, &data_plane))
                 .map_err(StartError::Health)?
         };
         log!("health: listening on {}", config.health.listen);
-        let identity = report::Identity {
+        let identity = status_report::Identity {
             public_key: private_key.public_key().to_base64(),
             listen_port: config.interface.listen_port,
         };
         let metrics = match config.metrics.listen {
             None => None,
-            Some(listen) => {
-                let state = state.clone();
-                let data_plane = data_plane.clone();
-                let identity = identity.clone();
-                let responder = crate::metrics::serve(listen, move || report::report(&state, &data_plane, &identity))
-                    .map_err(StartError::Metrics)?;
-                log!("metrics: listening on {listen} (GET /metrics)");
-                Some(responder)
-            }
+            Some(listen) => Some(serve_metrics(listen, &state, &data_plane, identity.clone())?),
         };
-        let control = {
-            let state = state.clone();
-            let data_plane = data_plane.clone();
-            let path = socket.unwrap_or_else(|| config.control.socket.clone());
-            let handle = move |request: Request| match request {
-                Request::Status => {
-                    serde_json::to_vec(&report::report(&state, &data_plane, &identity)).unwrap_or_default()
-                }
-                Request::Reload => serde_json::to_vec(&ask_main_thread(&reload_requests)).unwrap_or_default(),
-            };
-            // A live socket means another service runs this interface; a folder others may
-            // write to could hand root's `reload` to them: either way, no start.
-            let server = ControlServer::start(&path, handle).map_err(StartError::Control)?;
-            log!("control: listening on {}", path.display());
-            Some(server)
-        };
-        {
-            // Detached: it polls until the process ends; a weak handle, so the data plane (and
-            // its TUN) still goes when the service stops.
-            let started_by_lifecycle = Arc::new(Mutex::new(None::<Instant>));
-            let log_next_round = Arc::new(std::sync::atomic::AtomicBool::new(false));
-            let start_drain = {
-                let state = state.clone();
-                let started_by_lifecycle = started_by_lifecycle.clone();
-                let log_next_round = log_next_round.clone();
-                move |leaving: &str| {
-                    log_next_round.store(true, Ordering::Relaxed);
-                    let seconds = state.drain_seconds.load(Ordering::Relaxed);
-                    let mut drain = state.drain_started.lock().unwrap_or_else(|e| e.into_inner());
-                    if drain.is_none() {
-                        let now = Instant::now();
-                        *drain = Some(now);
-                        *started_by_lifecycle.lock().unwrap_or_else(|e| e.into_inner()) = Some(now);
-                    }
-                    log!(
-                        "lifecycle: target-lifecycle-state is {leaving}: draining in place (health 503, peers asked \
-                         to move for {seconds} s); WireGuard keeps serving until the instance stops"
-                    );
-                    Duration::from_secs(seconds)
-                }
-            };
-            let end_drain = {
-                let state = state.clone();
-                move |now_state: &str| {
-                    let ours = started_by_lifecycle.lock().unwrap_or_else(|e| e.into_inner()).take();
-                    let mut drain = state.drain_started.lock().unwrap_or_else(|e| e.into_inner());
-                    // A drain of a signal (shutdown) is not ours to end.
-                    if ours.is_some() && *drain == ours {
-                        *drain = None;
-                        log!(
-                            "lifecycle: target-lifecycle-state is {now_state} again: drain ended, health serves again"
-                        );
-                    }
-                }
-            };
-            let data_plane = Arc::downgrade(&data_plane);
-            let send_notices = move || {
-                let Some(data_plane) = data_plane.upgrade() else { return };
-                let (sent, asked) = move_notices::ask_everyone(&data_plane);
-                // The first round of each drain (a drain sends one every second).
-                if log_next_round.swap(false, Ordering::Relaxed) {
-                    log!("lifecycle: asked {sent} of {asked} peer(s) with a live session to move");
-                }
-            };
-            lifecycle::start(lifecycle::Actions {
-                start_drain: Box::new(start_drain),
-                end_drain: Box::new(end_drain),
-                send_notices: Box::new(send_notices),
-            });
-        }
+        let control_path = socket.unwrap_or_else(|| config.control.socket.clone());
+        let control = Some(serve_control(&control_path, &state, &data_plane, identity, reload_requests)?);
+        // Detached: it polls until the process ends.
+        lifecycle::start(in_place_drain::InPlaceDrain::new(state.clone(), &data_plane));
         // Detached, like the lifecycle poller: it acts only while this bastion is healthy.
         if let Some(counters) = &state.siblings {
             crate::siblings::start(&config.siblings, &config.aws, counters.clone());
@@ -643,6 +555,73 @@ impl Service {
         data_plane.shutdown();
         log!("tunnel: {} removed", data_plane.name());
     }
+}
+
+/// The data plane of `config`: its TUN, its UDP socket, its workers.
+fn start_tunnel(
+    config: &Config,
+    private_key: &PrivateKey,
+    selftest_public: PublicKey,
+) -> Result<DataPlane, StartError> {
+    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let spec = plan::tunnel_spec(config, private_key, workers, selftest_public);
+    let data_plane = DataPlane::start(spec)?;
+    log!(
+        "tunnel: {} up with {} ({} peers, UDP port {}, {} workers)",
+        config.interface.name,
+        config.interface.addresses.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", "),
+        config.peers.len(),
+        config.interface.listen_port,
+        workers
+    );
+    Ok(data_plane)
+}
+
+/// Forwarding on, and this interface's nftables table installed; the rules as text for status.
+fn install_nat(config: &Config, ipv6: bool) -> Result<(Arc<InstalledNat>, String), StartError> {
+    nat::enable_forwarding(ipv6)?;
+    let nat_plan = plan::nat_plan(config)?;
+    if ipv6 {
+        nat::keep_router_advertisements(&nat_plan.egress)?;
+    }
+    let nat_rules = nat::ruleset(&nat_plan)?;
+    Ok((Arc::new(InstalledNat::install(nat_plan)?), nat_rules))
+}
+
+/// `GET /metrics` on `listen`, from the status report.
+fn serve_metrics(
+    listen: std::net::SocketAddr,
+    state: &Arc<ServiceState>,
+    data_plane: &Arc<DataPlane>,
+    identity: status_report::Identity,
+) -> Result<HttpResponder, StartError> {
+    let (state, data_plane) = (state.clone(), data_plane.clone());
+    let responder = crate::metrics::serve(listen, move || status_report::report(&state, &data_plane, &identity))
+        .map_err(StartError::Metrics)?;
+    log!("metrics: listening on {listen} (GET /metrics)");
+    Ok(responder)
+}
+
+/// The control socket at `path`: status from the report, reloads through the main thread. A
+/// live socket means another service runs this interface; a folder others may write to could
+/// hand root's `reload` to them: either way, no start.
+fn serve_control(
+    path: &Path,
+    state: &Arc<ServiceState>,
+    data_plane: &Arc<DataPlane>,
+    identity: status_report::Identity,
+    reload_requests: mpsc::Sender<mpsc::Sender<ReloadAnswer>>,
+) -> Result<ControlServer, StartError> {
+    let (state, data_plane) = (state.clone(), data_plane.clone());
+    let handle = move |request: Request| match request {
+        Request::Status => {
+            serde_json::to_vec(&status_report::report(&state, &data_plane, &identity)).unwrap_or_default()
+        }
+        Request::Reload => serde_json::to_vec(&ask_main_thread(&reload_requests)).unwrap_or_default(),
+    };
+    let server = ControlServer::start(path, handle).map_err(StartError::Control)?;
+    log!("control: listening on {}", path.display());
+    Ok(server)
 }
 
 /// One line per changed peer, for the reload's answer.

@@ -64,7 +64,7 @@ pub enum Role {
 
 /// What to do with what the `Tunn` made of a datagram of `kind`.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Verdict<'a> {
+pub enum DatagramVerdict<'a> {
     /// Send `reply` back to the source (then the packets the `Tunn` queued); the source is the
     /// peer's endpoint now. `handshake`: a handshake completed, in this role.
     Answer { reply: &'a [u8], handshake: Option<Role> },
@@ -81,7 +81,7 @@ pub enum Verdict<'a> {
     Rejected,
 }
 
-pub fn verdict<'a>(kind: MessageKind, result: TunnResult<'a>) -> Verdict<'a> {
+pub fn verdict<'a>(kind: MessageKind, result: TunnResult<'a>) -> DatagramVerdict<'a> {
     match result {
         TunnResult::WriteToNetwork(reply) => {
             let handshake = match kind {
@@ -89,17 +89,17 @@ pub fn verdict<'a>(kind: MessageKind, result: TunnResult<'a>) -> Verdict<'a> {
                 MessageKind::Response => Some(Role::Initiator),
                 MessageKind::CookieReply | MessageKind::Data => None,
             };
-            Verdict::Answer { reply, handshake }
+            DatagramVerdict::Answer { reply, handshake }
         }
-        TunnResult::WriteToTunnelV4(packet, from) => Verdict::Deliver { packet, source: from.into() },
-        TunnResult::WriteToTunnelV6(packet, from) => Verdict::Deliver { packet, source: from.into() },
-        TunnResult::Done if kind == MessageKind::Data => Verdict::Authenticated,
-        TunnResult::Done => Verdict::Nothing,
-        TunnResult::Err(WireGuardError::NoCurrentSession) => Verdict::UnknownSession { rejected: false },
+        TunnResult::WriteToTunnelV4(packet, from) => DatagramVerdict::Deliver { packet, source: from.into() },
+        TunnResult::WriteToTunnelV6(packet, from) => DatagramVerdict::Deliver { packet, source: from.into() },
+        TunnResult::Done if kind == MessageKind::Data => DatagramVerdict::Authenticated,
+        TunnResult::Done => DatagramVerdict::Nothing,
+        TunnResult::Err(WireGuardError::NoCurrentSession) => DatagramVerdict::UnknownSession { rejected: false },
         TunnResult::Err(e) if kind == MessageKind::Data && from_another_session(&e) => {
-            Verdict::UnknownSession { rejected: true }
+            DatagramVerdict::UnknownSession { rejected: true }
         }
-        TunnResult::Err(_) => Verdict::Rejected,
+        TunnResult::Err(_) => DatagramVerdict::Rejected,
     }
 }
 
@@ -139,25 +139,25 @@ mod tests {
         let v6: Ipv6Addr = "fd00:100::2".parse().unwrap();
         let bytes = [1u8, 2, 3];
         use MessageKind::*;
-        let cases: Vec<(MessageKind, Made, Verdict)> = vec![
-            (Initiation, Made::Network, Verdict::Answer { reply: &bytes, handshake: Some(Role::Responder) }),
-            (Response, Made::Network, Verdict::Answer { reply: &bytes, handshake: Some(Role::Initiator) }),
-            (Data, Made::Network, Verdict::Answer { reply: &bytes, handshake: None }),
-            (Data, Made::TunnelV4(v4), Verdict::Deliver { packet: &bytes, source: v4.into() }),
-            (Data, Made::TunnelV6(v6), Verdict::Deliver { packet: &bytes, source: v6.into() }),
-            (Data, Made::Done, Verdict::Authenticated),
-            (CookieReply, Made::Done, Verdict::Nothing),
-            (Data, Made::Err(|| WireGuardError::NoCurrentSession), Verdict::UnknownSession { rejected: false }),
+        let cases: Vec<(MessageKind, Made, DatagramVerdict)> = vec![
+            (Initiation, Made::Network, DatagramVerdict::Answer { reply: &bytes, handshake: Some(Role::Responder) }),
+            (Response, Made::Network, DatagramVerdict::Answer { reply: &bytes, handshake: Some(Role::Initiator) }),
+            (Data, Made::Network, DatagramVerdict::Answer { reply: &bytes, handshake: None }),
+            (Data, Made::TunnelV4(v4), DatagramVerdict::Deliver { packet: &bytes, source: v4.into() }),
+            (Data, Made::TunnelV6(v6), DatagramVerdict::Deliver { packet: &bytes, source: v6.into() }),
+            (Data, Made::Done, DatagramVerdict::Authenticated),
+            (CookieReply, Made::Done, DatagramVerdict::Nothing),
+            (Data, Made::Err(|| WireGuardError::NoCurrentSession), DatagramVerdict::UnknownSession { rejected: false }),
             // A flow back on an old session: refused by that session, yet a session we lack.
-            (Data, Made::Err(|| WireGuardError::InvalidAeadTag), Verdict::UnknownSession { rejected: true }),
-            (Data, Made::Err(|| WireGuardError::DuplicateCounter), Verdict::UnknownSession { rejected: true }),
-            (Data, Made::Err(|| WireGuardError::InvalidCounter), Verdict::UnknownSession { rejected: true }),
-            (Data, Made::Err(|| WireGuardError::WrongIndex), Verdict::UnknownSession { rejected: true }),
+            (Data, Made::Err(|| WireGuardError::InvalidAeadTag), DatagramVerdict::UnknownSession { rejected: true }),
+            (Data, Made::Err(|| WireGuardError::DuplicateCounter), DatagramVerdict::UnknownSession { rejected: true }),
+            (Data, Made::Err(|| WireGuardError::InvalidCounter), DatagramVerdict::UnknownSession { rejected: true }),
+            (Data, Made::Err(|| WireGuardError::WrongIndex), DatagramVerdict::UnknownSession { rejected: true }),
             // Anything else is refused, and a bad handshake message never starts a failover.
-            (Data, Made::Err(|| WireGuardError::InvalidPacket), Verdict::Rejected),
-            (Response, Made::Err(|| WireGuardError::InvalidAeadTag), Verdict::Rejected),
-            (Initiation, Made::Err(|| WireGuardError::InvalidMac), Verdict::Rejected),
-            (Data, Made::Err(|| WireGuardError::ConnectionExpired), Verdict::Rejected),
+            (Data, Made::Err(|| WireGuardError::InvalidPacket), DatagramVerdict::Rejected),
+            (Response, Made::Err(|| WireGuardError::InvalidAeadTag), DatagramVerdict::Rejected),
+            (Initiation, Made::Err(|| WireGuardError::InvalidMac), DatagramVerdict::Rejected),
+            (Data, Made::Err(|| WireGuardError::ConnectionExpired), DatagramVerdict::Rejected),
         ];
         for (kind, made, expected) in cases {
             let mut buffer = bytes;

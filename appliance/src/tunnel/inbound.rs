@@ -8,9 +8,9 @@
 //! do not have starts a handshake back to its sender at once (fast failover), when `failover`
 //! allows it: not while the peer is being heard here, and within per-peer and global limits.
 
-use super::decision::{self, MessageKind, Role, Route, Verdict};
+use super::decision::{self, DatagramVerdict, MessageKind, Role, Route};
 use super::failover::{self, PeerStamps, Refusal};
-use super::peers::{Peer, PeerId, PeerTable};
+use super::peers::{LivePeer, PeerId, PeerTable};
 use super::{udp, Counters, DataPlaneShared};
 use crate::log;
 use boringtun::noise::handshake::parse_handshake_anon;
@@ -63,7 +63,7 @@ pub fn handle_datagram(
     let source_ip = source.ip().to_canonical();
     let mut tunn = peer.lock_tunn();
     match decision::verdict(kind, tunn.decapsulate(Some(source_ip), datagram, out)) {
-        Verdict::Answer { reply, handshake } => {
+        DatagramVerdict::Answer { reply, handshake } => {
             send(shared, socket, reply, source);
             if let Some(role) = handshake {
                 handshake_completed(peer, source, role);
@@ -74,19 +74,19 @@ pub fn handle_datagram(
                 send(shared, socket, queued, source);
             }
         }
-        Verdict::Deliver { packet, source: from } => {
+        DatagramVerdict::Deliver { packet, source: from } => {
             deliver(shared, &peers, peer_id, peer, tun, packet, from);
             note_endpoint(shared, peer, source);
         }
-        Verdict::Authenticated => note_endpoint(shared, peer, source),
-        Verdict::Nothing => {}
-        Verdict::UnknownSession { rejected } => {
+        DatagramVerdict::Authenticated => note_endpoint(shared, peer, source),
+        DatagramVerdict::Nothing => {}
+        DatagramVerdict::UnknownSession { rejected } => {
             if rejected {
                 Counters::count(&shared.counters.rejected_datagrams);
             }
             start_failover_handshake(shared, socket, peer, &mut tunn, source, out);
         }
-        Verdict::Rejected => Counters::count(&shared.counters.rejected_datagrams),
+        DatagramVerdict::Rejected => Counters::count(&shared.counters.rejected_datagrams),
     }
 }
 
@@ -147,23 +147,23 @@ fn deliver(
     shared: &DataPlaneShared,
     peers: &PeerTable,
     peer_id: PeerId,
-    peer: &Peer,
+    peer: &LivePeer,
     tun: &super::tun::TunQueue,
     packet: &[u8],
     from: std::net::IpAddr,
 ) {
     if !peers.source_allowed(peer_id, from) {
-        Peer::count(&peer.counters.rejected_source);
+        LivePeer::count(&peer.counters.rejected_source);
         return;
     }
-    Peer::count(&peer.counters.rx_packets);
+    LivePeer::count(&peer.counters.rx_packets);
     if let Err(e) = tun.write(packet) {
         shared.counters.tun_error(&shared.name, "write to", &e);
     }
 }
 
-fn handshake_completed(peer: &Peer, source: SocketAddr, role: Role) {
-    Peer::count(&peer.counters.handshakes);
+fn handshake_completed(peer: &LivePeer, source: SocketAddr, role: Role) {
+    LivePeer::count(&peer.counters.handshakes);
     if peer.loopback_only {
         // The self-test's own peer handshakes every run; its result line says enough.
         return;
@@ -176,7 +176,7 @@ fn handshake_completed(peer: &Peer, source: SocketAddr, role: Role) {
 }
 
 /// Records when and from where an authenticated packet came; logs when a known peer moved.
-fn note_endpoint(shared: &DataPlaneShared, peer: &Peer, source: SocketAddr) {
+fn note_endpoint(shared: &DataPlaneShared, peer: &LivePeer, source: SocketAddr) {
     peer.last_authenticated_ms.store(shared.now_ms(), Ordering::Relaxed);
     if let Some(Some(old)) = peer.update_endpoint(source) {
         if peer.loopback_only {
@@ -193,7 +193,7 @@ fn note_endpoint(shared: &DataPlaneShared, peer: &Peer, source: SocketAddr) {
 fn start_failover_handshake(
     shared: &DataPlaneShared,
     socket: &UdpSocket,
-    peer: &Peer,
+    peer: &LivePeer,
     tunn: &mut Tunn,
     source: SocketAddr,
     out: &mut [u8],
@@ -220,14 +220,14 @@ fn start_failover_handshake(
     // (allowed only because the peer has been quiet here: see `failover`).
     let force = peer.endpoint() != Some(source);
     if let TunnResult::WriteToNetwork(initiation) = tunn.format_handshake_initiation(out, force) {
-        Peer::count(&peer.counters.failover_handshakes);
+        LivePeer::count(&peer.counters.failover_handshakes);
         log_failover(peer, source, now);
         send(shared, socket, initiation, source);
     }
 }
 
 /// The failover line, at most once per peer per `failover::LOG_INTERVAL_MS`.
-fn log_failover(peer: &Peer, source: SocketAddr, now: u64) {
+fn log_failover(peer: &LivePeer, source: SocketAddr, now: u64) {
     let last = peer.last_failover_log_ms.load(Ordering::Relaxed);
     if !failover::log_due(last, now)
         || peer.last_failover_log_ms.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_err()

@@ -2,7 +2,7 @@
 //! hold its destination most closely (outbound cryptokey routing), sent to the peer's endpoint.
 
 use super::inbound::send;
-use super::peers::Peer;
+use super::peers::LivePeer;
 use super::{Counters, DataPlaneShared};
 use boringtun::noise::{Tunn, TunnResult};
 use std::net::UdpSocket;
@@ -24,7 +24,7 @@ pub fn handle_tun_packet(shared: &DataPlaneShared, socket: &UdpSocket, packet: &
     match tunn.encapsulate(packet, out) {
         TunnResult::WriteToNetwork(datagram) => match peer.endpoint() {
             Some(endpoint) => {
-                Peer::count(&peer.counters.tx_packets);
+                LivePeer::count(&peer.counters.tx_packets);
                 send(shared, socket, datagram, endpoint);
             }
             // A roaming client that never reached this bastion: it has to come to us first.

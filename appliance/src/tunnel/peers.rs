@@ -51,7 +51,7 @@ pub struct PeerInfo {
     pub allowed_ips: Vec<IpNetwork>,
 }
 
-pub struct Peer {
+pub struct LivePeer {
     pub public_key: PublicKey,
     info: RwLock<PeerInfo>,
     /// The 24-bit session index base (boringtun appends 8 bits per session).
@@ -71,9 +71,9 @@ pub struct Peer {
     pub failover_lines_left_out: AtomicU64,
 }
 
-impl Peer {
-    fn new(spec: PeerSpec, index: u32, tunn: Tunn) -> Peer {
-        Peer {
+impl LivePeer {
+    fn new(spec: PeerSpec, index: u32, tunn: Tunn) -> LivePeer {
+        LivePeer {
             public_key: spec.public_key,
             info: RwLock::new(PeerInfo { name: spec.name, allowed_ips: spec.allowed_ips }),
             index,
@@ -145,7 +145,7 @@ pub struct TableChange {
 }
 
 pub struct PeerTable {
-    peers: Vec<Arc<Peer>>,
+    peers: Vec<Arc<LivePeer>>,
     by_index: HashMap<u32, PeerId>,
     by_key: HashMap<[u8; 32], PeerId>,
     routes: IpNetworkTable<PeerId>,
@@ -162,13 +162,13 @@ impl PeerTable {
             .zip(indices)
             .map(|(spec, index)| {
                 let tunn = make_tunn(&spec, index);
-                Arc::new(Peer::new(spec, index, tunn))
+                Arc::new(LivePeer::new(spec, index, tunn))
             })
             .collect();
         PeerTable::from_peers(peers)
     }
 
-    fn from_peers(peers: Vec<Arc<Peer>>) -> Self {
+    fn from_peers(peers: Vec<Arc<LivePeer>>) -> Self {
         let mut table = PeerTable {
             peers: Vec::new(),
             by_index: HashMap::new(),
@@ -224,7 +224,7 @@ impl PeerTable {
                 Some(existing) => {
                     let index = existing.index;
                     let tunn = make_tunn(&spec, index);
-                    peers.push(Arc::new(Peer::new(spec, index, tunn)));
+                    peers.push(Arc::new(LivePeer::new(spec, index, tunn)));
                     change.recreated += 1;
                 }
                 None => {
@@ -234,7 +234,7 @@ impl PeerTable {
                         .expect("2^24 indices for at most a few thousand peers");
                     taken.insert(index);
                     let tunn = make_tunn(&spec, index);
-                    peers.push(Arc::new(Peer::new(spec, index, tunn)));
+                    peers.push(Arc::new(LivePeer::new(spec, index, tunn)));
                     change.added += 1;
                 }
             }
@@ -242,11 +242,11 @@ impl PeerTable {
         (PeerTable::from_peers(peers), change)
     }
 
-    pub fn get(&self, id: PeerId) -> &Peer {
+    pub fn get(&self, id: PeerId) -> &LivePeer {
         &self.peers[id]
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &Peer> {
+    pub fn iter(&self) -> impl Iterator<Item = &LivePeer> {
         self.peers.iter().map(|p| &**p)
     }
 

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use crate::log;
 use crate::move_notice;
-use stall::{Counters, StallDetector, StallParams, Verdict};
+use stall::{Counters, StallDetector, StallParams, StallVerdict};
 use uapi::{Device, Uapi, UapiError};
 
 #[derive(Clone, Debug)]
@@ -297,9 +297,9 @@ impl Watcher {
             let detector =
                 self.detectors.entry(peer.public_key.clone()).or_insert_with(|| StallDetector::new(self.options.stall));
             match detector.observe(now, peer.counters) {
-                Verdict::Fine => {}
-                Verdict::Rotate { attempt, silent } => stalled.push((peer, attempt, silent)),
-                Verdict::Recovered { rotations, outage } => log!(
+                StallVerdict::Fine => {}
+                StallVerdict::Rotate { attempt, silent } => stalled.push((peer, attempt, silent)),
+                StallVerdict::Recovered { rotations, outage } => log!(
                     "watch {}: peer {} answers again after {rotations} move(s), {:.1} s without an answer",
                     self.options.interface,
                     endpoint_of(peer),
@@ -321,7 +321,7 @@ impl Watcher {
                 )
             })
             .collect();
-        let peers: Vec<&uapi::Peer> = stalled.iter().map(|(peer, _, _)| *peer).collect();
+        let peers: Vec<&uapi::UapiPeer> = stalled.iter().map(|(peer, _, _)| *peer).collect();
         self.move_to_new_flow(device.listen_port, &peers, &why.join("; "));
     }
 
@@ -394,7 +394,7 @@ impl Watcher {
     }
 
     /// A new random listen port and the peers re-created, in one `set` (see the module doc).
-    fn move_to_new_flow(&self, old_port: u16, peers: &[&uapi::Peer], why: &str) {
+    fn move_to_new_flow(&self, old_port: u16, peers: &[&uapi::UapiPeer], why: &str) {
         let mut lines = zeroize::Zeroizing::new(String::from("listen_port=0\n"));
         for peer in peers {
             lines.push_str(&peer.recreate());
@@ -411,7 +411,7 @@ impl Watcher {
 }
 
 /// The peer as logs show it: its endpoint (never its key).
-fn endpoint_of(peer: &uapi::Peer) -> String {
+fn endpoint_of(peer: &uapi::UapiPeer) -> String {
     peer.endpoint.clone().unwrap_or_else(|| "(no endpoint)".into())
 }
 

@@ -58,7 +58,7 @@ pub struct Counters {
 
 /// What the watcher should do after a sample.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Verdict {
+pub enum StallVerdict {
     /// Nothing to do.
     Fine,
     /// Move the tunnel to a new flow: `attempt` 1 is the first rotation of this stall; `silent`
@@ -103,22 +103,23 @@ impl StallDetector {
     }
 
     /// Feeds one sample taken at `now`.
-    pub fn observe(&mut self, now: Duration, counters: Counters) -> Verdict {
-        let Some(last) = self.last.replace(counters) else { return Verdict::Fine };
+    pub fn observe(&mut self, now: Duration, counters: Counters) -> StallVerdict {
+        let Some(last) = self.last.replace(counters) else { return StallVerdict::Fine };
         if counters.rx_bytes < last.rx_bytes || counters.tx_bytes < last.tx_bytes {
             // The counters restarted: the peer was removed and added, by a move of ours (then
             // its handshake initiation is out and must be answered: the stall goes on, and the
             // next move comes on time even though WireGuard sends nothing more until its own
             // retry, 5 s later) or by someone else (a fresh start).
             self.unanswered_since = if self.rotations > 0 && counters.rx_bytes == 0 { Some(now) } else { None };
-            return Verdict::Fine;
+            return StallVerdict::Fine;
         }
         if counters.rx_bytes > last.rx_bytes {
             let verdict = match (self.rotations, self.stall_since) {
-                (0, _) => Verdict::Fine,
-                (rotations, since) => {
-                    Verdict::Recovered { rotations, outage: since.map_or(Duration::ZERO, |s| now.saturating_sub(s)) }
-                }
+                (0, _) => StallVerdict::Fine,
+                (rotations, since) => StallVerdict::Recovered {
+                    rotations,
+                    outage: since.map_or(Duration::ZERO, |s| now.saturating_sub(s)),
+                },
             };
             self.unanswered_since = None;
             self.stall_since = None;
@@ -131,14 +132,14 @@ impl StallDetector {
         if sent > KEEPALIVE_BYTES && self.unanswered_since.is_none() {
             self.unanswered_since = Some(now);
         }
-        let Some(since) = self.unanswered_since else { return Verdict::Fine };
+        let Some(since) = self.unanswered_since else { return StallVerdict::Fine };
         let silent = now.saturating_sub(since);
         let due = match self.next_rotation {
             None => silent >= self.params.stall_after,
             Some(at) => now >= at,
         };
         if !due {
-            return Verdict::Fine;
+            return StallVerdict::Fine;
         }
         self.rotations += 1;
         let stall_since = *self.stall_since.get_or_insert(since);
@@ -146,7 +147,7 @@ impl StallDetector {
             self.slow_rotations += 1;
         }
         self.next_rotation = Some(now + self.backoff());
-        Verdict::Rotate { attempt: self.rotations, silent: now.saturating_sub(stall_since) }
+        StallVerdict::Rotate { attempt: self.rotations, silent: now.saturating_sub(stall_since) }
     }
 
     /// The wait after this move: `first_backoff` while the stall is young, then doubling with
@@ -168,12 +169,12 @@ mod tests {
     }
 
     /// Feeds (time ms, rx, tx) samples; returns every verdict that is not Fine, with its time.
-    fn run(samples: &[(u64, u64, u64)]) -> Vec<(u64, Verdict)> {
+    fn run(samples: &[(u64, u64, u64)]) -> Vec<(u64, StallVerdict)> {
         let mut d = StallDetector::new(StallParams::default());
         samples
             .iter()
             .map(|&(t, rx, tx)| (t, d.observe(ms(t), Counters { rx_bytes: rx, tx_bytes: tx })))
-            .filter(|(_, v)| *v != Verdict::Fine)
+            .filter(|(_, v)| *v != StallVerdict::Fine)
             .collect()
     }
 
@@ -197,7 +198,7 @@ mod tests {
     fn data_without_answers_moves_after_stall_after_every_2_s_then_with_a_doubling_backoff() {
         let mut samples = vec![(0, 1000, 1000)];
         samples.extend(stalled(200, 150_000, 1000, 1000, 96));
-        let rotations: Vec<(u64, Verdict)> = run(&samples);
+        let rotations: Vec<(u64, StallVerdict)> = run(&samples);
         let times: Vec<u64> = rotations.iter().map(|(t, _)| *t).collect();
         // Unanswered from 200 ms: the first move 2 s later, then every 2 s while the stall is
         // younger than 30 s; then 4, 8, 16, 30 (the cap), 30 s.
@@ -211,8 +212,8 @@ mod tests {
             118_200 + 30_000,
         ]);
         assert_eq!(times, expected);
-        assert_eq!(rotations[0].1, Verdict::Rotate { attempt: 1, silent: ms(2000) });
-        assert_eq!(rotations[2].1, Verdict::Rotate { attempt: 3, silent: ms(6000) });
+        assert_eq!(rotations[0].1, StallVerdict::Rotate { attempt: 1, silent: ms(2000) });
+        assert_eq!(rotations[2].1, StallVerdict::Rotate { attempt: 3, silent: ms(6000) });
     }
 
     #[test]
@@ -220,7 +221,7 @@ mod tests {
         // A keepalive at 1 s (no answer, by design), the first data at 10 s.
         let mut samples = vec![(0, 1000, 1000), (1000, 1000, 1032)];
         samples.extend(stalled(10_000, 13_000, 1000, 1032, 64));
-        assert_eq!(run(&samples), vec![(12_000, Verdict::Rotate { attempt: 1, silent: ms(2000) })]);
+        assert_eq!(run(&samples), vec![(12_000, StallVerdict::Rotate { attempt: 1, silent: ms(2000) })]);
     }
 
     #[test]
@@ -231,7 +232,7 @@ mod tests {
         samples.extend(stalled(5200, 6000, 1092, 4000, 96));
         let verdicts = run(&samples);
         assert_eq!(verdicts.len(), 3, "{verdicts:?}");
-        assert_eq!(verdicts[2], (5000, Verdict::Recovered { rotations: 2, outage: ms(4800) }));
+        assert_eq!(verdicts[2], (5000, StallVerdict::Recovered { rotations: 2, outage: ms(4800) }));
         // Fresh after recovery: 800 ms of unanswered data is no stall yet.
     }
 

@@ -5,7 +5,7 @@
 //! [`parse_get`] is a pure function (fuzzed with the other parsers); [`Uapi`] does the socket
 //! I/O. The answer to `get` holds the interface's private key and the peers' preshared keys:
 //! the private key is never kept, preshared keys only inside the zeroized lines that re-create
-//! a peer ([`Peer::recreate`]), and none of them is ever shown.
+//! a peer ([`UapiPeer::recreate`]), and none of them is ever shown.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -39,11 +39,11 @@ pub enum UapiError {
 #[derive(Debug, Default)]
 pub struct Device {
     pub listen_port: u16,
-    pub peers: Vec<Peer>,
+    pub peers: Vec<UapiPeer>,
 }
 
 #[derive(Debug)]
-pub struct Peer {
+pub struct UapiPeer {
     /// Hex, as the API writes it: the peer's identity in this module (never logged).
     pub public_key: String,
     pub counters: Counters,
@@ -63,7 +63,7 @@ impl std::fmt::Debug for SetLines {
     }
 }
 
-impl Peer {
+impl UapiPeer {
     /// The `set` lines that remove the peer and add it again with the same settings: its
     /// sessions are gone, so the next packet starts a handshake from this side.
     pub fn recreate(&self) -> Zeroizing<String> {
@@ -91,7 +91,7 @@ pub fn parse_get(text: &str) -> Result<Device, UapiError> {
             if value.len() != 64 || !value.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err(bad("public_key: expected 64 hex digits".into()));
             }
-            device.peers.push(Peer {
+            device.peers.push(UapiPeer {
                 public_key: value.to_string(),
                 counters: Counters { rx_bytes: 0, tx_bytes: 0 },
                 last_handshake_sec: 0,

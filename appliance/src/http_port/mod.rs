@@ -1,19 +1,15 @@
-//! The health responder: `GET`/`HEAD /` answers 200 with a one-line body (`wg0 up`) only when
-//! the judge says every condition holds, else 503 with one line per failing condition. The
-//! judge (the service's, or init's while no service runs) decides; this module only speaks HTTP,
-//! on its own thread so it stays responsive while the data plane is busy.
+//! The appliance's bounded HTTP port: one thread serves every connection from one `poll` loop
+//! (no thread per connection); each connection gets one request of at most 4 KiB
+//! ([`exchange`]) and 2 s to send it and 2 s to take the answer; [`admission`] caps connections
+//! per source and in all. Stopping never waits for a client: it closes every connection and the
+//! port at once.
 //!
-//! The port is reachable from the whole VPC, so nobody on it may freeze or exhaust the
-//! responder: one thread serves every connection from one `poll` loop (no thread per
-//! connection); each connection gets one request of at most 4 KiB (`exchange`) and 2 s to send
-//! it and 2 s to take the answer; `admission` caps connections per source and in all. Stopping
-//! never waits for a client: it closes every connection and the port at once.
-//!
-//! The same bounded responder serves `GET /metrics` on the metrics port ([`HttpResponder::serve`]
-//! with another answer); only what it answers differs.
+//! The health port ([`crate::health`]) and the metrics port ([`crate::metrics`]) are both this
+//! responder with another answer: both are reachable from the whole VPC, so nobody on them may
+//! freeze or exhaust it.
 
 mod admission;
-pub(crate) mod exchange;
+pub mod exchange;
 
 use admission::{Admission, Admit, ConnectionId, Limits};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -27,87 +23,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-
-/// A condition the service's health depends on: every failing line of a 503 is about one, and
-/// each is a `bastion_health_condition_failing` series. Typed, so that rewording a line never
-/// changes a metric.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Condition {
-    Draining,
-    Tun,
-    Udp,
-    Nat,
-    Forwarding,
-    EventLoop,
-    Selftest,
-}
-
-impl Condition {
-    pub const ALL: [Condition; 7] = [
-        Condition::Draining,
-        Condition::Tun,
-        Condition::Udp,
-        Condition::Nat,
-        Condition::Forwarding,
-        Condition::EventLoop,
-        Condition::Selftest,
-    ];
-
-    /// How its lines start (`event loop: ...`).
-    pub fn name(self) -> &'static str {
-        match self {
-            Condition::Draining => "draining",
-            Condition::Tun => "tun",
-            Condition::Udp => "udp",
-            Condition::Nat => "nat",
-            Condition::Forwarding => "forwarding",
-            Condition::EventLoop => "event loop",
-            Condition::Selftest => "selftest",
-        }
-    }
-
-    /// Its metrics label and status JSON name (`event_loop`).
-    pub fn label(self) -> &'static str {
-        match self {
-            Condition::EventLoop => "event_loop",
-            other => other.name(),
-        }
-    }
-}
-
-/// One failing condition and the line that says why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Failing {
-    pub condition: Condition,
-    pub line: String,
-}
-
-/// What the health check says right now.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
-    /// 200, with this one-line body (`wg0 up`).
-    Healthy(String),
-    /// 503, one line per failing condition.
-    Unhealthy(Vec<String>),
-}
-
-impl Verdict {
-    pub fn status(&self) -> u16 {
-        match self {
-            Verdict::Healthy(_) => 200,
-            Verdict::Unhealthy(_) => 503,
-        }
-    }
-
-    /// One line per reason; key-like fragments hidden (the port is open to the whole VPC).
-    pub fn body(&self) -> String {
-        let lines = match self {
-            Verdict::Healthy(line) => format!("{line}\n"),
-            Verdict::Unhealthy(reasons) => reasons.iter().map(|r| format!("{r}\n")).collect(),
-        };
-        crate::keys::redact_key_like(&lines).into_owned()
-    }
-}
 
 /// How long to keep trying when the port is still held (init's placeholder responder closing, or
 /// a previous service instance exiting).
@@ -131,18 +46,10 @@ pub struct HttpResponder {
     thread: Option<JoinHandle<()>>,
 }
 
-/// The health port's responder.
-pub type HealthResponder = HttpResponder;
-
 /// What a responder answers to one whole request (or refusal): the bytes of the response.
 pub type Answer = dyn Fn(&exchange::Received) -> Vec<u8> + Send;
 
 impl HttpResponder {
-    /// The health check on `listen`: `GET /` answered from `judge`.
-    pub fn start(listen: SocketAddr, judge: impl Fn() -> Verdict + Send + 'static) -> io::Result<HttpResponder> {
-        HttpResponder::serve("health", listen, move |received| exchange::answer(received, &judge))
-    }
-
     /// A bounded responder named `name` (its thread and log lines) on `listen`, answering each
     /// request with `answer`.
     pub fn serve(
@@ -229,7 +136,7 @@ impl Responder {
             name,
             listener,
             woken,
-            admission: Admission::new(Limits::HEALTH),
+            admission: Admission::new(Limits::PORT),
             connections: BTreeMap::new(),
             refused: RefusalLog { name, ..RefusalLog::default() },
         }
@@ -413,7 +320,7 @@ impl RefusalLog {
              logged at most once a minute",
             self.name,
             self.since_last_line,
-            Limits::HEALTH.per_source,
+            Limits::PORT.per_source,
             source.to_canonical()
         );
         self.last_line = Some(now);
@@ -436,47 +343,22 @@ mod tests {
         text
     }
 
-    #[test]
-    fn answers_200_and_503_with_reasons_over_real_http() {
-        let flag = Arc::new(AtomicBool::new(true));
-        let judge_flag = flag.clone();
-        let probe = TcpListener::bind("127.0.0.1:0").unwrap();
-        let address = probe.local_addr().unwrap();
-        drop(probe);
-        let responder = HealthResponder::start(address, move || {
-            if judge_flag.load(Ordering::Relaxed) {
-                Verdict::Healthy("wg0 up".into())
-            } else {
-                Verdict::Unhealthy(vec!["tun: wg0 is down".into(), "draining".into()])
-            }
-        })
-        .unwrap();
-        let ok = get(address, "GET / HTTP/1.0\r\n\r\n");
-        assert!(ok.starts_with("HTTP/1.0 200") || ok.starts_with("HTTP/1.1 200"), "{ok}");
-        assert!(ok.ends_with("wg0 up\n"), "{ok}");
-        flag.store(false, Ordering::Relaxed);
-        let bad = get(address, "GET / HTTP/1.0\r\n\r\n");
-        assert!(bad.contains(" 503 "), "{bad}");
-        assert!(bad.ends_with("tun: wg0 is down\ndraining\n"), "{bad}");
-        let head = get(address, "HEAD / HTTP/1.0\r\n\r\n");
-        assert!(head.contains(" 503 "), "{head}");
-        assert!(!head.contains("draining"), "{head}");
-        assert!(get(address, "GET /x HTTP/1.0\r\n\r\n").contains(" 404 "));
-        assert!(get(address, "POST / HTTP/1.0\r\nContent-Length: 0\r\n\r\n").contains(" 405 "));
-        // Garbage is answered (or closed), never a crash: the next request still works.
-        let _ = get(address, "\x00\x01garbage\r\n\r\n");
-        assert!(get(address, "GET / HTTP/1.0\r\n\r\n").contains(" 503 "));
-        responder.stop();
-        assert!(TcpStream::connect(address).is_err());
-    }
-
     fn free_address() -> SocketAddr {
         let probe = TcpListener::bind("127.0.0.1:0").unwrap();
         probe.local_addr().unwrap()
     }
 
-    fn healthy_responder(address: SocketAddr) -> HealthResponder {
-        HealthResponder::start(address, || Verdict::Healthy("wg0 up".into())).unwrap()
+    /// A port that answers a request `200 wg0 up`, a head too large 431, anything else 400.
+    fn healthy_responder(address: SocketAddr) -> HttpResponder {
+        HttpResponder::serve("test", address, |received| {
+            let status = match received {
+                exchange::Received::Request { .. } => 200,
+                exchange::Received::Refused(exchange::Refusal::TooLarge) => 431,
+                _ => 400,
+            };
+            exchange::response(status, "text/plain", b"wg0 up\n", exchange::Body::Sent, false)
+        })
+        .unwrap()
     }
 
     /// A connection from `source` (any 127.x address: lo holds all of 127/8).
@@ -511,7 +393,7 @@ mod tests {
         let responder = healthy_responder(address);
         // The per-source limit's worth of silent connections from one address...
         let silent: Vec<TcpStream> =
-            (0..Limits::HEALTH.per_source).map(|_| connect_from([127, 0, 0, 2], address)).collect();
+            (0..Limits::PORT.per_source).map(|_| connect_from([127, 0, 0, 2], address)).collect();
         std::thread::sleep(Duration::from_millis(200));
         // ...one more from it is closed at once, unanswered...
         let mut extra = connect_from([127, 0, 0, 2], address);

@@ -1,12 +1,10 @@
-//! One health request and its answer, as bytes: no sockets, no clock.
+//! One request to the HTTP port and the shape of its answer, as bytes: no sockets, no clock.
 //!
 //! A connection carries exactly one request (the answer says `Connection: close`), so a client
 //! cannot pipeline thousands of requests behind one another or hold the responder with one
 //! connection. The request head may be at most [`MAX_REQUEST_BYTES`]; a longer one is answered
 //! 431 and closed, before the rest of it is read. Bytes are parsed by `httparse` (the parser
 //! hyper uses): garbage is a 400, never a panic.
-
-use super::Verdict;
 
 /// The largest request head read (request line + headers + the blank line). A load balancer's
 /// health check is about 100 bytes.
@@ -68,30 +66,6 @@ pub fn receive(bytes: &[u8]) -> Received {
     }
 }
 
-/// The whole answer to what was received (not `Incomplete`): status line, headers, body.
-/// `verdict` is asked only for a `GET`/`HEAD /`.
-pub fn answer(received: &Received, verdict: impl FnOnce() -> Verdict) -> Vec<u8> {
-    let (status, body, omit_body, allow) = match received {
-        Received::Incomplete => (400, "incomplete request\n".to_string(), false, false),
-        Received::Refused(Refusal::Malformed) => (400, "bad request: expected GET / HTTP/1.1\n".into(), false, false),
-        Received::Refused(Refusal::TooLarge) => {
-            (431, format!("request too large: at most {MAX_REQUEST_BYTES} bytes of head\n"), false, false)
-        }
-        Received::Request { path, .. } if path != "/" => {
-            (404, "not found: the health check is at /\n".into(), false, false)
-        }
-        Received::Request { method: Method::Other, .. } => {
-            (405, "method not allowed: use GET or HEAD\n".into(), false, true)
-        }
-        Received::Request { method, .. } => {
-            let verdict = verdict();
-            (verdict.status(), verdict.body(), *method == Method::Head, false)
-        }
-    };
-    let omitted = if omit_body { Body::Omitted } else { Body::Sent };
-    response(status, "text/plain; charset=utf-8", body.as_bytes(), omitted, allow)
-}
-
 /// Whether the body goes on the wire (not for `HEAD`; `Content-Length` is the same either way).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Body {
@@ -135,16 +109,8 @@ fn reason_phrase(status: u16) -> &'static str {
 mod tests {
     use super::*;
 
-    fn healthy() -> Verdict {
-        Verdict::Healthy("wg0 up".into())
-    }
-
     fn request(method: Method, path: &str, openmetrics: bool) -> Received {
         Received::Request { method, path: path.into(), openmetrics }
-    }
-
-    fn text(received: &Received) -> String {
-        String::from_utf8(answer(received, healthy)).unwrap()
     }
 
     #[test]
@@ -180,60 +146,5 @@ mod tests {
         let many: String = (0..MAX_HEADERS + 1).map(|i| format!("X-{i}: y\r\n")).collect();
         let request = format!("GET / HTTP/1.1\r\n{many}\r\n");
         assert_eq!(receive(request.as_bytes()), Received::Refused(Refusal::TooLarge));
-    }
-
-    #[test]
-    fn answers_close_the_connection_and_carry_the_verdict() {
-        let get = text(&receive(b"GET / HTTP/1.1\r\n\r\n"));
-        assert!(get.starts_with("HTTP/1.1 200 OK\r\n"), "{get}");
-        assert!(get.contains("\r\nConnection: close\r\n"), "{get}");
-        assert!(get.contains("\r\nContent-Length: 7\r\n"), "{get}");
-        assert!(get.ends_with("\r\n\r\nwg0 up\n"), "{get}");
-        let down = String::from_utf8(answer(&receive(b"GET / HTTP/1.1\r\n\r\n"), || {
-            Verdict::Unhealthy(vec!["tun: wg0 is down".into(), "draining".into()])
-        }))
-        .unwrap();
-        assert!(down.starts_with("HTTP/1.1 503 Service Unavailable\r\n"), "{down}");
-        assert!(down.ends_with("\r\n\r\ntun: wg0 is down\ndraining\n"), "{down}");
-        // HEAD: GET's status and length, no body.
-        let head = text(&receive(b"HEAD / HTTP/1.1\r\n\r\n"));
-        assert!(head.contains("\r\nContent-Length: 7\r\n") && head.ends_with("\r\n\r\n"), "{head}");
-        let not_allowed = text(&receive(b"DELETE / HTTP/1.1\r\n\r\n"));
-        assert!(not_allowed.starts_with("HTTP/1.1 405 ") && not_allowed.contains("\r\nAllow: GET, HEAD\r\n"));
-        assert!(text(&receive(b"GET /x HTTP/1.1\r\n\r\n")).starts_with("HTTP/1.1 404 "));
-        assert!(text(&Received::Refused(Refusal::TooLarge)).starts_with("HTTP/1.1 431 "));
-        assert!(text(&Received::Refused(Refusal::Malformed)).starts_with("HTTP/1.1 400 "));
-    }
-
-    #[test]
-    fn the_judge_is_asked_only_for_the_health_path() {
-        for request in [&b"GET /x HTTP/1.1\r\n\r\n"[..], b"PUT / HTTP/1.1\r\n\r\n", b"garbage\r\n\r\n"] {
-            answer(&receive(request), || panic!("judge asked for {:?}", String::from_utf8_lossy(request)));
-        }
-    }
-
-    #[test]
-    fn arbitrary_bytes_never_panic() {
-        // A deterministic sweep of mostly HTTP-shaped bytes.
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        for len in 0..600 {
-            let bytes: Vec<u8> = (0..len)
-                .map(|_| {
-                    state ^= state << 13;
-                    state ^= state >> 7;
-                    state ^= state << 17;
-                    // Mostly printable, with the bytes HTTP cares about.
-                    match state % 8 {
-                        0 => b'\r',
-                        1 => b'\n',
-                        2 => b' ',
-                        3 => b':',
-                        _ => (state >> 8) as u8,
-                    }
-                })
-                .collect();
-            let received = receive(&bytes);
-            let _ = answer(&received, healthy);
-        }
     }
 }

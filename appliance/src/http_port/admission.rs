@@ -1,4 +1,4 @@
-//! Which connections the health responder keeps: at most [`Limits::per_source`] open from one
+//! Which connections the HTTP port keeps: at most [`Limits::per_source`] open from one
 //! address and [`Limits::total`] in all. No sockets here, only the decision.
 //!
 //! The per-source cap keeps one host from taking the slots the load balancer's health checkers
@@ -18,7 +18,7 @@ pub struct Limits {
 impl Limits {
     /// The responder's limits: far above what an NLB's checkers use (one connection every few
     /// seconds from each of a few addresses), far below a thread or file-descriptor problem.
-    pub const HEALTH: Limits = Limits { total: 128, per_source: 8 };
+    pub const PORT: Limits = Limits { total: 128, per_source: 8 };
 }
 
 /// A connection's number, in the order they were accepted (lower is older).
