@@ -6,6 +6,8 @@
 //! - `enroll` — `bastion peer add/remove/list`: a peer into the file, its client config out;
 //!   `config_edit` — editing the file in place (lock, symlink, atomic write);
 //! - `keys` — WireGuard keys and the masking of key-like text in diagnostics; `log` — lines;
+//!   `audit` — the audit trail (sessions, peer changes) and `bastion audit`; `cloudwatch` — every
+//!   line and a metric record a minute to CloudWatch Logs;
 //! - `tunnel` — the WireGuard data plane; `nat` (+ `netlink`) — forwarding and our nftables table;
 //! - `http_port` — the bounded HTTP responder; `health` — the health check on it; `metrics` —
 //!   `GET /metrics` on it;
@@ -17,6 +19,8 @@
 //! - `watch` — `bastion watch`, on client machines: moves a stalled tunnel to a new flow;
 //!   `move_notice` — the in-tunnel notice a draining bastion sends its peers.
 
+pub mod audit;
+pub mod cloudwatch;
 pub mod config;
 pub mod config_edit;
 pub mod control;

@@ -3,7 +3,7 @@
 //! This file only parses the command line and dispatches; each command's work lives in the
 //! library (`bastion::service` runs the bastion, `config` validates, `keys` makes keys...).
 
-use bastion::{config, config_edit, control, convert, enroll, init, keys, service, status, watch};
+use bastion::{audit, config, config_edit, control, convert, enroll, init, keys, service, status, watch};
 use clap::{Parser, Subcommand};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -98,6 +98,36 @@ enum Command {
         /// default: any address of a peer's allowed IPs that is not this machine's).
         #[arg(long = "bastion-address")]
         bastion_addresses: Vec<std::net::IpAddr>,
+    },
+    /// Read the audit trail back: who was connected, from which addresses, when, with how many
+    /// bytes (sessions), or the events themselves; from a log file or a CloudWatch Logs group.
+    Audit {
+        /// A log file with the service's lines (the serial console capture, `bastion run`'s
+        /// standard error); `-` for standard input.
+        #[arg(long, required_unless_present = "cloudwatch_group", conflicts_with = "cloudwatch_group")]
+        file: Option<PathBuf>,
+        /// The CloudWatch Logs group the bastions ship to (`[log] cloudwatch_group`); needs
+        /// logs:FilterLogEvents and a region (AWS_REGION).
+        #[arg(long)]
+        cloudwatch_group: Option<String>,
+        /// Only this peer (its name).
+        #[arg(long)]
+        peer: Option<String>,
+        /// Only this bastion (its instance id, or host name off EC2).
+        #[arg(long)]
+        bastion: Option<String>,
+        /// Sessions still going at or after this time (UTC, 2026-12-05T02:00:00Z, or Unix seconds).
+        #[arg(long, value_parser = audit::query::parse_time)]
+        since: Option<i64>,
+        /// Sessions that began at or before this time.
+        #[arg(long, value_parser = audit::query::parse_time)]
+        until: Option<i64>,
+        /// List the events instead of the sessions.
+        #[arg(long)]
+        events: bool,
+        /// Print JSON (one object per line) instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Make the running service read its config source again now and apply what changed.
     Reload {
@@ -217,7 +247,54 @@ fn main() -> ExitCode {
             backend,
         }),
         Command::Reload { interface, socket } => reload(&socket.unwrap_or_else(|| control::default_socket(&interface))),
+        Command::Audit { file, cloudwatch_group, peer, bastion, since, until, events, json } => {
+            let selection = audit::query::Selection { peer, bastion, since_ms: since, until_ms: until };
+            audit_command(file.as_deref(), cloudwatch_group.as_deref(), &selection, events, json)
+        }
     }
+}
+
+/// `bastion audit`: exit 0 with the table (or JSON), 1 when the records cannot be read.
+fn audit_command(
+    file: Option<&Path>,
+    group: Option<&str>,
+    selection: &audit::query::Selection,
+    events: bool,
+    json: bool,
+) -> ExitCode {
+    let records = match (file, group) {
+        (Some(file), _) => audit::read::from_file(file),
+        (None, Some(group)) => audit::read::from_cloudwatch(group, selection.bastion.as_deref(), selection.since_ms),
+        (None, None) => Err("give --file or --cloudwatch-group".into()),
+    };
+    let records = match records {
+        Ok(records) => records,
+        Err(e) => {
+            eprintln!("audit: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if events {
+        for record in selection.events(&records) {
+            if json {
+                println!("{}", record.to_json());
+            } else {
+                let time = bastion_aws::time::UtcTime(record.time_ms.div_euclid(1000)).rfc3339();
+                let event = serde_json::to_value(&record.event).unwrap_or_default();
+                println!("{time} {} {} {event}", record.bastion, record.interface);
+            }
+        }
+    } else {
+        let rows = audit::query::sessions(&records, selection);
+        if json {
+            for row in &rows {
+                println!("{}", serde_json::to_string(row).unwrap_or_default());
+            }
+        } else {
+            print!("{}", audit::query::render_table(&rows));
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 /// Seconds on the command line: 0.1 to 3600.
@@ -287,6 +364,7 @@ fn show_named_paths(command: &Command) {
         Command::Status { socket, .. } | Command::Reload { socket, .. } | Command::Watch { socket, .. } => {
             socket.as_deref().into_iter().collect()
         }
+        Command::Audit { file, .. } => file.as_deref().into_iter().collect(),
         Command::Init { .. } | Command::Genkey | Command::Pubkey => Vec::new(),
     };
     for path in paths {

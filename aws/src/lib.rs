@@ -26,6 +26,7 @@ pub mod env;
 pub mod error;
 pub mod http;
 pub mod imds;
+pub mod logs;
 pub mod profile;
 pub mod retry;
 pub mod sigv4;

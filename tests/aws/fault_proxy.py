@@ -4,14 +4,19 @@ the real services send under load, so the test can see the client retry them.
 
 Every Nth request (--every) gets, in turn: EBS's throttling answer (HTTP 400,
 `x-amzn-ErrorType: RequestThrottledException`, JSON with Message and Reason), a 503, and for
-EC2 its `RequestLimitExceeded` (503, XML). The rest are forwarded unchanged. One JSON line per
-injected fault goes to --log."""
+EC2 its `RequestLimitExceeded` (503, XML), for CloudWatch Logs its `ThrottlingException` (400,
+JSON). The rest are forwarded unchanged. One JSON line per injected fault goes to --log.
+
+While the file --hang-file exists, requests get no answer at all: the proxy holds each one
+until the file is gone (at most 120 s), then closes the connection."""
 
 import argparse
 import http.client
 import http.server
 import json
+import os
 import threading
+import time
 
 
 def main():
@@ -20,6 +25,7 @@ def main():
     p.add_argument("--upstream", type=int, required=True)
     p.add_argument("--every", type=int, default=5)
     p.add_argument("--log", required=True)
+    p.add_argument("--hang-file")
     a = p.parse_args()
     lock = threading.Lock()
     state = {"n": 0, "faults": 0}
@@ -35,6 +41,14 @@ def main():
             body = self.rfile.read(length) if length else b""
             auth = self.headers.get("Authorization", "")
             service = auth.split("Credential=", 1)[-1].split("/")[3] if "Credential=" in auth else "?"
+            if a.hang_file and os.path.exists(a.hang_file):
+                with open(a.log, "a") as log:
+                    log.write(json.dumps({"fault": "hang", "service": service, "method": self.command, "path": self.path}) + "\n")
+                deadline = time.time() + 120
+                while os.path.exists(a.hang_file) and time.time() < deadline:
+                    time.sleep(0.2)
+                self.close_connection = True
+                return
             with lock:
                 state["n"] += 1
                 fault = None
@@ -43,7 +57,10 @@ def main():
                     state["faults"] += 1
                     fault = ["throttle", "unavailable", "throttle"][kind]
             if fault:
-                if service == "ebs" and fault == "throttle":
+                if service == "logs" and fault == "throttle":
+                    payload = json.dumps({"__type": "ThrottlingException", "message": "Rate exceeded"}).encode()
+                    status, headers = 400, {"Content-Type": "application/x-amz-json-1.1"}
+                elif service == "ebs" and fault == "throttle":
                     payload = json.dumps({"Message": "Rate exceeded", "Reason": "ACCOUNT_THROTTLED"}).encode()
                     status, headers = 400, {"x-amzn-ErrorType": "RequestThrottledException:http://internal.amazon.com/coral/com.amazon.zeppelindataservice/", "Content-Type": "application/json"}
                 elif fault == "throttle":

@@ -187,12 +187,37 @@ def delete_parameter(region, name):
     return {}
 
 
+def create_log_group(region, name):
+    client("logs", region).create_log_group(logGroupName=name)
+    return {}
+
+
+def log_events(region, group, stream):
+    """Every event of the stream, oldest first, as CloudWatch Logs holds them."""
+    logs = client("logs", region)
+    events, token = [], None
+    while True:
+        kwargs = {"logGroupName": group, "logStreamName": stream, "startFromHead": True}
+        if token:
+            kwargs["nextToken"] = token
+        try:
+            page = logs.get_log_events(**kwargs)
+        except logs.exceptions.ResourceNotFoundException:
+            return {"events": []}  # no stream yet: nothing shipped
+        events.extend({"timestamp": e["timestamp"], "message": e["message"]} for e in page["events"])
+        if not page["events"] or page.get("nextForwardToken") == token:
+            break
+        token = page.get("nextForwardToken")
+    return {"events": events}
+
+
 def main():
     region = os.environ.get("AWS_REGION", "eu-west-1")
     what, args = sys.argv[1], sys.argv[2:]
     commands = {"readback": readback, "image": image, "permissions": permissions, "snapshots-tagged": snapshots_tagged,
                 "recording": recording, "leftover": leftover, "iam-user": iam_user,
-                "put-parameter": put_parameter, "delete-parameter": delete_parameter}
+                "put-parameter": put_parameter, "delete-parameter": delete_parameter,
+                "create-log-group": create_log_group, "log-events": log_events}
     result = commands[what](region, *args)
     print(json.dumps(result))
 

@@ -7,7 +7,13 @@ allows, the listener, target group and accelerator on the appliance's WireGuard 
 bastions reachable only from the NLB, IMDSv2 only; a short deregistration delay (a dead
 bastion's stock clients wait that long after a survivor took it out), a termination hook that
 holds a leaving bastion for the appliance's drain, and, with [siblings] in the user-data, the
-permissions it needs on this target group and this Auto Scaling group.
+permissions it needs on this target group and this Auto Scaling group. CloudWatch: every
+user-data branch, with a config before it, is valid TOML whose [log] cloudwatch_group names the
+stack's log group; the instance role may call logs:CreateLogStream and logs:PutLogEvents on that
+group and its streams and nothing else of logs; the four alarms (no healthy bastion, a bastion
+unhealthy, config source failing, restart pending) watch the right metric with the right
+statistic, threshold and periods, and notify AlarmTopicArn only when it is set; the dashboard's
+body is JSON once substituted and shows the appliance's metrics for the stack's group.
 
   check_template.py TEMPLATE --listen-port 51820 --health-port 8080 --drain-seconds 30
 
@@ -15,7 +21,9 @@ Prints {"problems": [...], "facts": {...}} and exits 1 when there are problems."
 
 import argparse
 import json
+import re
 import sys
+import tomllib
 
 from cfnlint.decode import decode
 
@@ -38,6 +46,32 @@ UDP_REFUSED = {
     "preserve_client_ip.enabled": "false",
     "proxy_protocol_v2.enabled": "true",
 }
+
+# The appliance's CloudWatch output ([log] cloudwatch_group): the calls it makes on its group,
+# and the metrics it publishes every 60 s (Embedded Metric Format, namespace Bastion, dimensions
+# LogGroup and LogGroup + InstanceId).
+LOG_ACTIONS = {"logs:CreateLogStream", "logs:PutLogEvents"}
+FLEET_METRICS = ("Healthy", "LiveSessions", "Handshakes", "FailoverHandshakes", "DroppedDatagrams", "AuditEventsDropped")
+# The alarms, by (namespace, metric): what each means, and how it must be set.
+ALARMS = {
+    ("AWS/NetworkELB", "HealthyHostCount"): ("no healthy bastion", {
+        "Statistic": "Minimum", "ComparisonOperator": "LessThanThreshold", "Threshold": 1,
+        "Period": 60, "EvaluationPeriods": 1, "TreatMissingData": "breaching"}),
+    ("Bastion", "Healthy"): ("a bastion unhealthy more than a minute", {
+        "Statistic": "Minimum", "ComparisonOperator": "LessThanThreshold", "Threshold": 1,
+        "Period": 60, "EvaluationPeriods": 2, "TreatMissingData": "notBreaching"}),
+    ("Bastion", "ConfigSourceFailing"): ("config source failing", {
+        "Statistic": "Maximum", "ComparisonOperator": "GreaterThanOrEqualToThreshold", "Threshold": 1,
+        "Period": 60, "EvaluationPeriods": 3}),
+    ("Bastion", "RestartPending"): ("restart pending", {
+        "Statistic": "Maximum", "ComparisonOperator": "GreaterThanOrEqualToThreshold", "Threshold": 1,
+        "Period": 60, "EvaluationPeriods": 5}),
+}
+# What stands for what only a deployment knows, when a value is rendered.
+PSEUDO = {"AWS::Partition": "aws", "AWS::Region": "eu-west-1", "AWS::AccountId": "123456789012",
+          "AWS::StackName": "bastion", "AWS::URLSuffix": "amazonaws.com"}
+# An operator's config without a final newline: what the stack appends must bring its own.
+DUMMY_CONFIG = '[interface]\nprivate_key_ssm = "/bastion/key"\naddress = ["10.100.0.1/24"]'
 
 
 def of_type(resources, kind):
@@ -129,6 +163,7 @@ def check(template, listen_port, health_port, drain_seconds):
         if hook.get("DefaultResult") != "CONTINUE":
             problems.append(f"{name}: DefaultResult {hook.get('DefaultResult')!r}, expected CONTINUE (nothing completes the action)")
     problems += check_siblings(resources, groups)
+    problems += check_cloudwatch(template, facts)
     facts["resources"] = sorted({r.get("Type") for r in resources.values()})
     return problems, facts
 
@@ -164,6 +199,263 @@ def check_siblings(resources, groups):
     deregister = allowed.get("elasticloadbalancing:DeregisterTargets")
     if deregister is not None and not (isinstance(deregister, dict) and deregister.get("Ref") in groups):
         problems.append(f"elasticloadbalancing:DeregisterTargets is allowed on {deregister!r}, expected this stack's target group only")
+    return problems
+
+
+def render(value, template, given=None):
+    """The string CloudFormation would make of value (Ref, Fn::GetAtt, Fn::Join, Fn::Sub,
+    Fn::Base64 before encoding), with stand-ins for what only a deployment knows: PSEUDO, a
+    parameter's given value or default, `dummy-NAME` for a resource's name and
+    `dummy-NAME-ATTRIBUTE` for its attributes (a log group's Arn as CloudFormation gives it).
+    Raises KeyError for a name that is not in the template, ValueError for anything else."""
+    given = given or {}
+    resources = template.get("Resources", {})
+    parameters = template.get("Parameters", {})
+
+    def ref(name):
+        if name in given:
+            return given[name]
+        if name in PSEUDO:
+            return PSEUDO[name]
+        if name in parameters:
+            default = parameters[name].get("Default")
+            return f"dummy-{name}" if default in (None, "") else str(default)
+        if name in resources:
+            return f"dummy-{name}"
+        raise KeyError(name)
+
+    def getatt(name, attribute):
+        if name not in resources:
+            raise KeyError(name)
+        if resources[name].get("Type") == "AWS::Logs::LogGroup" and attribute == "Arn":
+            return f"arn:{PSEUDO['AWS::Partition']}:logs:{PSEUDO['AWS::Region']}:{PSEUDO['AWS::AccountId']}:log-group:{ref(name)}:*"
+        return f"dummy-{name}-{attribute}"
+
+    def go(v):
+        if isinstance(v, str):
+            return str(v)
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return str(v)
+        if isinstance(v, dict) and len(v) == 1:
+            ((fn, arg),) = v.items()
+            if fn == "Ref":
+                return ref(arg)
+            if fn == "Fn::GetAtt":
+                return getatt(*(arg.split(".", 1) if isinstance(arg, str) else arg))
+            if fn == "Fn::Join":
+                return go(arg[0]).join(go(x) for x in arg[1])
+            if fn == "Fn::Base64":
+                return go(arg)
+            if fn == "Fn::Sub":
+                text, variables = (arg, {}) if isinstance(arg, str) else arg
+
+                def one(m):
+                    key = m.group(1)
+                    if key.startswith("!"):
+                        return "${" + key[1:] + "}"
+                    if key in variables:
+                        return go(variables[key])
+                    if "." in key and key.split(".", 1)[0] in resources:
+                        return getatt(*key.split(".", 1))
+                    return ref(key)
+
+                return re.sub(r"\$\{([^}]*)\}", one, text)
+        raise ValueError(f"cannot render {v!r}")
+
+    return go(value)
+
+
+def branches(value):
+    """Every value value can come to, one per way through its Fn::If (nested ones too)."""
+    if isinstance(value, dict):
+        if set(value) == {"Fn::If"} and len(value["Fn::If"]) == 3:
+            return branches(value["Fn::If"][1]) + branches(value["Fn::If"][2])
+        out = [{}]
+        for key, v in value.items():
+            out = [{**o, key: b} for o in out for b in branches(v)]
+        return out
+    if isinstance(value, list):
+        out = [[]]
+        for v in value:
+            out = [o + [b] for o in out for b in branches(v)]
+        return out
+    return [value]
+
+
+def listed(value):
+    return value if isinstance(value, list) else [value]
+
+
+def getatt_of(value):
+    """(resource, attribute) of an Fn::GetAtt, else None."""
+    if isinstance(value, dict) and set(value) == {"Fn::GetAtt"}:
+        arg = value["Fn::GetAtt"]
+        return tuple(arg.split(".", 1) if isinstance(arg, str) else arg)
+    return None
+
+
+def check_cloudwatch(template, facts):
+    """[log] cloudwatch_group in the user-data, the role's logs permissions, the alarms and the
+    dashboard, against the stack's one log group."""
+    resources = template.get("Resources", {})
+    groups = of_type(resources, "AWS::Logs::LogGroup")
+    if len(groups) != 1:
+        return [f"expected one log group (what every bastion's [log] cloudwatch_group names), found {len(groups)}"]
+    group = next(iter(groups))
+    facts["log_group"] = group
+    return (check_log_section(template, group) + check_log_permissions(template, group)
+            + check_alarms(template, group, facts) + check_dashboard(template, group, facts))
+
+
+def check_log_section(template, group):
+    """Every way the user-data can come out, appended to an operator's config, is valid TOML and
+    names the stack's log group in [log] cloudwatch_group."""
+    problems = []
+    name = render({"Ref": group}, template)
+    for lt_name, lt in of_type(template.get("Resources", {}), "AWS::EC2::LaunchTemplate").items():
+        for i, branch in enumerate(branches(lt.get("LaunchTemplateData", {}).get("UserData")), 1):
+            try:
+                text = render(branch, template, {"BastionConfig": DUMMY_CONFIG})
+            except (KeyError, ValueError) as e:
+                problems.append(f"{lt_name}: user-data branch {i} cannot be read: {e}")
+                continue
+            try:
+                config = tomllib.loads(text)
+            except tomllib.TOMLDecodeError as e:
+                problems.append(f"{lt_name}: user-data branch {i} is not valid TOML after a config ({e}): {text!r}")
+                continue
+            if config.get("log", {}).get("cloudwatch_group") != name:
+                problems.append(f"{lt_name}: user-data branch {i} has no [log] cloudwatch_group naming the stack's log group {group} (its [log]: {config.get('log')})")
+    return problems
+
+
+def check_log_permissions(template, group):
+    """logs:CreateLogStream on the group, logs:PutLogEvents on its streams, and no other logs
+    action or resource, in any policy of the template."""
+    problems = []
+    resources = template.get("Resources", {})
+    arn = render({"Fn::Sub": "arn:${AWS::Partition}:logs:${AWS::Region}:${AWS::AccountId}:log-group:${%s}" % group}, template)
+    on_group, on_streams = {arn, arn + ":*"}, {arn + ":*", arn + ":log-stream:*"}
+    documents = [(f"{n}/{p.get('PolicyName')}", p) for n, role in of_type(resources, "AWS::IAM::Role").items() for p in role.get("Policies", [])]
+    documents += list(of_type(resources, "AWS::IAM::Policy").items()) + list(of_type(resources, "AWS::IAM::ManagedPolicy").items())
+    allowed = {}
+    for name, policy in documents:
+        for st in statements(policy):
+            if st.get("Effect") != "Allow":
+                continue
+            if "NotAction" in st or "NotResource" in st:
+                problems.append(f"{name}: an Allow with NotAction or NotResource grants logs actions beyond logs:CreateLogStream and logs:PutLogEvents")
+                continue
+            actions = [a for a in listed(st.get("Action")) if isinstance(a, str) and (a == "*" or a.lower().startswith("logs:"))]
+            if not actions:
+                continue
+            for action in actions:
+                if action not in LOG_ACTIONS:
+                    problems.append(f"{name}: the bastions may call {action}, expected exactly logs:CreateLogStream and logs:PutLogEvents")
+            where = []
+            for r in listed(st.get("Resource")):
+                try:
+                    where.append(render(r, template))
+                except (KeyError, ValueError):
+                    where.append(repr(r))
+            wrong = [r for r in where if r not in on_group | on_streams]
+            if wrong:
+                problems.append(f"{name}: {', '.join(actions)} allowed on {wrong}, expected only on the stack's log group {group} and its streams")
+            for action in actions:
+                allowed.setdefault(action, set()).update(where)
+    if not allowed.get("logs:CreateLogStream", set()) & on_group:
+        problems.append(f"the bastions may not call logs:CreateLogStream on the stack's log group {group}")
+    if not allowed.get("logs:PutLogEvents", set()) & on_streams:
+        problems.append(f"the bastions may not call logs:PutLogEvents on the streams of the stack's log group {group}")
+    return problems
+
+
+def check_alarms(template, group, facts):
+    """The four alarms, each on its metric as ALARMS says, and each notifying AlarmTopicArn
+    under a condition that it is set (no action without it)."""
+    problems = []
+    resources = template.get("Resources", {})
+    topic = "AlarmTopicArn"
+    if template.get("Parameters", {}).get(topic, {}).get("Default") != "":
+        problems.append(f"expected an optional parameter {topic} (default empty) for the alarms' actions")
+    is_set = {n for n, c in template.get("Conditions", {}).items()
+              if c in ({"Fn::Not": [{"Fn::Equals": [{"Ref": topic}, ""]}]}, {"Fn::Not": [{"Fn::Equals": ["", {"Ref": topic}]}]})}
+    alarms = of_type(resources, "AWS::CloudWatch::Alarm")
+    facts["alarms"] = sorted(alarms)
+    for (namespace, metric), (what, expected) in ALARMS.items():
+        found = {n: a for n, a in alarms.items() if a.get("Namespace") == namespace and a.get("MetricName") == metric}
+        if len(found) != 1:
+            problems.append(f"expected one alarm on {namespace} {metric} ({what}), found {len(found)}")
+            continue
+        ((name, alarm),) = found.items()
+        for key, value in expected.items():
+            got = alarm.get(key)
+            try:
+                same = float(str(got)) == float(value) if isinstance(value, int) else got == value
+            except ValueError:
+                same = False
+            if not same:
+                problems.append(f"{name}: {key} {got!r}, expected {value!r} ({what})")
+        points = alarm.get("DatapointsToAlarm", alarm.get("EvaluationPeriods"))
+        if str(points) != str(expected["EvaluationPeriods"]):
+            problems.append(f"{name}: DatapointsToAlarm {points!r}, expected every one of the {expected['EvaluationPeriods']} periods ({what})")
+        dimensions = {d.get("Name"): d.get("Value") for d in alarm.get("Dimensions", [])}
+        if namespace == "Bastion":
+            if dimensions != {"LogGroup": {"Ref": group}}:
+                problems.append(f"{name}: dimensions {dimensions}, expected LogGroup = the stack's log group {group} only (the fleet's series)")
+        else:
+            lb, tg = getatt_of(dimensions.get("LoadBalancer")), getatt_of(dimensions.get("TargetGroup"))
+            if (not lb or lb[1] != "LoadBalancerFullName" or resources.get(lb[0], {}).get("Type") != "AWS::ElasticLoadBalancingV2::LoadBalancer"
+                    or not tg or tg[1] != "TargetGroupFullName" or resources.get(tg[0], {}).get("Type") != "AWS::ElasticLoadBalancingV2::TargetGroup"
+                    or set(dimensions) - {"LoadBalancer", "TargetGroup", "AvailabilityZone"}):
+                problems.append(f"{name}: dimensions {dimensions}, expected LoadBalancer = the NLB's LoadBalancerFullName and TargetGroup = the target group's TargetGroupFullName")
+        for key in ("AlarmActions", "OKActions"):
+            actions = alarm.get(key)
+            choice = actions.get("Fn::If") if isinstance(actions, dict) and set(actions) == {"Fn::If"} else None
+            if not (choice and len(choice) == 3 and choice[0] in is_set and choice[1] == [{"Ref": topic}]
+                    and choice[2] == {"Ref": "AWS::NoValue"}):
+                problems.append(f"{name}: {key} {actions!r}, expected [{topic}] when a condition says it is set, else AWS::NoValue")
+    return problems
+
+
+def check_dashboard(template, group, facts):
+    """The dashboard's body is JSON once substituted, and its metric widgets show the fleet's
+    metrics (the stack's log group) and the NLB's host counts."""
+    dashboards = of_type(template.get("Resources", {}), "AWS::CloudWatch::Dashboard")
+    if len(dashboards) != 1:
+        return [f"expected one dashboard, found {len(dashboards)}"]
+    ((name, dashboard),) = dashboards.items()
+    try:
+        body = json.loads(render(dashboard.get("DashboardBody"), template))
+    except (KeyError, ValueError) as e:
+        return [f"{name}: DashboardBody is not JSON once substituted: {e}"]
+    shown = set()
+    for widget in body.get("widgets", []) if isinstance(body, dict) else []:
+        properties = widget.get("properties", {})
+        if widget.get("type") != "metric":
+            continue
+        previous = []
+        for entry in properties.get("metrics", []):
+            options = next((x for x in entry if isinstance(x, dict)), {})
+            parts = [x for x in entry if not isinstance(x, dict)]
+            parts = [previous[i] if x == "." and i < len(previous) else x for i, x in enumerate(parts)]
+            if "expression" in options or len(parts) < 2:
+                continue
+            previous = parts
+            dimensions = dict(zip(parts[2::2], parts[3::2]))
+            shown.add((parts[0], parts[1], options.get("stat", properties.get("stat", "Average")), dimensions.get("LogGroup")))
+    facts["dashboard_metrics"] = sorted(f"{n}/{m} {s}" for n, m, s, _ in shown)
+    problems = []
+    group_name = render({"Ref": group}, template)
+    for metric in FLEET_METRICS:
+        if not any(n == "Bastion" and m == metric and g == group_name for n, m, _, g in shown):
+            problems.append(f"{name}: no widget shows Bastion {metric} of the stack's log group {group}")
+    for stat in ("Minimum", "Sum"):
+        if ("Bastion", "Healthy", stat, group_name) not in shown:
+            problems.append(f"{name}: no widget shows Bastion Healthy {stat} (the lowest, and how many are healthy)")
+    for metric in ("HealthyHostCount", "UnHealthyHostCount"):
+        if not any(n == "AWS/NetworkELB" and m == metric for n, m, _, _ in shown):
+            problems.append(f"{name}: no widget shows the NLB's {metric}")
     return problems
 
 

@@ -131,7 +131,23 @@ pub struct FaultProxy {
 
 impl FaultProxy {
     pub fn start(ns: &Netns, dir: &RunDir, port: u16, upstream: &AwsEmulator, every: u32) -> FaultProxy {
+        FaultProxy::start_with(ns, dir, port, upstream, every, None)
+    }
+
+    /// Like `start`; while `hang_file` exists, requests get no answer at all.
+    pub fn start_with(
+        ns: &Netns,
+        dir: &RunDir,
+        port: u16,
+        upstream: &AwsEmulator,
+        every: u32,
+        hang_file: Option<&Path>,
+    ) -> FaultProxy {
         let log = dir.path().join(format!("faults-{port}.jsonl"));
+        let mut hang = Vec::new();
+        if let Some(file) = hang_file {
+            hang = vec!["--hang-file".to_string(), file.display().to_string()];
+        }
         let process = ns.spawn(
             "the fault proxy",
             &[
@@ -145,7 +161,10 @@ impl FaultProxy {
                 every.to_string(),
                 "--log".into(),
                 log.display().to_string(),
-            ],
+            ]
+            .into_iter()
+            .chain(hang)
+            .collect::<Vec<String>>(),
             &[],
             &dir.path().join(format!("fault-proxy-{port}.log")),
         );

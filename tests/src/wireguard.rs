@@ -229,6 +229,18 @@ impl WgInterface {
         })
     }
 
+    /// Bytes received from and sent to `peer`, as `wg show NAME transfer` counts them.
+    pub fn transfer(&self, peer: &str) -> Option<(u64, u64)> {
+        let out = self.ns_exec(&["wg", "show", &self.name, "transfer"]);
+        out.stdout.lines().find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            match fields[..] {
+                [key, rx, tx] if key == peer => Some((rx.parse().ok()?, tx.parse().ok()?)),
+                _ => None,
+            }
+        })
+    }
+
     /// Waits for a handshake with `peer` completed at or after `since` (Unix seconds).
     pub fn wait_handshake(&self, peer: &str, since: u64, timeout: Duration) -> Result<u64, String> {
         wait_until(&format!("a handshake of {} with peer {peer}", self.name), timeout, || {

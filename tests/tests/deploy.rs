@@ -96,6 +96,21 @@ fn the_own_check_catches_what_cfn_lint_lets_through() {
         ("            Action: elasticloadbalancing:DeregisterTargets", "            Action: elasticloadbalancing:RegisterTargets", "may not call elasticloadbalancing:DeregisterTargets", false),
         ("            Resource: !Ref TargetGroup", "            Resource: \"*\"", "expected this stack's target group only", false),
         ("LifecycleTransition: autoscaling:EC2_INSTANCE_TERMINATING", "LifecycleTransition: autoscaling:EC2_INSTANCE_LAUNCHING", "expected one termination lifecycle hook", false),
+        // CloudWatch: the user-data without [log] when ActOnDeadSiblings is false, the logs
+        // permissions widened to every group, the unhealthy alarm on the highest value.
+        (
+            r#"[!Ref BastionConfig, "\n\n[log]\nformat = \"", !Ref LogFormat, "\"\ncloudwatch_group = \"", !Ref LogGroup, "\"\n"]]"#,
+            r#"[!Ref BastionConfig, "\n"]]"#,
+            "no [log] cloudwatch_group naming the stack's log group",
+            false,
+        ),
+        ("log-group:${LogGroup}:log-stream:*\"", "log-group:*\"", "expected only on the stack's log group", false),
+        (
+            "          Value: !Ref LogGroup\n      Statistic: Minimum",
+            "          Value: !Ref LogGroup\n      Statistic: Maximum",
+            "Statistic 'Maximum', expected 'Minimum'",
+            false,
+        ),
     ];
     let mut missed_by_lint = 0;
     for (i, (from, to, problem, _)) in mutants.iter().enumerate() {

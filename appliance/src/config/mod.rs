@@ -1,7 +1,7 @@
 //! The service's configuration: the validated model every other module reads.
 //!
 //! This module owns the TOML schema (`[interface]`, `[[peer]]`, `[nat]`, `[health]`,
-//! `[selftest]`, `[metrics]`, `[control]`, `[source]`, `[aws]`, `[siblings]`), its validation, and the error list `check-config` prints (file, line, field,
+//! `[selftest]`, `[metrics]`, `[control]`, `[source]`, `[aws]`, `[siblings]`, `[log]`), its validation, and the error list `check-config` prints (file, line, field,
 //! what was expected). It does not open sockets or touch the network; `crate::convert` converts
 //! existing wg-quick files into this schema.
 
@@ -54,6 +54,7 @@ pub struct Config {
     pub source: Source,
     pub aws: Aws,
     pub siblings: Siblings,
+    pub log: Log,
     /// What validation let pass but the operator probably did not mean (shown by
     /// `check-config` and logged at start, see [`render_warnings`]).
     pub warnings: Vec<ConfigProblem>,
@@ -165,6 +166,16 @@ pub struct Aws {
     /// of ELBv2 and Auto Scaling for `[siblings]`): a VPC endpoint's own DNS name, or an
     /// emulator.
     pub endpoint_url: Option<String>,
+}
+
+/// `[log]`: how lines look on the console, and whether they go to CloudWatch Logs too.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Log {
+    /// `format = "json"`: every console line one JSON object (default: text).
+    pub json: bool,
+    /// Ship every line and audit event, and a metric record a minute, to this group (stream =
+    /// the instance id); `None` (the default) = off. See `crate::cloudwatch`.
+    pub cloudwatch_group: Option<String>,
 }
 
 /// `[siblings]`: acting on a dead sibling the load balancer reports (see `crate::siblings`).
@@ -421,6 +432,7 @@ fn build(root: &toml::de::DeTable, base_dir: Option<&Path>, report: &mut documen
             poll_seconds: drafts.siblings.poll_seconds,
             mark_unhealthy: drafts.siblings.mark_unhealthy,
         },
+        log: Log { json: drafts.log.json, cloudwatch_group: drafts.log.cloudwatch_group },
         warnings: Vec::new(),
     })
 }

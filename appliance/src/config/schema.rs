@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use toml::de::DeTable;
 
 pub const SECTIONS: &[&str] =
-    &["interface", "peer", "nat", "health", "selftest", "metrics", "control", "source", "aws", "siblings"];
+    &["interface", "peer", "nat", "health", "selftest", "metrics", "control", "source", "aws", "siblings", "log"];
 pub const INTERFACE_FIELDS: &[&str] =
     &["private_key", "private_key_file", "private_key_ssm", "address", "listen_port", "mtu", "name"];
 /// The three ways to give the bastion's key; exactly one is used.
@@ -38,6 +38,7 @@ pub const SOURCE_FIELDS: &[&str] = &["ssm_path", "refresh_seconds"];
 pub const AWS_FIELDS: &[&str] = &["region", "endpoint_url"];
 pub const SIBLINGS_FIELDS: &[&str] = &["target_group_arn", "poll_seconds", "mark_unhealthy"];
 pub const DEFAULT_SIBLINGS_POLL_SECONDS: u64 = 2;
+pub const LOG_FIELDS: &[&str] = &["format", "cloudwatch_group"];
 
 pub const DEFAULT_LISTEN_PORT: u16 = 51820;
 /// 1500 (an internet path) less 80 bytes of WireGuard over IPv6, as wg-quick computes it.
@@ -137,6 +138,11 @@ pub struct SiblingsDraft {
     pub mark_unhealthy: bool,
 }
 
+pub struct LogDraft {
+    pub json: bool,
+    pub cloudwatch_group: Option<String>,
+}
+
 pub struct Drafts {
     pub interface: Option<InterfaceDraft>,
     pub peers: Vec<PeerDraft>,
@@ -148,6 +154,7 @@ pub struct Drafts {
     pub source: SourceDraft,
     pub aws: AwsDraft,
     pub siblings: SiblingsDraft,
+    pub log: LogDraft,
 }
 
 /// Reads every section; problems go to `report`, and every field that could be read is kept so
@@ -199,7 +206,8 @@ pub fn read(root: &DeTable, base_dir: Option<&Path>, report: &mut Report) -> Dra
     let source = section(&top, "source", "[source]", SOURCE_FIELDS, report, read_source);
     let aws = section(&top, "aws", "[aws]", AWS_FIELDS, report, read_aws);
     let siblings = section(&top, "siblings", "[siblings]", SIBLINGS_FIELDS, report, read_siblings);
-    Drafts { interface, peers, nat, health, selftest, metrics, control, source, aws, siblings }
+    let log = section(&top, "log", "[log]", LOG_FIELDS, report, read_log);
+    Drafts { interface, peers, nat, health, selftest, metrics, control, source, aws, siblings, log }
 }
 
 /// An optional section: read it when present, else read an empty table (all defaults).
@@ -235,7 +243,7 @@ fn root_hint(name: &str) -> Option<String> {
         let header = if *section == "peer" { "[[peer]]".to_string() } else { format!("[{section}]") };
         return Some(header);
     }
-    let owners: [(&str, &[&str]); 10] = [
+    let owners: [(&str, &[&str]); 11] = [
         ("[interface]", INTERFACE_FIELDS),
         ("[[peer]]", PEER_FIELDS),
         ("[nat]", NAT_FIELDS),
@@ -246,6 +254,7 @@ fn root_hint(name: &str) -> Option<String> {
         ("[source]", SOURCE_FIELDS),
         ("[aws]", AWS_FIELDS),
         ("[siblings]", SIBLINGS_FIELDS),
+        ("[log]", LOG_FIELDS),
     ];
     owners.iter().find_map(|(header, fields)| document::suggestion(name, fields).map(|f| format!("{f} under {header}")))
 }
@@ -658,6 +667,22 @@ fn read_aws(t: &Table, report: &mut Report) -> AwsDraft {
     );
     t.finish(report);
     AwsDraft { region, endpoint_url: endpoint_url.map(|u| u.trim_end_matches('/').to_string()) }
+}
+
+fn read_log(t: &Table, report: &mut Report) -> LogDraft {
+    let format = checked_string(t, "format", "a string: \"text\" or \"json\"", report, |f| match f {
+        "text" | "json" => Ok(()),
+        other => Err(format!("{other:?}: expected \"text\" or \"json\"")),
+    });
+    let cloudwatch_group = checked_string(
+        t,
+        "cloudwatch_group",
+        "a string: the CloudWatch Logs group's name (the stack creates it)",
+        report,
+        values::log_group_name,
+    );
+    t.finish(report);
+    LogDraft { json: format.as_deref() == Some("json"), cloudwatch_group }
 }
 
 fn read_siblings(t: &Table, report: &mut Report) -> SiblingsDraft {

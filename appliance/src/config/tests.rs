@@ -520,3 +520,21 @@ fn the_siblings_section() {
     problem(&(minimal() + "[siblings]\npoll_seconds = 5\n"), "siblings.target_group_arn", ProblemKind::Missing);
     problem(&(minimal() + "[siblings]\ntarget_group = \"x\"\n"), "siblings.target_group", ProblemKind::UnknownField);
 }
+
+#[test]
+fn the_log_section() {
+    let c = parse(&minimal(), "bastion.toml", None).unwrap();
+    assert_eq!(c.log, crate::config::Log::default(), "text, no CloudWatch by default");
+    let c = parse(
+        &(minimal() + "[log]\nformat = \"json\"\ncloudwatch_group = \"/bastion/prod-Logs_1#a\"\n"),
+        "b.toml",
+        None,
+    )
+    .unwrap();
+    assert_eq!(c.log, crate::config::Log { json: true, cloudwatch_group: Some("/bastion/prod-Logs_1#a".into()) });
+    let p = problem(&(minimal() + "[log]\nformat = \"yaml\"\n"), "log.format", ProblemKind::Invalid);
+    assert!(p.message.contains("expected \"text\" or \"json\""), "{}", p.message);
+    problem(&(minimal() + "[log]\ncloudwatch_group = \"a b\"\n"), "log.cloudwatch_group", ProblemKind::Invalid);
+    problem(&(minimal() + "[log]\ncloudwatch_group = \"\"\n"), "log.cloudwatch_group", ProblemKind::Invalid);
+    problem(&(minimal() + "[log]\ngroup = \"x\"\n"), "log.group", ProblemKind::UnknownField);
+}

@@ -307,6 +307,17 @@ pub fn ssm_parameter_name(text: &str) -> Result<(), String> {
 /// An SSM parameter path, the root of a hierarchy (`/bastion/prod`): starts with `/`, SSM's
 /// characters, no trailing `/` needed.
 /// A target group's ARN: `arn:PARTITION:elasticloadbalancing:REGION:ACCOUNT:targetgroup/NAME/ID`.
+/// A CloudWatch Logs group name: 1–512 of `A-Za-z0-9` and `._-/#`.
+pub fn log_group_name(text: &str) -> Result<(), String> {
+    let ok =
+        !text.is_empty() && text.len() <= 512 && text.chars().all(|c| c.is_ascii_alphanumeric() || "._-/#".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{text:?}: expected a log group name, 1–512 of A-Z a-z 0-9 . _ - / #"))
+    }
+}
+
 pub fn target_group_arn(text: &str) -> Result<(), String> {
     let expected = "expected arn:aws:elasticloadbalancing:REGION:ACCOUNT:targetgroup/NAME/ID";
     let parts: Vec<&str> = text.splitn(6, ':').collect();

@@ -16,6 +16,7 @@
 //! Every other signal that can arrive by accident (SIGUSR1/2, SIGQUIT, a Ctrl-Z...) is logged
 //! and ignored: none of them may end the service without its drain and cleanup.
 
+mod audit_loop;
 mod events;
 mod in_place_drain;
 mod instance;
@@ -250,6 +251,9 @@ struct Service {
     data_plane: Arc<DataPlane>,
     /// The self-test client's key: its peer is part of every peer set a reload applies.
     selftest_public: PublicKey,
+    /// The audit trail and the CloudWatch shipper (stopped last: the drained sessions and the
+    /// final lines go out).
+    audit: Option<audit_loop::AuditLoop>,
     /// This interface is ours in this network namespace until the very end.
     _instance: instance::InstanceLock,
 }
@@ -288,6 +292,7 @@ impl Service {
         reload_requests: mpsc::Sender<mpsc::Sender<ReloadAnswer>>,
     ) -> Result<Service, StartError> {
         let Loaded { config, version, origin, refused } = loaded;
+        crate::log::set_format(if config.log.json { crate::log::LogFormat::Json } else { crate::log::LogFormat::Text });
         for line in &refused {
             log!("config: {line}");
         }
@@ -334,6 +339,7 @@ impl Service {
         };
         let control_path = socket.unwrap_or_else(|| config.control.socket.clone());
         let control = Some(serve_control(&control_path, &state, &data_plane, identity, reload_requests)?);
+        let audit = audit_loop::AuditLoop::start(&config, state.clone(), &data_plane);
         // Detached: it polls until the process ends.
         lifecycle::start(in_place_drain::InPlaceDrain::new(state.clone(), &data_plane));
         // Detached, like the lifecycle poller: it acts only while this bastion is healthy.
@@ -351,6 +357,7 @@ impl Service {
             nat,
             data_plane,
             selftest_public,
+            audit: Some(audit),
             _instance: instance,
         })
     }
@@ -482,6 +489,11 @@ impl Service {
         for warning in config::render_warnings(&loaded.config, &loaded.origin) {
             log!("config: {warning}");
         }
+        if let Some(audit) = &self.audit {
+            for event in audit_loop::peer_events(&peers, &self.config.peers, &loaded.config.peers, &loaded.version) {
+                audit.recorder().record(event);
+            }
+        }
         let version = loaded.version.clone();
         self.state.update_config_state(|c| {
             c.version = version;
@@ -550,8 +562,13 @@ impl Service {
             control.stop();
         }
         self.selftest.stop();
+        let audit = self.audit.take();
         let Service { nat, data_plane, .. } = self;
         drop(nat);
+        // The last counters before the tunnel goes: the drained sessions' bytes are final.
+        if let Some(audit) = audit {
+            audit.stop();
+        }
         data_plane.shutdown();
         log!("tunnel: {} removed", data_plane.name());
     }

@@ -103,7 +103,7 @@ fn restart_fields(a: &Config, b: &Config) -> Vec<&'static str> {
         InterfaceKey::Given(k) => Ok(k.public_key()),
         InterfaceKey::Ssm { parameter } => Err(parameter.clone()),
     };
-    let checks: [(&'static str, bool); 15] = [
+    let checks: [(&'static str, bool); 16] = [
         ("interface.private_key", key(a) != key(b)),
         ("interface.address", a.interface.addresses != b.interface.addresses),
         ("interface.listen_port", a.interface.listen_port != b.interface.listen_port),
@@ -119,6 +119,7 @@ fn restart_fields(a: &Config, b: &Config) -> Vec<&'static str> {
         ("source.refresh_seconds", a.source.refresh_seconds != b.source.refresh_seconds),
         ("aws", a.aws != b.aws),
         ("siblings", a.siblings != b.siblings),
+        ("log", a.log != b.log),
     ];
     checks.into_iter().filter(|(_, changed)| *changed).map(|(field, _)| field).collect()
 }

@@ -28,7 +28,7 @@ pub fn report(state: &ServiceState, data_plane: &DataPlane, identity: &Identity)
         .peers()
         .into_iter()
         .filter(|p| !p.internal)
-        .map(|p| status::PeerStatus {
+        .map(|p| status::PeerReport {
             name: p.name,
             public_key: p.public_key.to_base64(),
             endpoint: p.endpoint.map(|e| e.to_string()),

@@ -22,7 +22,7 @@ pub struct StatusReport {
     pub selftest: Option<SelfTest>,
     /// Where the running config came from, and its version when the source has one.
     pub config: ConfigSource,
-    pub peers: Vec<PeerStatus>,
+    pub peers: Vec<PeerReport>,
     pub dropped: Dropped,
     pub failover: Failover,
     /// Our nftables table as `nft list` prints it (what the service installs).
@@ -88,7 +88,7 @@ pub struct ConfigSource {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PeerStatus {
+pub struct PeerReport {
     pub name: String,
     pub public_key: String,
     pub endpoint: Option<String>,
@@ -227,7 +227,7 @@ pub(crate) fn example() -> StatusReport {
             source_failures: 0,
             last_failure: None,
         },
-        peers: vec![PeerStatus {
+        peers: vec![PeerReport {
             name: "alice".into(),
             public_key: "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=".into(),
             endpoint: Some("192.0.2.101:4000".into()),
