@@ -67,6 +67,17 @@ fn a_survivor_takes_the_dead_bastion_out_and_a_stock_client_recovers() {
     };
     let log = survivor_bastion.process.log();
     assert!(log.contains(&format!("siblings: deregistered target {}", instance_id(dead))), "{log}");
+    // The audit trail has both actions, naming the dead sibling.
+    for action in ["deregistered", "marked_unhealthy"] {
+        let record = format!(r#""action":"{action}","bastion":"#);
+        assert!(
+            log.lines().any(|l| l.contains("bastion: audit {")
+                && l.contains(r#""event":"sibling_action""#)
+                && l.contains(&record)
+                && l.contains(&format!(r#""target":"{}""#, instance_id(dead)))),
+            "no audit record of {action}:\n{log}"
+        );
+    }
     // bastion status counts what it did.
     let status = survivor_bastion.status_json().unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(status["siblings"]["deregistered"], 1, "{status}");

@@ -344,7 +344,7 @@ impl Service {
         lifecycle::start(in_place_drain::InPlaceDrain::new(state.clone(), &data_plane));
         // Detached, like the lifecycle poller: it acts only while this bastion is healthy.
         if let Some(counters) = &state.siblings {
-            crate::siblings::start(&config.siblings, &config.aws, counters.clone());
+            crate::siblings::start(&config.siblings, &config.aws, counters.clone(), audit.recorder().clone());
         }
         log!("config: version {} from {}", state.config_state().version, state.config_state().origin);
         Ok(Service {

@@ -41,7 +41,12 @@ pub struct Counters {
 
 /// Starts the poller when `[siblings] target_group_arn` is set (counting into `counters`); it
 /// runs until the process ends.
-pub fn start(siblings: &Siblings, aws: &Aws, counters: Arc<Counters>) -> Option<JoinHandle<()>> {
+pub fn start(
+    siblings: &Siblings,
+    aws: &Aws,
+    counters: Arc<Counters>,
+    recorder: crate::audit::Recorder,
+) -> Option<JoinHandle<()>> {
     let arn = siblings.target_group_arn.clone()?;
     let region = crate::config::values::region_of_arn(&arn).unwrap_or_default().to_string();
     let mut vars: Vec<(String, String)> = std::env::vars().collect();
@@ -60,7 +65,7 @@ pub fn start(siblings: &Siblings, aws: &Aws, counters: Arc<Counters>) -> Option<
         poll.as_secs(),
         if mark_unhealthy { " and its instance marked unhealthy" } else { "" }
     );
-    Some(std::thread::spawn(move || run(Client::new(env, region), &arn, poll, mark_unhealthy, &counters)))
+    Some(std::thread::spawn(move || run(Client::new(env, region), &arn, poll, mark_unhealthy, &counters, recorder)))
 }
 
 /// Whether `id` has the shape of an EC2 instance id (`i-` and 8 or 17 hex digits).
@@ -88,12 +93,20 @@ fn own_ids(env: &Environment) -> Result<Vec<String>, String> {
     Ok(ids)
 }
 
-fn run(client: Client, arn: &str, poll: Duration, mark_unhealthy: bool, counters: &Counters) {
+fn run(
+    client: Client,
+    arn: &str,
+    poll: Duration,
+    mark_unhealthy: bool,
+    counters: &Counters,
+    recorder: crate::audit::Recorder,
+) {
     let mut poller = Poller {
         client,
         arn,
         mark_unhealthy,
         counters,
+        recorder,
         started: Instant::now(),
         planner: Planner::default(),
         me: None,
@@ -130,6 +143,8 @@ struct Poller<'a> {
     arn: &'a str,
     mark_unhealthy: bool,
     counters: &'a Counters,
+    /// Each action taken is an audit record too.
+    recorder: crate::audit::Recorder,
     started: Instant,
     planner: Planner,
     /// This bastion's target ids, once IMDS told them.
@@ -175,11 +190,18 @@ impl Poller<'_> {
         let healthy = targets.iter().filter(|t| t.state == "healthy").count();
         for action in &decision.actions {
             carry_out(&self.client, self.arn, action, healthy)?;
-            let counter = match action {
-                Action::Deregister { .. } => &self.counters.deregistered,
-                Action::MarkUnhealthy { .. } => &self.counters.marked_unhealthy,
+            let (counter, target, what) = match action {
+                Action::Deregister { id, .. } => (&self.counters.deregistered, id, "deregistered"),
+                Action::MarkUnhealthy { instance_id } => {
+                    (&self.counters.marked_unhealthy, instance_id, "marked_unhealthy")
+                }
             };
             counter.fetch_add(1, Ordering::Relaxed);
+            self.recorder.record(crate::audit::AuditEvent::SiblingAction {
+                target: target.clone(),
+                action: what.into(),
+                reason: format!("the load balancer reports it unhealthy; {healthy} target(s) healthy"),
+            });
         }
         Ok(())
     }
