@@ -79,7 +79,7 @@ HOST_BASTION := target/release/bastion
 # by a host build of the same source.
 CONFIG ?=
 
-.PHONY: all build test test-deps gates unit-test integration-test fuzz clean bench-failover ha-demo \
+.PHONY: all build test test-deps gates unit-test integration-test fuzz clean bench-failover bench-cloudwatch ha-demo \
         image-deps appliance image-builder kernel image run boot-test lock-packages bench
 
 all: build
@@ -203,6 +203,13 @@ FAILOVER_ARGS ?=
 bench-failover: test-deps build
 	BASTION_BIN=$(CURDIR)/target/release/bastion \
 	  $(CARGO) bench -p bastion-tests --bench failover -- --out $(CURDIR)/target/bench $(FAILOVER_ARGS)
+
+# CloudWatch without an answer for 10 minutes (the audit suite's outage test, longer): 200 Mbit/s
+# of UDP through the tunnel, a second client pinging every 50 ms, ~100 log lines a second; the
+# pings lost, the bastion's RSS, what the queue dropped, and the shipper's CPU at 100 lines/s.
+bench-cloudwatch: test-deps build
+	BASTION_BIN=$(CURDIR)/target/release/bastion BASTION_VENV=$(CURDIR)/$(VENV) BASTION_AUDIT_OUTAGE_SECONDS=600 \
+	  $(CARGO) test --release -p bastion-tests --test audit -- --include-ignored --nocapture cloudwatch_without
 
 # One failover, narrated: two of our bastions behind the sticky NLB model (health checks every
 # 5 s, 2 to change), a client with bastion watch doing a request every 100 ms; kill -9 of the

@@ -237,57 +237,166 @@ fn listen_port(tunnel: &WgInterface) -> u16 {
         .unwrap_or_else(|| panic!("{show}"))
 }
 
+/// How long CloudWatch gives no answer (`make bench-cloudwatch` sets 600).
+fn outage() -> Duration {
+    let seconds = std::env::var("BASTION_AUDIT_OUTAGE_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(40);
+    Duration::from_secs(seconds)
+}
+
+/// SIGHUP to the bastion `per_second` times a second while it lives: each reload logs a line
+/// (the config is unchanged, so nothing else happens).
+struct ReloadStorm {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ReloadStorm {
+    fn start(pid: i32, per_second: u32) -> ReloadStorm {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let pause = Duration::from_secs(1) / per_second;
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                // SAFETY: kill(2) with a pid this test started and a plain signal number.
+                unsafe { libc::kill(pid, libc::SIGHUP) };
+                std::thread::sleep(pause);
+            }
+        });
+        ReloadStorm { stop, thread: Some(thread) }
+    }
+}
+
+impl Drop for ReloadStorm {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// CPU seconds the bastion's thread named `name` has used.
+fn thread_cpu_seconds(bed: &Bed, name: &str) -> f64 {
+    let pid = bed.bastion.process.pid();
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim() != name {
+            continue;
+        }
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap();
+        let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+        let fields: Vec<&str> = after_name.split_whitespace().collect();
+        // utime and stime are fields 14 and 15 of stat; 12 and 13 after the name.
+        let used: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+        return used / ticks;
+    }
+    panic!("no thread {name} in the bastion");
+}
+
+fn lines_containing(text: &str, what: &str) -> usize {
+    text.lines().filter(|l| l.contains(what)).count()
+}
+
 #[test]
 #[ignore = "needs root, network namespaces, moto and the binaries under test: `make integration-test` runs it"]
 fn cloudwatch_without_an_answer_costs_the_tunnel_nothing_and_shipping_resumes() {
-    let bed = Bed::start(1, 1_000_000);
-    let tunnel = bed.topo.start_client_tunnel(0, bed.topo.endpoint_v4());
-    bed.topo.clients[0].ns.ping(PRIVATE_HOST, STEP).unwrap_or_else(|e| panic!("{e}\n{}", bed.report()));
+    let bed = Bed::start(2, 1_000_000);
+    let tunnels: Vec<WgInterface> =
+        (0..2).map(|i| bed.topo.start_client_tunnel(i, bed.topo.endpoint_v4())).collect();
+    for i in 0..2 {
+        bed.topo.clients[i].ns.ping(PRIVATE_HOST, STEP).unwrap_or_else(|e| panic!("{e}\n{}", bed.report()));
+    }
+    let pid = bed.bastion.process.pid();
+
+    // What shipping costs: about 100 lines a second for 20 s, the shipper thread's CPU.
+    let (cpu_before, log_before, started) =
+        (thread_cpu_seconds(&bed, "cloudwatch"), bed.bastion.process.log(), Instant::now());
+    {
+        let _storm = ReloadStorm::start(pid, 100);
+        std::thread::sleep(Duration::from_secs(20));
+    }
+    std::thread::sleep(Duration::from_secs(6));
+    let elapsed = started.elapsed().as_secs_f64();
+    let shipper_cpu = thread_cpu_seconds(&bed, "cloudwatch") - cpu_before;
+    let lines = lines_containing(&bed.bastion.process.log(), "reload (") - lines_containing(&log_before, "reload (");
+    eprintln!(
+        "FIGURE shipping {:.0} lines/s: the shipper thread used {shipper_cpu:.2} CPU-s in {elapsed:.0} s = {:.2} % of a core",
+        lines as f64 / 20.0,
+        shipper_cpu / elapsed * 100.0
+    );
+
+    // No answer from CloudWatch for the outage, while client 0 sends 200 Mbit/s of UDP, client 1
+    // pings every 50 ms and the bastion logs about 100 lines a second.
+    let outage = outage();
     let rss_before = rss_kib(&bed);
     std::fs::write(&bed.hang_file, "").unwrap();
-    let outage = Duration::from_secs(40);
+    let host_ns = &bed.topo.private_hosts[0].ns;
+    let dir = bed.topo.dir.path();
+    let _iperf_server =
+        host_ns.spawn("iperf3 server", &["iperf3", "-s", "-p", "5299"], &[], &dir.join("iperf3-server.log"));
+    std::thread::sleep(Duration::from_millis(500));
+    let seconds = outage.as_secs().saturating_sub(5).to_string();
+    let load = bed.topo.clients[0].ns.spawn(
+        "iperf3 200 Mbit/s",
+        &["iperf3", "-c", PRIVATE_HOST, "-p", "5299", "-u", "-b", "200M", "-l", "1300", "-t", &seconds],
+        &[],
+        &dir.join("iperf3-client.log"),
+    );
     let pinger = Pinger::start(
-        &bed.topo.clients[0].ns,
+        &bed.topo.clients[1].ns,
         PRIVATE_HOST,
         Duration::from_millis(50),
-        (outage.as_millis() / 50) as u32,
-        &bed.topo.dir.path().join("ping.log"),
+        ((outage.as_millis() - 5_000) / 50) as u32,
+        &dir.join("ping.log"),
     );
-    // Lines made during the outage: each reload logs (and is refused nothing).
-    let started = Instant::now();
-    let mut reloads = 0;
-    while started.elapsed() < outage - Duration::from_secs(5) {
-        let (ok, answer) = bed.bastion.reload();
-        assert!(ok, "{answer}");
-        reloads += 1;
-        std::thread::sleep(Duration::from_millis(500));
+    let mut rss_peak = rss_before;
+    {
+        let _storm = ReloadStorm::start(pid, 100);
+        let until = Instant::now() + outage - Duration::from_secs(4);
+        while Instant::now() < until {
+            std::thread::sleep(Duration::from_secs(1));
+            rss_peak = rss_peak.max(rss_kib(&bed));
+        }
     }
     let report = pinger.finish(STEP).unwrap_or_else(|e| panic!("{e}"));
-    let rss_during = rss_kib(&bed);
+    let _ = load.wait_exit(STEP);
+    let iperf = std::fs::read_to_string(dir.join("iperf3-client.log")).unwrap_or_default();
     assert_eq!(report.lost(), 0, "pings lost while CloudWatch did not answer ({} sent)\n{}", report.sent, bed.report());
     let hangs = bed.proxy.faults().iter().filter(|(kind, _)| kind == "hang").count();
     assert!(hangs >= 1, "the shipper never tried during the outage: {}", bed.proxy_report());
-    assert!(rss_during <= rss_before + 8 * 1024, "RSS grew from {rss_before} KiB to {rss_during} KiB");
+    assert!(rss_peak <= rss_before + 8 * 1024, "RSS grew from {rss_before} KiB to {rss_peak} KiB");
 
-    // CloudWatch answers again: what was queued arrives without a restart.
+    // CloudWatch answers again: what was queued arrives without a restart (all of it, or all but
+    // what a full queue dropped, which a line says).
     std::fs::remove_file(&bed.hang_file).unwrap();
-    let made = bed.bastion.process.log().lines().filter(|l| l.contains("reload (")).count();
-    wait_until("the outage's lines in CloudWatch", Duration::from_secs(150), || {
-        let arrived = bed.cloudwatch_messages().iter().filter(|m| m.contains("reload (")).count();
-        if arrived >= made {
-            Ok(arrived)
+    let log = bed.bastion.process.log();
+    let made = lines_containing(&log, "reload (");
+    let arrived = wait_until("the outage's lines in CloudWatch", Duration::from_secs(180), || {
+        let log = bed.bastion.process.log();
+        let dropped: usize = log
+            .lines()
+            .filter_map(|l| l.split("cloudwatch: ").nth(1)?.split(" line(s) dropped").next()?.parse::<usize>().ok())
+            .sum();
+        let arrived = lines_containing(&bed.cloudwatch_messages().join("\n"), "reload (");
+        if arrived + dropped >= made {
+            Ok((arrived, dropped))
         } else {
-            Err(format!("{arrived} of {made} reload lines arrived\n{}", bed.proxy_report()))
+            Err(format!("{arrived} of {made} reload lines arrived, {dropped} dropped\n{}", bed.proxy_report()))
         }
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", bed.report()));
     eprintln!(
-        "FIGURE outage {} s: {} pings, {} lost; {reloads} reloads logged; RSS {rss_before} -> {rss_during} KiB; {hangs} requests held",
+        "FIGURE outage {} s under iperf3 ({}): {} pings, {} lost; {made} reload lines logged, {} arrived after, {} \
+         dropped (queue full); RSS {rss_before} -> peak {rss_peak} KiB; {hangs} requests held",
         outage.as_secs(),
+        iperf.lines().filter(|l| l.contains("receiver")).last().unwrap_or("no iperf3 summary").trim(),
         report.sent,
         report.lost(),
+        arrived.0,
+        arrived.1,
     );
-    drop(tunnel);
+    drop(tunnels);
 }
 
 fn rss_kib(bed: &Bed) -> u64 {
