@@ -302,8 +302,7 @@ fn lines_containing(text: &str, what: &str) -> usize {
 #[ignore = "needs root, network namespaces, moto and the binaries under test: `make integration-test` runs it"]
 fn cloudwatch_without_an_answer_costs_the_tunnel_nothing_and_shipping_resumes() {
     let bed = Bed::start(2, 1_000_000);
-    let tunnels: Vec<WgInterface> =
-        (0..2).map(|i| bed.topo.start_client_tunnel(i, bed.topo.endpoint_v4())).collect();
+    let tunnels: Vec<WgInterface> = (0..2).map(|i| bed.topo.start_client_tunnel(i, bed.topo.endpoint_v4())).collect();
     for i in 0..2 {
         bed.topo.clients[i].ns.ping(PRIVATE_HOST, STEP).unwrap_or_else(|e| panic!("{e}\n{}", bed.report()));
     }
