@@ -79,7 +79,7 @@ HOST_BASTION := target/release/bastion
 # by a host build of the same source.
 CONFIG ?=
 
-.PHONY: all build test test-deps gates unit-test integration-test fuzz clean bench-failover bench-cloudwatch ha-demo \
+.PHONY: all build test test-deps gates unit-test integration-test fuzz clean bench-failover bench-cloudwatch bench-tools ha-demo \
         image-deps appliance image-builder kernel image run boot-test lock-packages bench
 
 all: build
@@ -181,18 +181,37 @@ boot-test: test-deps image build
 	python3 tests/boot/boot_test.py --arch $(ARCH) --image $(DISK) --initramfs $(ARCH_OUT)/initramfs.gz \
 	  --bastion $(HOST_BASTION) --workdir $(ARCH_OUT)/boot-test --summary $(ARCH_OUT)/boot-test.json
 
-# Throughput and CPU per GB of one bastion: `bastion run` against wireguard-go and boringtun-cli
-# as the bastion, in the same run (docs/performance.md). Not part of `make test`. boringtun-cli is
-# built once into target/; if it cannot be built the benchmark compares with wireguard-go only.
-# BENCH_ARGS passes options, e.g. BENCH_ARGS="--reps 5 --scenarios tcp-up,tcp-up-4".
+# Throughput and CPU per GB of one bastion: `bastion run` against wireguard-go (bookworm's
+# 0.0.20220316 and trixie's 0.0.20231211, with offloads) and boringtun-cli as the bastion, in the
+# same run (docs/performance.md); the clients are trixie's wireguard-go (BENCH_ARGS="--client
+# wireguard-go" for bookworm's). Not part of `make test`. boringtun-cli is built once into
+# target/bench-tools; trixie's wireguard-go is fetched once as its Debian package with a private
+# apt state there (no change to the system's apt); if either cannot be had the benchmark goes on
+# without it. BENCH_ARGS passes options, e.g. BENCH_ARGS="--reps 5 --scenarios tcp-up,tcp-up-4".
 BORINGTUN_VERSION := 0.7.1
 BORINGTUN_ROOT := $(CURDIR)/target/bench-tools/boringtun-cli-$(BORINGTUN_VERSION)
+WG_GO_NEW_VERSION := 0.0.20231211-1+b9
+WG_GO_NEW_ROOT := $(CURDIR)/target/bench-tools/wireguard-go-$(WG_GO_NEW_VERSION)
+WG_GO_NEW_APT := $(CURDIR)/target/bench-tools/apt-trixie
+APT_TRIXIE := -o Dir::Etc::sourcelist=$(WG_GO_NEW_APT)/sources.list -o Dir::Etc::sourceparts=- \
+  -o Dir::State::Lists=$(WG_GO_NEW_APT)/lists -o Dir::Cache=$(WG_GO_NEW_APT)/cache
 BENCH_ARGS ?=
-bench: test-deps build
+$(WG_GO_NEW_ROOT)/usr/bin/wireguard-go:
+	mkdir -p $(WG_GO_NEW_APT)/lists/partial $(WG_GO_NEW_APT)/cache/archives/partial
+	echo "deb http://deb.debian.org/debian trixie main" > $(WG_GO_NEW_APT)/sources.list
+	apt-get $(APT_TRIXIE) update -qq
+	cd $(WG_GO_NEW_APT) && apt-get $(APT_TRIXIE) download 'wireguard-go=$(WG_GO_NEW_VERSION)'
+	dpkg-deb -x $(WG_GO_NEW_APT)/wireguard-go_*.deb $(WG_GO_NEW_ROOT)
+	test -x $@
+bench-tools:
 	@test -x $(BORINGTUN_ROOT)/bin/boringtun-cli || \
 	  $(CARGO) install boringtun-cli --version $(BORINGTUN_VERSION) --locked --root $(BORINGTUN_ROOT) || \
-	  echo "bench: boringtun-cli $(BORINGTUN_VERSION) could not be built; comparing with wireguard-go only"
+	  echo "bench: boringtun-cli $(BORINGTUN_VERSION) could not be built; comparing without it"
+	@$(MAKE) --no-print-directory $(WG_GO_NEW_ROOT)/usr/bin/wireguard-go || \
+	  echo "bench: wireguard-go $(WG_GO_NEW_VERSION) could not be fetched; comparing without it"
+bench: test-deps build bench-tools
 	BASTION_BIN=$(CURDIR)/target/release/bastion BORINGTUN_BIN=$(BORINGTUN_ROOT)/bin/boringtun-cli \
+	  WIREGUARD_GO_NEW_BIN=$(WG_GO_NEW_ROOT)/usr/bin/wireguard-go \
 	  BENCH_COMMAND="make bench$(if $(BENCH_ARGS), BENCH_ARGS='$(BENCH_ARGS)')" \
 	  $(CARGO) bench -p bastion-tests --bench throughput -- --out $(CURDIR)/target/bench $(BENCH_ARGS)
 

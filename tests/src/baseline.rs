@@ -31,6 +31,13 @@ impl WireguardGoBastion {
         configure_bastion(topo, ns, &wg);
         WireguardGoBastion { wg }
     }
+
+    /// Like [`WireguardGoBastion::start`], with the wireguard-go at `binary` (another version).
+    pub fn start_binary(topo: &Topology, binary: &Path) -> WireguardGoBastion {
+        let wg = WgInterface::start_wireguard_go(&topo.bastion, &unique_name("bwg"), &topo.dir, binary);
+        configure_bastion(topo, &topo.bastion, &wg);
+        WireguardGoBastion { wg }
+    }
 }
 
 /// `boringtun-cli` as the bastion: boringtun's own device loop (not ours), configured with `wg`

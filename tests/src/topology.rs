@@ -190,8 +190,22 @@ impl Topology {
     /// sends nothing until traffic needs the tunnel, so start the bastion side first or after,
     /// but before the first packet.
     pub fn start_client_tunnel(&self, i: usize, endpoint: SocketAddr) -> WgInterface {
+        self.start_client_tunnel_with(i, endpoint, None)
+    }
+
+    /// Like [`Topology::start_client_tunnel`], with the wireguard-go at `binary` when given.
+    pub fn start_client_tunnel_with(
+        &self,
+        i: usize,
+        endpoint: SocketAddr,
+        binary: Option<&std::path::Path>,
+    ) -> WgInterface {
         let client = &self.clients[i];
-        let wg = WgInterface::start(&client.ns, &unique_name(&format!("c{i}")), &self.dir);
+        let name = unique_name(&format!("c{i}"));
+        let wg = match binary {
+            Some(binary) => WgInterface::start_wireguard_go(&client.ns, &name, &self.dir, binary),
+            None => WgInterface::start(&client.ns, &name, &self.dir),
+        };
         wg.set_conf(&WgConf {
             private_key: client.keys.private.clone(),
             listen_port: None,

@@ -111,6 +111,12 @@ impl WgInterface {
         )
     }
 
+    /// Like [`WgInterface::start`], with the wireguard-go at `binary` (another version).
+    pub fn start_wireguard_go(ns: &Netns, name: &str, dir: &RunDir, binary: &std::path::Path) -> WgInterface {
+        let binary = binary.to_str().expect("the wireguard-go path is UTF-8");
+        WgInterface::start_program(ns, name, dir, "wireguard-go", &[binary, "-f", name], &[("LOG_LEVEL", "verbose")])
+    }
+
     /// Starts another userspace WireGuard that creates interface `name` and serves the same
     /// control socket (`argv` runs in the foreground, e.g. `boringtun-cli -f NAME`), and waits
     /// for the socket. `program` names it in messages and in its log file's name.

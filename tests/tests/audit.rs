@@ -278,6 +278,7 @@ impl Drop for ReloadStorm {
 /// CPU seconds the bastion's thread named `name` has used.
 fn thread_cpu_seconds(bed: &Bed, name: &str) -> f64 {
     let pid = bed.bastion.process.pid();
+    // SAFETY: sysconf(3) with a valid name; it reads a constant.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
         let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
@@ -389,7 +390,7 @@ fn cloudwatch_without_an_answer_costs_the_tunnel_nothing_and_shipping_resumes() 
         "FIGURE outage {} s under iperf3 ({}): {} pings, {} lost; {made} reload lines logged, {} arrived after, {} \
          dropped (queue full); RSS {rss_before} -> peak {rss_peak} KiB; {hangs} requests held",
         outage.as_secs(),
-        iperf.lines().filter(|l| l.contains("receiver")).last().unwrap_or("no iperf3 summary").trim(),
+        iperf.lines().rev().find(|l| l.contains("receiver")).unwrap_or("no iperf3 summary").trim(),
         report.sent,
         report.lost(),
         arrived.0,

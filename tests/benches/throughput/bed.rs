@@ -20,6 +20,9 @@ pub enum Implementation {
     /// `bastion run`, the release build under test.
     Bastion,
     WireguardGo,
+    /// A newer wireguard-go (Debian trixie's 0.0.20231211: batched UDP, TUN and UDP offloads),
+    /// fetched by `make bench` into `target/bench-tools/`.
+    WireguardGoNew,
     Boringtun,
 }
 
@@ -28,6 +31,7 @@ impl Implementation {
         match self {
             Implementation::Bastion => "bastion",
             Implementation::WireguardGo => "wireguard-go",
+            Implementation::WireguardGoNew => "wireguard-go-2023",
             Implementation::Boringtun => "boringtun-cli",
         }
     }
@@ -40,6 +44,10 @@ pub struct Binaries {
     pub boringtun: Option<PathBuf>,
     /// boringtun-cli's `--threads`.
     pub boringtun_threads: usize,
+    /// The newer wireguard-go, when fetched.
+    pub wireguard_go_new: Option<PathBuf>,
+    /// The clients' wireguard-go (`None`: the one on PATH).
+    pub client: Option<PathBuf>,
 }
 
 // Few of these exist (one per bench bed): the size difference is no concern.
@@ -72,12 +80,18 @@ impl Bed {
                 Running::Bastion(b)
             }
             Implementation::WireguardGo => Running::WireguardGo(WireguardGoBastion::start(&topo)),
+            Implementation::WireguardGoNew => {
+                let binary = binaries.wireguard_go_new.as_ref().expect("no newer wireguard-go binary");
+                Running::WireguardGo(WireguardGoBastion::start_binary(&topo, binary))
+            }
             Implementation::Boringtun => {
                 let binary = binaries.boringtun.as_ref().expect("no boringtun-cli binary");
                 Running::Boringtun(BoringtunBastion::start(&topo, binary, binaries.boringtun_threads))
             }
         };
-        let tunnels = (0..CLIENTS).map(|i| topo.start_client_tunnel(i, topo.endpoint_v4())).collect();
+        let tunnels = (0..CLIENTS)
+            .map(|i| topo.start_client_tunnel_with(i, topo.endpoint_v4(), binaries.client.as_deref()))
+            .collect();
         let host = &topo.private_hosts[0];
         let servers = iperf::start_servers(&host.ns, topo.dir.path(), CLIENTS);
         let bed = Bed { implementation, servers, tunnels, bastion, topo };

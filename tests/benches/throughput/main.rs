@@ -14,11 +14,17 @@
 //! cargo bench -p bastion-tests --bench throughput -- [--seconds N] [--reps N]
 //!     [--scenarios tcp-up,tcp-down,tcp-up-4,udp-up,tcp-down-4,tcp-up-1x4,tcp-down-1x4]
 //!     [--udp-mbit N]
-//!     [--only bastion,wireguard-go,boringtun-cli] [--out DIR] [--tun-txqueuelen N]
+//!     [--only bastion,wireguard-go,wireguard-go-2023,boringtun-cli] [--out DIR] [--tun-txqueuelen N]
+//!     [--client wireguard-go|wireguard-go-2023]
 //! ```
 //! Environment: `BASTION_BIN` (required), `BORINGTUN_BIN` (optional: without it, or when it
-//! cannot start, boringtun-cli is left out and the report says why), `BENCH_COMMAND` (the command
-//! line to print in the report; `make bench` sets it).
+//! cannot start, boringtun-cli is left out and the report says why), `WIREGUARD_GO_NEW_BIN`
+//! (Debian trixie's wireguard-go 0.0.20231211, which `make bench` fetches; without it
+//! wireguard-go-2023 is left out), `BENCH_COMMAND` (the command line to print in the report;
+//! `make bench` sets it).
+//!
+//! The clients are the newer wireguard-go when it is there (`--client wireguard-go` for
+//! Debian bookworm's 0.0.20220316), so a client without offloads is not what limits the run.
 
 mod bed;
 mod cpu;
@@ -100,14 +106,20 @@ pub struct Options {
     pub out: PathBuf,
     /// An experiment: every bastion's TUN queue set to this many packets.
     pub tun_txqueuelen: Option<u32>,
+    /// The clients' wireguard-go: the newer one (when fetched) unless `--client wireguard-go`.
+    pub client: Implementation,
 }
+
+const ALL: [Implementation; 4] =
+    [Implementation::Bastion, Implementation::WireguardGo, Implementation::WireguardGoNew, Implementation::Boringtun];
 
 fn parse_options() -> Result<Options, String> {
     let mut seconds = 10;
     let mut reps = 3;
     let mut scenario_names = DEFAULT_SCENARIOS.to_string();
     let mut udp_mbit = 200;
-    let mut only = vec![Implementation::Bastion, Implementation::WireguardGo, Implementation::Boringtun];
+    let mut only = ALL.to_vec();
+    let mut client = Implementation::WireguardGoNew;
     let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let mut out = workspace.join("target/bench");
     let mut tun_txqueuelen = None;
@@ -133,15 +145,18 @@ fn parse_options() -> Result<Options, String> {
             "--only" => {
                 only = Vec::new();
                 for name in value("--only")?.split(',') {
-                    let implementation =
-                        [Implementation::Bastion, Implementation::WireguardGo, Implementation::Boringtun]
-                            .into_iter()
-                            .find(|i| i.label() == name)
-                            .ok_or(format!(
-                        "--only: unknown implementation {name:?} (expected bastion, wireguard-go, boringtun-cli)"
+                    let implementation = ALL.into_iter().find(|i| i.label() == name).ok_or(format!(
+                        "--only: unknown implementation {name:?} (expected bastion, wireguard-go, wireguard-go-2023, boringtun-cli)"
                     ))?;
                     only.push(implementation);
                 }
+            }
+            "--client" => {
+                let name = value("--client")?;
+                client = [Implementation::WireguardGo, Implementation::WireguardGoNew]
+                    .into_iter()
+                    .find(|i| i.label() == name)
+                    .ok_or(format!("--client: expected wireguard-go or wireguard-go-2023, got {name:?}"))?;
             }
             other => return Err(format!("unknown argument {other:?} (see the top of benches/throughput/main.rs)")),
         }
@@ -155,7 +170,7 @@ fn parse_options() -> Result<Options, String> {
         ))?;
         scenarios.push(scenario.clone());
     }
-    Ok(Options { seconds, reps, scenarios, udp_mbit, only, out, tun_txqueuelen })
+    Ok(Options { seconds, reps, scenarios, udp_mbit, only, out, tun_txqueuelen, client })
 }
 
 /// One measured run: one implementation, one scenario, one repetition.
@@ -277,12 +292,23 @@ fn main() {
         std::process::exit(2);
     }
     let bastion = bastion_tests::bastion::binary();
+    let wireguard_go_new = std::env::var_os("WIREGUARD_GO_NEW_BIN").map(PathBuf::from).filter(|p| p.is_file());
+    let mut notes = Vec::new();
+    let client = match (options.client, &wireguard_go_new) {
+        (Implementation::WireguardGoNew, Some(path)) => Some(path.clone()),
+        (Implementation::WireguardGoNew, None) => {
+            notes.push("clients: wireguard-go on PATH (WIREGUARD_GO_NEW_BIN is not set or not a file)".to_string());
+            None
+        }
+        _ => None,
+    };
     let binaries = Binaries {
         bastion,
         boringtun: std::env::var_os("BORINGTUN_BIN").map(PathBuf::from),
         boringtun_threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+        wireguard_go_new,
+        client,
     };
-    let mut notes = Vec::new();
     let started = Instant::now();
     let loadavg_start = loadavg();
     eprintln!("bench: load average at start: {loadavg_start}");
@@ -291,6 +317,10 @@ fn main() {
     // excepted: the comparison goes on without it).
     let mut beds: Vec<Bed> = Vec::new();
     for &implementation in &options.only {
+        if implementation == Implementation::WireguardGoNew && binaries.wireguard_go_new.is_none() {
+            notes.push("wireguard-go-2023 left out: WIREGUARD_GO_NEW_BIN is not set or not a file".to_string());
+            continue;
+        }
         if implementation == Implementation::Boringtun {
             match &binaries.boringtun {
                 None => {
@@ -387,6 +417,10 @@ fn main() {
         loadavg_end,
         elapsed: started.elapsed().as_secs_f64(),
         boringtun_threads: binaries.boringtun_threads,
+        client: match &binaries.client {
+            Some(path) => format!("wireguard-go-2023 ({})", path.display()),
+            None => "wireguard-go from PATH (Debian bookworm's 0.0.20220316 here)".to_string(),
+        },
     };
     let summary = report::summarize(&options.scenarios, &context.implementations, &runs);
     let markdown = report::markdown(&context, &summary, &runs);

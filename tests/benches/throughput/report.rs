@@ -19,6 +19,8 @@ pub struct Context {
     pub loadavg_end: String,
     pub elapsed: f64,
     pub boringtun_threads: usize,
+    /// What the clients run (`wireguard-go 0.0.20231211`, or the one on PATH).
+    pub client: String,
 }
 
 /// Median and range of one figure over the repetitions.
@@ -217,6 +219,13 @@ fn machine() -> Vec<(String, String)> {
         ("wireguard-go".to_string(), first_line(&["wireguard-go", "--version"])),
         ("iperf3".to_string(), first_line(&["iperf3", "--version"])),
     ];
+    if let Some(bin) = std::env::var_os("WIREGUARD_GO_NEW_BIN") {
+        let version = first_line(&[bin.to_str().unwrap_or(""), "--version"]);
+        facts.push((
+            "wireguard-go-2023".to_string(),
+            format!("{version} (Debian package 0.0.20231211, {})", bin.to_string_lossy()),
+        ));
+    }
     if let Some(bin) = std::env::var_os("BORINGTUN_BIN") {
         facts.push(("boringtun-cli".to_string(), first_line(&[bin.to_str().unwrap_or(""), "--version"])));
     }
@@ -235,10 +244,11 @@ pub fn markdown(context: &Context, summary: &[ScenarioSummary], runs: &[Run]) ->
     writeln!(s, "Command: `{}`", command_line()).unwrap();
     writeln!(
         s,
-        "Bastions: {} (client: wireguard-go in every case; far end: iperf3 in the private host). \
+        "Bastions: {} (clients: {} in every case; far end: iperf3 in the private host). \
          {} repetitions × {} s per scenario and implementation, implementations alternating in \
          rotating order; {:.0} s in all.",
         labels.join(", "),
+        context.client,
         o.reps,
         o.seconds,
         context.elapsed
