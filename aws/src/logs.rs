@@ -53,6 +53,31 @@ fn call(operation: &str, body: serde_json::Value) -> Call {
     call
 }
 
+/// The `PutLogEvents` call, its body written straight from the events (no JSON tree in
+/// between: a batch can be a megabyte, and it waits in memory while CloudWatch does not answer).
+fn put_call(group: &str, stream: &str, events: &[LogEvent]) -> Call {
+    #[derive(serde::Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Body<'a> {
+        log_group_name: &'a str,
+        log_stream_name: &'a str,
+        log_events: Vec<Event<'a>>,
+    }
+    #[derive(serde::Serialize)]
+    struct Event<'a> {
+        timestamp: i64,
+        message: &'a str,
+    }
+    let body = Body {
+        log_group_name: group,
+        log_stream_name: stream,
+        log_events: events.iter().map(|e| Event { timestamp: e.timestamp_ms, message: &e.message }).collect(),
+    };
+    let mut call = call("PutLogEvents", serde_json::Value::Null);
+    call.body = serde_json::to_vec(&body).unwrap_or_default();
+    call
+}
+
 fn bad(action: &str, why: impl Into<String>) -> AwsError {
     AwsError::BadAnswer { action: action.into(), why: why.into() }
 }
@@ -111,10 +136,7 @@ impl Client {
     /// `PutLogEvents` of one batch (in time order, within the limits above); what the service
     /// refused, if anything.
     pub fn put_log_events(&self, group: &str, stream: &str, events: &[LogEvent]) -> Result<Option<String>, AwsError> {
-        let list: Vec<serde_json::Value> =
-            events.iter().map(|e| serde_json::json!({"timestamp": e.timestamp_ms, "message": e.message})).collect();
-        let body = serde_json::json!({"logGroupName": group, "logStreamName": stream, "logEvents": list});
-        let answer = self.call(&call("PutLogEvents", body))?;
+        let answer = self.call(&put_call(group, stream, events))?;
         parse_put_answer(&answer.text())
     }
 
@@ -168,6 +190,16 @@ mod tests {
         assert_eq!(next.as_deref(), Some("t"));
         assert!(parse_filter_page(r#"{"events":[{"timestamp":5}]}"#).is_err());
         assert!(parse_filter_page("[]").is_err());
+    }
+
+    #[test]
+    fn the_put_body_is_what_the_api_reference_shows() {
+        let events = [LogEvent { timestamp_ms: 5, message: "a \"quoted\" line".into() }];
+        let body: serde_json::Value = serde_json::from_slice(&put_call("g", "s", &events).body).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({"logGroupName": "g", "logStreamName": "s", "logEvents": [{"timestamp": 5, "message": "a \"quoted\" line"}]})
+        );
     }
 
     #[test]

@@ -47,8 +47,8 @@ pub struct Shipper {
 }
 
 impl Shipper {
-    pub fn start(client: Client, destination: Destination, max_bytes: usize) -> Shipper {
-        let queue = Arc::new(Mutex::new(ShipQueue::new(max_bytes)));
+    pub fn start(client: Client, destination: Destination, max_bytes: usize, batch_bytes: usize) -> Shipper {
+        let queue = Arc::new(Mutex::new(ShipQueue::new(max_bytes, batch_bytes)));
         let stopping = Arc::new(AtomicBool::new(false));
         let thread = {
             let (queue, stopping) = (queue.clone(), stopping.clone());

@@ -8,23 +8,30 @@ use std::collections::VecDeque;
 
 use bastion_aws::logs::{self, LogEvent};
 
-/// The queue's default bound: about 4 minutes of a busy bastion at 100 events/s of 150 bytes,
-/// and a fixed ceiling on the memory CloudWatch's absence can cost.
-pub const DEFAULT_MAX_BYTES: usize = 4 * 1024 * 1024;
+/// The queue's default bound: over a minute of a bastion logging 100 lines a second (about
+/// 300 bytes each as JSON), and a fixed ceiling on the memory CloudWatch's absence can cost.
+pub const DEFAULT_MAX_BYTES: usize = 2 * 1024 * 1024;
+/// A batch's default size at most: a quarter of what the API takes, since a batch waits in
+/// memory (with its request body) outside the queue's bound while CloudWatch does not answer.
+pub const DEFAULT_BATCH_BYTES: usize = 256 * 1024;
 
 #[derive(Debug)]
 pub struct ShipQueue {
     events: VecDeque<LogEvent>,
     bytes: usize,
     max_bytes: usize,
+    batch_bytes: usize,
     /// Events dropped because the queue was full, in all and since the last [`Self::take_dropped`].
     dropped_total: u64,
     dropped_since: u64,
 }
 
 impl ShipQueue {
-    pub fn new(max_bytes: usize) -> ShipQueue {
-        ShipQueue { events: VecDeque::new(), bytes: 0, max_bytes, dropped_total: 0, dropped_since: 0 }
+    /// A queue of `max_bytes` at most whose batches hold `batch_bytes` at most (and never more
+    /// than `PutLogEvents` takes).
+    pub fn new(max_bytes: usize, batch_bytes: usize) -> ShipQueue {
+        let batch_bytes = batch_bytes.min(logs::MAX_BATCH_BYTES);
+        ShipQueue { events: VecDeque::new(), bytes: 0, max_bytes, batch_bytes, dropped_total: 0, dropped_since: 0 }
     }
 
     /// Queues one event (its message cut to CloudWatch's limit); false when it was dropped.
@@ -47,7 +54,7 @@ impl ShipQueue {
         true
     }
 
-    /// The next batch: the oldest events, as many as fit, in time order.
+    /// The next batch: the oldest events, as many as fit (at least one), in time order.
     pub fn take_batch(&mut self) -> Vec<LogEvent> {
         let mut batch: Vec<LogEvent> = Vec::new();
         let mut bytes = 0;
@@ -56,8 +63,9 @@ impl ShipQueue {
             let first_ms = batch.iter().map(|e| e.timestamp_ms).min().unwrap_or(next.timestamp_ms);
             let last_ms = batch.iter().map(|e| e.timestamp_ms).max().unwrap_or(next.timestamp_ms);
             let span = last_ms.max(next.timestamp_ms) - first_ms.min(next.timestamp_ms);
+            // The first event always goes (the cut keeps it within what the API takes).
             if batch.len() == logs::MAX_BATCH_EVENTS
-                || bytes + size > logs::MAX_BATCH_BYTES
+                || (!batch.is_empty() && bytes + size > self.batch_bytes)
                 || span > logs::MAX_BATCH_SPAN_MS
             {
                 break;
@@ -118,7 +126,7 @@ mod tests {
 
     #[test]
     fn a_full_queue_drops_the_newest_and_counts_it() {
-        let mut q = ShipQueue::new(3 * (10 + logs::EVENT_OVERHEAD));
+        let mut q = ShipQueue::new(3 * (10 + logs::EVENT_OVERHEAD), DEFAULT_BATCH_BYTES);
         for i in 0..5 {
             q.push(event(i, "0123456789"));
         }
@@ -132,7 +140,7 @@ mod tests {
 
     #[test]
     fn batches_keep_to_cloudwatchs_limits_and_time_order() {
-        let mut q = ShipQueue::new(64 * 1024 * 1024);
+        let mut q = ShipQueue::new(64 * 1024 * 1024, logs::MAX_BATCH_BYTES);
         for i in 0..(logs::MAX_BATCH_EVENTS as i64 + 5) {
             q.push(event(1_000 - (i % 2), "x"));
         }
@@ -150,7 +158,14 @@ mod tests {
         assert_eq!(batch.len(), 4, "262,144 bytes each with the overhead after the cut: four fill 1 MiB");
         assert_eq!(batch[0].message.len(), logs::MAX_EVENT_BYTES);
 
-        let mut q = ShipQueue::new(64 * 1024 * 1024);
+        let mut small = ShipQueue::new(64 * 1024 * 1024, DEFAULT_BATCH_BYTES);
+        for i in 0..3 {
+            small.push(event(i, &big));
+        }
+        assert_eq!(small.take_batch().len(), 1, "one cut event fills a batch of the default bound");
+        assert_eq!(small.take_batch().len(), 1);
+
+        let mut q = ShipQueue::new(64 * 1024 * 1024, logs::MAX_BATCH_BYTES);
         q.push(event(0, "a"));
         q.push(event(logs::MAX_BATCH_SPAN_MS + 1, "b"));
         assert_eq!(q.take_batch().len(), 1, "a batch spans 24 hours at most");
@@ -159,7 +174,7 @@ mod tests {
 
     #[test]
     fn a_failed_batch_goes_back_first_within_the_bound() {
-        let mut q = ShipQueue::new(4 * (1 + logs::EVENT_OVERHEAD));
+        let mut q = ShipQueue::new(4 * (1 + logs::EVENT_OVERHEAD), DEFAULT_BATCH_BYTES);
         q.push(event(0, "a"));
         q.push(event(1, "b"));
         let batch = q.take_batch();

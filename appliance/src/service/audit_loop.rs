@@ -82,6 +82,7 @@ impl AuditLoop {
                     client,
                     Destination { group, stream: bastion.clone() },
                     queue::DEFAULT_MAX_BYTES,
+                    queue::DEFAULT_BATCH_BYTES,
                 ));
                 let tee = Arc::downgrade(&shipper);
                 log::set_tee(Some(Arc::new(move |ms, line| {

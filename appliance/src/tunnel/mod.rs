@@ -12,6 +12,7 @@ mod failover;
 mod inbound;
 mod outbound;
 pub mod peers;
+pub mod send_runs;
 mod timers;
 mod tun;
 mod udp;
@@ -127,6 +128,10 @@ pub struct DataPlaneShared {
     failover_budget: Mutex<failover::GlobalBudget>,
     sockets: Vec<UdpSocket>,
     dual_stack: bool,
+    /// UDP GSO for runs of datagrams; turned off for good by the first send the kernel refuses.
+    udp_gso: AtomicBool,
+    /// Whether the sockets hand over coalesced datagrams (UDP GRO).
+    udp_gro: bool,
     stop: AtomicBool,
     started: Instant,
     /// Per worker: milliseconds since `started` of its last loop turn.
@@ -185,6 +190,21 @@ fn make_tunn(static_private: &x25519::StaticSecret, limiter: &Arc<RateLimiter>, 
     )
 }
 
+/// Which offloads to try: all, unless the environment turns one off (to measure each alone).
+struct Offloads {
+    udp_gso: bool,
+    udp_gro: bool,
+}
+
+impl Offloads {
+    const VARS: &'static str = "BASTION_NO_UDP_GSO=1 / BASTION_NO_UDP_GRO=1";
+
+    fn from_env() -> Offloads {
+        let off = |var: &str| std::env::var(var).is_ok_and(|v| v == "1");
+        Offloads { udp_gso: !off("BASTION_NO_UDP_GSO"), udp_gro: !off("BASTION_NO_UDP_GRO") }
+    }
+}
+
 impl DataPlane {
     pub fn start(spec: TunnelSpec) -> Result<DataPlane, TunnelError> {
         let workers = spec.workers.max(1);
@@ -194,6 +214,18 @@ impl DataPlane {
         configure_link(&spec).map_err(|source| TunnelError::Configure { name: spec.name.clone(), source })?;
         let listen = udp::bind(spec.listen_port, workers)
             .map_err(|source| TunnelError::Listen { port: spec.listen_port, source })?;
+        let offloads = Offloads::from_env();
+        let udp_gro = offloads.udp_gro && listen.sockets.iter().all(udp::enable_gro);
+        crate::log!(
+            "tunnel: UDP GSO {}, UDP GRO {} ({} turn them off)",
+            if offloads.udp_gso { "on" } else { "off" },
+            match (offloads.udp_gro, udp_gro) {
+                (false, _) => "off",
+                (true, true) => "on",
+                (true, false) => "not available (the kernel refused UDP_GRO)",
+            },
+            Offloads::VARS
+        );
 
         let static_private = spec.private_key.to_x25519();
         let static_public = x25519::PublicKey::from(&static_private);
@@ -212,6 +244,8 @@ impl DataPlane {
             failover_budget: Mutex::new(failover::GlobalBudget::default()),
             sockets: listen.sockets,
             dual_stack: listen.dual_stack,
+            udp_gso: AtomicBool::new(offloads.udp_gso),
+            udp_gro,
             stop: AtomicBool::new(false),
             started: Instant::now(),
             heartbeats: (0..workers).map(|_| AtomicU64::new(0)).collect(),

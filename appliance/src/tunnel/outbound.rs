@@ -1,14 +1,21 @@
 //! Tunnel → network: one IP packet read from the TUN, encrypted for the peer whose allowed IPs
 //! hold its destination most closely (outbound cryptokey routing), sent to the peer's endpoint.
 
-use super::inbound::send;
 use super::peers::LivePeer;
-use super::{Counters, DataPlaneShared};
+use super::send_runs::{Run, SendRuns};
+use super::{udp, Counters, DataPlaneShared};
 use boringtun::noise::{Tunn, TunnResult};
-use std::net::UdpSocket;
 
-/// Handles one packet read from the TUN. `out` must hold the packet + 32 bytes and at least 148.
-pub fn handle_tun_packet(shared: &DataPlaneShared, socket: &UdpSocket, packet: &[u8], out: &mut [u8]) {
+/// Handles one packet read from the TUN: what goes out joins `runs` (sent through `send` as
+/// runs complete; the caller flushes at the end of its batch). `out` must hold the packet + 32
+/// bytes and at least 148.
+pub fn handle_tun_packet(
+    shared: &DataPlaneShared,
+    packet: &[u8],
+    out: &mut [u8],
+    runs: &mut SendRuns,
+    send: &mut impl FnMut(Run),
+) {
     let Some(destination) = Tunn::dst_address(packet) else {
         Counters::count(&shared.counters.dropped_tun_packets);
         return;
@@ -25,7 +32,7 @@ pub fn handle_tun_packet(shared: &DataPlaneShared, socket: &UdpSocket, packet: &
         TunnResult::WriteToNetwork(datagram) => match peer.endpoint() {
             Some(endpoint) => {
                 LivePeer::count(&peer.counters.tx_packets);
-                send(shared, socket, datagram, endpoint);
+                runs.push(udp::socket_address(endpoint, shared.dual_stack), datagram, send);
             }
             // A roaming client that never reached this bastion: it has to come to us first.
             None => Counters::count(&shared.counters.dropped_tun_packets),

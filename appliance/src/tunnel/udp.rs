@@ -2,10 +2,20 @@
 //! the kernel spreads peers over the workers by flow (a peer's datagrams always reach the same
 //! worker, so they are never reordered). Dual-stack IPv6 sockets take IPv4 too; a host without
 //! IPv6 gets IPv4-only sockets.
+//!
+//! Offloads, each with a fallback: a run of same-size datagrams to one endpoint goes out as one
+//! `sendmsg` with `UDP_SEGMENT` (UDP GSO, [`send_run`]; when the kernel refuses it, the worker
+//! sends one by one from then on), and with `UDP_GRO` on ([`enable_gro`]) the kernel hands over
+//! a flow's consecutive datagrams as one buffer with their size ([`receive`]), which the worker
+//! cuts apart again.
 
+use nix::sys::socket::{self, ControlMessage, ControlMessageOwned, MsgFlags, SockaddrIn, SockaddrIn6, SockaddrStorage};
 use socket2::{Domain, Protocol, Socket, Type};
-use std::io;
+use std::io::{self, IoSlice, IoSliceMut};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6, UdpSocket};
+use std::os::fd::AsRawFd;
+
+use super::send_runs::Run;
 
 /// Socket buffer size asked for; the kernel caps it at net.core.[rw]mem_max.
 const SOCKET_BUFFER_BYTES: usize = 4 << 20;
@@ -61,6 +71,69 @@ pub fn socket_address(peer: SocketAddr, dual_stack: bool) -> SocketAddr {
     }
 }
 
+/// Asks the kernel to coalesce a flow's datagrams on receive (UDP GRO, Linux 5.0); false when
+/// it cannot.
+pub fn enable_gro(socket: &UdpSocket) -> bool {
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt(2) on an open socket with a pointer to a c_int and its size.
+    let result = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_UDP,
+            libc::UDP_GRO,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    result == 0
+}
+
+/// One receive: the bytes, their source, and the size of each datagram when the kernel
+/// coalesced several (UDP GRO).
+pub fn receive(socket: &UdpSocket, buffer: &mut [u8]) -> io::Result<(usize, SocketAddr, Option<usize>)> {
+    let mut space = nix::cmsg_space!(libc::c_int);
+    let mut slices = [IoSliceMut::new(buffer)];
+    let message =
+        socket::recvmsg::<SockaddrStorage>(socket.as_raw_fd(), &mut slices, Some(&mut space), MsgFlags::empty())
+            .map_err(io::Error::from)?;
+    let mut segment = None;
+    if let Ok(cmsgs) = message.cmsgs() {
+        for cmsg in cmsgs {
+            if let ControlMessageOwned::UdpGroSegments(size) = cmsg {
+                segment = usize::try_from(size).ok().filter(|&s| s > 0);
+            }
+        }
+    }
+    let source = message
+        .address
+        .and_then(|a| {
+            a.as_sockaddr_in6()
+                .map(|v6| SocketAddr::V6(SocketAddrV6::new(v6.ip(), v6.port(), v6.flowinfo(), v6.scope_id())))
+                .or_else(|| a.as_sockaddr_in().map(|v4| SocketAddr::from((v4.ip(), v4.port()))))
+        })
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "a datagram without a source address"))?;
+    Ok((message.bytes, source, segment))
+}
+
+/// Whether an error of a GSO send means the path cannot do GSO (wireguard-go's reading: EIO
+/// from a device without checksum offload; EINVAL/ENOPROTOOPT from a kernel without it).
+pub fn gso_unsupported(error: &io::Error) -> bool {
+    matches!(error.raw_os_error(), Some(libc::EIO) | Some(libc::EINVAL) | Some(libc::ENOPROTOOPT))
+}
+
+/// Sends `run` (already in the socket's address family) as one `sendmsg` with `UDP_SEGMENT`.
+pub fn send_run(socket: &UdpSocket, run: &Run) -> io::Result<()> {
+    let segment = u16::try_from(run.segment).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let cmsg = [ControlMessage::UdpGsoSegments(&segment)];
+    let iov = [IoSlice::new(run.bytes)];
+    let fd = socket.as_raw_fd();
+    let sent = match run.to {
+        SocketAddr::V4(v4) => socket::sendmsg(fd, &iov, &cmsg, MsgFlags::empty(), Some(&SockaddrIn::from(v4))),
+        SocketAddr::V6(v6) => socket::sendmsg(fd, &iov, &cmsg, MsgFlags::empty(), Some(&SockaddrIn6::from(v6))),
+    };
+    sent.map(|_| ()).map_err(io::Error::from)
+}
+
 /// The address as people write it: `::ffff:192.0.2.1` becomes `192.0.2.1`.
 pub fn canonical(address: SocketAddr) -> SocketAddr {
     SocketAddr::new(address.ip().to_canonical(), address.port())
@@ -77,6 +150,39 @@ mod tests {
         let mapped = socket_address(v4, true);
         assert_eq!(mapped, "[::ffff:192.0.2.1]:51820".parse().unwrap());
         assert_eq!(canonical(mapped), v4);
+    }
+
+    /// A run sent with UDP GSO over loopback: a socket without GRO gets the datagrams one by
+    /// one (the kernel cut them), one with GRO gets them as one buffer and their size.
+    #[test]
+    fn a_gso_run_arrives_as_datagrams_or_as_one_gro_buffer() {
+        let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut bytes = Vec::new();
+        for i in 0..3u8 {
+            bytes.extend_from_slice(&[i; 100]);
+        }
+        bytes.extend_from_slice(&[9; 50]);
+        for gro in [false, true] {
+            let receiver = UdpSocket::bind("127.0.0.1:0").unwrap();
+            receiver.set_read_timeout(Some(std::time::Duration::from_secs(2))).unwrap();
+            if gro {
+                assert!(enable_gro(&receiver), "UDP_GRO refused");
+            }
+            let run = Run { to: receiver.local_addr().unwrap(), segment: 100, count: 4, bytes: &bytes };
+            send_run(&sender, &run).unwrap();
+            let mut got: Vec<Vec<u8>> = Vec::new();
+            let mut buffer = vec![0u8; 65_536];
+            while got.concat().len() < bytes.len() {
+                let (n, source, segment) = receive(&receiver, &mut buffer).unwrap();
+                assert_eq!(source, sender.local_addr().unwrap());
+                match segment {
+                    Some(size) => got.extend(buffer[..n].chunks(size).map(<[u8]>::to_vec)),
+                    None => got.push(buffer[..n].to_vec()),
+                }
+            }
+            assert_eq!(got.iter().map(Vec::len).collect::<Vec<_>>(), [100, 100, 100, 50], "gro {gro}");
+            assert_eq!(got.concat(), bytes, "gro {gro}");
+        }
     }
 
     #[test]

@@ -1,10 +1,13 @@
 //! One data-plane worker: a thread that owns one TUN queue and one UDP socket of the listen
 //! port and moves packets between them until told to stop. Workers share only the peer table.
+//! What one TUN batch encrypts leaves in runs ([`super::send_runs`], UDP GSO); what UDP GRO
+//! coalesced arrives as one buffer and is cut into its datagrams here.
 
 use super::inbound::handle_datagram;
 use super::outbound::handle_tun_packet;
+use super::send_runs::{Run, SendRuns};
 use super::tun::TunQueue;
-use super::DataPlaneShared;
+use super::{udp, Counters, DataPlaneShared};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use std::io::ErrorKind;
 use std::os::fd::AsFd;
@@ -15,13 +18,43 @@ use std::sync::Arc;
 const BATCH: usize = 64;
 /// The loop wakes at least this often to beat its heartbeat and see a stop request.
 const WAKE_MS: u16 = 250;
-/// Big enough for any datagram or TUN packet (the TUN MTU is at most 9001; GSO is off).
+/// Big enough for any datagram, a GRO buffer (64 KiB at most) or a TUN packet (MTU ≤ 9001).
 const BUFFER_BYTES: usize = 65_536;
+
+/// Sends one run: one `sendmsg` with UDP GSO when it has several datagrams and GSO is on, else
+/// one `send_to` each. The first GSO send the kernel refuses turns GSO off (logged once) and
+/// the run goes one by one.
+fn send_run(shared: &DataPlaneShared, socket: &std::net::UdpSocket, run: Run) {
+    if run.count > 1 && shared.udp_gso.load(Ordering::Relaxed) {
+        match udp::send_run(socket, &run) {
+            Ok(()) => return,
+            Err(e) if udp::gso_unsupported(&e) => {
+                if shared.udp_gso.swap(false, Ordering::Relaxed) {
+                    crate::log!(
+                        "tunnel: UDP GSO refused by the kernel ({e}); sending datagrams one by one from now on"
+                    );
+                }
+            }
+            Err(_) => {
+                for _ in 0..run.count {
+                    Counters::count(&shared.counters.send_errors);
+                }
+                return;
+            }
+        }
+    }
+    for datagram in run.bytes.chunks(run.segment) {
+        if socket.send_to(datagram, run.to).is_err() {
+            Counters::count(&shared.counters.send_errors);
+        }
+    }
+}
 
 pub fn run(shared: Arc<DataPlaneShared>, worker: usize, tun: TunQueue) {
     let socket = &shared.sockets[worker];
     let mut input = vec![0u8; BUFFER_BYTES];
     let mut output = vec![0u8; BUFFER_BYTES];
+    let mut runs = SendRuns::new();
     while !shared.stop.load(Ordering::Relaxed) {
         shared.beat(worker);
         let mut fds = [PollFd::new(socket.as_fd(), PollFlags::POLLIN), PollFd::new(tun.as_fd(), PollFlags::POLLIN)];
@@ -41,8 +74,18 @@ pub fn run(shared: Arc<DataPlaneShared>, worker: usize, tun: TunQueue) {
         let (udp_ready, tun_ready) = (ready(&fds[0]), ready(&fds[1]));
         if udp_ready {
             for _ in 0..BATCH {
-                match socket.recv_from(&mut input) {
-                    Ok((n, source)) => handle_datagram(&shared, socket, &tun, source, &input[..n], &mut output),
+                let received = if shared.udp_gro {
+                    udp::receive(socket, &mut input)
+                } else {
+                    socket.recv_from(&mut input).map(|(n, source)| (n, source, None))
+                };
+                match received {
+                    Ok((n, source, Some(segment))) => {
+                        for datagram in input[..n].chunks(segment) {
+                            handle_datagram(&shared, socket, &tun, source, datagram, &mut output);
+                        }
+                    }
+                    Ok((n, source, None)) => handle_datagram(&shared, socket, &tun, source, &input[..n], &mut output),
                     Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                     // ICMP errors from earlier sends surface here (ECONNREFUSED): not ours to fix.
@@ -51,9 +94,10 @@ pub fn run(shared: Arc<DataPlaneShared>, worker: usize, tun: TunQueue) {
             }
         }
         if tun_ready {
+            let mut send = |run: Run| send_run(&shared, socket, run);
             for _ in 0..BATCH {
                 match tun.read(&mut input) {
-                    Ok(n) => handle_tun_packet(&shared, socket, &input[..n], &mut output),
+                    Ok(n) => handle_tun_packet(&shared, &input[..n], &mut output, &mut runs, &mut send),
                     Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                     Err(e) => {
@@ -64,6 +108,7 @@ pub fn run(shared: Arc<DataPlaneShared>, worker: usize, tun: TunQueue) {
                     }
                 }
             }
+            runs.flush(&mut send);
         }
     }
 }

@@ -48,6 +48,8 @@ pub struct Binaries {
     pub wireguard_go_new: Option<PathBuf>,
     /// The clients' wireguard-go (`None`: the one on PATH).
     pub client: Option<PathBuf>,
+    /// Environment of `bastion run` (`--bastion-env`: e.g. an offload turned off).
+    pub bastion_env: Vec<(String, String)>,
 }
 
 // Few of these exist (one per bench bed): the size difference is no concern.
@@ -75,7 +77,8 @@ impl Bed {
         let topo = Topology::with(CLIENTS, 1);
         let bastion = match implementation {
             Implementation::Bastion => {
-                let b = Bastion::start(&topo, &binaries.bastion, BastionSetup::default());
+                let setup = BastionSetup { env: binaries.bastion_env.clone(), ..BastionSetup::default() };
+                let b = Bastion::start(&topo, &binaries.bastion, setup);
                 b.wait_healthy(Duration::from_secs(30)).unwrap_or_else(|e| panic!("{e}"));
                 Running::Bastion(b)
             }

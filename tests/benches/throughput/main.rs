@@ -15,7 +15,7 @@
 //!     [--scenarios tcp-up,tcp-down,tcp-up-4,udp-up,tcp-down-4,tcp-up-1x4,tcp-down-1x4]
 //!     [--udp-mbit N]
 //!     [--only bastion,wireguard-go,wireguard-go-2023,boringtun-cli] [--out DIR] [--tun-txqueuelen N]
-//!     [--client wireguard-go|wireguard-go-2023]
+//!     [--client wireguard-go|wireguard-go-2023] [--bastion-env KEY=VALUE ...]
 //! ```
 //! Environment: `BASTION_BIN` (required), `BORINGTUN_BIN` (optional: without it, or when it
 //! cannot start, boringtun-cli is left out and the report says why), `WIREGUARD_GO_NEW_BIN`
@@ -108,6 +108,9 @@ pub struct Options {
     pub tun_txqueuelen: Option<u32>,
     /// The clients' wireguard-go: the newer one (when fetched) unless `--client wireguard-go`.
     pub client: Implementation,
+    /// `--bastion-env KEY=VALUE`: the environment of `bastion run` (BASTION_NO_UDP_GSO=1 measures
+    /// it without UDP GSO).
+    pub bastion_env: Vec<(String, String)>,
 }
 
 const ALL: [Implementation; 4] =
@@ -120,6 +123,7 @@ fn parse_options() -> Result<Options, String> {
     let mut udp_mbit = 200;
     let mut only = ALL.to_vec();
     let mut client = Implementation::WireguardGoNew;
+    let mut bastion_env = Vec::new();
     let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let mut out = workspace.join("target/bench");
     let mut tun_txqueuelen = None;
@@ -151,6 +155,12 @@ fn parse_options() -> Result<Options, String> {
                     only.push(implementation);
                 }
             }
+            "--bastion-env" => {
+                let pair = value("--bastion-env")?;
+                let (key, val) =
+                    pair.split_once('=').ok_or(format!("--bastion-env: expected KEY=VALUE, got {pair:?}"))?;
+                bastion_env.push((key.to_string(), val.to_string()));
+            }
             "--client" => {
                 let name = value("--client")?;
                 client = [Implementation::WireguardGo, Implementation::WireguardGoNew]
@@ -170,7 +180,7 @@ fn parse_options() -> Result<Options, String> {
         ))?;
         scenarios.push(scenario.clone());
     }
-    Ok(Options { seconds, reps, scenarios, udp_mbit, only, out, tun_txqueuelen, client })
+    Ok(Options { seconds, reps, scenarios, udp_mbit, only, out, tun_txqueuelen, client, bastion_env })
 }
 
 /// One measured run: one implementation, one scenario, one repetition.
@@ -308,6 +318,7 @@ fn main() {
         boringtun_threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
         wireguard_go_new,
         client,
+        bastion_env: options.bastion_env.clone(),
     };
     let started = Instant::now();
     let loadavg_start = loadavg();

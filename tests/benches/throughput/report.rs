@@ -255,6 +255,10 @@ pub fn markdown(context: &Context, summary: &[ScenarioSummary], runs: &[Run]) ->
     )
     .unwrap();
     writeln!(s, "Load average: {} at the start, {} at the end.", context.loadavg_start, context.loadavg_end).unwrap();
+    if !o.bastion_env.is_empty() {
+        let env: Vec<String> = o.bastion_env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        writeln!(s, "`bastion run` environment: {} (`--bastion-env`).", env.join(" ")).unwrap();
+    }
     if let Some(packets) = o.tun_txqueuelen {
         writeln!(s, "Experiment: every bastion's TUN txqueuelen set to {packets} packets (`--tun-txqueuelen`).")
             .unwrap();

@@ -1,0 +1,128 @@
+//! Runs of datagrams for UDP GSO: what the TUN side encrypts in one batch is sent as few
+//! `sendmsg` calls as possible. Consecutive datagrams to the same endpoint and of the same size
+//! (a bulk transfer's full-MTU packets) form one run, sent with `UDP_SEGMENT` as one call that
+//! the kernel cuts into datagrams (the way wireguard-go and the kernel's own WireGuard send);
+//! a shorter datagram may end a run, as the kernel allows. The decision only (sans-I/O): the
+//! caller's `send` gets each run when it is complete, in the order the datagrams came, so a
+//! flow's packets keep their order.
+
+use std::net::SocketAddr;
+
+/// Segments per run at most (the kernel's UDP_MAX_SEGMENTS is 64 on older kernels).
+pub const MAX_SEGMENTS: usize = 64;
+/// Bytes per run at most: one UDP payload (65,507 bytes over IPv4) with room to spare.
+pub const MAX_RUN_BYTES: usize = 65_000;
+
+/// One run: `count` datagrams of `segment` bytes (the last may be shorter) to `to`, back to back.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Run<'a> {
+    pub to: SocketAddr,
+    pub segment: usize,
+    pub count: usize,
+    pub bytes: &'a [u8],
+}
+
+#[derive(Debug, Default)]
+pub struct SendRuns {
+    bytes: Vec<u8>,
+    to: Option<SocketAddr>,
+    segment: usize,
+    count: usize,
+    /// A shorter datagram ended the run: nothing more may join it.
+    closed: bool,
+}
+
+impl SendRuns {
+    pub fn new() -> SendRuns {
+        SendRuns { bytes: Vec::with_capacity(MAX_RUN_BYTES), ..SendRuns::default() }
+    }
+
+    fn accepts(&self, to: SocketAddr, len: usize) -> bool {
+        self.count > 0
+            && !self.closed
+            && self.to == Some(to)
+            && len <= self.segment
+            && self.count < MAX_SEGMENTS
+            && self.bytes.len() + len <= MAX_RUN_BYTES
+    }
+
+    /// Adds one datagram; a run it cannot join is handed to `send` first.
+    pub fn push(&mut self, to: SocketAddr, datagram: &[u8], send: &mut impl FnMut(Run)) {
+        if !self.accepts(to, datagram.len()) {
+            self.flush(send);
+            self.to = Some(to);
+            self.segment = datagram.len();
+        }
+        self.bytes.extend_from_slice(datagram);
+        self.count += 1;
+        if datagram.len() < self.segment {
+            self.closed = true;
+        }
+    }
+
+    /// Hands the open run, if any, to `send`.
+    pub fn flush(&mut self, send: &mut impl FnMut(Run)) {
+        if let Some(to) = self.to.filter(|_| self.count > 0) {
+            send(Run { to, segment: self.segment, count: self.count, bytes: &self.bytes });
+        }
+        self.bytes.clear();
+        self.to = None;
+        self.count = 0;
+        self.closed = false;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn collect(pushes: &[(&str, usize)]) -> Vec<(String, usize, usize, usize)> {
+        let mut runs = SendRuns::new();
+        let mut sent = Vec::new();
+        let mut send = |run: Run| {
+            sent.push((run.to.to_string(), run.segment, run.count, run.bytes.len()));
+        };
+        for (i, (to, len)) in pushes.iter().enumerate() {
+            runs.push(to.parse().unwrap(), &vec![i as u8; *len], &mut send);
+        }
+        runs.flush(&mut send);
+        sent
+    }
+
+    const A: &str = "192.0.2.1:1";
+    const B: &str = "192.0.2.2:2";
+
+    #[test]
+    fn same_size_to_the_same_endpoint_is_one_run_and_a_shorter_one_ends_it() {
+        let sent = collect(&[(A, 1452), (A, 1452), (A, 1452), (A, 300), (A, 1452)]);
+        assert_eq!(sent, [(A.into(), 1452, 4, 3 * 1452 + 300), (A.into(), 1452, 1, 1452)]);
+    }
+
+    #[test]
+    fn another_endpoint_or_a_longer_datagram_starts_a_new_run_in_order() {
+        let sent = collect(&[(A, 1452), (B, 1452), (A, 1452), (A, 148), (A, 1452), (A, 1500)]);
+        let shape: Vec<(String, usize)> = sent.iter().map(|s| (s.0.clone(), s.2)).collect();
+        assert_eq!(shape, [(A.into(), 1), (B.into(), 1), (A.into(), 2), (A.into(), 1), (A.into(), 1)]);
+    }
+
+    #[test]
+    fn runs_keep_to_the_kernels_limits() {
+        let sent = collect(&vec![(A, 1000); 70]);
+        assert_eq!(sent.iter().map(|s| s.2).collect::<Vec<_>>(), [64, 6]);
+        let sent = collect(&vec![(A, 9000); 10]);
+        assert!(sent.iter().all(|s| s.3 <= MAX_RUN_BYTES), "{sent:?}");
+        assert_eq!(sent.iter().map(|s| s.2).sum::<usize>(), 10);
+    }
+
+    #[test]
+    fn the_bytes_are_the_datagrams_back_to_back() {
+        let mut runs = SendRuns::new();
+        let mut seen = Vec::new();
+        let mut send = |run: Run| seen.extend_from_slice(run.bytes);
+        runs.push(A.parse().unwrap(), &[1, 1], &mut send);
+        runs.push(A.parse().unwrap(), &[2, 2], &mut send);
+        runs.push(A.parse().unwrap(), &[3], &mut send);
+        runs.flush(&mut send);
+        assert_eq!(seen, [1, 1, 2, 2, 3]);
+    }
+}
