@@ -93,10 +93,15 @@ pub fn write_line(args: std::fmt::Arguments) {
     emit(|uptime| format!("[{uptime:>12.6}] bastion: {text}\n"), "message", text.clone().into());
 }
 
+/// An audit record's text as the log writes it: its JSON, key-like runs hidden.
+pub fn audit_text(record: &serde_json::Value) -> String {
+    crate::keys::redact_key_like(&record.to_string()).into_owned()
+}
+
 /// Writes one audit record (a JSON object): `[uptime] bastion: audit {...}` as text, or
 /// `{"time", "uptime", "audit": {...}}` as JSON. Redacted like every line.
 pub fn write_audit(record: &serde_json::Value) {
-    let text = crate::keys::redact_key_like(&record.to_string()).into_owned();
+    let text = audit_text(record);
     let value = serde_json::from_str(&text).unwrap_or_else(|_| serde_json::Value::String(text.clone()));
     emit(|uptime| format!("[{uptime:>12.6}] bastion: audit {text}\n"), "audit", value);
 }

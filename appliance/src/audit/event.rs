@@ -152,6 +152,58 @@ mod tests {
         assert_eq!(serde_json::from_str::<Record>(&json).unwrap(), record);
     }
 
+    use proptest::prelude::*;
+
+    /// Every event, its text fields set to `text`.
+    fn every_event(text: &str, key: &[u8; 32]) -> Vec<AuditEvent> {
+        let (peer, key, t) = (text.to_string(), fingerprint(key), text.to_string());
+        vec![
+            AuditEvent::SessionStarted {
+                peer: peer.clone(),
+                key: key.clone(),
+                endpoint: Some(t.clone()),
+                began: Began::Handshake,
+                started_ms: 1,
+            },
+            AuditEvent::EndpointChanged { peer: peer.clone(), key: key.clone(), from: Some(t.clone()), to: t.clone() },
+            AuditEvent::SessionEnded {
+                peer: peer.clone(),
+                key: key.clone(),
+                endpoint: Some(t.clone()),
+                reason: Ended::Idle,
+                started_ms: 1,
+                ended_ms: 2,
+                duration_seconds: 0.0,
+                rx_bytes: 1,
+                tx_bytes: 1,
+            },
+            AuditEvent::PeerAdded { peer: peer.clone(), key: key.clone(), config_version: t.clone() },
+            AuditEvent::PeerRemoved { peer: peer.clone(), key: key.clone(), config_version: t.clone() },
+            AuditEvent::PeerChanged { peer, key, config_version: t.clone() },
+            AuditEvent::HandshakesRejected { count: 1, seconds: 1 },
+            AuditEvent::SiblingAction { target: t.clone(), action: t.clone(), reason: t },
+        ]
+    }
+
+    proptest! {
+        /// The redaction covers the audit path: whatever text reaches a record (a peer name or
+        /// an endpoint an operator got wrong), no 16-character piece of a key is written.
+        #[test]
+        fn no_piece_of_a_key_reaches_an_audit_line(key in any::<[u8; 32]>(), cut in 1usize..43, around in "[a-z ]{0,8}") {
+            use base64::Engine;
+            let b64 = base64::engine::general_purpose::STANDARD.encode(key);
+            for text in [b64.clone(), format!("{around}{b64}{around}"), format!("{}\n{}", &b64[..cut], &b64[cut..]), b64[..43].to_string()] {
+                for event in every_event(&text, &key) {
+                    let record = Record { time_ms: 1, bastion: "i-1".into(), interface: "wg0".into(), event };
+                    let line = crate::log::audit_text(&serde_json::to_value(&record).unwrap());
+                    for start in 0..=b64.len() - 16 {
+                        prop_assert!(!line.contains(&b64[start..start + 16]), "{line}");
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn fingerprints_are_short_stable_and_not_the_key() {
         let key = [0x42u8; 32];

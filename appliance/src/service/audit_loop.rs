@@ -278,3 +278,37 @@ pub fn peer_events(changes: &PeerChanges, old: &[Peer], new: &[Peer], version: &
     }
     events
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reloads_peer_events_name_each_peer_by_its_own_key() {
+        let text = |peers: &str| {
+            format!("[interface]\nprivate_key = \"yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=\"\naddress = [\"10.100.0.1/24\"]\n{peers}")
+        };
+        let alice = "[[peer]]\nname = \"alice\"\npublic_key = \"xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=\"\nallowed_ips = [\"10.100.0.2/32\"]\n";
+        let bob = "[[peer]]\nname = \"bob\"\npublic_key = \"TrMvSoP4jYQlY6RIzBgbssQqY3vxI2Pi+y71lOWWXX0=\"\nallowed_ips = [\"10.100.0.3/32\"]\n";
+        let old = crate::config::parse(&text(alice), "a.toml", None).unwrap();
+        let new = crate::config::parse(&text(bob), "b.toml", None).unwrap();
+        let changes =
+            PeerChanges { added: vec!["bob".into()], removed: vec!["alice".into()], ..PeerChanges::default() };
+        let events = peer_events(&changes, &old.peers, &new.peers, "v2");
+        assert_eq!(
+            events,
+            [
+                AuditEvent::PeerAdded {
+                    peer: "bob".into(),
+                    key: fingerprint(&new.peers[0].public_key.0),
+                    config_version: "v2".into()
+                },
+                AuditEvent::PeerRemoved {
+                    peer: "alice".into(),
+                    key: fingerprint(&old.peers[0].public_key.0),
+                    config_version: "v2".into()
+                },
+            ]
+        );
+    }
+}
