@@ -28,6 +28,7 @@
 
 mod bed;
 mod cpu;
+mod floor;
 mod iperf;
 mod report;
 
@@ -323,6 +324,8 @@ fn main() {
     let started = Instant::now();
     let loadavg_start = loadavg();
     eprintln!("bench: load average at start: {loadavg_start}");
+    let floor = floor::measure(&binaries.bastion);
+    eprintln!("bench: {}", floor.markdown());
 
     // Beds first: a failure here is the only thing that fails the benchmark (boringtun-cli's
     // excepted: the comparison goes on without it).
@@ -428,6 +431,7 @@ fn main() {
         loadavg_end,
         elapsed: started.elapsed().as_secs_f64(),
         boringtun_threads: binaries.boringtun_threads,
+        floor: Some(floor),
         client: match &binaries.client {
             Some(path) => format!("wireguard-go-2023 ({})", path.display()),
             None => "wireguard-go from PATH (Debian bookworm's 0.0.20220316 here)".to_string(),

@@ -21,6 +21,8 @@ pub struct Context {
     pub boringtun_threads: usize,
     /// What the clients run (`wireguard-go 0.0.20231211`, or the one on PATH).
     pub client: String,
+    /// The crypto floor and the memory per peer (see `floor`).
+    pub floor: Option<crate::floor::Floor>,
 }
 
 /// Median and range of one figure over the repetitions.
@@ -255,6 +257,9 @@ pub fn markdown(context: &Context, summary: &[ScenarioSummary], runs: &[Run]) ->
     )
     .unwrap();
     writeln!(s, "Load average: {} at the start, {} at the end.", context.loadavg_start, context.loadavg_end).unwrap();
+    if let Some(floor) = &context.floor {
+        writeln!(s, "{}", floor.markdown()).unwrap();
+    }
     if !o.bastion_env.is_empty() {
         let env: Vec<String> = o.bastion_env.iter().map(|(k, v)| format!("{k}={v}")).collect();
         writeln!(s, "`bastion run` environment: {} (`--bastion-env`).", env.join(" ")).unwrap();
