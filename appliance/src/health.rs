@@ -126,11 +126,9 @@ pub fn answer(received: &Received, verdict: impl FnOnce() -> HealthVerdict) -> V
 mod tests {
     use super::*;
     use crate::http_port::exchange::receive;
-    use std::io::{Read, Write};
     use std::net::{TcpListener, TcpStream};
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
-    use std::time::Duration;
 
     fn healthy() -> HealthVerdict {
         HealthVerdict::Healthy("wg0 up".into())
@@ -140,14 +138,7 @@ mod tests {
         String::from_utf8(answer(received, healthy)).unwrap()
     }
 
-    fn get(address: SocketAddr, request: &str) -> String {
-        let mut stream = TcpStream::connect(address).unwrap();
-        stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        stream.write_all(request.as_bytes()).unwrap();
-        let mut text = String::new();
-        let _ = stream.read_to_string(&mut text);
-        text
-    }
+    use crate::http_port::test_get as get;
 
     #[test]
     fn answers_close_the_connection_and_carry_the_verdict() {

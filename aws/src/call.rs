@@ -68,6 +68,16 @@ impl Call {
         }
     }
 
+    /// An AWS JSON 1.1 call: `POST /` with `X-Amz-Target: TARGET_PREFIX.OPERATION` and `body`
+    /// (SSM's prefix is `AmazonSSM`, CloudWatch Logs' `Logs_20140328`).
+    pub fn json(service: &'static str, target_prefix: &str, operation: &str, body: Vec<u8>) -> Call {
+        let mut call = Call::new(service, format!("{service}:{operation}"), "POST", "/", Protocol::Json);
+        call.headers.push(("content-type".into(), "application/x-amz-json-1.1".into()));
+        call.headers.push(("x-amz-target".into(), format!("{target_prefix}.{operation}")));
+        call.body = body;
+        call
+    }
+
     /// A Query-protocol call (`Action=...&Version=...` in a form body).
     pub fn query(service: &'static str, operation: &str, version: &str, params: &[(String, String)]) -> Call {
         let mut form =

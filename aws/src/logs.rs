@@ -4,7 +4,7 @@
 //! its UTF-8 message plus [`EVENT_OVERHEAD`]) and [`MAX_BATCH_SPAN_MS`]; events must be in
 //! time order. Batching is the caller's (the appliance's `audit::batch`).
 
-use crate::client::{Call, Client, Protocol};
+use crate::client::{Call, Client};
 use crate::error::AwsError;
 
 /// Events per `PutLogEvents` call at most.
@@ -46,11 +46,7 @@ pub struct Filter {
 }
 
 fn call(operation: &str, body: serde_json::Value) -> Call {
-    let mut call = Call::new("logs", format!("logs:{operation}"), "POST", "/", Protocol::Json);
-    call.headers.push(("content-type".into(), "application/x-amz-json-1.1".into()));
-    call.headers.push(("x-amz-target".into(), format!("Logs_20140328.{operation}")));
-    call.body = body.to_string().into_bytes();
-    call
+    Call::json("logs", "Logs_20140328", operation, body.to_string().into_bytes())
 }
 
 /// The `PutLogEvents` call, its body written straight from the events (no JSON tree in
@@ -73,9 +69,7 @@ fn put_call(group: &str, stream: &str, events: &[LogEvent]) -> Call {
         log_stream_name: stream,
         log_events: events.iter().map(|e| Event { timestamp: e.timestamp_ms, message: &e.message }).collect(),
     };
-    let mut call = call("PutLogEvents", serde_json::Value::Null);
-    call.body = serde_json::to_vec(&body).unwrap_or_default();
-    call
+    Call::json("logs", "Logs_20140328", "PutLogEvents", serde_json::to_vec(&body).unwrap_or_default())
 }
 
 fn bad(action: &str, why: impl Into<String>) -> AwsError {

@@ -3,7 +3,7 @@
 //! and write one (for tests and tools). A parameter's value may be a secret: [`Parameter`]'s
 //! `Debug` never shows it, and no error carries it.
 
-use crate::client::{Call, Client, Protocol};
+use crate::client::{Call, Client};
 use crate::error::AwsError;
 use std::fmt;
 
@@ -41,11 +41,7 @@ pub struct Page {
 }
 
 fn call(operation: &str, body: serde_json::Value) -> Call {
-    let mut call = Call::new("ssm", format!("ssm:{operation}"), "POST", "/", Protocol::Json);
-    call.headers.push(("content-type".into(), "application/x-amz-json-1.1".into()));
-    call.headers.push(("x-amz-target".into(), format!("AmazonSSM.{operation}")));
-    call.body = body.to_string().into_bytes();
-    call
+    Call::json("ssm", "AmazonSSM", operation, body.to_string().into_bytes())
 }
 
 fn bad(action: &str, why: impl Into<String>) -> AwsError {

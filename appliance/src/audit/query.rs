@@ -72,6 +72,23 @@ pub struct SessionRow {
     pub tx_bytes: Option<u64>,
 }
 
+impl SessionRow {
+    /// A session as its first record shows it: not ended yet.
+    fn begun(bastion: &str, peer: &str, key: &str, endpoint: &Option<String>, started_ms: i64) -> SessionRow {
+        SessionRow {
+            peer: peer.to_string(),
+            key: key.to_string(),
+            bastion: bastion.to_string(),
+            endpoints: endpoint.iter().cloned().collect(),
+            started_ms,
+            ended_ms: None,
+            reason: None,
+            rx_bytes: None,
+            tx_bytes: None,
+        }
+    }
+}
+
 /// Sessions put together from their start, endpoint and end events, that `selection` keeps.
 pub fn sessions(records: &[Record], selection: &Selection) -> Vec<SessionRow> {
     let mut ordered: Vec<&Record> = records.iter().filter(|r| selection.peer_matches(r)).collect();
@@ -81,17 +98,7 @@ pub fn sessions(records: &[Record], selection: &Selection) -> Vec<SessionRow> {
     for record in ordered {
         match &record.event {
             AuditEvent::SessionStarted { peer, key, endpoint, started_ms, .. } => {
-                let row = SessionRow {
-                    peer: peer.clone(),
-                    key: key.clone(),
-                    bastion: record.bastion.clone(),
-                    endpoints: endpoint.iter().cloned().collect(),
-                    started_ms: *started_ms,
-                    ended_ms: None,
-                    reason: None,
-                    rx_bytes: None,
-                    tx_bytes: None,
-                };
+                let row = SessionRow::begun(&record.bastion, peer, key, endpoint, *started_ms);
                 if let Some(unended) = open.insert((record.bastion.clone(), key.clone()), row) {
                     rows.push(unended);
                 }
@@ -106,17 +113,10 @@ pub fn sessions(records: &[Record], selection: &Selection) -> Vec<SessionRow> {
             AuditEvent::SessionEnded {
                 peer, key, endpoint, reason, started_ms, ended_ms, rx_bytes, tx_bytes, ..
             } => {
-                let mut row = open.remove(&(record.bastion.clone(), key.clone())).unwrap_or_else(|| SessionRow {
-                    peer: peer.clone(),
-                    key: key.clone(),
-                    bastion: record.bastion.clone(),
-                    endpoints: endpoint.iter().cloned().collect(),
-                    started_ms: *started_ms,
-                    ended_ms: None,
-                    reason: None,
-                    rx_bytes: None,
-                    tx_bytes: None,
-                });
+                // An end without its start (the records begin later): the end says when it began.
+                let mut row = open
+                    .remove(&(record.bastion.clone(), key.clone()))
+                    .unwrap_or_else(|| SessionRow::begun(&record.bastion, peer, key, endpoint, *started_ms));
                 row.ended_ms = Some(*ended_ms);
                 row.reason = serde_json::to_value(reason).ok().and_then(|v| v.as_str().map(str::to_string));
                 row.rx_bytes = Some(*rx_bytes);

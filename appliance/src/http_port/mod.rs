@@ -328,20 +328,24 @@ impl RefusalLog {
     }
 }
 
+/// For the tests of what runs on the port: one request over real TCP, the whole answer.
+#[cfg(test)]
+pub(crate) fn test_get(address: SocketAddr, request: &str) -> String {
+    let mut stream = TcpStream::connect(address).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut text = String::new();
+    let _ = stream.read_to_string(&mut text);
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::{Read, Write};
+    use std::io::Write;
     use std::net::TcpStream;
 
-    fn get(address: SocketAddr, request: &str) -> String {
-        let mut stream = TcpStream::connect(address).unwrap();
-        stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        stream.write_all(request.as_bytes()).unwrap();
-        let mut text = String::new();
-        let _ = stream.read_to_string(&mut text);
-        text
-    }
+    use super::test_get as get;
 
     fn free_address() -> SocketAddr {
         let probe = TcpListener::bind("127.0.0.1:0").unwrap();
