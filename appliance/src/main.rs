@@ -264,7 +264,9 @@ fn audit_command(
 ) -> ExitCode {
     let records = match (file, group) {
         (Some(file), _) => audit::read::from_file(file),
-        (None, Some(group)) => audit::read::from_cloudwatch(group, selection.bastion.as_deref(), selection.since_ms),
+        (None, Some(group)) => {
+            audit::read::from_cloudwatch(group, selection.bastion.as_deref(), selection.since_ms, selection.until_ms)
+        }
         (None, None) => Err("give --file or --cloudwatch-group".into()),
     };
     let records = match records {

@@ -25,7 +25,13 @@ const REFRESH_MARGIN: Duration = Duration::from_secs(300);
 
 impl Client {
     pub fn new(env: Environment, region: String) -> Client {
-        let caller = Caller::new(Arc::new(env), Http::new(Duration::from_secs(60)), region);
+        Client::with_timeout(env, region, Duration::from_secs(60))
+    }
+
+    /// Like `new`, with every request bounded by `timeout` (the CloudWatch shipper's: a batch
+    /// must not wait a minute for an endpoint that does not answer).
+    pub fn with_timeout(env: Environment, region: String, timeout: Duration) -> Client {
+        let caller = Caller::new(Arc::new(env), Http::new(timeout), region);
         Client { caller, credentials: Arc::new(Mutex::new(None)) }
     }
 

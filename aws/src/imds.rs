@@ -22,7 +22,7 @@ pub enum ImdsError {
     /// is off for this instance: off EC2, or not there yet.
     #[error("unreachable: {0}")]
     Unreachable(String),
-    /// The token request was refused with 403/405 (IMDS turned off, or the request not
+    /// The token request was refused with 403–405 (IMDS turned off, or the request not
     /// allowed). Credential lookups treat it as "not here"; the boot config retries it.
     #[error("{0}")]
     TokenRefused(String),
@@ -38,25 +38,29 @@ pub enum ImdsError {
 pub struct Imds {
     endpoint: String,
     http: Http,
-    /// The whole exchange's time limit, for messages.
+    /// The whole exchange's and the connection's time limits, for messages.
     total: Duration,
+    connect: Duration,
+    /// Whether a slow, oversized or broken answer is a bad answer (the boot's user-data) or,
+    /// like no answer at all, "not here" (credentials and region: off EC2, look elsewhere).
+    strict: bool,
 }
 
 impl Imds {
     /// For small reads: 2 s for the whole exchange.
     pub fn new(endpoint: &str) -> Imds {
         let total = Duration::from_secs(2);
-        Imds::with_http(endpoint, Http::link_local(total), total)
+        Imds::with_http(endpoint, Http::link_local(total), total, total, false)
     }
 
     /// For one bounded read (the boot's user-data): connect within `connect`, the whole answer
     /// within `total`, at most `max_body` bytes.
     pub fn bounded(endpoint: &str, total: Duration, connect: Duration, max_body: u64) -> Imds {
-        Imds::with_http(endpoint, Http::bounded(total, connect, max_body), total)
+        Imds::with_http(endpoint, Http::bounded(total, connect, max_body), total, connect, true)
     }
 
-    fn with_http(endpoint: &str, http: Http, total: Duration) -> Imds {
-        Imds { endpoint: endpoint.trim_end_matches('/').to_string(), http, total }
+    fn with_http(endpoint: &str, http: Http, total: Duration, connect: Duration, strict: bool) -> Imds {
+        Imds { endpoint: endpoint.trim_end_matches('/').to_string(), http, total, connect, strict }
     }
 
     pub fn endpoint(&self) -> &str {
@@ -75,7 +79,13 @@ impl Imds {
             headers: vec![(header.0.into(), header.1)],
             body: Vec::new(),
         };
-        self.http.send(&request).map_err(|e| classify(&format!("{method} {url}"), e, self.total))
+        self.http.send(&request).map_err(|e| {
+            let limits = Limits { total: self.total, connect: self.connect };
+            match classify(&format!("{method} {url}"), e, limits) {
+                ImdsError::BadAnswer(why) if !self.strict => ImdsError::Unreachable(why),
+                other => other,
+            }
+        })
     }
 
     fn token(&self) -> Result<String, ImdsError> {
@@ -125,15 +135,24 @@ impl Imds {
     }
 }
 
+/// A client's time limits, for messages.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    total: Duration,
+    connect: Duration,
+}
+
 /// Not answering at all (refused, no route, no connection in time) is "unreachable": IMDS may
 /// be off, or not there yet. An answer we cannot use is a bad answer.
-fn classify(what: &str, e: TransportError, total: Duration) -> ImdsError {
+fn classify(what: &str, e: TransportError, limits: Limits) -> ImdsError {
     match e {
-        TransportError::ConnectTimeout(_) | TransportError::HostNotFound(_) | TransportError::Unreachable(_) => {
-            ImdsError::Unreachable(format!("{what}: {e}"))
+        TransportError::ConnectTimeout(_) => {
+            ImdsError::Unreachable(format!("{what}: no connection within {:.1} s", limits.connect.as_secs_f64()))
         }
+        TransportError::HostNotFound(host) => ImdsError::Unreachable(format!("{what}: cannot resolve {host}")),
+        TransportError::Unreachable(why) => ImdsError::Unreachable(format!("{what}: {why}")),
         TransportError::Timeout(_) => {
-            ImdsError::BadAnswer(format!("{what}: response not complete after {:.1} s", total.as_secs_f64()))
+            ImdsError::BadAnswer(format!("{what}: response not complete after {:.1} s", limits.total.as_secs_f64()))
         }
         TransportError::BodyTooLarge(limit) => {
             ImdsError::BadAnswer(format!("{what}: response body larger than {limit} bytes"))
@@ -147,7 +166,7 @@ pub fn token_from_answer(url: &str, status: u16, reason: &str, body: &[u8]) -> R
     match status {
         200 => {}
         // What the SDKs take as "IMDS is off for this instance (or this is not one)".
-        403 | 405 => {
+        403..=405 => {
             return Err(ImdsError::TokenRefused(format!(
                 "PUT {url}: status {status} {reason} (IMDSv2 token refused; is IMDS enabled for this instance?)"
             )))
@@ -200,12 +219,15 @@ mod tests {
 
     #[test]
     fn transport_failures_are_unreachable_or_bad_answers() {
-        const T: Duration = Duration::from_secs(5);
+        const T: Limits = Limits { total: Duration::from_secs(5), connect: Duration::from_secs(2) };
         assert!(matches!(
             classify("PUT u", TransportError::Unreachable("refused".into()), T),
             ImdsError::Unreachable(_)
         ));
-        assert!(matches!(classify("PUT u", TransportError::ConnectTimeout("u".into()), T), ImdsError::Unreachable(_)));
+        assert_eq!(
+            classify("PUT u", TransportError::ConnectTimeout("u".into()), T),
+            ImdsError::Unreachable("PUT u: no connection within 2.0 s".into())
+        );
         assert!(matches!(classify("GET u", TransportError::BodyTooLarge(65536), T), ImdsError::BadAnswer(_)));
         let slow = classify("GET u", TransportError::Timeout("u".into()), T);
         assert_eq!(slow, ImdsError::BadAnswer("GET u: response not complete after 5.0 s".into()));

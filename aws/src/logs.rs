@@ -2,7 +2,8 @@
 //! a log stream, put a batch of events in it, and filter events back (for `bastion audit`).
 //! The limits of `PutLogEvents` are [`MAX_BATCH_EVENTS`], [`MAX_BATCH_BYTES`] (each event counts
 //! its UTF-8 message plus [`EVENT_OVERHEAD`]) and [`MAX_BATCH_SPAN_MS`]; events must be in
-//! time order. Batching is the caller's (the appliance's `audit::batch`).
+//! time order. Batching is the caller's (the appliance's `cloudwatch::queue`). `CreateLogStream`
+//! and `PutLogEvents` retry once only: their caller keeps the batch and backs off itself.
 
 use crate::client::{Call, Client};
 use crate::error::AwsError;
@@ -49,6 +50,13 @@ fn call(operation: &str, body: serde_json::Value) -> Call {
     Call::json("logs", "Logs_20140328", operation, body.to_string().into_bytes())
 }
 
+/// A call of the shipper's: one retry at most (it keeps the batch and backs off itself).
+fn shipping_call(operation: &str, body: Vec<u8>) -> Call {
+    let mut call = Call::json("logs", "Logs_20140328", operation, body);
+    call.retry = crate::retry::RetryPolicy::ONCE_MORE;
+    call
+}
+
 /// The `PutLogEvents` call, its body written straight from the events (no JSON tree in
 /// between: a batch can be a megabyte, and it waits in memory while CloudWatch does not answer).
 fn put_call(group: &str, stream: &str, events: &[LogEvent]) -> Call {
@@ -69,7 +77,7 @@ fn put_call(group: &str, stream: &str, events: &[LogEvent]) -> Call {
         log_stream_name: stream,
         log_events: events.iter().map(|e| Event { timestamp: e.timestamp_ms, message: &e.message }).collect(),
     };
-    Call::json("logs", "Logs_20140328", "PutLogEvents", serde_json::to_vec(&body).unwrap_or_default())
+    shipping_call("PutLogEvents", serde_json::to_vec(&body).unwrap_or_default())
 }
 
 fn bad(action: &str, why: impl Into<String>) -> AwsError {
@@ -120,7 +128,8 @@ pub fn parse_filter_page(text: &str) -> Result<(Vec<FoundEvent>, Option<String>)
 impl Client {
     /// `CreateLogStream`; a stream that exists already is fine.
     pub fn create_log_stream(&self, group: &str, stream: &str) -> Result<(), AwsError> {
-        match self.call(&call("CreateLogStream", serde_json::json!({"logGroupName": group, "logStreamName": stream}))) {
+        let body = serde_json::json!({"logGroupName": group, "logStreamName": stream}).to_string().into_bytes();
+        match self.call(&shipping_call("CreateLogStream", body)) {
             Ok(_) => Ok(()),
             Err(e) if e.code() == Some("ResourceAlreadyExistsException") => Ok(()),
             Err(e) => Err(e),

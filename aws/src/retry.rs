@@ -18,6 +18,10 @@ impl RetryPolicy {
     /// For ordinary calls: up to 8 attempts over about half a minute at worst.
     pub const STANDARD: RetryPolicy =
         RetryPolicy { base: Duration::from_millis(200), cap: Duration::from_secs(10), attempts: 8 };
+    /// For calls whose caller retries by itself (the CloudWatch shipper keeps the batch and
+    /// backs off): one retry, soon.
+    pub const ONCE_MORE: RetryPolicy =
+        RetryPolicy { base: Duration::from_millis(200), cap: Duration::from_secs(1), attempts: 2 };
     /// For the many PutSnapshotBlock calls of an upload: more patience with throttling.
     pub const UPLOAD: RetryPolicy =
         RetryPolicy { base: Duration::from_millis(250), cap: Duration::from_secs(20), attempts: 12 };

@@ -99,7 +99,11 @@ pub fn sessions(records: &[Record], selection: &Selection) -> Vec<SessionRow> {
         match &record.event {
             AuditEvent::SessionStarted { peer, key, endpoint, started_ms, .. } => {
                 let row = SessionRow::begun(&record.bastion, peer, key, endpoint, *started_ms);
-                if let Some(unended) = open.insert((record.bastion.clone(), key.clone()), row) {
+                // A start while one is open: the first never got its end (the bastion crashed, or
+                // its records were lost). It ended at the latest when this one began.
+                if let Some(mut unended) = open.insert((record.bastion.clone(), key.clone()), row) {
+                    unended.ended_ms = Some(*started_ms);
+                    unended.reason = Some("unknown".into());
                     rows.push(unended);
                 }
             }
@@ -169,7 +173,7 @@ pub fn render_table(rows: &[SessionRow]) -> String {
 /// `2026-12-05T02:00:00Z` (or with a fraction / `+00:00`), or Unix seconds: Unix ms.
 pub fn parse_time(text: &str) -> Result<i64, String> {
     if let Ok(seconds) = text.parse::<i64>() {
-        return Ok(seconds * 1000);
+        return seconds.checked_mul(1000).ok_or_else(|| format!("{text:?}: too far in time"));
     }
     bastion_aws::time::UtcTime::parse_rfc3339(text)
         .map(|t| t.0 * 1000)
@@ -245,6 +249,14 @@ mod tests {
         assert_eq!(rows[0].endpoints, ["192.0.2.1:1", "198.51.100.2:9"]);
         assert_eq!((rows[0].ended_ms, rows[0].rx_bytes), (Some(8_000), Some(1_000)));
         assert_eq!(rows[1].ended_ms, None, "bob is still connected");
+        // A second start without an end closes the first at the second's start.
+        let mut restarted = records.clone();
+        restarted.push(record(30_000, "i-2", start("bob", 30_000, "192.0.2.3:3")));
+        let bob: Vec<SessionRow> =
+            sessions(&restarted, &Selection { peer: Some("bob".into()), ..Selection::default() });
+        assert_eq!(bob.len(), 2);
+        assert_eq!((bob[0].ended_ms, bob[0].reason.as_deref()), (Some(30_000), Some("unknown")));
+        assert_eq!(bob[1].ended_ms, None);
         let only_bob = Selection { peer: Some("bob".into()), ..Selection::default() };
         assert_eq!(sessions(&records, &only_bob).len(), 1);
         let on_i1 = Selection { bastion: Some("i-1".into()), ..Selection::default() };
@@ -258,5 +270,6 @@ mod tests {
         assert_eq!(parse_time("1700000000").unwrap(), 1_700_000_000_000);
         assert_eq!(parse_time("2023-11-14T22:13:20Z").unwrap(), 1_700_000_000_000);
         assert!(parse_time("yesterday").is_err());
+        assert!(parse_time(&i64::MAX.to_string()).is_err());
     }
 }

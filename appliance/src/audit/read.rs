@@ -32,19 +32,30 @@ pub fn from_file(path: &Path) -> Result<Vec<Record>, String> {
     Ok(records)
 }
 
-/// The audit records of `group` (only `bastion`'s stream when given) from
-/// `since - LOOK_BACK_MS` on.
-pub fn from_cloudwatch(group: &str, bastion: Option<&str>, since_ms: Option<i64>) -> Result<Vec<Record>, String> {
+/// The audit records of `group` (only `bastion`'s stream when given) from `since -
+/// LOOK_BACK_MS` to `until + LOOK_BACK_MS` (a session that began in the window ends after it).
+/// Only events with the term `audit` are fetched (CloudWatch's filter pattern).
+pub fn from_cloudwatch(
+    group: &str,
+    bastion: Option<&str>,
+    since_ms: Option<i64>,
+    until_ms: Option<i64>,
+) -> Result<Vec<Record>, String> {
     let env = bastion_aws::Environment::from_vars(std::env::vars().collect::<Vec<(String, String)>>());
     let region = env.region().ok_or("no AWS region: set AWS_REGION (or a profile's region)")?;
     let client = bastion_aws::Client::new(env, region);
     let filter = bastion_aws::logs::Filter {
         group: group.to_string(),
         streams: bastion.map(|b| vec![b.to_string()]).unwrap_or_default(),
-        start_ms: since_ms.map(|s| s - LOOK_BACK_MS),
-        end_ms: None,
-        pattern: None,
+        start_ms: since_ms.map(|s| s.saturating_sub(LOOK_BACK_MS)),
+        end_ms: until_ms.map(|u| u.saturating_add(LOOK_BACK_MS)),
+        pattern: Some("audit".into()),
     };
     let events = client.filter_log_events(&filter, MAX_EVENTS).map_err(|e| e.to_string())?;
+    if events.len() >= MAX_EVENTS {
+        return Err(format!(
+            "more than {MAX_EVENTS} audit events in that time: narrow it with --since/--until or --bastion"
+        ));
+    }
     Ok(events.iter().filter_map(|e| record_of_line(&e.message)).collect())
 }

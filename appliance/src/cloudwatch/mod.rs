@@ -27,8 +27,10 @@ use queue::ShipQueue;
 
 /// How often a batch goes out (sooner when the queue holds a full batch's worth).
 pub const FLUSH_EVERY: Duration = Duration::from_secs(5);
-/// How long the service's stop waits for the last batch.
+/// How long the service's stop waits for the last batch (and for a request under way).
 const LAST_FLUSH: Duration = Duration::from_secs(3);
+/// Each request's bound: a batch does not wait longer for an endpoint that does not answer.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// At most one line about failing or dropping this often.
 const COMPLAINT_EVERY: Duration = Duration::from_secs(60);
 
@@ -43,7 +45,7 @@ pub struct Destination {
 pub struct Shipper {
     queue: Arc<Mutex<ShipQueue>>,
     stopping: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Shipper {
@@ -57,7 +59,7 @@ impl Shipper {
                 .spawn(move || Loop::new(client, destination, queue).run(&stopping))
                 .ok()
         };
-        Shipper { queue, stopping, thread }
+        Shipper { queue, stopping, thread: Mutex::new(thread) }
     }
 
     /// Queues one line (never blocks on the network).
@@ -71,11 +73,25 @@ impl Shipper {
         self.queue.lock().unwrap_or_else(|e| e.into_inner()).take_dropped()
     }
 
-    pub fn stop(mut self) {
+    /// Asks the thread to send what is queued and end, and waits for that at most
+    /// [`LAST_FLUSH`] and one request; a thread still blocked on the network then is left to
+    /// finish on its own (the process is ending). Works through any `Arc` of the shipper.
+    pub fn stop(&self) {
         self.stopping.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            thread.thread().unpark();
+        let Some(thread) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() else { return };
+        thread.thread().unpark();
+        let started = Instant::now();
+        let deadline = started + LAST_FLUSH + REQUEST_TIMEOUT;
+        while !thread.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if thread.is_finished() {
             let _ = thread.join();
+        } else {
+            log!(
+                "cloudwatch: the last batch is still on its way after {} s; not waiting for it",
+                started.elapsed().as_secs()
+            );
         }
     }
 }

@@ -58,10 +58,9 @@ impl ShipQueue {
     pub fn take_batch(&mut self) -> Vec<LogEvent> {
         let mut batch: Vec<LogEvent> = Vec::new();
         let mut bytes = 0;
+        let (mut first_ms, mut last_ms) = (i64::MAX, i64::MIN);
         while let Some(next) = self.events.front() {
             let size = next.message.len() + logs::EVENT_OVERHEAD;
-            let first_ms = batch.iter().map(|e| e.timestamp_ms).min().unwrap_or(next.timestamp_ms);
-            let last_ms = batch.iter().map(|e| e.timestamp_ms).max().unwrap_or(next.timestamp_ms);
             let span = last_ms.max(next.timestamp_ms) - first_ms.min(next.timestamp_ms);
             // The first event always goes (the cut keeps it within what the API takes).
             if batch.len() == logs::MAX_BATCH_EVENTS
@@ -72,6 +71,8 @@ impl ShipQueue {
             }
             bytes += size;
             self.bytes -= size;
+            first_ms = first_ms.min(next.timestamp_ms);
+            last_ms = last_ms.max(next.timestamp_ms);
             batch.push(self.events.pop_front().expect("front"));
         }
         // Threads log concurrently: a line may carry a time a millisecond before the previous one.

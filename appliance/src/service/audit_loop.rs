@@ -65,7 +65,7 @@ fn logs_client(config: &Config, env_vars: Vec<(String, String)>) -> Result<Clien
         Some(region) => region,
         None => bastion_aws::imds::Imds::new(&env.imds_endpoint()).region().map_err(|e| format!("no region: {e}"))?,
     };
-    Ok(Client::new(env, region))
+    Ok(Client::with_timeout(env, region, crate::cloudwatch::REQUEST_TIMEOUT))
 }
 
 impl AuditLoop {
@@ -132,9 +132,7 @@ impl AuditLoop {
         }
         if let Some(shipper) = self.shipper.take() {
             log::set_tee(None);
-            if let Ok(shipper) = Arc::try_unwrap(shipper) {
-                shipper.stop();
-            }
+            shipper.stop();
         }
     }
 }

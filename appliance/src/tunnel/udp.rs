@@ -4,8 +4,8 @@
 //! IPv6 gets IPv4-only sockets.
 //!
 //! Offloads, each with a fallback: a run of same-size datagrams to one endpoint goes out as one
-//! `sendmsg` with `UDP_SEGMENT` (UDP GSO, [`send_run`]; when the kernel refuses it, the worker
-//! sends one by one from then on), and with `UDP_GRO` on ([`enable_gro`]) the kernel hands over
+//! `sendmsg` with `UDP_SEGMENT` (UDP GSO, [`send_run`]; a run the route cannot take as one goes
+//! datagram by datagram, and a kernel or device without GSO turns it off for good), and with `UDP_GRO` on ([`enable_gro`]) the kernel hands over
 //! a flow's consecutive datagrams as one buffer with their size ([`receive`]), which the worker
 //! cuts apart again.
 
@@ -115,10 +115,25 @@ pub fn receive(socket: &UdpSocket, buffer: &mut [u8]) -> io::Result<(usize, Sock
     Ok((message.bytes, source, segment))
 }
 
-/// Whether an error of a GSO send means the path cannot do GSO (wireguard-go's reading: EIO
-/// from a device without checksum offload; EINVAL/ENOPROTOOPT from a kernel without it).
-pub fn gso_unsupported(error: &io::Error) -> bool {
-    matches!(error.raw_os_error(), Some(libc::EIO) | Some(libc::EINVAL) | Some(libc::ENOPROTOOPT))
+/// What a failed GSO send means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GsoFailure {
+    /// The device or kernel cannot do it (EIO: no checksum offload, as wireguard-go reads it;
+    /// ENOPROTOOPT: no UDP_SEGMENT): stop trying.
+    Unsupported,
+    /// This run cannot go as one (EINVAL/EMSGSIZE: a segment too big for the route's MTU, e.g.
+    /// after a peer's path MTU dropped): send it datagram by datagram, keep GSO for the rest.
+    ThisRun,
+    /// Anything else (a full buffer, no route): the datagrams are lost, as a send_to's would be.
+    Other,
+}
+
+pub fn gso_failure(error: &io::Error) -> GsoFailure {
+    match error.raw_os_error() {
+        Some(libc::EIO) | Some(libc::ENOPROTOOPT) => GsoFailure::Unsupported,
+        Some(libc::EINVAL) | Some(libc::EMSGSIZE) => GsoFailure::ThisRun,
+        _ => GsoFailure::Other,
+    }
 }
 
 /// Sends `run` (already in the socket's address family) as one `sendmsg` with `UDP_SEGMENT`.

@@ -22,25 +22,26 @@ const WAKE_MS: u16 = 250;
 const BUFFER_BYTES: usize = 65_536;
 
 /// Sends one run: one `sendmsg` with UDP GSO when it has several datagrams and GSO is on, else
-/// one `send_to` each. The first GSO send the kernel refuses turns GSO off (logged once) and
-/// the run goes one by one.
+/// one `send_to` each. A run the route cannot take as one goes one by one; a kernel or device
+/// without GSO turns it off for good (logged once).
 fn send_run(shared: &DataPlaneShared, socket: &std::net::UdpSocket, run: Run) {
     if run.count > 1 && shared.udp_gso.load(Ordering::Relaxed) {
         match udp::send_run(socket, &run) {
             Ok(()) => return,
-            Err(e) if udp::gso_unsupported(&e) => {
-                if shared.udp_gso.swap(false, Ordering::Relaxed) {
-                    crate::log!(
-                        "tunnel: UDP GSO refused by the kernel ({e}); sending datagrams one by one from now on"
-                    );
+            Err(e) => match udp::gso_failure(&e) {
+                udp::GsoFailure::Unsupported => {
+                    if shared.udp_gso.swap(false, Ordering::Relaxed) {
+                        crate::log!("tunnel: UDP GSO not available ({e}); sending datagrams one by one from now on");
+                    }
                 }
-            }
-            Err(_) => {
-                for _ in 0..run.count {
-                    Counters::count(&shared.counters.send_errors);
+                udp::GsoFailure::ThisRun => {}
+                udp::GsoFailure::Other => {
+                    for _ in 0..run.count {
+                        Counters::count(&shared.counters.send_errors);
+                    }
+                    return;
                 }
-                return;
-            }
+            },
         }
     }
     for datagram in run.bytes.chunks(run.segment) {
@@ -73,7 +74,9 @@ pub fn run(shared: Arc<DataPlaneShared>, worker: usize, tun: TunQueue) {
         };
         let (udp_ready, tun_ready) = (ready(&fds[0]), ready(&fds[1]));
         if udp_ready {
-            for _ in 0..BATCH {
+            // Datagrams, not receives: a GRO buffer holds up to 64 of them.
+            let mut handled = 0;
+            while handled < BATCH {
                 let received = if shared.udp_gro {
                     udp::receive(socket, &mut input)
                 } else {
@@ -83,11 +86,15 @@ pub fn run(shared: Arc<DataPlaneShared>, worker: usize, tun: TunQueue) {
                     Ok((n, source, Some(segment))) => {
                         for datagram in input[..n].chunks(segment) {
                             handle_datagram(&shared, socket, &tun, source, datagram, &mut output);
+                            handled += 1;
                         }
                     }
-                    Ok((n, source, None)) => handle_datagram(&shared, socket, &tun, source, &input[..n], &mut output),
+                    Ok((n, source, None)) => {
+                        handle_datagram(&shared, socket, &tun, source, &input[..n], &mut output);
+                        handled += 1;
+                    }
                     Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => handled += 1,
                     // ICMP errors from earlier sends surface here (ECONNREFUSED): not ours to fix.
                     Err(_) => break,
                 }
