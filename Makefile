@@ -19,11 +19,12 @@ HOST_ARCH := $(shell uname -m)
 TEST_PACKAGES := wireguard-go wireguard-tools nftables iproute2 python3 python3-venv iputils-ping dnsmasq-base iperf3 procps conntrack
 
 # Python tools of the tests, in a virtualenv of our own (Debian 12 refuses system-wide pip):
-# moto in server mode (the AWS API emulator) with boto3, and cfn-lint for the deploy template.
+# moto in server mode (the AWS API emulator) with boto3, cfn-lint for the deploy template, and
+# aws-embedded-metrics (AWS's EMF library, Apache-2.0) to check the metric records.
 # Pinned to the versions the tests were written against.
 VENV := $(OUT)/venv
-VENV_STAMP := $(VENV)/.installed-2
-PYTHON_TEST_PACKAGES := moto[server]==5.2.5 cfn-lint==1.58.0
+VENV_STAMP := $(VENV)/.installed-3
+PYTHON_TEST_PACKAGES := moto[server]==5.2.5 cfn-lint==1.58.0 aws-embedded-metrics==3.5.0
 
 # promtool (Prometheus's own checker of the text format), out of Debian's prometheus package
 # without installing it (that would start a Prometheus server): `apt-get download`, unpacked.

@@ -28,7 +28,8 @@ pub fn python() -> PathBuf {
     venv().join("bin/python")
 }
 
-fn script(name: &str) -> PathBuf {
+/// A script of `tests/aws/` (`verify.py`, `fault_proxy.py`, `emf_check.py`).
+pub fn script(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("aws").join(name)
 }
 

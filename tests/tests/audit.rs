@@ -199,6 +199,14 @@ fn sessions_reach_the_console_and_cloudwatch_and_audit_reads_them_back() {
         .filter(|v| v.get("_aws").is_some())
         .collect();
     let last = emf.last().unwrap_or_else(|| panic!("no EMF record in {messages:#?}"));
+    // AWS's own EMF library validates every part of it and writes the same record.
+    let file = bed.topo.dir.write("emf.json", &last.to_string());
+    let checked = bastion_tests::command::run(&[
+        bastion_tests::aws::python(),
+        bastion_tests::aws::script("emf_check.py"),
+        file.clone(),
+    ]);
+    assert!(checked.success() && checked.stdout.contains(r#""ok": true"#), "aws-embedded-metrics: {checked}");
     let directive = &last["_aws"]["CloudWatchMetrics"][0];
     assert_eq!(directive["Namespace"], "Bastion");
     for metric in directive["Metrics"].as_array().unwrap() {
