@@ -47,7 +47,8 @@ pub fn set_tee(tee: Option<Tee>) {
     *TEE.write().unwrap_or_else(|e| e.into_inner()) = tee;
 }
 
-fn unix_ms() -> i64 {
+/// Milliseconds since the Unix epoch (the wall clock: CloudWatch's and the audit records' time).
+pub fn unix_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 

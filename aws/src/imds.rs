@@ -135,6 +135,15 @@ impl Imds {
     }
 }
 
+/// The region to call: `explicit` (a config's), else the environment's (`AWS_REGION`, the
+/// profile), else the instance's from IMDS — as the SDKs find it.
+pub fn resolve_region(explicit: Option<&str>, env: &crate::env::Environment) -> Result<String, ImdsError> {
+    match explicit.map(str::to_string).or_else(|| env.region()) {
+        Some(region) => Ok(region),
+        None => Imds::new(&env.imds_endpoint()).region(),
+    }
+}
+
 /// A client's time limits, for messages.
 #[derive(Debug, Clone, Copy)]
 struct Limits {

@@ -20,10 +20,7 @@ pub struct Recorder {
 
 impl Recorder {
     pub fn record(&self, event: AuditEvent) {
-        let time_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0);
+        let time_ms = crate::log::unix_ms();
         let record = Record { time_ms, bastion: self.bastion.clone(), interface: self.interface.clone(), event };
         crate::log::write_audit(&serde_json::to_value(&record).unwrap_or_default());
     }

@@ -33,6 +33,14 @@ pub struct PeerSample {
     pub tx_bytes: u64,
 }
 
+impl PeerSample {
+    /// The same peer with its counters at zero: how a peer new to the tracker (or re-created
+    /// by a reload) stood before its first handshake.
+    fn before_any_traffic(&self) -> PeerSample {
+        PeerSample { handshakes: 0, failover_handshakes: 0, rx_bytes: 0, tx_bytes: 0, ..self.clone() }
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Open {
     started_ms: i64,
@@ -85,17 +93,16 @@ impl SessionTracker {
             }
         }
         for sample in samples {
-            let track = self.peers.entry(sample.key.clone()).or_insert_with(|| Track {
-                last: PeerSample { handshakes: 0, failover_handshakes: 0, rx_bytes: 0, tx_bytes: 0, ..sample.clone() },
-                session: None,
-            });
+            let track = self
+                .peers
+                .entry(sample.key.clone())
+                .or_insert_with(|| Track { last: sample.before_any_traffic(), session: None });
             // Counters that went back: the peer was re-created by a reload.
             if sample.handshakes < track.last.handshakes || sample.rx_bytes < track.last.rx_bytes {
                 if let Some(open) = track.session.take() {
                     events.push(ended(track, &open, Ended::Replaced, now_ms));
                 }
-                track.last =
-                    PeerSample { handshakes: 0, failover_handshakes: 0, rx_bytes: 0, tx_bytes: 0, ..sample.clone() };
+                track.last = sample.before_any_traffic();
             }
             let handshook = sample.handshakes > track.last.handshakes;
             let moved_bytes = sample.rx_bytes != track.last.rx_bytes || sample.tx_bytes != track.last.tx_bytes;

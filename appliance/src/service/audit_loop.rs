@@ -20,6 +20,7 @@ use crate::audit::{AuditEvent, Recorder};
 use crate::cloudwatch::{emf, queue, Destination, Shipper};
 use crate::config::{Config, Peer};
 use crate::log;
+use crate::log::unix_ms;
 use crate::tunnel::DataPlane;
 
 const SAMPLE_EVERY: Duration = Duration::from_secs(1);
@@ -61,10 +62,8 @@ fn logs_client(config: &Config, env_vars: Vec<(String, String)>) -> Result<Clien
         vars.push(("AWS_ENDPOINT_URL_LOGS".into(), url.clone()));
     }
     let env = Environment::from_vars(vars);
-    let region = match config.aws.region.clone().or_else(|| env.region()) {
-        Some(region) => region,
-        None => bastion_aws::imds::Imds::new(&env.imds_endpoint()).region().map_err(|e| format!("no region: {e}"))?,
-    };
+    let region =
+        bastion_aws::imds::resolve_region(config.aws.region.as_deref(), &env).map_err(|e| format!("no region: {e}"))?;
     Ok(Client::with_timeout(env, region, crate::cloudwatch::REQUEST_TIMEOUT))
 }
 
@@ -135,10 +134,6 @@ impl AuditLoop {
             shipper.stop();
         }
     }
-}
-
-fn unix_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 /// The running totals the metric record takes differences of.
@@ -242,7 +237,8 @@ impl Sampler {
         if figures.audit_events_dropped > 0 {
             log!("cloudwatch: {} line(s) dropped in the last minute (queue full)", figures.audit_events_dropped);
         }
-        shipper.push(unix_ms(), &emf::record(unix_ms(), &self.group, &self.recorder.bastion, &figures));
+        let now_ms = unix_ms();
+        shipper.push(now_ms, &emf::record(now_ms, &self.group, &self.recorder.bastion, &figures));
     }
 }
 

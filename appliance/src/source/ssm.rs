@@ -91,12 +91,8 @@ impl SsmSource {
             vars.push(("AWS_ENDPOINT_URL_SSM".into(), url.clone()));
         }
         let env = Environment::from_vars(vars);
-        let region = match settings.region.clone().or_else(|| env.region()) {
-            Some(region) => region,
-            None => bastion_aws::imds::Imds::new(&env.imds_endpoint())
-                .region()
-                .map_err(|e| FetchError::NoRegion(e.to_string()))?,
-        };
+        let region = bastion_aws::imds::resolve_region(settings.region.as_deref(), &env)
+            .map_err(|e| FetchError::NoRegion(e.to_string()))?;
         Ok(SsmSource {
             client: Client::new(env, region),
             settings,
