@@ -428,6 +428,30 @@ fn client_roams_to_a_new_endpoint() {
     assert!(line.contains(&format!("to {}:{port}", client.public_v4)), "roamed to the wrong endpoint: {line}");
 }
 
+/// A bastion with a second address (as after taking over a dead sibling's target address)
+/// answers a client from the address the client sent to: the client keeps that endpoint.
+/// Without `IP_PKTINFO` the kernel would answer from the interface's first address and the
+/// client would roam to it (behind a load balancer, its flow tracking would drop the answers).
+#[test]
+#[ignore = "needs root, network namespaces and the binaries under test: `make integration-test` runs it"]
+fn replies_leave_from_the_address_the_client_sent_to() {
+    let binary = bastion_tests::bastion::binary();
+    let topo = Topology::with(1, 1);
+    let second: std::net::Ipv4Addr = "192.0.2.2".parse().unwrap();
+    bastion_tests::link::add_address(&topo.bastion, "pub0", &format!("{second}/24"));
+    let bastion = Bastion::start(&topo, &binary, BastionSetup::default());
+    bastion.wait_healthy(START).unwrap_or_else(|e| panic!("{e}"));
+    let endpoint = SocketAddr::from((second, bastion_tests::topology::LISTEN_PORT));
+    let s = Setup { tunnels: vec![topo.start_client_tunnel(0, endpoint)], bastion, topo };
+    assert_eq!(s.fetch_page_and_source(0, 0), BASTION_PRIVATE_V4.to_string());
+    let endpoints = s.topo.clients[0].ns.run(&["wg", "show", s.tunnels[0].name(), "endpoints"]);
+    assert!(
+        endpoints.contains(&format!("\t{endpoint}")),
+        "the client should still talk to {endpoint}: {endpoints}\n{}",
+        s.report()
+    );
+}
+
 #[test]
 #[ignore = "needs root, network namespaces and the binaries under test: `make integration-test` runs it"]
 fn health_reports_forwarding_off() {

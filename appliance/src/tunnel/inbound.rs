@@ -19,16 +19,17 @@ use boringtun::noise::{HandshakeInit, Tunn, TunnResult};
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::Ordering;
 
-/// Handles one datagram received on `socket` from `source`. `out` is scratch space for what the
+/// Handles one datagram received on `socket` along `path` (from `path.remote`). `out` is scratch space for what the
 /// `Tunn` produces (at least datagram size + 32 and 148 bytes).
 pub fn handle_datagram(
     shared: &DataPlaneShared,
     socket: &UdpSocket,
     tun: &super::tun::TunQueue,
-    source: SocketAddr,
+    path: udp::Path,
     datagram: &[u8],
     out: &mut [u8],
 ) {
+    let source = path.remote;
     // One table for the whole datagram: a reload swaps in a new one between datagrams.
     let peers = shared.peers.load();
     let (peer_id, kind) = match decision::route(datagram, |index| peers.by_receiver_index(index)) {
@@ -36,7 +37,7 @@ pub fn handle_datagram(
             Counters::count(shared.counters.dropped(reason));
             return;
         }
-        Route::Initiation(init) => match identify_initiator(shared, &peers, socket, source, datagram, &init, out) {
+        Route::Initiation(init) => match identify_initiator(shared, &peers, socket, path, datagram, &init, out) {
             Some(id) => (id, MessageKind::Initiation),
             None => return,
         },
@@ -48,7 +49,7 @@ pub fn handle_datagram(
                 } else {
                     &*shared.handshake_limiter
                 };
-                if !passes_rate_limit(shared, limiter, socket, source, datagram, out) {
+                if !passes_rate_limit(shared, limiter, socket, path, datagram, out) {
                     return;
                 }
             }
@@ -64,27 +65,27 @@ pub fn handle_datagram(
     let mut tunn = peer.lock_tunn();
     match decision::verdict(kind, tunn.decapsulate(Some(source_ip), datagram, out)) {
         DatagramVerdict::Answer { reply, handshake } => {
-            send(shared, socket, reply, source);
+            send(shared, socket, reply, path);
             if let Some(role) = handshake {
                 handshake_completed(peer, source, role);
             }
-            note_endpoint(shared, peer, source);
+            note_endpoint(shared, peer, path);
             // Packets queued while the session was being made can go now.
             while let TunnResult::WriteToNetwork(queued) = tunn.decapsulate(None, &[], out) {
-                send(shared, socket, queued, source);
+                send(shared, socket, queued, path);
             }
         }
         DatagramVerdict::Deliver { packet, source: from } => {
             deliver(shared, &peers, peer_id, peer, tun, packet, from);
-            note_endpoint(shared, peer, source);
+            note_endpoint(shared, peer, path);
         }
-        DatagramVerdict::Authenticated => note_endpoint(shared, peer, source),
+        DatagramVerdict::Authenticated => note_endpoint(shared, peer, path),
         DatagramVerdict::Nothing => {}
         DatagramVerdict::UnknownSession { rejected } => {
             if rejected {
                 Counters::count(&shared.counters.rejected_datagrams);
             }
-            start_failover_handshake(shared, socket, peer, &mut tunn, source, out);
+            start_failover_handshake(shared, socket, peer, &mut tunn, path, out);
         }
         DatagramVerdict::Rejected => Counters::count(&shared.counters.rejected_datagrams),
     }
@@ -96,15 +97,15 @@ fn passes_rate_limit(
     shared: &DataPlaneShared,
     limiter: &RateLimiter,
     socket: &UdpSocket,
-    source: SocketAddr,
+    path: udp::Path,
     datagram: &[u8],
     out: &mut [u8],
 ) -> bool {
-    match limiter.verify_packet(Some(source.ip().to_canonical()), datagram, out) {
+    match limiter.verify_packet(Some(path.remote.ip().to_canonical()), datagram, out) {
         Ok(_) => true,
         Err(TunnResult::WriteToNetwork(cookie)) => {
             Counters::count(&shared.counters.cookie_replies);
-            send(shared, socket, cookie, source);
+            send(shared, socket, cookie, path);
             false
         }
         Err(_) => {
@@ -120,12 +121,12 @@ fn identify_initiator(
     shared: &DataPlaneShared,
     peers: &PeerTable,
     socket: &UdpSocket,
-    source: SocketAddr,
+    path: udp::Path,
     datagram: &[u8],
     init: &HandshakeInit,
     out: &mut [u8],
 ) -> Option<PeerId> {
-    if !passes_rate_limit(shared, &shared.handshake_limiter, socket, source, datagram, out) {
+    if !passes_rate_limit(shared, &shared.handshake_limiter, socket, path, datagram, out) {
         return None;
     }
     let half = match parse_handshake_anon(&shared.static_private, &shared.static_public, init) {
@@ -175,10 +176,12 @@ fn handshake_completed(peer: &LivePeer, source: SocketAddr, role: Role) {
     log!("peer {} handshake completed {} with {}", peer.name(), role, udp::canonical(source));
 }
 
-/// Records when and from where an authenticated packet came; logs when a known peer moved.
-fn note_endpoint(shared: &DataPlaneShared, peer: &LivePeer, source: SocketAddr) {
+/// Records when and along which path an authenticated packet came; logs when a known peer
+/// moved.
+fn note_endpoint(shared: &DataPlaneShared, peer: &LivePeer, path: udp::Path) {
     peer.last_authenticated_ms.store(shared.now_ms(), Ordering::Relaxed);
-    if let Some(Some(old)) = peer.update_endpoint(source) {
+    let source = path.remote;
+    if let Some(Some(old)) = peer.update_path(path) {
         if peer.loopback_only {
             return;
         }
@@ -195,9 +198,10 @@ fn start_failover_handshake(
     socket: &UdpSocket,
     peer: &LivePeer,
     tunn: &mut Tunn,
-    source: SocketAddr,
+    path: udp::Path,
     out: &mut [u8],
 ) {
+    let source = path.remote;
     let now = shared.now_ms();
     let last = peer.last_failover_ms.load(Ordering::Relaxed);
     let stamps = PeerStamps {
@@ -222,7 +226,7 @@ fn start_failover_handshake(
     if let TunnResult::WriteToNetwork(initiation) = tunn.format_handshake_initiation(out, force) {
         LivePeer::count(&peer.counters.failover_handshakes);
         log_failover(peer, source, now);
-        send(shared, socket, initiation, source);
+        send(shared, socket, initiation, path);
     }
 }
 
@@ -245,9 +249,9 @@ fn log_failover(peer: &LivePeer, source: SocketAddr, now: u64) {
     );
 }
 
-pub(super) fn send(shared: &DataPlaneShared, socket: &UdpSocket, packet: &[u8], to: SocketAddr) {
-    let to = udp::socket_address(to, shared.dual_stack);
-    if socket.send_to(packet, to).is_err() {
+pub(super) fn send(shared: &DataPlaneShared, socket: &UdpSocket, packet: &[u8], path: udp::Path) {
+    let path = udp::Path { remote: udp::socket_address(path.remote, shared.dual_stack), ..path };
+    if udp::send_one(socket, packet, path).is_err() {
         Counters::count(&shared.counters.send_errors);
     }
 }

@@ -130,8 +130,6 @@ pub struct DataPlaneShared {
     dual_stack: bool,
     /// UDP GSO for runs of datagrams; turned off for good by the first send the kernel refuses.
     udp_gso: AtomicBool,
-    /// Whether the sockets hand over coalesced datagrams (UDP GRO).
-    udp_gro: bool,
     stop: AtomicBool,
     started: Instant,
     /// Per worker: milliseconds since `started` of its last loop turn.
@@ -216,6 +214,9 @@ impl DataPlane {
             .map_err(|source| TunnelError::Listen { port: spec.listen_port, source })?;
         let offloads = Offloads::from_env();
         let udp_gro = offloads.udp_gro && listen.sockets.iter().all(udp::enable_gro);
+        if let Some(e) = listen.sockets.iter().find_map(|s| udp::enable_packet_info(s).err()) {
+            crate::log!("tunnel: IP_PKTINFO refused ({e}): replies leave from the address the kernel picks by route");
+        }
         crate::log!(
             "tunnel: UDP GSO {}, UDP GRO {} ({} turn them off)",
             if offloads.udp_gso { "on" } else { "off" },
@@ -245,7 +246,6 @@ impl DataPlane {
             sockets: listen.sockets,
             dual_stack: listen.dual_stack,
             udp_gso: AtomicBool::new(offloads.udp_gso),
-            udp_gro,
             stop: AtomicBool::new(false),
             started: Instant::now(),
             heartbeats: (0..workers).map(|_| AtomicU64::new(0)).collect(),

@@ -29,10 +29,11 @@ pub fn handle_tun_packet(
     let peer = peers.get(peer_id);
     let mut tunn = peer.lock_tunn();
     match tunn.encapsulate(packet, out) {
-        TunnResult::WriteToNetwork(datagram) => match peer.endpoint() {
-            Some(endpoint) => {
+        TunnResult::WriteToNetwork(datagram) => match peer.path() {
+            Some(path) => {
                 LivePeer::count(&peer.counters.tx_packets);
-                runs.push(udp::socket_address(endpoint, shared.dual_stack), datagram, send);
+                let path = udp::Path { remote: udp::socket_address(path.remote, shared.dual_stack), ..path };
+                runs.push(path, datagram, send);
             }
             // A roaming client that never reached this bastion: it has to come to us first.
             None => Counters::count(&shared.counters.dropped_tun_packets),

@@ -6,13 +6,14 @@
 //! of a cluster with the same peer set gives a peer the same index, so a packet carrying a
 //! session index names its peer on any of them (the basis of fast failover).
 
+use super::udp;
 use crate::keys::PublicKey;
 use boringtun::noise::Tunn;
 use ip_network::IpNetwork;
 use ip_network_table::IpNetworkTable;
 use std::collections::{HashMap, HashSet};
-use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 /// boringtun keeps the low 8 bits of a receiver index for its session ring, so a peer's own
@@ -58,6 +59,9 @@ pub struct LivePeer {
     pub index: u32,
     pub tunn: Mutex<Tunn>,
     pub endpoint: RwLock<Option<SocketAddr>>,
+    /// The local IPv4 address the peer's authenticated datagrams last came to (0: not known):
+    /// replies leave from it (see `udp::Path`).
+    local_v4: AtomicU32,
     pub loopback_only: bool,
     pub counters: PeerCounters,
     /// When we last started a fast-failover handshake (milliseconds on the data plane's clock;
@@ -79,6 +83,7 @@ impl LivePeer {
             index,
             tunn: Mutex::new(tunn),
             endpoint: RwLock::new(spec.endpoint),
+            local_v4: AtomicU32::new(0),
             loopback_only: spec.loopback_only,
             counters: PeerCounters::default(),
             last_failover_ms: AtomicU64::new(0),
@@ -99,6 +104,22 @@ impl LivePeer {
 
     pub fn endpoint(&self) -> Option<SocketAddr> {
         *self.endpoint.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Where datagrams to the peer go, and the local address they leave from.
+    pub fn path(&self) -> Option<udp::Path> {
+        let local = Some(Ipv4Addr::from(self.local_v4.load(Ordering::Relaxed))).filter(|a| !a.is_unspecified());
+        self.endpoint().map(|remote| udp::Path { remote, local })
+    }
+
+    /// Records the path of an authenticated packet; returns the old endpoint when the peer's
+    /// address moved.
+    pub fn update_path(&self, path: udp::Path) -> Option<Option<SocketAddr>> {
+        let local = path.local.map_or(0, u32::from);
+        if self.local_v4.load(Ordering::Relaxed) != local {
+            self.local_v4.store(local, Ordering::Relaxed);
+        }
+        self.update_endpoint(path.remote)
     }
 
     /// Records the authenticated source of a packet; returns the old endpoint when it moved.

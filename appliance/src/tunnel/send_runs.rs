@@ -1,22 +1,23 @@
 //! Runs of datagrams for UDP GSO: what the TUN side encrypts in one batch is sent as few
-//! `sendmsg` calls as possible. Consecutive datagrams to the same endpoint and of the same size
+//! `sendmsg` calls as possible. Consecutive datagrams along the same path and of the same size
 //! (a bulk transfer's full-MTU packets) form one run, sent with `UDP_SEGMENT` as one call that
 //! the kernel cuts into datagrams (the way wireguard-go and the kernel's own WireGuard send);
 //! a shorter datagram may end a run, as the kernel allows. The decision only (sans-I/O): the
 //! caller's `send` gets each run when it is complete, in the order the datagrams came, so a
 //! flow's packets keep their order.
 
-use std::net::SocketAddr;
+use super::udp::Path;
 
 /// Segments per run at most (the kernel's UDP_MAX_SEGMENTS is 64 on older kernels).
 pub const MAX_SEGMENTS: usize = 64;
 /// Bytes per run at most: one UDP payload (65,507 bytes over IPv4) with room to spare.
 pub const MAX_RUN_BYTES: usize = 65_000;
 
-/// One run: `count` datagrams of `segment` bytes (the last may be shorter) to `to`, back to back.
+/// One run: `count` datagrams of `segment` bytes (the last may be shorter) along `path`, back
+/// to back.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Run<'a> {
-    pub to: SocketAddr,
+    pub path: Path,
     pub segment: usize,
     pub count: usize,
     pub bytes: &'a [u8],
@@ -25,7 +26,7 @@ pub struct Run<'a> {
 #[derive(Debug, Default)]
 pub struct SendRuns {
     bytes: Vec<u8>,
-    to: Option<SocketAddr>,
+    path: Option<Path>,
     segment: usize,
     count: usize,
     /// A shorter datagram ended the run: nothing more may join it.
@@ -37,20 +38,20 @@ impl SendRuns {
         SendRuns { bytes: Vec::with_capacity(MAX_RUN_BYTES), ..SendRuns::default() }
     }
 
-    fn accepts(&self, to: SocketAddr, len: usize) -> bool {
+    fn accepts(&self, path: Path, len: usize) -> bool {
         self.count > 0
             && !self.closed
-            && self.to == Some(to)
+            && self.path == Some(path)
             && len <= self.segment
             && self.count < MAX_SEGMENTS
             && self.bytes.len() + len <= MAX_RUN_BYTES
     }
 
     /// Adds one datagram; a run it cannot join is handed to `send` first.
-    pub fn push(&mut self, to: SocketAddr, datagram: &[u8], send: &mut impl FnMut(Run)) {
-        if !self.accepts(to, datagram.len()) {
+    pub fn push(&mut self, path: Path, datagram: &[u8], send: &mut impl FnMut(Run)) {
+        if !self.accepts(path, datagram.len()) {
             self.flush(send);
-            self.to = Some(to);
+            self.path = Some(path);
             self.segment = datagram.len();
         }
         self.bytes.extend_from_slice(datagram);
@@ -62,11 +63,11 @@ impl SendRuns {
 
     /// Hands the open run, if any, to `send`.
     pub fn flush(&mut self, send: &mut impl FnMut(Run)) {
-        if let Some(to) = self.to.filter(|_| self.count > 0) {
-            send(Run { to, segment: self.segment, count: self.count, bytes: &self.bytes });
+        if let Some(path) = self.path.filter(|_| self.count > 0) {
+            send(Run { path, segment: self.segment, count: self.count, bytes: &self.bytes });
         }
         self.bytes.clear();
-        self.to = None;
+        self.path = None;
         self.count = 0;
         self.closed = false;
     }
@@ -80,10 +81,10 @@ mod tests {
         let mut runs = SendRuns::new();
         let mut sent = Vec::new();
         let mut send = |run: Run| {
-            sent.push((run.to.to_string(), run.segment, run.count, run.bytes.len()));
+            sent.push((run.path.remote.to_string(), run.segment, run.count, run.bytes.len()));
         };
         for (i, (to, len)) in pushes.iter().enumerate() {
-            runs.push(to.parse().unwrap(), &vec![i as u8; *len], &mut send);
+            runs.push(Path::to(to.parse().unwrap()), &vec![i as u8; *len], &mut send);
         }
         runs.flush(&mut send);
         sent
@@ -119,9 +120,9 @@ mod tests {
         let mut runs = SendRuns::new();
         let mut seen = Vec::new();
         let mut send = |run: Run| seen.extend_from_slice(run.bytes);
-        runs.push(A.parse().unwrap(), &[1, 1], &mut send);
-        runs.push(A.parse().unwrap(), &[2, 2], &mut send);
-        runs.push(A.parse().unwrap(), &[3], &mut send);
+        runs.push(Path::to(A.parse().unwrap()), &[1, 1], &mut send);
+        runs.push(Path::to(A.parse().unwrap()), &[2, 2], &mut send);
+        runs.push(Path::to(A.parse().unwrap()), &[3], &mut send);
         runs.flush(&mut send);
         assert_eq!(seen, [1, 1, 2, 2, 3]);
     }

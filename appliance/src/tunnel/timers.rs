@@ -26,8 +26,8 @@ pub fn run(shared: Arc<DataPlaneShared>) {
         for peer in peers.iter() {
             let mut tunn = peer.lock_tunn();
             if let TunnResult::WriteToNetwork(packet) = tunn.update_timers(&mut out) {
-                if let Some(endpoint) = peer.endpoint() {
-                    send(&shared, socket, packet, endpoint);
+                if let Some(path) = peer.path() {
+                    send(&shared, socket, packet, path);
                 }
             }
         }

@@ -8,14 +8,20 @@
 //! datagram by datagram, and a kernel or device without GSO turns it off for good), and with `UDP_GRO` on ([`enable_gro`]) the kernel hands over
 //! a flow's consecutive datagrams as one buffer with their size ([`receive`]), which the worker
 //! cuts apart again.
+//!
+//! Replies leave from the address the peer's datagrams came to: with `IP_PKTINFO` on
+//! ([`enable_packet_info`]) every IPv4 datagram tells its local address ([`Path::local`]) and
+//! every send names it again. A bastion with more than one address (a dead sibling's target
+//! address taken over, see `siblings`) then answers each flow from the address the load
+//! balancer sent it to, as the load balancer's flow tracking requires; without it the kernel
+//! would pick the source by route.
 
+use nix::sys::socket::sockopt;
 use nix::sys::socket::{self, ControlMessage, ControlMessageOwned, MsgFlags, SockaddrIn, SockaddrIn6, SockaddrStorage};
 use socket2::{Domain, Protocol, Socket, Type};
 use std::io::{self, IoSlice, IoSliceMut};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6, UdpSocket};
 use std::os::fd::AsRawFd;
-
-use super::send_runs::Run;
 
 /// Socket buffer size asked for; the kernel caps it at net.core.[rw]mem_max.
 const SOCKET_BUFFER_BYTES: usize = 4 << 20;
@@ -71,6 +77,28 @@ pub fn socket_address(peer: SocketAddr, dual_stack: bool) -> SocketAddr {
     }
 }
 
+/// Both ends of a datagram's way: the peer's address and ours.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Path {
+    pub remote: SocketAddr,
+    /// The local IPv4 address the peer's datagrams arrive at, when the kernel said
+    /// (`IP_PKTINFO`); what goes back to `remote` leaves from it. `None`: the kernel chooses.
+    pub local: Option<Ipv4Addr>,
+}
+
+impl Path {
+    /// A path whose local end the kernel chooses.
+    pub fn to(remote: SocketAddr) -> Path {
+        Path { remote, local: None }
+    }
+}
+
+/// Asks the kernel to say, with each IPv4 datagram (on dual-stack sockets too), which local
+/// address it came to (`IP_PKTINFO`).
+pub fn enable_packet_info(socket: &UdpSocket) -> io::Result<()> {
+    socket::setsockopt(socket, sockopt::Ipv4PacketInfo, &true).map_err(io::Error::from)
+}
+
 /// Asks the kernel to coalesce a flow's datagrams on receive (UDP GRO, Linux 5.0); false when
 /// it cannot.
 pub fn enable_gro(socket: &UdpSocket) -> bool {
@@ -88,23 +116,40 @@ pub fn enable_gro(socket: &UdpSocket) -> bool {
     result == 0
 }
 
-/// One receive: the bytes, their source, and the size of each datagram when the kernel
-/// coalesced several (UDP GRO).
-pub fn receive(socket: &UdpSocket, buffer: &mut [u8]) -> io::Result<(usize, SocketAddr, Option<usize>)> {
-    let mut space = nix::cmsg_space!(libc::c_int);
+/// What one receive got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Received {
+    pub len: usize,
+    /// Who sent it and the local address it came to (with [`enable_packet_info`]).
+    pub path: Path,
+    /// The size of each datagram when the kernel coalesced several (UDP GRO).
+    pub segment: Option<usize>,
+}
+
+/// One receive: the bytes, their source and destination, and the size of each datagram when
+/// the kernel coalesced several (UDP GRO).
+pub fn receive(socket: &UdpSocket, buffer: &mut [u8]) -> io::Result<Received> {
+    let mut space = nix::cmsg_space!(libc::c_int, libc::in_pktinfo);
     let mut slices = [IoSliceMut::new(buffer)];
     let message =
         socket::recvmsg::<SockaddrStorage>(socket.as_raw_fd(), &mut slices, Some(&mut space), MsgFlags::empty())
             .map_err(io::Error::from)?;
     let mut segment = None;
+    let mut local = None;
     if let Ok(cmsgs) = message.cmsgs() {
         for cmsg in cmsgs {
-            if let ControlMessageOwned::UdpGroSegments(size) = cmsg {
-                segment = usize::try_from(size).ok().filter(|&s| s > 0);
+            match cmsg {
+                ControlMessageOwned::UdpGroSegments(size) => {
+                    segment = usize::try_from(size).ok().filter(|&s| s > 0);
+                }
+                ControlMessageOwned::Ipv4PacketInfo(info) => {
+                    local = Some(Ipv4Addr::from(u32::from_be(info.ipi_addr.s_addr))).filter(|a| !a.is_unspecified());
+                }
+                _ => {}
             }
         }
     }
-    let source = message
+    let remote = message
         .address
         .and_then(|a| {
             a.as_sockaddr_in6()
@@ -112,7 +157,34 @@ pub fn receive(socket: &UdpSocket, buffer: &mut [u8]) -> io::Result<(usize, Sock
                 .or_else(|| a.as_sockaddr_in().map(|v4| SocketAddr::from((v4.ip(), v4.port()))))
         })
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "a datagram without a source address"))?;
-    Ok((message.bytes, source, segment))
+    Ok(Received { len: message.bytes, path: Path { remote, local }, segment })
+}
+
+/// The control message that makes a datagram leave from `local`.
+fn leave_from(local: Ipv4Addr) -> libc::in_pktinfo {
+    libc::in_pktinfo {
+        ipi_ifindex: 0,
+        ipi_spec_dst: libc::in_addr { s_addr: u32::from(local).to_be() },
+        ipi_addr: libc::in_addr { s_addr: 0 },
+    }
+}
+
+fn send_message(socket: &UdpSocket, bytes: &[u8], to: SocketAddr, cmsgs: &[ControlMessage]) -> io::Result<()> {
+    let iov = [IoSlice::new(bytes)];
+    let fd = socket.as_raw_fd();
+    let sent = match to {
+        SocketAddr::V4(v4) => socket::sendmsg(fd, &iov, cmsgs, MsgFlags::empty(), Some(&SockaddrIn::from(v4))),
+        SocketAddr::V6(v6) => socket::sendmsg(fd, &iov, cmsgs, MsgFlags::empty(), Some(&SockaddrIn6::from(v6))),
+    };
+    sent.map(|_| ()).map_err(io::Error::from)
+}
+
+/// Sends one datagram along `path` (`path.remote` already in the socket's address family).
+pub fn send_one(socket: &UdpSocket, bytes: &[u8], path: Path) -> io::Result<()> {
+    match path.local {
+        None => socket.send_to(bytes, path.remote).map(|_| ()),
+        Some(local) => send_message(socket, bytes, path.remote, &[ControlMessage::Ipv4PacketInfo(&leave_from(local))]),
+    }
 }
 
 /// What a failed GSO send means.
@@ -136,17 +208,19 @@ pub fn gso_failure(error: &io::Error) -> GsoFailure {
     }
 }
 
-/// Sends `run` (already in the socket's address family) as one `sendmsg` with `UDP_SEGMENT`.
-pub fn send_run(socket: &UdpSocket, run: &Run) -> io::Result<()> {
-    let segment = u16::try_from(run.segment).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    let cmsg = [ControlMessage::UdpGsoSegments(&segment)];
-    let iov = [IoSlice::new(run.bytes)];
-    let fd = socket.as_raw_fd();
-    let sent = match run.to {
-        SocketAddr::V4(v4) => socket::sendmsg(fd, &iov, &cmsg, MsgFlags::empty(), Some(&SockaddrIn::from(v4))),
-        SocketAddr::V6(v6) => socket::sendmsg(fd, &iov, &cmsg, MsgFlags::empty(), Some(&SockaddrIn6::from(v6))),
-    };
-    sent.map(|_| ()).map_err(io::Error::from)
+/// Sends `bytes`, datagrams of `segment` bytes back to back (the last may be shorter), along
+/// `path` (`path.remote` already in the socket's address family) as one `sendmsg` with
+/// `UDP_SEGMENT`.
+pub fn send_segments(socket: &UdpSocket, bytes: &[u8], segment: usize, path: Path) -> io::Result<()> {
+    let segment = u16::try_from(segment).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    match path.local {
+        None => send_message(socket, bytes, path.remote, &[ControlMessage::UdpGsoSegments(&segment)]),
+        Some(local) => {
+            let info = leave_from(local);
+            let cmsgs = [ControlMessage::UdpGsoSegments(&segment), ControlMessage::Ipv4PacketInfo(&info)];
+            send_message(socket, bytes, path.remote, &cmsgs)
+        }
+    }
 }
 
 /// The address as people write it: `::ffff:192.0.2.1` becomes `192.0.2.1`.
@@ -183,20 +257,50 @@ mod tests {
             if gro {
                 assert!(enable_gro(&receiver), "UDP_GRO refused");
             }
-            let run = Run { to: receiver.local_addr().unwrap(), segment: 100, count: 4, bytes: &bytes };
-            send_run(&sender, &run).unwrap();
+            send_segments(&sender, &bytes, 100, Path::to(receiver.local_addr().unwrap())).unwrap();
             let mut got: Vec<Vec<u8>> = Vec::new();
             let mut buffer = vec![0u8; 65_536];
             while got.concat().len() < bytes.len() {
-                let (n, source, segment) = receive(&receiver, &mut buffer).unwrap();
-                assert_eq!(source, sender.local_addr().unwrap());
-                match segment {
+                let received = receive(&receiver, &mut buffer).unwrap();
+                assert_eq!(received.path.remote, sender.local_addr().unwrap());
+                let n = received.len;
+                match received.segment {
                     Some(size) => got.extend(buffer[..n].chunks(size).map(<[u8]>::to_vec)),
                     None => got.push(buffer[..n].to_vec()),
                 }
             }
             assert_eq!(got.iter().map(Vec::len).collect::<Vec<_>>(), [100, 100, 100, 50], "gro {gro}");
             assert_eq!(got.concat(), bytes, "gro {gro}");
+        }
+    }
+
+    /// A wildcard socket answers from the address a datagram came to, one by one and as a GSO
+    /// run; without the local address the kernel picks 127.0.0.1 (the route's source).
+    #[test]
+    fn replies_leave_from_the_address_the_datagram_came_to() {
+        let listen = bind(0, 1).unwrap();
+        let socket = &listen.sockets[0];
+        enable_packet_info(socket).unwrap();
+        let port = socket.local_addr().unwrap().port();
+        let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+        peer.set_read_timeout(Some(std::time::Duration::from_secs(2))).unwrap();
+        let mut buffer = vec![0u8; 65_536];
+        for local in ["127.0.0.2", "127.0.0.3"] {
+            peer.send_to(b"hello", (local, port)).unwrap();
+            socket.set_nonblocking(false).unwrap();
+            let received = receive(socket, &mut buffer).unwrap();
+            assert_eq!(received.path.local, Some(local.parse().unwrap()));
+            assert_eq!(canonical(received.path.remote), peer.local_addr().unwrap());
+            let to = Path { remote: socket_address(peer.local_addr().unwrap(), listen.dual_stack), ..received.path };
+            send_one(socket, b"one", to).unwrap();
+            send_segments(socket, &[7u8; 30], 10, to).unwrap();
+            for expected in [3, 10, 10, 10] {
+                let (n, from) = peer.recv_from(&mut buffer).unwrap();
+                assert_eq!((n, from), (expected, SocketAddr::from((local.parse::<Ipv4Addr>().unwrap(), port))));
+            }
+            send_one(socket, b"kernel's choice", Path { local: None, ..to }).unwrap();
+            let (_, from) = peer.recv_from(&mut buffer).unwrap();
+            assert_eq!(from.ip(), "127.0.0.1".parse::<std::net::IpAddr>().unwrap());
         }
     }
 

@@ -26,7 +26,7 @@ const BUFFER_BYTES: usize = 65_536;
 /// without GSO turns it off for good (logged once).
 fn send_run(shared: &DataPlaneShared, socket: &std::net::UdpSocket, run: Run) {
     if run.count > 1 && shared.udp_gso.load(Ordering::Relaxed) {
-        match udp::send_run(socket, &run) {
+        match udp::send_segments(socket, run.bytes, run.segment, run.path) {
             Ok(()) => return,
             Err(e) => match udp::gso_failure(&e) {
                 udp::GsoFailure::Unsupported => {
@@ -45,7 +45,7 @@ fn send_run(shared: &DataPlaneShared, socket: &std::net::UdpSocket, run: Run) {
         }
     }
     for datagram in run.bytes.chunks(run.segment) {
-        if socket.send_to(datagram, run.to).is_err() {
+        if udp::send_one(socket, datagram, run.path).is_err() {
             Counters::count(&shared.counters.send_errors);
         }
     }
@@ -77,21 +77,21 @@ pub fn run(shared: Arc<DataPlaneShared>, worker: usize, tun: TunQueue) {
             // Datagrams, not receives: a GRO buffer holds up to 64 of them.
             let mut handled = 0;
             while handled < BATCH {
-                let received = if shared.udp_gro {
-                    udp::receive(socket, &mut input)
-                } else {
-                    socket.recv_from(&mut input).map(|(n, source)| (n, source, None))
-                };
-                match received {
-                    Ok((n, source, Some(segment))) => {
-                        for datagram in input[..n].chunks(segment) {
-                            handle_datagram(&shared, socket, &tun, source, datagram, &mut output);
-                            handled += 1;
+                match udp::receive(socket, &mut input) {
+                    Ok(received) => {
+                        let bytes = &input[..received.len];
+                        match received.segment {
+                            Some(segment) => {
+                                for datagram in bytes.chunks(segment) {
+                                    handle_datagram(&shared, socket, &tun, received.path, datagram, &mut output);
+                                    handled += 1;
+                                }
+                            }
+                            None => {
+                                handle_datagram(&shared, socket, &tun, received.path, bytes, &mut output);
+                                handled += 1;
+                            }
                         }
-                    }
-                    Ok((n, source, None)) => {
-                        handle_datagram(&shared, socket, &tun, source, &input[..n], &mut output);
-                        handled += 1;
                     }
                     Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == ErrorKind::Interrupted => handled += 1,
