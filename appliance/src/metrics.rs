@@ -269,6 +269,16 @@ pub fn render(report: &StatusReport) -> String {
             counter(s.marked_unhealthy),
         );
         registry.register(
+            "bastion_siblings_taken_over",
+            "Dead siblings' target addresses this bastion took over ([siblings] take_over_addresses)",
+            counter(s.taken_over),
+        );
+        registry.register(
+            "bastion_siblings_given_back",
+            "Taken-over addresses this bastion gave back to the subnet once nothing came to them",
+            counter(s.given_back),
+        );
+        registry.register(
             "bastion_siblings_failures",
             "Rounds whose AWS calls failed (DescribeTargetHealth and the actions)",
             counter(s.failures),
@@ -340,11 +350,19 @@ mod tests {
         assert!(line_of(&text, "bastion_peer_failover_handshakes_total{").ends_with("} 1"));
         assert!(!text.contains("bastion_siblings_"), "no siblings series while [siblings] is off");
         let mut report = example();
-        report.siblings = Some(crate::status::Siblings { deregistered: 2, marked_unhealthy: 1, failures: 0 });
+        report.siblings = Some(crate::status::Siblings {
+            deregistered: 2,
+            marked_unhealthy: 1,
+            taken_over: 3,
+            given_back: 1,
+            failures: 0,
+        });
         let text = render(&report);
         for (series, value) in [
             ("bastion_siblings_deregistered_total{interface=\"wg0\"}", "2"),
             ("bastion_siblings_marked_unhealthy_total{interface=\"wg0\"}", "1"),
+            ("bastion_siblings_taken_over_total{interface=\"wg0\"}", "3"),
+            ("bastion_siblings_given_back_total{interface=\"wg0\"}", "1"),
             ("bastion_siblings_failures_total{interface=\"wg0\"}", "0"),
         ] {
             assert_eq!(line_of(&text, series), format!("{series} {value}"), "{text}");

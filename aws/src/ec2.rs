@@ -1,5 +1,7 @@
 //! The EC2 calls the image publisher makes (Query API, version 2016-11-15): images, snapshots,
-//! tags, copies and sharing. Each answer is parsed by a plain function of its XML.
+//! tags, copies and sharing; and the bastion's own, moving a secondary private address between
+//! network interfaces (`[siblings]` address takeover). Each answer is parsed by a plain function
+//! of its XML.
 
 use crate::client::{Call, Client};
 use crate::error::AwsError;
@@ -111,6 +113,20 @@ impl Client {
         let mut call = Call::query("ec2", operation, VERSION, params);
         call.retry_codes = retry_codes;
         Ok(self.call(&call)?.text())
+    }
+
+    /// Moves the private IPv4 `address` to the network interface `eni` from whichever interface
+    /// of the subnet holds it (`AllowReassignment`): the VPC delivers its packets to `eni` from
+    /// then on.
+    pub fn assign_private_ip(&self, eni: &str, address: &str) -> Result<(), AwsError> {
+        let p = params(&[("NetworkInterfaceId", eni), ("PrivateIpAddress.1", address), ("AllowReassignment", "true")]);
+        self.ec2("AssignPrivateIpAddresses", &p, &[]).map(drop)
+    }
+
+    /// Gives the secondary private IPv4 `address` of `eni` back to the subnet.
+    pub fn unassign_private_ip(&self, eni: &str, address: &str) -> Result<(), AwsError> {
+        let p = params(&[("NetworkInterfaceId", eni), ("PrivateIpAddress.1", address)]);
+        self.ec2("UnassignPrivateIpAddresses", &p, &[]).map(drop)
     }
 
     /// Our own images named `name` (at most one in practice: names are unique per region).

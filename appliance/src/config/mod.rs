@@ -187,6 +187,8 @@ pub struct Siblings {
     pub poll_seconds: u64,
     /// Also mark a dead instance target unhealthy in its Auto Scaling group (replaced now).
     pub mark_unhealthy: bool,
+    /// ip targets: take over a dead sibling's target address in this bastion's subnet.
+    pub take_over_addresses: bool,
 }
 
 /// What kind of problem a config has: what tests (and tools) look at, rather than the words.
@@ -431,6 +433,7 @@ fn build(root: &toml::de::DeTable, base_dir: Option<&Path>, report: &mut documen
             target_group_arn: drafts.siblings.target_group_arn,
             poll_seconds: drafts.siblings.poll_seconds,
             mark_unhealthy: drafts.siblings.mark_unhealthy,
+            take_over_addresses: drafts.siblings.take_over_addresses,
         },
         log: Log { json: drafts.log.json, cloudwatch_group: drafts.log.cloudwatch_group },
         warnings: Vec::new(),

@@ -36,7 +36,7 @@ pub const METRICS_FIELDS: &[&str] = &["listen"];
 pub const CONTROL_FIELDS: &[&str] = &["socket"];
 pub const SOURCE_FIELDS: &[&str] = &["ssm_path", "refresh_seconds"];
 pub const AWS_FIELDS: &[&str] = &["region", "endpoint_url"];
-pub const SIBLINGS_FIELDS: &[&str] = &["target_group_arn", "poll_seconds", "mark_unhealthy"];
+pub const SIBLINGS_FIELDS: &[&str] = &["target_group_arn", "poll_seconds", "mark_unhealthy", "take_over_addresses"];
 pub const DEFAULT_SIBLINGS_POLL_SECONDS: u64 = 2;
 pub const LOG_FIELDS: &[&str] = &["format", "cloudwatch_group"];
 
@@ -136,6 +136,7 @@ pub struct SiblingsDraft {
     pub target_group_arn: Option<String>,
     pub poll_seconds: u64,
     pub mark_unhealthy: bool,
+    pub take_over_addresses: bool,
 }
 
 pub struct LogDraft {
@@ -696,9 +697,13 @@ fn read_siblings(t: &Table, report: &mut Report) -> SiblingsDraft {
     let poll_seconds = t
         .integer(report, "poll_seconds", 2..=60, "seconds, 2–60 (one DescribeTargetHealth call per bastion this often)")
         .map_or(DEFAULT_SIBLINGS_POLL_SECONDS, |n| n as u64);
-    let mark_unhealthy =
-        t.get("mark_unhealthy").and_then(|v| document::boolean(report, &t.field("mark_unhealthy"), v)).unwrap_or(true);
-    if target_group_arn.is_none() && (t.get("poll_seconds").is_some() || t.get("mark_unhealthy").is_some()) {
+    let mut flag = |name: &str, default: bool| {
+        t.get(name).and_then(|v| document::boolean(report, &t.field(name), v)).unwrap_or(default)
+    };
+    let mark_unhealthy = flag("mark_unhealthy", true);
+    let take_over_addresses = flag("take_over_addresses", false);
+    let options = ["poll_seconds", "mark_unhealthy", "take_over_addresses"];
+    if target_group_arn.is_none() && options.iter().any(|name| t.get(name).is_some()) {
         report.at_line(
             ProblemKind::Missing,
             t.line(),
@@ -707,5 +712,5 @@ fn read_siblings(t: &Table, report: &mut Report) -> SiblingsDraft {
         );
     }
     t.finish(report);
-    SiblingsDraft { target_group_arn, poll_seconds, mark_unhealthy }
+    SiblingsDraft { target_group_arn, poll_seconds, mark_unhealthy, take_over_addresses }
 }

@@ -495,12 +495,25 @@ fn the_siblings_section() {
     let c = parse(&(minimal() + &format!("[siblings]\ntarget_group_arn = \"{arn}\"\n")), "bastion.toml", None).unwrap();
     assert_eq!(
         c.siblings,
-        crate::config::Siblings { target_group_arn: Some(arn.into()), poll_seconds: 2, mark_unhealthy: true }
+        crate::config::Siblings {
+            target_group_arn: Some(arn.into()),
+            poll_seconds: 2,
+            mark_unhealthy: true,
+            take_over_addresses: false
+        }
     );
-    let text =
-        minimal() + &format!("[siblings]\ntarget_group_arn = \"{arn}\"\npoll_seconds = 10\nmark_unhealthy = false\n");
+    let text = minimal()
+        + &format!(
+            "[siblings]\ntarget_group_arn = \"{arn}\"\npoll_seconds = 10\nmark_unhealthy = false\n\
+             take_over_addresses = true\n"
+        );
     let c = parse(&text, "bastion.toml", None).unwrap();
-    assert_eq!((c.siblings.poll_seconds, c.siblings.mark_unhealthy), (10, false));
+    assert_eq!((c.siblings.poll_seconds, c.siblings.mark_unhealthy, c.siblings.take_over_addresses), (10, false, true));
+    problem(
+        &(minimal() + "[siblings]\ntake_over_addresses = true\n"),
+        "siblings.target_group_arn",
+        ProblemKind::Missing,
+    );
 
     let p = problem(
         &(minimal() + "[siblings]\ntarget_group_arn = \"bastion\"\n"),

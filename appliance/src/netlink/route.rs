@@ -16,6 +16,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 const RTM_NEWLINK: u16 = 16;
 const RTM_GETLINK: u16 = 18;
 const RTM_NEWADDR: u16 = 20;
+const RTM_DELADDR: u16 = 21;
 const RTM_GETADDR: u16 = 22;
 const RTM_NEWROUTE: u16 = 24;
 const RTM_GETROUTE: u16 = 26;
@@ -174,6 +175,29 @@ pub fn set_tx_queue_length(index: u32, packets: u32) -> io::Result<()> {
 /// tunnel address needs (there is nobody on a TUN to collide with).
 pub fn add_address(index: u32, address: IpAddr, prefix_len: u8) -> io::Result<()> {
     let doing = || format!("add address {address}/{prefix_len} to {}", describe(index));
+    match change_address(RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, index, address, prefix_len, doing) {
+        Err(e) if errno(&e) == Some(libc::EEXIST) => Ok(()),
+        other => other,
+    }
+}
+
+/// Removes an address from a link; an address that is not there is not an error.
+pub fn remove_address(index: u32, address: IpAddr, prefix_len: u8) -> io::Result<()> {
+    let doing = || format!("remove address {address}/{prefix_len} from {}", describe(index));
+    match change_address(RTM_DELADDR, 0, index, address, prefix_len, doing) {
+        Err(e) if errno(&e) == Some(libc::EADDRNOTAVAIL) => Ok(()),
+        other => other,
+    }
+}
+
+fn change_address(
+    kind: u16,
+    flags: u16,
+    index: u32,
+    address: IpAddr,
+    prefix_len: u8,
+    doing: impl Fn() -> String,
+) -> io::Result<()> {
     let ifindex = to_ifindex(index).map_err(|e| context(e, doing()))?;
     let (family, bytes, max) = match address {
         IpAddr::V4(a) => (libc::AF_INET as u8, a.octets().to_vec(), 32),
@@ -185,9 +209,8 @@ pub fn add_address(index: u32, address: IpAddr, prefix_len: u8) -> io::Result<()
             doing(),
         ));
     }
-    let result = acknowledged(doing, |seq| {
-        let flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL;
-        let mut m = MessageBuilder::new(RTM_NEWADDR, flags, seq);
+    acknowledged(&doing, |seq| {
+        let mut m = MessageBuilder::new(kind, NLM_F_REQUEST | NLM_F_ACK | flags, seq);
         let mut header = [0u8; IFADDRMSG_LEN];
         header[0] = family;
         header[1] = prefix_len;
@@ -196,15 +219,21 @@ pub fn add_address(index: u32, address: IpAddr, prefix_len: u8) -> io::Result<()
         m.fixed(&header);
         m.attr(IFA_LOCAL, &bytes);
         m.attr(IFA_ADDRESS, &bytes);
-        if address.is_ipv6() {
+        if address.is_ipv6() && kind == RTM_NEWADDR {
             m.attr_u32(IFA_FLAGS, IFA_F_NODAD);
         }
         m.finish()
-    });
-    match result {
-        Err(e) if errno(&e) == Some(libc::EEXIST) => Ok(()),
-        other => other,
+    })
+}
+
+/// The link that holds `address`, if any.
+pub fn link_with_address(address: IpAddr) -> io::Result<Option<Link>> {
+    for link in links()? {
+        if addresses(link.index)?.iter().any(|a| a.address == address) {
+            return Ok(Some(link));
+        }
     }
+    Ok(None)
 }
 
 /// The addresses of link `index`, IPv4 and IPv6.
@@ -689,6 +718,15 @@ mod tests {
             assert!(ours.contains(&Address { address: v4, prefix_len: 24 }));
             assert!(ours.contains(&Address { address: v6, prefix_len: 64 }));
             assert!(add_address(index, v4, 33).is_err());
+            // A /32 beside it (an address taken over), found by its address, then removed twice.
+            let taken: IpAddr = "10.77.0.9".parse().unwrap();
+            add_address(index, taken, 32).unwrap();
+            assert_eq!(link_with_address(taken).unwrap().map(|l| l.name), Some("bnl-link".to_string()));
+            remove_address(index, taken, 32).unwrap();
+            remove_address(index, taken, 32).unwrap();
+            assert!(!addresses(index).unwrap().iter().any(|a| a.address == taken));
+            assert!(link_with_address(taken).unwrap().is_none());
+            assert!(addresses(index).unwrap().contains(&Address { address: v4, prefix_len: 24 }));
         });
     }
 

@@ -344,7 +344,15 @@ impl Service {
         lifecycle::start(in_place_drain::InPlaceDrain::new(state.clone(), &data_plane));
         // Detached, like the lifecycle poller: it acts only while this bastion is healthy.
         if let Some(counters) = &state.siblings {
-            crate::siblings::start(&config.siblings, &config.aws, counters.clone(), audit.recorder().clone());
+            let data_plane = data_plane.clone();
+            let last_heard_on = Box::new(move |local| data_plane.last_heard_on(local));
+            crate::siblings::start(
+                &config.siblings,
+                &config.aws,
+                counters.clone(),
+                audit.recorder().clone(),
+                last_heard_on,
+            );
         }
         log!("config: version {} from {}", state.config_state().version, state.config_state().origin);
         Ok(Service {

@@ -86,6 +86,8 @@ pub fn report(state: &ServiceState, data_plane: &DataPlane, identity: &Identity)
         siblings: state.siblings_counters().map(|c| status::Siblings {
             deregistered: load(&c.deregistered),
             marked_unhealthy: load(&c.marked_unhealthy),
+            taken_over: load(&c.taken_over),
+            given_back: load(&c.given_back),
             failures: load(&c.failures),
         }),
     }

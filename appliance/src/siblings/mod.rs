@@ -9,11 +9,21 @@
 //! answers with errors. Which targets are this bastion comes from IMDS (its instance id and
 //! private IPv4 address), so the same config serves every bastion of the group.
 //!
+//! With `take_over_addresses` (ip targets), the survivor [`plan`] picks in a dead target's
+//! subnet also moves the dead target's address to its own network interface (EC2
+//! AssignPrivateIpAddresses with AllowReassignment) and adds it to the link that holds its own
+//! address, so the flows the load balancer keeps on that address reach a live bastion, whose
+//! replies leave from that address (`tunnel::udp::Path`). It gives the address back to the
+//! subnet (UnassignPrivateIpAddresses) once nothing came to it for
+//! [`plan::GIVE_BACK_AFTER`]: the dead target is deregistered at the same time, so only its
+//! old flows use the address, and the replacement instance comes with its own.
+//!
 //! The endpoints are AWS's own in the target group's region, or `[aws] endpoint_url`;
 //! credentials come from the standard chain (on EC2: the instance role).
 
 pub mod plan;
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -24,7 +34,8 @@ use bastion_aws::{Client, Environment};
 use crate::config::{Aws, Siblings};
 use crate::init::backoff::Backoff;
 use crate::log;
-use plan::{Action, Planner, Standing, Target};
+use ip_network::Ipv4Network;
+use plan::{Action, Planner, Rules, Standing, Target};
 
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
@@ -35,9 +46,16 @@ pub struct Counters {
     pub deregistered: AtomicU64,
     /// Instances this bastion marked unhealthy.
     pub marked_unhealthy: AtomicU64,
+    /// Dead siblings' addresses this bastion took over, and gave back.
+    pub taken_over: AtomicU64,
+    pub given_back: AtomicU64,
     /// Rounds that failed (AWS unreachable, denied, throttled past its retries).
     pub failures: AtomicU64,
 }
+
+/// How long ago a datagram last came to a local address (the data plane's
+/// `last_heard_on`); `None` when no peer's datagrams arrive there.
+pub type LastHeardOn = Box<dyn Fn(Ipv4Addr) -> Option<Duration> + Send>;
 
 /// Starts the poller when `[siblings] target_group_arn` is set (counting into `counters`); it
 /// runs until the process ends.
@@ -46,6 +64,7 @@ pub fn start(
     aws: &Aws,
     counters: Arc<Counters>,
     recorder: crate::audit::Recorder,
+    last_heard_on: LastHeardOn,
 ) -> Option<JoinHandle<()>> {
     let arn = siblings.target_group_arn.clone()?;
     let region = crate::config::values::region_of_arn(&arn).unwrap_or_default().to_string();
@@ -53,19 +72,30 @@ pub fn start(
     if let Some(url) = &aws.endpoint_url {
         vars.push(("AWS_ENDPOINT_URL_ELASTICLOADBALANCING".into(), url.clone()));
         vars.push(("AWS_ENDPOINT_URL_AUTOSCALING".into(), url.clone()));
+        vars.push(("AWS_ENDPOINT_URL_EC2".into(), url.clone()));
     }
     let env = Environment::from_vars(vars);
     let poll = Duration::from_secs(siblings.poll_seconds);
-    let mark_unhealthy = siblings.mark_unhealthy;
+    let options = Options { mark_unhealthy: siblings.mark_unhealthy, take_over: siblings.take_over_addresses };
     // Resource names, no secrets: shown whole rather than as key-like text.
     crate::keys::show_in_diagnostics(&arn);
     log!(
         "siblings: watching target group {arn} every {} s (a target the load balancer reports unhealthy is \
-         deregistered{})",
+         deregistered{}{})",
         poll.as_secs(),
-        if mark_unhealthy { " and its instance marked unhealthy" } else { "" }
+        if options.mark_unhealthy { ", its instance marked unhealthy" } else { "" },
+        if options.take_over { ", its address taken over when it is in this bastion's subnet" } else { "" }
     );
-    Some(std::thread::spawn(move || run(Client::new(env, region), &arn, poll, mark_unhealthy, &counters, recorder)))
+    Some(std::thread::spawn(move || {
+        run(Client::new(env, region), &arn, poll, options, &counters, recorder, last_heard_on)
+    }))
+}
+
+/// What `[siblings]` lets the poller do besides deregistering.
+#[derive(Debug, Clone, Copy)]
+struct Options {
+    mark_unhealthy: bool,
+    take_over: bool,
 }
 
 /// Whether `id` has the shape of an EC2 instance id (`i-` and 8 or 17 hex digits).
@@ -75,41 +105,92 @@ pub fn is_instance_id(id: &str) -> bool {
     })
 }
 
-/// This bastion's ids as a target can be registered: its instance id and private IPv4.
-fn own_ids(env: &Environment) -> Result<Vec<String>, String> {
-    let imds = bastion_aws::imds::Imds::new(&env.imds_endpoint());
-    let mut ids = Vec::new();
-    for path in ["meta-data/instance-id", "meta-data/local-ipv4"] {
-        match imds.get(path) {
-            Ok(text) if !text.trim().is_empty() && text.trim().len() < 64 => ids.push(text.trim().to_string()),
-            Ok(_) => {}
-            Err(bastion_aws::imds::ImdsError::NotFound(_)) => {}
-            Err(e) => return Err(e.to_string()),
+/// This bastion as IMDS describes it.
+struct Identity {
+    /// Its ids as a target can be registered: its instance id and private IPv4.
+    ids: Vec<String>,
+    /// With address takeover: its network interface and subnet.
+    interface: Option<Interface>,
+}
+
+/// The network interface that takes addresses over, and the link that holds its address here.
+struct Interface {
+    eni: String,
+    subnet: Ipv4Network,
+    link: u32,
+}
+
+impl Identity {
+    fn from_imds(env: &Environment, take_over: bool) -> Result<Identity, String> {
+        let imds = bastion_aws::imds::Imds::new(&env.imds_endpoint());
+        let read = |path: &str| -> Result<Option<String>, String> {
+            match imds.get(path) {
+                Ok(text) if !text.trim().is_empty() && text.trim().len() < 64 => Ok(Some(text.trim().to_string())),
+                Ok(_) | Err(bastion_aws::imds::ImdsError::NotFound(_)) => Ok(None),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        let instance = read("meta-data/instance-id")?;
+        let local = read("meta-data/local-ipv4")?;
+        let ids: Vec<String> = instance.iter().chain(local.iter()).cloned().collect();
+        if ids.is_empty() {
+            return Err("IMDS has neither meta-data/instance-id nor meta-data/local-ipv4".into());
         }
+        if !take_over {
+            return Ok(Identity { ids, interface: None });
+        }
+        let need =
+            |path: &str| read(path)?.ok_or_else(|| format!("IMDS has no {path} (needed to take addresses over)"));
+        let local: Ipv4Addr = local
+            .as_deref()
+            .and_then(|a| a.parse().ok())
+            .ok_or("IMDS meta-data/local-ipv4 is not an IPv4 address (needed to take addresses over)")?;
+        let mac = need("meta-data/mac")?;
+        if !mac.chars().all(|c| c.is_ascii_hexdigit() || c == ':') {
+            return Err(format!("IMDS meta-data/mac is not a MAC address: {mac:?}"));
+        }
+        let eni = need(&format!("meta-data/network/interfaces/macs/{mac}/interface-id"))?;
+        if !eni.starts_with("eni-") {
+            return Err(format!("IMDS gives {eni:?} as the interface id (expected eni-...)"));
+        }
+        let cidr = need(&format!("meta-data/network/interfaces/macs/{mac}/subnet-ipv4-cidr-block"))?;
+        let subnet: Ipv4Network =
+            cidr.parse().map_err(|_| format!("IMDS gives {cidr:?} as the subnet (expected a.b.c.d/n)"))?;
+        let link = crate::netlink::route::link_with_address(IpAddr::V4(local))
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("no link here holds this bastion's address {local}"))?;
+        crate::keys::show_in_diagnostics(&eni);
+        log!("siblings: dead siblings' addresses in subnet {subnet} are taken over on {eni} ({})", link.name);
+        Ok(Identity { ids, interface: Some(Interface { eni, subnet, link: link.index }) })
     }
-    if ids.is_empty() {
-        return Err("IMDS has neither meta-data/instance-id nor meta-data/local-ipv4".into());
-    }
-    Ok(ids)
+}
+
+/// A dead sibling's address this bastion holds.
+struct Held {
+    address: Ipv4Addr,
+    since: Instant,
 }
 
 fn run(
     client: Client,
     arn: &str,
     poll: Duration,
-    mark_unhealthy: bool,
+    options: Options,
     counters: &Counters,
     recorder: crate::audit::Recorder,
+    last_heard_on: LastHeardOn,
 ) {
     let mut poller = Poller {
         client,
         arn,
-        mark_unhealthy,
+        options,
         counters,
         recorder,
+        last_heard_on,
         started: Instant::now(),
         planner: Planner::default(),
         me: None,
+        held: Vec::new(),
         last_standing: None,
     };
     let mut backoff = Backoff::new(poll * 2, MAX_BACKOFF, Duration::MAX);
@@ -141,14 +222,17 @@ fn run(
 struct Poller<'a> {
     client: Client,
     arn: &'a str,
-    mark_unhealthy: bool,
+    options: Options,
     counters: &'a Counters,
     /// Each action taken is an audit record too.
     recorder: crate::audit::Recorder,
+    last_heard_on: LastHeardOn,
     started: Instant,
     planner: Planner,
-    /// This bastion's target ids, once IMDS told them.
-    me: Option<Vec<String>>,
+    /// This bastion, once IMDS told.
+    me: Option<Identity>,
+    /// The addresses taken over and not given back yet.
+    held: Vec<Held>,
     /// What the last round logged about this bastion's own standing.
     last_standing: Option<Standing>,
 }
@@ -157,13 +241,18 @@ impl Poller<'_> {
     /// One read of the group's health, and the actions it calls for.
     fn round(&mut self) -> Result<(), String> {
         if self.me.is_none() {
-            let ids =
-                own_ids(self.client.env()).map_err(|e| format!("cannot tell which target is this bastion: {e}"))?;
-            ids.iter().filter(|id| is_instance_id(id)).for_each(|id| crate::keys::show_in_diagnostics(id));
-            log!("siblings: this bastion is target {}", ids.join(" or "));
-            self.me = Some(ids);
+            let me = Identity::from_imds(self.client.env(), self.options.take_over)
+                .map_err(|e| format!("cannot tell which target is this bastion: {e}"))?;
+            me.ids.iter().filter(|id| is_instance_id(id)).for_each(|id| crate::keys::show_in_diagnostics(id));
+            log!("siblings: this bastion is target {}", me.ids.join(" or "));
+            self.me = Some(me);
         }
-        let me = self.me.as_deref().unwrap_or_default();
+        self.give_back_idle_addresses()?;
+        let Some(me) = &self.me else { return Ok(()) };
+        let rules = Rules {
+            mark_unhealthy: self.options.mark_unhealthy,
+            take_over_in: me.interface.as_ref().map(|i| i.subnet),
+        };
         let targets: Vec<Target> = self
             .client
             .describe_target_health(self.arn)
@@ -174,7 +263,7 @@ impl Poller<'_> {
         for t in targets.iter().filter(|t| is_instance_id(&t.id)) {
             crate::keys::show_in_diagnostics(&t.id);
         }
-        let decision = self.planner.decide(&targets, me, self.mark_unhealthy, self.started.elapsed());
+        let decision = self.planner.decide(&targets, &me.ids, rules, self.started.elapsed());
         if self.last_standing.as_ref() != Some(&decision.standing) {
             match &decision.standing {
                 Standing::Healthy => {
@@ -189,39 +278,93 @@ impl Poller<'_> {
         }
         let healthy = targets.iter().filter(|t| t.state == "healthy").count();
         for action in &decision.actions {
-            carry_out(&self.client, self.arn, action, healthy)?;
-            let (counter, target, what) = match action {
-                Action::Deregister { id, .. } => (&self.counters.deregistered, id, "deregistered"),
+            let (target, counter, what) = match action {
+                Action::TakeOver { address } => {
+                    let interface = me.interface.as_ref().ok_or("no interface to take addresses over on")?;
+                    take_over(&self.client, interface, *address, healthy)?;
+                    self.held.retain(|h| h.address != *address);
+                    self.held.push(Held { address: *address, since: Instant::now() });
+                    (address.to_string(), &self.counters.taken_over, "took_over_address")
+                }
+                Action::Deregister { id, port } => {
+                    deregister(&self.client, self.arn, id, *port, healthy)?;
+                    (id.clone(), &self.counters.deregistered, "deregistered")
+                }
                 Action::MarkUnhealthy { instance_id } => {
-                    (&self.counters.marked_unhealthy, instance_id, "marked_unhealthy")
+                    mark_unhealthy(&self.client, instance_id)?;
+                    (instance_id.clone(), &self.counters.marked_unhealthy, "marked_unhealthy")
                 }
             };
             counter.fetch_add(1, Ordering::Relaxed);
             self.recorder.record(crate::audit::AuditEvent::SiblingAction {
-                target: target.clone(),
+                target,
                 action: what.into(),
                 reason: format!("the load balancer reports it unhealthy; {healthy} target(s) healthy"),
             });
         }
         Ok(())
     }
+
+    /// Gives back each taken-over address nothing came to for [`plan::GIVE_BACK_AFTER`].
+    fn give_back_idle_addresses(&mut self) -> Result<(), String> {
+        let Some(interface) = self.me.as_ref().and_then(|m| m.interface.as_ref()) else { return Ok(()) };
+        while let Some(i) =
+            self.held.iter().position(|h| plan::give_back(h.since.elapsed(), (self.last_heard_on)(h.address)))
+        {
+            let address = self.held[i].address;
+            match self.client.unassign_private_ip(&interface.eni, &address.to_string()) {
+                Ok(()) => {}
+                // Moved to another interface since (another survivor's takeover): not ours to give.
+                Err(e) if e.code().is_some_and(|c| c.starts_with("InvalidParameterValue")) => {
+                    log!("siblings: {address} is no longer on {} ({e})", interface.eni);
+                }
+                Err(e) => return Err(format!("UnassignPrivateIpAddresses {address}: {e}")),
+            }
+            crate::netlink::route::remove_address(interface.link, IpAddr::V4(address), 32)
+                .map_err(|e| format!("giving {address} back: {e}"))?;
+            self.held.remove(i);
+            self.counters.given_back.fetch_add(1, Ordering::Relaxed);
+            log!(
+                "siblings: gave {address} back to the subnet: nothing came to it for {} s",
+                plan::GIVE_BACK_AFTER.as_secs()
+            );
+            self.recorder.record(crate::audit::AuditEvent::SiblingAction {
+                target: address.to_string(),
+                action: "gave_back_address".into(),
+                reason: format!("nothing came to it for {} s", plan::GIVE_BACK_AFTER.as_secs()),
+            });
+        }
+        Ok(())
+    }
 }
 
-fn carry_out(client: &Client, arn: &str, action: &Action, healthy: usize) -> Result<(), String> {
-    match action {
-        Action::Deregister { id, port } => {
-            client.deregister_target(arn, id, *port).map_err(|e| format!("DeregisterTargets {id}: {e}"))?;
-            log!(
-                "siblings: deregistered target {id}{}: the load balancer reports it unhealthy (failed health checks), \
-                 {healthy} target(s) healthy; its flows end with the deregistration delay",
-                port.map(|p| format!(" port {p}")).unwrap_or_default()
-            );
-        }
-        Action::MarkUnhealthy { instance_id } => {
-            client.set_instance_unhealthy(instance_id).map_err(|e| format!("SetInstanceHealth {instance_id}: {e}"))?;
-            log!("siblings: marked instance {instance_id} unhealthy in its Auto Scaling group (it is replaced now)");
-        }
-    }
+/// Moves `address` to this bastion's interface and adds it to its link.
+fn take_over(client: &Client, interface: &Interface, address: Ipv4Addr, healthy: usize) -> Result<(), String> {
+    client
+        .assign_private_ip(&interface.eni, &address.to_string())
+        .map_err(|e| format!("AssignPrivateIpAddresses {address}: {e}"))?;
+    crate::netlink::route::add_address(interface.link, IpAddr::V4(address), 32)
+        .map_err(|e| format!("taking {address} over: {e}"))?;
+    log!(
+        "siblings: took over address {address} of a dead sibling: the load balancer reports it unhealthy \
+         (failed health checks), {healthy} target(s) healthy; its flows reach this bastion now"
+    );
+    Ok(())
+}
+
+fn deregister(client: &Client, arn: &str, id: &str, port: Option<u16>, healthy: usize) -> Result<(), String> {
+    client.deregister_target(arn, id, port).map_err(|e| format!("DeregisterTargets {id}: {e}"))?;
+    log!(
+        "siblings: deregistered target {id}{}: the load balancer reports it unhealthy (failed health checks), \
+         {healthy} target(s) healthy; its flows end with the deregistration delay",
+        port.map(|p| format!(" port {p}")).unwrap_or_default()
+    );
+    Ok(())
+}
+
+fn mark_unhealthy(client: &Client, instance_id: &str) -> Result<(), String> {
+    client.set_instance_unhealthy(instance_id).map_err(|e| format!("SetInstanceHealth {instance_id}: {e}"))?;
+    log!("siblings: marked instance {instance_id} unhealthy in its Auto Scaling group (it is replaced now)");
     Ok(())
 }
 

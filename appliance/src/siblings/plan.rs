@@ -19,9 +19,20 @@
 //! - idempotent: every survivor may act at once (DeregisterTargets and SetInstanceHealth of a
 //!   target that is already out do nothing); one bastion acts on one target again only after
 //!   [`ACT_AGAIN_AFTER`] if the load balancer still reports it unhealthy.
+//!
+//! Where the load balancer keeps a deregistered target's busy flows (the seed article saw them
+//! stay until idle 30 s), deregistration does not free a stock client that keeps talking. With
+//! ip targets the flow is bound to an address, not to an instance, so a survivor in the same
+//! subnet also takes the dead target's address over ([`Action::TakeOver`]): the flow's packets
+//! reach the survivor, whose fast failover answers them. Exactly one survivor does it: the
+//! healthy target with the lowest address in this bastion's subnet (all of them compute the
+//! same from the same report); one that is not in the subnet, or not the lowest, leaves it.
 
 use std::collections::HashMap;
+use std::net::Ipv4Addr;
 use std::time::Duration;
+
+use ip_network::Ipv4Network;
 
 /// How long a bastion waits before it acts again on a target it acted on.
 pub const ACT_AGAIN_AFTER: Duration = Duration::from_secs(30);
@@ -45,6 +56,17 @@ pub enum Action {
     Deregister { id: String, port: Option<u16> },
     /// SetInstanceHealth Unhealthy: Auto Scaling replaces it now.
     MarkUnhealthy { instance_id: String },
+    /// Move the dead target's address to this bastion (same subnet, ip targets).
+    TakeOver { address: Ipv4Addr },
+}
+
+/// What a bastion may do besides deregistering, from its config and IMDS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Rules {
+    /// Mark a dead instance target unhealthy in its Auto Scaling group.
+    pub mark_unhealthy: bool,
+    /// This bastion's subnet, when it takes over dead siblings' addresses in it.
+    pub take_over_in: Option<Ipv4Network>,
 }
 
 /// Why nothing is done this round (for a log line when it changes).
@@ -74,8 +96,8 @@ pub struct Planner {
 
 impl Planner {
     /// What to do, given the group's targets, the ids that are this bastion (its instance id
-    /// and its private addresses), whether to mark instances unhealthy, and the time.
-    pub fn decide(&mut self, targets: &[Target], me: &[String], mark_unhealthy: bool, now: Duration) -> Decision {
+    /// and its private addresses), what it may do, and the time.
+    pub fn decide(&mut self, targets: &[Target], me: &[String], rules: Rules, now: Duration) -> Decision {
         let is_me = |t: &Target| me.iter().any(|m| m == &t.id);
         let standing = match targets.iter().find(|t| is_me(t)) {
             None => Standing::NotATarget,
@@ -96,13 +118,40 @@ impl Planner {
                 continue;
             }
             self.acted.insert(t.id.clone(), now);
+            if let Some(address) = rules.take_over_in.and_then(|subnet| takes_over(targets, me, subnet, t)) {
+                actions.push(Action::TakeOver { address });
+            }
             actions.push(Action::Deregister { id: t.id.clone(), port: t.port });
-            if mark_unhealthy && t.id.starts_with("i-") {
+            if rules.mark_unhealthy && t.id.starts_with("i-") {
                 actions.push(Action::MarkUnhealthy { instance_id: t.id.clone() });
             }
         }
         Decision { standing, actions }
     }
+}
+
+/// How long a taken-over address stays after its last datagram: longer than the load
+/// balancer keeps an idle UDP flow (120 s), so no flow to it is left when it is given back.
+pub const GIVE_BACK_AFTER: Duration = Duration::from_secs(150);
+
+/// Whether to give a taken-over address back to the subnet: nothing came to it for
+/// [`GIVE_BACK_AFTER`] (`last_heard`: how long ago a peer's datagram last arrived there, `None`
+/// when none ever did since it was `taken` that long ago).
+pub fn give_back(taken: Duration, last_heard: Option<Duration>) -> bool {
+    last_heard.unwrap_or(taken).min(taken) >= GIVE_BACK_AFTER
+}
+
+/// The address of `dead` when this bastion is the one to take it over: it is an address of
+/// `subnet`, and of the healthy targets in `subnet` this bastion has the lowest address.
+fn takes_over(targets: &[Target], me: &[String], subnet: Ipv4Network, dead: &Target) -> Option<Ipv4Addr> {
+    let in_subnet = |t: &Target| t.id.parse::<Ipv4Addr>().ok().filter(|a| subnet.contains(*a));
+    let address = in_subnet(dead)?;
+    let lowest = targets
+        .iter()
+        .filter(|t| t.state == "healthy")
+        .filter_map(|t| in_subnet(t).map(|a| (a, t)))
+        .min_by_key(|(a, _)| *a)?;
+    me.iter().any(|m| m == &lowest.1.id).then_some(address)
 }
 
 #[cfg(test)]
@@ -123,6 +172,8 @@ mod tests {
         Duration::from_secs(n)
     }
 
+    const MARK: Rules = Rules { mark_unhealthy: true, take_over_in: None };
+
     fn me() -> Vec<String> {
         vec!["i-a".to_string(), "10.0.1.1".to_string()]
     }
@@ -130,7 +181,7 @@ mod tests {
     #[test]
     fn a_healthy_bastion_takes_out_a_sibling_the_load_balancer_reports_unhealthy() {
         let mut p = Planner::default();
-        let d = p.decide(&[t("i-a", "healthy"), t("i-b", "unhealthy"), t("i-c", "healthy")], &me(), true, s(0));
+        let d = p.decide(&[t("i-a", "healthy"), t("i-b", "unhealthy"), t("i-c", "healthy")], &me(), MARK, s(0));
         assert_eq!(d.standing, Standing::Healthy);
         assert_eq!(
             d.actions,
@@ -140,9 +191,9 @@ mod tests {
             ]
         );
         // An ip target has no instance to mark; nor does anything get marked when told not to.
-        let d = Planner::default().decide(&[t("10.0.1.1", "healthy"), t("10.0.1.2", "unhealthy")], &me(), true, s(0));
+        let d = Planner::default().decide(&[t("10.0.1.1", "healthy"), t("10.0.1.2", "unhealthy")], &me(), MARK, s(0));
         assert_eq!(d.actions, vec![Action::Deregister { id: "10.0.1.2".into(), port: Some(51820) }]);
-        let d = Planner::default().decide(&[t("i-a", "healthy"), t("i-b", "unhealthy")], &me(), false, s(0));
+        let d = Planner::default().decide(&[t("i-a", "healthy"), t("i-b", "unhealthy")], &me(), Rules::default(), s(0));
         assert_eq!(d.actions, vec![Action::Deregister { id: "i-b".into(), port: Some(51820) }]);
     }
 
@@ -154,12 +205,12 @@ mod tests {
             (&[Target { id: "i-z".into(), ..t("i-b", "unhealthy") }], Standing::NotATarget),
         ];
         for (targets, standing) in cases {
-            let d = Planner::default().decide(targets, &me(), true, s(0));
+            let d = Planner::default().decide(targets, &me(), MARK, s(0));
             assert_eq!(&d.standing, standing);
             assert!(d.actions.is_empty());
         }
         for mine in ["unhealthy", "initial", "draining", "unavailable", "unused"] {
-            let d = Planner::default().decide(&[t("i-a", mine), t("i-b", "unhealthy")], &me(), true, s(0));
+            let d = Planner::default().decide(&[t("i-a", mine), t("i-b", "unhealthy")], &me(), MARK, s(0));
             assert_eq!(d.standing, Standing::NotHealthy(mine.into()));
             assert!(d.actions.is_empty(), "{mine}: {:?}", d.actions);
         }
@@ -173,19 +224,74 @@ mod tests {
         ];
         let mut all = vec![t("i-a", "healthy")];
         all.extend(others.iter().cloned());
-        assert!(Planner::default().decide(&all, &me(), true, s(0)).actions.is_empty());
+        assert!(Planner::default().decide(&all, &me(), MARK, s(0)).actions.is_empty());
     }
 
     #[test]
     fn acts_once_then_again_only_if_the_target_is_still_reported_unhealthy_later() {
         let mut p = Planner::default();
         let group = [t("i-a", "healthy"), t("i-b", "unhealthy")];
-        assert_eq!(p.decide(&group, &me(), true, s(0)).actions.len(), 2);
-        assert!(p.decide(&group, &me(), true, s(2)).actions.is_empty(), "no second call 2 s later");
-        assert!(p.decide(&group, &me(), true, s(29)).actions.is_empty());
-        assert_eq!(p.decide(&group, &me(), true, s(30)).actions.len(), 2, "still reported unhealthy: again");
+        assert_eq!(p.decide(&group, &me(), MARK, s(0)).actions.len(), 2);
+        assert!(p.decide(&group, &me(), MARK, s(2)).actions.is_empty(), "no second call 2 s later");
+        assert!(p.decide(&group, &me(), MARK, s(29)).actions.is_empty());
+        assert_eq!(p.decide(&group, &me(), MARK, s(30)).actions.len(), 2, "still reported unhealthy: again");
         // Gone (deregistered), then back and failing again: acted on at once.
-        assert!(p.decide(&[t("i-a", "healthy")], &me(), true, s(31)).actions.is_empty());
-        assert_eq!(p.decide(&group, &me(), true, s(32)).actions.len(), 2);
+        assert!(p.decide(&[t("i-a", "healthy")], &me(), MARK, s(31)).actions.is_empty());
+        assert_eq!(p.decide(&group, &me(), MARK, s(32)).actions.len(), 2);
+    }
+
+    #[test]
+    fn a_taken_address_is_given_back_once_nothing_came_to_it_for_longer_than_a_flow_lives() {
+        assert!(!give_back(s(10), None), "just taken");
+        assert!(!give_back(s(200), Some(s(5))), "still in use");
+        assert!(!give_back(s(200), Some(s(149))));
+        assert!(give_back(s(200), Some(s(150))));
+        assert!(give_back(s(150), None), "nobody came");
+        assert!(!give_back(s(100), Some(s(400))), "heard before it was taken: counts from the takeover");
+    }
+
+    fn take_over(subnet: &str) -> Rules {
+        Rules { mark_unhealthy: true, take_over_in: Some(subnet.parse().unwrap()) }
+    }
+
+    #[test]
+    fn the_lowest_healthy_address_of_the_subnet_takes_a_dead_siblings_address_over() {
+        let me = vec!["i-a".to_string(), "10.0.1.5".to_string()];
+        let group = [t("10.0.1.5", "healthy"), t("10.0.1.9", "unhealthy"), t("10.0.2.3", "healthy")];
+        let d = Planner::default().decide(&group, &me, take_over("10.0.1.0/24"), s(0));
+        assert_eq!(
+            d.actions,
+            vec![
+                Action::TakeOver { address: "10.0.1.9".parse().unwrap() },
+                Action::Deregister { id: "10.0.1.9".into(), port: Some(51820) }
+            ],
+            "taken over, and deregistered (new flows go elsewhere; the old ones reach it here)"
+        );
+        // A lower healthy address in the subnet does it, not this one; deregistering stays.
+        let lower = [t("10.0.1.5", "healthy"), t("10.0.1.2", "healthy"), t("10.0.1.9", "unhealthy")];
+        let d = Planner::default().decide(&lower, &me, take_over("10.0.1.0/24"), s(0));
+        assert_eq!(d.actions, vec![Action::Deregister { id: "10.0.1.9".into(), port: Some(51820) }]);
+        // A lower address that is not healthy does not count.
+        let lower_dead = [t("10.0.1.5", "healthy"), t("10.0.1.2", "unhealthy"), t("10.0.1.9", "unhealthy")];
+        let d = Planner::default().decide(&lower_dead, &me, take_over("10.0.1.0/24"), s(0));
+        assert_eq!(d.actions.iter().filter(|a| matches!(a, Action::TakeOver { .. })).count(), 2);
+        // Another subnet's address, an instance target, or takeover off: deregistration only.
+        for (group, rules) in [
+            (vec![t("10.0.1.5", "healthy"), t("10.0.2.9", "unhealthy")], take_over("10.0.1.0/24")),
+            (vec![t("10.0.1.5", "healthy"), t("i-b", "unhealthy")], take_over("10.0.1.0/24")),
+            (vec![t("10.0.1.5", "healthy"), t("10.0.1.9", "unhealthy")], MARK),
+        ] {
+            let d = Planner::default().decide(&group, &me, rules, s(0));
+            assert!(!d.actions.iter().any(|a| matches!(a, Action::TakeOver { .. })), "{group:?}: {:?}", d.actions);
+            assert!(!d.actions.is_empty());
+        }
+        // Not healthy itself: nothing at all, as ever.
+        let d = Planner::default().decide(
+            &[t("10.0.1.5", "unhealthy"), t("10.0.1.9", "unhealthy")],
+            &me,
+            take_over("10.0.1.0/24"),
+            s(0),
+        );
+        assert!(d.actions.is_empty());
     }
 }

@@ -36,6 +36,11 @@ pub struct StatusReport {
 pub struct Siblings {
     pub deregistered: u64,
     pub marked_unhealthy: u64,
+    /// Dead siblings' addresses this bastion took over, and gave back.
+    #[serde(default)]
+    pub taken_over: u64,
+    #[serde(default)]
+    pub given_back: u64,
     /// Rounds whose AWS calls failed.
     pub failures: u64,
 }
@@ -184,8 +189,9 @@ pub fn render_text(r: &StatusReport) -> String {
     if let Some(s) = &r.siblings {
         let _ = writeln!(
             text,
-            "siblings: deregistered {} dead target(s), marked {} instance(s) unhealthy, {} failed round(s)",
-            s.deregistered, s.marked_unhealthy, s.failures
+            "siblings: deregistered {} dead target(s), marked {} instance(s) unhealthy, took over {} address(es) \
+             (gave back {}), {} failed round(s)",
+            s.deregistered, s.marked_unhealthy, s.taken_over, s.given_back, s.failures
         );
     }
     let _ = writeln!(

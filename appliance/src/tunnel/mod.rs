@@ -341,6 +341,19 @@ impl DataPlane {
             .collect()
     }
 
+    /// How long ago an authenticated datagram last came to the local address `local`, over
+    /// the peers whose latest datagrams arrive there; `None` when no peer's do.
+    pub fn last_heard_on(&self, local: std::net::Ipv4Addr) -> Option<Duration> {
+        let now = self.shared.now_ms();
+        let peers = self.shared.peers.load();
+        let heard = peers
+            .iter()
+            .filter(|peer| peer.path().and_then(|p| p.local) == Some(local))
+            .map(|peer| peer.last_authenticated_ms.load(Ordering::Relaxed))
+            .max()?;
+        Some(Duration::from_millis(now.saturating_sub(heard)))
+    }
+
     pub fn counters(&self) -> &Counters {
         &self.shared.counters
     }
