@@ -10,6 +10,8 @@
   GET /latest/meta-data/placement/region                  (with --region)
   GET /latest/meta-data/autoscaling/target-lifecycle-state (with --lifecycle-file)
   GET /latest/meta-data/instance-id, /latest/meta-data/local-ipv4 (with --instance-id, --local-ipv4)
+  GET /latest/meta-data/mac, .../network/interfaces/macs/MAC/interface-id and
+      .../subnet-ipv4-cidr-block                            (with --mac, --interface-id, --subnet-cidr)
 
 Like EC2's IMDS, a PUT carrying X-Forwarded-For is refused (403) and a PUT without a valid TTL
 gets 400. Every request is logged as one JSON line to --log (method, path, whether a token header
@@ -124,6 +126,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
                     self.record(200)
                     return self.answer(200, state.encode())
             fixed = {"/latest/meta-data/instance-id": args.instance_id, "/latest/meta-data/local-ipv4": args.local_ipv4}
+            if args.mac:
+                interface = "/latest/meta-data/network/interfaces/macs/%s/" % args.mac
+                fixed["/latest/meta-data/mac"] = args.mac
+                fixed[interface + "interface-id"] = args.interface_id
+                fixed[interface + "subnet-ipv4-cidr-block"] = args.subnet_cidr
+                fixed[interface + "local-ipv4s"] = "\n".join((args.local_ipv4s or args.local_ipv4 or "").split(","))
             if fixed.get(self.path):
                 self.record(200)
                 return self.answer(200, fixed[self.path].encode())
@@ -213,6 +221,10 @@ def main():
     p.add_argument("--region", help="placement/region (none: 404)")
     p.add_argument("--instance-id", help="meta-data/instance-id (none: 404)")
     p.add_argument("--local-ipv4", help="meta-data/local-ipv4 (none: 404)")
+    p.add_argument("--mac", help="meta-data/mac, and the interface's entries below (none: 404)")
+    p.add_argument("--interface-id", help="network/interfaces/macs/MAC/interface-id")
+    p.add_argument("--subnet-cidr", help="network/interfaces/macs/MAC/subnet-ipv4-cidr-block")
+    p.add_argument("--local-ipv4s", help="network/interfaces/macs/MAC/local-ipv4s, comma-separated (default: --local-ipv4)")
     p.add_argument("--lifecycle-file", help="autoscaling/target-lifecycle-state: the file's text, read per request (no file: 404)")
     args = p.parse_args()
     server = http.server.ThreadingHTTPServer((args.bind, args.port), Handler)

@@ -52,6 +52,13 @@ pub const TARGETS: [Target; 2] = [
     Target { address: Ipv4Addr::new(198, 51, 100, 12), private_v4: Ipv4Addr::new(10, 0, 1, 2) },
 ];
 
+/// With ip targets: each bastion's target address, a secondary address of its link on the
+/// targets' segment (on EC2 an interface's primary address cannot move to another; a secondary
+/// one can, which is what an address takeover needs).
+pub const IP_TARGETS: [Ipv4Addr; 2] = [Ipv4Addr::new(198, 51, 100, 21), Ipv4Addr::new(198, 51, 100, 22)];
+/// The targets' segment, as the subnet IMDS names.
+pub const TARGET_SUBNET: &str = "198.51.100.0/24";
+
 pub struct Cluster {
     // Drop order: the load balancer and bastion B first, then the topology (bastion A, the
     // clients, the private hosts, the bridges and the scratch folder).
@@ -121,7 +128,19 @@ impl Cluster {
     /// zone `zones[i]`.
     pub fn start_nlb(&self, params: NlbParams, zones: &[usize]) -> Nlb {
         let addresses: Vec<Ipv4Addr> = TARGETS.iter().map(|t| t.address).collect();
-        Nlb::start(&self.lb, VIP, &addresses, HEALTH_PORT, zones, params)
+        self.start_nlb_at(&addresses, params, zones)
+    }
+
+    /// The same with the targets at `addresses` (e.g. [`IP_TARGETS`]).
+    pub fn start_nlb_at(&self, addresses: &[Ipv4Addr], params: NlbParams, zones: &[usize]) -> Nlb {
+        Nlb::start(&self.lb, VIP, addresses, HEALTH_PORT, zones, params)
+    }
+
+    /// Gives each bastion its ip target address ([`IP_TARGETS`]) beside its own.
+    pub fn add_ip_targets(&self) {
+        for (i, address) in IP_TARGETS.iter().enumerate() {
+            link::add_address(self.bastion_ns(i), "pub0", &format!("{address}/24"));
+        }
     }
 
     /// Bastion `i`'s namespace: 0 is A (the topology's), 1 is B.

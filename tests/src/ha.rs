@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use crate::baseline::WireguardGoBastion;
 use crate::bastion::{Bastion, BastionSetup};
-use crate::cluster::{Cluster, HEALTH_PORT};
+use crate::cluster::{Cluster, HEALTH_PORT, IP_TARGETS, TARGET_SUBNET};
 use crate::imds::{ImdsEmulator, ImdsMode};
-use crate::nlb::{ApiSetup, Nlb, NlbParams};
+use crate::nlb::{ApiSetup, NetworkInterface, Nlb, NlbParams};
 use crate::process::Process;
 use crate::{HttpServer, WgInterface};
 
@@ -49,6 +49,9 @@ pub struct HaOptions {
     /// Our bastions act on dead siblings (`[siblings]`): the load balancer answers the AWS
     /// calls ([`crate::nlb::api`]) and each bastion's IMDS says which target it is.
     pub siblings: bool,
+    /// With `siblings`: ip targets (each bastion's secondary address, [`IP_TARGETS`]) and
+    /// `[siblings] take_over_addresses`; the API emulator answers EC2's address calls too.
+    pub take_over: bool,
 }
 
 impl HaOptions {
@@ -62,6 +65,7 @@ impl HaOptions {
             drain_seconds: 3,
             imds_lifecycle: false,
             siblings: false,
+            take_over: false,
         }
     }
 }
@@ -75,6 +79,11 @@ pub const API_PORT: u16 = 4566;
 /// Target i's instance id (the id it is registered with).
 pub fn instance_id(i: usize) -> String {
     format!("i-{:017x}", 0xba5_7100 + i)
+}
+
+/// Target i's network interface id (the one IMDS and the EC2 emulator name).
+pub fn interface_id(i: usize) -> String {
+    format!("eni-{:017x}", 0xe11_0000 + i)
 }
 
 /// Where a bastion's IMDS emulator listens, inside the bastion's own namespace.
@@ -99,29 +108,52 @@ impl HaBed {
     /// Builds the cluster (one client, one private host), starts both bastions, the load
     /// balancer, and waits until it finds both healthy; then the client tunnel (and watch).
     pub fn start(options: &HaOptions) -> HaBed {
+        assert!(options.siblings || !options.take_over, "take_over needs siblings");
         let cluster = Cluster::build(1, 1);
+        if options.take_over {
+            cluster.add_ip_targets();
+        }
+        let macs: Vec<String> = (0..2).map(|i| crate::link::mac(cluster.bastion_ns(i), "pub0")).collect();
         let imds: Vec<ImdsEmulator> = if options.imds_lifecycle || options.siblings {
             (0..2)
                 .map(|i| {
                     let file = cluster.topo.dir.path().join(format!("lifecycle-{i}"));
                     let id = instance_id(i);
                     let address = crate::cluster::TARGETS[i].address.to_string();
+                    let mut args: Vec<String> = [
+                        "--lifecycle-file",
+                        file.to_str().expect("UTF-8 path"),
+                        "--instance-id",
+                        &id,
+                        "--local-ipv4",
+                        &address,
+                        "--role",
+                        "bastion",
+                    ]
+                    .map(String::from)
+                    .to_vec();
+                    if options.take_over {
+                        let addresses = format!("{address},{}", IP_TARGETS[i]);
+                        let interface = [
+                            "--mac",
+                            &macs[i],
+                            "--interface-id",
+                            &interface_id(i),
+                            "--subnet-cidr",
+                            TARGET_SUBNET,
+                            "--local-ipv4s",
+                            &addresses,
+                        ];
+                        args.extend(interface.map(String::from));
+                    }
+                    let args: Vec<&str> = args.iter().map(String::as_str).collect();
                     ImdsEmulator::start_with(
                         cluster.bastion_ns(i),
                         SocketAddr::from(LIFECYCLE_IMDS),
                         None,
                         ImdsMode::Normal,
                         &cluster.topo.dir,
-                        &[
-                            "--lifecycle-file",
-                            file.to_str().expect("UTF-8 path"),
-                            "--instance-id",
-                            &id,
-                            "--local-ipv4",
-                            &address,
-                            "--role",
-                            "bastion",
-                        ],
+                        &args,
                     )
                 })
                 .collect()
@@ -146,8 +178,9 @@ impl HaBed {
                         let extra_toml = if options.siblings {
                             format!(
                                 "[aws]\nendpoint_url = \"http://{}:{API_PORT}\"\n\n\
-                                 [siblings]\ntarget_group_arn = \"{TARGET_GROUP_ARN}\"\n",
-                                crate::cluster::LB_TARGET_SIDE
+                                 [siblings]\ntarget_group_arn = \"{TARGET_GROUP_ARN}\"\ntake_over_addresses = {}\n",
+                                crate::cluster::LB_TARGET_SIDE,
+                                options.take_over
                             )
                         } else {
                             String::new()
@@ -170,14 +203,32 @@ impl HaBed {
                 }
             })
             .collect();
-        let mut nlb = cluster.start_nlb(options.nlb, &[0, 1]);
+        let mut nlb = if options.take_over {
+            cluster.start_nlb_at(&IP_TARGETS, options.nlb, &[0, 1])
+        } else {
+            cluster.start_nlb(options.nlb, &[0, 1])
+        };
         if options.siblings {
+            let (ids, interfaces) = if options.take_over {
+                let interfaces = (0..2)
+                    .map(|i| NetworkInterface {
+                        id: interface_id(i),
+                        mac: macs[i].clone(),
+                        primary: crate::cluster::TARGETS[i].address,
+                        secondary: vec![IP_TARGETS[i]],
+                    })
+                    .collect();
+                (IP_TARGETS.iter().map(|a| a.to_string()).collect(), interfaces)
+            } else {
+                ((0..2).map(instance_id).collect(), Vec::new())
+            };
             nlb.serve_api(
                 SocketAddr::from((crate::cluster::LB_TARGET_SIDE, API_PORT)),
                 ApiSetup {
                     target_group_arn: TARGET_GROUP_ARN.into(),
-                    ids: (0..2).map(instance_id).collect(),
+                    ids,
                     port: crate::topology::LISTEN_PORT,
+                    interfaces,
                 },
             );
         }
@@ -252,7 +303,8 @@ impl HaBed {
     pub fn partition_bastions(&self) {
         for i in 0..2 {
             let other = 1 - i;
-            let other_addresses = [crate::cluster::TARGETS[other].address, crate::cluster::TARGETS[other].private_v4];
+            let t = crate::cluster::TARGETS[other];
+            let other_addresses = [t.address, t.private_v4, IP_TARGETS[other]];
             let set: Vec<String> = other_addresses.iter().map(|a| a.to_string()).collect();
             let script = format!(
                 "table ip partition {{\n chain input {{ type filter hook input priority -10; ip saddr {{ {0} }} drop; }}\n \

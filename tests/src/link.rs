@@ -64,3 +64,10 @@ pub fn add_route(ns: &Netns, destination: &str, via: Option<&str>, dev: &str) {
     argv.extend(["dev", dev]);
     ns.run(&argv);
 }
+
+/// The hardware address of `dev` in `ns` (`aa:bb:cc:dd:ee:ff`).
+pub fn mac(ns: &Netns, dev: &str) -> String {
+    let shown = ns.run(&["ip", "-o", "link", "show", "dev", dev]);
+    let mut words = shown.split_whitespace().skip_while(|w| *w != "link/ether");
+    words.nth(1).unwrap_or_else(|| panic!("no link/ether address for {dev}: {shown}")).to_string()
+}

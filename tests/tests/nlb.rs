@@ -36,6 +36,7 @@ fn options(watch: bool, drain_seconds: u32) -> HaOptions {
         drain_seconds,
         imds_lifecycle: false,
         siblings: false,
+        take_over: false,
     }
 }
 

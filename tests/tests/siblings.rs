@@ -3,8 +3,10 @@
 //! loses them at the end of the deregistration delay): with `[siblings]` the surviving bastion
 //! deregisters the dead one, which the load balancer reports unhealthy, and marks its instance
 //! unhealthy; the client's next packet is a new flow, on the survivor, which starts the
-//! handshake. Without it the client stays stranded. A partition between the bastions makes
-//! nobody act.
+//! handshake. Without it the client stays stranded. Under the seed article's model (a
+//! deregistered target keeps a busy flow until it idles 30 s) deregistration frees nobody who
+//! keeps talking; with ip targets the survivor in the dead target's subnet takes its address
+//! over, and the kept flow reaches it. A partition between the bastions makes nobody act.
 //!
 //! Fast health checks (1 s, thresholds 2) and a 2 s deregistration delay keep the tests short;
 //! `make bench-failover` measures with AWS's fastest checks. The tests assert what happens, and
@@ -13,7 +15,7 @@
 use std::time::{Duration, Instant};
 
 use bastion_tests::bastion;
-use bastion_tests::cluster::TARGETS;
+use bastion_tests::cluster::{IP_TARGETS, TARGETS};
 use bastion_tests::ha::{instance_id, CrashUnderLoad, HaBed, HaOptions};
 use bastion_tests::nlb::{FlowPolicy, NlbParams};
 use bastion_tests::ping;
@@ -28,6 +30,12 @@ fn documented(siblings: bool) -> HaOptions {
         ..NlbParams::default()
     };
     HaOptions { siblings, ..HaOptions::ours(&bastion::binary(), nlb) }
+}
+
+/// The seed article's model (kept until idle 30 s, moved after 90 s), ip targets taken over.
+fn article_with_takeover() -> HaOptions {
+    let base = documented(true);
+    HaOptions { take_over: true, nlb: NlbParams { flows: FlowPolicy::ARTICLE, ..base.nlb }, ..base }
 }
 
 fn wall_clock() -> f64 {
@@ -110,8 +118,57 @@ fn without_siblings_a_stock_client_stays_stranded_under_the_documented_model() {
 
 #[test]
 #[ignore = "needs root, network namespaces and the binaries under test: `make integration-test` runs it"]
+fn under_the_articles_model_the_survivor_takes_the_dead_address_over_and_a_stock_client_recovers() {
+    let bed = HaBed::start(&article_with_takeover());
+    let CrashUnderLoad { pinger, dead, killed_at, detected } = bed.crash_under_load(600);
+    let detected_at = wall_clock() - detected.elapsed().as_secs_f64();
+    let reply = wait_until("a reply after the crash", Duration::from_secs(30), || {
+        ping::parse(&pinger.log(), 0).first_reply_after(killed_at + 0.5).ok_or_else(|| bed.nlb.report())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", bed.report()));
+    // The load balancer kept the flow on the dead target's address (the article's model); the
+    // survivor answers on it.
+    assert_eq!(bed.serving_target(), Some(dead), "{}", bed.nlb.report());
+    let survivor = std::net::IpAddr::V4(TARGETS[1 - dead].address);
+    let calls = bed.nlb.api_calls();
+    let acted: Vec<_> = calls.iter().filter(|c| c.action != "DescribeTargetHealth").collect();
+    let taken = acted
+        .iter()
+        .find(|c| c.action == "AssignPrivateIpAddresses" && c.id == IP_TARGETS[dead].to_string() && c.status == 200)
+        .unwrap_or_else(|| panic!("no takeover: {acted:#?}\n{}", bed.report()));
+    assert!(acted.iter().any(|c| c.action == "DeregisterTargets" && c.id == IP_TARGETS[dead].to_string()));
+    assert!(acted.iter().all(|c| c.from == survivor && c.status == 200), "{acted:#?}");
+    let survivor_bastion = match &bed.bastions[1 - dead] {
+        bastion_tests::ha::HaBastion::Ours(b) => b,
+        _ => unreachable!(),
+    };
+    let log = survivor_bastion.process.log();
+    assert!(log.contains(&format!("siblings: took over address {}", IP_TARGETS[dead])), "{log}");
+    assert!(
+        log.lines().any(|l| l.contains("bastion: audit {") && l.contains(r#""action":"took_over_address""#)),
+        "no audit record of the takeover:\n{log}"
+    );
+    let status = survivor_bastion.status_json().unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(status["siblings"]["taken_over"], 1, "{status}");
+    // The client still talks to the load balancer's address: the survivor's answers left from
+    // the address the flow came to, or the load balancer would not have passed them back.
+    let tunnel = bed.tunnel.name();
+    let endpoints = bed.cluster.topo.clients[0].ns.run(&["wg", "show", tunnel, "endpoints"]);
+    assert!(endpoints.contains(&bed.cluster.topo.endpoint_v4().to_string()), "{endpoints}");
+    eprintln!(
+        "FIGURE stock client, crash, article model, ip targets (checks 1 s x2): detection {:.2} s after the kill, \
+         takeover {:.2} s after detection, first reply {:.2} s after detection",
+        detected_at - killed_at,
+        taken.at.duration_since(detected).as_secs_f64(),
+        reply.at - detected_at
+    );
+}
+
+#[test]
+#[ignore = "needs root, network namespaces and the binaries under test: `make integration-test` runs it"]
 fn a_partition_between_bastions_makes_nobody_act() {
-    let bed = HaBed::start(&documented(true));
+    // ip targets with takeover on: neither a deregistration nor a takeover may come of it.
+    let bed = HaBed::start(&HaOptions { take_over: true, ..documented(true) });
     bed.partition_bastions();
     // Proof the partition holds: bastion 0 cannot reach bastion 1's health port.
     let target = std::net::SocketAddr::from((TARGETS[1].address, bastion_tests::cluster::HEALTH_PORT));
@@ -125,6 +182,15 @@ fn a_partition_between_bastions_makes_nobody_act() {
     assert!(acted.is_empty(), "a partition made a bastion act: {acted:#?}\n{}", bed.report());
     for (i, t) in TARGETS.iter().enumerate() {
         let polls = calls.iter().filter(|c| c.from == std::net::IpAddr::V4(t.address) && c.at >= since).count();
+        let log = match &bed.bastions[i] {
+            bastion_tests::ha::HaBastion::Ours(b) => b.process.log(),
+            _ => unreachable!(),
+        };
+        assert!(
+            log.contains("siblings: the load balancer reports this bastion healthy: acting on dead siblings"),
+            "bastion {i} never stood as a healthy target (then nothing would act anyway):\n{log}"
+        );
+        assert!(log.contains("are taken over on eni-"), "bastion {i} takeover not set up:\n{log}");
         assert!(polls >= 3, "bastion {i} polled {polls} times in {window:?}: is it watching?\n{}", bed.report());
         assert!(polls <= 7, "bastion {i} made {polls} calls in {window:?}: more than one per 2 s");
         eprintln!("FIGURE steady state: bastion {i} made {polls} DescribeTargetHealth calls in {} s", window.as_secs());

@@ -156,6 +156,19 @@ impl Identity {
         let cidr = need(&format!("meta-data/network/interfaces/macs/{mac}/subnet-ipv4-cidr-block"))?;
         let subnet: Ipv4Network =
             cidr.parse().map_err(|_| format!("IMDS gives {cidr:?} as the subnet (expected a.b.c.d/n)"))?;
+        // Its ip target may be any of the interface's addresses (a secondary one, to be movable).
+        let mut ids = ids;
+        let addresses = imds
+            .get(&format!("meta-data/network/interfaces/macs/{mac}/local-ipv4s"))
+            .map_err(|e| format!("IMDS local-ipv4s: {e}"))?;
+        for address in addresses.lines().map(str::trim).filter(|a| !a.is_empty()) {
+            if address.parse::<Ipv4Addr>().is_err() {
+                return Err(format!("IMDS local-ipv4s holds {address:?}, not an IPv4 address"));
+            }
+            if !ids.iter().any(|id| id == address) {
+                ids.push(address.to_string());
+            }
+        }
         let link = crate::netlink::route::link_with_address(IpAddr::V4(local))
             .map_err(|e| e.to_string())?
             .ok_or_else(|| format!("no link here holds this bastion's address {local}"))?;

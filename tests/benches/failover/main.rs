@@ -5,8 +5,9 @@
 //! - `watch`: {flush LB, sticky NLB} × {stock client, client with `bastion watch`} ×
 //!   {wireguard-go bastions, our bastions};
 //! - `stock`: stock clients only, {`docs` model, `article` model} × {our bastions with
-//!   `[siblings]`, ours without, wireguard-go}, crash (kill -9); and a planned scale-in under
-//!   each model (deregistration, the delay, then SIGTERM), counting the lost requests.
+//!   `[siblings]` and ip targets taken over, with `[siblings]` (instance targets), ours
+//!   without, wireguard-go}, crash (kill -9); and a planned scale-in under each model
+//!   (deregistration, the delay, then SIGTERM), counting the lost requests.
 //!
 //! One table (markdown and JSON) and a plot of the active client's replies around the failure
 //! (SVG), all from the same run.
@@ -37,13 +38,16 @@ struct Case {
     bastions: BastionKind,
     /// Our bastions act on dead siblings (`[siblings]`).
     siblings: bool,
+    /// ... with ip targets and address takeover (`take_over_addresses`).
+    take_over: bool,
 }
 
 impl Case {
     fn bastions_name(&self) -> &'static str {
-        match (&self.bastions, self.siblings) {
-            (BastionKind::Ours(_), true) => "ours + siblings",
-            (b, _) => b.name(),
+        match (&self.bastions, self.siblings, self.take_over) {
+            (BastionKind::Ours(_), true, true) => "ours + siblings + takeover (ip targets)",
+            (BastionKind::Ours(_), true, false) => "ours + siblings",
+            (b, _, _) => b.name(),
         }
     }
 
@@ -104,6 +108,7 @@ fn options(case: &Case, settings: &Settings, binary: &std::path::Path, keepalive
         drain_seconds: 3,
         imds_lifecycle: false,
         siblings: case.siblings,
+        take_over: case.take_over,
     }
 }
 
@@ -249,8 +254,13 @@ fn main() {
     bastion_tests::require_root_and_tools();
     let binary = bastion_tests::bastion::binary();
     if settings.demo {
-        let case =
-            Case { lb: settings.demo_lb, watch: true, bastions: BastionKind::Ours(binary.clone()), siblings: false };
+        let case = Case {
+            lb: settings.demo_lb,
+            watch: true,
+            bastions: BastionKind::Ours(binary.clone()),
+            siblings: false,
+            take_over: false,
+        };
         eprintln!(
             "demo: {} — health checks every {} s, {} to change; a request every 100 ms",
             case.label(),
@@ -272,7 +282,7 @@ fn main() {
         for lb in [FlowPolicy::Flush, FlowPolicy::STICKY] {
             for watch in [false, true] {
                 for bastions in [BastionKind::WireguardGo, ours.clone()] {
-                    cases.push(Case { lb, watch, bastions, siblings: false });
+                    cases.push(Case { lb, watch, bastions, siblings: false, take_over: false });
                 }
             }
         }
@@ -280,9 +290,17 @@ fn main() {
     let mut stock = Vec::new();
     if settings.suite != "watch" {
         for lb in [FlowPolicy::Documented, FlowPolicy::ARTICLE] {
-            stock.push(Case { lb, watch: false, bastions: ours.clone(), siblings: true });
-            stock.push(Case { lb, watch: false, bastions: ours.clone(), siblings: false });
-            stock.push(Case { lb, watch: false, bastions: BastionKind::WireguardGo, siblings: false });
+            let case = |bastions: &BastionKind, siblings, take_over| Case {
+                lb,
+                watch: false,
+                bastions: bastions.clone(),
+                siblings,
+                take_over,
+            };
+            stock.push(case(&ours, true, true));
+            stock.push(case(&ours, true, false));
+            stock.push(case(&ours, false, false));
+            stock.push(case(&BastionKind::WireguardGo, false, false));
         }
         cases.extend(stock.iter().cloned());
     }

@@ -1,17 +1,24 @@
 //! The AWS APIs the bastions call about their siblings, answered from the load balancer model:
 //! ELBv2 `DescribeTargetHealth`, `DeregisterTargets`, `RegisterTargets` and Auto Scaling
 //! `SetInstanceHealth`, in the Query protocol (form body, XML answer), on an address of the
-//! load balancer's namespace that the bastions reach as `[aws] endpoint_url`.
+//! load balancer's namespace that the bastions reach as `[aws] endpoint_url`; and, with
+//! [`ApiSetup::interfaces`], the "VPC": EC2 `AssignPrivateIpAddresses` (with
+//! `AllowReassignment`) and `UnassignPrivateIpAddresses` move a secondary address between the
+//! bastions' interfaces, and the load balancer's namespace delivers that address's packets to
+//! the interface that holds it (a permanent neighbour entry naming its hardware address, as
+//! the VPC's mapping does; an unassigned address goes nowhere).
 //!
 //! Only the shape AWS documents is accepted: a POST with a SigV4 `Authorization` header and a
 //! known `Action` (anything else is answered with AWS's error XML). Every call is kept with its
 //! time and caller, so tests assert on what the bastions did, and deregistration acts on the
 //! model as the real one would (no new flows; the flows' fate is the model's [`super::FlowPolicy`]).
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::{NlbEventKind, Shared};
@@ -37,9 +44,64 @@ pub struct ApiSetup {
     pub ids: Vec<String>,
     /// The port registered with each target.
     pub port: u16,
+    /// The bastions' network interfaces on the targets' segment, for EC2's address calls
+    /// (empty: EC2 is not answered).
+    pub interfaces: Vec<NetworkInterface>,
+}
+
+/// One bastion's network interface as EC2 knows it.
+#[derive(Clone, Debug)]
+pub struct NetworkInterface {
+    /// `eni-...`
+    pub id: String,
+    /// Its hardware address on the load balancer's bridge.
+    pub mac: String,
+    /// Its primary address (cannot move).
+    pub primary: Ipv4Addr,
+    /// Its secondary addresses at the start (they can).
+    pub secondary: Vec<Ipv4Addr>,
+}
+
+/// Which interface holds each secondary address; the delivery follows it.
+struct Vpc {
+    interfaces: Vec<NetworkInterface>,
+    holder: Mutex<HashMap<Ipv4Addr, Option<usize>>>,
+}
+
+impl Vpc {
+    fn new(shared: &Shared, interfaces: Vec<NetworkInterface>) -> Vpc {
+        let vpc = Vpc { interfaces, holder: Mutex::new(HashMap::new()) };
+        for (i, interface) in vpc.interfaces.iter().enumerate() {
+            for &address in &interface.secondary {
+                vpc.deliver(shared, address, Some(i));
+            }
+        }
+        vpc
+    }
+
+    /// Sends `address`'s packets to interface `to` (`None`: nowhere).
+    fn deliver(&self, shared: &Shared, address: Ipv4Addr, to: Option<usize>) {
+        // A hardware address nobody has: an unassigned address's packets are lost.
+        let mac = to.map_or("02:00:00:00:00:00", |i| self.interfaces[i].mac.as_str());
+        let out = shared.lb.exec(&[
+            "ip",
+            "neigh",
+            "replace",
+            &address.to_string(),
+            "lladdr",
+            mac,
+            "dev",
+            "br0",
+            "nud",
+            "permanent",
+        ]);
+        assert!(out.success(), "VPC delivery of {address}: {out}");
+        self.holder.lock().unwrap().insert(address, to);
+    }
 }
 
 pub(super) fn serve(shared: Arc<Shared>, listen: SocketAddr, setup: ApiSetup) -> std::thread::JoinHandle<()> {
+    let vpc = Arc::new(Vpc::new(&shared, setup.interfaces.clone()));
     let lb = shared.lb.name().to_string();
     let listener = crate::Netns::borrowed(&lb).enter(move || {
         let l = TcpListener::bind(listen).unwrap_or_else(|e| panic!("AWS API emulator on {listen}: {e}"));
@@ -52,8 +114,9 @@ pub(super) fn serve(shared: Arc<Shared>, listen: SocketAddr, setup: ApiSetup) ->
                 Ok((stream, from)) => {
                     let shared = shared.clone();
                     let setup = setup.clone();
+                    let vpc = vpc.clone();
                     std::thread::spawn(move || {
-                        let _ = handle(&shared, &setup, stream, from);
+                        let _ = handle(&shared, &setup, &vpc, stream, from);
                     });
                 }
                 Err(_) => std::thread::sleep(Duration::from_millis(20)),
@@ -62,7 +125,7 @@ pub(super) fn serve(shared: Arc<Shared>, listen: SocketAddr, setup: ApiSetup) ->
     })
 }
 
-fn handle(shared: &Shared, setup: &ApiSetup, stream: TcpStream, from: SocketAddr) -> std::io::Result<()> {
+fn handle(shared: &Shared, setup: &ApiSetup, vpc: &Vpc, stream: TcpStream, from: SocketAddr) -> std::io::Result<()> {
     stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut reader = BufReader::new(stream.try_clone()?);
@@ -96,7 +159,7 @@ fn handle(shared: &Shared, setup: &ApiSetup, stream: TcpStream, from: SocketAddr
         } else if !signed {
             (403, error("MissingAuthenticationToken", "no SigV4 Authorization header"), String::new(), String::new())
         } else {
-            answer(shared, setup, &form)
+            answer(shared, setup, vpc, &form)
         };
         shared.api_calls.lock().unwrap().push(ApiCall { at: Instant::now(), from: from.ip(), action, id, status });
         let reason = if status == 200 { "OK" } else { "Error" };
@@ -143,11 +206,68 @@ fn error(code: &str, message: &str) -> String {
     )
 }
 
+fn ec2_error(code: &str, message: &str) -> String {
+    format!(
+        "<Response><Errors><Error><Code>{code}</Code><Message>{message}</Message></Error></Errors>\
+         <RequestID>emulator</RequestID></Response>"
+    )
+}
+
+/// EC2's address calls: `(status, XML)`.
+fn answer_ec2(shared: &Shared, vpc: &Vpc, action: &str, get: impl Fn(&str) -> Option<String>) -> (u16, String) {
+    let eni = get("NetworkInterfaceId").unwrap_or_default();
+    let Some(interface) = vpc.interfaces.iter().position(|i| i.id == eni) else {
+        return (
+            400,
+            ec2_error("InvalidNetworkInterfaceID.NotFound", &format!("The networkInterface ID '{eni}' does not exist")),
+        );
+    };
+    let Some(address) = get("PrivateIpAddress.1").and_then(|a| a.parse::<Ipv4Addr>().ok()) else {
+        return (400, ec2_error("InvalidParameterValue", "PrivateIpAddress.1 must be an IPv4 address"));
+    };
+    if vpc.interfaces.iter().any(|i| i.primary == address) {
+        return (400, ec2_error("InvalidParameterValue", &format!("{address} is a primary address")));
+    }
+    let holder = vpc.holder.lock().unwrap().get(&address).copied().flatten();
+    let xmlns = "xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\"";
+    if action == "AssignPrivateIpAddresses" {
+        if holder.is_some_and(|h| h != interface) && get("AllowReassignment").as_deref() != Some("true") {
+            return (400, ec2_error("PrivateIpAddressInUse", &format!("{address} is in use")));
+        }
+        vpc.deliver(shared, address, Some(interface));
+        let body = format!(
+            "<AssignPrivateIpAddressesResponse {xmlns}><requestId>emulator</requestId><networkInterfaceId>{eni}\
+             </networkInterfaceId><assignedPrivateIpAddressesSet><item><privateIpAddress>{address}</privateIpAddress>\
+             </item></assignedPrivateIpAddressesSet><return>true</return></AssignPrivateIpAddressesResponse>"
+        );
+        (200, body)
+    } else {
+        if holder != Some(interface) {
+            return (400, ec2_error("InvalidParameterValue", &format!("{address} is not assigned to {eni}")));
+        }
+        vpc.deliver(shared, address, None);
+        let body = format!(
+            "<UnassignPrivateIpAddressesResponse {xmlns}><requestId>emulator</requestId><return>true</return>\
+             </UnassignPrivateIpAddressesResponse>"
+        );
+        (200, body)
+    }
+}
+
 /// `(status, XML, action, id)` for one call.
-fn answer(shared: &Shared, setup: &ApiSetup, form: &[(String, String)]) -> (u16, String, String, String) {
+fn answer(shared: &Shared, setup: &ApiSetup, vpc: &Vpc, form: &[(String, String)]) -> (u16, String, String, String) {
     let get = |key: &str| form.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
     let action = get("Action").unwrap_or_default();
-    let id = get("Targets.member.1.Id").or_else(|| get("InstanceId")).unwrap_or_default();
+    let id = get("Targets.member.1.Id")
+        .or_else(|| get("InstanceId"))
+        .or_else(|| get("PrivateIpAddress.1"))
+        .unwrap_or_default();
+    if matches!(action.as_str(), "AssignPrivateIpAddresses" | "UnassignPrivateIpAddresses")
+        && !vpc.interfaces.is_empty()
+    {
+        let (status, xml) = answer_ec2(shared, vpc, &action, get);
+        return (status, xml, action, id);
+    }
     let fail = |status, code: &str, message: &str| (status, error(code, message), action.clone(), id.clone());
     let group_ok = || get("TargetGroupArn").as_deref() == Some(setup.target_group_arn.as_str());
     let target = setup.ids.iter().position(|t| *t == id);

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-pub use api::{ApiCall, ApiSetup};
+pub use api::{ApiCall, ApiSetup, NetworkInterface};
 pub use model::{FlowPolicy, FlowVerdict, ForgetReason, HealthChange, NlbModel, NlbParams};
 
 use crate::netns::Netns;
