@@ -107,7 +107,8 @@ pub fn is_instance_id(id: &str) -> bool {
 
 /// This bastion as IMDS describes it.
 struct Identity {
-    /// Its ids as a target can be registered: its instance id and private IPv4.
+    /// Its ids as a target can be registered: its instance id and private IPv4 (with address
+    /// takeover, every IPv4 address of its interface).
     ids: Vec<String>,
     /// With address takeover: its network interface and subnet.
     interface: Option<Interface>,
