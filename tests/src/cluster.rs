@@ -136,13 +136,6 @@ impl Cluster {
         Nlb::start(&self.lb, VIP, addresses, HEALTH_PORT, zones, params)
     }
 
-    /// Gives each bastion its ip target address ([`IP_TARGETS`]) beside its own.
-    pub fn add_ip_targets(&self) {
-        for (i, address) in IP_TARGETS.iter().enumerate() {
-            link::add_address(self.bastion_ns(i), "pub0", &format!("{address}/24"));
-        }
-    }
-
     /// Bastion `i`'s namespace: 0 is A (the topology's), 1 is B.
     pub fn bastion_ns(&self, i: usize) -> &Netns {
         match i {

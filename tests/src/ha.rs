@@ -49,7 +49,8 @@ pub struct HaOptions {
     /// Our bastions act on dead siblings (`[siblings]`): the load balancer answers the AWS
     /// calls ([`crate::nlb::api`]) and each bastion's IMDS says which target it is.
     pub siblings: bool,
-    /// With `siblings`: ip targets (each bastion's secondary address, [`IP_TARGETS`]) and
+    /// With `siblings`: ip targets (each bastion's secondary address, [`IP_TARGETS`], which EC2
+    /// assigned and the bastion configures and registers itself: `register_self`) and
     /// `[siblings] take_over_addresses`; the API emulator answers EC2's address calls too.
     pub take_over: bool,
 }
@@ -110,9 +111,6 @@ impl HaBed {
     pub fn start(options: &HaOptions) -> HaBed {
         assert!(options.siblings || !options.take_over, "take_over needs siblings");
         let cluster = Cluster::build(1, 1);
-        if options.take_over {
-            cluster.add_ip_targets();
-        }
         let macs: Vec<String> = (0..2).map(|i| crate::link::mac(cluster.bastion_ns(i), "pub0")).collect();
         let imds: Vec<ImdsEmulator> = if options.imds_lifecycle || options.siblings {
             (0..2)
@@ -177,10 +175,11 @@ impl HaBed {
                         }
                         let extra_toml = if options.siblings {
                             format!(
-                                "[aws]\nendpoint_url = \"http://{}:{API_PORT}\"\n\n\
-                                 [siblings]\ntarget_group_arn = \"{TARGET_GROUP_ARN}\"\ntake_over_addresses = {}\n",
-                                crate::cluster::LB_TARGET_SIDE,
-                                options.take_over
+                                "[aws]\nendpoint_url = \"http://{api}:{API_PORT}\"\n\n\
+                                 [siblings]\ntarget_group_arn = \"{TARGET_GROUP_ARN}\"\n\
+                                 take_over_addresses = {ip}\nregister_self = {ip}\n",
+                                api = crate::cluster::LB_TARGET_SIDE,
+                                ip = options.take_over,
                             )
                         } else {
                             String::new()

@@ -189,6 +189,9 @@ pub struct Siblings {
     pub mark_unhealthy: bool,
     /// ip targets: take over a dead sibling's target address in this bastion's subnet.
     pub take_over_addresses: bool,
+    /// ip targets: register this bastion's secondary addresses itself, deregister them when it
+    /// drains.
+    pub register_self: bool,
 }
 
 /// What kind of problem a config has: what tests (and tools) look at, rather than the words.
@@ -434,6 +437,7 @@ fn build(root: &toml::de::DeTable, base_dir: Option<&Path>, report: &mut documen
             poll_seconds: drafts.siblings.poll_seconds,
             mark_unhealthy: drafts.siblings.mark_unhealthy,
             take_over_addresses: drafts.siblings.take_over_addresses,
+            register_self: drafts.siblings.register_self,
         },
         log: Log { json: drafts.log.json, cloudwatch_group: drafts.log.cloudwatch_group },
         warnings: Vec::new(),

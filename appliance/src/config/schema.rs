@@ -36,7 +36,8 @@ pub const METRICS_FIELDS: &[&str] = &["listen"];
 pub const CONTROL_FIELDS: &[&str] = &["socket"];
 pub const SOURCE_FIELDS: &[&str] = &["ssm_path", "refresh_seconds"];
 pub const AWS_FIELDS: &[&str] = &["region", "endpoint_url"];
-pub const SIBLINGS_FIELDS: &[&str] = &["target_group_arn", "poll_seconds", "mark_unhealthy", "take_over_addresses"];
+pub const SIBLINGS_FIELDS: &[&str] =
+    &["target_group_arn", "poll_seconds", "mark_unhealthy", "take_over_addresses", "register_self"];
 pub const DEFAULT_SIBLINGS_POLL_SECONDS: u64 = 2;
 pub const LOG_FIELDS: &[&str] = &["format", "cloudwatch_group"];
 
@@ -137,6 +138,7 @@ pub struct SiblingsDraft {
     pub poll_seconds: u64,
     pub mark_unhealthy: bool,
     pub take_over_addresses: bool,
+    pub register_self: bool,
 }
 
 pub struct LogDraft {
@@ -702,7 +704,8 @@ fn read_siblings(t: &Table, report: &mut Report) -> SiblingsDraft {
     };
     let mark_unhealthy = flag("mark_unhealthy", true);
     let take_over_addresses = flag("take_over_addresses", false);
-    let options = ["poll_seconds", "mark_unhealthy", "take_over_addresses"];
+    let register_self = flag("register_self", false);
+    let options = ["poll_seconds", "mark_unhealthy", "take_over_addresses", "register_self"];
     if target_group_arn.is_none() && options.iter().any(|name| t.get(name).is_some()) {
         report.at_line(
             ProblemKind::Missing,
@@ -712,5 +715,5 @@ fn read_siblings(t: &Table, report: &mut Report) -> SiblingsDraft {
         );
     }
     t.finish(report);
-    SiblingsDraft { target_group_arn, poll_seconds, mark_unhealthy, take_over_addresses }
+    SiblingsDraft { target_group_arn, poll_seconds, mark_unhealthy, take_over_addresses, register_self }
 }

@@ -499,16 +499,18 @@ fn the_siblings_section() {
             target_group_arn: Some(arn.into()),
             poll_seconds: 2,
             mark_unhealthy: true,
-            take_over_addresses: false
+            take_over_addresses: false,
+            register_self: false,
         }
     );
     let text = minimal()
         + &format!(
             "[siblings]\ntarget_group_arn = \"{arn}\"\npoll_seconds = 10\nmark_unhealthy = false\n\
-             take_over_addresses = true\n"
+             take_over_addresses = true\nregister_self = true\n"
         );
     let c = parse(&text, "bastion.toml", None).unwrap();
     assert_eq!((c.siblings.poll_seconds, c.siblings.mark_unhealthy, c.siblings.take_over_addresses), (10, false, true));
+    assert!(c.siblings.register_self);
     problem(
         &(minimal() + "[siblings]\ntake_over_addresses = true\n"),
         "siblings.target_group_arn",

@@ -154,6 +154,22 @@ impl ServiceState {
     }
 }
 
+/// What `[siblings]` reads from the service: the drain, and where the peers' datagrams arrive.
+struct SiblingsView {
+    state: Arc<ServiceState>,
+    data_plane: Arc<DataPlane>,
+}
+
+impl crate::siblings::ServiceView for SiblingsView {
+    fn last_heard_on(&self, local: std::net::Ipv4Addr) -> Option<Duration> {
+        self.data_plane.last_heard_on(local)
+    }
+
+    fn draining(&self) -> bool {
+        self.state.drain_started.lock().unwrap_or_else(|e| e.into_inner()).is_some()
+    }
+}
+
 impl ServiceState {
     /// While draining: how long until the service stops.
     pub fn drain_left(&self) -> Option<Duration> {
@@ -344,14 +360,15 @@ impl Service {
         lifecycle::start(in_place_drain::InPlaceDrain::new(state.clone(), &data_plane));
         // Detached, like the lifecycle poller: it acts only while this bastion is healthy.
         if let Some(counters) = &state.siblings {
-            let data_plane = data_plane.clone();
-            let last_heard_on = Box::new(move |local| data_plane.last_heard_on(local));
+            let view = Box::new(SiblingsView { state: state.clone(), data_plane: data_plane.clone() });
+            let port = config.interface.listen_port;
             crate::siblings::start(
                 &config.siblings,
                 &config.aws,
                 counters.clone(),
                 audit.recorder().clone(),
-                last_heard_on,
+                port,
+                view,
             );
         }
         log!("config: version {} from {}", state.config_state().version, state.config_state().origin);

@@ -18,6 +18,12 @@
 //! [`plan::GIVE_BACK_AFTER`]: the dead target is deregistered at the same time, so only its
 //! old flows use the address, and the replacement instance comes with its own.
 //!
+//! With `register_self` (ip targets, which Auto Scaling does not register), the bastion adds
+//! its interface's secondary addresses (IMDS `local-ipv4s` beyond the primary) to its link
+//! when they are missing, registers them in the target group, and deregisters them as soon as
+//! it drains (the lifecycle hook's Terminated, SIGTERM), so that new flows go elsewhere and, as
+//! AWS documents, its flows end with the deregistration delay.
+//!
 //! The endpoints are AWS's own in the target group's region, or `[aws] endpoint_url`;
 //! credentials come from the standard chain (on EC2: the instance role).
 
@@ -53,9 +59,18 @@ pub struct Counters {
     pub failures: AtomicU64,
 }
 
-/// How long ago a datagram last came to a local address (the data plane's
-/// `last_heard_on`); `None` when no peer's datagrams arrive there.
-pub type LastHeardOn = Box<dyn Fn(Ipv4Addr) -> Option<Duration> + Send>;
+/// What the poller reads from the running service.
+pub trait ServiceView: Send {
+    /// How long ago a peer's datagram last came to the local address `local`; `None` when no
+    /// peer's datagrams arrive there.
+    fn last_heard_on(&self, local: Ipv4Addr) -> Option<Duration>;
+    /// Whether the service is draining (leaving).
+    fn draining(&self) -> bool;
+}
+
+/// How often the poller looks at the drain between rounds: a leaving bastion deregisters
+/// itself at once.
+const DRAIN_LOOK: Duration = Duration::from_millis(200);
 
 /// Starts the poller when `[siblings] target_group_arn` is set (counting into `counters`); it
 /// runs until the process ends.
@@ -64,7 +79,8 @@ pub fn start(
     aws: &Aws,
     counters: Arc<Counters>,
     recorder: crate::audit::Recorder,
-    last_heard_on: LastHeardOn,
+    listen_port: u16,
+    service: Box<dyn ServiceView>,
 ) -> Option<JoinHandle<()>> {
     let arn = siblings.target_group_arn.clone()?;
     let region = crate::config::values::region_of_arn(&arn).unwrap_or_default().to_string();
@@ -76,7 +92,11 @@ pub fn start(
     }
     let env = Environment::from_vars(vars);
     let poll = Duration::from_secs(siblings.poll_seconds);
-    let options = Options { mark_unhealthy: siblings.mark_unhealthy, take_over: siblings.take_over_addresses };
+    let options = Options {
+        mark_unhealthy: siblings.mark_unhealthy,
+        take_over: siblings.take_over_addresses,
+        register_self: siblings.register_self.then_some(listen_port),
+    };
     // Resource names, no secrets: shown whole rather than as key-like text.
     crate::keys::show_in_diagnostics(&arn);
     log!(
@@ -86,9 +106,10 @@ pub fn start(
         if options.mark_unhealthy { ", its instance marked unhealthy" } else { "" },
         if options.take_over { ", its address taken over when it is in this bastion's subnet" } else { "" }
     );
-    Some(std::thread::spawn(move || {
-        run(Client::new(env, region), &arn, poll, options, &counters, recorder, last_heard_on)
-    }))
+    if options.register_self.is_some() {
+        log!("siblings: this bastion registers its own secondary addresses and deregisters them when it drains");
+    }
+    Some(std::thread::spawn(move || run(Client::new(env, region), &arn, poll, options, &counters, recorder, service)))
 }
 
 /// What `[siblings]` lets the poller do besides deregistering.
@@ -96,6 +117,8 @@ pub fn start(
 struct Options {
     mark_unhealthy: bool,
     take_over: bool,
+    /// `register_self`: the port to register with.
+    register_self: Option<u16>,
 }
 
 /// Whether `id` has the shape of an EC2 instance id (`i-` and 8 or 17 hex digits).
@@ -110,8 +133,10 @@ struct Identity {
     /// Its ids as a target can be registered: its instance id and private IPv4 (with address
     /// takeover, every IPv4 address of its interface).
     ids: Vec<String>,
-    /// With address takeover: its network interface and subnet.
+    /// With address takeover or self-registration: its network interface and subnet.
     interface: Option<Interface>,
+    /// Its interface's secondary addresses (its ip targets).
+    secondaries: Vec<Ipv4Addr>,
 }
 
 /// The network interface that takes addresses over, and the link that holds its address here.
@@ -122,7 +147,7 @@ struct Interface {
 }
 
 impl Identity {
-    fn from_imds(env: &Environment, take_over: bool) -> Result<Identity, String> {
+    fn from_imds(env: &Environment, interface_needed: bool) -> Result<Identity, String> {
         let imds = bastion_aws::imds::Imds::new(&env.imds_endpoint());
         let read = |path: &str| -> Result<Option<String>, String> {
             match imds.get(path) {
@@ -137,15 +162,14 @@ impl Identity {
         if ids.is_empty() {
             return Err("IMDS has neither meta-data/instance-id nor meta-data/local-ipv4".into());
         }
-        if !take_over {
-            return Ok(Identity { ids, interface: None });
+        if !interface_needed {
+            return Ok(Identity { ids, interface: None, secondaries: Vec::new() });
         }
-        let need =
-            |path: &str| read(path)?.ok_or_else(|| format!("IMDS has no {path} (needed to take addresses over)"));
+        let need = |path: &str| read(path)?.ok_or_else(|| format!("IMDS has no {path} (needed for ip targets)"));
         let local: Ipv4Addr = local
             .as_deref()
             .and_then(|a| a.parse().ok())
-            .ok_or("IMDS meta-data/local-ipv4 is not an IPv4 address (needed to take addresses over)")?;
+            .ok_or("IMDS meta-data/local-ipv4 is not an IPv4 address (needed for ip targets)")?;
         let mac = need("meta-data/mac")?;
         if !mac.chars().all(|c| c.is_ascii_hexdigit() || c == ':') {
             return Err(format!("IMDS meta-data/mac is not a MAC address: {mac:?}"));
@@ -159,23 +183,37 @@ impl Identity {
             cidr.parse().map_err(|_| format!("IMDS gives {cidr:?} as the subnet (expected a.b.c.d/n)"))?;
         // Its ip target may be any of the interface's addresses (a secondary one, to be movable).
         let mut ids = ids;
+        let mut secondaries = Vec::new();
         let addresses = imds
             .get(&format!("meta-data/network/interfaces/macs/{mac}/local-ipv4s"))
             .map_err(|e| format!("IMDS local-ipv4s: {e}"))?;
-        for address in addresses.lines().map(str::trim).filter(|a| !a.is_empty()) {
-            if address.parse::<Ipv4Addr>().is_err() {
-                return Err(format!("IMDS local-ipv4s holds {address:?}, not an IPv4 address"));
+        for text in addresses.lines().map(str::trim).filter(|a| !a.is_empty()) {
+            let address: Ipv4Addr =
+                text.parse().map_err(|_| format!("IMDS local-ipv4s holds {text:?}, not an IPv4 address"))?;
+            if address != local && !secondaries.contains(&address) {
+                secondaries.push(address);
             }
-            if !ids.iter().any(|id| id == address) {
-                ids.push(address.to_string());
+            if !ids.iter().any(|id| id == text) {
+                ids.push(text.to_string());
             }
         }
         let link = crate::netlink::route::link_with_address(IpAddr::V4(local))
             .map_err(|e| e.to_string())?
             .ok_or_else(|| format!("no link here holds this bastion's address {local}"))?;
+        // EC2 assigns them; the system configures them (DHCP brings the primary only).
+        for &address in &secondaries {
+            if crate::netlink::route::link_with_address(IpAddr::V4(address)).map_err(|e| e.to_string())?.is_none() {
+                crate::netlink::route::add_address(link.index, IpAddr::V4(address), 32)
+                    .map_err(|e| format!("configuring {address}: {e}"))?;
+                log!(
+                    "siblings: added this interface's secondary address {address} to {} (IMDS local-ipv4s)",
+                    link.name
+                );
+            }
+        }
         crate::keys::show_in_diagnostics(&eni);
-        log!("siblings: dead siblings' addresses in subnet {subnet} are taken over on {eni} ({})", link.name);
-        Ok(Identity { ids, interface: Some(Interface { eni, subnet, link: link.index }) })
+        log!("siblings: network interface {eni} ({}) in subnet {subnet}", link.name);
+        Ok(Identity { ids, interface: Some(Interface { eni, subnet, link: link.index }), secondaries })
     }
 }
 
@@ -192,7 +230,7 @@ fn run(
     options: Options,
     counters: &Counters,
     recorder: crate::audit::Recorder,
-    last_heard_on: LastHeardOn,
+    service: Box<dyn ServiceView>,
 ) {
     let mut poller = Poller {
         client,
@@ -200,18 +238,24 @@ fn run(
         options,
         counters,
         recorder,
-        last_heard_on,
+        service,
         started: Instant::now(),
         planner: Planner::default(),
         me: None,
         held: Vec::new(),
+        registered_self: false,
+        deregistered_self: false,
         last_standing: None,
     };
     let mut backoff = Backoff::new(poll * 2, MAX_BACKOFF, Duration::MAX);
     let mut wait = poll;
     let mut last_problem: Option<String> = None;
     loop {
-        std::thread::sleep(wait);
+        // A drain starting meanwhile ends the wait: the bastion takes itself out at once.
+        let until = Instant::now() + wait;
+        while Instant::now() < until && !poller.leaving() {
+            std::thread::sleep(DRAIN_LOOK.min(until.saturating_duration_since(Instant::now())));
+        }
         match poller.round() {
             Ok(()) => {
                 if last_problem.take().is_some() {
@@ -240,27 +284,37 @@ struct Poller<'a> {
     counters: &'a Counters,
     /// Each action taken is an audit record too.
     recorder: crate::audit::Recorder,
-    last_heard_on: LastHeardOn,
+    service: Box<dyn ServiceView>,
     started: Instant,
     planner: Planner,
     /// This bastion, once IMDS told.
     me: Option<Identity>,
     /// The addresses taken over and not given back yet.
     held: Vec<Held>,
+    /// `register_self`: registered its addresses, and deregistered them when it drained.
+    registered_self: bool,
+    deregistered_self: bool,
     /// What the last round logged about this bastion's own standing.
     last_standing: Option<Standing>,
 }
 
 impl Poller<'_> {
+    /// Draining with its own addresses still registered.
+    fn leaving(&self) -> bool {
+        self.options.register_self.is_some() && !self.deregistered_self && self.service.draining()
+    }
+
     /// One read of the group's health, and the actions it calls for.
     fn round(&mut self) -> Result<(), String> {
         if self.me.is_none() {
-            let me = Identity::from_imds(self.client.env(), self.options.take_over)
+            let interface_needed = self.options.take_over || self.options.register_self.is_some();
+            let me = Identity::from_imds(self.client.env(), interface_needed)
                 .map_err(|e| format!("cannot tell which target is this bastion: {e}"))?;
             me.ids.iter().filter(|id| is_instance_id(id)).for_each(|id| crate::keys::show_in_diagnostics(id));
             log!("siblings: this bastion is target {}", me.ids.join(" or "));
             self.me = Some(me);
         }
+        self.register_self()?;
         self.give_back_idle_addresses()?;
         let Some(me) = &self.me else { return Ok(()) };
         let rules = Rules {
@@ -319,11 +373,53 @@ impl Poller<'_> {
         Ok(())
     }
 
+    /// `register_self`: registers this bastion's secondary addresses once, and deregisters them
+    /// once when it drains.
+    fn register_self(&mut self) -> Result<(), String> {
+        let (Some(port), Some(me)) = (self.options.register_self, &self.me) else { return Ok(()) };
+        let draining = self.service.draining();
+        let (what, reason) = match (draining, self.registered_self, self.deregistered_self) {
+            (false, false, _) => ("registered_self", "this bastion serves"),
+            (true, _, false) => ("deregistered_self", "this bastion drains"),
+            _ => return Ok(()),
+        };
+        if me.secondaries.is_empty() {
+            return Err("register_self: this bastion's interface has no secondary address (IMDS local-ipv4s)".into());
+        }
+        for address in &me.secondaries {
+            let id = address.to_string();
+            if draining {
+                self.client
+                    .deregister_target(self.arn, &id, Some(port))
+                    .map_err(|e| format!("DeregisterTargets {id}: {e}"))?;
+            } else {
+                self.client
+                    .register_target(self.arn, &id, Some(port))
+                    .map_err(|e| format!("RegisterTargets {id}: {e}"))?;
+            }
+            log!(
+                "siblings: {} this bastion's address {id} port {port}: {reason}",
+                if draining { "deregistered" } else { "registered" }
+            );
+            self.recorder.record(crate::audit::AuditEvent::SiblingAction {
+                target: id,
+                action: what.into(),
+                reason: reason.into(),
+            });
+        }
+        if draining {
+            self.deregistered_self = true;
+        } else {
+            self.registered_self = true;
+        }
+        Ok(())
+    }
+
     /// Gives back each taken-over address nothing came to for [`plan::GIVE_BACK_AFTER`].
     fn give_back_idle_addresses(&mut self) -> Result<(), String> {
         let Some(interface) = self.me.as_ref().and_then(|m| m.interface.as_ref()) else { return Ok(()) };
         while let Some(i) =
-            self.held.iter().position(|h| plan::give_back(h.since.elapsed(), (self.last_heard_on)(h.address)))
+            self.held.iter().position(|h| plan::give_back(h.since.elapsed(), self.service.last_heard_on(h.address)))
         {
             let address = self.held[i].address;
             match self.client.unassign_private_ip(&interface.eni, &address.to_string()) {
