@@ -162,7 +162,7 @@ def check(template, listen_port, health_port, drain_seconds):
             problems.append(f"{name}: HeartbeatTimeout {hook.get('HeartbeatTimeout')!r}, expected the appliance's drain_seconds default {drain_seconds} (a leaving bastion asks its peers to move that long)")
         if hook.get("DefaultResult") != "CONTINUE":
             problems.append(f"{name}: DefaultResult {hook.get('DefaultResult')!r}, expected CONTINUE (nothing completes the action)")
-    problems += check_siblings(resources, groups)
+    problems += check_siblings(resources, groups, parameters)
     problems += check_cloudwatch(template, facts)
     facts["resources"] = sorted({r.get("Type") for r in resources.values()})
     return problems, facts
@@ -172,7 +172,7 @@ def statements(policy):
     return policy.get("PolicyDocument", {}).get("Statement", [])
 
 
-def check_siblings(resources, groups):
+def check_siblings(resources, groups, parameters):
     """With [siblings] appended to the user-data: the three actions it calls are allowed, the
     deregistration on this stack's target group only."""
     text = json.dumps({n: r for n, r in resources.items() if r.get("Type") == "AWS::EC2::LaunchTemplate"})
@@ -199,6 +199,62 @@ def check_siblings(resources, groups):
     deregister = allowed.get("elasticloadbalancing:DeregisterTargets")
     if deregister is not None and not (isinstance(deregister, dict) and deregister.get("Ref") in groups):
         problems.append(f"elasticloadbalancing:DeregisterTargets is allowed on {deregister!r}, expected this stack's target group only")
+    if "register_self = true" in text:
+        problems += check_ip_targets(resources, groups, parameters)
+    return problems
+
+
+def conditional_statements(resources):
+    """Every policy statement, those inside an Fn::If too (both branches)."""
+    found = []
+    for policy in of_type(resources, "AWS::IAM::Policy").values():
+        for st in statements(policy):
+            for branch in branches(st):
+                if isinstance(branch, dict) and "Action" in branch:
+                    found.append(branch)
+    return found
+
+
+def possible_values(value, parameters):
+    """What value can be: each Fn::If branch, a parameter's allowed values."""
+    out = []
+    for b in branches(value):
+        if isinstance(b, dict) and set(b) == {"Ref"} and b["Ref"] in parameters:
+            parameter = parameters[b["Ref"]]
+            out += [str(v) for v in parameter.get("AllowedValues", [parameter.get("Default")])]
+        else:
+            out.append(b)
+    return out
+
+
+def check_ip_targets(resources, groups, parameters):
+    """ip targets (register_self and take_over_addresses in the user-data): the target group
+    can be of type ip, the bastions get a secondary address, and they may register their own
+    address in this target group and move addresses only in the stack's subnets."""
+    problems = []
+    for name, tg in groups.items():
+        if "ip" not in possible_values(tg.get("TargetType"), parameters):
+            problems.append(f"{name}: TargetType {tg.get('TargetType')!r} never ip, but the user-data makes the bastions ip targets")
+    allowed = {}
+    for st in conditional_statements(resources):
+        actions = st.get("Action")
+        for action in actions if isinstance(actions, list) else [actions]:
+            allowed[action] = st
+    register = allowed.get("elasticloadbalancing:RegisterTargets")
+    if register is None:
+        problems.append("ip targets: the bastions may not call elasticloadbalancing:RegisterTargets (they register themselves)")
+    elif not (isinstance(register.get("Resource"), dict) and register["Resource"].get("Ref") in groups):
+        problems.append(f"elasticloadbalancing:RegisterTargets is allowed on {register.get('Resource')!r}, expected this stack's target group only")
+    for action in ("ec2:AssignPrivateIpAddresses", "ec2:UnassignPrivateIpAddresses"):
+        st = allowed.get(action)
+        if st is None:
+            problems.append(f"ip targets: the bastions may not call {action} (taking over a dead sibling's address)")
+        elif not any("ec2:Subnet" in (st.get("Condition") or {}).get(op, {}) for op in ("ArnEquals", "StringEquals")):
+            problems.append(f"{action} is allowed without an ec2:Subnet condition (ArnEquals), expected only in the stack's subnets")
+    interfaces = json.dumps([lt.get("LaunchTemplateData", {}).get("NetworkInterfaces")
+                             for lt in of_type(resources, "AWS::EC2::LaunchTemplate").values()])
+    if not re.search(r'"SecondaryPrivateIpAddressCount": [1-9]', interfaces):
+        problems.append("LaunchTemplate: ip targets but no SecondaryPrivateIpAddressCount >= 1: the bastions have no movable address")
     return problems
 
 

@@ -96,6 +96,17 @@ fn the_own_check_catches_what_cfn_lint_lets_through() {
         ("            Action: elasticloadbalancing:DeregisterTargets", "            Action: elasticloadbalancing:RegisterTargets", "may not call elasticloadbalancing:DeregisterTargets", false),
         ("            Resource: !Ref TargetGroup", "            Resource: \"*\"", "expected this stack's target group only", false),
         ("LifecycleTransition: autoscaling:EC2_INSTANCE_TERMINATING", "LifecycleTransition: autoscaling:EC2_INSTANCE_LAUNCHING", "expected one termination lifecycle hook", false),
+        // ip targets: no movable address, address moves anywhere, the group never of type ip,
+        // no self-registration.
+        ("SecondaryPrivateIpAddressCount: 1", "SecondaryPrivateIpAddressCount: 0", "no SecondaryPrivateIpAddressCount >= 1", false),
+        ("                ArnEquals:", "                ArnNotEquals:", "without an ec2:Subnet condition", false),
+        ("      TargetType: !Ref TargetType", "      TargetType: instance", "never ip", false),
+        (
+            "              Action: elasticloadbalancing:RegisterTargets",
+            "              Action: elasticloadbalancing:DescribeTags",
+            "may not call elasticloadbalancing:RegisterTargets",
+            false,
+        ),
         // CloudWatch: the user-data without [log] when ActOnDeadSiblings is false, the logs
         // permissions widened to every group, the unhealthy alarm on the highest value.
         (
