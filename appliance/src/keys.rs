@@ -143,6 +143,15 @@ const SHOWN_WORDS: &[&str] = &[
     "UnrecognizedClientException",
     "InvalidSignatureException",
     "InternalServerError",
+    // ... and in [siblings]' errors (ELBv2, Auto Scaling, EC2).
+    "DescribeTargetHealth",
+    "DeregisterTargets",
+    "SetInstanceHealth",
+    "AssignPrivateIpAddresses",
+    "UnassignPrivateIpAddresses",
+    "InvalidParameterValue",
+    "PrivateIpAddressInUse",
+    "TargetGroupNotFound",
 ];
 
 /// Masks every fragment of `text` that could be (part of) a WireGuard key: each run of 16 or

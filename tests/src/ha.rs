@@ -87,6 +87,11 @@ pub fn interface_id(i: usize) -> String {
     format!("eni-{:017x}", 0xe11_0000 + i)
 }
 
+/// The file bastion i's IMDS serves `local-ipv4s` from (the EC2 emulator writes it).
+fn local_ipv4s_file(cluster: &Cluster, i: usize) -> PathBuf {
+    cluster.topo.dir.path().join(format!("local-ipv4s-{i}"))
+}
+
 /// Where a bastion's IMDS emulator listens, inside the bastion's own namespace.
 const LIFECYCLE_IMDS: ([u8; 4], u16) = ([127, 0, 0, 1], 8181);
 
@@ -131,7 +136,10 @@ impl HaBed {
                     .map(String::from)
                     .to_vec();
                     if options.take_over {
-                        let addresses = format!("{address},{}", IP_TARGETS[i]);
+                        // EC2 assigned it a secondary address at launch; the EC2 emulator
+                        // rewrites the file whenever an address moves.
+                        let addresses = local_ipv4s_file(&cluster, i);
+                        std::fs::write(&addresses, format!("{address}\n{}", IP_TARGETS[i])).unwrap();
                         let interface = [
                             "--mac",
                             &macs[i],
@@ -139,8 +147,8 @@ impl HaBed {
                             &interface_id(i),
                             "--subnet-cidr",
                             TARGET_SUBNET,
-                            "--local-ipv4s",
-                            &addresses,
+                            "--local-ipv4s-file",
+                            addresses.to_str().expect("UTF-8 path"),
                         ];
                         args.extend(interface.map(String::from));
                     }
@@ -215,6 +223,7 @@ impl HaBed {
                         mac: macs[i].clone(),
                         primary: crate::cluster::TARGETS[i].address,
                         secondary: vec![IP_TARGETS[i]],
+                        imds_file: Some(local_ipv4s_file(&cluster, i)),
                     })
                     .collect();
                 (IP_TARGETS.iter().map(|a| a.to_string()).collect(), interfaces)

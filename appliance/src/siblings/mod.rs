@@ -13,7 +13,9 @@
 //! subnet also moves the dead target's address to its own network interface (EC2
 //! AssignPrivateIpAddresses with AllowReassignment) and adds it to the link that holds its own
 //! address, so the flows the load balancer keeps on that address reach a live bastion, whose
-//! replies leave from that address (`tunnel::udp::Path`). It gives the address back to the
+//! replies leave from that address (`tunnel::udp::Path`). A leaving sibling's address (its
+//! target deregistered, draining) is taken over the same way, so the flows a planned scale-in
+//! would strand go on here. It gives the address back to the
 //! subnet (UnassignPrivateIpAddresses) once nothing came to it for
 //! [`plan::GIVE_BACK_AFTER`]: the dead target is deregistered at the same time, so only its
 //! old flows use the address, and the replacement instance comes with its own.
@@ -52,7 +54,8 @@ pub struct Counters {
     pub deregistered: AtomicU64,
     /// Instances this bastion marked unhealthy.
     pub marked_unhealthy: AtomicU64,
-    /// Dead siblings' addresses this bastion took over, and gave back.
+    /// Dead siblings' addresses this bastion took over (or a leaving one handed it), and gave
+    /// back.
     pub taken_over: AtomicU64,
     pub given_back: AtomicU64,
     /// Rounds that failed (AWS unreachable, denied, throttled past its retries).
@@ -184,17 +187,12 @@ impl Identity {
         // Its ip target may be any of the interface's addresses (a secondary one, to be movable).
         let mut ids = ids;
         let mut secondaries = Vec::new();
-        let addresses = imds
-            .get(&format!("meta-data/network/interfaces/macs/{mac}/local-ipv4s"))
-            .map_err(|e| format!("IMDS local-ipv4s: {e}"))?;
-        for text in addresses.lines().map(str::trim).filter(|a| !a.is_empty()) {
-            let address: Ipv4Addr =
-                text.parse().map_err(|_| format!("IMDS local-ipv4s holds {text:?}, not an IPv4 address"))?;
+        for address in interface_addresses(env, &mac)? {
             if address != local && !secondaries.contains(&address) {
                 secondaries.push(address);
             }
-            if !ids.iter().any(|id| id == text) {
-                ids.push(text.to_string());
+            if !ids.iter().any(|id| *id == address.to_string()) {
+                ids.push(address.to_string());
             }
         }
         let link = crate::netlink::route::link_with_address(IpAddr::V4(local))
@@ -215,6 +213,19 @@ impl Identity {
         log!("siblings: network interface {eni} ({}) in subnet {subnet}", link.name);
         Ok(Identity { ids, interface: Some(Interface { eni, subnet, link: link.index }), secondaries })
     }
+}
+
+/// The IPv4 addresses EC2 has assigned to the interface `mac` now (IMDS `local-ipv4s`).
+fn interface_addresses(env: &Environment, mac: &str) -> Result<Vec<Ipv4Addr>, String> {
+    let imds = bastion_aws::imds::Imds::new(&env.imds_endpoint());
+    let text = imds
+        .get(&format!("meta-data/network/interfaces/macs/{mac}/local-ipv4s"))
+        .map_err(|e| format!("IMDS local-ipv4s: {e}"))?;
+    text.lines()
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(|a| a.parse().map_err(|_| format!("IMDS local-ipv4s holds {a:?}, not an IPv4 address")))
+        .collect()
 }
 
 /// A dead sibling's address this bastion holds.
@@ -349,7 +360,11 @@ impl Poller<'_> {
             let (target, counter, what) = match action {
                 Action::TakeOver { address } => {
                     let interface = me.interface.as_ref().ok_or("no interface to take addresses over on")?;
-                    take_over(&self.client, interface, *address, healthy)?;
+                    let dead = targets.iter().any(|t| t.id == address.to_string() && t.state == "unhealthy");
+                    if let Err(e) = take_over(&self.client, interface, *address, dead, healthy) {
+                        self.planner.take_over_failed(&address.to_string());
+                        return Err(e);
+                    }
                     self.held.retain(|h| h.address != *address);
                     self.held.push(Held { address: *address, since: Instant::now() });
                     (address.to_string(), &self.counters.taken_over, "took_over_address")
@@ -430,8 +445,7 @@ impl Poller<'_> {
                 }
                 Err(e) => return Err(format!("UnassignPrivateIpAddresses {address}: {e}")),
             }
-            crate::netlink::route::remove_address(interface.link, IpAddr::V4(address), 32)
-                .map_err(|e| format!("giving {address} back: {e}"))?;
+            remove_from_link(interface.link, address)?;
             self.held.remove(i);
             self.counters.given_back.fetch_add(1, Ordering::Relaxed);
             log!(
@@ -448,17 +462,37 @@ impl Poller<'_> {
     }
 }
 
-/// Moves `address` to this bastion's interface and adds it to its link.
-fn take_over(client: &Client, interface: &Interface, address: Ipv4Addr, healthy: usize) -> Result<(), String> {
-    client
-        .assign_private_ip(&interface.eni, &address.to_string())
-        .map_err(|e| format!("AssignPrivateIpAddresses {address}: {e}"))?;
+/// Removes `address` from the link, whatever its prefix there.
+fn remove_from_link(link: u32, address: Ipv4Addr) -> Result<(), String> {
+    let on_link = crate::netlink::route::addresses(link).map_err(|e| e.to_string())?;
+    for a in on_link.iter().filter(|a| a.address == IpAddr::V4(address)) {
+        crate::netlink::route::remove_address(link, a.address, a.prefix_len)
+            .map_err(|e| format!("removing {address}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Adds `address` to this bastion's link, then moves it to its interface (so no packet the
+/// VPC delivers finds it missing); a refused move takes it off the link again.
+fn take_over(
+    client: &Client,
+    interface: &Interface,
+    address: Ipv4Addr,
+    dead: bool,
+    healthy: usize,
+) -> Result<(), String> {
     crate::netlink::route::add_address(interface.link, IpAddr::V4(address), 32)
         .map_err(|e| format!("taking {address} over: {e}"))?;
-    log!(
-        "siblings: took over address {address} of a dead sibling: the load balancer reports it unhealthy \
-         (failed health checks), {healthy} target(s) healthy; its flows reach this bastion now"
-    );
+    if let Err(e) = client.assign_private_ip(&interface.eni, &address.to_string()) {
+        let _ = remove_from_link(interface.link, address);
+        return Err(format!("AssignPrivateIpAddresses {address}: {e}"));
+    }
+    let why = if dead {
+        format!("the load balancer reports it unhealthy (failed health checks), {healthy} target(s) healthy")
+    } else {
+        format!("its target is deregistered (draining: the sibling leaves), {healthy} target(s) healthy")
+    };
+    log!("siblings: took over address {address} of a sibling: {why}; its flows reach this bastion now");
     Ok(())
 }
 

@@ -27,8 +27,12 @@
 //! reach the survivor, whose fast failover answers them. Exactly one survivor does it: the
 //! healthy target with the lowest address in this bastion's subnet (all of them compute the
 //! same from the same report); one that is not in the subnet, or not the lowest, leaves it.
+//! It takes over a leaving sibling's address the same way: a target the load balancer reports
+//! `draining` (deregistered: it drains, or a survivor took it out), so a planned scale-in
+//! moves the flows it still has to a live bastion before it stops. An address is taken once
+//! while its target is in the group (again only after [`Planner::take_over_failed`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
@@ -92,6 +96,8 @@ pub struct Decision {
 #[derive(Debug, Default)]
 pub struct Planner {
     acted: HashMap<String, Duration>,
+    /// Targets whose address this bastion took over, while they are in the group.
+    taken: HashSet<String>,
 }
 
 impl Planner {
@@ -106,27 +112,37 @@ impl Planner {
         };
         // Forget targets that are gone from the group or healthy again.
         self.acted.retain(|id, _| targets.iter().any(|t| &t.id == id && t.state == "unhealthy"));
+        self.taken.retain(|id| targets.iter().any(|t| &t.id == id));
         let mut actions = Vec::new();
         if standing != Standing::Healthy {
             return Decision { standing, actions };
         }
-        for t in targets {
-            if is_me(t) || t.state != "unhealthy" || t.reason != FAILED_HEALTH_CHECKS {
-                continue;
+        for t in targets.iter().filter(|t| !is_me(t)) {
+            let dead = t.state == "unhealthy" && t.reason == FAILED_HEALTH_CHECKS;
+            let leaving = t.state == "draining";
+            if !self.taken.contains(&t.id) && (dead || leaving) {
+                if let Some(address) = rules.take_over_in.and_then(|subnet| takes_over(targets, me, subnet, t)) {
+                    self.taken.insert(t.id.clone());
+                    actions.push(Action::TakeOver { address });
+                }
             }
-            if self.acted.get(&t.id).is_some_and(|&at| now.saturating_sub(at) < ACT_AGAIN_AFTER) {
+            if !dead || self.acted.get(&t.id).is_some_and(|&at| now.saturating_sub(at) < ACT_AGAIN_AFTER) {
                 continue;
             }
             self.acted.insert(t.id.clone(), now);
-            if let Some(address) = rules.take_over_in.and_then(|subnet| takes_over(targets, me, subnet, t)) {
-                actions.push(Action::TakeOver { address });
-            }
             actions.push(Action::Deregister { id: t.id.clone(), port: t.port });
             if rules.mark_unhealthy && t.id.starts_with("i-") {
                 actions.push(Action::MarkUnhealthy { instance_id: t.id.clone() });
             }
         }
         Decision { standing, actions }
+    }
+}
+
+impl Planner {
+    /// The takeover of `id`'s address did not happen: the next round tries again.
+    pub fn take_over_failed(&mut self, id: &str) {
+        self.taken.remove(id);
     }
 }
 
@@ -139,6 +155,16 @@ pub const GIVE_BACK_AFTER: Duration = Duration::from_secs(150);
 /// when none ever did since it was `taken` that long ago).
 pub fn give_back(taken: Duration, last_heard: Option<Duration>) -> bool {
     last_heard.unwrap_or(taken).min(taken) >= GIVE_BACK_AFTER
+}
+
+/// Who inherits a leaving bastion's addresses: the healthy target with the lowest address in
+/// `subnet` that is not this bastion.
+pub fn heir(targets: &[Target], me: &[String], subnet: Ipv4Network) -> Option<Ipv4Addr> {
+    targets
+        .iter()
+        .filter(|t| t.state == "healthy" && !me.iter().any(|m| m == &t.id))
+        .filter_map(|t| t.id.parse::<Ipv4Addr>().ok().filter(|a| subnet.contains(*a)))
+        .min()
 }
 
 /// The address of `dead` when this bastion is the one to take it over: it is an address of
@@ -250,6 +276,22 @@ mod tests {
         assert!(!give_back(s(100), Some(s(400))), "heard before it was taken: counts from the takeover");
     }
 
+    #[test]
+    fn a_leaving_bastion_hands_its_address_to_the_lowest_healthy_sibling_of_its_subnet() {
+        let me = vec!["i-a".to_string(), "10.0.1.5".to_string()];
+        let subnet: Ipv4Network = "10.0.1.0/24".parse().unwrap();
+        let group = [
+            t("10.0.1.5", "draining"),
+            t("10.0.1.9", "healthy"),
+            t("10.0.1.7", "healthy"),
+            t("10.0.1.3", "unhealthy"),
+            t("10.0.2.1", "healthy"),
+        ];
+        assert_eq!(heir(&group, &me, subnet), Some("10.0.1.7".parse().unwrap()));
+        // Never itself (even when it still reads healthy), nobody outside the subnet.
+        assert_eq!(heir(&[t("10.0.1.5", "healthy"), t("10.0.2.1", "healthy")], &me, subnet), None);
+    }
+
     fn take_over(subnet: &str) -> Rules {
         Rules { mark_unhealthy: true, take_over_in: Some(subnet.parse().unwrap()) }
     }
@@ -285,6 +327,22 @@ mod tests {
             assert!(!d.actions.iter().any(|a| matches!(a, Action::TakeOver { .. })), "{group:?}: {:?}", d.actions);
             assert!(!d.actions.is_empty());
         }
+        // A leaving sibling (draining): its address is taken, once, and nothing else is done.
+        let mut p = Planner::default();
+        let leaving = [t("10.0.1.5", "healthy"), t("10.0.1.9", "draining")];
+        let d = p.decide(&leaving, &me, take_over("10.0.1.0/24"), s(0));
+        assert_eq!(d.actions, vec![Action::TakeOver { address: "10.0.1.9".parse().unwrap() }]);
+        assert!(p.decide(&leaving, &me, take_over("10.0.1.0/24"), s(2)).actions.is_empty(), "once");
+        p.take_over_failed("10.0.1.9");
+        assert_eq!(p.decide(&leaving, &me, take_over("10.0.1.0/24"), s(4)).actions.len(), 1, "again after a failure");
+        // A dead one taken over and deregistered is not taken again while it drains.
+        let mut p = Planner::default();
+        let d = p.decide(&group, &me, take_over("10.0.1.0/24"), s(0));
+        assert_eq!(d.actions.len(), 2);
+        let draining = [t("10.0.1.5", "healthy"), t("10.0.1.9", "draining"), t("10.0.2.3", "healthy")];
+        assert!(p.decide(&draining, &me, take_over("10.0.1.0/24"), s(2)).actions.is_empty());
+        // Without takeover a draining target is left alone.
+        assert!(Planner::default().decide(&leaving, &me, MARK, s(0)).actions.is_empty());
         // Not healthy itself: nothing at all, as ever.
         let d = Planner::default().decide(
             &[t("10.0.1.5", "unhealthy"), t("10.0.1.9", "unhealthy")],

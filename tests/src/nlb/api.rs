@@ -6,7 +6,8 @@
 //! `AllowReassignment`) and `UnassignPrivateIpAddresses` move a secondary address between the
 //! bastions' interfaces, and the load balancer's namespace delivers that address's packets to
 //! the interface that holds it (a permanent neighbour entry naming its hardware address, as
-//! the VPC's mapping does; an unassigned address goes nowhere).
+//! the VPC's mapping does; an unassigned address goes nowhere); each interface's IMDS
+//! `local-ipv4s` follows.
 //!
 //! Only the shape AWS documents is accepted: a POST with a SigV4 `Authorization` header and a
 //! known `Action` (anything else is answered with AWS's error XML). Every call is kept with its
@@ -60,6 +61,8 @@ pub struct NetworkInterface {
     pub primary: Ipv4Addr,
     /// Its secondary addresses at the start (they can).
     pub secondary: Vec<Ipv4Addr>,
+    /// Where its IMDS reads `local-ipv4s` from: rewritten whenever an address moves.
+    pub imds_file: Option<std::path::PathBuf>,
 }
 
 /// Which interface holds each secondary address; the delivery follows it.
@@ -96,7 +99,16 @@ impl Vpc {
             "permanent",
         ]);
         assert!(out.success(), "VPC delivery of {address}: {out}");
-        self.holder.lock().unwrap().insert(address, to);
+        let mut holder = self.holder.lock().unwrap();
+        holder.insert(address, to);
+        // What each interface's IMDS says from now on: its primary, then what it holds.
+        for (i, interface) in self.interfaces.iter().enumerate() {
+            let Some(file) = &interface.imds_file else { continue };
+            let mut held: Vec<Ipv4Addr> = holder.iter().filter(|(_, h)| **h == Some(i)).map(|(a, _)| *a).collect();
+            held.sort();
+            let lines: Vec<String> = std::iter::once(interface.primary).chain(held).map(|a| a.to_string()).collect();
+            std::fs::write(file, lines.join("\n")).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        }
     }
 }
 
@@ -215,6 +227,7 @@ fn ec2_error(code: &str, message: &str) -> String {
 
 /// EC2's address calls: `(status, XML)`.
 fn answer_ec2(shared: &Shared, vpc: &Vpc, action: &str, get: impl Fn(&str) -> Option<String>) -> (u16, String) {
+    let xmlns = "xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\"";
     let eni = get("NetworkInterfaceId").unwrap_or_default();
     let Some(interface) = vpc.interfaces.iter().position(|i| i.id == eni) else {
         return (
@@ -229,7 +242,6 @@ fn answer_ec2(shared: &Shared, vpc: &Vpc, action: &str, get: impl Fn(&str) -> Op
         return (400, ec2_error("InvalidParameterValue", &format!("{address} is a primary address")));
     }
     let holder = vpc.holder.lock().unwrap().get(&address).copied().flatten();
-    let xmlns = "xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\"";
     if action == "AssignPrivateIpAddresses" {
         if holder.is_some_and(|h| h != interface) && get("AllowReassignment").as_deref() != Some("true") {
             return (400, ec2_error("PrivateIpAddressInUse", &format!("{address} is in use")));
@@ -262,9 +274,8 @@ fn answer(shared: &Shared, setup: &ApiSetup, vpc: &Vpc, form: &[(String, String)
         .or_else(|| get("InstanceId"))
         .or_else(|| get("PrivateIpAddress.1"))
         .unwrap_or_default();
-    if matches!(action.as_str(), "AssignPrivateIpAddresses" | "UnassignPrivateIpAddresses")
-        && !vpc.interfaces.is_empty()
-    {
+    let ec2 = ["AssignPrivateIpAddresses", "UnassignPrivateIpAddresses"];
+    if ec2.contains(&action.as_str()) && !vpc.interfaces.is_empty() {
         let (status, xml) = answer_ec2(shared, vpc, &action, get);
         return (status, xml, action, id);
     }
