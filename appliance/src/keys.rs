@@ -149,6 +149,7 @@ const SHOWN_WORDS: &[&str] = &[
     "SetInstanceHealth",
     "AssignPrivateIpAddresses",
     "UnassignPrivateIpAddresses",
+    "DescribeNetworkInterfaces",
     "InvalidParameterValue",
     "PrivateIpAddressInUse",
     "TargetGroupNotFound",

@@ -50,6 +50,16 @@ fn document<'i>(action: &str, text: &'i str) -> Result<roxmltree::Document<'i>, 
         .map_err(|e| AwsError::BadAnswer { action: action.into(), why: format!("not XML: {e}") })
 }
 
+/// The instances of a DescribeNetworkInterfaces answer's interfaces (those attached).
+pub fn parse_attached_instances(text: &str) -> Result<Vec<String>, AwsError> {
+    let doc = document("ec2:DescribeNetworkInterfaces", text)?;
+    let Some(set) = find(doc.root(), "networkInterfaceSet") else { return Ok(Vec::new()) };
+    Ok(children(set, "item")
+        .filter_map(|item| find(item, "attachment").and_then(|a| child_text(a, "instanceId")))
+        .filter(|id| !id.is_empty())
+        .collect())
+}
+
 /// The `imagesSet` of a DescribeImages answer.
 pub fn parse_images(text: &str) -> Result<Vec<Image>, AwsError> {
     let doc = document("ec2:DescribeImages", text)?;
@@ -121,6 +131,12 @@ impl Client {
     pub fn assign_private_ip(&self, eni: &str, address: &str) -> Result<(), AwsError> {
         let p = params(&[("NetworkInterfaceId", eni), ("PrivateIpAddress.1", address), ("AllowReassignment", "true")]);
         self.ec2("AssignPrivateIpAddresses", &p, &[]).map(drop)
+    }
+
+    /// The instance whose network interface holds the private IPv4 `address`, if any.
+    pub fn instance_with_address(&self, address: &str) -> Result<Option<String>, AwsError> {
+        let p = params(&[("Filter.1.Name", "addresses.private-ip-address"), ("Filter.1.Value.1", address)]);
+        Ok(parse_attached_instances(&self.ec2("DescribeNetworkInterfaces", &p, &[])?)?.into_iter().next())
     }
 
     /// Gives the secondary private IPv4 `address` of `eni` back to the subnet.
@@ -257,6 +273,20 @@ impl Client {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn attached_instances_from_their_xml() {
+        let answer = r#"<DescribeNetworkInterfacesResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15/">
+          <requestId>r</requestId><networkInterfaceSet><item><networkInterfaceId>eni-0a1</networkInterfaceId>
+          <attachment><attachmentId>eni-attach-1</attachmentId><instanceId>i-0abc</instanceId></attachment>
+          <privateIpAddressesSet><item><privateIpAddress>10.0.1.5</privateIpAddress></item></privateIpAddressesSet>
+          </item><item><networkInterfaceId>eni-0b2</networkInterfaceId></item></networkInterfaceSet>
+          </DescribeNetworkInterfacesResponse>"#;
+        assert_eq!(parse_attached_instances(answer).unwrap(), vec!["i-0abc".to_string()]);
+        let none = r#"<DescribeNetworkInterfacesResponse><networkInterfaceSet/></DescribeNetworkInterfacesResponse>"#;
+        assert!(parse_attached_instances(none).unwrap().is_empty());
+        assert!(parse_attached_instances("<not xml").is_err());
+    }
 
     #[test]
     fn images_and_snapshots_from_their_xml() {

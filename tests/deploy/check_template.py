@@ -245,6 +245,8 @@ def check_ip_targets(resources, groups, parameters):
         problems.append("ip targets: the bastions may not call elasticloadbalancing:RegisterTargets (they register themselves)")
     elif not (isinstance(register.get("Resource"), dict) and register["Resource"].get("Ref") in groups):
         problems.append(f"elasticloadbalancing:RegisterTargets is allowed on {register.get('Resource')!r}, expected this stack's target group only")
+    if "ec2:DescribeNetworkInterfaces" not in allowed:
+        problems.append("ip targets: the bastions may not call ec2:DescribeNetworkInterfaces (finding a dead target's instance)")
     for action in ("ec2:AssignPrivateIpAddresses", "ec2:UnassignPrivateIpAddresses"):
         st = allowed.get(action)
         if st is None:

@@ -224,6 +224,7 @@ impl HaBed {
                         primary: crate::cluster::TARGETS[i].address,
                         secondary: vec![IP_TARGETS[i]],
                         imds_file: Some(local_ipv4s_file(&cluster, i)),
+                        instance: instance_id(i),
                     })
                     .collect();
                 (IP_TARGETS.iter().map(|a| a.to_string()).collect(), interfaces)

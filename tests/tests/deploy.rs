@@ -101,6 +101,7 @@ fn the_own_check_catches_what_cfn_lint_lets_through() {
         ("SecondaryPrivateIpAddressCount: 1", "SecondaryPrivateIpAddressCount: 0", "no SecondaryPrivateIpAddressCount >= 1", false),
         ("                ArnEquals:", "                ArnNotEquals:", "without an ec2:Subnet condition", false),
         ("      TargetType: !Ref TargetType", "      TargetType: instance", "never ip", false),
+        ("Action: ec2:DescribeNetworkInterfaces", "Action: ec2:DescribeSubnets", "may not call ec2:DescribeNetworkInterfaces", false),
         (
             "              Action: elasticloadbalancing:RegisterTargets",
             "              Action: elasticloadbalancing:DescribeTags",

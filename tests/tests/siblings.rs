@@ -137,6 +137,10 @@ fn under_the_articles_model_the_survivor_takes_the_dead_address_over_and_a_stock
         .find(|c| c.action == "AssignPrivateIpAddresses" && c.id == IP_TARGETS[dead].to_string() && c.status == 200)
         .unwrap_or_else(|| panic!("no takeover: {acted:#?}\n{}", bed.report()));
     assert!(acted.iter().any(|c| c.action == "DeregisterTargets" && c.id == IP_TARGETS[dead].to_string()));
+    // The dead instance (found by its address, before the takeover) is marked for replacement.
+    let marked = acted.iter().find(|c| c.action == "SetInstanceHealth").unwrap_or_else(|| panic!("{acted:#?}"));
+    assert_eq!(marked.id, instance_id(dead), "{acted:#?}");
+    assert!(marked.at <= taken.at, "looked up and marked before the address moved: {acted:#?}");
     assert!(acted.iter().all(|c| c.from == survivor && c.status == 200), "{acted:#?}");
     let survivor_bastion = match &bed.bastions[1 - dead] {
         bastion_tests::ha::HaBastion::Ours(b) => b,

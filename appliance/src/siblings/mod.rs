@@ -377,6 +377,11 @@ impl Poller<'_> {
                     mark_unhealthy(&self.client, instance_id)?;
                     (instance_id.clone(), &self.counters.marked_unhealthy, "marked_unhealthy")
                 }
+                Action::MarkHolderUnhealthy { address } => {
+                    let Some(instance_id) = holder(&self.client, &me.ids, *address)? else { continue };
+                    mark_unhealthy(&self.client, &instance_id)?;
+                    (instance_id, &self.counters.marked_unhealthy, "marked_unhealthy")
+                }
             };
             counter.fetch_add(1, Ordering::Relaxed);
             self.recorder.record(crate::audit::AuditEvent::SiblingAction {
@@ -504,6 +509,28 @@ fn deregister(client: &Client, arn: &str, id: &str, port: Option<u16>, healthy: 
         port.map(|p| format!(" port {p}")).unwrap_or_default()
     );
     Ok(())
+}
+
+/// The instance that holds a dead ip target's `address` (EC2), unless it is none or this one.
+fn holder(client: &Client, me: &[String], address: Ipv4Addr) -> Result<Option<String>, String> {
+    let instance = client
+        .instance_with_address(&address.to_string())
+        .map_err(|e| format!("DescribeNetworkInterfaces {address}: {e}"))?;
+    match instance {
+        None => {
+            log!("siblings: no instance holds {address} any more (terminated?): nothing to mark unhealthy");
+            Ok(None)
+        }
+        Some(id) if me.contains(&id) => {
+            log!("siblings: {address} is on this bastion's own interface already: not marking itself unhealthy");
+            Ok(None)
+        }
+        Some(id) if !is_instance_id(&id) => Err(format!("EC2 names {id:?} as the instance holding {address}")),
+        Some(id) => {
+            crate::keys::show_in_diagnostics(&id);
+            Ok(Some(id))
+        }
+    }
 }
 
 fn mark_unhealthy(client: &Client, instance_id: &str) -> Result<(), String> {

@@ -62,6 +62,9 @@ pub enum Action {
     MarkUnhealthy { instance_id: String },
     /// Move the dead target's address to this bastion (same subnet, ip targets).
     TakeOver { address: Ipv4Addr },
+    /// SetInstanceHealth Unhealthy on the instance that holds `address` now (a dead ip
+    /// target, looked up just before this bastion takes the address over).
+    MarkHolderUnhealthy { address: Ipv4Addr },
 }
 
 /// What a bastion may do besides deregistering, from its config and IMDS.
@@ -123,6 +126,10 @@ impl Planner {
             if !self.taken.contains(&t.id) && (dead || leaving) {
                 if let Some(address) = rules.take_over_in.and_then(|subnet| takes_over(targets, me, subnet, t)) {
                     self.taken.insert(t.id.clone());
+                    // Only the taker marks, and before it takes: afterwards the address is its own.
+                    if dead && rules.mark_unhealthy {
+                        actions.push(Action::MarkHolderUnhealthy { address });
+                    }
                     actions.push(Action::TakeOver { address });
                 }
             }
@@ -304,10 +311,12 @@ mod tests {
         assert_eq!(
             d.actions,
             vec![
+                Action::MarkHolderUnhealthy { address: "10.0.1.9".parse().unwrap() },
                 Action::TakeOver { address: "10.0.1.9".parse().unwrap() },
                 Action::Deregister { id: "10.0.1.9".into(), port: Some(51820) }
             ],
-            "taken over, and deregistered (new flows go elsewhere; the old ones reach it here)"
+            "its instance marked (looked up while it still holds the address), taken over, and deregistered \
+             (new flows go elsewhere; the old ones reach it here)"
         );
         // A lower healthy address in the subnet does it, not this one; deregistering stays.
         let lower = [t("10.0.1.5", "healthy"), t("10.0.1.2", "healthy"), t("10.0.1.9", "unhealthy")];
@@ -317,6 +326,9 @@ mod tests {
         let lower_dead = [t("10.0.1.5", "healthy"), t("10.0.1.2", "unhealthy"), t("10.0.1.9", "unhealthy")];
         let d = Planner::default().decide(&lower_dead, &me, take_over("10.0.1.0/24"), s(0));
         assert_eq!(d.actions.iter().filter(|a| matches!(a, Action::TakeOver { .. })).count(), 2);
+        // Not the taker: no mark either (after the takeover the address would name the taker).
+        let d = Planner::default().decide(&lower, &me, take_over("10.0.1.0/24"), s(0));
+        assert!(!d.actions.iter().any(|a| matches!(a, Action::MarkHolderUnhealthy { .. })));
         // Another subnet's address, an instance target, or takeover off: deregistration only.
         for (group, rules) in [
             (vec![t("10.0.1.5", "healthy"), t("10.0.2.9", "unhealthy")], take_over("10.0.1.0/24")),
@@ -338,7 +350,7 @@ mod tests {
         // A dead one taken over and deregistered is not taken again while it drains.
         let mut p = Planner::default();
         let d = p.decide(&group, &me, take_over("10.0.1.0/24"), s(0));
-        assert_eq!(d.actions.len(), 2);
+        assert_eq!(d.actions.len(), 3);
         let draining = [t("10.0.1.5", "healthy"), t("10.0.1.9", "draining"), t("10.0.2.3", "healthy")];
         assert!(p.decide(&draining, &me, take_over("10.0.1.0/24"), s(2)).actions.is_empty());
         // Without takeover a draining target is left alone.

@@ -7,7 +7,7 @@
 //! bastions' interfaces, and the load balancer's namespace delivers that address's packets to
 //! the interface that holds it (a permanent neighbour entry naming its hardware address, as
 //! the VPC's mapping does; an unassigned address goes nowhere); each interface's IMDS
-//! `local-ipv4s` follows.
+//! `local-ipv4s` follows; `DescribeNetworkInterfaces` names the instance holding an address.
 //!
 //! Only the shape AWS documents is accepted: a POST with a SigV4 `Authorization` header and a
 //! known `Action` (anything else is answered with AWS's error XML). Every call is kept with its
@@ -63,6 +63,8 @@ pub struct NetworkInterface {
     pub secondary: Vec<Ipv4Addr>,
     /// Where its IMDS reads `local-ipv4s` from: rewritten whenever an address moves.
     pub imds_file: Option<std::path::PathBuf>,
+    /// The instance it is attached to.
+    pub instance: String,
 }
 
 /// Which interface holds each secondary address; the delivery follows it.
@@ -228,6 +230,36 @@ fn ec2_error(code: &str, message: &str) -> String {
 /// EC2's address calls: `(status, XML)`.
 fn answer_ec2(shared: &Shared, vpc: &Vpc, action: &str, get: impl Fn(&str) -> Option<String>) -> (u16, String) {
     let xmlns = "xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\"";
+    if action == "DescribeNetworkInterfaces" {
+        if get("Filter.1.Name").as_deref() != Some("addresses.private-ip-address") {
+            return (
+                400,
+                ec2_error("InvalidParameterValue", "the emulator filters by addresses.private-ip-address only"),
+            );
+        }
+        let address: Option<Ipv4Addr> = get("Filter.1.Value.1").and_then(|a| a.parse().ok());
+        let holder = address.and_then(|a| {
+            vpc.interfaces
+                .iter()
+                .position(|i| i.primary == a)
+                .or_else(|| vpc.holder.lock().unwrap().get(&a).copied().flatten())
+        });
+        let items: String = holder
+            .map(|i| {
+                let interface = &vpc.interfaces[i];
+                format!(
+                    "<item><networkInterfaceId>{}</networkInterfaceId><attachment><instanceId>{}</instanceId>\
+                     </attachment></item>",
+                    interface.id, interface.instance
+                )
+            })
+            .unwrap_or_default();
+        let body = format!(
+            "<DescribeNetworkInterfacesResponse {xmlns}><requestId>emulator</requestId><networkInterfaceSet>{items}\
+             </networkInterfaceSet></DescribeNetworkInterfacesResponse>"
+        );
+        return (200, body);
+    }
     let eni = get("NetworkInterfaceId").unwrap_or_default();
     let Some(interface) = vpc.interfaces.iter().position(|i| i.id == eni) else {
         return (
@@ -273,8 +305,9 @@ fn answer(shared: &Shared, setup: &ApiSetup, vpc: &Vpc, form: &[(String, String)
     let id = get("Targets.member.1.Id")
         .or_else(|| get("InstanceId"))
         .or_else(|| get("PrivateIpAddress.1"))
+        .or_else(|| get("Filter.1.Value.1"))
         .unwrap_or_default();
-    let ec2 = ["AssignPrivateIpAddresses", "UnassignPrivateIpAddresses"];
+    let ec2 = ["AssignPrivateIpAddresses", "UnassignPrivateIpAddresses", "DescribeNetworkInterfaces"];
     if ec2.contains(&action.as_str()) && !vpc.interfaces.is_empty() {
         let (status, xml) = answer_ec2(shared, vpc, &action, get);
         return (status, xml, action, id);
@@ -331,7 +364,8 @@ fn answer(shared: &Shared, setup: &ApiSetup, vpc: &Vpc, form: &[(String, String)
             ok(&action, String::new())
         }
         "SetInstanceHealth" => {
-            if target.is_none() || !id.starts_with("i-") {
+            let an_instance = target.is_some() || vpc.interfaces.iter().any(|i| i.instance == id);
+            if !an_instance || !id.starts_with("i-") {
                 return fail(400, "ValidationError", "Instance Id not found");
             }
             if get("HealthStatus").as_deref() != Some("Unhealthy") && get("HealthStatus").as_deref() != Some("Healthy")
