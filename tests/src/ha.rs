@@ -288,6 +288,14 @@ impl HaBed {
         }
     }
 
+    /// Takes bastion `i`'s whole instance away: the process killed and its link to the load
+    /// balancer down, so nothing answers there any more (health checks time out rather than
+    /// being refused).
+    pub fn vanish(&self, i: usize) {
+        self.crash(i);
+        self.cluster.lb.run(&["ip", "link", "set", &format!("p-target{i}"), "down"]);
+    }
+
     /// A planned drain of bastion `i`, as scale-in does it: deregistered from the target group,
     /// then told to stop (SIGTERM: our bastions drain for `drain_seconds`, wireguard-go stops).
     pub fn drain(&self, i: usize) {

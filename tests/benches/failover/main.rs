@@ -9,12 +9,15 @@
 //!   without, wireguard-go}, crash (kill -9); and a planned scale-in under each model
 //!   (deregistration, the delay, then SIGTERM), counting the lost requests.
 //!
+//! - `gone`: the `stock` crash cases of our bastions with `[siblings]`, with the whole instance
+//!   gone (its link down: the load balancer's checks time out) rather than the process killed.
+//!
 //! One table (markdown and JSON) and a plot of the active client's replies around the failure
 //! (SVG), all from the same run.
 //!
 //! `make ha-demo` runs one case (sticky NLB, our bastions, client with watch) and narrates it.
 //!
-//! Options: `--out DIR`, `--suite all|watch|stock`, `--interval S` (health check interval),
+//! Options: `--out DIR`, `--suite all|watch|stock|gone`, `--interval S` (health check interval),
 //! `--delay S` (deregistration delay, default 3), `--give-up S` (how long a client may stay
 //! without an answer before the case is written "never"), `--demo` (with `--lb MODEL`).
 
@@ -40,14 +43,22 @@ struct Case {
     siblings: bool,
     /// ... with ip targets and address takeover (`take_over_addresses`).
     take_over: bool,
+    /// The crash takes the whole instance away (its link goes down: health checks time out
+    /// instead of being refused), not only the process.
+    gone: bool,
 }
 
 impl Case {
-    fn bastions_name(&self) -> &'static str {
-        match (&self.bastions, self.siblings, self.take_over) {
+    fn bastions_name(&self) -> String {
+        let name = match (&self.bastions, self.siblings, self.take_over) {
             (BastionKind::Ours(_), true, true) => "ours + siblings + takeover (ip targets)",
             (BastionKind::Ours(_), true, false) => "ours + siblings",
             (b, _, _) => b.name(),
+        };
+        if self.gone {
+            format!("{name}, instance gone")
+        } else {
+            name.to_string()
         }
     }
 
@@ -125,7 +136,11 @@ fn run_active(case: &Case, settings: &Settings, binary: &std::path::Path) -> Act
     if settings.demo {
         eprintln!("demo: killing bastion {target} (kill -9), the one serving the client");
     }
-    bed.crash(target);
+    if case.gone {
+        bed.vanish(target);
+    } else {
+        bed.crash(target);
+    }
     let deadline = killed + settings.give_up;
     let mut result = Active::default();
     let mut narrated = 0;
@@ -174,7 +189,11 @@ fn run_idle(case: &Case, settings: &Settings, binary: &std::path::Path) -> Idle 
     let bed = HaBed::start(&options(case, settings, binary, Some(KEEPALIVE)));
     let target = bed.warm_up();
     std::thread::sleep(Duration::from_secs(3));
-    bed.crash(target);
+    if case.gone {
+        bed.vanish(target);
+    } else {
+        bed.crash(target);
+    }
     std::thread::sleep(IDLE_FIRST_REQUEST);
     let host = bed.cluster.topo.private_hosts[0].v4.to_string();
     let first_request = now_wall();
@@ -237,7 +256,10 @@ fn main() {
             }
             "--suite" => {
                 settings.suite = value();
-                assert!(["all", "watch", "stock"].contains(&settings.suite.as_str()), "--suite: all, watch or stock");
+                assert!(
+                    ["all", "watch", "stock", "gone"].contains(&settings.suite.as_str()),
+                    "--suite: all, watch, stock or gone"
+                );
             }
             "--give-up" => settings.give_up = Duration::from_secs(value().parse().expect("--give-up: seconds")),
             "--demo" => settings.demo = true,
@@ -245,7 +267,7 @@ fn main() {
             "--bench" => {} // cargo bench passes it
             other => {
                 panic!(
-                    "unknown option {other}: expected --out DIR, --suite all|watch|stock, --interval S, --delay S, \
+                    "unknown option {other}: expected --out DIR, --suite all|watch|stock|gone, --interval S, --delay S, \
                      --give-up S, --demo [--lb MODEL]"
                 )
             }
@@ -260,6 +282,7 @@ fn main() {
             bastions: BastionKind::Ours(binary.clone()),
             siblings: false,
             take_over: false,
+            gone: false,
         };
         eprintln!(
             "demo: {} — health checks every {} s, {} to change; a request every 100 ms",
@@ -278,32 +301,38 @@ fn main() {
     }
     let mut cases = Vec::new();
     let ours = BastionKind::Ours(binary.clone());
-    if settings.suite != "stock" {
+    let suite = |name: &str| settings.suite == "all" || settings.suite == name;
+    if suite("watch") {
         for lb in [FlowPolicy::Flush, FlowPolicy::STICKY] {
             for watch in [false, true] {
                 for bastions in [BastionKind::WireguardGo, ours.clone()] {
-                    cases.push(Case { lb, watch, bastions, siblings: false, take_over: false });
+                    cases.push(Case { lb, watch, bastions, siblings: false, take_over: false, gone: false });
                 }
             }
         }
     }
     let mut stock = Vec::new();
-    if settings.suite != "watch" {
-        for lb in [FlowPolicy::Documented, FlowPolicy::ARTICLE] {
-            let case = |bastions: &BastionKind, siblings, take_over| Case {
-                lb,
-                watch: false,
-                bastions: bastions.clone(),
-                siblings,
-                take_over,
-            };
-            stock.push(case(&ours, true, true));
-            stock.push(case(&ours, true, false));
-            stock.push(case(&ours, false, false));
-            stock.push(case(&BastionKind::WireguardGo, false, false));
+    for lb in [FlowPolicy::Documented, FlowPolicy::ARTICLE] {
+        let case = |bastions: &BastionKind, siblings, take_over, gone| Case {
+            lb,
+            watch: false,
+            bastions: bastions.clone(),
+            siblings,
+            take_over,
+            gone,
+        };
+        if suite("stock") {
+            stock.push(case(&ours, true, true, false));
+            stock.push(case(&ours, true, false, false));
+            stock.push(case(&ours, false, false, false));
+            stock.push(case(&BastionKind::WireguardGo, false, false, false));
         }
-        cases.extend(stock.iter().cloned());
+        if suite("gone") {
+            cases.push(case(&ours, true, true, true));
+            cases.push(case(&ours, true, false, true));
+        }
     }
+    cases.extend(stock.iter().cloned());
     let mut results = Vec::new();
     for case in &cases {
         eprintln!("bench-failover: {} (active client)", case.label());
