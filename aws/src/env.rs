@@ -20,6 +20,17 @@ impl Environment {
         Environment { vars: vars.into_iter().map(|(k, v)| (k.into(), v.into())).collect() }
     }
 
+    /// The same, with `url` (when given) as the endpoint of each of `services` (what
+    /// `AWS_ENDPOINT_URL_<SERVICE>` says; a VPC endpoint's DNS name or an emulator).
+    pub fn with_endpoint(mut self, url: Option<&str>, services: &[&str]) -> Environment {
+        if let Some(url) = url {
+            for service in services {
+                self.vars.insert(endpoint_var(service), url.to_string());
+            }
+        }
+        self
+    }
+
     /// A variable, when set and not empty.
     pub fn var(&self, name: &str) -> Option<String> {
         self.vars.get(name).filter(|v| !v.is_empty()).cloned()
@@ -59,8 +70,7 @@ impl Environment {
     /// The base URL for `service` in `region`: `AWS_ENDPOINT_URL_<SERVICE>`, else
     /// `AWS_ENDPOINT_URL`, else AWS's own (`https://ec2.eu-west-1.amazonaws.com`).
     pub fn endpoint(&self, service: &str, region: &str) -> String {
-        let specific = format!("AWS_ENDPOINT_URL_{}", service.to_ascii_uppercase().replace('-', "_"));
-        if let Some(url) = self.var(&specific).or_else(|| self.var("AWS_ENDPOINT_URL")) {
+        if let Some(url) = self.var(&endpoint_var(service)).or_else(|| self.var("AWS_ENDPOINT_URL")) {
             return url.trim_end_matches('/').to_string();
         }
         let suffix = if region.starts_with("cn-") { "amazonaws.com.cn" } else { "amazonaws.com" };
@@ -103,6 +113,11 @@ impl ProfileFiles {
     }
 }
 
+/// `AWS_ENDPOINT_URL_<SERVICE>`, as the SDKs name it.
+fn endpoint_var(service: &str) -> String {
+    format!("AWS_ENDPOINT_URL_{}", service.to_ascii_uppercase().replace('-', "_"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,6 +133,11 @@ mod tests {
         let none = Environment::default();
         assert_eq!(none.endpoint("ec2", "eu-west-1"), "https://ec2.eu-west-1.amazonaws.com");
         assert_eq!(none.endpoint("ssm", "cn-north-1"), "https://ssm.cn-north-1.amazonaws.com.cn");
+        let one = Environment::default().with_endpoint(Some("http://10.0.0.1:4566"), &["elasticloadbalancing", "ec2"]);
+        assert_eq!(one.endpoint("elasticloadbalancing", "eu-west-1"), "http://10.0.0.1:4566");
+        assert_eq!(one.endpoint("ec2", "eu-west-1"), "http://10.0.0.1:4566");
+        assert_eq!(one.endpoint("ssm", "eu-west-1"), "https://ssm.eu-west-1.amazonaws.com");
+        assert_eq!(env.with_endpoint(None, &["ebs"]).endpoint("ebs", "x"), "http://127.0.0.1:6000");
     }
 
     #[test]

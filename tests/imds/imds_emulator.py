@@ -131,14 +131,14 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 fixed["/latest/meta-data/mac"] = args.mac
                 fixed[interface + "interface-id"] = args.interface_id
                 fixed[interface + "subnet-ipv4-cidr-block"] = args.subnet_cidr
-                addresses = args.local_ipv4s or args.local_ipv4 or ""
+                addresses = args.local_ipv4 or ""
                 if args.local_ipv4s_file:
                     try:
                         with open(args.local_ipv4s_file) as f:
                             addresses = f.read().strip()
                     except FileNotFoundError:
                         pass
-                fixed[interface + "local-ipv4s"] = "\n".join(addresses.replace("\n", ",").split(","))
+                fixed[interface + "local-ipv4s"] = addresses
             if fixed.get(self.path):
                 self.record(200)
                 return self.answer(200, fixed[self.path].encode())
@@ -231,8 +231,7 @@ def main():
     p.add_argument("--mac", help="meta-data/mac, and the interface's entries below (none: 404)")
     p.add_argument("--interface-id", help="network/interfaces/macs/MAC/interface-id")
     p.add_argument("--subnet-cidr", help="network/interfaces/macs/MAC/subnet-ipv4-cidr-block")
-    p.add_argument("--local-ipv4s", help="network/interfaces/macs/MAC/local-ipv4s, comma-separated (default: --local-ipv4)")
-    p.add_argument("--local-ipv4s-file", help="the same from a file, read per request (EC2's emulator rewrites it)")
+    p.add_argument("--local-ipv4s-file", help="network/interfaces/macs/MAC/local-ipv4s: the file's lines, read per request (EC2's emulator rewrites it; no file: --local-ipv4)")
     p.add_argument("--lifecycle-file", help="autoscaling/target-lifecycle-state: the file's text, read per request (no file: 404)")
     args = p.parse_args()
     server = http.server.ThreadingHTTPServer((args.bind, args.port), Handler)

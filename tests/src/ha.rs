@@ -116,7 +116,12 @@ impl HaBed {
     pub fn start(options: &HaOptions) -> HaBed {
         assert!(options.siblings || !options.take_over, "take_over needs siblings");
         let cluster = Cluster::build(1, 1);
-        let macs: Vec<String> = (0..2).map(|i| crate::link::mac(cluster.bastion_ns(i), "pub0")).collect();
+        // Only EC2's emulator needs them (ip targets).
+        let macs: Vec<String> = if options.take_over {
+            (0..2).map(|i| crate::link::mac(cluster.bastion_ns(i), "pub0")).collect()
+        } else {
+            Vec::new()
+        };
         let imds: Vec<ImdsEmulator> = if options.imds_lifecycle || options.siblings {
             (0..2)
                 .map(|i| {

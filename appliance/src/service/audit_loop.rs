@@ -56,12 +56,8 @@ fn bastion_name(env: &Environment, ask_imds: bool) -> String {
 }
 
 /// A CloudWatch Logs client for the config's `[aws]` settings (as the SSM source builds its).
-fn logs_client(config: &Config, env_vars: Vec<(String, String)>) -> Result<Client, String> {
-    let mut vars = env_vars;
-    if let Some(url) = &config.aws.endpoint_url {
-        vars.push(("AWS_ENDPOINT_URL_LOGS".into(), url.clone()));
-    }
-    let env = Environment::from_vars(vars);
+fn logs_client(config: &Config, env: Environment) -> Result<Client, String> {
+    let env = env.with_endpoint(config.aws.endpoint_url.as_deref(), &["logs"]);
     let region =
         bastion_aws::imds::resolve_region(config.aws.region.as_deref(), &env).map_err(|e| format!("no region: {e}"))?;
     Ok(Client::with_timeout(env, region, crate::cloudwatch::REQUEST_TIMEOUT))
@@ -69,13 +65,12 @@ fn logs_client(config: &Config, env_vars: Vec<(String, String)>) -> Result<Clien
 
 impl AuditLoop {
     pub fn start(config: &Config, state: Arc<ServiceState>, data_plane: &Arc<DataPlane>) -> AuditLoop {
-        let vars: Vec<(String, String)> = std::env::vars().collect();
-        let env = Environment::from_vars(vars.clone());
+        let env = Environment::from_process();
         let on_appliance = std::env::var(super::lifecycle::ENABLE_VAR).is_ok_and(|v| v == "1");
         let group = config.log.cloudwatch_group.clone();
         let bastion = bastion_name(&env, on_appliance || group.is_some());
         let recorder = Recorder { bastion: bastion.clone(), interface: config.interface.name.clone() };
-        let shipper = group.and_then(|group| match logs_client(config, vars) {
+        let shipper = group.and_then(|group| match logs_client(config, env.clone()) {
             Ok(client) => {
                 let shipper = Arc::new(Shipper::start(
                     client,

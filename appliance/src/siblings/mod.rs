@@ -87,13 +87,8 @@ pub fn start(
 ) -> Option<JoinHandle<()>> {
     let arn = siblings.target_group_arn.clone()?;
     let region = crate::config::values::region_of_arn(&arn).unwrap_or_default().to_string();
-    let mut vars: Vec<(String, String)> = std::env::vars().collect();
-    if let Some(url) = &aws.endpoint_url {
-        vars.push(("AWS_ENDPOINT_URL_ELASTICLOADBALANCING".into(), url.clone()));
-        vars.push(("AWS_ENDPOINT_URL_AUTOSCALING".into(), url.clone()));
-        vars.push(("AWS_ENDPOINT_URL_EC2".into(), url.clone()));
-    }
-    let env = Environment::from_vars(vars);
+    let services = ["elasticloadbalancing", "autoscaling", "ec2"];
+    let env = Environment::from_process().with_endpoint(aws.endpoint_url.as_deref(), &services);
     let poll = Duration::from_secs(siblings.poll_seconds);
     let options = Options {
         mark_unhealthy: siblings.mark_unhealthy,
@@ -187,7 +182,7 @@ impl Identity {
         // Its ip target may be any of the interface's addresses (a secondary one, to be movable).
         let mut ids = ids;
         let mut secondaries = Vec::new();
-        for address in interface_addresses(env, &mac)? {
+        for address in interface_addresses(&imds, &mac)? {
             if address != local && !secondaries.contains(&address) {
                 secondaries.push(address);
             }
@@ -216,8 +211,7 @@ impl Identity {
 }
 
 /// The IPv4 addresses EC2 has assigned to the interface `mac` now (IMDS `local-ipv4s`).
-fn interface_addresses(env: &Environment, mac: &str) -> Result<Vec<Ipv4Addr>, String> {
-    let imds = bastion_aws::imds::Imds::new(&env.imds_endpoint());
+fn interface_addresses(imds: &bastion_aws::imds::Imds, mac: &str) -> Result<Vec<Ipv4Addr>, String> {
     let text = imds
         .get(&format!("meta-data/network/interfaces/macs/{mac}/local-ipv4s"))
         .map_err(|e| format!("IMDS local-ipv4s: {e}"))?;

@@ -164,16 +164,6 @@ pub fn give_back(taken: Duration, last_heard: Option<Duration>) -> bool {
     last_heard.unwrap_or(taken).min(taken) >= GIVE_BACK_AFTER
 }
 
-/// Who inherits a leaving bastion's addresses: the healthy target with the lowest address in
-/// `subnet` that is not this bastion.
-pub fn heir(targets: &[Target], me: &[String], subnet: Ipv4Network) -> Option<Ipv4Addr> {
-    targets
-        .iter()
-        .filter(|t| t.state == "healthy" && !me.iter().any(|m| m == &t.id))
-        .filter_map(|t| t.id.parse::<Ipv4Addr>().ok().filter(|a| subnet.contains(*a)))
-        .min()
-}
-
 /// The address of `dead` when this bastion is the one to take it over: it is an address of
 /// `subnet`, and of the healthy targets in `subnet` this bastion has the lowest address.
 fn takes_over(targets: &[Target], me: &[String], subnet: Ipv4Network, dead: &Target) -> Option<Ipv4Addr> {
@@ -281,22 +271,6 @@ mod tests {
         assert!(give_back(s(200), Some(s(150))));
         assert!(give_back(s(150), None), "nobody came");
         assert!(!give_back(s(100), Some(s(400))), "heard before it was taken: counts from the takeover");
-    }
-
-    #[test]
-    fn a_leaving_bastion_hands_its_address_to_the_lowest_healthy_sibling_of_its_subnet() {
-        let me = vec!["i-a".to_string(), "10.0.1.5".to_string()];
-        let subnet: Ipv4Network = "10.0.1.0/24".parse().unwrap();
-        let group = [
-            t("10.0.1.5", "draining"),
-            t("10.0.1.9", "healthy"),
-            t("10.0.1.7", "healthy"),
-            t("10.0.1.3", "unhealthy"),
-            t("10.0.2.1", "healthy"),
-        ];
-        assert_eq!(heir(&group, &me, subnet), Some("10.0.1.7".parse().unwrap()));
-        // Never itself (even when it still reads healthy), nobody outside the subnet.
-        assert_eq!(heir(&[t("10.0.1.5", "healthy"), t("10.0.2.1", "healthy")], &me, subnet), None);
     }
 
     fn take_over(subnet: &str) -> Rules {

@@ -86,11 +86,7 @@ impl SsmSource {
     /// instance role, from IMDSv2, refreshed before they expire).
     pub fn new(config: &Config) -> Result<SsmSource, FetchError> {
         let settings = Settings::of(config);
-        let mut vars: Vec<(String, String)> = std::env::vars().collect();
-        if let Some(url) = &settings.endpoint_url {
-            vars.push(("AWS_ENDPOINT_URL_SSM".into(), url.clone()));
-        }
-        let env = Environment::from_vars(vars);
+        let env = Environment::from_process().with_endpoint(settings.endpoint_url.as_deref(), &["ssm"]);
         let region = bastion_aws::imds::resolve_region(settings.region.as_deref(), &env)
             .map_err(|e| FetchError::NoRegion(e.to_string()))?;
         Ok(SsmSource {

@@ -250,8 +250,7 @@ fn log_failover(peer: &LivePeer, source: SocketAddr, now: u64) {
 }
 
 pub(super) fn send(shared: &DataPlaneShared, socket: &UdpSocket, packet: &[u8], path: udp::Path) {
-    let path = udp::Path { remote: udp::socket_address(path.remote, shared.dual_stack), ..path };
-    if udp::send_one(socket, packet, path).is_err() {
+    if udp::send_one(socket, packet, path.for_socket(shared.dual_stack)).is_err() {
         Counters::count(&shared.counters.send_errors);
     }
 }

@@ -3,7 +3,7 @@
 
 use super::peers::LivePeer;
 use super::send_runs::{Run, SendRuns};
-use super::{udp, Counters, DataPlaneShared};
+use super::{Counters, DataPlaneShared};
 use boringtun::noise::{Tunn, TunnResult};
 
 /// Handles one packet read from the TUN: what goes out joins `runs` (sent through `send` as
@@ -32,8 +32,7 @@ pub fn handle_tun_packet(
         TunnResult::WriteToNetwork(datagram) => match peer.path() {
             Some(path) => {
                 LivePeer::count(&peer.counters.tx_packets);
-                let path = udp::Path { remote: udp::socket_address(path.remote, shared.dual_stack), ..path };
-                runs.push(path, datagram, send);
+                runs.push(path.for_socket(shared.dual_stack), datagram, send);
             }
             // A roaming client that never reached this bastion: it has to come to us first.
             None => Counters::count(&shared.counters.dropped_tun_packets),

@@ -91,6 +91,11 @@ impl Path {
     pub fn to(remote: SocketAddr) -> Path {
         Path { remote, local: None }
     }
+
+    /// The same path with `remote` as our sockets take it ([`socket_address`]).
+    pub fn for_socket(self, dual_stack: bool) -> Path {
+        Path { remote: socket_address(self.remote, dual_stack), ..self }
+    }
 }
 
 /// Asks the kernel to say, with each IPv4 datagram (on dual-stack sockets too), which local
