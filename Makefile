@@ -16,7 +16,7 @@ CARGO ?= cargo
 HOST_ARCH := $(shell uname -m)
 
 # Debian packages the tests need (real peers, real servers, the nft oracle).
-TEST_PACKAGES := wireguard-go wireguard-tools nftables iproute2 python3 python3-venv iputils-ping dnsmasq-base iperf3 procps conntrack
+TEST_PACKAGES := wireguard-go wireguard-tools nftables iproute2 python3 python3-venv iputils-ping dnsmasq-base iperf3 procps conntrack ethtool
 
 # Python tools of the tests, in a virtualenv of our own (Debian 12 refuses system-wide pip):
 # moto in server mode (the AWS API emulator) with boto3, cfn-lint for the deploy template, and

@@ -71,3 +71,11 @@ pub fn mac(ns: &Netns, dev: &str) -> String {
     let mut words = shown.split_whitespace().skip_while(|w| *w != "link/ether");
     words.nth(1).unwrap_or_else(|| panic!("no link/ether address for {dev}: {shown}")).to_string()
 }
+
+/// Turns off `dev`'s checksum offload in `ns` for one direction, `"tx"` or `"rx"`: what it
+/// sends gets its checksums computed in software (and TSO goes with it), or what it receives
+/// is checked — as a NIC that trusts nothing would, unlike a veth, which passes a partial
+/// checksum along and marks what it receives as checked.
+pub fn checksum_offload_off(ns: &Netns, dev: &str, direction: &str) {
+    ns.run(&["ethtool", "-K", dev, direction, "off"]);
+}

@@ -83,6 +83,19 @@ pub fn report(state: &ServiceState, data_plane: &DataPlane, identity: &Identity)
             held_back_by_budget: load(&c.failover_refused_budget),
         },
         nat_rules: state.nat_rules(),
+        offloads: {
+            let o = data_plane.offloads();
+            Some(status::Offloads {
+                udp_gso: o.udp_gso,
+                udp_gro: o.udp_gro,
+                tun_tso: o.tun_tso,
+                tun_coalescing: o.tun_coalescing,
+                tun_super_packets_read: load(&c.tun_super_packets_read),
+                tun_segments_read: load(&c.tun_segments_read),
+                tun_super_packets_written: load(&c.tun_super_packets_written),
+                tun_segments_written: load(&c.tun_segments_written),
+            })
+        },
         siblings: state.siblings_counters().map(|c| status::Siblings {
             deregistered: load(&c.deregistered),
             marked_unhealthy: load(&c.marked_unhealthy),

@@ -30,6 +30,23 @@ pub struct StatusReport {
     /// What `[siblings]` has done; `None` when it is off (or the service predates it).
     #[serde(default)]
     pub siblings: Option<Siblings>,
+    /// The data path's offloads and what they did; `None` from a service that predates them.
+    #[serde(default)]
+    pub offloads: Option<Offloads>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Offloads {
+    pub udp_gso: bool,
+    pub udp_gro: bool,
+    pub tun_tso: bool,
+    pub tun_coalescing: bool,
+    /// TCP super-packets read from the TUN (TSO) and the segments cut from them.
+    pub tun_super_packets_read: u64,
+    pub tun_segments_read: u64,
+    /// Super-packets written to the TUN and the decrypted segments merged into them.
+    pub tun_super_packets_written: u64,
+    pub tun_segments_written: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -186,6 +203,22 @@ pub fn render_text(r: &StatusReport) -> String {
         "failover: {} refused (the peer was heard here moments before: forged or replayed), {} held back by the global budget",
         r.failover.refused_heard_recently, r.failover.held_back_by_budget
     );
+    if let Some(o) = &r.offloads {
+        let on = |b: bool| if b { "on" } else { "off" };
+        let _ = writeln!(
+            text,
+            "offloads: UDP GSO {}, UDP GRO {}, TUN TSO {}, TUN coalescing {}; TUN super-packets read {} ({} segments), \
+             written {} ({} segments)",
+            on(o.udp_gso),
+            on(o.udp_gro),
+            on(o.tun_tso),
+            on(o.tun_coalescing),
+            o.tun_super_packets_read,
+            o.tun_segments_read,
+            o.tun_super_packets_written,
+            o.tun_segments_written
+        );
+    }
     if let Some(s) = &r.siblings {
         let _ = writeln!(
             text,
@@ -251,6 +284,16 @@ pub(crate) fn example() -> StatusReport {
         failover: Failover { refused_heard_recently: 9, held_back_by_budget: 0 },
         nat_rules: "table inet bastion-wg0 {\n}\n".into(),
         siblings: None,
+        offloads: Some(Offloads {
+            udp_gso: true,
+            udp_gro: true,
+            tun_tso: true,
+            tun_coalescing: false,
+            tun_super_packets_read: 10,
+            tun_segments_read: 420,
+            tun_super_packets_written: 0,
+            tun_segments_written: 0,
+        }),
     }
 }
 
@@ -268,6 +311,8 @@ mod tests {
             failover handshakes 1  rejected sources 0  session index eba7e0\n\
             dropped: 7 datagrams not ours, 1 rejected, 5 handshakes from unknown keys, 300 cookie replies, 2 TUN packets with no peer\n\
             failover: 9 refused (the peer was heard here moments before: forged or replayed), 0 held back by the global budget\n\
+            offloads: UDP GSO on, UDP GRO on, TUN TSO on, TUN coalescing off; TUN super-packets read 10 (420 segments), \
+            written 0 (0 segments)\n\
             nat: what the service installs (`nft list table inet bastion-wg0` shows what is there):\n  table inet bastion-wg0 {\n  }\n";
         assert_eq!(text, expected);
     }

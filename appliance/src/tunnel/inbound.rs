@@ -10,6 +10,7 @@
 
 use super::decision::{self, DatagramVerdict, MessageKind, Role, Route};
 use super::failover::{self, PeerStamps, Refusal};
+use super::offload::coalesce::TunWrites;
 use super::peers::{LivePeer, PeerId, PeerTable};
 use super::{udp, Counters, DataPlaneShared};
 use crate::log;
@@ -24,7 +25,7 @@ use std::sync::atomic::Ordering;
 pub fn handle_datagram(
     shared: &DataPlaneShared,
     socket: &UdpSocket,
-    tun: &super::tun::TunQueue,
+    tun_writes: &mut TunWrites,
     path: udp::Path,
     datagram: &[u8],
     out: &mut [u8],
@@ -76,7 +77,7 @@ pub fn handle_datagram(
             }
         }
         DatagramVerdict::Deliver { packet, source: from } => {
-            deliver(shared, &peers, peer_id, peer, tun, packet, from);
+            deliver(&peers, peer_id, peer, tun_writes, packet, from);
             note_endpoint(shared, peer, path);
         }
         DatagramVerdict::Authenticated => note_endpoint(shared, peer, path),
@@ -143,13 +144,13 @@ fn identify_initiator(
     id
 }
 
-/// Writes a decrypted packet to the TUN if its source belongs to the peer.
+/// Queues a decrypted packet for the TUN (the worker writes the batch) if its source belongs to
+/// the peer.
 fn deliver(
-    shared: &DataPlaneShared,
     peers: &PeerTable,
     peer_id: PeerId,
     peer: &LivePeer,
-    tun: &super::tun::TunQueue,
+    tun_writes: &mut TunWrites,
     packet: &[u8],
     from: std::net::IpAddr,
 ) {
@@ -158,9 +159,7 @@ fn deliver(
         return;
     }
     LivePeer::count(&peer.counters.rx_packets);
-    if let Err(e) = tun.write(packet) {
-        shared.counters.tun_error(&shared.name, "write to", &e);
-    }
+    tun_writes.push(packet);
 }
 
 fn handshake_completed(peer: &LivePeer, source: SocketAddr, role: Role) {

@@ -10,6 +10,7 @@
 pub(crate) mod decision;
 mod failover;
 mod inbound;
+pub mod offload;
 mod outbound;
 pub mod peers;
 pub mod send_runs;
@@ -87,6 +88,12 @@ pub struct Counters {
     pub dropped_tun_packets: AtomicU64,
     pub send_errors: AtomicU64,
     pub tun_errors: AtomicU64,
+    /// TCP super-packets the kernel handed over (TSO) and the segments cut from them.
+    pub tun_super_packets_read: AtomicU64,
+    pub tun_segments_read: AtomicU64,
+    /// Super-packets written (coalescing) and the segments merged into them.
+    pub tun_super_packets_written: AtomicU64,
+    pub tun_segments_written: AtomicU64,
 }
 
 impl Counters {
@@ -130,6 +137,11 @@ pub struct DataPlaneShared {
     dual_stack: bool,
     /// UDP GSO for runs of datagrams; turned off for good by the first send the kernel refuses.
     udp_gso: AtomicBool,
+    /// How the TUN queues were opened (virtio headers, TSO on read).
+    tun_opened: tun::Opened,
+    udp_gro: bool,
+    /// Decrypted TCP segments of a flow are written as one super-packet.
+    tun_coalesce: bool,
     stop: AtomicBool,
     started: Instant,
     /// Per worker: milliseconds since `started` of its last loop turn.
@@ -146,6 +158,15 @@ impl DataPlaneShared {
     fn beat(&self, worker: usize) {
         self.heartbeats[worker].store(self.now_ms(), Ordering::Relaxed);
     }
+}
+
+/// The offloads a running data plane uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OffloadsInUse {
+    pub udp_gso: bool,
+    pub udp_gro: bool,
+    pub tun_tso: bool,
+    pub tun_coalescing: bool,
 }
 
 /// One peer as `status` shows it (no keys).
@@ -192,14 +213,33 @@ fn make_tunn(static_private: &x25519::StaticSecret, limiter: &Arc<RateLimiter>, 
 struct Offloads {
     udp_gso: bool,
     udp_gro: bool,
+    /// TUN reads take super-packets (TSO) and partial checksums.
+    tun_tso: bool,
+    /// TUN writes merge a flow's TCP segments.
+    tun_coalesce: bool,
 }
 
 impl Offloads {
-    const VARS: &'static str = "BASTION_NO_UDP_GSO=1 / BASTION_NO_UDP_GRO=1";
+    const VARS: &'static str =
+        "BASTION_NO_UDP_GSO=1 / BASTION_NO_UDP_GRO=1 / BASTION_NO_TUN_TSO=1 / BASTION_NO_TUN_COALESCE=1";
 
     fn from_env() -> Offloads {
         let off = |var: &str| std::env::var(var).is_ok_and(|v| v == "1");
-        Offloads { udp_gso: !off("BASTION_NO_UDP_GSO"), udp_gro: !off("BASTION_NO_UDP_GRO") }
+        Offloads {
+            udp_gso: !off("BASTION_NO_UDP_GSO"),
+            udp_gro: !off("BASTION_NO_UDP_GRO"),
+            tun_tso: !off("BASTION_NO_TUN_TSO"),
+            tun_coalesce: !off("BASTION_NO_TUN_COALESCE"),
+        }
+    }
+}
+
+/// "on", "off" (turned off) or "not available (why)".
+fn offload_word(wanted: bool, granted: bool, refused: &str) -> String {
+    match (wanted, granted) {
+        (false, _) => "off".into(),
+        (true, true) => "on".into(),
+        (true, false) => format!("not available ({refused})"),
     }
 }
 
@@ -207,24 +247,28 @@ impl DataPlane {
     pub fn start(spec: TunnelSpec) -> Result<DataPlane, TunnelError> {
         let workers = spec.workers.max(1);
         let addresses = spec.addresses.clone();
-        let queues = tun::open(&spec.name, workers)
+        let offloads = Offloads::from_env();
+        let wanted = tun::Wanted { vnet_header: offloads.tun_tso || offloads.tun_coalesce, tso: offloads.tun_tso };
+        let (queues, tun_opened) = tun::open(&spec.name, workers, wanted)
             .map_err(|source| TunnelError::CreateTun { name: spec.name.clone(), source })?;
         configure_link(&spec).map_err(|source| TunnelError::Configure { name: spec.name.clone(), source })?;
         let listen = udp::bind(spec.listen_port, workers)
             .map_err(|source| TunnelError::Listen { port: spec.listen_port, source })?;
-        let offloads = Offloads::from_env();
         let udp_gro = offloads.udp_gro && listen.sockets.iter().all(udp::enable_gro);
         if let Some(e) = listen.sockets.iter().find_map(|s| udp::enable_packet_info(s).err()) {
             crate::log!("tunnel: IP_PKTINFO refused ({e}): replies leave from the address the kernel picks by route");
         }
+        let no_vnet = "the kernel refused IFF_VNET_HDR";
         crate::log!(
-            "tunnel: UDP GSO {}, UDP GRO {} ({} turn them off)",
+            "tunnel: UDP GSO {}, UDP GRO {}, TUN TSO {}, TUN coalescing {} ({} turn them off)",
             if offloads.udp_gso { "on" } else { "off" },
-            match (offloads.udp_gro, udp_gro) {
-                (false, _) => "off",
-                (true, true) => "on",
-                (true, false) => "not available (the kernel refused UDP_GRO)",
-            },
+            offload_word(offloads.udp_gro, udp_gro, "the kernel refused UDP_GRO"),
+            offload_word(
+                offloads.tun_tso,
+                tun_opened.tso,
+                if tun_opened.vnet_header { "the kernel refused TUNSETOFFLOAD" } else { no_vnet }
+            ),
+            offload_word(offloads.tun_coalesce, tun_opened.vnet_header, no_vnet),
             Offloads::VARS
         );
 
@@ -246,6 +290,9 @@ impl DataPlane {
             sockets: listen.sockets,
             dual_stack: listen.dual_stack,
             udp_gso: AtomicBool::new(offloads.udp_gso),
+            tun_opened,
+            udp_gro,
+            tun_coalesce: offloads.tun_coalesce,
             stop: AtomicBool::new(false),
             started: Instant::now(),
             heartbeats: (0..workers).map(|_| AtomicU64::new(0)).collect(),
@@ -356,6 +403,17 @@ impl DataPlane {
 
     pub fn counters(&self) -> &Counters {
         &self.shared.counters
+    }
+
+    /// Which offloads are in use now (UDP GSO turns itself off when the kernel refuses it).
+    pub fn offloads(&self) -> OffloadsInUse {
+        let s = &self.shared;
+        OffloadsInUse {
+            udp_gso: s.udp_gso.load(Ordering::Relaxed),
+            udp_gro: s.udp_gro,
+            tun_tso: s.tun_opened.tso,
+            tun_coalescing: s.tun_opened.vnet_header && s.tun_coalesce,
+        }
     }
 
     /// Stops the threads and closes the TUN queues (the kernel then removes the interface).

@@ -1,9 +1,14 @@
 //! One data-plane worker: a thread that owns one TUN queue and one UDP socket of the listen
 //! port and moves packets between them until told to stop. Workers share only the peer table.
 //! What one TUN batch encrypts leaves in runs ([`super::send_runs`], UDP GSO); what UDP GRO
-//! coalesced arrives as one buffer and is cut into its datagrams here.
+//! coalesced arrives as one buffer and is cut into its datagrams here. With TUN offloads a
+//! super-packet read from the TUN is cut into segments before sealing, and what one UDP batch
+//! decrypts is written to the TUN as few super-packets as the flows allow (`super::offload`).
 
 use super::inbound::handle_datagram;
+use super::offload::coalesce::TunWrites;
+use super::offload::segment;
+use super::offload::vnet::{self, VnetHeader};
 use super::outbound::handle_tun_packet;
 use super::send_runs::{Run, SendRuns};
 use super::tun::TunQueue;
@@ -18,8 +23,9 @@ use std::sync::Arc;
 const BATCH: usize = 64;
 /// The loop wakes at least this often to beat its heartbeat and see a stop request.
 const WAKE_MS: u16 = 250;
-/// Big enough for any datagram, a GRO buffer (64 KiB at most) or a TUN packet (MTU ≤ 9001).
-const BUFFER_BYTES: usize = 65_536;
+/// Big enough for any datagram, a GRO buffer (64 KiB at most), a TUN packet (MTU ≤ 9001) or a
+/// TUN super-packet (IPv6's 40 header bytes + 65,535) behind its virtio header.
+const BUFFER_BYTES: usize = 65_536 + 40 + vnet::LEN;
 
 /// Sends one run: one `sendmsg` with UDP GSO when it has several datagrams and GSO is on, else
 /// one `send_to` each. A run the route cannot take as one goes one by one; a kernel or device
@@ -51,11 +57,31 @@ fn send_run(shared: &DataPlaneShared, socket: &std::net::UdpSocket, run: Run) {
     }
 }
 
+/// Writes what one UDP batch decrypted (a failed write is the link's state, counted).
+fn write_to_tun(shared: &DataPlaneShared, tun: &TunQueue, tun_writes: &mut TunWrites) {
+    if tun_writes.is_empty() {
+        return;
+    }
+    let flushed = tun_writes.flush(&mut |slices| {
+        if let Err(e) = tun.write_gathered(slices) {
+            shared.counters.tun_error(&shared.name, "write to", &e);
+        }
+    });
+    if flushed.super_packets > 0 {
+        let counters = &shared.counters;
+        counters.tun_super_packets_written.fetch_add(flushed.super_packets as u64, Ordering::Relaxed);
+        counters.tun_segments_written.fetch_add(flushed.merged_segments as u64, Ordering::Relaxed);
+    }
+}
+
 pub fn run(shared: Arc<DataPlaneShared>, worker: usize, tun: TunQueue) {
     let socket = &shared.sockets[worker];
     let mut input = vec![0u8; BUFFER_BYTES];
     let mut output = vec![0u8; BUFFER_BYTES];
     let mut runs = SendRuns::new();
+    let opened = shared.tun_opened;
+    let mut tun_writes = TunWrites::new(opened.vnet_header, shared.tun_coalesce);
+    let mut segment_scratch = Vec::with_capacity(BUFFER_BYTES);
     while !shared.stop.load(Ordering::Relaxed) {
         shared.beat(worker);
         let mut fds = [PollFd::new(socket.as_fd(), PollFlags::POLLIN), PollFd::new(tun.as_fd(), PollFlags::POLLIN)];
@@ -83,12 +109,19 @@ pub fn run(shared: Arc<DataPlaneShared>, worker: usize, tun: TunQueue) {
                         match received.segment {
                             Some(segment) => {
                                 for datagram in bytes.chunks(segment) {
-                                    handle_datagram(&shared, socket, &tun, received.path, datagram, &mut output);
+                                    handle_datagram(
+                                        &shared,
+                                        socket,
+                                        &mut tun_writes,
+                                        received.path,
+                                        datagram,
+                                        &mut output,
+                                    );
                                     handled += 1;
                                 }
                             }
                             None => {
-                                handle_datagram(&shared, socket, &tun, received.path, bytes, &mut output);
+                                handle_datagram(&shared, socket, &mut tun_writes, received.path, bytes, &mut output);
                                 handled += 1;
                             }
                         }
@@ -99,11 +132,27 @@ pub fn run(shared: Arc<DataPlaneShared>, worker: usize, tun: TunQueue) {
                     Err(_) => break,
                 }
             }
+            write_to_tun(&shared, &tun, &mut tun_writes);
         }
         if tun_ready {
             let mut send = |run: Run| send_run(&shared, socket, run);
             for _ in 0..BATCH {
                 match tun.read(&mut input) {
+                    Ok(n) if opened.vnet_header => {
+                        let mut seal =
+                            |packet: &[u8]| handle_tun_packet(&shared, packet, &mut output, &mut runs, &mut send);
+                        let made_whole = VnetHeader::decode(&input[..n]).ok_or(segment::Unfit::NotTcp).and_then(|h| {
+                            segment::make_whole(h, &mut input[vnet::LEN..n], &mut segment_scratch, &mut seal)
+                        });
+                        match made_whole {
+                            Ok(1) => {}
+                            Ok(segments) => {
+                                Counters::count(&shared.counters.tun_super_packets_read);
+                                shared.counters.tun_segments_read.fetch_add(segments as u64, Ordering::Relaxed);
+                            }
+                            Err(_) => Counters::count(&shared.counters.dropped_tun_packets),
+                        }
+                    }
                     Ok(n) => handle_tun_packet(&shared, &input[..n], &mut output, &mut runs, &mut send),
                     Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == ErrorKind::Interrupted => continue,
