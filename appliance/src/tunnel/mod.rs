@@ -28,6 +28,7 @@ use boringtun::noise::Tunn;
 use boringtun::x25519;
 use peers::PeerTable;
 pub use peers::{PeerSpec, TableChange};
+use peers::{TunnMaker, TunnRecipe};
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -125,8 +126,9 @@ pub struct DataPlaneShared {
     static_public: x25519::PublicKey,
     /// The peer table; a reload swaps in a new one (workers load it once per packet).
     peers: ArcSwap<PeerTable>,
-    /// What every `Tunn` is given as its own limiter (see `DataPlane::start`).
-    unlimited: Arc<RateLimiter>,
+    /// Makes peers' `Tunn`s when they are first needed (with the limiter that never limits:
+    /// see `DataPlane::start`).
+    tunn_maker: TunnMaker,
     /// Counts handshake messages across all peers; reset every second by the timer thread.
     handshake_limiter: Arc<RateLimiter>,
     /// Responses to our own outstanding failover initiations (`failover::FAILOVER_RESPONSES_PER_SECOND`).
@@ -198,15 +200,19 @@ pub struct DataPlane {
     updating: Mutex<()>,
 }
 
-fn make_tunn(static_private: &x25519::StaticSecret, limiter: &Arc<RateLimiter>, peer: &PeerSpec, index: u32) -> Tunn {
-    Tunn::new(
-        static_private.clone(),
-        peer.public_key.to_x25519(),
-        peer.preshared_key,
-        peer.persistent_keepalive,
-        index,
-        Some(limiter.clone()),
-    )
+/// Makes peers' `Tunn`s with our key and `limiter`.
+fn tunn_maker(static_private: &x25519::StaticSecret, limiter: &Arc<RateLimiter>) -> TunnMaker {
+    let (static_private, limiter) = (static_private.clone(), limiter.clone());
+    Arc::new(move |recipe: &TunnRecipe, index| {
+        Tunn::new(
+            static_private.clone(),
+            recipe.public_key.to_x25519(),
+            recipe.preshared_key,
+            recipe.persistent_keepalive,
+            index,
+            Some(limiter.clone()),
+        )
+    })
 }
 
 /// Which offloads to try: all, unless the environment turns one off (to measure each alone).
@@ -277,13 +283,14 @@ impl DataPlane {
         // Every Tunn checks MACs itself; the real rate limit is the shared limiter we apply
         // before a handshake reaches a Tunn, so theirs never counts as under load.
         let unlimited = Arc::new(RateLimiter::new(&static_public, u64::MAX));
-        let peers = PeerTable::new(spec.peers, |peer, index| make_tunn(&static_private, &unlimited, peer, index));
+        let maker = tunn_maker(&static_private, &unlimited);
+        let peers = PeerTable::new(spec.peers, &maker);
         let shared = Arc::new(DataPlaneShared {
             name: spec.name.clone(),
             static_private,
             static_public,
             peers: ArcSwap::from_pointee(peers),
-            unlimited,
+            tunn_maker: maker,
             handshake_limiter: Arc::new(RateLimiter::new(&static_public, HANDSHAKES_PER_SECOND)),
             failover_response_limiter: RateLimiter::new(&static_public, failover::FAILOVER_RESPONSES_PER_SECOND),
             failover_budget: Mutex::new(failover::GlobalBudget::default()),
@@ -334,8 +341,7 @@ impl DataPlane {
         let _one_at_a_time = self.updating.lock().unwrap_or_else(|e| e.into_inner());
         let shared = &self.shared;
         let current = shared.peers.load_full();
-        let (table, change) = current
-            .updated(specs, recreate, |peer, index| make_tunn(&shared.static_private, &shared.unlimited, peer, index));
+        let (table, change) = current.updated(specs, recreate, &shared.tunn_maker);
         shared.peers.store(Arc::new(table));
         change
     }
@@ -368,7 +374,8 @@ impl DataPlane {
             .load()
             .iter()
             .map(|peer| {
-                let (last_handshake, tx, rx, _, _) = peer.lock_tunn().stats();
+                let (last_handshake, tx, rx) =
+                    peer.existing_tunn().map(|t| t.stats()).map_or((None, 0, 0), |(h, tx, rx, _, _)| (h, tx, rx));
                 let info = peer.info();
                 PeerStatus {
                     name: info.name,

@@ -5,6 +5,11 @@
 //! Session indices are derived from the peer's public key, not drawn at random: every bastion
 //! of a cluster with the same peer set gives a peer the same index, so a packet carrying a
 //! session index names its peer on any of them (the basis of fast failover).
+//!
+//! A peer's `Tunn` (about 10 KiB: eight session slots with their keys and replay windows) is
+//! made the first time the peer needs one — its first handshake, or a packet for it — so the
+//! many configured devices that are not connected cost a few hundred bytes each. A peer this
+//! bastion must reach by itself (an endpoint and a keepalive in its config) gets one at once.
 
 use super::udp;
 use crate::keys::PublicKey;
@@ -13,8 +18,9 @@ use ip_network::IpNetwork;
 use ip_network_table::IpNetworkTable;
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 /// boringtun keeps the low 8 bits of a receiver index for its session ring, so a peer's own
 /// index has 24 bits.
@@ -30,6 +36,41 @@ pub struct PeerSpec {
     pub persistent_keepalive: Option<u16>,
     /// Accept packets for this peer only from a loopback source (the self-test's own peer).
     pub loopback_only: bool,
+}
+
+/// What a peer's `Tunn` is made from, kept until it is made (and for a rebuild).
+pub struct TunnRecipe {
+    pub public_key: PublicKey,
+    pub preshared_key: Option<[u8; 32]>,
+    pub persistent_keepalive: Option<u16>,
+}
+
+impl Drop for TunnRecipe {
+    fn drop(&mut self) {
+        if let Some(key) = self.preshared_key.as_mut() {
+            zeroize::Zeroize::zeroize(key);
+        }
+    }
+}
+
+/// Makes a `Tunn` from a recipe and the peer's session index (the caller owns the private key
+/// and the rate-limiter choice).
+pub type TunnMaker = Arc<dyn Fn(&TunnRecipe, u32) -> Tunn + Send + Sync>;
+
+/// A locked peer's `Tunn`, made if it did not exist yet (see [`LivePeer::lock_tunn`]).
+pub struct TunnGuard<'a>(MutexGuard<'a, Option<Box<Tunn>>>);
+
+impl Deref for TunnGuard<'_> {
+    type Target = Tunn;
+    fn deref(&self) -> &Tunn {
+        self.0.as_deref().expect("a TunnGuard always holds a Tunn")
+    }
+}
+
+impl DerefMut for TunnGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Tunn {
+        self.0.as_deref_mut().expect("a TunnGuard always holds a Tunn")
+    }
 }
 
 /// Counters a status page shows; all relaxed atomics, updated on the data path.
@@ -57,7 +98,10 @@ pub struct LivePeer {
     info: RwLock<PeerInfo>,
     /// The 24-bit session index base (boringtun appends 8 bits per session).
     pub index: u32,
-    pub tunn: Mutex<Tunn>,
+    recipe: TunnRecipe,
+    maker: TunnMaker,
+    /// Made when first needed (see the module comment).
+    tunn: Mutex<Option<Box<Tunn>>>,
     pub endpoint: RwLock<Option<SocketAddr>>,
     /// The local IPv4 address the peer's authenticated datagrams last came to (0: not known):
     /// replies leave from it (see `udp::Path`).
@@ -76,11 +120,20 @@ pub struct LivePeer {
 }
 
 impl LivePeer {
-    fn new(spec: PeerSpec, index: u32, tunn: Tunn) -> LivePeer {
+    fn new(spec: PeerSpec, index: u32, maker: &TunnMaker) -> LivePeer {
+        let recipe = TunnRecipe {
+            public_key: spec.public_key,
+            preshared_key: spec.preshared_key,
+            persistent_keepalive: spec.persistent_keepalive,
+        };
+        let reaches_out = spec.endpoint.is_some() && spec.persistent_keepalive.is_some();
+        let tunn = reaches_out.then(|| Box::new(maker(&recipe, index)));
         LivePeer {
             public_key: spec.public_key,
             info: RwLock::new(PeerInfo { name: spec.name, allowed_ips: spec.allowed_ips }),
             index,
+            recipe,
+            maker: maker.clone(),
             tunn: Mutex::new(tunn),
             endpoint: RwLock::new(spec.endpoint),
             local_v4: AtomicU32::new(0),
@@ -141,8 +194,19 @@ impl LivePeer {
         !self.loopback_only || source.ip().to_canonical().is_loopback()
     }
 
-    pub fn lock_tunn(&self) -> std::sync::MutexGuard<'_, Tunn> {
-        self.tunn.lock().unwrap_or_else(|e| e.into_inner())
+    /// The peer's `Tunn`, locked; made now if the peer had none.
+    pub fn lock_tunn(&self) -> TunnGuard<'_> {
+        let mut slot = self.tunn.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.is_none() {
+            *slot = Some(Box::new((self.maker)(&self.recipe, self.index)));
+        }
+        TunnGuard(slot)
+    }
+
+    /// The peer's `Tunn`, locked, only if it has one (timers and status do not make one).
+    pub fn existing_tunn(&self) -> Option<TunnGuard<'_>> {
+        let slot = self.tunn.lock().unwrap_or_else(|e| e.into_inner());
+        slot.is_some().then(|| TunnGuard(slot))
     }
 
     pub fn count(counter: &AtomicU64) {
@@ -173,19 +237,12 @@ pub struct PeerTable {
 }
 
 impl PeerTable {
-    /// Builds the table. `make_tunn(spec, index)` creates each peer's `Tunn` (the caller owns
-    /// the private key and the rate-limiter choice).
-    pub fn new(specs: Vec<PeerSpec>, mut make_tunn: impl FnMut(&PeerSpec, u32) -> Tunn) -> Self {
+    /// Builds the table; `maker` makes each peer's `Tunn` when it is needed.
+    pub fn new(specs: Vec<PeerSpec>, maker: &TunnMaker) -> Self {
         let keys: Vec<PublicKey> = specs.iter().map(|s| s.public_key).collect();
         let indices = derive_session_indices(&keys);
-        let peers = specs
-            .into_iter()
-            .zip(indices)
-            .map(|(spec, index)| {
-                let tunn = make_tunn(&spec, index);
-                Arc::new(LivePeer::new(spec, index, tunn))
-            })
-            .collect();
+        let peers =
+            specs.into_iter().zip(indices).map(|(spec, index)| Arc::new(LivePeer::new(spec, index, maker))).collect();
         PeerTable::from_peers(peers)
     }
 
@@ -217,7 +274,7 @@ impl PeerTable {
         &self,
         specs: Vec<PeerSpec>,
         recreate: &HashSet<PublicKey>,
-        mut make_tunn: impl FnMut(&PeerSpec, u32) -> Tunn,
+        maker: &TunnMaker,
     ) -> (PeerTable, TableChange) {
         let mut change = TableChange::default();
         let wanted: HashSet<[u8; 32]> = specs.iter().map(|s| s.public_key.0).collect();
@@ -243,9 +300,7 @@ impl PeerTable {
                     peers.push(existing.clone());
                 }
                 Some(existing) => {
-                    let index = existing.index;
-                    let tunn = make_tunn(&spec, index);
-                    peers.push(Arc::new(LivePeer::new(spec, index, tunn)));
+                    peers.push(Arc::new(LivePeer::new(spec, existing.index, maker)));
                     change.recreated += 1;
                 }
                 None => {
@@ -254,8 +309,7 @@ impl PeerTable {
                         .find(|c| *c != 0 && !taken.contains(c))
                         .expect("2^24 indices for at most a few thousand peers");
                     taken.insert(index);
-                    let tunn = make_tunn(&spec, index);
-                    peers.push(Arc::new(LivePeer::new(spec, index, tunn)));
+                    peers.push(Arc::new(LivePeer::new(spec, index, maker)));
                     change.added += 1;
                 }
             }
@@ -384,9 +438,13 @@ mod tests {
                 loopback_only: false,
             },
         ];
-        let table = PeerTable::new(specs, |spec, index| {
-            Tunn::new(private.to_x25519(), spec.public_key.to_x25519(), None, None, index, None)
+        let maker: TunnMaker = Arc::new(move |recipe: &TunnRecipe, index| {
+            Tunn::new(private.to_x25519(), recipe.public_key.to_x25519(), None, None, index, None)
         });
+        let table = PeerTable::new(specs, &maker);
+        assert!(table.iter().all(|p| p.existing_tunn().is_none()), "no Tunn before it is needed");
+        assert_eq!(table.get(1).lock_tunn().stats().1, 0);
+        assert!(table.get(1).existing_tunn().is_some() && table.get(0).existing_tunn().is_none());
         assert_eq!(table.route("10.1.2.3".parse().unwrap()), Some(1));
         assert_eq!(table.route("10.1.2.4".parse().unwrap()), Some(0));
         assert_eq!(table.route("192.168.0.1".parse().unwrap()), None);

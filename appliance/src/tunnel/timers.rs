@@ -24,7 +24,8 @@ pub fn run(shared: Arc<DataPlaneShared>) {
         }
         let peers = shared.peers.load_full();
         for peer in peers.iter() {
-            let mut tunn = peer.lock_tunn();
+            // A peer that never needed a Tunn has no timers running.
+            let Some(mut tunn) = peer.existing_tunn() else { continue };
             if let TunnResult::WriteToNetwork(packet) = tunn.update_timers(&mut out) {
                 if let Some(path) = peer.path() {
                     send(&shared, socket, packet, path);

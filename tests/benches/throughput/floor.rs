@@ -1,7 +1,7 @@
 //! The floors the bench reports beside the runs: what sealing and opening 1,420-byte packets
 //! costs on one core with the code the bastion uses (boringtun's `Tunn`, ChaCha20-Poly1305 from
 //! RustCrypto: the crypto alone, no I/O), and how much memory `bastion run` takes with 1 and
-//! with 1,000 configured peers.
+//! with 1,000 configured peers, and what a connected peer adds (200 boringtun peers handshake).
 
 use std::time::{Duration, Instant};
 
@@ -21,7 +21,12 @@ pub struct Floor {
     /// `bastion run`'s resident memory (KiB) with 1 and 1,000 peers, and per peer.
     pub rss_kib_1: Option<u64>,
     pub rss_kib_1000: Option<u64>,
+    /// With `CONNECTED` storm peers configured: before any of them connected, and after all did.
+    pub rss_kib_idle_connected: Option<(u64, u64)>,
 }
+
+/// Peers that connect for the connected-peer memory figure.
+const CONNECTED: usize = 200;
 
 fn thread_cpu() -> Duration {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
@@ -119,13 +124,54 @@ pub fn rss_kib(binary: &std::path::Path, extra: usize) -> Option<u64> {
     bastion.wait_healthy(Duration::from_secs(60)).ok()?;
     // Let the first self-test and the threads settle.
     std::thread::sleep(Duration::from_secs(2));
+    vm_rss_kib(&bastion)
+}
+
+fn vm_rss_kib(bastion: &Bastion) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{}/status", bastion.process.pid())).ok()?;
     status.lines().find_map(|l| l.strip_prefix("VmRSS:").and_then(|v| v.split_whitespace().next()?.parse().ok()))
 }
 
+/// `bastion run`'s VmRSS with `CONNECTED` boringtun peers configured, before any connected and
+/// once every one has a session (each pinged the bastion and got its answer).
+pub fn rss_kib_idle_connected(binary: &std::path::Path) -> Option<(u64, u64)> {
+    use bastion_tests::storm::{drive_until_answered, tunnel_address, StormPeer};
+    use bastion_tests::topology::BASTION_TUNNEL_V4;
+    let topo = Topology::with(1, 1);
+    let public = topo.bastion_keys.public.clone();
+    let mut peers: Vec<StormPeer> = (0..CONNECTED)
+        .map(|i| {
+            let index = (bastion_tests::random_u64() as u32) >> 8;
+            StormPeer::new(&topo.clients[0].ns, &format!("c{i}"), tunnel_address(i), &public, index)
+        })
+        .collect();
+    let setup = BastionSetup { extra_toml: peers.iter().map(StormPeer::toml).collect(), ..BastionSetup::default() };
+    let bastion = Bastion::start(&topo, binary, setup);
+    bastion.wait_healthy(Duration::from_secs(60)).ok()?;
+    std::thread::sleep(Duration::from_secs(2));
+    let idle = vm_rss_kib(&bastion)?;
+    // In batches under the bastion's handshake rate limit.
+    for batch in peers.chunks_mut(50) {
+        let (every, give_up) = (Duration::from_millis(250), Duration::from_secs(30));
+        drive_until_answered(batch, BASTION_TUNNEL_V4, topo.endpoint_v4(), every, give_up);
+    }
+    if peers.iter().any(|p| p.answered.is_none()) {
+        eprintln!("bench: not every peer connected; no connected-peer memory figure");
+        return None;
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    Some((idle, vm_rss_kib(&bastion)?))
+}
+
 pub fn measure(binary: &std::path::Path) -> Floor {
     let (seal_cpu_per_gb, open_cpu_per_gb) = crypto(1.5);
-    Floor { seal_cpu_per_gb, open_cpu_per_gb, rss_kib_1: rss_kib(binary, 0), rss_kib_1000: rss_kib(binary, 999) }
+    Floor {
+        seal_cpu_per_gb,
+        open_cpu_per_gb,
+        rss_kib_1: rss_kib(binary, 0),
+        rss_kib_1000: rss_kib(binary, 999),
+        rss_kib_idle_connected: rss_kib_idle_connected(binary),
+    }
 }
 
 impl Floor {
@@ -143,6 +189,15 @@ impl Floor {
                 one as f64 / 1024.0,
                 thousand as f64 / 1024.0,
                 thousand.saturating_sub(one) as f64 / 999.0
+            ));
+        }
+        if let Some((idle, connected)) = self.rss_kib_idle_connected {
+            s.push_str(&format!(
+                " With {CONNECTED} peers configured: {:.1} MiB before any connected, {:.1} MiB once all had a \
+                 session: {:.1} KiB per connected peer.",
+                idle as f64 / 1024.0,
+                connected as f64 / 1024.0,
+                connected.saturating_sub(idle) as f64 / CONNECTED as f64
             ));
         }
         s
