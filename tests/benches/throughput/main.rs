@@ -29,6 +29,7 @@
 mod bed;
 mod cpu;
 mod floor;
+mod handshakes;
 mod iperf;
 mod report;
 
@@ -112,6 +113,8 @@ pub struct Options {
     /// `--bastion-env KEY=VALUE`: the environment of `bastion run` (BASTION_NO_UDP_GSO=1 measures
     /// it without UDP GSO).
     pub bastion_env: Vec<(String, String)>,
+    /// Seconds of the handshake flood per implementation (`--handshake-seconds`, 0: none).
+    pub handshake_seconds: u32,
 }
 
 const ALL: [Implementation; 4] =
@@ -128,6 +131,7 @@ fn parse_options() -> Result<Options, String> {
     let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let mut out = workspace.join("target/bench");
     let mut tun_txqueuelen = None;
+    let mut handshake_seconds = 8;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value"));
@@ -146,6 +150,11 @@ fn parse_options() -> Result<Options, String> {
             "--scenarios" => scenario_names = value("--scenarios")?,
             // cargo runs benches in the package folder: a relative path means the workspace's.
             "--out" => out = workspace.join(value("--out")?),
+            "--handshake-seconds" => {
+                let v = value("--handshake-seconds")?;
+                handshake_seconds =
+                    v.parse().map_err(|_| format!("--handshake-seconds: expected a whole number, got {v:?}"))?;
+            }
             "--tun-txqueuelen" => tun_txqueuelen = Some(number("--tun-txqueuelen", value("--tun-txqueuelen")?)?),
             "--only" => {
                 only = Vec::new();
@@ -181,7 +190,18 @@ fn parse_options() -> Result<Options, String> {
         ))?;
         scenarios.push(scenario.clone());
     }
-    Ok(Options { seconds, reps, scenarios, udp_mbit, only, out, tun_txqueuelen, client, bastion_env })
+    Ok(Options {
+        seconds,
+        reps,
+        scenarios,
+        udp_mbit,
+        only,
+        out,
+        tun_txqueuelen,
+        client,
+        bastion_env,
+        handshake_seconds,
+    })
 }
 
 /// One measured run: one implementation, one scenario, one repetition.
@@ -422,6 +442,26 @@ fn main() {
     eprintln!("bench: load average at end: {loadavg_end}");
     let implementations: Vec<Implementation> = beds.iter().map(|b| b.implementation).collect();
     drop(beds);
+    let mut handshake_figures = Vec::new();
+    if options.handshake_seconds > 0 {
+        for &implementation in &implementations {
+            let figure = handshakes::measure(implementation, &binaries, options.handshake_seconds);
+            match &figure {
+                Ok(f) => eprintln!(
+                    "bench: handshakes {:<17} {:>6.0} responses/s {:>6.0} cookie replies/s {:.2} cores {:>6.0} per CPU-s, pings {}/{}",
+                    implementation.label(),
+                    f.responses_per_second(),
+                    f.cookie_replies as f64 / f.seconds,
+                    f.cores(),
+                    f.responses_per_cpu_second(),
+                    f.pings_answered,
+                    f.pings_sent
+                ),
+                Err(e) => eprintln!("bench: handshakes {} FAILED: {e}", implementation.label()),
+            }
+            handshake_figures.push(figure);
+        }
+    }
 
     let context = report::Context {
         options: options.clone(),
@@ -432,6 +472,7 @@ fn main() {
         elapsed: started.elapsed().as_secs_f64(),
         boringtun_threads: binaries.boringtun_threads,
         floor: Some(floor),
+        handshakes: handshake_figures,
         client: match &binaries.client {
             Some(path) => format!("wireguard-go-2023 ({})", path.display()),
             None => "wireguard-go from PATH (Debian bookworm's 0.0.20220316 here)".to_string(),

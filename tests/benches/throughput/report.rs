@@ -23,6 +23,8 @@ pub struct Context {
     pub client: String,
     /// The crypto floor and the memory per peer (see `floor`).
     pub floor: Option<crate::floor::Floor>,
+    /// Handshakes under a flood, per implementation (see `handshakes`).
+    pub handshakes: Vec<Result<crate::handshakes::HandshakeFigure, String>>,
 }
 
 /// Median and range of one figure over the repetitions.
@@ -391,6 +393,21 @@ pub fn markdown(context: &Context, summary: &[ScenarioSummary], runs: &[Run]) ->
     for f in failures {
         let why = f.result.as_ref().err().map(|e| e.lines().next().unwrap_or("").to_string()).unwrap_or_default();
         writeln!(s, "- failed run: rep {} {} {}: {why}", f.rep + 1, f.scenario, f.implementation.label()).unwrap();
+    }
+    if !context.handshakes.is_empty() {
+        writeln!(s).unwrap();
+        s.push_str(&crate::handshakes::markdown(&context.handshakes, o.handshake_seconds));
+        let per_cpu = |i: Implementation| {
+            context.handshakes.iter().flatten().find(|f| f.implementation == i).map(|f| f.responses_per_cpu_second())
+        };
+        if let Some(ours) = per_cpu(Implementation::Bastion) {
+            for other in [Implementation::WireguardGoNew, Implementation::WireguardGo, Implementation::Boringtun] {
+                if let Some(theirs) = per_cpu(other).filter(|t| *t > 0.0) {
+                    writeln!(s, "\nResponses per CPU-second, `bastion run` ÷ {}: {:.2}.", other.label(), ours / theirs)
+                        .unwrap();
+                }
+            }
+        }
     }
     s
 }
