@@ -15,6 +15,7 @@ pub mod baseline;
 pub mod bastion;
 pub mod cluster;
 pub mod command;
+pub mod crypto_floor;
 pub mod dhcp;
 pub mod ha;
 pub mod handshake;

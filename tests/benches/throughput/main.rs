@@ -29,6 +29,7 @@
 mod bed;
 mod cpu;
 mod floor;
+mod generator;
 mod handshakes;
 mod iperf;
 mod report;
@@ -115,6 +116,8 @@ pub struct Options {
     pub bastion_env: Vec<(String, String)>,
     /// Seconds of the handshake flood per implementation (`--handshake-seconds`, 0: none).
     pub handshake_seconds: u32,
+    /// Seconds of each ceiling case with the load generator (`--ceiling-seconds`, 0: none).
+    pub ceiling_seconds: u32,
 }
 
 const ALL: [Implementation; 4] =
@@ -132,6 +135,7 @@ fn parse_options() -> Result<Options, String> {
     let mut out = workspace.join("target/bench");
     let mut tun_txqueuelen = None;
     let mut handshake_seconds = 8;
+    let mut ceiling_seconds = 5;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value"));
@@ -150,6 +154,11 @@ fn parse_options() -> Result<Options, String> {
             "--scenarios" => scenario_names = value("--scenarios")?,
             // cargo runs benches in the package folder: a relative path means the workspace's.
             "--out" => out = workspace.join(value("--out")?),
+            "--ceiling-seconds" => {
+                let v = value("--ceiling-seconds")?;
+                ceiling_seconds =
+                    v.parse().map_err(|_| format!("--ceiling-seconds: expected a whole number, got {v:?}"))?;
+            }
             "--handshake-seconds" => {
                 let v = value("--handshake-seconds")?;
                 handshake_seconds =
@@ -201,6 +210,7 @@ fn parse_options() -> Result<Options, String> {
         client,
         bastion_env,
         handshake_seconds,
+        ceiling_seconds,
     })
 }
 
@@ -463,6 +473,35 @@ fn main() {
         }
     }
 
+    let mut ceilings = Vec::new();
+    if options.ceiling_seconds > 0 {
+        for packet_bytes in [1420, 128] {
+            for layout in [generator::Layout::Pinned, generator::Layout::Shared] {
+                for implementation in [Implementation::Bastion, Implementation::WireguardGoNew] {
+                    if !implementations.contains(&implementation) {
+                        continue;
+                    }
+                    let ceiling =
+                        generator::measure(implementation, layout, &binaries, packet_bytes, options.ceiling_seconds);
+                    match &ceiling {
+                        Ok(c) => eprintln!(
+                            "bench: ceiling {:<17} {:<7} {:>4} B: offered {:>8.0}/s delivered {:>8.0}/s ({:.2} Gbit/s), bastion {:.2} cores, generator {:.2}",
+                            implementation.label(),
+                            format!("{layout:?}"),
+                            packet_bytes,
+                            c.offered_per_second(),
+                            c.delivered_per_second(),
+                            c.delivered_gbit(),
+                            c.bastion_cpu / c.seconds,
+                            c.generator_cpu / c.send_seconds
+                        ),
+                        Err(e) => eprintln!("bench: ceiling {} {layout:?} FAILED: {e}", implementation.label()),
+                    }
+                    ceilings.push(ceiling);
+                }
+            }
+        }
+    }
     let context = report::Context {
         options: options.clone(),
         implementations,
@@ -473,6 +512,7 @@ fn main() {
         boringtun_threads: binaries.boringtun_threads,
         floor: Some(floor),
         handshakes: handshake_figures,
+        ceilings,
         client: match &binaries.client {
             Some(path) => format!("wireguard-go-2023 ({})", path.display()),
             None => "wireguard-go from PATH (Debian bookworm's 0.0.20220316 here)".to_string(),

@@ -25,6 +25,8 @@ pub struct Context {
     pub floor: Option<crate::floor::Floor>,
     /// Handshakes under a flood, per implementation (see `handshakes`).
     pub handshakes: Vec<Result<crate::handshakes::HandshakeFigure, String>>,
+    /// The bastion's own ceiling with the load generator (see `generator`).
+    pub ceilings: Vec<Result<crate::generator::Ceiling, String>>,
 }
 
 /// Median and range of one figure over the repetitions.
@@ -393,6 +395,34 @@ pub fn markdown(context: &Context, summary: &[ScenarioSummary], runs: &[Run]) ->
     for f in failures {
         let why = f.result.as_ref().err().map(|e| e.lines().next().unwrap_or("").to_string()).unwrap_or_default();
         writeln!(s, "- failed run: rep {} {} {}: {why}", f.rep + 1, f.scenario, f.implementation.label()).unwrap();
+    }
+    if !context.ceilings.is_empty() {
+        writeln!(s).unwrap();
+        s.push_str(&crate::generator::markdown(&context.ceilings, o.ceiling_seconds));
+        let delivered = |i: Implementation, layout, bytes| {
+            context
+                .ceilings
+                .iter()
+                .flatten()
+                .find(|c| c.implementation == i && c.layout == layout && c.packet_bytes == bytes)
+                .map(|c| c.delivered_per_second())
+        };
+        for bytes in [1420, 128] {
+            for layout in [crate::generator::Layout::Pinned, crate::generator::Layout::Shared] {
+                if let (Some(ours), Some(theirs)) = (
+                    delivered(Implementation::Bastion, layout, bytes),
+                    delivered(Implementation::WireguardGoNew, layout, bytes).filter(|t| *t > 0.0),
+                ) {
+                    writeln!(
+                        s,
+                        "\nCeiling, {bytes}-byte packets, {}: `bastion run` ÷ wireguard-go-2023 delivered packets/s {:.2}.",
+                        layout.label(),
+                        ours / theirs
+                    )
+                    .unwrap();
+                }
+            }
+        }
     }
     if !context.handshakes.is_empty() {
         writeln!(s).unwrap();
