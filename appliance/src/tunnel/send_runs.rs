@@ -23,9 +23,15 @@ pub struct Run<'a> {
     pub bytes: &'a [u8],
 }
 
+/// Room after the last datagram of a run for one more to be written in place, and for what a
+/// `Tunn` may write instead (a handshake initiation, 148 bytes).
+const SLOT_SPARE: usize = 148;
+
 #[derive(Debug, Default)]
 pub struct SendRuns {
+    /// Always `MAX_RUN_BYTES + SLOT_SPARE` long; the run is `bytes[..used]`.
     bytes: Vec<u8>,
+    used: usize,
     path: Option<Path>,
     segment: usize,
     count: usize,
@@ -35,7 +41,7 @@ pub struct SendRuns {
 
 impl SendRuns {
     pub fn new() -> SendRuns {
-        SendRuns { bytes: Vec::with_capacity(MAX_RUN_BYTES), ..SendRuns::default() }
+        SendRuns { bytes: vec![0; MAX_RUN_BYTES + SLOT_SPARE], ..SendRuns::default() }
     }
 
     fn accepts(&self, path: Path, len: usize) -> bool {
@@ -44,29 +50,55 @@ impl SendRuns {
             && self.path == Some(path)
             && len <= self.segment
             && self.count < MAX_SEGMENTS
-            && self.bytes.len() + len <= MAX_RUN_BYTES
+            && self.used + len <= MAX_RUN_BYTES
     }
 
     /// Adds one datagram; a run it cannot join is handed to `send` first.
     pub fn push(&mut self, path: Path, datagram: &[u8], send: &mut impl FnMut(Run)) {
-        if !self.accepts(path, datagram.len()) {
+        self.push_in_place(path, datagram.len(), send, |slot| {
+            slot[..datagram.len()].copy_from_slice(datagram);
+            true
+        });
+    }
+
+    /// Adds one datagram of `len` bytes that `write` puts in place (no copy: a `Tunn` seals
+    /// straight into the run). `write` gets at least `len` bytes of room (and at least
+    /// `SLOT_SPARE`) and says whether it wrote the datagram; when it did not, nothing is added.
+    /// A run the datagram cannot join is handed to `send` first. Returns what `write` said.
+    pub fn push_in_place(
+        &mut self,
+        path: Path,
+        len: usize,
+        send: &mut impl FnMut(Run),
+        write: impl FnOnce(&mut [u8]) -> bool,
+    ) -> bool {
+        if !self.accepts(path, len) {
             self.flush(send);
             self.path = Some(path);
-            self.segment = datagram.len();
+            self.segment = len;
         }
-        self.bytes.extend_from_slice(datagram);
+        let room = len.max(SLOT_SPARE);
+        if self.bytes.len() < self.used + room {
+            // Only a datagram bigger than a run (jumbo MTUs) gets here.
+            self.bytes.resize(self.used + room, 0);
+        }
+        if !write(&mut self.bytes[self.used..self.used + room]) {
+            return false;
+        }
+        self.used += len;
         self.count += 1;
-        if datagram.len() < self.segment {
+        if len < self.segment {
             self.closed = true;
         }
+        true
     }
 
     /// Hands the open run, if any, to `send`.
     pub fn flush(&mut self, send: &mut impl FnMut(Run)) {
         if let Some(path) = self.path.filter(|_| self.count > 0) {
-            send(Run { path, segment: self.segment, count: self.count, bytes: &self.bytes });
+            send(Run { path, segment: self.segment, count: self.count, bytes: &self.bytes[..self.used] });
         }
-        self.bytes.clear();
+        self.used = 0;
         self.path = None;
         self.count = 0;
         self.closed = false;

@@ -81,7 +81,6 @@ pub fn run(shared: Arc<DataPlaneShared>, worker: usize, tun: TunQueue) {
     let mut runs = SendRuns::new();
     let opened = shared.tun_opened;
     let mut tun_writes = TunWrites::new(opened.vnet_header, shared.tun_coalesce);
-    let mut segment_scratch = Vec::with_capacity(BUFFER_BYTES);
     while !shared.stop.load(Ordering::Relaxed) {
         shared.beat(worker);
         let mut fds = [PollFd::new(socket.as_fd(), PollFlags::POLLIN), PollFd::new(tun.as_fd(), PollFlags::POLLIN)];
@@ -141,9 +140,9 @@ pub fn run(shared: Arc<DataPlaneShared>, worker: usize, tun: TunQueue) {
                     Ok(n) if opened.vnet_header => {
                         let mut seal =
                             |packet: &[u8]| handle_tun_packet(&shared, packet, &mut output, &mut runs, &mut send);
-                        let made_whole = VnetHeader::decode(&input[..n]).ok_or(segment::Unfit::NotTcp).and_then(|h| {
-                            segment::make_whole(h, &mut input[vnet::LEN..n], &mut segment_scratch, &mut seal)
-                        });
+                        let made_whole = VnetHeader::decode(&input[..n])
+                            .ok_or(segment::Unfit::NotTcp)
+                            .and_then(|h| segment::make_whole(h, &mut input[vnet::LEN..n], &mut seal));
                         match made_whole {
                             Ok(1) => {}
                             Ok(segments) => {

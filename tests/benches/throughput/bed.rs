@@ -50,6 +50,17 @@ pub struct Binaries {
     pub client: Option<PathBuf>,
     /// Environment of `bastion run` (`--bastion-env`: e.g. an offload turned off).
     pub bastion_env: Vec<(String, String)>,
+    /// aarch64 builds and QEMU user mode, for the emulated figures (`make bench` provides them
+    /// when it can).
+    pub aarch64: Option<Aarch64>,
+}
+
+/// What runs aarch64 code here: QEMU user mode and the aarch64 builds.
+#[derive(Clone, Debug)]
+pub struct Aarch64 {
+    pub qemu: PathBuf,
+    pub bastion: PathBuf,
+    pub crypto_floor: PathBuf,
 }
 
 // Few of these exist (one per bench bed): the size difference is no concern.

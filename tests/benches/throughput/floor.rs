@@ -19,6 +19,8 @@ pub struct Floor {
     pub rss_kib_1000: Option<u64>,
     /// With `CONNECTED` storm peers configured: before any of them connected, and after all did.
     pub rss_kib_idle_connected: Option<(u64, u64)>,
+    /// Seal and open CPU-s/GB of the aarch64 build under QEMU user mode (emulated).
+    pub aarch64_emulated: Option<(f64, f64)>,
 }
 
 /// Peers that connect for the connected-peer memory figure.
@@ -88,7 +90,21 @@ pub fn rss_kib_idle_connected(binary: &std::path::Path) -> Option<(u64, u64)> {
     Some((idle, vm_rss_kib(&bastion)?))
 }
 
-pub fn measure(binary: &std::path::Path) -> Floor {
+/// The crypto floor of the aarch64 build, run under QEMU user mode.
+fn aarch64_emulated(tools: &crate::bed::Aarch64) -> Option<(f64, f64)> {
+    let out = std::process::Command::new(&tools.qemu).arg(&tools.crypto_floor).arg("1.5").output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let words: Vec<&str> = text.split_whitespace().collect();
+    match words.as_slice() {
+        ["seal", seal, "open", open] => Some((seal.parse().ok()?, open.parse().ok()?)),
+        _ => {
+            eprintln!("bench: the aarch64 crypto floor printed {text:?}");
+            None
+        }
+    }
+}
+
+pub fn measure(binary: &std::path::Path, aarch64: Option<&crate::bed::Aarch64>) -> Floor {
     let (seal_cpu_per_gb, open_cpu_per_gb) = bastion_tests::crypto_floor::seal_and_open(1.5);
     Floor {
         seal_cpu_per_gb,
@@ -96,6 +112,7 @@ pub fn measure(binary: &std::path::Path) -> Floor {
         rss_kib_1: rss_kib(binary, 0),
         rss_kib_1000: rss_kib(binary, 999),
         rss_kib_idle_connected: rss_kib_idle_connected(binary),
+        aarch64_emulated: aarch64.and_then(aarch64_emulated),
     }
 }
 
@@ -114,6 +131,15 @@ impl Floor {
                 one as f64 / 1024.0,
                 thousand as f64 / 1024.0,
                 thousand.saturating_sub(one) as f64 / 999.0
+            ));
+        }
+        if let Some((seal, open)) = self.aarch64_emulated {
+            s.push_str(&format!(
+                " The same floor of the aarch64 build under QEMU user mode (emulated, so {:.0}× and {:.0}× the \
+                 native figures say more about the emulator than about a Graviton): seal {seal:.2}, open {open:.2} \
+                 CPU-s/GB.",
+                seal / self.seal_cpu_per_gb,
+                open / self.open_cpu_per_gb
             ));
         }
         if let Some((idle, connected)) = self.rss_kib_idle_connected {

@@ -320,6 +320,23 @@ fn measure(bed: &Bed, scenario: &Scenario, seconds: u32) -> Result<Measurement, 
     })
 }
 
+/// QEMU user mode and the aarch64 builds, when `make bench` provided them (`QEMU_AARCH64`,
+/// `BASTION_AARCH64_BIN`, `CRYPTO_FLOOR_AARCH64_BIN`); a note says why not otherwise.
+fn aarch64_tools(notes: &mut Vec<String>) -> Option<bed::Aarch64> {
+    let file = |var: &str| std::env::var_os(var).map(PathBuf::from).filter(|p| p.is_file());
+    match (file("QEMU_AARCH64"), file("BASTION_AARCH64_BIN"), file("CRYPTO_FLOOR_AARCH64_BIN")) {
+        (Some(qemu), Some(bastion), Some(crypto_floor)) => Some(bed::Aarch64 { qemu, bastion, crypto_floor }),
+        _ => {
+            notes.push(
+                "no emulated aarch64 figures: QEMU_AARCH64, BASTION_AARCH64_BIN or CRYPTO_FLOOR_AARCH64_BIN \
+                 is not set or not a file"
+                    .to_string(),
+            );
+            None
+        }
+    }
+}
+
 fn main() {
     let options = match parse_options() {
         Ok(o) => o,
@@ -350,11 +367,12 @@ fn main() {
         wireguard_go_new,
         client,
         bastion_env: options.bastion_env.clone(),
+        aarch64: aarch64_tools(&mut notes),
     };
     let started = Instant::now();
     let loadavg_start = loadavg();
     eprintln!("bench: load average at start: {loadavg_start}");
-    let floor = floor::measure(&binaries.bastion);
+    let floor = floor::measure(&binaries.bastion, binaries.aarch64.as_ref());
     eprintln!("bench: {}", floor.markdown());
 
     // Beds first: a failure here is the only thing that fails the benchmark (boringtun-cli's
@@ -481,8 +499,14 @@ fn main() {
                     if !implementations.contains(&implementation) {
                         continue;
                     }
-                    let ceiling =
-                        generator::measure(implementation, layout, &binaries, packet_bytes, options.ceiling_seconds);
+                    let ceiling = generator::measure(
+                        implementation,
+                        layout,
+                        &binaries,
+                        packet_bytes,
+                        options.ceiling_seconds,
+                        false,
+                    );
                     match &ceiling {
                         Ok(c) => eprintln!(
                             "bench: ceiling {:<17} {:<7} {:>4} B: offered {:>8.0}/s delivered {:>8.0}/s ({:.2} Gbit/s), bastion {:.2} cores, generator {:.2}",
@@ -501,6 +525,26 @@ fn main() {
                 }
             }
         }
+    }
+    if options.ceiling_seconds > 0 && binaries.aarch64.is_some() {
+        let ceiling = generator::measure(
+            Implementation::Bastion,
+            generator::Layout::Pinned,
+            &binaries,
+            1420,
+            options.ceiling_seconds,
+            true,
+        );
+        match &ceiling {
+            Ok(c) => eprintln!(
+                "bench: ceiling bastion aarch64 under QEMU (emulated): delivered {:.0}/s ({:.2} Gbit/s), {:.2} cores",
+                c.delivered_per_second(),
+                c.delivered_gbit(),
+                c.bastion_cpu / c.seconds
+            ),
+            Err(e) => eprintln!("bench: ceiling bastion aarch64 under QEMU FAILED: {e}"),
+        }
+        ceilings.push(ceiling);
     }
     let context = report::Context {
         options: options.clone(),

@@ -6,7 +6,9 @@
 //! from the first, PSH and FIN on the last segment only, CWR on the first only, every checksum
 //! complete), and a partial checksum is completed.
 //!
-//! Decisions only (sans-I/O): each packet goes to the caller's closure, in order.
+//! Segments are cut in place, as wireguard-go does: segment i's headers are written over the last
+//! bytes of segment i-1's payload, which the caller's closure has sealed by then, so nothing is
+//! copied. Decisions only (sans-I/O): each packet goes to the caller's closure, in order.
 
 use super::checksum;
 use super::vnet::{self, VnetHeader};
@@ -32,14 +34,9 @@ pub enum Unfit {
 }
 
 /// Makes `packet` (as read, after its virtio header `header`) whole and hands each resulting
-/// IP packet to `each`; returns how many (more than one: it was a super-packet). `scratch`
-/// holds one segment at a time.
-pub fn make_whole(
-    header: VnetHeader,
-    packet: &mut [u8],
-    scratch: &mut Vec<u8>,
-    each: &mut impl FnMut(&[u8]),
-) -> Result<usize, Unfit> {
+/// IP packet to `each`; returns how many (more than one: it was a super-packet). The bytes of
+/// `packet` are overwritten on the way (see the module comment).
+pub fn make_whole(header: VnetHeader, packet: &mut [u8], each: &mut impl FnMut(&[u8])) -> Result<usize, Unfit> {
     match header.gso_type & !vnet::GSO_ECN {
         vnet::GSO_NONE => {
             if header.flags & vnet::NEEDS_CSUM != 0 {
@@ -48,7 +45,7 @@ pub fn make_whole(
             each(packet);
             Ok(1)
         }
-        vnet::GSO_TCPV4 | vnet::GSO_TCPV6 => segment_with(header, packet, scratch, each),
+        vnet::GSO_TCPV4 | vnet::GSO_TCPV6 => segment_in_place(header, packet, each),
         other => Err(Unfit::UnknownGsoType(other)),
     }
 }
@@ -66,19 +63,17 @@ fn complete_checksum(header: VnetHeader, packet: &mut [u8]) -> Result<(), Unfit>
     Ok(())
 }
 
-/// Cuts a TCP super-packet into its segments (see the module comment); for tests without a
-/// scratch buffer of their own.
+/// Cuts a TCP super-packet into its segments (see the module comment), leaving `packet` as it
+/// is; for tests.
 #[cfg(test)]
 pub fn segment_super_packet(header: VnetHeader, packet: &[u8], each: &mut impl FnMut(&[u8])) -> Result<usize, Unfit> {
-    segment_with(header, packet, &mut Vec::new(), each)
+    segment_in_place(header, &mut packet.to_vec(), each)
 }
 
-fn segment_with(
-    header: VnetHeader,
-    packet: &[u8],
-    scratch: &mut Vec<u8>,
-    each: &mut impl FnMut(&[u8]),
-) -> Result<usize, Unfit> {
+/// IP and TCP headers: 60 + 60 bytes at most.
+const MAX_HEADERS: usize = 120;
+
+fn segment_in_place(header: VnetHeader, packet: &mut [u8], each: &mut impl FnMut(&[u8])) -> Result<usize, Unfit> {
     let mss = header.gso_size as usize;
     if mss == 0 {
         return Err(Unfit::NoSegmentSize);
@@ -93,24 +88,28 @@ fn segment_with(
         _ => return Err(Unfit::NotTcp),
     };
     let headers = ip_len + tcp_len;
-    if tcp_len < 20 || headers > packet.len() {
+    if tcp_len < 20 || headers > packet.len() || headers > MAX_HEADERS {
         return Err(Unfit::NotTcp);
     }
-    let payload = &packet[headers..];
-    let first_seq = u32::from_be_bytes(packet[ip_len + 4..ip_len + 8].try_into().expect("4 bytes"));
-    let first_id = u16::from_be_bytes([packet[4], packet[5]]);
-    let flags = packet[ip_len + 13];
-    let count = payload.len().div_ceil(mss).max(1);
+    let mut original = [0u8; MAX_HEADERS];
+    original[..headers].copy_from_slice(&packet[..headers]);
+    let original = &original[..headers];
+    let payload_len = packet.len() - headers;
+    let first_seq = u32::from_be_bytes(original[ip_len + 4..ip_len + 8].try_into().expect("4 bytes"));
+    let first_id = u16::from_be_bytes([original[4], original[5]]);
+    let flags = original[ip_len + 13];
+    let count = payload_len.div_ceil(mss).max(1);
     for i in 0..count {
-        let chunk = &payload[(i * mss).min(payload.len())..((i + 1) * mss).min(payload.len())];
-        scratch.clear();
-        scratch.extend_from_slice(&packet[..headers]);
-        scratch.extend_from_slice(chunk);
-        let segment = &mut scratch[..];
+        let chunk_len = payload_len.saturating_sub(i * mss).min(mss);
+        // Segment i starts `i * mss` in: its payload stays where it is, its headers go just
+        // before it (over the end of segment i-1's payload, sealed by now).
+        let start = i * mss;
+        let segment = &mut packet[start..start + headers + chunk_len];
+        segment[..headers].copy_from_slice(original);
         if v6 {
-            segment[4..6].copy_from_slice(&((tcp_len + chunk.len()) as u16).to_be_bytes());
+            segment[4..6].copy_from_slice(&((tcp_len + chunk_len) as u16).to_be_bytes());
         } else {
-            segment[2..4].copy_from_slice(&((headers + chunk.len()) as u16).to_be_bytes());
+            segment[2..4].copy_from_slice(&((headers + chunk_len) as u16).to_be_bytes());
             segment[4..6].copy_from_slice(&first_id.wrapping_add(i as u16).to_be_bytes());
             segment[10..12].fill(0);
             let ip_checksum = checksum::checksum(&segment[..ip_len], 0);
@@ -128,8 +127,8 @@ fn segment_with(
         tcp[13] = segment_flags;
         tcp[16..18].fill(0);
         let (source, destination) =
-            if v6 { (&packet[8..24], &packet[24..40]) } else { (&packet[12..16], &packet[16..20]) };
-        let pseudo = checksum::pseudo_header(source, destination, TCP_PROTOCOL, tcp_len + chunk.len());
+            if v6 { (&original[8..24], &original[24..40]) } else { (&original[12..16], &original[16..20]) };
+        let pseudo = checksum::pseudo_header(source, destination, TCP_PROTOCOL, tcp_len + chunk_len);
         let tcp_checksum = checksum::checksum(&segment[ip_len..], pseudo);
         segment[ip_len + 16..ip_len + 18].copy_from_slice(&tcp_checksum.to_be_bytes());
         each(segment);
@@ -204,23 +203,22 @@ mod tests {
         packet[36..38].copy_from_slice(&pseudo.to_be_bytes());
         let header = VnetHeader { flags: vnet::NEEDS_CSUM, csum_start: 20, csum_offset: 16, ..VnetHeader::default() };
         let mut seen = Vec::new();
-        make_whole(header, &mut packet, &mut Vec::new(), &mut |p: &[u8]| seen.push(p.to_vec())).unwrap();
+        make_whole(header, &mut packet, &mut |p: &[u8]| seen.push(p.to_vec())).unwrap();
         assert_eq!(seen[0][36..38], right[..]);
     }
 
     #[test]
     fn nonsense_from_the_kernel_is_refused_not_a_panic() {
         let (header, mut packet, _) = super_packet(false, 1_380);
-        let mut scratch = Vec::new();
         let mut none = |_: &[u8]| panic!("nothing should come out");
         let outside = VnetHeader { gso_type: vnet::GSO_NONE, csum_start: 60_000, ..header };
-        assert_eq!(make_whole(outside, &mut packet, &mut scratch, &mut none), Err(Unfit::ChecksumOutside));
+        assert_eq!(make_whole(outside, &mut packet, &mut none), Err(Unfit::ChecksumOutside));
         let udp = VnetHeader { gso_type: 5, ..header };
-        assert_eq!(make_whole(udp, &mut packet, &mut scratch, &mut none), Err(Unfit::UnknownGsoType(5)));
+        assert_eq!(make_whole(udp, &mut packet, &mut none), Err(Unfit::UnknownGsoType(5)));
         let zero = VnetHeader { gso_size: 0, ..header };
-        assert_eq!(make_whole(zero, &mut packet, &mut scratch, &mut none), Err(Unfit::NoSegmentSize));
+        assert_eq!(make_whole(zero, &mut packet, &mut none), Err(Unfit::NoSegmentSize));
         for len in 0..60 {
-            let _ = make_whole(header, &mut packet[..len].to_vec(), &mut scratch, &mut |_| {});
+            let _ = make_whole(header, &mut packet[..len].to_vec(), &mut |_| {});
         }
     }
 }
