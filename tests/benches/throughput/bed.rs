@@ -50,16 +50,17 @@ pub struct Binaries {
     pub client: Option<PathBuf>,
     /// Environment of `bastion run` (`--bastion-env`: e.g. an offload turned off).
     pub bastion_env: Vec<(String, String)>,
-    /// aarch64 builds and QEMU user mode, for the emulated figures (`make bench` provides them
-    /// when it can).
+    /// The aarch64 build of the crypto floor and QEMU user mode, for the emulated figures
+    /// (`make bench` provides them when it can).
     pub aarch64: Option<Aarch64>,
 }
 
-/// What runs aarch64 code here: QEMU user mode and the aarch64 builds.
+/// What runs aarch64 code here: QEMU user mode and the aarch64 build of `crypto-floor`.
+/// (`bastion run` itself cannot run under QEMU 7.2's user mode: it has no NETLINK_NETFILTER
+/// sockets, so the nftables table cannot be installed.)
 #[derive(Clone, Debug)]
 pub struct Aarch64 {
     pub qemu: PathBuf,
-    pub bastion: PathBuf,
     pub crypto_floor: PathBuf,
 }
 

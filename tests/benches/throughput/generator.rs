@@ -64,8 +64,6 @@ pub struct Ceiling {
     pub generator_cpu: f64,
     /// `bastion run`'s data-plane threads (workers), when it is the bastion.
     pub workers: Option<usize>,
-    /// `bastion run` built for aarch64 and run under QEMU user mode (emulated: slow).
-    pub emulated: bool,
 }
 
 impl Ceiling {
@@ -203,15 +201,13 @@ fn handshake(tunn: &mut Tunn, socket: &UdpSocket, endpoint: SocketAddr) -> Resul
     Err("no handshake with the bastion in 20 tries".into())
 }
 
-/// One ceiling measurement: `implementation` in `layout`, packets of `packet_bytes`, `seconds`;
-/// with `emulated`, `bastion run` is the aarch64 build under QEMU user mode.
+/// One ceiling measurement: `implementation` in `layout`, packets of `packet_bytes`, `seconds`.
 pub fn measure(
     implementation: Implementation,
     layout: Layout,
     binaries: &Binaries,
     packet_bytes: usize,
     seconds: u32,
-    emulated: bool,
 ) -> Result<Ceiling, String> {
     let topo = Topology::with(1, 1);
     let secrets: Vec<StaticSecret> = (0..PEERS).map(|_| StaticSecret::from(random_key())).collect();
@@ -235,23 +231,15 @@ pub fn measure(
                     )
                 })
                 .collect();
-            let mut prefix = if pin { vec!["taskset".to_string(), "-c".into(), "0".into()] } else { Vec::new() };
-            let binary = match (&binaries.aarch64, emulated) {
-                (_, false) => binaries.bastion.clone(),
-                (Some(a), true) => {
-                    prefix.push(a.qemu.display().to_string());
-                    a.bastion.clone()
-                }
-                (None, true) => return Err("no aarch64 build or QEMU user mode".into()),
-            };
+            let prefix = if pin { vec!["taskset".to_string(), "-c".into(), "0".into()] } else { Vec::new() };
             let setup = BastionSetup {
                 extra_toml: toml,
                 env: binaries.bastion_env.clone(),
                 command_prefix: prefix,
                 ..BastionSetup::default()
             };
-            let b = Bastion::start(&topo, &binary, setup);
-            b.wait_healthy(Duration::from_secs(if emulated { 120 } else { 30 }))?;
+            let b = Bastion::start(&topo, &binaries.bastion, setup);
+            b.wait_healthy(Duration::from_secs(30))?;
             Running::Bastion(b)
         }
         Implementation::WireguardGoNew => {
@@ -360,7 +348,6 @@ pub fn measure(
         bastion_cpu: window.process_seconds[0],
         generator_cpu,
         workers,
-        emulated,
     })
 }
 
@@ -375,9 +362,8 @@ pub fn markdown(ceilings: &[Result<Ceiling, String>], seconds: u32) -> String {
     for c in ceilings {
         match c {
             Ok(c) => s.push_str(&format!(
-                "| {}{}{} | {} | {} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} |\n",
+                "| {}{} | {} | {} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} |\n",
                 c.implementation.label(),
-                if c.emulated { " aarch64 under QEMU user mode (emulated)" } else { "" },
                 c.workers.map(|w| format!(" ({w} worker{})", if w == 1 { "" } else { "s" })).unwrap_or_default(),
                 c.layout.label(),
                 c.packet_bytes,

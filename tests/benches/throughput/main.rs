@@ -320,16 +320,15 @@ fn measure(bed: &Bed, scenario: &Scenario, seconds: u32) -> Result<Measurement, 
     })
 }
 
-/// QEMU user mode and the aarch64 builds, when `make bench` provided them (`QEMU_AARCH64`,
-/// `BASTION_AARCH64_BIN`, `CRYPTO_FLOOR_AARCH64_BIN`); a note says why not otherwise.
+/// QEMU user mode and the aarch64 crypto floor, when `make bench` provided them
+/// (`QEMU_AARCH64`, `CRYPTO_FLOOR_AARCH64_BIN`); a note says why not otherwise.
 fn aarch64_tools(notes: &mut Vec<String>) -> Option<bed::Aarch64> {
     let file = |var: &str| std::env::var_os(var).map(PathBuf::from).filter(|p| p.is_file());
-    match (file("QEMU_AARCH64"), file("BASTION_AARCH64_BIN"), file("CRYPTO_FLOOR_AARCH64_BIN")) {
-        (Some(qemu), Some(bastion), Some(crypto_floor)) => Some(bed::Aarch64 { qemu, bastion, crypto_floor }),
+    match (file("QEMU_AARCH64"), file("CRYPTO_FLOOR_AARCH64_BIN")) {
+        (Some(qemu), Some(crypto_floor)) => Some(bed::Aarch64 { qemu, crypto_floor }),
         _ => {
             notes.push(
-                "no emulated aarch64 figures: QEMU_AARCH64, BASTION_AARCH64_BIN or CRYPTO_FLOOR_AARCH64_BIN \
-                 is not set or not a file"
+                "no emulated aarch64 figures: QEMU_AARCH64 or CRYPTO_FLOOR_AARCH64_BIN is not set or not a file"
                     .to_string(),
             );
             None
@@ -499,14 +498,8 @@ fn main() {
                     if !implementations.contains(&implementation) {
                         continue;
                     }
-                    let ceiling = generator::measure(
-                        implementation,
-                        layout,
-                        &binaries,
-                        packet_bytes,
-                        options.ceiling_seconds,
-                        false,
-                    );
+                    let ceiling =
+                        generator::measure(implementation, layout, &binaries, packet_bytes, options.ceiling_seconds);
                     match &ceiling {
                         Ok(c) => eprintln!(
                             "bench: ceiling {:<17} {:<7} {:>4} B: offered {:>8.0}/s delivered {:>8.0}/s ({:.2} Gbit/s), bastion {:.2} cores, generator {:.2}",
@@ -525,26 +518,6 @@ fn main() {
                 }
             }
         }
-    }
-    if options.ceiling_seconds > 0 && binaries.aarch64.is_some() {
-        let ceiling = generator::measure(
-            Implementation::Bastion,
-            generator::Layout::Pinned,
-            &binaries,
-            1420,
-            options.ceiling_seconds,
-            true,
-        );
-        match &ceiling {
-            Ok(c) => eprintln!(
-                "bench: ceiling bastion aarch64 under QEMU (emulated): delivered {:.0}/s ({:.2} Gbit/s), {:.2} cores",
-                c.delivered_per_second(),
-                c.delivered_gbit(),
-                c.bastion_cpu / c.seconds
-            ),
-            Err(e) => eprintln!("bench: ceiling bastion aarch64 under QEMU FAILED: {e}"),
-        }
-        ceilings.push(ceiling);
     }
     let context = report::Context {
         options: options.clone(),
