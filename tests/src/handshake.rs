@@ -54,6 +54,25 @@ pub fn receiver_index(datagram: &[u8]) -> Option<u32> {
     }
 }
 
+/// 32 random bytes: a private key for a peer the test makes up.
+pub fn random_key() -> [u8; 32] {
+    let mut key = [0u8; 32];
+    for chunk in key.chunks_mut(8) {
+        chunk.copy_from_slice(&crate::random_u64().to_ne_bytes());
+    }
+    key
+}
+
+/// A key in WireGuard's base64 (what `wg genkey`/`wg pubkey` print).
+pub fn encode_key(key: &[u8; 32]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(key)
+}
+
+/// The base64 public key of the private key `private`.
+pub fn public_key_of(private: [u8; 32]) -> String {
+    encode_key(PublicKey::from(&StaticSecret::from(private)).as_bytes())
+}
+
 /// A 32-byte key from WireGuard's base64 (what `wg genkey`/`wg pubkey` print).
 pub fn decode_key(base64_key: &str) -> [u8; 32] {
     let bytes = base64::engine::general_purpose::STANDARD
@@ -77,11 +96,7 @@ impl Initiator {
 
     /// An initiator with a fresh random key no bastion has as a peer.
     pub fn stranger(bastion_public: &str) -> Initiator {
-        let mut key = [0u8; 32];
-        for chunk in key.chunks_mut(8) {
-            chunk.copy_from_slice(&crate::random_u64().to_ne_bytes());
-        }
-        Initiator::from_bytes(key, bastion_public)
+        Initiator::from_bytes(random_key(), bastion_public)
     }
 
     fn from_bytes(private: [u8; 32], bastion_public: &str) -> Initiator {

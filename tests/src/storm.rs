@@ -5,11 +5,10 @@
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use boringtun::noise::{Tunn, TunnResult};
 use boringtun::x25519::{PublicKey, StaticSecret};
 
-use crate::handshake::decode_key;
+use crate::handshake::{decode_key, public_key_of, random_key};
 use crate::netns::Netns;
 
 pub struct StormPeer {
@@ -23,19 +22,12 @@ pub struct StormPeer {
     seq: u16,
 }
 
-fn random_key() -> [u8; 32] {
-    let mut key = [0u8; 32];
-    for chunk in key.chunks_mut(8) {
-        chunk.copy_from_slice(&crate::random_u64().to_ne_bytes());
-    }
-    key
-}
-
 impl StormPeer {
     /// A peer named `name` with tunnel address `tunnel_v4`, its socket bound inside `ns`.
     pub fn new(ns: &Netns, name: &str, tunnel_v4: Ipv4Addr, bastion_public: &str, index: u32) -> StormPeer {
-        let secret = StaticSecret::from(random_key());
-        let public_key = base64::engine::general_purpose::STANDARD.encode(PublicKey::from(&secret).as_bytes());
+        let private = random_key();
+        let public_key = public_key_of(private);
+        let secret = StaticSecret::from(private);
         let tunn = Tunn::new(secret, PublicKey::from(decode_key(bastion_public)), None, None, index, None);
         let socket = ns.enter(|| UdpSocket::bind("0.0.0.0:0")).expect("a UDP socket in the client namespace");
         socket.set_nonblocking(true).unwrap();
@@ -126,18 +118,19 @@ pub fn echo_request(from: Ipv4Addr, to: Ipv4Addr, seq: u16) -> Vec<u8> {
     p[9] = 1;
     p[12..16].copy_from_slice(&from.octets());
     p[16..20].copy_from_slice(&to.octets());
-    let sum = checksum(&p[..20]);
+    let sum = internet_checksum(&p[..20]);
     p[10..12].copy_from_slice(&sum.to_be_bytes());
     p[20] = 8;
     p[24..26].copy_from_slice(&0x5707u16.to_be_bytes());
     p[26..28].copy_from_slice(&seq.to_be_bytes());
     p[28..36].copy_from_slice(b"stormpng");
-    let sum = checksum(&p[20..]);
+    let sum = internet_checksum(&p[20..]);
     p[22..24].copy_from_slice(&sum.to_be_bytes());
     p
 }
 
-fn checksum(bytes: &[u8]) -> u16 {
+/// The Internet checksum of `bytes` (RFC 1071): what an IPv4 header or ICMP message carries.
+pub fn internet_checksum(bytes: &[u8]) -> u16 {
     let mut sum: u32 = bytes.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))).sum();
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
@@ -190,8 +183,8 @@ mod tests {
     #[test]
     fn echo_requests_have_valid_checksums() {
         let p = echo_request(Ipv4Addr::new(10, 100, 0, 20), Ipv4Addr::new(10, 100, 0, 1), 7);
-        assert_eq!(checksum(&p[..20]), 0, "IPv4 header checksum");
-        assert_eq!(checksum(&p[20..]), 0, "ICMP checksum");
+        assert_eq!(internet_checksum(&p[..20]), 0, "IPv4 header checksum");
+        assert_eq!(internet_checksum(&p[20..]), 0, "ICMP checksum");
         assert_eq!(&p[26..28], &7u16.to_be_bytes());
     }
 }

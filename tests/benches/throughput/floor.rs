@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use bastion_tests::bastion::{Bastion, BastionSetup};
 use bastion_tests::Topology;
-use boringtun::x25519::{PublicKey, StaticSecret};
 
 #[derive(Clone, Debug)]
 pub struct Floor {
@@ -32,13 +31,7 @@ pub fn rss_kib(binary: &std::path::Path, extra: usize) -> Option<u64> {
     let topo = Topology::with(1, 1);
     let mut toml = String::new();
     for i in 0..extra {
-        let mut key = [0u8; 32];
-        for chunk in key.chunks_mut(8) {
-            chunk.copy_from_slice(&bastion_tests::random_u64().to_ne_bytes());
-        }
-        use base64::Engine;
-        let key =
-            base64::engine::general_purpose::STANDARD.encode(PublicKey::from(&StaticSecret::from(key)).as_bytes());
+        let key = bastion_tests::handshake::public_key_of(bastion_tests::handshake::random_key());
         toml.push_str(&format!(
             "\n[[peer]]\nname = \"p{i}\"\npublic_key = \"{key}\"\nallowed_ips = [\"10.{}.{}.{}/32\"]\n",
             200 + i / 65536,

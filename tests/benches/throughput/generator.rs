@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use bastion_tests::baseline::WireguardGoBastion;
 use bastion_tests::bastion::{Bastion, BastionSetup};
-use bastion_tests::handshake::decode_key;
+use bastion_tests::handshake::{decode_key, public_key_of, random_key};
 use bastion_tests::Topology;
 use boringtun::noise::{Tunn, TunnResult};
 use boringtun::x25519::{PublicKey, StaticSecret};
@@ -80,29 +80,8 @@ impl Ceiling {
     }
 }
 
-fn random_key() -> [u8; 32] {
-    let mut key = [0u8; 32];
-    for chunk in key.chunks_mut(8) {
-        chunk.copy_from_slice(&bastion_tests::random_u64().to_ne_bytes());
-    }
-    key
-}
-
-fn b64(bytes: &[u8]) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode(bytes)
-}
-
 fn peer_address(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 100, 2, 1 + i as u8)
-}
-
-fn ip_checksum(header: &[u8]) -> u16 {
-    let mut sum: u32 = header.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], c[1]]))).sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
 }
 
 /// An IPv4/UDP packet of `size` bytes from `from` to the sink (UDP checksum 0: none, as IPv4
@@ -116,7 +95,7 @@ fn sink_packet(from: Ipv4Addr, to: Ipv4Addr, size: usize) -> Vec<u8> {
     p[9] = 17;
     p[12..16].copy_from_slice(&from.octets());
     p[16..20].copy_from_slice(&to.octets());
-    let sum = ip_checksum(&p[..20]);
+    let sum = bastion_tests::storm::internet_checksum(&p[..20]);
     p[10..12].copy_from_slice(&sum.to_be_bytes());
     p[20..22].copy_from_slice(&40_000u16.to_be_bytes());
     p[22..24].copy_from_slice(&SINK_PORT.to_be_bytes());
@@ -210,8 +189,9 @@ pub fn measure(
     seconds: u32,
 ) -> Result<Ceiling, String> {
     let topo = Topology::with(1, 1);
-    let secrets: Vec<StaticSecret> = (0..PEERS).map(|_| StaticSecret::from(random_key())).collect();
-    let publics: Vec<String> = secrets.iter().map(|s| b64(PublicKey::from(s).as_bytes())).collect();
+    let privates: Vec<[u8; 32]> = (0..PEERS).map(|_| random_key()).collect();
+    let publics: Vec<String> = privates.iter().map(|k| public_key_of(*k)).collect();
+    let secrets: Vec<StaticSecret> = privates.into_iter().map(StaticSecret::from).collect();
     let pin = layout == Layout::Pinned;
     // One of these lives at a time: the size difference is no concern.
     #[allow(clippy::large_enum_variant)]

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use bastion_tests::baseline::{BoringtunBastion, WireguardGoBastion};
 use bastion_tests::bastion::{Bastion, BastionSetup};
-use bastion_tests::handshake::{decode_key, message_kind, MessageKind};
+use bastion_tests::handshake::{decode_key, message_kind, public_key_of, random_key, MessageKind};
 use bastion_tests::{link, Topology};
 use boringtun::noise::{Tunn, TunnResult};
 use boringtun::x25519::{PublicKey, StaticSecret};
@@ -54,25 +54,26 @@ impl HandshakeFigure {
     pub fn cores(&self) -> f64 {
         self.bastion_cpu / self.seconds
     }
+
+    /// The progress line the bench prints.
+    pub fn line(&self) -> String {
+        format!(
+            "{:<17} {:>6.0} responses/s {:>6.0} cookie replies/s {:.2} cores {:>6.0} per CPU-s, pings {}/{}",
+            self.implementation.label(),
+            self.responses_per_second(),
+            self.cookie_replies as f64 / self.seconds,
+            self.cores(),
+            self.responses_per_cpu_second(),
+            self.pings_answered,
+            self.pings_sent
+        )
+    }
 }
 
 struct FloodPeer {
     tunn: Tunn,
     socket: UdpSocket,
     next: Instant,
-}
-
-fn random_key() -> [u8; 32] {
-    let mut key = [0u8; 32];
-    for chunk in key.chunks_mut(8) {
-        chunk.copy_from_slice(&bastion_tests::random_u64().to_ne_bytes());
-    }
-    key
-}
-
-fn b64(bytes: &[u8]) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 /// The flood peers' tunnel addresses: 10.100.1.0/24, outside the topology's clients.
@@ -83,8 +84,9 @@ fn flood_address(i: usize) -> Ipv4Addr {
 /// One measurement of `implementation` for `seconds`.
 pub fn measure(implementation: Implementation, binaries: &Binaries, seconds: u32) -> Result<HandshakeFigure, String> {
     let topo = Topology::with(2, 1);
-    let secrets: Vec<StaticSecret> = (0..FLOOD_PEERS).map(|_| StaticSecret::from(random_key())).collect();
-    let publics: Vec<String> = secrets.iter().map(|s| b64(PublicKey::from(s).as_bytes())).collect();
+    let privates: Vec<[u8; 32]> = (0..FLOOD_PEERS).map(|_| random_key()).collect();
+    let publics: Vec<String> = privates.iter().map(|k| public_key_of(*k)).collect();
+    let secrets: Vec<StaticSecret> = privates.into_iter().map(StaticSecret::from).collect();
     let toml: String = publics
         .iter()
         .enumerate()

@@ -474,16 +474,7 @@ fn main() {
         for &implementation in &implementations {
             let figure = handshakes::measure(implementation, &binaries, options.handshake_seconds);
             match &figure {
-                Ok(f) => eprintln!(
-                    "bench: handshakes {:<17} {:>6.0} responses/s {:>6.0} cookie replies/s {:.2} cores {:>6.0} per CPU-s, pings {}/{}",
-                    implementation.label(),
-                    f.responses_per_second(),
-                    f.cookie_replies as f64 / f.seconds,
-                    f.cores(),
-                    f.responses_per_cpu_second(),
-                    f.pings_answered,
-                    f.pings_sent
-                ),
+                Ok(f) => eprintln!("bench: handshakes {}", f.line()),
                 Err(e) => eprintln!("bench: handshakes {} FAILED: {e}", implementation.label()),
             }
             handshake_figures.push(figure);
