@@ -141,7 +141,7 @@ pub fn run(shared: Arc<DataPlaneShared>, worker: usize, tun: TunQueue) {
                         let mut seal =
                             |packet: &[u8]| handle_tun_packet(&shared, packet, &mut output, &mut runs, &mut send);
                         let made_whole = VnetHeader::decode(&input[..n])
-                            .ok_or(segment::Unfit::NotTcp)
+                            .ok_or(segment::Unfit::NoHeader)
                             .and_then(|h| segment::make_whole(h, &mut input[vnet::LEN..n], &mut seal));
                         match made_whole {
                             Ok(1) => {}

@@ -22,6 +22,8 @@ const FLAG_CWR: u8 = 0x80;
 /// can: these mean a bug, counted as dropped TUN packets).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Unfit {
+    /// A read shorter than the virtio-net header.
+    NoHeader,
     /// The checksum offsets point outside the packet.
     ChecksumOutside,
     /// A super-packet that is not TCP over IPv4 or IPv6 without extension headers or options
