@@ -231,6 +231,28 @@ pub fn render(report: &StatusReport) -> String {
         refused.get_or_create(&vec![interface(), ("reason".to_string(), reason.to_string())]).inc_by(value);
     }
     registry.register("bastion_failover_handshakes_refused", "Failover handshakes not started, by reason", refused);
+    if let Some(o) = &report.offloads {
+        let super_packets = Family::<Labels, Counter>::default();
+        let segments = Family::<Labels, Counter>::default();
+        for (direction, packets, cut_or_merged) in [
+            ("read", o.tun_super_packets_read, o.tun_segments_read),
+            ("written", o.tun_super_packets_written, o.tun_segments_written),
+        ] {
+            let labels = vec![interface(), ("direction".to_string(), direction.to_string())];
+            super_packets.get_or_create(&labels).inc_by(packets);
+            segments.get_or_create(&labels).inc_by(cut_or_merged);
+        }
+        registry.register(
+            "bastion_tun_super_packets",
+            "TCP super-packets read from the TUN (TSO) or written to it (coalescing)",
+            super_packets,
+        );
+        registry.register(
+            "bastion_tun_super_packet_segments",
+            "Segments cut from the super-packets read, or merged into those written",
+            segments,
+        );
+    }
 
     let config = &report.config;
     let info = Family::<Labels, Gauge>::default();
@@ -340,6 +362,9 @@ mod tests {
             ("bastion_selftest_duration_seconds{interface=\"wg0\"}", "0.002"),
             ("bastion_dropped_packets_total{interface=\"wg0\",reason=\"cookie_reply\"}", "300"),
             ("bastion_failover_handshakes_refused_total{interface=\"wg0\",reason=\"heard_recently\"}", "9"),
+            ("bastion_tun_super_packets_total{interface=\"wg0\",direction=\"read\"}", "10"),
+            ("bastion_tun_super_packet_segments_total{interface=\"wg0\",direction=\"read\"}", "420"),
+            ("bastion_tun_super_packets_total{interface=\"wg0\",direction=\"written\"}", "0"),
             ("bastion_config_reload_failures_total{interface=\"wg0\"}", "1"),
             ("bastion_config_restart_pending{interface=\"wg0\"}", "1"),
             ("bastion_peers{interface=\"wg0\"}", "1"),
