@@ -11,7 +11,8 @@ use boringtun::x25519::{PublicKey, StaticSecret};
 /// IP packet size of a full tunnel MTU.
 pub const PACKET: usize = 1420;
 
-fn thread_cpu() -> Duration {
+/// CPU time the calling thread has used (`CLOCK_THREAD_CPUTIME_ID`).
+pub fn thread_cpu() -> Duration {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: clock_gettime(2) with a valid clock id and a pointer to a timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };

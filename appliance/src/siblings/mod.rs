@@ -353,14 +353,13 @@ impl Poller<'_> {
         for action in &decision.actions {
             let mut reason = format!("the load balancer reports it unhealthy; {healthy} target(s) healthy");
             let (target, counter, what) = match action {
-                Action::TakeOver { address } => {
+                Action::TakeOver { address, dead } => {
                     let interface = me.interface.as_ref().ok_or("no interface to take addresses over on")?;
-                    let dead = targets.iter().any(|t| t.id == address.to_string() && t.state == "unhealthy");
                     if !dead {
                         reason =
                             format!("its target is deregistered (the sibling leaves); {healthy} target(s) healthy");
                     }
-                    if let Err(e) = take_over(&self.client, interface, *address, dead, healthy) {
+                    if let Err(e) = take_over(&self.client, interface, *address, *dead, healthy) {
                         self.planner.take_over_failed(&address.to_string());
                         return Err(e);
                     }

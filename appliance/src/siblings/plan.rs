@@ -60,8 +60,9 @@ pub enum Action {
     Deregister { id: String, port: Option<u16> },
     /// SetInstanceHealth Unhealthy: Auto Scaling replaces it now.
     MarkUnhealthy { instance_id: String },
-    /// Move the dead target's address to this bastion (same subnet, ip targets).
-    TakeOver { address: Ipv4Addr },
+    /// Move the target's address to this bastion (same subnet, ip targets): a `dead` one (the
+    /// load balancer's unhealthy) or a leaving one (draining).
+    TakeOver { address: Ipv4Addr, dead: bool },
     /// SetInstanceHealth Unhealthy on the instance that holds `address` now (a dead ip
     /// target, looked up just before this bastion takes the address over).
     MarkHolderUnhealthy { address: Ipv4Addr },
@@ -130,7 +131,7 @@ impl Planner {
                     if dead && rules.mark_unhealthy {
                         actions.push(Action::MarkHolderUnhealthy { address });
                     }
-                    actions.push(Action::TakeOver { address });
+                    actions.push(Action::TakeOver { address, dead });
                 }
             }
             if !dead || self.acted.get(&t.id).is_some_and(|&at| now.saturating_sub(at) < ACT_AGAIN_AFTER) {
@@ -286,7 +287,7 @@ mod tests {
             d.actions,
             vec![
                 Action::MarkHolderUnhealthy { address: "10.0.1.9".parse().unwrap() },
-                Action::TakeOver { address: "10.0.1.9".parse().unwrap() },
+                Action::TakeOver { address: "10.0.1.9".parse().unwrap(), dead: true },
                 Action::Deregister { id: "10.0.1.9".into(), port: Some(51820) }
             ],
             "its instance marked (looked up while it still holds the address), taken over, and deregistered \
@@ -317,7 +318,7 @@ mod tests {
         let mut p = Planner::default();
         let leaving = [t("10.0.1.5", "healthy"), t("10.0.1.9", "draining")];
         let d = p.decide(&leaving, &me, take_over("10.0.1.0/24"), s(0));
-        assert_eq!(d.actions, vec![Action::TakeOver { address: "10.0.1.9".parse().unwrap() }]);
+        assert_eq!(d.actions, vec![Action::TakeOver { address: "10.0.1.9".parse().unwrap(), dead: false }]);
         assert!(p.decide(&leaving, &me, take_over("10.0.1.0/24"), s(2)).actions.is_empty(), "once");
         p.take_over_failed("10.0.1.9");
         assert_eq!(p.decide(&leaving, &me, take_over("10.0.1.0/24"), s(4)).actions.len(), 1, "again after a failure");

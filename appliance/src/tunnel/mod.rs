@@ -140,7 +140,7 @@ pub struct DataPlaneShared {
     /// UDP GSO for runs of datagrams; turned off for good by the first send the kernel refuses.
     udp_gso: AtomicBool,
     /// How the TUN queues were opened (virtio headers, TSO on read).
-    tun_opened: tun::Opened,
+    tun_opened: tun::Features,
     udp_gro: bool,
     /// Decrypted TCP segments of a flow are written as one super-packet.
     tun_coalesce: bool,
@@ -254,7 +254,7 @@ impl DataPlane {
         let workers = spec.workers.max(1);
         let addresses = spec.addresses.clone();
         let offloads = Offloads::from_env();
-        let wanted = tun::Wanted { vnet_header: offloads.tun_tso || offloads.tun_coalesce, tso: offloads.tun_tso };
+        let wanted = tun::Features { vnet_header: offloads.tun_tso || offloads.tun_coalesce, tso: offloads.tun_tso };
         let (queues, tun_opened) = tun::open(&spec.name, workers, wanted)
             .map_err(|source| TunnelError::CreateTun { name: spec.name.clone(), source })?;
         configure_link(&spec).map_err(|source| TunnelError::Configure { name: spec.name.clone(), source })?;

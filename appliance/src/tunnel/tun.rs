@@ -47,19 +47,12 @@ impl TunQueue {
     }
 }
 
-/// How the queues were opened.
+/// The offloads of the queues: what to ask for, and what the kernel granted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Opened {
+pub struct Features {
     /// Every read and write carries a virtio-net header.
     pub vnet_header: bool,
     /// The kernel may hand over TCP super-packets and partial checksums (`TUNSETOFFLOAD`).
-    pub tso: bool,
-}
-
-/// What to ask for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Wanted {
-    pub vnet_header: bool,
     pub tso: bool,
 }
 
@@ -71,21 +64,21 @@ impl AsFd for TunQueue {
 
 /// Creates (or attaches to) the TUN interface `name` with `queues` queues, non-blocking, with the
 /// offloads `wanted` where the kernel grants them (a kernel that refuses `IFF_VNET_HDR` gets
-/// bare queues, one that refuses `TUNSETOFFLOAD` no TSO; `Opened` says which).
-pub fn open(name: &str, queues: usize, wanted: Wanted) -> io::Result<(Vec<TunQueue>, Opened)> {
+/// bare queues, one that refuses `TUNSETOFFLOAD` no TSO; the `Features` returned say which).
+pub fn open(name: &str, queues: usize, wanted: Features) -> io::Result<(Vec<TunQueue>, Features)> {
     if wanted.vnet_header {
         match open_queues(name, queues, IFF_VNET_HDR) {
             Ok(result) => {
                 let tso =
                     wanted.tso && set_offload(&result[0], TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN).is_ok();
-                return Ok((result, Opened { vnet_header: true, tso }));
+                return Ok((result, Features { vnet_header: true, tso }));
             }
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
             Err(e) => return Err(e),
         }
     }
     let result = open_queues(name, queues, 0)?;
-    Ok((result, Opened { vnet_header: false, tso: false }))
+    Ok((result, Features { vnet_header: false, tso: false }))
 }
 
 /// Tells the kernel which offloads our reads take (device-wide).

@@ -64,12 +64,82 @@ pub struct Aarch64 {
     pub crypto_floor: PathBuf,
 }
 
+/// A peer beside the topology's clients (the flood's, the generator's): its public key (base64)
+/// and its one tunnel address.
+pub struct ExtraPeer {
+    pub name: String,
+    pub public_key: String,
+    pub address: std::net::Ipv4Addr,
+}
+
 // Few of these exist (one per bench bed): the size difference is no concern.
 #[allow(clippy::large_enum_variant)]
-enum Running {
+pub enum Running {
     Bastion(Bastion),
     WireguardGo(WireguardGoBastion),
     Boringtun(BoringtunBastion),
+}
+
+impl Running {
+    /// Starts `implementation` as the bastion of `topo`, admitting `extra` peers besides the
+    /// topology's clients; `bastion run` gets `prefix` before its binary (e.g. `taskset`).
+    pub fn start(
+        implementation: Implementation,
+        topo: &Topology,
+        binaries: &Binaries,
+        extra: &[ExtraPeer],
+        prefix: Vec<String>,
+    ) -> Result<Running, String> {
+        let running = match implementation {
+            Implementation::Bastion => {
+                let extra_toml = extra
+                    .iter()
+                    .map(|p| {
+                        format!(
+                            "\n[[peer]]\nname = \"{}\"\npublic_key = \"{}\"\nallowed_ips = [\"{}/32\"]\n",
+                            p.name, p.public_key, p.address
+                        )
+                    })
+                    .collect();
+                let setup = BastionSetup {
+                    extra_toml,
+                    env: binaries.bastion_env.clone(),
+                    command_prefix: prefix,
+                    ..BastionSetup::default()
+                };
+                let b = Bastion::start(topo, &binaries.bastion, setup);
+                b.wait_healthy(Duration::from_secs(30))?;
+                return Ok(Running::Bastion(b));
+            }
+            Implementation::WireguardGo => Running::WireguardGo(WireguardGoBastion::start(topo)),
+            Implementation::WireguardGoNew => {
+                let binary = binaries.wireguard_go_new.as_ref().ok_or("no newer wireguard-go binary")?;
+                Running::WireguardGo(WireguardGoBastion::start_binary(topo, binary))
+            }
+            Implementation::Boringtun => {
+                let binary = binaries.boringtun.as_ref().ok_or("no boringtun-cli binary")?;
+                Running::Boringtun(BoringtunBastion::start(topo, binary, binaries.boringtun_threads))
+            }
+        };
+        let wg = match &running {
+            Running::WireguardGo(b) => &b.wg,
+            Running::Boringtun(b) => &b.wg,
+            Running::Bastion(_) => unreachable!("returned above"),
+        };
+        for p in extra {
+            wg.wg_set(&["peer", &p.public_key, "allowed-ips", &format!("{}/32", p.address)]);
+        }
+        Ok(running)
+    }
+
+    /// The bastion process (all its threads).
+    pub fn pid(&self) -> i32 {
+        match self {
+            Running::Bastion(b) => b.process.pid(),
+            Running::WireguardGo(b) => b.wg.process().pid(),
+            Running::Boringtun(b) => b.wg.process().pid(),
+        }
+    }
 }
 
 /// Field order is drop order: iperf3 servers and client tunnels, then the bastion (drained at
@@ -87,23 +157,8 @@ impl Bed {
     /// something does not come up.
     pub fn start(implementation: Implementation, binaries: &Binaries) -> Bed {
         let topo = Topology::with(CLIENTS, 1);
-        let bastion = match implementation {
-            Implementation::Bastion => {
-                let setup = BastionSetup { env: binaries.bastion_env.clone(), ..BastionSetup::default() };
-                let b = Bastion::start(&topo, &binaries.bastion, setup);
-                b.wait_healthy(Duration::from_secs(30)).unwrap_or_else(|e| panic!("{e}"));
-                Running::Bastion(b)
-            }
-            Implementation::WireguardGo => Running::WireguardGo(WireguardGoBastion::start(&topo)),
-            Implementation::WireguardGoNew => {
-                let binary = binaries.wireguard_go_new.as_ref().expect("no newer wireguard-go binary");
-                Running::WireguardGo(WireguardGoBastion::start_binary(&topo, binary))
-            }
-            Implementation::Boringtun => {
-                let binary = binaries.boringtun.as_ref().expect("no boringtun-cli binary");
-                Running::Boringtun(BoringtunBastion::start(&topo, binary, binaries.boringtun_threads))
-            }
-        };
+        let bastion =
+            Running::start(implementation, &topo, binaries, &[], Vec::new()).unwrap_or_else(|e| panic!("{e}"));
         let tunnels = (0..CLIENTS)
             .map(|i| topo.start_client_tunnel_with(i, topo.endpoint_v4(), binaries.client.as_deref()))
             .collect();
@@ -116,11 +171,7 @@ impl Bed {
 
     /// The bastion process (all its threads).
     pub fn bastion_pid(&self) -> i32 {
-        match &self.bastion {
-            Running::Bastion(b) => b.process.pid(),
-            Running::WireguardGo(b) => b.wg.process().pid(),
-            Running::Boringtun(b) => b.wg.process().pid(),
-        }
+        self.bastion.pid()
     }
 
     /// The first `clients` clients' wireguard-go processes.

@@ -16,14 +16,13 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-use bastion_tests::baseline::WireguardGoBastion;
-use bastion_tests::bastion::{Bastion, BastionSetup};
+use bastion_tests::crypto_floor::thread_cpu;
 use bastion_tests::handshake::{decode_key, public_key_of, random_key};
 use bastion_tests::Topology;
 use boringtun::noise::{Tunn, TunnResult};
 use boringtun::x25519::{PublicKey, StaticSecret};
 
-use crate::bed::{Binaries, Implementation};
+use crate::bed::{Binaries, ExtraPeer, Implementation, Running};
 use crate::cpu;
 
 /// Sessions the generator drives.
@@ -144,13 +143,6 @@ fn pin_thread(cpu: usize) {
     }
 }
 
-fn thread_cpu() -> f64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime(2) with a valid clock id and a pointer to a timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
-}
-
 /// The sink's packet counter (nftables, in the private host).
 fn sink_count(ns: &bastion_tests::Netns) -> u64 {
     let listing = ns.run(&["nft", "list", "table", "ip", "sink"]);
@@ -190,52 +182,20 @@ pub fn measure(
 ) -> Result<Ceiling, String> {
     let topo = Topology::with(1, 1);
     let privates: Vec<[u8; 32]> = (0..PEERS).map(|_| random_key()).collect();
-    let publics: Vec<String> = privates.iter().map(|k| public_key_of(*k)).collect();
+    let extra: Vec<ExtraPeer> = privates
+        .iter()
+        .enumerate()
+        .map(|(i, k)| ExtraPeer { name: format!("gen{i}"), public_key: public_key_of(*k), address: peer_address(i) })
+        .collect();
     let secrets: Vec<StaticSecret> = privates.into_iter().map(StaticSecret::from).collect();
     let pin = layout == Layout::Pinned;
-    // One of these lives at a time: the size difference is no concern.
-    #[allow(clippy::large_enum_variant)]
-    enum Running {
-        Bastion(Bastion),
-        WireguardGo(WireguardGoBastion),
+    if !matches!(implementation, Implementation::Bastion | Implementation::WireguardGoNew) {
+        return Err(format!("no ceiling run for {}", implementation.label()));
     }
-    let running = match implementation {
-        Implementation::Bastion => {
-            let toml: String = publics
-                .iter()
-                .enumerate()
-                .map(|(i, key)| {
-                    format!(
-                        "\n[[peer]]\nname = \"gen{i}\"\npublic_key = \"{key}\"\nallowed_ips = [\"{}/32\"]\n",
-                        peer_address(i)
-                    )
-                })
-                .collect();
-            let prefix = if pin { vec!["taskset".to_string(), "-c".into(), "0".into()] } else { Vec::new() };
-            let setup = BastionSetup {
-                extra_toml: toml,
-                env: binaries.bastion_env.clone(),
-                command_prefix: prefix,
-                ..BastionSetup::default()
-            };
-            let b = Bastion::start(&topo, &binaries.bastion, setup);
-            b.wait_healthy(Duration::from_secs(30))?;
-            Running::Bastion(b)
-        }
-        Implementation::WireguardGoNew => {
-            let binary = binaries.wireguard_go_new.as_ref().ok_or("no newer wireguard-go")?;
-            let b = WireguardGoBastion::start_binary(&topo, binary);
-            for (i, key) in publics.iter().enumerate() {
-                b.wg.wg_set(&["peer", key, "allowed-ips", &format!("{}/32", peer_address(i))]);
-            }
-            Running::WireguardGo(b)
-        }
-        other => return Err(format!("no ceiling run for {}", other.label())),
-    };
-    let pid = match &running {
-        Running::Bastion(b) => b.process.pid(),
-        Running::WireguardGo(b) => b.wg.process().pid(),
-    };
+    // `bastion run` pinned at start counts one CPU and starts one worker.
+    let prefix = if pin { vec!["taskset".to_string(), "-c".into(), "0".into()] } else { Vec::new() };
+    let running = Running::start(implementation, &topo, binaries, &extra, prefix)?;
+    let pid = running.pid();
     if pin {
         let out = topo.bastion.exec(&["taskset", "-a", "-cp", "0", &pid.to_string()]);
         if !out.success() {
@@ -249,7 +209,7 @@ pub fn measure(
                 .filter(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.starts_with("wg-worker")))
                 .count()
         }),
-        Running::WireguardGo(_) => None,
+        Running::WireguardGo(_) | Running::Boringtun(_) => None,
     };
     let host_ns = &topo.private_hosts[0].ns;
     let rules = format!(
@@ -306,7 +266,7 @@ pub fn measure(
                         offered += TRAIN as u64;
                     }
                 }
-                Ok((offered, started.elapsed().as_secs_f64(), thread_cpu() - cpu_start))
+                Ok((offered, started.elapsed().as_secs_f64(), (thread_cpu() - cpu_start).as_secs_f64()))
             })
             .join()
             .unwrap_or_else(|_| Err("the generator thread panicked".into()))

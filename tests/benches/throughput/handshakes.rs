@@ -12,14 +12,12 @@
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
-use bastion_tests::baseline::{BoringtunBastion, WireguardGoBastion};
-use bastion_tests::bastion::{Bastion, BastionSetup};
 use bastion_tests::handshake::{decode_key, message_kind, public_key_of, random_key, MessageKind};
 use bastion_tests::{link, Topology};
 use boringtun::noise::{Tunn, TunnResult};
 use boringtun::x25519::{PublicKey, StaticSecret};
 
-use crate::bed::{Binaries, Implementation};
+use crate::bed::{Binaries, ExtraPeer, Implementation, Running};
 use crate::cpu;
 
 /// Peers the flood speaks for.
@@ -85,53 +83,15 @@ fn flood_address(i: usize) -> Ipv4Addr {
 pub fn measure(implementation: Implementation, binaries: &Binaries, seconds: u32) -> Result<HandshakeFigure, String> {
     let topo = Topology::with(2, 1);
     let privates: Vec<[u8; 32]> = (0..FLOOD_PEERS).map(|_| random_key()).collect();
-    let publics: Vec<String> = privates.iter().map(|k| public_key_of(*k)).collect();
-    let secrets: Vec<StaticSecret> = privates.into_iter().map(StaticSecret::from).collect();
-    let toml: String = publics
+    let extra: Vec<ExtraPeer> = privates
         .iter()
         .enumerate()
-        .map(|(i, key)| {
-            format!(
-                "\n[[peer]]\nname = \"flood{i}\"\npublic_key = \"{key}\"\nallowed_ips = [\"{}/32\"]\n",
-                flood_address(i)
-            )
-        })
+        .map(|(i, k)| ExtraPeer { name: format!("flood{i}"), public_key: public_key_of(*k), address: flood_address(i) })
         .collect();
-    // Dropped in this order at the end: tunnel, bastion, then the topology. One of these lives
-    // at a time: the size difference is no concern.
-    #[allow(clippy::large_enum_variant)]
-    enum Running {
-        Bastion(Bastion),
-        WireguardGo(WireguardGoBastion),
-        Boringtun(BoringtunBastion),
-    }
-    let running = match implementation {
-        Implementation::Bastion => {
-            let setup = BastionSetup { extra_toml: toml, env: binaries.bastion_env.clone(), ..BastionSetup::default() };
-            let b = Bastion::start(&topo, &binaries.bastion, setup);
-            b.wait_healthy(Duration::from_secs(30))?;
-            Running::Bastion(b)
-        }
-        Implementation::WireguardGo => Running::WireguardGo(WireguardGoBastion::start(&topo)),
-        Implementation::WireguardGoNew => {
-            let binary = binaries.wireguard_go_new.as_ref().ok_or("no newer wireguard-go")?;
-            Running::WireguardGo(WireguardGoBastion::start_binary(&topo, binary))
-        }
-        Implementation::Boringtun => {
-            let binary = binaries.boringtun.as_ref().ok_or("no boringtun-cli")?;
-            Running::Boringtun(BoringtunBastion::start(&topo, binary, binaries.boringtun_threads))
-        }
-    };
-    let (pid, wg) = match &running {
-        Running::Bastion(b) => (b.process.pid(), None),
-        Running::WireguardGo(b) => (b.wg.process().pid(), Some(&b.wg)),
-        Running::Boringtun(b) => (b.wg.process().pid(), Some(&b.wg)),
-    };
-    if let Some(wg) = wg {
-        for (i, key) in publics.iter().enumerate() {
-            wg.wg_set(&["peer", key, "allowed-ips", &format!("{}/32", flood_address(i))]);
-        }
-    }
+    let secrets: Vec<StaticSecret> = privates.into_iter().map(StaticSecret::from).collect();
+    // Dropped in this order at the end: tunnel, bastion, then the topology.
+    let running = Running::start(implementation, &topo, binaries, &extra, Vec::new())?;
+    let pid = running.pid();
     let tunnel = topo.start_client_tunnel_with(0, topo.endpoint_v4(), binaries.client.as_deref());
     let host = topo.private_hosts[0].v4;
     topo.clients[0].ns.ping(&host.to_string(), Duration::from_secs(15))?;
