@@ -60,6 +60,16 @@ pub fn parse_attached_instances(text: &str) -> Result<Vec<String>, AwsError> {
         .collect())
 }
 
+/// The addresses an AssignPrivateIpAddresses answer says were assigned.
+pub fn parse_assigned_addresses(text: &str) -> Result<Vec<String>, AwsError> {
+    let doc = document("ec2:AssignPrivateIpAddresses", text)?;
+    let Some(set) = find(doc.root(), "assignedPrivateIpAddressesSet") else { return Ok(Vec::new()) };
+    Ok(children(set, "item")
+        .filter_map(|item| child_text(item, "privateIpAddress"))
+        .filter(|a| !a.is_empty())
+        .collect())
+}
+
 /// The `imagesSet` of a DescribeImages answer.
 pub fn parse_images(text: &str) -> Result<Vec<Image>, AwsError> {
     let doc = document("ec2:DescribeImages", text)?;
@@ -131,6 +141,17 @@ impl Client {
     pub fn assign_private_ip(&self, eni: &str, address: &str) -> Result<(), AwsError> {
         let p = params(&[("NetworkInterfaceId", eni), ("PrivateIpAddress.1", address), ("AllowReassignment", "true")]);
         self.ec2("AssignPrivateIpAddresses", &p, &[]).map(drop)
+    }
+
+    /// Has EC2 pick a free private IPv4 address of the subnet and assign it to `eni` as a
+    /// secondary address (`SecondaryPrivateIpAddressCount` 1); the address it picked.
+    pub fn assign_fresh_private_ip(&self, eni: &str) -> Result<String, AwsError> {
+        let p = params(&[("NetworkInterfaceId", eni), ("SecondaryPrivateIpAddressCount", "1")]);
+        let text = self.ec2("AssignPrivateIpAddresses", &p, &[])?;
+        parse_assigned_addresses(&text)?.into_iter().next().ok_or_else(|| AwsError::BadAnswer {
+            action: "ec2:AssignPrivateIpAddresses".into(),
+            why: "no address in assignedPrivateIpAddressesSet".into(),
+        })
     }
 
     /// The instance whose network interface holds the private IPv4 `address`, if any.
@@ -286,6 +307,18 @@ mod tests {
         let none = r#"<DescribeNetworkInterfacesResponse><networkInterfaceSet/></DescribeNetworkInterfacesResponse>"#;
         assert!(parse_attached_instances(none).unwrap().is_empty());
         assert!(parse_attached_instances("<not xml").is_err());
+    }
+
+    #[test]
+    fn assigned_addresses_from_their_xml() {
+        let answer = r#"<AssignPrivateIpAddressesResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15/">
+          <requestId>r</requestId><networkInterfaceId>eni-0a1</networkInterfaceId><assignedPrivateIpAddressesSet>
+          <item><privateIpAddress>10.0.1.77</privateIpAddress></item></assignedPrivateIpAddressesSet>
+          <return>true</return></AssignPrivateIpAddressesResponse>"#;
+        assert_eq!(parse_assigned_addresses(answer).unwrap(), vec!["10.0.1.77".to_string()]);
+        let none = "<AssignPrivateIpAddressesResponse><return>true</return></AssignPrivateIpAddressesResponse>";
+        assert!(parse_assigned_addresses(none).unwrap().is_empty());
+        assert!(parse_assigned_addresses("<half").is_err());
     }
 
     #[test]

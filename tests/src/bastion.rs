@@ -122,7 +122,7 @@ impl BastionSetup {
 /// cleaning up), then SIGKILL if it still runs.
 pub struct Bastion {
     pub process: Process,
-    binary: PathBuf,
+    pub binary: PathBuf,
     pub config: PathBuf,
     /// The control socket (`--socket`, in the topology's directory: every bastion of a test has
     /// its own, whatever its namespace).

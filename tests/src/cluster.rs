@@ -56,6 +56,10 @@ pub const TARGETS: [Target; 2] = [
 /// targets' segment (on EC2 an interface's primary address cannot move to another; a secondary
 /// one can, which is what an address takeover needs).
 pub const IP_TARGETS: [Ipv4Addr; 2] = [Ipv4Addr::new(198, 51, 100, 21), Ipv4Addr::new(198, 51, 100, 22)];
+/// With ip targets: the subnet's free addresses, which EC2 hands out when a bastion asks for a
+/// fresh one (its own was taken over); each is also a target index of the load balancer
+/// (`2 + i`), registered by the bastion that gets it.
+pub const FREE_TARGETS: [Ipv4Addr; 2] = [Ipv4Addr::new(198, 51, 100, 31), Ipv4Addr::new(198, 51, 100, 32)];
 /// The targets' segment, as the subnet IMDS names.
 pub const TARGET_SUBNET: &str = "198.51.100.0/24";
 

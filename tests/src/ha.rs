@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::baseline::WireguardGoBastion;
 use crate::bastion::{Bastion, BastionSetup};
-use crate::cluster::{Cluster, HEALTH_PORT, IP_TARGETS, TARGET_SUBNET};
+use crate::cluster::{Cluster, FREE_TARGETS, HEALTH_PORT, IP_TARGETS, TARGET_SUBNET};
 use crate::imds::{ImdsEmulator, ImdsMode};
 use crate::nlb::{ApiSetup, NetworkInterface, Nlb, NlbParams};
 use crate::process::Process;
@@ -216,7 +216,13 @@ impl HaBed {
             })
             .collect();
         let mut nlb = if options.take_over {
-            cluster.start_nlb_at(&IP_TARGETS, options.nlb, &[0, 1])
+            // The subnet's free addresses are targets too, registered once a bastion gets one.
+            let addresses: Vec<std::net::Ipv4Addr> = IP_TARGETS.iter().chain(&FREE_TARGETS).copied().collect();
+            let nlb = cluster.start_nlb_at(&addresses, options.nlb, &[0, 1, 0, 1]);
+            for free in 0..FREE_TARGETS.len() {
+                nlb.never_registered(IP_TARGETS.len() + free);
+            }
+            nlb
         } else {
             cluster.start_nlb(options.nlb, &[0, 1])
         };
@@ -232,7 +238,7 @@ impl HaBed {
                         instance: instance_id(i),
                     })
                     .collect();
-                (IP_TARGETS.iter().map(|a| a.to_string()).collect(), interfaces)
+                (IP_TARGETS.iter().chain(&FREE_TARGETS).map(|a| a.to_string()).collect(), interfaces)
             } else {
                 ((0..2).map(instance_id).collect(), Vec::new())
             };
@@ -243,6 +249,7 @@ impl HaBed {
                     ids,
                     port: crate::topology::LISTEN_PORT,
                     interfaces,
+                    free: if options.take_over { FREE_TARGETS.to_vec() } else { Vec::new() },
                 },
             );
         }
@@ -318,6 +325,17 @@ impl HaBed {
                 health.process().signal(libc::SIGTERM);
             }
         }
+    }
+
+    /// Starts bastion `i` again on the same instance (its namespace, its IMDS), as a service
+    /// restart does, once it has stopped; waits until it answers its health check.
+    pub fn restart(&mut self, i: usize) {
+        let HaBastion::Ours(old) = &self.bastions[i] else { panic!("restart is for our bastions") };
+        assert!(!old.process.is_running(), "bastion {i} still runs");
+        let ns = self.cluster.bastion_ns(i);
+        let b = Bastion::start_in(&self.cluster.topo, ns, &old.binary, old.setup.clone());
+        b.wait_healthy(Duration::from_secs(30)).unwrap_or_else(|e| panic!("bastion {i} restarted: {e}"));
+        self.bastions[i] = HaBastion::Ours(b);
     }
 
     /// Cuts the bastions off from one another (both segments), as a partition between

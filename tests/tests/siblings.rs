@@ -15,8 +15,8 @@
 use std::time::{Duration, Instant};
 
 use bastion_tests::bastion;
-use bastion_tests::cluster::{IP_TARGETS, TARGETS};
-use bastion_tests::ha::{instance_id, CrashUnderLoad, HaBed, HaOptions};
+use bastion_tests::cluster::{FREE_TARGETS, IP_TARGETS, TARGETS};
+use bastion_tests::ha::{instance_id, CrashUnderLoad, HaBastion, HaBed, HaOptions};
 use bastion_tests::nlb::{FlowPolicy, NlbParams};
 use bastion_tests::ping;
 use bastion_tests::wait_until;
@@ -270,4 +270,91 @@ fn a_partition_between_bastions_makes_nobody_act() {
         assert!(polls <= 7, "bastion {i} made {polls} calls in {window:?}: more than one per 2 s");
         eprintln!("FIGURE steady state: bastion {i} made {polls} DescribeTargetHealth calls in {} s", window.as_secs());
     }
+}
+
+/// After bastion `back` lost its own address to a sibling (taken over while it drained or was
+/// down): it has EC2 assign it a fresh one, registers that, the load balancer finds it healthy
+/// there, and a new flow placed there is served (the client moves to new ports until one
+/// lands on it).
+fn serves_again_at_a_fresh_address(bed: &HaBed, back: usize, since: Instant) {
+    let fresh = FREE_TARGETS[0];
+    let target = IP_TARGETS.len();
+    let from = std::net::IpAddr::V4(TARGETS[back].address);
+    wait_until("the bastion to register a fresh address", Duration::from_secs(20), || {
+        bed.nlb
+            .api_calls()
+            .into_iter()
+            .find(|c| c.action == "RegisterTargets" && c.id == fresh.to_string() && c.from == from && c.at >= since)
+            .ok_or_else(|| format!("{:#?}", bed.nlb.api_calls()))
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", bed.report()));
+    bed.nlb.wait_healthy(target, Duration::from_secs(10)).unwrap_or_else(|e| panic!("{e}\n{}", bed.report()));
+    let HaBastion::Ours(b) = &bed.bastions[back] else { unreachable!() };
+    let log = b.process.log();
+    assert!(log.contains(&format!("siblings: EC2 assigned {fresh} to ")), "{log}");
+    assert!(log.contains(r#""action":"assigned_fresh_address""#), "no audit record:\n{log}");
+    // Its old address is off its link (the sibling holds it).
+    let on_link = bed.cluster.bastion_ns(back).run(&["ip", "-4", "-o", "addr", "show", "dev", "pub0"]);
+    assert!(!on_link.contains(&format!("{}/32", IP_TARGETS[back])), "{on_link}");
+    assert!(on_link.contains(&format!("{fresh}/32")), "{on_link}");
+    let host = bed.cluster.topo.private_hosts[0].v4.to_string();
+    let client = &bed.cluster.topo.clients[0].ns;
+    for port in 52_000..52_016u16 {
+        bed.tunnel.wg_set(&["listen-port", &port.to_string()]);
+        client.ping(&host, Duration::from_secs(10)).unwrap_or_else(|e| panic!("port {port}: {e}\n{}", bed.report()));
+        let on = wait_until("the load balancer to track the new flow", Duration::from_secs(5), || {
+            bed.serving_target().ok_or_else(|| bed.nlb.report())
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        if on == target {
+            eprintln!("FIGURE a new flow (client port {port}) served at the fresh address {fresh}");
+            return;
+        }
+    }
+    panic!("no new flow landed on the fresh address in 16 ports\n{}", bed.report());
+}
+
+#[test]
+#[ignore = "needs root, network namespaces and the binaries under test: `make integration-test` runs it"]
+fn a_bastion_back_from_standby_serves_again_at_a_fresh_address_when_a_sibling_took_its_own() {
+    let base = documented(true);
+    let bed = HaBed::start(&HaOptions { take_over: true, imds_lifecycle: true, drain_seconds: 60, ..base });
+    let away = bed.warm_up();
+    let sibling = 1 - away;
+    let since = Instant::now();
+    bed.set_lifecycle(away, "Standby");
+    // Standby drains it: it deregisters its address, which its sibling takes over.
+    let own = IP_TARGETS[away].to_string();
+    let by_sibling = std::net::IpAddr::V4(TARGETS[sibling].address);
+    wait_until("the sibling to take the address over", Duration::from_secs(15), || {
+        bed.nlb
+            .api_calls()
+            .into_iter()
+            .find(|c| c.action == "AssignPrivateIpAddresses" && c.id == own && c.from == by_sibling && c.status == 200)
+            .ok_or_else(|| format!("{:#?}", bed.nlb.api_calls()))
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", bed.report()));
+    bed.set_lifecycle(away, "InService");
+    serves_again_at_a_fresh_address(&bed, away, since);
+}
+
+#[test]
+#[ignore = "needs root, network namespaces and the binaries under test: `make integration-test` runs it"]
+fn a_bastion_restarted_on_its_instance_serves_again_at_a_fresh_address_when_a_sibling_took_its_own() {
+    let base = documented(true);
+    let mut bed = HaBed::start(&HaOptions { take_over: true, ..base });
+    let CrashUnderLoad { pinger, dead, detected, .. } = bed.crash_under_load(100);
+    let own = IP_TARGETS[dead].to_string();
+    wait_until("the survivor to take the dead address over", Duration::from_secs(15), || {
+        bed.nlb
+            .api_calls()
+            .into_iter()
+            .find(|c| c.action == "AssignPrivateIpAddresses" && c.id == own && c.at >= detected && c.status == 200)
+            .ok_or_else(|| format!("{:#?}", bed.nlb.api_calls()))
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", bed.report()));
+    drop(pinger);
+    let since = Instant::now();
+    bed.restart(dead);
+    serves_again_at_a_fresh_address(&bed, dead, since);
 }

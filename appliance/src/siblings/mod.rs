@@ -128,18 +128,27 @@ pub fn is_instance_id(id: &str) -> bool {
 
 /// This bastion as IMDS describes it.
 struct Identity {
-    /// Its ids as a target can be registered: its instance id and private IPv4 (with address
-    /// takeover, every IPv4 address of its interface).
-    ids: Vec<String>,
+    /// Its instance id and primary private IPv4 (either may be its target id).
+    fixed: Vec<String>,
     /// With address takeover or self-registration: its network interface and subnet.
     interface: Option<Interface>,
-    /// Its interface's secondary addresses (its ip targets).
-    secondaries: Vec<Ipv4Addr>,
+    /// Its interface's own secondary addresses (its ip targets): IMDS `local-ipv4s` beyond the
+    /// primary, less the siblings' addresses it holds. Read again each time it (re)joins.
+    own: Vec<Ipv4Addr>,
+    /// The address EC2 last assigned it fresh, and when: IMDS may not list it yet (EC2 says a
+    /// remapping is asynchronous), so it counts as its own for [`FRESH_GRACE`].
+    fresh: Option<(Ipv4Addr, Instant)>,
 }
+
+/// How long an address EC2 has just assigned counts as this bastion's even where IMDS does not
+/// list it yet.
+const FRESH_GRACE: Duration = Duration::from_secs(60);
 
 /// The network interface that takes addresses over, and the link that holds its address here.
 struct Interface {
     eni: String,
+    mac: String,
+    primary: Ipv4Addr,
     subnet: Ipv4Network,
     link: u32,
 }
@@ -156,15 +165,15 @@ impl Identity {
         };
         let instance = read("meta-data/instance-id")?;
         let local = read("meta-data/local-ipv4")?;
-        let ids: Vec<String> = instance.iter().chain(local.iter()).cloned().collect();
-        if ids.is_empty() {
+        let fixed: Vec<String> = instance.iter().chain(local.iter()).cloned().collect();
+        if fixed.is_empty() {
             return Err("IMDS has neither meta-data/instance-id nor meta-data/local-ipv4".into());
         }
         if !interface_needed {
-            return Ok(Identity { ids, interface: None, secondaries: Vec::new() });
+            return Ok(Identity { fixed, interface: None, own: Vec::new(), fresh: None });
         }
         let need = |path: &str| read(path)?.ok_or_else(|| format!("IMDS has no {path} (needed for ip targets)"));
-        let local: Ipv4Addr = local
+        let primary: Ipv4Addr = local
             .as_deref()
             .and_then(|a| a.parse().ok())
             .ok_or("IMDS meta-data/local-ipv4 is not an IPv4 address (needed for ip targets)")?;
@@ -179,35 +188,74 @@ impl Identity {
         let cidr = need(&format!("meta-data/network/interfaces/macs/{mac}/subnet-ipv4-cidr-block"))?;
         let subnet: Ipv4Network =
             cidr.parse().map_err(|_| format!("IMDS gives {cidr:?} as the subnet (expected a.b.c.d/n)"))?;
-        // Its ip target may be any of the interface's addresses (a secondary one, to be movable).
-        let mut ids = ids;
-        let mut secondaries = Vec::new();
-        for address in interface_addresses(&imds, &mac)? {
-            if address != local && !secondaries.contains(&address) {
-                secondaries.push(address);
-            }
-            if !ids.iter().any(|id| *id == address.to_string()) {
-                ids.push(address.to_string());
+        let link = crate::netlink::route::link_with_address(IpAddr::V4(primary))
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("no link here holds this bastion's address {primary}"))?;
+        crate::keys::show_in_diagnostics(&eni);
+        log!("siblings: network interface {eni} ({}) in subnet {subnet}", link.name);
+        let interface = Interface { eni, mac, primary, subnet, link: link.index };
+        let mut me = Identity { fixed, interface: Some(interface), own: Vec::new(), fresh: None };
+        me.read_own(env, &[])?;
+        Ok(me)
+    }
+
+    /// The ids a target of this bastion can have: its instance id, its primary address, and
+    /// its own secondary addresses.
+    fn ids(&self) -> Vec<String> {
+        self.fixed.iter().cloned().chain(self.own.iter().map(|a| a.to_string())).collect()
+    }
+
+    /// Reads its own secondary addresses from IMDS again (`held`: siblings' addresses it holds,
+    /// which are not its own): adds those missing to its link, and takes off the link a
+    /// secondary address (/32 in its subnet) that is no longer its interface's: one a sibling
+    /// took over while this bastion was draining or down.
+    fn read_own(&mut self, env: &Environment, held: &[Ipv4Addr]) -> Result<(), String> {
+        let Some(interface) = &self.interface else { return Ok(()) };
+        let imds = bastion_aws::imds::Imds::new(&env.imds_endpoint());
+        let mut assigned = interface_addresses(&imds, &interface.mac)?;
+        if let Some((address, _)) = self.fresh.filter(|(_, at)| at.elapsed() < FRESH_GRACE) {
+            if !assigned.contains(&address) {
+                assigned.push(address);
             }
         }
-        let link = crate::netlink::route::link_with_address(IpAddr::V4(local))
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("no link here holds this bastion's address {local}"))?;
-        // EC2 assigns them; the system configures them (DHCP brings the primary only).
-        for &address in &secondaries {
-            if crate::netlink::route::link_with_address(IpAddr::V4(address)).map_err(|e| e.to_string())?.is_none() {
-                crate::netlink::route::add_address(link.index, IpAddr::V4(address), 32)
-                    .map_err(|e| format!("configuring {address}: {e}"))?;
+        let mut own = Vec::new();
+        for address in assigned.iter().copied() {
+            if address != interface.primary && !held.contains(&address) && !own.contains(&address) {
+                own.push(address);
+            }
+        }
+        let on_link = crate::netlink::route::addresses(interface.link).map_err(|e| e.to_string())?;
+        for a in &on_link {
+            let IpAddr::V4(address) = a.address else { continue };
+            let secondary = a.prefix_len == 32 && interface.subnet.contains(address) && address != interface.primary;
+            if secondary && !assigned.contains(&address) && !held.contains(&address) {
+                crate::netlink::route::remove_address(interface.link, a.address, a.prefix_len)
+                    .map_err(|e| format!("removing {address}: {e}"))?;
                 log!(
-                    "siblings: added this interface's secondary address {address} to {} (IMDS local-ipv4s)",
-                    link.name
+                    "siblings: took {address} off this bastion's link: EC2 no longer assigns it to {} \
+                     (a sibling took it over)",
+                    interface.eni
                 );
             }
         }
-        crate::keys::show_in_diagnostics(&eni);
-        log!("siblings: network interface {eni} ({}) in subnet {subnet}", link.name);
-        Ok(Identity { ids, interface: Some(Interface { eni, subnet, link: link.index }), secondaries })
+        // EC2 assigns them; the system configures them (DHCP brings the primary only).
+        for &address in &own {
+            if !on_link.iter().any(|a| a.address == IpAddr::V4(address)) {
+                add_to_link(interface.link, address)?;
+                log!("siblings: added this interface's secondary address {address} to its link (IMDS local-ipv4s)");
+            }
+        }
+        self.own = own;
+        Ok(())
     }
+}
+
+/// Adds `address`/32 to the link, unless it holds it already.
+fn add_to_link(link: u32, address: Ipv4Addr) -> Result<(), String> {
+    if crate::netlink::route::link_with_address(IpAddr::V4(address)).map_err(|e| e.to_string())?.is_some() {
+        return Ok(());
+    }
+    crate::netlink::route::add_address(link, IpAddr::V4(address), 32).map_err(|e| format!("configuring {address}: {e}"))
 }
 
 /// The IPv4 addresses EC2 has assigned to the interface `mac` now (IMDS `local-ipv4s`).
@@ -248,8 +296,7 @@ fn run(
         planner: Planner::default(),
         me: None,
         held: Vec::new(),
-        registered_self: false,
-        deregistered_self: false,
+        registered: Vec::new(),
         last_standing: None,
     };
     let mut backoff = Backoff::new(poll * 2, MAX_BACKOFF, Duration::MAX);
@@ -296,9 +343,8 @@ struct Poller<'a> {
     me: Option<Identity>,
     /// The addresses taken over and not given back yet.
     held: Vec<Held>,
-    /// `register_self`: registered its addresses, and deregistered them when it drained.
-    registered_self: bool,
-    deregistered_self: bool,
+    /// `register_self`: its addresses it registered (none while it drains).
+    registered: Vec<Ipv4Addr>,
     /// What the last round logged about this bastion's own standing.
     last_standing: Option<Standing>,
 }
@@ -306,7 +352,7 @@ struct Poller<'a> {
 impl Poller<'_> {
     /// Draining with its own addresses still registered.
     fn leaving(&self) -> bool {
-        self.options.register_self.is_some() && !self.deregistered_self && self.service.draining()
+        !self.registered.is_empty() && self.service.draining()
     }
 
     /// One read of the group's health, and the actions it calls for.
@@ -315,8 +361,8 @@ impl Poller<'_> {
             let interface_needed = self.options.take_over || self.options.register_self.is_some();
             let me = Identity::from_imds(self.client.env(), interface_needed)
                 .map_err(|e| format!("cannot tell which target is this bastion: {e}"))?;
-            me.ids.iter().filter(|id| is_instance_id(id)).for_each(|id| crate::keys::show_in_diagnostics(id));
-            log!("siblings: this bastion is target {}", me.ids.join(" or "));
+            me.fixed.iter().filter(|id| is_instance_id(id)).for_each(|id| crate::keys::show_in_diagnostics(id));
+            log!("siblings: this bastion is target {}", me.ids().join(" or "));
             self.me = Some(me);
         }
         self.register_self()?;
@@ -336,7 +382,8 @@ impl Poller<'_> {
         for t in targets.iter().filter(|t| is_instance_id(&t.id)) {
             crate::keys::show_in_diagnostics(&t.id);
         }
-        let decision = self.planner.decide(&targets, &me.ids, rules, self.started.elapsed());
+        let ids = me.ids();
+        let decision = self.planner.decide(&targets, &ids, rules, self.started.elapsed());
         if self.last_standing.as_ref() != Some(&decision.standing) {
             match &decision.standing {
                 Standing::Healthy => {
@@ -376,7 +423,7 @@ impl Poller<'_> {
                     (instance_id.clone(), &self.counters.marked_unhealthy, "marked_unhealthy")
                 }
                 Action::MarkHolderUnhealthy { address } => {
-                    let Some(instance_id) = holder(&self.client, &me.ids, *address)? else { continue };
+                    let Some(instance_id) = holder(&self.client, &ids, *address)? else { continue };
                     mark_unhealthy(&self.client, &instance_id)?;
                     (instance_id, &self.counters.marked_unhealthy, "marked_unhealthy")
                 }
@@ -387,44 +434,57 @@ impl Poller<'_> {
         Ok(())
     }
 
-    /// `register_self`: registers this bastion's secondary addresses once, and deregisters them
-    /// once when it drains.
+    /// `register_self`: registers this bastion's own secondary addresses while it serves, and
+    /// deregisters them as soon as it drains. A drain that ends without the instance leaving
+    /// (lifecycle Standby, then InService) registers them again; its interface's addresses are
+    /// read again first, since a sibling may have taken them over meanwhile. With none left
+    /// (taken over while it drained, or while its service was down) it has EC2 assign a fresh
+    /// one, so that it serves new flows again.
     fn register_self(&mut self) -> Result<(), String> {
-        let (Some(port), Some(me)) = (self.options.register_self, &self.me) else { return Ok(()) };
+        let (Some(port), Some(me)) = (self.options.register_self, self.me.as_mut()) else { return Ok(()) };
         let draining = self.service.draining();
-        let (what, reason) = match (draining, self.registered_self, self.deregistered_self) {
-            (false, false, _) => ("registered_self", "this bastion serves"),
-            (true, _, false) => ("deregistered_self", "this bastion drains"),
-            _ => return Ok(()),
-        };
-        if me.secondaries.is_empty() {
-            return Err("register_self: this bastion's interface has no secondary address (IMDS local-ipv4s)".into());
-        }
-        for address in &me.secondaries {
-            let id = address.to_string();
-            if draining {
+        if draining {
+            while let Some(&address) = self.registered.first() {
+                let id = address.to_string();
                 self.client
                     .deregister_target(self.arn, &id, Some(port))
                     .map_err(|e| format!("DeregisterTargets {id}: {e}"))?;
-            } else {
-                self.client
-                    .register_target(self.arn, &id, Some(port))
-                    .map_err(|e| format!("RegisterTargets {id}: {e}"))?;
+                self.registered.remove(0);
+                log!("siblings: deregistered this bastion's address {id} port {port}: this bastion drains");
+                self.recorder.record(crate::audit::AuditEvent::SiblingAction {
+                    target: id,
+                    action: "deregistered_self".into(),
+                    reason: "this bastion drains".into(),
+                });
             }
-            log!(
-                "siblings: {} this bastion's address {id} port {port}: {reason}",
-                if draining { "deregistered" } else { "registered" }
-            );
+            return Ok(());
+        }
+        if !self.registered.is_empty() {
+            return Ok(());
+        }
+        let held: Vec<Ipv4Addr> = self.held.iter().map(|h| h.address).collect();
+        me.read_own(self.client.env(), &held)?;
+        if me.own.is_empty() {
+            let interface = me.interface.as_ref().ok_or("register_self needs this bastion's network interface")?;
+            let address = fresh_address(&self.client, interface)?;
+            me.fresh = Some((address, Instant::now()));
+            self.recorder.record(crate::audit::AuditEvent::SiblingAction {
+                target: address.to_string(),
+                action: "assigned_fresh_address".into(),
+                reason: "none of this interface's secondary addresses is its own any more".into(),
+            });
+            me.own.push(address);
+        }
+        for &address in &me.own {
+            let id = address.to_string();
+            self.client.register_target(self.arn, &id, Some(port)).map_err(|e| format!("RegisterTargets {id}: {e}"))?;
+            self.registered.push(address);
+            log!("siblings: registered this bastion's address {id} port {port}: this bastion serves");
             self.recorder.record(crate::audit::AuditEvent::SiblingAction {
                 target: id,
-                action: what.into(),
-                reason: reason.into(),
+                action: "registered_self".into(),
+                reason: "this bastion serves".into(),
             });
-        }
-        if draining {
-            self.deregistered_self = true;
-        } else {
-            self.registered_self = true;
         }
         Ok(())
     }
@@ -469,6 +529,24 @@ fn remove_from_link(link: u32, address: Ipv4Addr) -> Result<(), String> {
             .map_err(|e| format!("removing {address}: {e}"))?;
     }
     Ok(())
+}
+
+/// Has EC2 assign a free address of the subnet to this bastion's interface, and adds it to the
+/// link.
+fn fresh_address(client: &Client, interface: &Interface) -> Result<Ipv4Addr, String> {
+    let text = client.assign_fresh_private_ip(&interface.eni).map_err(|e| format!("AssignPrivateIpAddresses: {e}"))?;
+    let address: Ipv4Addr = text
+        .parse()
+        .ok()
+        .filter(|a| interface.subnet.contains(*a))
+        .ok_or_else(|| format!("EC2 assigned {text:?}, not an IPv4 address of subnet {}", interface.subnet))?;
+    add_to_link(interface.link, address)?;
+    log!(
+        "siblings: EC2 assigned {address} to {} as this bastion's own address: none of its secondary addresses \
+         is its own any more (a sibling took it over while this bastion drained or was down)",
+        interface.eni
+    );
+    Ok(address)
 }
 
 /// Adds `address` to this bastion's link, then moves it to its interface (so no packet the

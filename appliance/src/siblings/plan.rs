@@ -109,9 +109,12 @@ impl Planner {
     /// and its private addresses), what it may do, and the time.
     pub fn decide(&mut self, targets: &[Target], me: &[String], rules: Rules, now: Duration) -> Decision {
         let is_me = |t: &Target| me.iter().any(|m| m == &t.id);
-        let standing = match targets.iter().find(|t| is_me(t)) {
+        // One of its targets healthy is enough (an address of its own it deregistered may be
+        // reported draining beside the fresh one it serves on).
+        let mine: Vec<&Target> = targets.iter().filter(|t| is_me(t)).collect();
+        let standing = match mine.first() {
             None => Standing::NotATarget,
-            Some(t) if t.state == "healthy" => Standing::Healthy,
+            Some(_) if mine.iter().any(|t| t.state == "healthy") => Standing::Healthy,
             Some(t) => Standing::NotHealthy(t.state.clone()),
         };
         // Forget targets that are gone from the group or healthy again.
@@ -249,6 +252,21 @@ mod tests {
         let mut all = vec![t("i-a", "healthy")];
         all.extend(others.iter().cloned());
         assert!(Planner::default().decide(&all, &me(), MARK, s(0)).actions.is_empty());
+    }
+
+    #[test]
+    fn a_bastion_with_one_healthy_target_of_its_own_stands_healthy_whatever_its_others_are() {
+        // Back from a drain with a fresh address: its old one is still reported draining.
+        let me = vec!["i-a".to_string(), "10.0.1.1".to_string(), "10.0.1.21".to_string(), "10.0.1.31".to_string()];
+        let group = [t("10.0.1.21", "draining"), t("10.0.1.31", "healthy"), t("10.0.1.22", "unhealthy")];
+        let d = Planner::default().decide(&group, &me, Rules::default(), s(0));
+        assert_eq!(d.standing, Standing::Healthy);
+        assert_eq!(d.actions, vec![Action::Deregister { id: "10.0.1.22".into(), port: Some(51820) }]);
+        // None of its own healthy: the first one's state.
+        let group = [t("10.0.1.21", "draining"), t("10.0.1.31", "initial"), t("10.0.1.22", "unhealthy")];
+        let d = Planner::default().decide(&group, &me, Rules::default(), s(0));
+        assert_eq!(d.standing, Standing::NotHealthy("draining".into()));
+        assert!(d.actions.is_empty());
     }
 
     #[test]

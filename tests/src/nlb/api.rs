@@ -4,7 +4,7 @@
 //! load balancer's namespace that the bastions reach as `[aws] endpoint_url`; and, with
 //! [`ApiSetup::interfaces`], the "VPC": EC2 `AssignPrivateIpAddresses` (with
 //! `AllowReassignment`) and `UnassignPrivateIpAddresses` move a secondary address between the
-//! bastions' interfaces, and the load balancer's namespace delivers that address's packets to
+//! bastions' interfaces (`SecondaryPrivateIpAddressCount` hands out one of [`ApiSetup::free`]), and the load balancer's namespace delivers that address's packets to
 //! the interface that holds it (a permanent neighbour entry naming its hardware address, as
 //! the VPC's mapping does; an unassigned address goes nowhere); each interface's IMDS
 //! `local-ipv4s` follows; `DescribeNetworkInterfaces` names the instance holding an address.
@@ -48,6 +48,9 @@ pub struct ApiSetup {
     /// The bastions' network interfaces on the targets' segment, for EC2's address calls
     /// (empty: EC2 is not answered).
     pub interfaces: Vec<NetworkInterface>,
+    /// The subnet's free addresses, in the order AssignPrivateIpAddresses with
+    /// `SecondaryPrivateIpAddressCount` hands them out.
+    pub free: Vec<Ipv4Addr>,
 }
 
 /// One bastion's network interface as EC2 knows it.
@@ -228,7 +231,13 @@ fn ec2_error(code: &str, message: &str) -> String {
 }
 
 /// EC2's address calls: `(status, XML)`.
-fn answer_ec2(shared: &Shared, vpc: &Vpc, action: &str, get: impl Fn(&str) -> Option<String>) -> (u16, String) {
+fn answer_ec2(
+    shared: &Shared,
+    setup: &ApiSetup,
+    vpc: &Vpc,
+    action: &str,
+    get: impl Fn(&str) -> Option<String>,
+) -> (u16, String) {
     let xmlns = "xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\"";
     if action == "DescribeNetworkInterfaces" {
         if get("Filter.1.Name").as_deref() != Some("addresses.private-ip-address") {
@@ -267,6 +276,25 @@ fn answer_ec2(shared: &Shared, vpc: &Vpc, action: &str, get: impl Fn(&str) -> Op
             ec2_error("InvalidNetworkInterfaceID.NotFound", &format!("The networkInterface ID '{eni}' does not exist")),
         );
     };
+    let assigned = |eni: &str, address: Ipv4Addr| {
+        format!(
+            "<AssignPrivateIpAddressesResponse {xmlns}><requestId>emulator</requestId><networkInterfaceId>{eni}\
+             </networkInterfaceId><assignedPrivateIpAddressesSet><item><privateIpAddress>{address}</privateIpAddress>\
+             </item></assignedPrivateIpAddressesSet><return>true</return></AssignPrivateIpAddressesResponse>"
+        )
+    };
+    if action == "AssignPrivateIpAddresses" && get("PrivateIpAddress.1").is_none() {
+        // EC2 picks a free address of the subnet.
+        if get("SecondaryPrivateIpAddressCount").as_deref() != Some("1") {
+            return (400, ec2_error("InvalidParameterValue", "the emulator assigns one address at a time"));
+        }
+        let taken = vpc.holder.lock().unwrap().iter().filter(|(_, h)| h.is_some()).map(|(a, _)| *a).collect::<Vec<_>>();
+        let Some(&address) = setup.free.iter().find(|a| !taken.contains(a)) else {
+            return (400, ec2_error("InsufficientFreeAddressesInSubnet", "no free address left in the subnet"));
+        };
+        vpc.deliver(shared, address, Some(interface));
+        return (200, assigned(&eni, address));
+    }
     let Some(address) = get("PrivateIpAddress.1").and_then(|a| a.parse::<Ipv4Addr>().ok()) else {
         return (400, ec2_error("InvalidParameterValue", "PrivateIpAddress.1 must be an IPv4 address"));
     };
@@ -279,12 +307,7 @@ fn answer_ec2(shared: &Shared, vpc: &Vpc, action: &str, get: impl Fn(&str) -> Op
             return (400, ec2_error("PrivateIpAddressInUse", &format!("{address} is in use")));
         }
         vpc.deliver(shared, address, Some(interface));
-        let body = format!(
-            "<AssignPrivateIpAddressesResponse {xmlns}><requestId>emulator</requestId><networkInterfaceId>{eni}\
-             </networkInterfaceId><assignedPrivateIpAddressesSet><item><privateIpAddress>{address}</privateIpAddress>\
-             </item></assignedPrivateIpAddressesSet><return>true</return></AssignPrivateIpAddressesResponse>"
-        );
-        (200, body)
+        (200, assigned(&eni, address))
     } else {
         if holder != Some(interface) {
             return (400, ec2_error("InvalidParameterValue", &format!("{address} is not assigned to {eni}")));
@@ -309,7 +332,7 @@ fn answer(shared: &Shared, setup: &ApiSetup, vpc: &Vpc, form: &[(String, String)
         .unwrap_or_default();
     let ec2 = ["AssignPrivateIpAddresses", "UnassignPrivateIpAddresses", "DescribeNetworkInterfaces"];
     if ec2.contains(&action.as_str()) && !vpc.interfaces.is_empty() {
-        let (status, xml) = answer_ec2(shared, vpc, &action, get);
+        let (status, xml) = answer_ec2(shared, setup, vpc, &action, get);
         return (status, xml, action, id);
     }
     let fail = |status, code: &str, message: &str| (status, error(code, message), action.clone(), id.clone());

@@ -161,6 +161,14 @@ impl Nlb {
         self.shared.api_calls.lock().unwrap().clone()
     }
 
+    /// Makes `target` an address no target was registered at yet (one EC2 may assign a bastion,
+    /// which registers it itself).
+    pub fn never_registered(&self, target: usize) {
+        let model = &mut self.shared.model.lock().unwrap();
+        model.never_registered(target);
+        self.shared.place_new_flows(model);
+    }
+
     /// Registers `target` again (a replacement instance, or a test putting it back).
     pub fn register(&self, target: usize) {
         let model = &mut self.shared.model.lock().unwrap();

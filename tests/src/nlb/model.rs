@@ -209,6 +209,14 @@ impl NlbModel {
         }
     }
 
+    /// Makes `target` one that was never registered (an address a bastion may register later):
+    /// not reported, no flows.
+    pub fn never_registered(&mut self, target: usize) {
+        let t = &mut self.targets[target];
+        t.registered = false;
+        t.deregistered_at = None;
+    }
+
     /// Puts the target (back) into the group: it is `initial` until it passes its checks.
     pub fn register(&mut self, target: usize, now: Duration) {
         let t = &mut self.targets[target];
@@ -231,7 +239,7 @@ impl NlbModel {
         let t = &self.targets[target];
         Some(match (t.registered, t.healthy, t.initial) {
             (false, _, _) => {
-                let since = t.deregistered_at.unwrap_or_default();
+                let since = t.deregistered_at?;
                 if now.saturating_sub(since) >= self.params.deregistration_delay {
                     return None;
                 }
@@ -309,6 +317,19 @@ mod tests {
             assert_eq!(m.record_check(t, true, s(5)), Some(HealthChange { target: t, healthy: true }));
         }
         m
+    }
+
+    #[test]
+    fn a_target_never_registered_is_not_reported_until_it_is_registered() {
+        let mut m = healthy_pair(FlowPolicy::Documented, &[0, 1, 0]);
+        m.never_registered(2);
+        assert_eq!(m.reported_health(2, s(10)), None);
+        assert_eq!(m.new_flow_targets(), vec![0, 1]);
+        m.register(2, s(20));
+        assert_eq!(m.reported_health(2, s(20)), Some(("initial", "Elb.InitialHealthChecking")));
+        m.record_check(2, true, s(21));
+        assert_eq!(m.record_check(2, true, s(22)), Some(HealthChange { target: 2, healthy: true }));
+        assert_eq!(m.new_flow_targets(), vec![0, 1, 2]);
     }
 
     #[test]
