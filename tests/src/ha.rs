@@ -5,7 +5,7 @@
 
 use std::net::{SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::baseline::WireguardGoBastion;
 use crate::bastion::{Bastion, BastionSetup};
@@ -95,6 +95,42 @@ fn local_ipv4s_file(cluster: &Cluster, i: usize) -> PathBuf {
 /// Where a bastion's IMDS emulator listens, inside the bastion's own namespace.
 const LIFECYCLE_IMDS: ([u8; 4], u16) = ([127, 0, 0, 1], 8181);
 
+/// Bastion `i`'s IMDS emulator (in its namespace) for instance `instance`: the lifecycle state
+/// from a file ([`HaBed::set_lifecycle`]) and, with ip targets, its interface, whose
+/// `local-ipv4s` the EC2 emulator keeps.
+fn start_imds(cluster: &Cluster, options: &HaOptions, macs: &[String], i: usize, instance: &str) -> ImdsEmulator {
+    let file = cluster.topo.dir.path().join(format!("lifecycle-{i}"));
+    let address = crate::cluster::TARGETS[i].address.to_string();
+    let mut args: Vec<String> =
+        ["--lifecycle-file", file.to_str().expect("UTF-8 path"), "--instance-id", instance, "--local-ipv4", &address]
+            .map(String::from)
+            .to_vec();
+    args.extend(["--role", "bastion"].map(String::from));
+    if options.take_over {
+        let addresses = local_ipv4s_file(cluster, i);
+        let interface = [
+            "--mac",
+            &macs[i],
+            "--interface-id",
+            &interface_id(i),
+            "--subnet-cidr",
+            TARGET_SUBNET,
+            "--local-ipv4s-file",
+            addresses.to_str().expect("UTF-8 path"),
+        ];
+        args.extend(interface.map(String::from));
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    ImdsEmulator::start_with(
+        cluster.bastion_ns(i),
+        SocketAddr::from(LIFECYCLE_IMDS),
+        None,
+        ImdsMode::Normal,
+        &cluster.topo.dir,
+        &args,
+    )
+}
+
 pub enum HaBastion {
     Ours(Bastion),
     WireguardGo { health: HttpServer, wg: WireguardGoBastion },
@@ -108,6 +144,27 @@ pub struct HaBed {
     pub nlb: Nlb,
     pub bastions: Vec<HaBastion>,
     pub cluster: Cluster,
+    options: HaOptions,
+    /// Each bastion's hardware address on the targets' segment (ip targets only).
+    macs: Vec<String>,
+    /// The instance in each slot now (replacements change it).
+    pub instances: Vec<String>,
+    /// How many instances were replaced.
+    replaced: usize,
+}
+
+/// Auto Scaling's replacement of an instance a survivor marked unhealthy
+/// ([`HaBed::replace_marked`]).
+#[derive(Clone, Debug)]
+pub struct Replacement {
+    pub slot: usize,
+    /// When a bastion marked the old instance unhealthy (SetInstanceHealth).
+    pub marked: Instant,
+    /// When the new instance was launched.
+    pub launched: Instant,
+    pub instance: String,
+    /// With ip targets: the address it came with (the target it registers).
+    pub address: Option<std::net::Ipv4Addr>,
 }
 
 impl HaBed {
@@ -122,52 +179,16 @@ impl HaBed {
         } else {
             Vec::new()
         };
+        if options.take_over {
+            // EC2 assigned each a secondary address at launch; the EC2 emulator rewrites the
+            // file whenever an address moves.
+            for (i, address) in IP_TARGETS.iter().enumerate() {
+                let primary = crate::cluster::TARGETS[i].address;
+                std::fs::write(local_ipv4s_file(&cluster, i), format!("{primary}\n{address}")).unwrap();
+            }
+        }
         let imds: Vec<ImdsEmulator> = if options.imds_lifecycle || options.siblings {
-            (0..2)
-                .map(|i| {
-                    let file = cluster.topo.dir.path().join(format!("lifecycle-{i}"));
-                    let id = instance_id(i);
-                    let address = crate::cluster::TARGETS[i].address.to_string();
-                    let mut args: Vec<String> = [
-                        "--lifecycle-file",
-                        file.to_str().expect("UTF-8 path"),
-                        "--instance-id",
-                        &id,
-                        "--local-ipv4",
-                        &address,
-                        "--role",
-                        "bastion",
-                    ]
-                    .map(String::from)
-                    .to_vec();
-                    if options.take_over {
-                        // EC2 assigned it a secondary address at launch; the EC2 emulator
-                        // rewrites the file whenever an address moves.
-                        let addresses = local_ipv4s_file(&cluster, i);
-                        std::fs::write(&addresses, format!("{address}\n{}", IP_TARGETS[i])).unwrap();
-                        let interface = [
-                            "--mac",
-                            &macs[i],
-                            "--interface-id",
-                            &interface_id(i),
-                            "--subnet-cidr",
-                            TARGET_SUBNET,
-                            "--local-ipv4s-file",
-                            addresses.to_str().expect("UTF-8 path"),
-                        ];
-                        args.extend(interface.map(String::from));
-                    }
-                    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-                    ImdsEmulator::start_with(
-                        cluster.bastion_ns(i),
-                        SocketAddr::from(LIFECYCLE_IMDS),
-                        None,
-                        ImdsMode::Normal,
-                        &cluster.topo.dir,
-                        &args,
-                    )
-                })
-                .collect()
+            (0..2).map(|i| start_imds(&cluster, options, &macs, i, &instance_id(i))).collect()
         } else {
             Vec::new()
         };
@@ -264,7 +285,18 @@ impl HaBed {
             tunnel.wg_set(&["peer", &key, "persistent-keepalive", &seconds.to_string()]);
         }
         let watch = options.watch.as_ref().map(|binary| start_watch(&cluster, &tunnel, binary, &[]));
-        HaBed { watch, imds, tunnel, nlb, bastions, cluster }
+        HaBed {
+            watch,
+            imds,
+            tunnel,
+            nlb,
+            bastions,
+            cluster,
+            options: options.clone(),
+            macs,
+            instances: (0..2).map(instance_id).collect(),
+            replaced: 0,
+        }
     }
 
     /// What bastion `i`'s IMDS says as `autoscaling/target-lifecycle-state` from now on.
@@ -336,6 +368,56 @@ impl HaBed {
         let b = Bastion::start_in(&self.cluster.topo, ns, &old.binary, old.setup.clone());
         b.wait_healthy(Duration::from_secs(30)).unwrap_or_else(|e| panic!("bastion {i} restarted: {e}"));
         self.bastions[i] = HaBastion::Ours(b);
+    }
+
+    /// Waits (up to `timeout`) for a bastion to mark one of this bed's instances unhealthy
+    /// (SetInstanceHealth, at or after `since`), then replaces it `lag` after that call, as
+    /// Auto Scaling does ([`HaBed::replace`]).
+    pub fn replace_marked(&mut self, since: Instant, lag: Duration, timeout: Duration) -> Replacement {
+        let marked = crate::wait_until("a bastion to mark an instance unhealthy", timeout, || {
+            self.nlb
+                .api_calls()
+                .into_iter()
+                .find(|c| {
+                    c.action == "SetInstanceHealth"
+                        && c.status == 200
+                        && c.at >= since
+                        && self.instances.contains(&c.id)
+                })
+                .ok_or_else(|| format!("{:#?}", self.nlb.api_calls()))
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", self.report()));
+        let slot = self.instances.iter().position(|i| *i == marked.id).expect("one of ours");
+        std::thread::sleep((marked.at + lag).saturating_duration_since(Instant::now()));
+        let launched = Instant::now();
+        let address = self.replace(slot);
+        Replacement { slot, marked: marked.at, launched, instance: self.instances[slot].clone(), address }
+    }
+
+    /// Replaces the instance in `slot` as Auto Scaling does: the old one terminated (its
+    /// bastion killed), a new one launched in its place with a new instance id (here: the same
+    /// namespace, link and interface id; its link up again, its IMDS new, with ip targets the
+    /// free address EC2 gives it, with instance targets registered by Auto Scaling), and its
+    /// bastion started; waits until that answers its health check. With ip targets, the
+    /// address the new instance came with.
+    pub fn replace(&mut self, slot: usize) -> Option<std::net::Ipv4Addr> {
+        let HaBastion::Ours(old) = &self.bastions[slot] else { panic!("replace is for our bastions") };
+        let (binary, setup) = (old.binary.clone(), old.setup.clone());
+        self.crash(slot);
+        self.cluster.lb.run(&["ip", "link", "set", &format!("p-target{slot}"), "up"]);
+        self.replaced += 1;
+        let instance = format!("i-{:017x}", 0xba5_7100 + 0x10 * self.replaced + slot);
+        let address = self.nlb.replace_instance(slot, &instance);
+        if !self.imds.is_empty() {
+            // One listener per namespace: the old emulator goes first.
+            drop(self.imds.remove(slot));
+            self.imds.insert(slot, start_imds(&self.cluster, &self.options, &self.macs, slot, &instance));
+        }
+        self.instances[slot] = instance;
+        let b = Bastion::start_in(&self.cluster.topo, self.cluster.bastion_ns(slot), &binary, setup);
+        b.wait_healthy(Duration::from_secs(30)).unwrap_or_else(|e| panic!("the replacement in slot {slot}: {e}"));
+        self.bastions[slot] = HaBastion::Ours(b);
+        address
     }
 
     /// Cuts the bastions off from one another (both segments), as a partition between

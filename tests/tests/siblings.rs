@@ -272,10 +272,28 @@ fn a_partition_between_bastions_makes_nobody_act() {
     }
 }
 
+/// A new flow placed on load balancer target `target` is served: the client moves to new ports
+/// until one lands there.
+fn a_new_flow_is_served_on(bed: &HaBed, target: usize) -> u16 {
+    let host = bed.cluster.topo.private_hosts[0].v4.to_string();
+    let client = &bed.cluster.topo.clients[0].ns;
+    for port in 52_000..52_016u16 {
+        bed.tunnel.wg_set(&["listen-port", &port.to_string()]);
+        client.ping(&host, Duration::from_secs(10)).unwrap_or_else(|e| panic!("port {port}: {e}\n{}", bed.report()));
+        let on = wait_until("the load balancer to track the new flow", Duration::from_secs(5), || {
+            bed.serving_target().ok_or_else(|| bed.nlb.report())
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        if on == target {
+            return port;
+        }
+    }
+    panic!("no new flow landed on target {target} in 16 ports\n{}", bed.report());
+}
+
 /// After bastion `back` lost its own address to a sibling (taken over while it drained or was
 /// down): it has EC2 assign it a fresh one, registers that, the load balancer finds it healthy
-/// there, and a new flow placed there is served (the client moves to new ports until one
-/// lands on it).
+/// there, and a new flow placed there is served.
 fn serves_again_at_a_fresh_address(bed: &HaBed, back: usize, since: Instant) {
     let fresh = FREE_TARGETS[0];
     let target = IP_TARGETS.len();
@@ -297,21 +315,8 @@ fn serves_again_at_a_fresh_address(bed: &HaBed, back: usize, since: Instant) {
     let on_link = bed.cluster.bastion_ns(back).run(&["ip", "-4", "-o", "addr", "show", "dev", "pub0"]);
     assert!(!on_link.contains(&format!("{}/32", IP_TARGETS[back])), "{on_link}");
     assert!(on_link.contains(&format!("{fresh}/32")), "{on_link}");
-    let host = bed.cluster.topo.private_hosts[0].v4.to_string();
-    let client = &bed.cluster.topo.clients[0].ns;
-    for port in 52_000..52_016u16 {
-        bed.tunnel.wg_set(&["listen-port", &port.to_string()]);
-        client.ping(&host, Duration::from_secs(10)).unwrap_or_else(|e| panic!("port {port}: {e}\n{}", bed.report()));
-        let on = wait_until("the load balancer to track the new flow", Duration::from_secs(5), || {
-            bed.serving_target().ok_or_else(|| bed.nlb.report())
-        })
-        .unwrap_or_else(|e| panic!("{e}"));
-        if on == target {
-            eprintln!("FIGURE a new flow (client port {port}) served at the fresh address {fresh}");
-            return;
-        }
-    }
-    panic!("no new flow landed on the fresh address in 16 ports\n{}", bed.report());
+    let port = a_new_flow_is_served_on(bed, target);
+    eprintln!("FIGURE a new flow (client port {port}) served at the fresh address {fresh}");
 }
 
 #[test]
@@ -357,4 +362,54 @@ fn a_bastion_restarted_on_its_instance_serves_again_at_a_fresh_address_when_a_si
     let since = Instant::now();
     bed.restart(dead);
     serves_again_at_a_fresh_address(&bed, dead, since);
+}
+
+/// A survivor marks the dead instance unhealthy; Auto Scaling (the test bed, 3 s after the
+/// call) replaces it; the replacement joins the group (ip targets: it registers the address it
+/// came with; instance targets: Auto Scaling registers it), the load balancer finds it healthy,
+/// and a new flow placed on it is served.
+fn the_marked_instance_is_replaced_and_its_replacement_serves(options: HaOptions) {
+    let mut bed = HaBed::start(&options);
+    let CrashUnderLoad { pinger, dead, detected, killed_at } = bed.crash_under_load(100);
+    let lag = Duration::from_secs(3);
+    let r = bed.replace_marked(detected, lag, Duration::from_secs(20));
+    assert_eq!(r.slot, dead, "{r:?}");
+    let target = match r.address {
+        Some(address) => {
+            let all: Vec<_> = IP_TARGETS.iter().chain(&FREE_TARGETS).collect();
+            all.iter().position(|a| **a == address).expect("a subnet address")
+        }
+        None => dead,
+    };
+    bed.nlb.wait_healthy(target, Duration::from_secs(15)).unwrap_or_else(|e| panic!("{e}\n{}", bed.report()));
+    let healthy_again = Instant::now();
+    // The client recovered meanwhile (with the survivor).
+    assert!(
+        ping::parse(&pinger.log(), 0).first_reply_after(killed_at + 0.5).is_some(),
+        "no reply after the crash\n{}",
+        bed.report()
+    );
+    let port = a_new_flow_is_served_on(&bed, target);
+    eprintln!(
+        "FIGURE replacement ({} model, {} targets): marked {:.2} s after detection, launched {:.2} s after the mark, \
+         healthy in the group {:.2} s after launch; a new flow (port {port}) served by {}",
+        options.nlb.flows.name(),
+        if options.take_over { "ip" } else { "instance" },
+        r.marked.duration_since(detected).as_secs_f64(),
+        r.launched.duration_since(r.marked).as_secs_f64(),
+        healthy_again.duration_since(r.launched).as_secs_f64(),
+        r.instance,
+    );
+}
+
+#[test]
+#[ignore = "needs root, network namespaces and the binaries under test: `make integration-test` runs it"]
+fn a_marked_instance_target_is_replaced_and_its_replacement_serves() {
+    the_marked_instance_is_replaced_and_its_replacement_serves(documented(true));
+}
+
+#[test]
+#[ignore = "needs root, network namespaces and the binaries under test: `make integration-test` runs it"]
+fn a_marked_ip_target_is_replaced_and_its_replacement_serves() {
+    the_marked_instance_is_replaced_and_its_replacement_serves(article_with_takeover());
 }

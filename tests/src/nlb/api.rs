@@ -70,21 +70,34 @@ pub struct NetworkInterface {
     pub instance: String,
 }
 
-/// Which interface holds each secondary address; the delivery follows it.
-struct Vpc {
+/// What EC2, Auto Scaling and the target group hold: the target ids, which interface holds each
+/// secondary address (the delivery follows it), and which instance each interface is attached
+/// to now.
+pub(super) struct Cloud {
+    setup: ApiSetup,
     interfaces: Vec<NetworkInterface>,
     holder: Mutex<HashMap<Ipv4Addr, Option<usize>>>,
+    /// `setup.ids`, as replacements change them (instance targets).
+    ids: Mutex<Vec<String>>,
+    /// Interface i's instance, as replacements change it.
+    instances: Mutex<Vec<String>>,
 }
 
-impl Vpc {
-    fn new(shared: &Shared, interfaces: Vec<NetworkInterface>) -> Vpc {
-        let vpc = Vpc { interfaces, holder: Mutex::new(HashMap::new()) };
-        for (i, interface) in vpc.interfaces.iter().enumerate() {
+impl Cloud {
+    fn new(shared: &Shared, setup: ApiSetup) -> Cloud {
+        let cloud = Cloud {
+            interfaces: setup.interfaces.clone(),
+            holder: Mutex::new(HashMap::new()),
+            ids: Mutex::new(setup.ids.clone()),
+            instances: Mutex::new(setup.interfaces.iter().map(|i| i.instance.clone()).collect()),
+            setup,
+        };
+        for (i, interface) in cloud.interfaces.iter().enumerate() {
             for &address in &interface.secondary {
-                vpc.deliver(shared, address, Some(i));
+                cloud.deliver(shared, address, Some(i));
             }
         }
-        vpc
+        cloud
     }
 
     /// Sends `address`'s packets to interface `to` (`None`: nowhere).
@@ -115,10 +128,44 @@ impl Vpc {
             std::fs::write(file, lines.join("\n")).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
         }
     }
+
+    /// A free address of the subnet, if any is left.
+    fn free_address(&self) -> Option<Ipv4Addr> {
+        let holder = self.holder.lock().unwrap();
+        self.setup.free.iter().copied().find(|a| !holder.get(a).is_some_and(Option::is_some))
+    }
+}
+
+/// Auto Scaling replacing the instance in `slot` with `instance` (here the new instance has the
+/// slot's namespace, link and interface id): the old one's secondary addresses go back to the
+/// subnet; with ip targets the new one comes with a free address (the launch template's one
+/// secondary address), which it registers itself, and that address is returned; an instance
+/// target is registered by Auto Scaling (the old one deregistered first, if it still was).
+pub(super) fn replace_instance(shared: &Shared, slot: usize, instance: &str) -> Option<Ipv4Addr> {
+    let cloud = shared.cloud.get().expect("the API emulator runs");
+    if cloud.interfaces.is_empty() {
+        let now = shared.started.elapsed();
+        let model = &mut shared.model.lock().unwrap();
+        model.deregister(slot, now);
+        cloud.ids.lock().unwrap()[slot] = instance.to_string();
+        model.register(slot, now);
+        shared.place_new_flows(model);
+        return None;
+    }
+    cloud.instances.lock().unwrap()[slot] = instance.to_string();
+    let old: Vec<Ipv4Addr> =
+        cloud.holder.lock().unwrap().iter().filter(|(_, h)| **h == Some(slot)).map(|(a, _)| *a).collect();
+    for address in old {
+        cloud.deliver(shared, address, None);
+    }
+    let address = cloud.free_address().expect("a free address for the replacement");
+    cloud.deliver(shared, address, Some(slot));
+    Some(address)
 }
 
 pub(super) fn serve(shared: Arc<Shared>, listen: SocketAddr, setup: ApiSetup) -> std::thread::JoinHandle<()> {
-    let vpc = Arc::new(Vpc::new(&shared, setup.interfaces.clone()));
+    let cloud = Arc::new(Cloud::new(&shared, setup));
+    assert!(shared.cloud.set(cloud.clone()).is_ok(), "one API emulator per load balancer");
     let lb = shared.lb.name().to_string();
     let listener = crate::Netns::borrowed(&lb).enter(move || {
         let l = TcpListener::bind(listen).unwrap_or_else(|e| panic!("AWS API emulator on {listen}: {e}"));
@@ -130,10 +177,9 @@ pub(super) fn serve(shared: Arc<Shared>, listen: SocketAddr, setup: ApiSetup) ->
             match listener.accept() {
                 Ok((stream, from)) => {
                     let shared = shared.clone();
-                    let setup = setup.clone();
-                    let vpc = vpc.clone();
+                    let cloud = cloud.clone();
                     std::thread::spawn(move || {
-                        let _ = handle(&shared, &setup, &vpc, stream, from);
+                        let _ = handle(&shared, &cloud, stream, from);
                     });
                 }
                 Err(_) => std::thread::sleep(Duration::from_millis(20)),
@@ -142,7 +188,7 @@ pub(super) fn serve(shared: Arc<Shared>, listen: SocketAddr, setup: ApiSetup) ->
     })
 }
 
-fn handle(shared: &Shared, setup: &ApiSetup, vpc: &Vpc, stream: TcpStream, from: SocketAddr) -> std::io::Result<()> {
+fn handle(shared: &Shared, cloud: &Cloud, stream: TcpStream, from: SocketAddr) -> std::io::Result<()> {
     stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut reader = BufReader::new(stream.try_clone()?);
@@ -176,7 +222,7 @@ fn handle(shared: &Shared, setup: &ApiSetup, vpc: &Vpc, stream: TcpStream, from:
         } else if !signed {
             (403, error("MissingAuthenticationToken", "no SigV4 Authorization header"), String::new(), String::new())
         } else {
-            answer(shared, setup, vpc, &form)
+            answer(shared, cloud, &form)
         };
         shared.api_calls.lock().unwrap().push(ApiCall { at: Instant::now(), from: from.ip(), action, id, status });
         let reason = if status == 200 { "OK" } else { "Error" };
@@ -231,13 +277,7 @@ fn ec2_error(code: &str, message: &str) -> String {
 }
 
 /// EC2's address calls: `(status, XML)`.
-fn answer_ec2(
-    shared: &Shared,
-    setup: &ApiSetup,
-    vpc: &Vpc,
-    action: &str,
-    get: impl Fn(&str) -> Option<String>,
-) -> (u16, String) {
+fn answer_ec2(shared: &Shared, cloud: &Cloud, action: &str, get: impl Fn(&str) -> Option<String>) -> (u16, String) {
     let xmlns = "xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\"";
     if action == "DescribeNetworkInterfaces" {
         if get("Filter.1.Name").as_deref() != Some("addresses.private-ip-address") {
@@ -248,18 +288,19 @@ fn answer_ec2(
         }
         let address: Option<Ipv4Addr> = get("Filter.1.Value.1").and_then(|a| a.parse().ok());
         let holder = address.and_then(|a| {
-            vpc.interfaces
+            cloud
+                .interfaces
                 .iter()
                 .position(|i| i.primary == a)
-                .or_else(|| vpc.holder.lock().unwrap().get(&a).copied().flatten())
+                .or_else(|| cloud.holder.lock().unwrap().get(&a).copied().flatten())
         });
         let items: String = holder
             .map(|i| {
-                let interface = &vpc.interfaces[i];
                 format!(
                     "<item><networkInterfaceId>{}</networkInterfaceId><attachment><instanceId>{}</instanceId>\
                      </attachment></item>",
-                    interface.id, interface.instance
+                    cloud.interfaces[i].id,
+                    cloud.instances.lock().unwrap()[i]
                 )
             })
             .unwrap_or_default();
@@ -270,7 +311,7 @@ fn answer_ec2(
         return (200, body);
     }
     let eni = get("NetworkInterfaceId").unwrap_or_default();
-    let Some(interface) = vpc.interfaces.iter().position(|i| i.id == eni) else {
+    let Some(interface) = cloud.interfaces.iter().position(|i| i.id == eni) else {
         return (
             400,
             ec2_error("InvalidNetworkInterfaceID.NotFound", &format!("The networkInterface ID '{eni}' does not exist")),
@@ -288,31 +329,30 @@ fn answer_ec2(
         if get("SecondaryPrivateIpAddressCount").as_deref() != Some("1") {
             return (400, ec2_error("InvalidParameterValue", "the emulator assigns one address at a time"));
         }
-        let taken = vpc.holder.lock().unwrap().iter().filter(|(_, h)| h.is_some()).map(|(a, _)| *a).collect::<Vec<_>>();
-        let Some(&address) = setup.free.iter().find(|a| !taken.contains(a)) else {
+        let Some(address) = cloud.free_address() else {
             return (400, ec2_error("InsufficientFreeAddressesInSubnet", "no free address left in the subnet"));
         };
-        vpc.deliver(shared, address, Some(interface));
+        cloud.deliver(shared, address, Some(interface));
         return (200, assigned(&eni, address));
     }
     let Some(address) = get("PrivateIpAddress.1").and_then(|a| a.parse::<Ipv4Addr>().ok()) else {
         return (400, ec2_error("InvalidParameterValue", "PrivateIpAddress.1 must be an IPv4 address"));
     };
-    if vpc.interfaces.iter().any(|i| i.primary == address) {
+    if cloud.interfaces.iter().any(|i| i.primary == address) {
         return (400, ec2_error("InvalidParameterValue", &format!("{address} is a primary address")));
     }
-    let holder = vpc.holder.lock().unwrap().get(&address).copied().flatten();
+    let holder = cloud.holder.lock().unwrap().get(&address).copied().flatten();
     if action == "AssignPrivateIpAddresses" {
         if holder.is_some_and(|h| h != interface) && get("AllowReassignment").as_deref() != Some("true") {
             return (400, ec2_error("PrivateIpAddressInUse", &format!("{address} is in use")));
         }
-        vpc.deliver(shared, address, Some(interface));
+        cloud.deliver(shared, address, Some(interface));
         (200, assigned(&eni, address))
     } else {
         if holder != Some(interface) {
             return (400, ec2_error("InvalidParameterValue", &format!("{address} is not assigned to {eni}")));
         }
-        vpc.deliver(shared, address, None);
+        cloud.deliver(shared, address, None);
         let body = format!(
             "<UnassignPrivateIpAddressesResponse {xmlns}><requestId>emulator</requestId><return>true</return>\
              </UnassignPrivateIpAddressesResponse>"
@@ -322,7 +362,7 @@ fn answer_ec2(
 }
 
 /// `(status, XML, action, id)` for one call.
-fn answer(shared: &Shared, setup: &ApiSetup, vpc: &Vpc, form: &[(String, String)]) -> (u16, String, String, String) {
+fn answer(shared: &Shared, cloud: &Cloud, form: &[(String, String)]) -> (u16, String, String, String) {
     let get = |key: &str| form.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
     let action = get("Action").unwrap_or_default();
     let id = get("Targets.member.1.Id")
@@ -331,13 +371,14 @@ fn answer(shared: &Shared, setup: &ApiSetup, vpc: &Vpc, form: &[(String, String)
         .or_else(|| get("Filter.1.Value.1"))
         .unwrap_or_default();
     let ec2 = ["AssignPrivateIpAddresses", "UnassignPrivateIpAddresses", "DescribeNetworkInterfaces"];
-    if ec2.contains(&action.as_str()) && !vpc.interfaces.is_empty() {
-        let (status, xml) = answer_ec2(shared, setup, vpc, &action, get);
+    if ec2.contains(&action.as_str()) && !cloud.interfaces.is_empty() {
+        let (status, xml) = answer_ec2(shared, cloud, &action, get);
         return (status, xml, action, id);
     }
     let fail = |status, code: &str, message: &str| (status, error(code, message), action.clone(), id.clone());
-    let group_ok = || get("TargetGroupArn").as_deref() == Some(setup.target_group_arn.as_str());
-    let target = setup.ids.iter().position(|t| *t == id);
+    let group_ok = || get("TargetGroupArn").as_deref() == Some(cloud.setup.target_group_arn.as_str());
+    let ids = cloud.ids.lock().unwrap().clone();
+    let target = ids.iter().position(|t| *t == id);
     let now = shared.started.elapsed();
     let ok = |name: &str, inner: String| {
         (
@@ -353,8 +394,7 @@ fn answer(shared: &Shared, setup: &ApiSetup, vpc: &Vpc, form: &[(String, String)
         }
         "DescribeTargetHealth" => {
             let model = shared.model.lock().unwrap();
-            let members: String = setup
-                .ids
+            let members: String = ids
                 .iter()
                 .enumerate()
                 .filter_map(|(i, id)| {
@@ -363,7 +403,7 @@ fn answer(shared: &Shared, setup: &ApiSetup, vpc: &Vpc, form: &[(String, String)
                     Some(format!(
                         "<member><Target><Id>{id}</Id><Port>{}</Port></Target><HealthCheckPort>traffic-port\
                          </HealthCheckPort><TargetHealth>{reason}<State>{state}</State></TargetHealth></member>",
-                        setup.port
+                        cloud.setup.port
                     ))
                 })
                 .collect();
@@ -387,7 +427,7 @@ fn answer(shared: &Shared, setup: &ApiSetup, vpc: &Vpc, form: &[(String, String)
             ok(&action, String::new())
         }
         "SetInstanceHealth" => {
-            let an_instance = target.is_some() || vpc.interfaces.iter().any(|i| i.instance == id);
+            let an_instance = target.is_some() || cloud.instances.lock().unwrap().contains(&id);
             if !an_instance || !id.starts_with("i-") {
                 return fail(400, "ValidationError", "Instance Id not found");
             }

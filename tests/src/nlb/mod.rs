@@ -74,6 +74,8 @@ struct Shared {
     placed: Mutex<Vec<usize>>,
     /// The AWS API calls answered ([`api`]).
     api_calls: Mutex<Vec<ApiCall>>,
+    /// What the API emulator holds, once it runs.
+    cloud: std::sync::OnceLock<Arc<api::Cloud>>,
 }
 
 /// The running load balancer; dropping it stops its threads (the rules stay with the namespace).
@@ -111,6 +113,7 @@ impl Nlb {
             events: Mutex::new(Vec::new()),
             placed: Mutex::new(Vec::new()),
             api_calls: Mutex::new(Vec::new()),
+            cloud: std::sync::OnceLock::new(),
         });
         shared.place_new_flows(&shared.model.lock().unwrap());
         let mut threads = Vec::new();
@@ -154,6 +157,12 @@ impl Nlb {
     /// load balancer's namespace), from this model, until the load balancer is dropped.
     pub fn serve_api(&mut self, listen: SocketAddr, setup: ApiSetup) {
         self.threads.push(api::serve(self.shared.clone(), listen, setup));
+    }
+
+    /// Auto Scaling replaces the instance of target slot `slot` with `instance`
+    /// ([`api::replace_instance`]); with ip targets, the address the new instance comes with.
+    pub fn replace_instance(&self, slot: usize, instance: &str) -> Option<Ipv4Addr> {
+        api::replace_instance(&self.shared, slot, instance)
     }
 
     /// The AWS calls answered so far.
