@@ -50,13 +50,27 @@ fn document<'i>(action: &str, text: &'i str) -> Result<roxmltree::Document<'i>, 
         .map_err(|e| AwsError::BadAnswer { action: action.into(), why: format!("not XML: {e}") })
 }
 
-/// The instances of a DescribeNetworkInterfaces answer's interfaces (those attached).
-pub fn parse_attached_instances(text: &str) -> Result<Vec<String>, AwsError> {
+/// An attached network interface as DescribeNetworkInterfaces shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttachedInterface {
+    pub instance: String,
+    /// Its private IPv4 addresses, primary and secondary.
+    pub addresses: Vec<String>,
+}
+
+/// The attached interfaces of a DescribeNetworkInterfaces answer.
+pub fn parse_attached_interfaces(text: &str) -> Result<Vec<AttachedInterface>, AwsError> {
     let doc = document("ec2:DescribeNetworkInterfaces", text)?;
     let Some(set) = find(doc.root(), "networkInterfaceSet") else { return Ok(Vec::new()) };
     Ok(children(set, "item")
-        .filter_map(|item| find(item, "attachment").and_then(|a| child_text(a, "instanceId")))
-        .filter(|id| !id.is_empty())
+        .filter_map(|item| {
+            let instance = find(item, "attachment").and_then(|a| child_text(a, "instanceId"))?;
+            let addresses = find(item, "privateIpAddressesSet")
+                .map(|set| children(set, "item").filter_map(|a| child_text(a, "privateIpAddress")).collect())
+                .unwrap_or_default();
+            Some(AttachedInterface { instance, addresses })
+        })
+        .filter(|i| !i.instance.is_empty())
         .collect())
 }
 
@@ -154,10 +168,11 @@ impl Client {
         })
     }
 
-    /// The instance whose network interface holds the private IPv4 `address`, if any.
-    pub fn instance_with_address(&self, address: &str) -> Result<Option<String>, AwsError> {
+    /// The attached network interface that holds the private IPv4 `address`, if any: its
+    /// instance and all its addresses.
+    pub fn interface_with_address(&self, address: &str) -> Result<Option<AttachedInterface>, AwsError> {
         let p = params(&[("Filter.1.Name", "addresses.private-ip-address"), ("Filter.1.Value.1", address)]);
-        Ok(parse_attached_instances(&self.ec2("DescribeNetworkInterfaces", &p, &[])?)?.into_iter().next())
+        Ok(parse_attached_interfaces(&self.ec2("DescribeNetworkInterfaces", &p, &[])?)?.into_iter().next())
     }
 
     /// Gives the secondary private IPv4 `address` of `eni` back to the subnet.
@@ -303,10 +318,13 @@ mod tests {
           <privateIpAddressesSet><item><privateIpAddress>10.0.1.5</privateIpAddress></item></privateIpAddressesSet>
           </item><item><networkInterfaceId>eni-0b2</networkInterfaceId></item></networkInterfaceSet>
           </DescribeNetworkInterfacesResponse>"#;
-        assert_eq!(parse_attached_instances(answer).unwrap(), vec!["i-0abc".to_string()]);
+        assert_eq!(
+            parse_attached_interfaces(answer).unwrap(),
+            vec![AttachedInterface { instance: "i-0abc".into(), addresses: vec!["10.0.1.5".into()] }]
+        );
         let none = r#"<DescribeNetworkInterfacesResponse><networkInterfaceSet/></DescribeNetworkInterfacesResponse>"#;
-        assert!(parse_attached_instances(none).unwrap().is_empty());
-        assert!(parse_attached_instances("<not xml").is_err());
+        assert!(parse_attached_interfaces(none).unwrap().is_empty());
+        assert!(parse_attached_interfaces("<not xml").is_err());
     }
 
     #[test]

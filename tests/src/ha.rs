@@ -53,6 +53,9 @@ pub struct HaOptions {
     /// assigned and the bastion configures and registers itself: `register_self`) and
     /// `[siblings] take_over_addresses`; the API emulator answers EC2's address calls too.
     pub take_over: bool,
+    /// With `take_over`: IMDS puts each bastion in a subnet of its own (two /31s around their
+    /// target addresses), so nobody takes a dead sibling's address over.
+    pub subnets_apart: bool,
 }
 
 impl HaOptions {
@@ -67,6 +70,7 @@ impl HaOptions {
             imds_lifecycle: false,
             siblings: false,
             take_over: false,
+            subnets_apart: false,
         }
     }
 }
@@ -92,6 +96,9 @@ fn local_ipv4s_file(cluster: &Cluster, i: usize) -> PathBuf {
     cluster.topo.dir.path().join(format!("local-ipv4s-{i}"))
 }
 
+/// The subnets IMDS names with [`HaOptions::subnets_apart`]: each holds one of [`IP_TARGETS`].
+const SUBNETS_APART: [&str; 2] = ["198.51.100.20/31", "198.51.100.22/31"];
+
 /// Where a bastion's IMDS emulator listens, inside the bastion's own namespace.
 const LIFECYCLE_IMDS: ([u8; 4], u16) = ([127, 0, 0, 1], 8181);
 
@@ -114,7 +121,7 @@ fn start_imds(cluster: &Cluster, options: &HaOptions, macs: &[String], i: usize,
             "--interface-id",
             &interface_id(i),
             "--subnet-cidr",
-            TARGET_SUBNET,
+            if options.subnets_apart { SUBNETS_APART[i] } else { TARGET_SUBNET },
             "--local-ipv4s-file",
             addresses.to_str().expect("UTF-8 path"),
         ];

@@ -37,6 +37,7 @@ fn options(watch: bool, drain_seconds: u32) -> HaOptions {
         imds_lifecycle: false,
         siblings: false,
         take_over: false,
+        subnets_apart: false,
     }
 }
 

@@ -43,7 +43,7 @@ use crate::config::{Aws, Siblings};
 use crate::init::backoff::Backoff;
 use crate::log;
 use ip_network::Ipv4Network;
-use plan::{Action, Planner, Rules, Standing, Target};
+use plan::{Action, HolderVerdict, Planner, Rules, Standing, Target};
 
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
@@ -423,7 +423,7 @@ impl Poller<'_> {
                     (instance_id.clone(), &self.counters.marked_unhealthy, "marked_unhealthy")
                 }
                 Action::MarkHolderUnhealthy { address } => {
-                    let Some(instance_id) = holder(&self.client, &ids, *address)? else { continue };
+                    let Some(instance_id) = holder(&self.client, &ids, &targets, *address)? else { continue };
                     mark_unhealthy(&self.client, &instance_id)?;
                     (instance_id, &self.counters.marked_unhealthy, "marked_unhealthy")
                 }
@@ -583,24 +583,33 @@ fn deregister(client: &Client, arn: &str, id: &str, port: Option<u16>, healthy: 
     Ok(())
 }
 
-/// The instance that holds a dead ip target's `address` (EC2), unless it is none or this one.
-fn holder(client: &Client, me: &[String], address: Ipv4Addr) -> Result<Option<String>, String> {
-    let instance = client
-        .instance_with_address(&address.to_string())
+/// The instance to mark for a dead ip target's `address`: the one whose interface holds it
+/// (EC2), as [`plan::holder_verdict`] allows.
+fn holder(client: &Client, me: &[String], targets: &[Target], address: Ipv4Addr) -> Result<Option<String>, String> {
+    let interface = client
+        .interface_with_address(&address.to_string())
         .map_err(|e| format!("DescribeNetworkInterfaces {address}: {e}"))?;
-    match instance {
-        None => {
-            log!("siblings: no instance holds {address} any more (terminated?): nothing to mark unhealthy");
-            Ok(None)
-        }
-        Some(id) if me.contains(&id) => {
+    let Some(interface) = interface else {
+        log!("siblings: no instance holds {address} any more (terminated?): nothing to mark unhealthy");
+        return Ok(None);
+    };
+    if !is_instance_id(&interface.instance) {
+        return Err(format!("EC2 names {:?} as the instance holding {address}", interface.instance));
+    }
+    crate::keys::show_in_diagnostics(&interface.instance);
+    match plan::holder_verdict(&interface.instance, &interface.addresses, me, targets) {
+        HolderVerdict::Mark => Ok(Some(interface.instance)),
+        HolderVerdict::Itself => {
             log!("siblings: {address} is on this bastion's own interface already: not marking itself unhealthy");
             Ok(None)
         }
-        Some(id) if !is_instance_id(&id) => Err(format!("EC2 names {id:?} as the instance holding {address}")),
-        Some(id) => {
-            crate::keys::show_in_diagnostics(&id);
-            Ok(Some(id))
+        HolderVerdict::Serving(healthy) => {
+            log!(
+                "siblings: {address} is on instance {} now, whose target {healthy} the load balancer reports \
+                 healthy (a sibling took the address over): not marking it",
+                interface.instance
+            );
+            Ok(None)
         }
     }
 }

@@ -31,6 +31,12 @@
 //! `draining` (deregistered: it drains, or a survivor took it out), so a planned scale-in
 //! moves the flows it still has to a live bastion before it stops. An address is taken once
 //! while its target is in the group (again only after [`Planner::take_over_failed`]).
+//!
+//! A dead ip target's instance is found by its address (EC2, in the shell) and marked
+//! unhealthy by the taker, before it takes the address; where nobody takes it over (no healthy
+//! sibling in its subnet) by the healthy target with the lowest address of the whole group.
+//! Either way the holder is left alone when it is this bastion or has a target the load
+//! balancer reports healthy ([`holder_verdict`]: a sibling that took the address over since).
 
 use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
@@ -127,12 +133,14 @@ impl Planner {
         for t in targets.iter().filter(|t| !is_me(t)) {
             let dead = t.state == "unhealthy" && t.reason == FAILED_HEALTH_CHECKS;
             let leaving = t.state == "draining";
+            let mut marked = false;
             if !self.taken.contains(&t.id) && (dead || leaving) {
                 if let Some(address) = rules.take_over_in.and_then(|subnet| takes_over(targets, me, subnet, t)) {
                     self.taken.insert(t.id.clone());
-                    // Only the taker marks, and before it takes: afterwards the address is its own.
+                    // The taker marks before it takes: afterwards the address is its own.
                     if dead && rules.mark_unhealthy {
                         actions.push(Action::MarkHolderUnhealthy { address });
+                        marked = true;
                     }
                     actions.push(Action::TakeOver { address, dead });
                 }
@@ -145,6 +153,15 @@ impl Planner {
             if rules.mark_unhealthy && t.id.starts_with("i-") {
                 actions.push(Action::MarkUnhealthy { instance_id: t.id.clone() });
             }
+            // A dead ip target nobody here takes over (no healthy sibling in its subnet, or
+            // takeover off) still gets its instance replaced: the lowest healthy address of the
+            // whole group marks the holder (the shell leaves a holder that has a healthy target:
+            // a taker elsewhere may have moved the address to itself since).
+            if let (true, false, Ok(address)) = (rules.mark_unhealthy, marked, t.id.parse::<Ipv4Addr>()) {
+                if lowest_healthy(targets, |_| true).is_some_and(|lowest| me.contains(&lowest.id)) {
+                    actions.push(Action::MarkHolderUnhealthy { address });
+                }
+            }
         }
         Decision { standing, actions }
     }
@@ -154,6 +171,31 @@ impl Planner {
     /// The takeover of `id`'s address did not happen: the next round tries again.
     pub fn take_over_failed(&mut self, id: &str) {
         self.taken.remove(id);
+    }
+}
+
+/// What to do about the instance EC2 names as the holder of a dead ip target's address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HolderVerdict {
+    /// Mark it unhealthy: Auto Scaling replaces it.
+    Mark,
+    /// It is this bastion.
+    Itself,
+    /// It has a target the load balancer reports healthy (this address): a live sibling that
+    /// took the address over since the load balancer found it dead. Left alone.
+    Serving(String),
+}
+
+/// Whether to mark `instance`, whose interface holds a dead ip target's address and has
+/// `addresses`, given this bastion's ids and the group's targets.
+pub fn holder_verdict(instance: &str, addresses: &[String], me: &[String], targets: &[Target]) -> HolderVerdict {
+    if me.iter().any(|m| m == instance) {
+        return HolderVerdict::Itself;
+    }
+    let healthy = targets.iter().find(|t| t.state == "healthy" && (t.id == instance || addresses.contains(&t.id)));
+    match healthy {
+        Some(t) => HolderVerdict::Serving(t.id.clone()),
+        None => HolderVerdict::Mark,
     }
 }
 
@@ -171,14 +213,19 @@ pub fn give_back(taken: Duration, last_heard: Option<Duration>) -> bool {
 /// The address of `dead` when this bastion is the one to take it over: it is an address of
 /// `subnet`, and of the healthy targets in `subnet` this bastion has the lowest address.
 fn takes_over(targets: &[Target], me: &[String], subnet: Ipv4Network, dead: &Target) -> Option<Ipv4Addr> {
-    let in_subnet = |t: &Target| t.id.parse::<Ipv4Addr>().ok().filter(|a| subnet.contains(*a));
-    let address = in_subnet(dead)?;
-    let lowest = targets
+    let address = dead.id.parse::<Ipv4Addr>().ok().filter(|a| subnet.contains(*a))?;
+    let lowest = lowest_healthy(targets, |a| subnet.contains(a))?;
+    me.iter().any(|m| m == &lowest.id).then_some(address)
+}
+
+/// The healthy ip target with the lowest address among those `within` accepts.
+fn lowest_healthy(targets: &[Target], within: impl Fn(Ipv4Addr) -> bool) -> Option<&Target> {
+    targets
         .iter()
         .filter(|t| t.state == "healthy")
-        .filter_map(|t| in_subnet(t).map(|a| (a, t)))
-        .min_by_key(|(a, _)| *a)?;
-    me.iter().any(|m| m == &lowest.1.id).then_some(address)
+        .filter_map(|t| t.id.parse::<Ipv4Addr>().ok().filter(|a| within(*a)).map(|a| (a, t)))
+        .min_by_key(|(a, _)| *a)
+        .map(|(_, t)| t)
 }
 
 #[cfg(test)]
@@ -217,9 +264,16 @@ mod tests {
                 Action::MarkUnhealthy { instance_id: "i-b".into() }
             ]
         );
-        // An ip target has no instance to mark; nor does anything get marked when told not to.
+        // An ip target's instance is the one holding its address (the shell asks EC2); nothing
+        // gets marked when told not to.
         let d = Planner::default().decide(&[t("10.0.1.1", "healthy"), t("10.0.1.2", "unhealthy")], &me(), MARK, s(0));
-        assert_eq!(d.actions, vec![Action::Deregister { id: "10.0.1.2".into(), port: Some(51820) }]);
+        assert_eq!(
+            d.actions,
+            vec![
+                Action::Deregister { id: "10.0.1.2".into(), port: Some(51820) },
+                Action::MarkHolderUnhealthy { address: "10.0.1.2".parse().unwrap() }
+            ]
+        );
         let d = Planner::default().decide(&[t("i-a", "healthy"), t("i-b", "unhealthy")], &me(), Rules::default(), s(0));
         assert_eq!(d.actions, vec![Action::Deregister { id: "i-b".into(), port: Some(51820) }]);
     }
@@ -294,6 +348,49 @@ mod tests {
 
     fn take_over(subnet: &str) -> Rules {
         Rules { mark_unhealthy: true, take_over_in: Some(subnet.parse().unwrap()) }
+    }
+
+    #[test]
+    fn a_dead_ip_target_nobody_takes_over_is_marked_by_the_lowest_healthy_address_of_the_group() {
+        let me = vec!["i-a".to_string(), "10.0.2.5".to_string()];
+        let dead: Ipv4Addr = "10.0.1.9".parse().unwrap();
+        // The only survivor, in another subnet: it deregisters and marks the holder.
+        let group = [t("10.0.2.5", "healthy"), t("10.0.1.9", "unhealthy")];
+        let d = Planner::default().decide(&group, &me, take_over("10.0.2.0/24"), s(0));
+        assert_eq!(
+            d.actions,
+            vec![
+                Action::Deregister { id: "10.0.1.9".into(), port: Some(51820) },
+                Action::MarkHolderUnhealthy { address: dead }
+            ]
+        );
+        // The same with takeover off.
+        let d = Planner::default().decide(&group, &me, MARK, s(0));
+        assert!(d.actions.contains(&Action::MarkHolderUnhealthy { address: dead }), "{:?}", d.actions);
+        // A lower healthy address elsewhere in the group marks, not this one; nor when told not to mark.
+        let lower = [t("10.0.2.5", "healthy"), t("10.0.0.7", "healthy"), t("10.0.1.9", "unhealthy")];
+        let d = Planner::default().decide(&lower, &me, take_over("10.0.2.0/24"), s(0));
+        assert_eq!(d.actions, vec![Action::Deregister { id: "10.0.1.9".into(), port: Some(51820) }]);
+        let no_mark = Rules { mark_unhealthy: false, take_over_in: Some("10.0.2.0/24".parse().unwrap()) };
+        let d = Planner::default().decide(&group, &me, no_mark, s(0));
+        assert_eq!(d.actions, vec![Action::Deregister { id: "10.0.1.9".into(), port: Some(51820) }]);
+    }
+
+    #[test]
+    fn the_holder_of_a_dead_address_is_marked_unless_it_is_this_bastion_or_serves() {
+        let me = vec!["i-a".to_string(), "10.0.1.5".to_string()];
+        let group = [t("10.0.1.5", "healthy"), t("10.0.1.9", "unhealthy"), t("10.0.1.7", "healthy")];
+        let addresses = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(holder_verdict("i-b", &addresses(&["10.0.1.2", "10.0.1.9"]), &me, &group), HolderVerdict::Mark);
+        assert_eq!(holder_verdict("i-a", &addresses(&["10.0.1.9"]), &me, &group), HolderVerdict::Itself);
+        // A sibling that took the address over has its own healthy target.
+        assert_eq!(
+            holder_verdict("i-c", &addresses(&["10.0.1.3", "10.0.1.7", "10.0.1.9"]), &me, &group),
+            HolderVerdict::Serving("10.0.1.7".into())
+        );
+        // An instance target counts as well.
+        let instances = [t("i-c", "healthy"), t("10.0.1.9", "unhealthy")];
+        assert_eq!(holder_verdict("i-c", &[], &me, &instances), HolderVerdict::Serving("i-c".into()));
     }
 
     #[test]

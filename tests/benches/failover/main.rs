@@ -120,6 +120,7 @@ fn options(case: &Case, settings: &Settings, binary: &std::path::Path, keepalive
         imds_lifecycle: false,
         siblings: case.siblings,
         take_over: case.take_over,
+        subnets_apart: false,
     }
 }
 

@@ -296,10 +296,19 @@ fn answer_ec2(shared: &Shared, cloud: &Cloud, action: &str, get: impl Fn(&str) -
         });
         let items: String = holder
             .map(|i| {
+                let interface = &cloud.interfaces[i];
+                let held: Vec<Ipv4Addr> = {
+                    let holder = cloud.holder.lock().unwrap();
+                    holder.iter().filter(|(_, h)| **h == Some(i)).map(|(a, _)| *a).collect()
+                };
+                let addresses: String = std::iter::once(interface.primary)
+                    .chain(held)
+                    .map(|a| format!("<item><privateIpAddress>{a}</privateIpAddress></item>"))
+                    .collect();
                 format!(
                     "<item><networkInterfaceId>{}</networkInterfaceId><attachment><instanceId>{}</instanceId>\
-                     </attachment></item>",
-                    cloud.interfaces[i].id,
+                     </attachment><privateIpAddressesSet>{addresses}</privateIpAddressesSet></item>",
+                    interface.id,
                     cloud.instances.lock().unwrap()[i]
                 )
             })
