@@ -301,6 +301,16 @@ pub fn render(report: &StatusReport) -> String {
             counter(s.given_back),
         );
         registry.register(
+            "bastion_siblings_relayed_datagrams",
+            "Datagrams passed to or from a sibling while a moved flow's client re-keys",
+            counter(s.relayed),
+        );
+        registry.register(
+            "bastion_siblings_relay_refused",
+            "Relay messages refused (forged, stale, or not from the sibling the address was taken from)",
+            counter(s.relay_refused),
+        );
+        registry.register(
             "bastion_siblings_failures",
             "Rounds whose AWS calls failed (DescribeTargetHealth and the actions)",
             counter(s.failures),
@@ -381,6 +391,8 @@ mod tests {
             taken_over: 3,
             given_back: 1,
             failures: 0,
+            relayed: 7,
+            relay_refused: 2,
         });
         let text = render(&report);
         for (series, value) in [
@@ -389,6 +401,8 @@ mod tests {
             ("bastion_siblings_taken_over_total{interface=\"wg0\"}", "3"),
             ("bastion_siblings_given_back_total{interface=\"wg0\"}", "1"),
             ("bastion_siblings_failures_total{interface=\"wg0\"}", "0"),
+            ("bastion_siblings_relayed_datagrams_total{interface=\"wg0\"}", "7"),
+            ("bastion_siblings_relay_refused_total{interface=\"wg0\"}", "2"),
         ] {
             assert_eq!(line_of(&text, series), format!("{series} {value}"), "{text}");
         }

@@ -56,6 +56,8 @@ pub struct AttachedInterface {
     pub instance: String,
     /// Its private IPv4 addresses, primary and secondary.
     pub addresses: Vec<String>,
+    /// Its primary private IPv4 address.
+    pub primary: Option<String>,
 }
 
 /// The attached interfaces of a DescribeNetworkInterfaces answer.
@@ -65,10 +67,13 @@ pub fn parse_attached_interfaces(text: &str) -> Result<Vec<AttachedInterface>, A
     Ok(children(set, "item")
         .filter_map(|item| {
             let instance = find(item, "attachment").and_then(|a| child_text(a, "instanceId"))?;
-            let addresses = find(item, "privateIpAddressesSet")
-                .map(|set| children(set, "item").filter_map(|a| child_text(a, "privateIpAddress")).collect())
-                .unwrap_or_default();
-            Some(AttachedInterface { instance, addresses })
+            let set = find(item, "privateIpAddressesSet");
+            let items = || set.into_iter().flat_map(|set| children(set, "item"));
+            let addresses = items().filter_map(|a| child_text(a, "privateIpAddress")).collect();
+            let primary = items()
+                .find(|a| child_text(*a, "primary").as_deref() == Some("true"))
+                .and_then(|a| child_text(a, "privateIpAddress"));
+            Some(AttachedInterface { instance, addresses, primary })
         })
         .filter(|i| !i.instance.is_empty())
         .collect())
@@ -315,12 +320,17 @@ mod tests {
         let answer = r#"<DescribeNetworkInterfacesResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15/">
           <requestId>r</requestId><networkInterfaceSet><item><networkInterfaceId>eni-0a1</networkInterfaceId>
           <attachment><attachmentId>eni-attach-1</attachmentId><instanceId>i-0abc</instanceId></attachment>
-          <privateIpAddressesSet><item><privateIpAddress>10.0.1.5</privateIpAddress></item></privateIpAddressesSet>
+          <privateIpAddressesSet><item><privateIpAddress>10.0.1.5</privateIpAddress><primary>true</primary></item>
+          <item><privateIpAddress>10.0.1.21</privateIpAddress><primary>false</primary></item></privateIpAddressesSet>
           </item><item><networkInterfaceId>eni-0b2</networkInterfaceId></item></networkInterfaceSet>
           </DescribeNetworkInterfacesResponse>"#;
         assert_eq!(
             parse_attached_interfaces(answer).unwrap(),
-            vec![AttachedInterface { instance: "i-0abc".into(), addresses: vec!["10.0.1.5".into()] }]
+            vec![AttachedInterface {
+                instance: "i-0abc".into(),
+                addresses: vec!["10.0.1.5".into(), "10.0.1.21".into()],
+                primary: Some("10.0.1.5".into())
+            }]
         );
         let none = r#"<DescribeNetworkInterfacesResponse><networkInterfaceSet/></DescribeNetworkInterfacesResponse>"#;
         assert!(parse_attached_interfaces(none).unwrap().is_empty());

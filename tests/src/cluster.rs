@@ -110,7 +110,8 @@ impl Cluster {
         // A load balancer carries its clients' flows and the targets' replies, never a flow a
         // target starts: a bastion whose flow was moved away cannot reach the client from its
         // own address (a client would roam to it). Hence `ct state new` from the targets' side
-        // is dropped.
+        // is dropped, unless it stays on the targets' segment (the bridge's traffic passes these
+        // hooks too: br_netfilter), where instances of a subnet reach one another.
         cluster.nft(&format!(
             "table ip nlb {{\n\
              \tchain listener {{\n\
@@ -118,7 +119,7 @@ impl Cluster {
              \t}}\n\
              \tchain forward {{\n\
              \t\ttype filter hook forward priority filter; policy accept;\n\
-             \t\tiifname \"br0\" ct state new drop\n\
+             \t\tiifname \"br0\" ip daddr != {TARGET_SUBNET} ct state new drop\n\
              \t}}\n\
              }}\n\
              {}",

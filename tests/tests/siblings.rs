@@ -201,18 +201,29 @@ fn a_leaving_ip_targets_address_is_taken_over(flows: FlowPolicy) {
     let deregistered =
         call("DeregisterTargets", leaving).unwrap_or_else(|| panic!("no self-deregistration\n{}", bed.report()));
     let report = pinger.finish(Duration::from_secs(5)).unwrap_or_else(|e| panic!("{e}"));
-    assert!(report.lost() <= 2, "lost {} of {}:\n{}", report.lost(), report.sent, bed.report());
     let heir_log = match &bed.bastions[heir] {
         bastion_tests::ha::HaBastion::Ours(b) => b.process.log(),
         _ => unreachable!(),
     };
     assert!(heir_log.contains(&format!("siblings: took over address {own}")), "{heir_log}");
+    // The client's datagrams under the leaving bastion's session went to it, its answers came
+    // back through the heir, until the client had re-keyed with the heir: nothing lost.
+    let leaving_primary = TARGETS[leaving].address;
+    let heir_status = match &bed.bastions[heir] {
+        bastion_tests::ha::HaBastion::Ours(b) => b.status_json().unwrap_or_else(|e| panic!("{e}")),
+        _ => unreachable!(),
+    };
+    let relayed = heir_status["siblings"]["relayed"].as_u64().unwrap_or_default();
+    assert!(relayed > 0, "the heir relayed nothing: {}", heir_status["siblings"]);
+    assert!(heir_log.contains(&format!("come to {own} go to {leaving_primary}:")), "{heir_log}");
+    assert_eq!(report.lost(), 0, "lost {} of {}:\n{}", report.lost(), report.sent, bed.report());
     eprintln!(
         "FIGURE ip targets, planned stop ({} model, delay 2 s): deregistered itself {:.2} s and its address taken \
-         over {:.2} s after SIGTERM, {} of {} requests lost",
+         over {:.2} s after SIGTERM, {} datagrams relayed, {} of {} requests lost",
         flows.name(),
         deregistered.at.duration_since(stopped).as_secs_f64(),
         handed.at.duration_since(stopped).as_secs_f64(),
+        relayed,
         report.lost(),
         report.sent
     );

@@ -168,6 +168,10 @@ impl crate::siblings::ServiceView for SiblingsView {
     fn draining(&self) -> bool {
         self.state.drain_started.lock().unwrap_or_else(|e| e.into_inner()).is_some()
     }
+
+    fn relay_from(&self, address: std::net::Ipv4Addr, previous: Option<std::net::SocketAddrV4>) {
+        self.data_plane.relay_from(address, previous);
+    }
 }
 
 impl ServiceState {

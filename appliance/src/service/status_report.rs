@@ -102,6 +102,8 @@ pub fn report(state: &ServiceState, data_plane: &DataPlane, identity: &Identity)
             taken_over: load(&c.taken_over),
             given_back: load(&c.given_back),
             failures: load(&c.failures),
+            relayed: load(&data_plane.counters().relayed_datagrams),
+            relay_refused: load(&data_plane.counters().relay_refused),
         }),
     }
 }

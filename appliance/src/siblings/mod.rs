@@ -31,7 +31,7 @@
 
 pub mod plan;
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -69,6 +69,10 @@ pub trait ServiceView: Send {
     fn last_heard_on(&self, local: Ipv4Addr) -> Option<Duration>;
     /// Whether the service is draining (leaving).
     fn draining(&self) -> bool;
+    /// Datagrams of sessions this bastion does not hold that come to `address` go to
+    /// `previous` (the leaving sibling it took the address from, which may still hold them);
+    /// `None` stops it (`tunnel::relay`).
+    fn relay_from(&self, address: Ipv4Addr, previous: Option<SocketAddrV4>);
 }
 
 /// How often the poller looks at the drain between rounds: a leaving bastion deregisters
@@ -94,6 +98,7 @@ pub fn start(
         mark_unhealthy: siblings.mark_unhealthy,
         take_over: siblings.take_over_addresses,
         register_self: siblings.register_self.then_some(listen_port),
+        listen_port,
     };
     // Resource names, no secrets: shown whole rather than as key-like text.
     crate::keys::show_in_diagnostics(&arn);
@@ -117,6 +122,8 @@ struct Options {
     take_over: bool,
     /// `register_self`: the port to register with.
     register_self: Option<u16>,
+    /// The WireGuard port (the same on every bastion of the group).
+    listen_port: u16,
 }
 
 /// Whether `id` has the shape of an EC2 instance id (`i-` and 8 or 17 hex digits).
@@ -406,9 +413,24 @@ impl Poller<'_> {
                         reason =
                             format!("its target is deregistered (the sibling leaves); {healthy} target(s) healthy");
                     }
+                    // A leaving sibling still holds its clients' sessions until they re-key here:
+                    // what of them comes to the address goes to it, from the first datagram on.
+                    let previous = if *dead { None } else { previous_holder(&self.client, &ids, *address)? };
+                    let previous = previous.map(|p| SocketAddrV4::new(p, self.options.listen_port));
+                    if previous.is_some() {
+                        self.service.relay_from(*address, previous);
+                    }
                     if let Err(e) = take_over(&self.client, interface, *address, *dead, healthy) {
+                        self.service.relay_from(*address, None);
                         self.planner.take_over_failed(&address.to_string());
                         return Err(e);
+                    }
+                    if let Some(previous) = previous {
+                        log!(
+                            "siblings: datagrams of sessions this bastion does not hold that come to {address} go \
+                             to {previous}, the sibling leaving, and its answers leave from {address}, until its \
+                             clients have re-keyed here"
+                        );
                     }
                     self.held.retain(|h| h.address != *address);
                     self.held.push(Held { address: *address, since: Instant::now() });
@@ -505,6 +527,7 @@ impl Poller<'_> {
                 Err(e) => return Err(format!("UnassignPrivateIpAddresses {address}: {e}")),
             }
             remove_from_link(interface.link, address)?;
+            self.service.relay_from(address, None);
             self.held.remove(i);
             self.counters.given_back.fetch_add(1, Ordering::Relaxed);
             log!(
@@ -612,6 +635,20 @@ fn holder(client: &Client, me: &[String], targets: &[Target], address: Ipv4Addr)
             Ok(None)
         }
     }
+}
+
+/// The primary address of the sibling whose interface holds `address` now (a leaving one,
+/// before this bastion takes the address over), unless it is none, this bastion, or not an
+/// IPv4 address.
+fn previous_holder(client: &Client, me: &[String], address: Ipv4Addr) -> Result<Option<Ipv4Addr>, String> {
+    let interface = client
+        .interface_with_address(&address.to_string())
+        .map_err(|e| format!("DescribeNetworkInterfaces {address}: {e}"))?;
+    Ok(interface
+        .filter(|i| !me.contains(&i.instance))
+        .and_then(|i| i.primary)
+        .and_then(|p| p.parse().ok())
+        .filter(|p: &Ipv4Addr| !me.contains(&p.to_string())))
 }
 
 fn mark_unhealthy(client: &Client, instance_id: &str) -> Result<(), String> {

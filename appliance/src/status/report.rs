@@ -60,6 +60,12 @@ pub struct Siblings {
     pub given_back: u64,
     /// Rounds whose AWS calls failed.
     pub failures: u64,
+    /// Datagrams passed to or from a sibling while a moved flow's client re-keys
+    /// (`tunnel::relay`), and relay messages refused (forged, stale, not from the sibling).
+    #[serde(default)]
+    pub relayed: u64,
+    #[serde(default)]
+    pub relay_refused: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -223,8 +229,8 @@ pub fn render_text(r: &StatusReport) -> String {
         let _ = writeln!(
             text,
             "siblings: deregistered {} dead target(s), marked {} instance(s) unhealthy, took over {} address(es) \
-             (gave back {}), {} failed round(s)",
-            s.deregistered, s.marked_unhealthy, s.taken_over, s.given_back, s.failures
+             (gave back {}), {} failed round(s); relayed {} datagram(s) for a moved flow ({} refused)",
+            s.deregistered, s.marked_unhealthy, s.taken_over, s.given_back, s.failures, s.relayed, s.relay_refused
         );
     }
     let _ = writeln!(

@@ -7,17 +7,20 @@
 //! the peer's allowed IPs are dropped (inbound cryptokey routing). A data packet for a session we
 //! do not have starts a handshake back to its sender at once (fast failover), when `failover`
 //! allows it: not while the peer is being heard here, and within per-peer and global limits.
+//! On an address taken over from a leaving sibling, such a datagram also goes to that sibling
+//! (`relay`), and relay messages from siblings are taken here too.
 
 use super::decision::{self, DatagramVerdict, MessageKind, Role, Route};
 use super::failover::{self, PeerStamps, Refusal};
 use super::offload::coalesce::TunWrites;
 use super::peers::{LivePeer, PeerId, PeerTable};
+use super::relay::{self, Direction, Relayed};
 use super::{udp, Counters, DataPlaneShared};
 use crate::log;
 use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::{HandshakeInit, Tunn, TunnResult};
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
 use std::sync::atomic::Ordering;
 
 /// Handles one datagram received on `socket` along `path` (from `path.remote`). `out` is scratch space for what the
@@ -30,6 +33,9 @@ pub fn handle_datagram(
     datagram: &[u8],
     out: &mut [u8],
 ) {
+    if relay::is_relay(datagram) {
+        return handle_relay(shared, socket, tun_writes, path, datagram, out);
+    }
     let source = path.remote;
     // One table for the whole datagram: a reload swaps in a new one between datagrams.
     let peers = shared.peers.load();
@@ -86,7 +92,12 @@ pub fn handle_datagram(
             if rejected {
                 Counters::count(&shared.counters.rejected_datagrams);
             }
-            start_failover_handshake(shared, socket, peer, &mut tunn, path, out);
+            // What a sibling relays is ours only if we still hold its session: no handshake
+            // from here, and nothing relayed on.
+            if path.via.is_none() {
+                relay_to_previous_holder(shared, socket, path, datagram, out);
+                start_failover_handshake(shared, socket, peer, &mut tunn, path, out);
+            }
         }
         DatagramVerdict::Rejected => Counters::count(&shared.counters.rejected_datagrams),
     }
@@ -249,7 +260,93 @@ fn log_failover(peer: &LivePeer, source: SocketAddr, now: u64) {
 }
 
 pub(super) fn send(shared: &DataPlaneShared, socket: &UdpSocket, packet: &[u8], path: udp::Path) {
+    if let Some(via) = path.via {
+        return send_through(shared, socket, packet, path, via);
+    }
     if udp::send_one(socket, packet, path.for_socket(shared.dual_stack)).is_err() {
         Counters::count(&shared.counters.send_errors);
+    }
+}
+
+/// The Unix clock relay messages carry.
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Seals `message` and sends it to the sibling at `to`.
+fn relay(shared: &DataPlaneShared, socket: &UdpSocket, message: Relayed, to: SocketAddrV4, out: &mut [u8]) {
+    let Some(len) = relay::seal(&shared.relay_key, message, unix_ms(), out) else {
+        return Counters::count(&shared.counters.send_errors);
+    };
+    Counters::count(&shared.counters.relayed_datagrams);
+    let path = udp::Path::to(SocketAddr::V4(to)).for_socket(shared.dual_stack);
+    if udp::send_one(socket, &out[..len], path).is_err() {
+        Counters::count(&shared.counters.send_errors);
+    }
+}
+
+/// A datagram of a session we do not hold came to an address taken over from a leaving sibling:
+/// that sibling may still hold the session, so it gets the datagram too.
+fn relay_to_previous_holder(
+    shared: &DataPlaneShared,
+    socket: &UdpSocket,
+    path: udp::Path,
+    datagram: &[u8],
+    out: &mut [u8],
+) {
+    let (Some(local), SocketAddr::V4(client)) = (path.local, udp::canonical(path.remote)) else { return };
+    let previous = shared.relays.read().unwrap_or_else(|e| e.into_inner()).get(&local).copied();
+    if let Some(previous) = previous {
+        let message = Relayed { direction: Direction::Arrived, client, local, datagram };
+        relay(shared, socket, message, previous, out);
+    }
+}
+
+/// What we send along a path a sibling relays goes to that sibling, to leave from the address
+/// it took over from us.
+fn send_through(shared: &DataPlaneShared, socket: &UdpSocket, packet: &[u8], path: udp::Path, via: SocketAddrV4) {
+    let (Some(local), SocketAddr::V4(client)) = (path.local, udp::canonical(path.remote)) else {
+        return Counters::count(&shared.counters.send_errors);
+    };
+    let mut out = vec![0u8; packet.len() + relay::OVERHEAD];
+    let message = Relayed { direction: Direction::Emit, client, local, datagram: packet };
+    relay(shared, socket, message, via, &mut out);
+}
+
+/// A relay message from a sibling: a client's datagram that came to an address it took over
+/// from us (handled as if it had come to that address here, our answers going back through the
+/// sibling), or one of our datagrams to send from an address we took over from it (only from
+/// the sibling we took that address from).
+fn handle_relay(
+    shared: &DataPlaneShared,
+    socket: &UdpSocket,
+    tun_writes: &mut TunWrites,
+    path: udp::Path,
+    message: &[u8],
+    out: &mut [u8],
+) {
+    let SocketAddr::V4(sibling) = udp::canonical(path.remote) else {
+        return Counters::count(&shared.counters.relay_refused);
+    };
+    let relayed = match relay::open(&shared.relay_key, message, unix_ms()) {
+        Ok(relayed) => relayed,
+        Err(_) => return Counters::count(&shared.counters.relay_refused),
+    };
+    match relayed.direction {
+        Direction::Arrived => {
+            Counters::count(&shared.counters.relayed_datagrams);
+            let path =
+                udp::Path { remote: SocketAddr::V4(relayed.client), local: Some(relayed.local), via: Some(sibling) };
+            handle_datagram(shared, socket, tun_writes, path, relayed.datagram, out);
+        }
+        Direction::Emit => {
+            let holds = shared.relays.read().unwrap_or_else(|e| e.into_inner()).get(&relayed.local).copied();
+            if holds.map(|previous| *previous.ip()) != Some(*sibling.ip()) {
+                return Counters::count(&shared.counters.relay_refused);
+            }
+            Counters::count(&shared.counters.relayed_datagrams);
+            let path = udp::Path { remote: SocketAddr::V4(relayed.client), local: Some(relayed.local), via: None };
+            send(shared, socket, relayed.datagram, path);
+        }
     }
 }

@@ -13,6 +13,7 @@ mod inbound;
 pub mod offload;
 mod outbound;
 pub mod peers;
+pub mod relay;
 pub mod send_runs;
 mod timers;
 mod tun;
@@ -75,6 +76,9 @@ pub enum TunnelError {
 pub struct Counters {
     /// Datagrams that are not WireGuard messages or name no peer of ours.
     pub dropped_datagrams: AtomicU64,
+    /// Datagrams passed to or from a sibling ([`relay`]), and relay messages refused.
+    pub relayed_datagrams: AtomicU64,
+    pub relay_refused: AtomicU64,
     /// WireGuard messages that failed authentication, replay or state checks.
     pub rejected_datagrams: AtomicU64,
     /// Valid handshake initiations from keys that are not our peers.
@@ -149,6 +153,12 @@ pub struct DataPlaneShared {
     /// Per worker: milliseconds since `started` of its last loop turn.
     heartbeats: Vec<AtomicU64>,
     counters: Counters,
+    /// Authenticates relay messages between siblings ([`relay`]).
+    relay_key: relay::RelayKey,
+    /// Addresses this bastion took over from a leaving sibling, with that sibling's WireGuard
+    /// address: datagrams of sessions we do not hold that come to such an address are passed
+    /// to it, and it may have us send from the address ([`DataPlane::relay_from`]).
+    relays: std::sync::RwLock<std::collections::HashMap<std::net::Ipv4Addr, std::net::SocketAddrV4>>,
 }
 
 impl DataPlaneShared {
@@ -285,6 +295,7 @@ impl DataPlane {
         let unlimited = Arc::new(RateLimiter::new(&static_public, u64::MAX));
         let maker = tunn_maker(&static_private, &unlimited);
         let peers = PeerTable::new(spec.peers, &maker);
+        let relay_key = relay::RelayKey::derive(&zeroize::Zeroizing::new(static_private.to_bytes()));
         let shared = Arc::new(DataPlaneShared {
             name: spec.name.clone(),
             static_private,
@@ -304,6 +315,8 @@ impl DataPlane {
             started: Instant::now(),
             heartbeats: (0..workers).map(|_| AtomicU64::new(0)).collect(),
             counters: Counters::default(),
+            relay_key,
+            relays: Default::default(),
         });
         for w in 0..workers {
             shared.beat(w);
@@ -397,6 +410,17 @@ impl DataPlane {
 
     /// How long ago an authenticated datagram last came to the local address `local`, over
     /// the peers whose latest datagrams arrive there; `None` when no peer's do.
+    /// Datagrams of sessions this bastion does not hold that come to `address` (taken over from
+    /// a leaving sibling) are passed to `previous` (that sibling's WireGuard address), which
+    /// may have them answered from `address`; `None` stops it.
+    pub fn relay_from(&self, address: std::net::Ipv4Addr, previous: Option<std::net::SocketAddrV4>) {
+        let mut relays = self.shared.relays.write().unwrap_or_else(|e| e.into_inner());
+        match previous {
+            Some(previous) => relays.insert(address, previous),
+            None => relays.remove(&address),
+        };
+    }
+
     pub fn last_heard_on(&self, local: std::net::Ipv4Addr) -> Option<Duration> {
         let now = self.shared.now_ms();
         let peers = self.shared.peers.load();

@@ -17,7 +17,7 @@ use boringtun::noise::Tunn;
 use ip_network::IpNetwork;
 use ip_network_table::IpNetworkTable;
 use std::collections::{HashMap, HashSet};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -106,6 +106,9 @@ pub struct LivePeer {
     /// The local IPv4 address the peer's authenticated datagrams last came to (0: not known):
     /// replies leave from it (see `udp::Path`).
     local_v4: AtomicU32,
+    /// The sibling relaying the peer's datagrams (`udp::Path::via`), packed as address << 16 |
+    /// port (0: none).
+    via: AtomicU64,
     pub loopback_only: bool,
     pub counters: PeerCounters,
     /// When we last started a fast-failover handshake (milliseconds on the data plane's clock;
@@ -137,6 +140,7 @@ impl LivePeer {
             tunn: Mutex::new(tunn),
             endpoint: RwLock::new(spec.endpoint),
             local_v4: AtomicU32::new(0),
+            via: AtomicU64::new(0),
             loopback_only: spec.loopback_only,
             counters: PeerCounters::default(),
             last_failover_ms: AtomicU64::new(0),
@@ -162,7 +166,9 @@ impl LivePeer {
     /// Where datagrams to the peer go, and the local address they leave from.
     pub fn path(&self) -> Option<udp::Path> {
         let local = Some(Ipv4Addr::from(self.local_v4.load(Ordering::Relaxed))).filter(|a| !a.is_unspecified());
-        self.endpoint().map(|remote| udp::Path { remote, local })
+        let via = self.via.load(Ordering::Relaxed);
+        let via = (via != 0).then(|| SocketAddrV4::new(Ipv4Addr::from((via >> 16) as u32), via as u16));
+        self.endpoint().map(|remote| udp::Path { remote, local, via })
     }
 
     /// Records the path of an authenticated packet; returns the old endpoint when the peer's
@@ -171,6 +177,10 @@ impl LivePeer {
         let local = path.local.map_or(0, u32::from);
         if self.local_v4.load(Ordering::Relaxed) != local {
             self.local_v4.store(local, Ordering::Relaxed);
+        }
+        let via = path.via.map_or(0, |v| (u64::from(u32::from(*v.ip())) << 16) | u64::from(v.port()));
+        if self.via.load(Ordering::Relaxed) != via {
+            self.via.store(via, Ordering::Relaxed);
         }
         self.update_endpoint(path.remote)
     }

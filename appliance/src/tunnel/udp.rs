@@ -20,7 +20,7 @@ use nix::sys::socket::sockopt;
 use nix::sys::socket::{self, ControlMessage, ControlMessageOwned, MsgFlags, SockaddrIn, SockaddrIn6, SockaddrStorage};
 use socket2::{Domain, Protocol, Socket, Type};
 use std::io::{self, IoSlice, IoSliceMut};
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6, UdpSocket};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
 use std::os::fd::AsRawFd;
 
 /// Socket buffer size asked for; the kernel caps it at net.core.[rw]mem_max.
@@ -84,12 +84,15 @@ pub struct Path {
     /// The local IPv4 address the peer's datagrams arrive at, when the kernel said
     /// (`IP_PKTINFO`); what goes back to `remote` leaves from it. `None`: the kernel chooses.
     pub local: Option<Ipv4Addr>,
+    /// The sibling that relays this path's datagrams (`super::relay`): they reached us through
+    /// it, and what goes back to `remote` goes to it, to leave from `local`, which it holds now.
+    pub via: Option<SocketAddrV4>,
 }
 
 impl Path {
     /// A path whose local end the kernel chooses.
     pub fn to(remote: SocketAddr) -> Path {
-        Path { remote, local: None }
+        Path { remote, local: None, via: None }
     }
 
     /// The same path with `remote` as our sockets take it ([`socket_address`]).
@@ -162,7 +165,7 @@ pub fn receive(socket: &UdpSocket, buffer: &mut [u8]) -> io::Result<Received> {
                 .or_else(|| a.as_sockaddr_in().map(|v4| SocketAddr::from((v4.ip(), v4.port()))))
         })
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "a datagram without a source address"))?;
-    Ok(Received { len: message.bytes, path: Path { remote, local }, segment })
+    Ok(Received { len: message.bytes, path: Path { remote, local, via: None }, segment })
 }
 
 /// The control message that makes a datagram leave from `local`.

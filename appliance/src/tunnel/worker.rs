@@ -31,6 +31,13 @@ const BUFFER_BYTES: usize = 65_536 + 40 + vnet::LEN;
 /// one `send_to` each. A run the route cannot take as one goes one by one; a kernel or device
 /// without GSO turns it off for good (logged once).
 fn send_run(shared: &DataPlaneShared, socket: &std::net::UdpSocket, run: Run) {
+    if run.path.via.is_some() {
+        // Relayed through a sibling (`super::relay`): one message per datagram.
+        for datagram in run.bytes.chunks(run.segment) {
+            super::inbound::send(shared, socket, datagram, run.path);
+        }
+        return;
+    }
     if run.count > 1 && shared.udp_gso.load(Ordering::Relaxed) {
         match udp::send_segments(socket, run.bytes, run.segment, run.path) {
             Ok(()) => return,

@@ -6,7 +6,8 @@
 //! `AllowReassignment`) and `UnassignPrivateIpAddresses` move a secondary address between the
 //! bastions' interfaces (`SecondaryPrivateIpAddressCount` hands out one of [`ApiSetup::free`]), and the load balancer's namespace delivers that address's packets to
 //! the interface that holds it (a permanent neighbour entry naming its hardware address, as
-//! the VPC's mapping does; an unassigned address goes nowhere); each interface's IMDS
+//! the VPC's mapping does; an unassigned address goes nowhere), and lets packets from it come
+//! only from that interface (EC2's source check: table `ip vpc`); each interface's IMDS
 //! `local-ipv4s` follows; `DescribeNetworkInterfaces` names the instance holding an address.
 //!
 //! Only the shape AWS documents is accepted: a POST with a SigV4 `Authorization` header and a
@@ -92,6 +93,28 @@ impl Cloud {
             instances: Mutex::new(setup.interfaces.iter().map(|i| i.instance.clone()).collect()),
             setup,
         };
+        // EC2's source check: a packet from a secondary address leaves only from the
+        // interface that holds it now (an address moved away is no longer the old holder's to
+        // send from).
+        let movable: Vec<String> = cloud
+            .interfaces
+            .iter()
+            .flat_map(|i| i.secondary.iter())
+            .chain(&cloud.setup.free)
+            .map(|a| a.to_string())
+            .collect();
+        if !movable.is_empty() {
+            let script = format!(
+                "table ip vpc {{\n set movable {{ type ipv4_addr; elements = {{ {} }} }}\n \
+                 set owned {{ type ipv4_addr . ether_addr; }}\n \
+                 chain source_check {{ type filter hook prerouting priority -300; policy accept;\n  \
+                 iifname \"br0\" ip saddr @movable ip saddr . ether saddr != @owned counter drop \
+                 comment \"source check\"\n }}\n}}\n",
+                movable.join(", ")
+            );
+            let out = shared.lb.exec_with_input(&["nft", "-f", "-"], script.as_bytes());
+            assert!(out.success(), "the VPC's source check: {out}");
+        }
         for (i, interface) in cloud.interfaces.iter().enumerate() {
             for &address in &interface.secondary {
                 cloud.deliver(shared, address, Some(i));
@@ -102,6 +125,15 @@ impl Cloud {
 
     /// Sends `address`'s packets to interface `to` (`None`: nowhere).
     fn deliver(&self, shared: &Shared, address: Ipv4Addr, to: Option<usize>) {
+        let owned = |verb: &str, i: usize| {
+            let element = format!("{{ {address} . {} }}", self.interfaces[i].mac);
+            let out = shared.lb.exec(&["nft", verb, "element", "ip", "vpc", "owned", &element]);
+            assert!(out.success(), "the VPC's source check: {out}");
+        };
+        // The new holder may send from it as soon as its packets reach it; the old one no more.
+        if let Some(i) = to {
+            owned("add", i);
+        }
         // A hardware address nobody has: an unassigned address's packets are lost.
         let mac = to.map_or("02:00:00:00:00:00", |i| self.interfaces[i].mac.as_str());
         let out = shared.lb.exec(&[
@@ -118,7 +150,9 @@ impl Cloud {
         ]);
         assert!(out.success(), "VPC delivery of {address}: {out}");
         let mut holder = self.holder.lock().unwrap();
-        holder.insert(address, to);
+        if let Some(before) = holder.insert(address, to).flatten().filter(|&b| Some(b) != to) {
+            owned("delete", before);
+        }
         // What each interface's IMDS says from now on: its primary, then what it holds.
         for (i, interface) in self.interfaces.iter().enumerate() {
             let Some(file) = &interface.imds_file else { continue };
@@ -303,7 +337,10 @@ fn answer_ec2(shared: &Shared, cloud: &Cloud, action: &str, get: impl Fn(&str) -
                 };
                 let addresses: String = std::iter::once(interface.primary)
                     .chain(held)
-                    .map(|a| format!("<item><privateIpAddress>{a}</privateIpAddress></item>"))
+                    .map(|a| {
+                        let primary = a == interface.primary;
+                        format!("<item><privateIpAddress>{a}</privateIpAddress><primary>{primary}</primary></item>")
+                    })
                     .collect();
                 format!(
                     "<item><networkInterfaceId>{}</networkInterfaceId><attachment><instanceId>{}</instanceId>\
