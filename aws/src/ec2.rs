@@ -180,6 +180,20 @@ impl Client {
         Ok(parse_attached_interfaces(&self.ec2("DescribeNetworkInterfaces", &p, &[])?)?.into_iter().next())
     }
 
+    /// The primary private IPv4 address of `instance`'s primary network interface (device 0):
+    /// where a load balancer sends an instance target's traffic. `None` when EC2 lists none
+    /// (terminated).
+    pub fn primary_address_of_instance(&self, instance: &str) -> Result<Option<String>, AwsError> {
+        let p = params(&[
+            ("Filter.1.Name", "attachment.instance-id"),
+            ("Filter.1.Value.1", instance),
+            ("Filter.2.Name", "attachment.device-index"),
+            ("Filter.2.Value.1", "0"),
+        ]);
+        let interfaces = parse_attached_interfaces(&self.ec2("DescribeNetworkInterfaces", &p, &[])?)?;
+        Ok(interfaces.into_iter().find(|i| i.instance == instance).and_then(|i| i.primary))
+    }
+
     /// Gives the secondary private IPv4 `address` of `eni` back to the subnet.
     pub fn unassign_private_ip(&self, eni: &str, address: &str) -> Result<(), AwsError> {
         let p = params(&[("NetworkInterfaceId", eni), ("PrivateIpAddress.1", address)]);

@@ -278,6 +278,7 @@ impl HaBed {
                     port: crate::topology::LISTEN_PORT,
                     interfaces,
                     free: if options.take_over { FREE_TARGETS.to_vec() } else { Vec::new() },
+                    primaries: (0..2).map(|i| crate::cluster::TARGETS[i].address).collect(),
                 },
             );
         }

@@ -241,6 +241,52 @@ fn a_leaving_ip_targets_address_is_taken_over_and_a_stock_client_goes_on_under_t
     a_leaving_ip_targets_address_is_taken_over(FlowPolicy::ARTICLE);
 }
 
+/// Instance targets: scale-in as Auto Scaling does it (deregistered, the delay, then SIGTERM).
+/// Under AWS's documented behaviour the flow ends with the delay and the client's next datagram
+/// is a new flow to the other bastion, still under the leaving one's session: the survivor
+/// passes it to the leaving bastion, which answers through the survivor until the client has
+/// re-keyed there.
+#[test]
+#[ignore = "needs root, network namespaces and the binaries under test: `make integration-test` runs it"]
+fn a_survivor_relays_to_a_leaving_instance_target_and_a_stock_client_loses_nothing_at_scale_in() {
+    let base = documented(true);
+    // Longer than the survivor's 2 s poll, so that it sees the target draining before its
+    // flows move (the stack's delay is longer still).
+    let nlb = NlbParams { deregistration_delay: Duration::from_secs(4), ..base.nlb };
+    let bed = HaBed::start(&HaOptions { drain_seconds: 6, nlb, ..base });
+    let leaving = bed.warm_up();
+    let heir = 1 - leaving;
+    let host = bed.cluster.topo.private_hosts[0].v4.to_string();
+    let pinger = ping::Pinger::start(
+        &bed.cluster.topo.clients[0].ns,
+        &host,
+        Duration::from_millis(100),
+        120,
+        &bed.dir().join("ping.log"),
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    bed.nlb.deregister(leaving);
+    std::thread::sleep(nlb.deregistration_delay);
+    bed.stop(leaving);
+    let report = pinger.finish(Duration::from_secs(5)).unwrap_or_else(|e| panic!("{e}"));
+    let bastion_tests::ha::HaBastion::Ours(heir_bastion) = &bed.bastions[heir] else { unreachable!() };
+    let heir_log = heir_bastion.process.log();
+    let leaving_primary = TARGETS[leaving].address;
+    assert!(heir_log.contains(&format!("go to {leaving_primary}:")), "{heir_log}");
+    // The flow did move: the client's datagrams reached the heir as a new flow.
+    assert_eq!(bed.serving_target(), Some(heir), "{}", bed.nlb.report());
+    let status = heir_bastion.status_json().unwrap_or_else(|e| panic!("{e}"));
+    let relayed = status["siblings"]["relayed"].as_u64().unwrap_or_default();
+    assert!(relayed > 0, "the heir relayed nothing: {}", status["siblings"]);
+    assert_eq!(report.lost(), 0, "lost {} of {}:\n{}", report.lost(), report.sent, bed.report());
+    eprintln!(
+        "FIGURE instance targets, planned scale-in (docs model, delay 4 s): {relayed} datagrams relayed, {} of {} \
+         requests lost",
+        report.lost(),
+        report.sent
+    );
+}
+
 #[test]
 #[ignore = "needs root, network namespaces and the binaries under test: `make integration-test` runs it"]
 fn a_partition_between_bastions_makes_nobody_act() {

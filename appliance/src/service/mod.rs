@@ -172,6 +172,10 @@ impl crate::siblings::ServiceView for SiblingsView {
     fn relay_from(&self, address: std::net::Ipv4Addr, previous: Option<std::net::SocketAddrV4>) {
         self.data_plane.relay_from(address, previous);
     }
+
+    fn relay_to_leaving(&self, siblings: Vec<std::net::SocketAddrV4>) {
+        self.data_plane.relay_to_leaving(siblings);
+    }
 }
 
 impl ServiceState {

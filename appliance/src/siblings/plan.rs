@@ -32,6 +32,13 @@
 //! moves the flows it still has to a live bastion before it stops. An address is taken once
 //! while its target is in the group (again only after [`Planner::take_over_failed`]).
 //!
+//! A sibling that leaves with instance targets (or ip targets nobody takes over) keeps its
+//! sessions until its deregistration delay ends; then the load balancer moves their flows to
+//! other targets, where nobody holds them. So every healthy bastion relays datagrams of
+//! sessions it does not hold to a target it saw healthy that went draining
+//! ([`Action::RelayToLeaving`]), once while it drains; never to one that was unhealthy first
+//! (a dead sibling deregistered by a survivor holds nothing worth passing on).
+//!
 //! A dead ip target's instance is found by its address (EC2, in the shell) and marked
 //! unhealthy by the taker, before it takes the address; where nobody takes it over (no healthy
 //! sibling in its subnet) by the healthy target with the lowest address of the whole group.
@@ -72,6 +79,11 @@ pub enum Action {
     /// SetInstanceHealth Unhealthy on the instance that holds `address` now (a dead ip
     /// target, looked up just before this bastion takes the address over).
     MarkHolderUnhealthy { address: Ipv4Addr },
+    /// Pass datagrams of sessions this bastion does not hold to the leaving sibling `id` (a
+    /// healthy target that went draining: its flows come to other targets when its
+    /// deregistration delay ends, still under its sessions; `tunnel::relay`). Instance
+    /// targets, and ip targets where nobody takes addresses over.
+    RelayToLeaving { id: String },
 }
 
 /// What a bastion may do besides deregistering, from its config and IMDS.
@@ -108,6 +120,10 @@ pub struct Planner {
     acted: HashMap<String, Duration>,
     /// Targets whose address this bastion took over, while they are in the group.
     taken: HashSet<String>,
+    /// Targets last seen healthy (draining after that: leaving, not dead).
+    seen_healthy: HashSet<String>,
+    /// Leaving targets this bastion relays to, while they drain.
+    relaying: HashSet<String>,
 }
 
 impl Planner {
@@ -126,6 +142,13 @@ impl Planner {
         // Forget targets that are gone from the group or healthy again.
         self.acted.retain(|id, _| targets.iter().any(|t| &t.id == id && t.state == "unhealthy"));
         self.taken.retain(|id| targets.iter().any(|t| &t.id == id));
+        self.relaying.retain(|id| targets.iter().any(|t| &t.id == id && t.state == "draining"));
+        let was_healthy = std::mem::take(&mut self.seen_healthy);
+        for t in targets {
+            if t.state == "healthy" || (t.state == "draining" && was_healthy.contains(&t.id)) {
+                self.seen_healthy.insert(t.id.clone());
+            }
+        }
         let mut actions = Vec::new();
         if standing != Standing::Healthy {
             return Decision { standing, actions };
@@ -133,6 +156,10 @@ impl Planner {
         for t in targets.iter().filter(|t| !is_me(t)) {
             let dead = t.state == "unhealthy" && t.reason == FAILED_HEALTH_CHECKS;
             let leaving = t.state == "draining";
+            let relayed_to = t.id.starts_with("i-") || rules.take_over_in.is_none();
+            if leaving && relayed_to && self.seen_healthy.contains(&t.id) && self.relaying.insert(t.id.clone()) {
+                actions.push(Action::RelayToLeaving { id: t.id.clone() });
+            }
             let mut marked = false;
             if !self.taken.contains(&t.id) && (dead || leaving) {
                 if let Some(address) = rules.take_over_in.and_then(|subnet| takes_over(targets, me, subnet, t)) {
@@ -391,6 +418,42 @@ mod tests {
         // An instance target counts as well.
         let instances = [t("i-c", "healthy"), t("10.0.1.9", "unhealthy")];
         assert_eq!(holder_verdict("i-c", &[], &me, &instances), HolderVerdict::Serving("i-c".into()));
+    }
+
+    #[test]
+    fn a_healthy_sibling_that_goes_draining_is_relayed_to_once_while_it_drains_and_a_dead_one_never() {
+        let relay = |id: &str| Action::RelayToLeaving { id: id.into() };
+        let mut p = Planner::default();
+        let serving = [t("i-a", "healthy"), t("i-b", "healthy")];
+        let leaving = [t("i-a", "healthy"), t("i-b", "draining")];
+        assert!(p.decide(&serving, &me(), MARK, s(0)).actions.is_empty());
+        assert_eq!(p.decide(&leaving, &me(), MARK, s(2)).actions, vec![relay("i-b")]);
+        assert!(p.decide(&leaving, &me(), MARK, s(4)).actions.is_empty(), "once while it drains");
+        // Back in service (Standby, then InService) and leaving again: relayed to again.
+        assert!(p.decide(&serving, &me(), MARK, s(6)).actions.is_empty());
+        assert_eq!(p.decide(&leaving, &me(), MARK, s(8)).actions, vec![relay("i-b")]);
+        // Dead, then deregistered by a survivor: it holds no session worth passing on.
+        let mut p = Planner::default();
+        p.decide(&serving, &me(), MARK, s(0));
+        assert_eq!(p.decide(&[t("i-a", "healthy"), t("i-b", "unhealthy")], &me(), MARK, s(2)).actions.len(), 2);
+        assert!(p.decide(&leaving, &me(), MARK, s(4)).actions.is_empty());
+        // Never seen healthy (this bastion started while it drained): left alone.
+        assert!(Planner::default().decide(&leaving, &me(), MARK, s(0)).actions.is_empty());
+        // An ip target: relayed to where nobody takes addresses over; taken over otherwise.
+        let me = vec!["i-a".to_string(), "10.0.1.5".to_string()];
+        let serving = [t("10.0.1.5", "healthy"), t("10.0.1.9", "healthy")];
+        let leaving = [t("10.0.1.5", "healthy"), t("10.0.1.9", "draining")];
+        let mut p = Planner::default();
+        p.decide(&serving, &me, MARK, s(0));
+        assert_eq!(p.decide(&leaving, &me, MARK, s(2)).actions, vec![relay("10.0.1.9")]);
+        let mut p = Planner::default();
+        p.decide(&serving, &me, take_over("10.0.1.0/24"), s(0));
+        let d = p.decide(&leaving, &me, take_over("10.0.1.0/24"), s(2));
+        assert_eq!(d.actions, vec![Action::TakeOver { address: "10.0.1.9".parse().unwrap(), dead: false }]);
+        // Not healthy itself: nothing.
+        let mut p = Planner::default();
+        p.decide(&[t("10.0.1.5", "unhealthy"), t("10.0.1.9", "healthy")], &me, MARK, s(0));
+        assert!(p.decide(&[t("10.0.1.5", "unhealthy"), t("10.0.1.9", "draining")], &me, MARK, s(2)).actions.is_empty());
     }
 
     #[test]

@@ -285,8 +285,9 @@ fn relay(shared: &DataPlaneShared, socket: &UdpSocket, message: Relayed, to: Soc
     }
 }
 
-/// A datagram of a session we do not hold came to an address taken over from a leaving sibling:
-/// that sibling may still hold the session, so it gets the datagram too.
+/// A datagram of a session we do not hold came to an address taken over from a leaving sibling,
+/// or arrived while siblings leave: such a sibling may still hold the session, so it gets the
+/// datagram too.
 fn relay_to_previous_holder(
     shared: &DataPlaneShared,
     socket: &UdpSocket,
@@ -295,10 +296,10 @@ fn relay_to_previous_holder(
     out: &mut [u8],
 ) {
     let (Some(local), SocketAddr::V4(client)) = (path.local, udp::canonical(path.remote)) else { return };
-    let previous = shared.relays.read().unwrap_or_else(|e| e.into_inner()).get(&local).copied();
-    if let Some(previous) = previous {
+    let siblings = shared.relays.read().unwrap_or_else(|e| e.into_inner()).for_arrival(local);
+    for sibling in siblings {
         let message = Relayed { direction: Direction::Arrived, client, local, datagram };
-        relay(shared, socket, message, previous, out);
+        relay(shared, socket, message, sibling, out);
     }
 }
 
@@ -340,8 +341,9 @@ fn handle_relay(
             handle_datagram(shared, socket, tun_writes, path, relayed.datagram, out);
         }
         Direction::Emit => {
-            let holds = shared.relays.read().unwrap_or_else(|e| e.into_inner()).get(&relayed.local).copied();
-            if holds.map(|previous| *previous.ip()) != Some(*sibling.ip()) {
+            let allowed =
+                shared.relays.read().unwrap_or_else(|e| e.into_inner()).may_emit(*sibling.ip(), relayed.local);
+            if !allowed {
                 return Counters::count(&shared.counters.relay_refused);
             }
             Counters::count(&shared.counters.relayed_datagrams);

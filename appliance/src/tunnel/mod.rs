@@ -155,10 +155,9 @@ pub struct DataPlaneShared {
     counters: Counters,
     /// Authenticates relay messages between siblings ([`relay`]).
     relay_key: relay::RelayKey,
-    /// Addresses this bastion took over from a leaving sibling, with that sibling's WireGuard
-    /// address: datagrams of sessions we do not hold that come to such an address are passed
-    /// to it, and it may have us send from the address ([`DataPlane::relay_from`]).
-    relays: std::sync::RwLock<std::collections::HashMap<std::net::Ipv4Addr, std::net::SocketAddrV4>>,
+    /// Where datagrams of sessions we do not hold go, and who may have us send from an address
+    /// ([`DataPlane::relay_from`], [`DataPlane::relay_to_leaving`]).
+    relays: std::sync::RwLock<relay::Relays>,
 }
 
 impl DataPlaneShared {
@@ -408,19 +407,26 @@ impl DataPlane {
             .collect()
     }
 
-    /// How long ago an authenticated datagram last came to the local address `local`, over
-    /// the peers whose latest datagrams arrive there; `None` when no peer's do.
     /// Datagrams of sessions this bastion does not hold that come to `address` (taken over from
     /// a leaving sibling) are passed to `previous` (that sibling's WireGuard address), which
     /// may have them answered from `address`; `None` stops it.
     pub fn relay_from(&self, address: std::net::Ipv4Addr, previous: Option<std::net::SocketAddrV4>) {
         let mut relays = self.shared.relays.write().unwrap_or_else(|e| e.into_inner());
         match previous {
-            Some(previous) => relays.insert(address, previous),
-            None => relays.remove(&address),
+            Some(previous) => relays.taken.insert(address, previous),
+            None => relays.taken.remove(&address),
         };
     }
 
+    /// Datagrams of sessions this bastion does not hold that come to an address not taken
+    /// over are passed to each of `siblings` (leaving ones' WireGuard addresses), which may
+    /// have them answered from that address; an empty list stops it.
+    pub fn relay_to_leaving(&self, siblings: Vec<std::net::SocketAddrV4>) {
+        self.shared.relays.write().unwrap_or_else(|e| e.into_inner()).leaving = siblings;
+    }
+
+    /// How long ago an authenticated datagram last came to the local address `local`, over
+    /// the peers whose latest datagrams arrive there; `None` when no peer's do.
     pub fn last_heard_on(&self, local: std::net::Ipv4Addr) -> Option<Duration> {
         let now = self.shared.now_ms();
         let peers = self.shared.peers.load();

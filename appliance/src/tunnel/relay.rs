@@ -12,6 +12,12 @@
 //! the only one the load balancer (and the VPC's source check) accepts it from. Once the client
 //! has re-keyed with the new holder nothing is passed any more.
 //!
+//! With instance targets no address moves: at the end of the leaving target's deregistration
+//! delay the load balancer ends its flows, and the client's next datagram is a new flow to
+//! another bastion, again under the leaving bastion's session. So a bastion also passes such
+//! datagrams, wherever they arrive, to every sibling it knows is leaving ([`Relays::leaving`]),
+//! and only the one that holds the session answers.
+//!
 //! Both ends hold the cluster's private key, so a relay message is authenticated with a key
 //! derived from it (HMAC-SHA256, [`RelayKey`]) and carries its time: anyone else's, or one more
 //! than [`FRESH_MS`] old or ahead, is refused. A replayed message gives nothing: the datagram
@@ -30,6 +36,7 @@
 //! | tail | HMAC-SHA256 over everything before it ([`TAG`] bytes) |
 
 use ring::hmac;
+use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 /// A relay message's first byte.
@@ -132,6 +139,35 @@ pub fn open<'a>(key: &RelayKey, bytes: &'a [u8], now_ms: u64) -> Result<Relayed<
     Ok(Relayed { direction, client: SocketAddrV4::new(ip(12), port), local: ip(18), datagram })
 }
 
+/// Where the datagrams of sessions this bastion does not hold go, as `siblings` sets it.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Relays {
+    /// Addresses taken over from a leaving sibling, with that sibling's WireGuard address.
+    pub taken: HashMap<Ipv4Addr, SocketAddrV4>,
+    /// Leaving siblings whose flows the load balancer moves to new targets (instance targets).
+    pub leaving: Vec<SocketAddrV4>,
+}
+
+impl Relays {
+    /// The siblings a datagram of a session we do not hold, come to `local`, goes to: the one
+    /// `local` was taken from, else every leaving one.
+    pub fn for_arrival(&self, local: Ipv4Addr) -> Vec<SocketAddrV4> {
+        match self.taken.get(&local) {
+            Some(&previous) => vec![previous],
+            None => self.leaving.clone(),
+        }
+    }
+
+    /// Whether `sibling` may have us send a datagram from `local`: it is the sibling `local`
+    /// was taken from, or (`local` not taken) a leaving one we pass datagrams to.
+    pub fn may_emit(&self, sibling: Ipv4Addr, local: Ipv4Addr) -> bool {
+        match self.taken.get(&local) {
+            Some(previous) => *previous.ip() == sibling,
+            None => self.leaving.iter().any(|l| *l.ip() == sibling),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,6 +185,26 @@ mod tests {
         let n = seal(&key(1), message, at, &mut out).unwrap();
         out.truncate(n);
         out
+    }
+
+    #[test]
+    fn a_taken_address_relays_to_its_previous_holder_only_and_elsewhere_to_every_leaving_sibling() {
+        let taken_from: SocketAddrV4 = "10.0.1.11:51820".parse().unwrap();
+        let leaving: SocketAddrV4 = "10.0.1.12:51820".parse().unwrap();
+        let taken = Ipv4Addr::new(10, 0, 1, 21);
+        let own = Ipv4Addr::new(10, 0, 1, 10);
+        let mut relays = Relays::default();
+        assert_eq!(relays.for_arrival(own), vec![]);
+        assert!(!relays.may_emit(*leaving.ip(), own));
+        relays.taken.insert(taken, taken_from);
+        relays.leaving.push(leaving);
+        assert_eq!(relays.for_arrival(taken), vec![taken_from]);
+        assert_eq!(relays.for_arrival(own), vec![leaving]);
+        assert!(relays.may_emit(*taken_from.ip(), taken));
+        assert!(!relays.may_emit(*leaving.ip(), taken), "only the previous holder sends from a taken address");
+        assert!(relays.may_emit(*leaving.ip(), own));
+        assert!(!relays.may_emit(*taken_from.ip(), own));
+        assert!(!relays.may_emit(Ipv4Addr::new(10, 0, 1, 99), own));
     }
 
     #[test]

@@ -47,8 +47,11 @@ pub struct ApiSetup {
     /// The port registered with each target.
     pub port: u16,
     /// The bastions' network interfaces on the targets' segment, for EC2's address calls
-    /// (empty: EC2 is not answered).
+    /// (empty: EC2 answers only DescribeNetworkInterfaces by instance, from `primaries`).
     pub interfaces: Vec<NetworkInterface>,
+    /// With instance targets (no `interfaces`), target i's primary address: what
+    /// DescribeNetworkInterfaces by `attachment.instance-id` answers for instance `ids[i]`.
+    pub primaries: Vec<Ipv4Addr>,
     /// The subnet's free addresses, in the order AssignPrivateIpAddresses with
     /// `SecondaryPrivateIpAddressCount` hands them out.
     pub free: Vec<Ipv4Addr>,
@@ -310,6 +313,51 @@ fn ec2_error(code: &str, message: &str) -> String {
     )
 }
 
+/// Interface `i` as DescribeNetworkInterfaces describes it: its instance and its addresses.
+fn interface_item(cloud: &Cloud, i: usize) -> String {
+    let interface = &cloud.interfaces[i];
+    let held: Vec<Ipv4Addr> = {
+        let holder = cloud.holder.lock().unwrap();
+        holder.iter().filter(|(_, h)| **h == Some(i)).map(|(a, _)| *a).collect()
+    };
+    let instance = cloud.instances.lock().unwrap()[i].clone();
+    addresses_item(&interface.id, &instance, interface.primary, &held)
+}
+
+fn addresses_item(eni: &str, instance: &str, primary: Ipv4Addr, secondary: &[Ipv4Addr]) -> String {
+    let addresses: String = std::iter::once((primary, true))
+        .chain(secondary.iter().map(|&a| (a, false)))
+        .map(|(a, primary)| {
+            format!("<item><privateIpAddress>{a}</privateIpAddress><primary>{primary}</primary></item>")
+        })
+        .collect();
+    format!(
+        "<item><networkInterfaceId>{eni}</networkInterfaceId><attachment><instanceId>{instance}</instanceId>\
+         <deviceIndex>0</deviceIndex></attachment><privateIpAddressesSet>{addresses}</privateIpAddressesSet></item>"
+    )
+}
+
+/// DescribeNetworkInterfaces filtered by `attachment.instance-id`: the instance's interface,
+/// with ip targets (`interfaces`) or instance targets (`primaries`).
+fn interfaces_of_instance(cloud: &Cloud, instance: &str) -> (u16, String) {
+    let items = if cloud.interfaces.is_empty() {
+        let ids = cloud.ids.lock().unwrap();
+        ids.iter()
+            .position(|id| id == instance)
+            .and_then(|i| Some((i, *cloud.setup.primaries.get(i)?)))
+            .map(|(i, primary)| addresses_item(&format!("eni-instance{i}"), instance, primary, &[]))
+            .unwrap_or_default()
+    } else {
+        let slot = cloud.instances.lock().unwrap().iter().position(|id| id == instance);
+        slot.map(|i| interface_item(cloud, i)).unwrap_or_default()
+    };
+    let body = format!(
+        "<DescribeNetworkInterfacesResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\"><requestId>emulator\
+         </requestId><networkInterfaceSet>{items}</networkInterfaceSet></DescribeNetworkInterfacesResponse>"
+    );
+    (200, body)
+}
+
 /// EC2's address calls: `(status, XML)`.
 fn answer_ec2(shared: &Shared, cloud: &Cloud, action: &str, get: impl Fn(&str) -> Option<String>) -> (u16, String) {
     let xmlns = "xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\"";
@@ -328,28 +376,7 @@ fn answer_ec2(shared: &Shared, cloud: &Cloud, action: &str, get: impl Fn(&str) -
                 .position(|i| i.primary == a)
                 .or_else(|| cloud.holder.lock().unwrap().get(&a).copied().flatten())
         });
-        let items: String = holder
-            .map(|i| {
-                let interface = &cloud.interfaces[i];
-                let held: Vec<Ipv4Addr> = {
-                    let holder = cloud.holder.lock().unwrap();
-                    holder.iter().filter(|(_, h)| **h == Some(i)).map(|(a, _)| *a).collect()
-                };
-                let addresses: String = std::iter::once(interface.primary)
-                    .chain(held)
-                    .map(|a| {
-                        let primary = a == interface.primary;
-                        format!("<item><privateIpAddress>{a}</privateIpAddress><primary>{primary}</primary></item>")
-                    })
-                    .collect();
-                format!(
-                    "<item><networkInterfaceId>{}</networkInterfaceId><attachment><instanceId>{}</instanceId>\
-                     </attachment><privateIpAddressesSet>{addresses}</privateIpAddressesSet></item>",
-                    interface.id,
-                    cloud.instances.lock().unwrap()[i]
-                )
-            })
-            .unwrap_or_default();
+        let items: String = holder.map(|i| interface_item(cloud, i)).unwrap_or_default();
         let body = format!(
             "<DescribeNetworkInterfacesResponse {xmlns}><requestId>emulator</requestId><networkInterfaceSet>{items}\
              </networkInterfaceSet></DescribeNetworkInterfacesResponse>"
@@ -416,6 +443,10 @@ fn answer(shared: &Shared, cloud: &Cloud, form: &[(String, String)]) -> (u16, St
         .or_else(|| get("PrivateIpAddress.1"))
         .or_else(|| get("Filter.1.Value.1"))
         .unwrap_or_default();
+    if action == "DescribeNetworkInterfaces" && get("Filter.1.Name").as_deref() == Some("attachment.instance-id") {
+        let (status, xml) = interfaces_of_instance(cloud, &id);
+        return (status, xml, action, id);
+    }
     let ec2 = ["AssignPrivateIpAddresses", "UnassignPrivateIpAddresses", "DescribeNetworkInterfaces"];
     if ec2.contains(&action.as_str()) && !cloud.interfaces.is_empty() {
         let (status, xml) = answer_ec2(shared, cloud, &action, get);
