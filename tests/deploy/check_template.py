@@ -162,7 +162,7 @@ def check(template, listen_port, health_port, drain_seconds):
             problems.append(f"{name}: HeartbeatTimeout {hook.get('HeartbeatTimeout')!r}, expected the appliance's drain_seconds default {drain_seconds} (a leaving bastion asks its peers to move that long)")
         if hook.get("DefaultResult") != "CONTINUE":
             problems.append(f"{name}: DefaultResult {hook.get('DefaultResult')!r}, expected CONTINUE (nothing completes the action)")
-    problems += check_siblings(resources, groups, parameters)
+    problems += check_siblings(resources, groups, parameters, listen_port)
     problems += check_cloudwatch(template, facts)
     facts["resources"] = sorted({r.get("Type") for r in resources.values()})
     return problems, facts
@@ -172,9 +172,10 @@ def statements(policy):
     return policy.get("PolicyDocument", {}).get("Statement", [])
 
 
-def check_siblings(resources, groups, parameters):
-    """With [siblings] appended to the user-data: the three actions it calls are allowed, the
-    deregistration on this stack's target group only."""
+def check_siblings(resources, groups, parameters, listen_port):
+    """With [siblings] appended to the user-data: the actions it calls are allowed, the
+    deregistration on this stack's target group only, and the bastions reach each other on the
+    WireGuard port (the sibling relay at scale-in)."""
     text = json.dumps({n: r for n, r in resources.items() if r.get("Type") == "AWS::EC2::LaunchTemplate"})
     if "[siblings]" not in text:
         return []
@@ -193,15 +194,27 @@ def check_siblings(resources, groups, parameters):
                 actions = st.get("Action")
                 for action in actions if isinstance(actions, list) else [actions]:
                     allowed.setdefault(action, st.get("Resource"))
-    for action in ("elasticloadbalancing:DescribeTargetHealth", "elasticloadbalancing:DeregisterTargets", "autoscaling:SetInstanceHealth"):
+    for action in ("elasticloadbalancing:DescribeTargetHealth", "elasticloadbalancing:DeregisterTargets",
+                   "autoscaling:SetInstanceHealth", "ec2:DescribeNetworkInterfaces"):
         if action not in allowed:
             problems.append(f"[siblings] is in the user-data but the bastions may not call {action}")
     deregister = allowed.get("elasticloadbalancing:DeregisterTargets")
     if deregister is not None and not (isinstance(deregister, dict) and deregister.get("Ref") in groups):
         problems.append(f"elasticloadbalancing:DeregisterTargets is allowed on {deregister!r}, expected this stack's target group only")
+    if not any(admits_siblings(rule, listen_port) for rule in of_type(resources, "AWS::EC2::SecurityGroupIngress").values()):
+        problems.append(f"[siblings] is in the user-data but the bastions cannot reach each other on the WireGuard port "
+                        f"(the sibling relay): expected an ingress of udp {listen_port} to their security group from itself")
     if "register_self = true" in text:
         problems += check_ip_targets(resources, groups, parameters)
     return problems
+
+
+def admits_siblings(rule, listen_port):
+    """Whether a SecurityGroupIngress resource admits UDP on the WireGuard port to a group from
+    that same group."""
+    group, source = rule.get("GroupId"), rule.get("SourceSecurityGroupId")
+    return (rule.get("IpProtocol") == "udp" and rule.get("FromPort", 0) <= listen_port <= rule.get("ToPort", -1)
+            and isinstance(group, dict) and group == source)
 
 
 def conditional_statements(resources):

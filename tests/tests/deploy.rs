@@ -102,6 +102,13 @@ fn the_own_check_catches_what_cfn_lint_lets_through() {
         ("                ArnEquals:", "                ArnNotEquals:", "without an ec2:Subnet condition", false),
         ("      TargetType: !Ref TargetType", "      TargetType: instance", "never ip", false),
         ("Action: ec2:DescribeNetworkInterfaces", "Action: ec2:DescribeSubnets", "may not call ec2:DescribeNetworkInterfaces", false),
+        // The sibling relay: the bastions' own group does not admit them on the WireGuard port.
+        (
+            "      SourceSecurityGroupId: !Ref InstanceSecurityGroup",
+            "      SourceSecurityGroupId: !Ref LoadBalancerSecurityGroup",
+            "cannot reach each other on the WireGuard port",
+            false,
+        ),
         (
             "              Action: elasticloadbalancing:RegisterTargets",
             "              Action: elasticloadbalancing:DescribeTags",
