@@ -228,8 +228,10 @@ bench: test-deps build bench-tools
 	  $(CARGO) bench -p bastion-tests --bench throughput -- --out $(CURDIR)/target/bench $(BENCH_ARGS)
 
 # Failover behind the NLB model: {flush, sticky} LB x {stock, bastion watch} client x
-# {wireguard-go, ours} bastions, an active and an idle client; table, JSON and SVG in
-# target/bench. About 15 minutes. FAILOVER_ARGS passes options (--interval S, --give-up S).
+# {wireguard-go, ours} bastions, an active and an idle client; then stock clients under the
+# docs and article models with and without the survivors acting (kill -9, the instance gone,
+# a planned scale-in); table, JSON and SVG in target/bench. About 30 minutes. FAILOVER_ARGS
+# passes options (--suite watch|stock|gone, --interval S, --give-up S).
 FAILOVER_ARGS ?=
 bench-failover: test-deps build
 	BASTION_BIN=$(CURDIR)/target/release/bastion \

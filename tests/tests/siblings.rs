@@ -168,6 +168,18 @@ fn under_the_articles_model_the_survivor_takes_the_dead_address_over_and_a_stock
     );
 }
 
+/// A stock client's requests to the first private host, one every 100 ms.
+fn requests_every_100_ms(bed: &HaBed, count: u32) -> ping::Pinger {
+    let host = bed.cluster.topo.private_hosts[0].v4.to_string();
+    ping::Pinger::start(
+        &bed.cluster.topo.clients[0].ns,
+        &host,
+        Duration::from_millis(100),
+        count,
+        &bed.dir().join("ping.log"),
+    )
+}
+
 /// ip targets: Auto Scaling deregisters nothing, so a leaving bastion takes itself out: at
 /// SIGTERM (or the lifecycle hook's Terminated) it deregisters its own address, and the lowest
 /// healthy sibling of its subnet takes the address over, so the flow a stock client keeps on it
@@ -178,14 +190,7 @@ fn a_leaving_ip_targets_address_is_taken_over(flows: FlowPolicy) {
     let bed = HaBed::start(&HaOptions { take_over: true, drain_seconds: 6, nlb, ..base });
     let leaving = bed.warm_up();
     let heir = 1 - leaving;
-    let host = bed.cluster.topo.private_hosts[0].v4.to_string();
-    let pinger = ping::Pinger::start(
-        &bed.cluster.topo.clients[0].ns,
-        &host,
-        Duration::from_millis(100),
-        100,
-        &bed.dir().join("ping.log"),
-    );
+    let pinger = requests_every_100_ms(&bed, 100);
     std::thread::sleep(Duration::from_secs(1));
     let stopped = Instant::now();
     bed.stop(leaving);
@@ -250,20 +255,13 @@ fn a_leaving_ip_targets_address_is_taken_over_and_a_stock_client_goes_on_under_t
 #[ignore = "needs root, network namespaces and the binaries under test: `make integration-test` runs it"]
 fn a_survivor_relays_to_a_leaving_instance_target_and_a_stock_client_loses_nothing_at_scale_in() {
     let base = documented(true);
-    // Longer than the survivor's 2 s poll, so that it sees the target draining before its
-    // flows move (the stack's delay is longer still).
-    let nlb = NlbParams { deregistration_delay: Duration::from_secs(4), ..base.nlb };
+    // The stack's: longer than the survivor's 2 s poll, so that it sees the target draining
+    // before its flows move.
+    let nlb = NlbParams { deregistration_delay: Duration::from_secs(3), ..base.nlb };
     let bed = HaBed::start(&HaOptions { drain_seconds: 6, nlb, ..base });
     let leaving = bed.warm_up();
     let heir = 1 - leaving;
-    let host = bed.cluster.topo.private_hosts[0].v4.to_string();
-    let pinger = ping::Pinger::start(
-        &bed.cluster.topo.clients[0].ns,
-        &host,
-        Duration::from_millis(100),
-        120,
-        &bed.dir().join("ping.log"),
-    );
+    let pinger = requests_every_100_ms(&bed, 120);
     std::thread::sleep(Duration::from_secs(1));
     bed.nlb.deregister(leaving);
     std::thread::sleep(nlb.deregistration_delay);
@@ -280,7 +278,7 @@ fn a_survivor_relays_to_a_leaving_instance_target_and_a_stock_client_loses_nothi
     assert!(relayed > 0, "the heir relayed nothing: {}", status["siblings"]);
     assert_eq!(report.lost(), 0, "lost {} of {}:\n{}", report.lost(), report.sent, bed.report());
     eprintln!(
-        "FIGURE instance targets, planned scale-in (docs model, delay 4 s): {relayed} datagrams relayed, {} of {} \
+        "FIGURE instance targets, planned scale-in (docs model, delay 3 s): {relayed} datagrams relayed, {} of {} \
          requests lost",
         report.lost(),
         report.sent
