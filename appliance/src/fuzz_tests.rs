@@ -5,7 +5,7 @@
 //! The inputs: WireGuard datagrams (routing and a real `Tunn`'s verdict), health HTTP requests,
 //! IMDS answers, DHCP packets and leases, netlink answers, config and wg-quick files, and the
 //! status protocol, the drain's move notice, WireGuard API answers (`bastion watch`), the load
-//! balancer's target health (`[siblings]`);
+//! balancer's target health (`[siblings]`), the siblings' relay messages;
 //! `bastion peer add/remove` on mutated configs.
 
 use proptest::prelude::*;
@@ -184,6 +184,14 @@ proptest! {
     #[test]
     fn status_answers_are_reports_or_errors(bytes in prop::collection::vec(any::<u8>(), 0..500)) {
         let _ = crate::status::parse(&bytes);
+    }
+
+    #[test]
+    fn relay_messages_not_sealed_with_the_key_are_refused_never_a_panic(tail in prop::collection::vec(any::<u8>(), 0..300), now in any::<u64>()) {
+        use crate::tunnel::relay;
+        let mut bytes = vec![relay::MARK];
+        bytes.extend(tail);
+        prop_assert!(relay::open(&relay::RelayKey::derive(&[7; 32]), &bytes, now).is_err());
     }
 
     #[test]

@@ -78,11 +78,6 @@ pub trait ServiceView: Send {
     fn relay_to_leaving(&self, siblings: Vec<SocketAddrV4>);
 }
 
-/// How long a leaving sibling is still relayed to after the load balancer stopped listing it:
-/// its flows move when its deregistration delay ends, the moment it leaves the list, and its
-/// clients re-key here within a round trip or two of that.
-const RELAY_AFTER_LEFT: Duration = Duration::from_secs(30);
-
 /// How often the poller looks at the drain between rounds: a leaving bastion deregisters
 /// itself at once.
 const DRAIN_LOOK: Duration = Duration::from_millis(200);
@@ -285,14 +280,6 @@ fn interface_addresses(imds: &bastion_aws::imds::Imds, mac: &str) -> Result<Vec<
         .collect()
 }
 
-/// A leaving sibling this bastion relays to.
-struct Leaving {
-    id: String,
-    to: SocketAddrV4,
-    /// When the load balancer last listed it draining.
-    listed: Instant,
-}
-
 /// A dead sibling's address this bastion holds.
 struct Held {
     address: Ipv4Addr,
@@ -367,8 +354,8 @@ struct Poller<'a> {
     me: Option<Identity>,
     /// The addresses taken over and not given back yet.
     held: Vec<Held>,
-    /// The leaving siblings relayed to.
-    leaving: Vec<Leaving>,
+    /// The leaving siblings relayed to (target id, WireGuard address), as the planner says.
+    leaving: Vec<(String, SocketAddrV4)>,
     /// `register_self`: its addresses it registered (none while it drains).
     registered: Vec<Ipv4Addr>,
     /// What the last round logged about this bastion's own standing.
@@ -409,7 +396,6 @@ impl Poller<'_> {
             crate::keys::show_in_diagnostics(&t.id);
         }
         let ids = me.ids();
-        forget_gone_leaving(&mut self.leaving, self.service.as_ref(), &targets);
         let decision = self.planner.decide(&targets, &ids, rules, self.started.elapsed());
         if self.last_standing.as_ref() != Some(&decision.standing) {
             match &decision.standing {
@@ -469,9 +455,29 @@ impl Poller<'_> {
                     mark_unhealthy(&self.client, &instance_id)?;
                     (instance_id, &self.counters.marked_unhealthy, "marked_unhealthy")
                 }
+                // Nothing changes in AWS: no audit record.
                 Action::RelayToLeaving { id } => {
-                    // Nothing changes in AWS: no audit record.
-                    relay_to_leaving(&self.client, self.options.listen_port, &mut self.leaving, &*self.service, id)?;
+                    let to = match leaving_address(&self.client, id) {
+                        Ok(Some(address)) => SocketAddrV4::new(address, self.options.listen_port),
+                        Ok(None) => continue,
+                        Err(e) => {
+                            self.planner.relay_failed(id);
+                            return Err(e);
+                        }
+                    };
+                    self.leaving.push((id.clone(), to));
+                    self.service.relay_to_leaving(self.leaving.iter().map(|(_, to)| *to).collect());
+                    log!(
+                        "siblings: datagrams of sessions this bastion does not hold go to {to} too, the sibling \
+                         {id} leaving (its flows come to other targets when its deregistration delay ends), until \
+                         its clients have re-keyed"
+                    );
+                    continue;
+                }
+                Action::StopRelayingTo { id } => {
+                    self.leaving.retain(|(leaving, _)| leaving != id);
+                    self.service.relay_to_leaving(self.leaving.iter().map(|(_, to)| *to).collect());
+                    log!("siblings: no longer relaying to {id} (it left the group, or serves again)");
                     continue;
                 }
             };
@@ -569,60 +575,26 @@ impl Poller<'_> {
     }
 }
 
-/// Removes `address` from the link, whatever its prefix there.
-/// Starts relaying to the leaving sibling `id` (its primary address, from EC2, for an
-/// instance target; the address itself for an ip target).
-fn relay_to_leaving(
-    client: &Client,
-    listen_port: u16,
-    leaving: &mut Vec<Leaving>,
-    service: &dyn ServiceView,
-    id: &str,
-) -> Result<(), String> {
-    let address = if is_instance_id(id) {
-        let primary = client
-            .primary_address_of_instance(id)
-            .map_err(|e| format!("DescribeNetworkInterfaces of instance {id}: {e}"))?;
-        match primary.map(|p| p.parse::<Ipv4Addr>()) {
-            Some(Ok(address)) => address,
-            Some(Err(_)) | None => {
-                log!("siblings: EC2 gives no IPv4 address for the leaving instance {id}: not relaying to it");
-                return Ok(());
-            }
-        }
-    } else {
-        id.parse().map_err(|_| format!("the leaving target {id:?} is neither an instance nor an IPv4 address"))?
-    };
-    let to = SocketAddrV4::new(address, listen_port);
-    leaving.retain(|l| l.id != id);
-    leaving.push(Leaving { id: id.to_string(), to, listed: Instant::now() });
-    service.relay_to_leaving(leaving.iter().map(|l| l.to).collect());
-    log!(
-        "siblings: datagrams of sessions this bastion does not hold go to {to} too, the sibling {id} leaving \
-         (its flows come to other targets when its deregistration delay ends), until its clients have re-keyed"
-    );
-    Ok(())
-}
-
-/// Stops relaying to a leaving sibling once the load balancer has not listed it draining
-/// for [`RELAY_AFTER_LEFT`], or lists it in another state (back in service).
-fn forget_gone_leaving(leaving: &mut Vec<Leaving>, service: &dyn ServiceView, targets: &[Target]) {
-    let before = leaving.len();
-    let now = Instant::now();
-    leaving.retain_mut(|l| match targets.iter().find(|t| t.id == l.id) {
-        Some(t) if t.state == "draining" => {
-            l.listed = now;
-            true
-        }
-        Some(_) => false,
-        None => now.duration_since(l.listed) < RELAY_AFTER_LEFT,
-    });
-    if leaving.len() != before {
-        service.relay_to_leaving(leaving.iter().map(|l| l.to).collect());
-        log!("siblings: relaying to {} leaving sibling(s) now", leaving.len());
+/// The WireGuard address of the leaving sibling `id`: its primary address, from EC2, for an
+/// instance target (`None` when EC2 names no IPv4 address: terminated); the address itself for
+/// an ip target.
+fn leaving_address(client: &Client, id: &str) -> Result<Option<Ipv4Addr>, String> {
+    if !is_instance_id(id) {
+        let address =
+            id.parse().map_err(|_| format!("the leaving target {id:?} is neither an instance nor an IPv4 address"))?;
+        return Ok(Some(address));
     }
+    let primary = client
+        .primary_address_of_instance(id)
+        .map_err(|e| format!("DescribeNetworkInterfaces of instance {id}: {e}"))?;
+    let address = primary.and_then(|p| p.parse().ok());
+    if address.is_none() {
+        log!("siblings: EC2 gives no IPv4 address for the leaving instance {id}: not relaying to it");
+    }
+    Ok(address)
 }
 
+/// Removes `address` from the link, whatever its prefix there.
 fn remove_from_link(link: u32, address: Ipv4Addr) -> Result<(), String> {
     let on_link = crate::netlink::route::addresses(link).map_err(|e| e.to_string())?;
     for a in on_link.iter().filter(|a| a.address == IpAddr::V4(address)) {

@@ -36,8 +36,10 @@
 //! sessions until its deregistration delay ends; then the load balancer moves their flows to
 //! other targets, where nobody holds them. So every healthy bastion relays datagrams of
 //! sessions it does not hold to a target it saw healthy that went draining
-//! ([`Action::RelayToLeaving`]), once while it drains; never to one that was unhealthy first
-//! (a dead sibling deregistered by a survivor holds nothing worth passing on).
+//! ([`Action::RelayToLeaving`]), once while it drains and for [`RELAY_AFTER_LEFT`] after the
+//! load balancer stopped listing it, then stops ([`Action::StopRelayingTo`], also when it is
+//! back in service); never to one that was unhealthy first (a dead sibling deregistered by a
+//! survivor holds nothing worth passing on).
 //!
 //! A dead ip target's instance is found by its address (EC2, in the shell) and marked
 //! unhealthy by the taker, before it takes the address; where nobody takes it over (no healthy
@@ -53,6 +55,11 @@ use ip_network::Ipv4Network;
 
 /// How long a bastion waits before it acts again on a target it acted on.
 pub const ACT_AGAIN_AFTER: Duration = Duration::from_secs(30);
+
+/// How long a leaving sibling is still relayed to after the load balancer stopped listing it:
+/// its flows move when its deregistration delay ends, the moment it leaves the list, and its
+/// clients re-key here within a round trip or two of that.
+pub const RELAY_AFTER_LEFT: Duration = Duration::from_secs(30);
 
 /// The reason DescribeTargetHealth gives for a target that failed its health checks.
 pub const FAILED_HEALTH_CHECKS: &str = "Target.FailedHealthChecks";
@@ -84,6 +91,9 @@ pub enum Action {
     /// deregistration delay ends, still under its sessions; `tunnel::relay`). Instance
     /// targets, and ip targets where nobody takes addresses over.
     RelayToLeaving { id: String },
+    /// Stop passing datagrams to the leaving sibling `id`: gone from the list for
+    /// [`RELAY_AFTER_LEFT`], or back in service.
+    StopRelayingTo { id: String },
 }
 
 /// What a bastion may do besides deregistering, from its config and IMDS.
@@ -122,8 +132,9 @@ pub struct Planner {
     taken: HashSet<String>,
     /// Targets last seen healthy (draining after that: leaving, not dead).
     seen_healthy: HashSet<String>,
-    /// Leaving targets this bastion relays to, while they drain.
-    relaying: HashSet<String>,
+    /// Leaving targets this bastion relays to, with when the load balancer last listed them
+    /// draining.
+    relaying: HashMap<String, Duration>,
 }
 
 impl Planner {
@@ -142,14 +153,27 @@ impl Planner {
         // Forget targets that are gone from the group or healthy again.
         self.acted.retain(|id, _| targets.iter().any(|t| &t.id == id && t.state == "unhealthy"));
         self.taken.retain(|id| targets.iter().any(|t| &t.id == id));
-        self.relaying.retain(|id| targets.iter().any(|t| &t.id == id && t.state == "draining"));
+        let mut actions = Vec::new();
+        self.relaying.retain(|id, listed| {
+            let keep = match targets.iter().find(|t| &t.id == id) {
+                Some(t) if t.state == "draining" => {
+                    *listed = now;
+                    true
+                }
+                Some(_) => false,
+                None => now.saturating_sub(*listed) < RELAY_AFTER_LEFT,
+            };
+            if !keep {
+                actions.push(Action::StopRelayingTo { id: id.clone() });
+            }
+            keep
+        });
         let was_healthy = std::mem::take(&mut self.seen_healthy);
         for t in targets {
             if t.state == "healthy" || (t.state == "draining" && was_healthy.contains(&t.id)) {
                 self.seen_healthy.insert(t.id.clone());
             }
         }
-        let mut actions = Vec::new();
         if standing != Standing::Healthy {
             return Decision { standing, actions };
         }
@@ -157,7 +181,8 @@ impl Planner {
             let dead = t.state == "unhealthy" && t.reason == FAILED_HEALTH_CHECKS;
             let leaving = t.state == "draining";
             let relayed_to = t.id.starts_with("i-") || rules.take_over_in.is_none();
-            if leaving && relayed_to && self.seen_healthy.contains(&t.id) && self.relaying.insert(t.id.clone()) {
+            if leaving && relayed_to && self.seen_healthy.contains(&t.id) && !self.relaying.contains_key(&t.id) {
+                self.relaying.insert(t.id.clone(), now);
                 actions.push(Action::RelayToLeaving { id: t.id.clone() });
             }
             let mut marked = false;
@@ -198,6 +223,11 @@ impl Planner {
     /// The takeover of `id`'s address did not happen: the next round tries again.
     pub fn take_over_failed(&mut self, id: &str) {
         self.taken.remove(id);
+    }
+
+    /// Relaying to `id` could not start: the next round tries again.
+    pub fn relay_failed(&mut self, id: &str) {
+        self.relaying.remove(id);
     }
 }
 
@@ -423,15 +453,29 @@ mod tests {
     #[test]
     fn a_healthy_sibling_that_goes_draining_is_relayed_to_once_while_it_drains_and_a_dead_one_never() {
         let relay = |id: &str| Action::RelayToLeaving { id: id.into() };
+        let stop = |id: &str| Action::StopRelayingTo { id: id.into() };
         let mut p = Planner::default();
         let serving = [t("i-a", "healthy"), t("i-b", "healthy")];
         let leaving = [t("i-a", "healthy"), t("i-b", "draining")];
         assert!(p.decide(&serving, &me(), MARK, s(0)).actions.is_empty());
         assert_eq!(p.decide(&leaving, &me(), MARK, s(2)).actions, vec![relay("i-b")]);
         assert!(p.decide(&leaving, &me(), MARK, s(4)).actions.is_empty(), "once while it drains");
-        // Back in service (Standby, then InService) and leaving again: relayed to again.
-        assert!(p.decide(&serving, &me(), MARK, s(6)).actions.is_empty());
+        // Back in service (Standby, then InService): stopped; leaving again: relayed to again.
+        assert_eq!(p.decide(&serving, &me(), MARK, s(6)).actions, vec![stop("i-b")]);
         assert_eq!(p.decide(&leaving, &me(), MARK, s(8)).actions, vec![relay("i-b")]);
+        // Gone from the list (its delay ended, its flows moved here): relayed to until
+        // RELAY_AFTER_LEFT after it was last listed draining (at 8 s), also while this bastion
+        // is not healthy, then stopped.
+        let gone = [t("i-a", "healthy")];
+        assert!(p.decide(&gone, &me(), MARK, s(10)).actions.is_empty());
+        assert!(p.decide(&[t("i-a", "unhealthy")], &me(), MARK, s(8 + 29)).actions.is_empty());
+        assert_eq!(p.decide(&[t("i-a", "unhealthy")], &me(), MARK, s(8 + 30)).actions, vec![stop("i-b")]);
+        // Relaying that could not start is tried again.
+        let mut p = Planner::default();
+        p.decide(&serving, &me(), MARK, s(0));
+        assert_eq!(p.decide(&leaving, &me(), MARK, s(2)).actions, vec![relay("i-b")]);
+        p.relay_failed("i-b");
+        assert_eq!(p.decide(&leaving, &me(), MARK, s(4)).actions, vec![relay("i-b")]);
         // Dead, then deregistered by a survivor: it holds no session worth passing on.
         let mut p = Planner::default();
         p.decide(&serving, &me(), MARK, s(0));

@@ -95,7 +95,7 @@ pub fn handle_datagram(
             // What a sibling relays is ours only if we still hold its session: no handshake
             // from here, and nothing relayed on.
             if path.via.is_none() {
-                relay_to_previous_holder(shared, socket, path, datagram, out);
+                relay_to_siblings(shared, socket, path, datagram, out);
                 start_failover_handshake(shared, socket, peer, &mut tunn, path, out);
             }
         }
@@ -288,13 +288,7 @@ fn relay(shared: &DataPlaneShared, socket: &UdpSocket, message: Relayed, to: Soc
 /// A datagram of a session we do not hold came to an address taken over from a leaving sibling,
 /// or arrived while siblings leave: such a sibling may still hold the session, so it gets the
 /// datagram too.
-fn relay_to_previous_holder(
-    shared: &DataPlaneShared,
-    socket: &UdpSocket,
-    path: udp::Path,
-    datagram: &[u8],
-    out: &mut [u8],
-) {
+fn relay_to_siblings(shared: &DataPlaneShared, socket: &UdpSocket, path: udp::Path, datagram: &[u8], out: &mut [u8]) {
     let (Some(local), SocketAddr::V4(client)) = (path.local, udp::canonical(path.remote)) else { return };
     let siblings = shared.relays.read().unwrap_or_else(|e| e.into_inner()).for_arrival(local);
     for sibling in siblings {

@@ -351,11 +351,15 @@ fn interfaces_of_instance(cloud: &Cloud, instance: &str) -> (u16, String) {
         let slot = cloud.instances.lock().unwrap().iter().position(|id| id == instance);
         slot.map(|i| interface_item(cloud, i)).unwrap_or_default()
     };
-    let body = format!(
+    (200, interfaces_response(&items))
+}
+
+/// A DescribeNetworkInterfaces answer holding `items`.
+fn interfaces_response(items: &str) -> String {
+    format!(
         "<DescribeNetworkInterfacesResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\"><requestId>emulator\
          </requestId><networkInterfaceSet>{items}</networkInterfaceSet></DescribeNetworkInterfacesResponse>"
-    );
-    (200, body)
+    )
 }
 
 /// EC2's address calls: `(status, XML)`.
@@ -377,11 +381,7 @@ fn answer_ec2(shared: &Shared, cloud: &Cloud, action: &str, get: impl Fn(&str) -
                 .or_else(|| cloud.holder.lock().unwrap().get(&a).copied().flatten())
         });
         let items: String = holder.map(|i| interface_item(cloud, i)).unwrap_or_default();
-        let body = format!(
-            "<DescribeNetworkInterfacesResponse {xmlns}><requestId>emulator</requestId><networkInterfaceSet>{items}\
-             </networkInterfaceSet></DescribeNetworkInterfacesResponse>"
-        );
-        return (200, body);
+        return (200, interfaces_response(&items));
     }
     let eni = get("NetworkInterfaceId").unwrap_or_default();
     let Some(interface) = cloud.interfaces.iter().position(|i| i.id == eni) else {
