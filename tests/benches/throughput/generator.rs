@@ -10,7 +10,9 @@
 //!
 //! Layouts: `pinned` puts the bastion on CPU 0 (`bastion run` then starts one worker) and the
 //! generator on CPU 1, so the bastion has one core to itself; `shared` leaves both unpinned
-//! (`bastion run` starts two workers) and the generator competes with them for the two cores.
+//! (`bastion run` starts two workers) and the generator competes with them for the two cores;
+//! `one peer` is `shared` with a single session, so it shows what one peer gets from two
+//! workers (wireguard-go spreads one peer's crypto over its cores; `bastion run` does not).
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
@@ -25,7 +27,7 @@ use boringtun::x25519::{PublicKey, StaticSecret};
 use crate::bed::{Binaries, ExtraPeer, Implementation, Running};
 use crate::cpu;
 
-/// Sessions the generator drives.
+/// Sessions the generator drives (`Layout::SharedOnePeer`: one).
 const PEERS: usize = 4;
 /// Datagrams per `sendmsg` (UDP GSO): 40 × 1,452 bytes stays under 64 KiB.
 const TRAIN: usize = 40;
@@ -36,6 +38,7 @@ const SINK_PORT: u16 = 9;
 pub enum Layout {
     Pinned,
     Shared,
+    SharedOnePeer,
 }
 
 impl Layout {
@@ -43,6 +46,15 @@ impl Layout {
         match self {
             Layout::Pinned => "pinned: bastion on CPU 0, generator on CPU 1",
             Layout::Shared => "shared: both unpinned on 2 CPUs",
+            Layout::SharedOnePeer => "one peer: shared, 1 session",
+        }
+    }
+
+    /// Sessions the generator drives in this layout.
+    pub fn peers(self) -> usize {
+        match self {
+            Layout::Pinned | Layout::Shared => PEERS,
+            Layout::SharedOnePeer => 1,
         }
     }
 }
@@ -181,7 +193,7 @@ pub fn measure(
     seconds: u32,
 ) -> Result<Ceiling, String> {
     let topo = Topology::with(1, 1);
-    let privates: Vec<[u8; 32]> = (0..PEERS).map(|_| random_key()).collect();
+    let privates: Vec<[u8; 32]> = (0..layout.peers()).map(|_| random_key()).collect();
     let extra: Vec<ExtraPeer> = privates
         .iter()
         .enumerate()
@@ -294,7 +306,7 @@ pub fn measure(
 /// The table for the report.
 pub fn markdown(ceilings: &[Result<Ceiling, String>], seconds: u32) -> String {
     let mut s = format!(
-        "The bastion's ceiling: a generator of {PEERS} boringtun sessions seals on the fly and sends UDP GSO trains \
+        "The bastion's ceiling: a generator of {PEERS} boringtun sessions (one in the one-peer layout) seals on the fly and sends UDP GSO trains \
          of {TRAIN} datagrams ({seconds} s per case); delivered = packets counted by the sink in the private host.\n\n\
          | bastion | layout | IP packet bytes | offered packets/s | delivered packets/s | delivered Gbit/s | bastion cores | generator cores |\n\
          |---|---|---|---|---|---|---|---|\n"

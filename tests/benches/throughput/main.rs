@@ -484,7 +484,7 @@ fn main() {
     let mut ceilings = Vec::new();
     if options.ceiling_seconds > 0 {
         for packet_bytes in [1420, 128] {
-            for layout in [generator::Layout::Pinned, generator::Layout::Shared] {
+            for layout in [generator::Layout::Pinned, generator::Layout::Shared, generator::Layout::SharedOnePeer] {
                 for implementation in [Implementation::Bastion, Implementation::WireguardGoNew] {
                     if !implementations.contains(&implementation) {
                         continue;
@@ -493,7 +493,7 @@ fn main() {
                         generator::measure(implementation, layout, &binaries, packet_bytes, options.ceiling_seconds);
                     match &ceiling {
                         Ok(c) => eprintln!(
-                            "bench: ceiling {:<17} {:<7} {:>4} B: offered {:>8.0}/s delivered {:>8.0}/s ({:.2} Gbit/s), bastion {:.2} cores, generator {:.2}",
+                            "bench: ceiling {:<17} {:<13} {:>4} B: offered {:>8.0}/s delivered {:>8.0}/s ({:.2} Gbit/s), bastion {:.2} cores, generator {:.2}",
                             implementation.label(),
                             format!("{layout:?}"),
                             packet_bytes,

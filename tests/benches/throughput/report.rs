@@ -408,7 +408,11 @@ pub fn markdown(context: &Context, summary: &[ScenarioSummary], runs: &[Run]) ->
                 .map(|c| c.delivered_per_second())
         };
         for bytes in [1420, 128] {
-            for layout in [crate::generator::Layout::Pinned, crate::generator::Layout::Shared] {
+            for layout in [
+                crate::generator::Layout::Pinned,
+                crate::generator::Layout::Shared,
+                crate::generator::Layout::SharedOnePeer,
+            ] {
                 if let (Some(ours), Some(theirs)) = (
                     delivered(Implementation::Bastion, layout, bytes),
                     delivered(Implementation::WireguardGoNew, layout, bytes).filter(|t| *t > 0.0),
