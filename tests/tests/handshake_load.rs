@@ -17,7 +17,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use bastion_tests::bastion::{dropped_counter, peer_counter, Bastion, BastionSetup};
-use bastion_tests::handshake::{message_kind, Initiator, MessageKind};
+use bastion_tests::handshake::{encode_key, message_kind, public_key_of, random_key, Initiator, MessageKind};
 use bastion_tests::topology::Topology;
 use bastion_tests::{http, wait_until, HttpResponse, HttpServer, Netns};
 
@@ -348,4 +348,76 @@ fn initiations_from_an_unknown_key_are_counted_not_answered() {
         Some(count as u64),
         "bob's handshakes in the status:\n{after}"
     );
+}
+
+/// The figures of the `initiations:` line of `bastion status`: taken by the peer last heard from
+/// their source, and those that were another peer's.
+fn initiation_counts(status: &str) -> (u64, u64) {
+    let line = status
+        .lines()
+        .find_map(|l| l.strip_prefix("initiations: "))
+        .unwrap_or_else(|| panic!("no initiations line in bastion status:\n{status}"));
+    let numbers: Vec<u64> = line.split([' ', ',']).filter_map(|word| word.parse().ok()).collect();
+    match numbers[..] {
+        [known, missed] => (known, missed),
+        _ => panic!("not two figures in {line:?}"),
+    }
+}
+
+/// Two users behind one address and port (one NAT mapping), each with a peer of their own: an
+/// initiation goes first to the peer last heard from its source, which saves the Diffie-Hellman
+/// that identifies the sender when it is that peer; when it is the other, that peer's keys
+/// refuse it without harm and it is identified as usual. Every initiation is answered with a
+/// response the initiator accepts (so it came from the right peer's session), and the status
+/// counts both kinds.
+#[test]
+#[ignore = "needs root, network namespaces and the binaries under test: `make integration-test` runs it"]
+fn initiations_try_the_peer_last_heard_from_their_endpoint_first() {
+    let binary = bastion_tests::bastion::binary();
+    let topo = Topology::with(1, 1);
+    let (carol, dave) = (random_key(), random_key());
+    let extra: String = [("carol", carol, "10.100.0.201"), ("dave", dave, "10.100.0.202")]
+        .iter()
+        .map(|(name, key, address)| {
+            format!(
+                "\n[[peer]]\nname = \"{name}\"\npublic_key = \"{}\"\nallowed_ips = [\"{address}/32\"]\n",
+                public_key_of(*key)
+            )
+        })
+        .collect();
+    let bastion = Bastion::start(&topo, &binary, BastionSetup { extra_toml: extra, ..Default::default() });
+    bastion.wait_healthy(START).unwrap_or_else(|e| panic!("the service did not become healthy: {e}"));
+    let target = topo.endpoint_v4();
+    let bastion_public = topo.bastion_keys.public.clone();
+    let before = initiation_counts(&status(&bastion));
+
+    // From one socket: carol, carol, dave, carol, carol.
+    let order = ["carol", "carol", "dave", "carol", "carol"];
+    topo.clients[0].ns.enter(|| {
+        let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
+        socket.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        let mut buf = [0u8; 2048];
+        for (step, name) in order.iter().enumerate() {
+            let key = if *name == "carol" { carol } else { dave };
+            let mut initiator = Initiator::with_key(&encode_key(&key), &bastion_public);
+            socket.send_to(&initiator.initiation(), target).unwrap();
+            let answer = wait_until(&format!("a handshake response for {name} (step {step})"), STEP, || {
+                socket.recv_from(&mut buf).map(|(n, _)| buf[..n].to_vec()).map_err(|e| e.to_string())
+            })
+            .unwrap_or_else(|e| panic!("{e}\n{}", bastion.log_report()));
+            assert_eq!(message_kind(&answer), MessageKind::Response, "{name}'s answer at step {step}");
+            initiator
+                .accept(IpAddr::from(bastion_tests::topology::BASTION_PUBLIC_V4), &answer)
+                .unwrap_or_else(|e| panic!("{name} at step {step}: {e}"));
+            assert!(initiator.has_session(), "{name} has a session after step {step}");
+        }
+    });
+    let after = status(&bastion);
+    let (known, missed) = initiation_counts(&after);
+    // Steps 2 and 5 were the peer last heard there; steps 3 and 4 were the other peer's.
+    assert_eq!((known - before.0, missed - before.1), (2, 2), "initiation counts:\n{after}");
+    for name in ["carol", "dave"] {
+        let expected = order.iter().filter(|n| **n == name).count() as u64;
+        assert_eq!(peer_counter(&after, name, "handshakes"), Some(expected), "{name}'s handshakes:\n{after}");
+    }
 }

@@ -96,6 +96,10 @@ pub fn report(state: &ServiceState, data_plane: &DataPlane, identity: &Identity)
                 tun_segments_written: load(&c.tun_segments_written),
             })
         },
+        initiations: Some(status::Initiations {
+            known_by_endpoint: load(&c.initiations_known_by_endpoint),
+            guesses_missed: load(&c.initiation_guesses_missed),
+        }),
         siblings: state.siblings_counters().map(|c| status::Siblings {
             deregistered: load(&c.deregistered),
             marked_unhealthy: load(&c.marked_unhealthy),

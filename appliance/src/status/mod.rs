@@ -8,7 +8,7 @@ mod report;
 #[cfg(test)]
 pub(crate) use report::example;
 pub use report::{render_text, StatusReport, SCHEMA_VERSION};
-pub use report::{ConfigSource, Dropped, Failover, Health, Offloads, PeerReport, SelfTest, Siblings};
+pub use report::{ConfigSource, Dropped, Failover, Health, Initiations, Offloads, PeerReport, SelfTest, Siblings};
 
 use std::io;
 use std::path::Path;

@@ -33,6 +33,17 @@ pub struct StatusReport {
     /// The data path's offloads and what they did; `None` from a service that predates them.
     #[serde(default)]
     pub offloads: Option<Offloads>,
+    /// How handshake initiations found their peer; `None` from a service that predates it.
+    #[serde(default)]
+    pub initiations: Option<Initiations>,
+}
+
+/// Initiations taken by the peer last heard from their source, without the Diffie-Hellman that
+/// identifies the sender, and those that turned out to be another peer's (then identified).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Initiations {
+    pub known_by_endpoint: u64,
+    pub guesses_missed: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -225,6 +236,14 @@ pub fn render_text(r: &StatusReport) -> String {
             o.tun_segments_written
         );
     }
+    if let Some(i) = &r.initiations {
+        let _ = writeln!(
+            text,
+            "initiations: {} taken by the peer last heard from their source (one Diffie-Hellman saved each), \
+             {} were another peer's",
+            i.known_by_endpoint, i.guesses_missed
+        );
+    }
     if let Some(s) = &r.siblings {
         let _ = writeln!(
             text,
@@ -300,6 +319,7 @@ pub(crate) fn example() -> StatusReport {
             tun_super_packets_written: 0,
             tun_segments_written: 0,
         }),
+        initiations: Some(Initiations { known_by_endpoint: 4, guesses_missed: 1 }),
     }
 }
 
@@ -319,6 +339,8 @@ mod tests {
             failover: 9 refused (the peer was heard here moments before: forged or replayed), 0 held back by the global budget\n\
             offloads: UDP GSO on, UDP GRO on, TUN TSO on, TUN coalescing off; TUN super-packets read 10 (420 segments), \
             written 0 (0 segments)\n\
+            initiations: 4 taken by the peer last heard from their source (one Diffie-Hellman saved each), \
+            1 were another peer's\n\
             nat: what the service installs (`nft list table inet bastion-wg0` shows what is there):\n  table inet bastion-wg0 {\n  }\n";
         assert_eq!(text, expected);
     }

@@ -103,6 +103,13 @@ pub fn verdict<'a>(kind: MessageKind, result: TunnResult<'a>) -> DatagramVerdict
     }
 }
 
+/// Whether an initiation given to the peer last heard from its source (`endpoint_index`) was
+/// another peer's: boringtun refuses it with `WrongKey` after decrypting the sender's static key,
+/// before it changes any state, so the sender can still be identified and the initiation taken.
+pub fn another_peers_initiation(result: &TunnResult) -> bool {
+    matches!(result, TunnResult::Err(WireGuardError::WrongKey))
+}
+
 /// Whether boringtun refused a data packet because the session we hold at its index is not the
 /// one the packet was sent on: another index in that slot, counters of an older session, or keys
 /// that do not open it. That is how a flow arrives when it comes back to a bastion that still
@@ -170,6 +177,43 @@ mod tests {
             };
             assert_eq!(verdict(kind, result), expected, "{kind:?} {made:?}");
         }
+    }
+
+    /// What `endpoint_index` relies on: a peer's `Tunn` refuses another peer's initiation with
+    /// `WrongKey`, and is unchanged by it (its own peer's next initiation still completes).
+    #[test]
+    fn another_peers_initiation_is_refused_by_key_and_changes_nothing() {
+        use boringtun::x25519::{PublicKey, StaticSecret};
+        let ours = StaticSecret::from([9u8; 32]);
+        let our_public = PublicKey::from(&ours);
+        let (alice, bob) = (StaticSecret::from([1u8; 32]), StaticSecret::from([2u8; 32]));
+        let (alice_public, bob_public) = (PublicKey::from(&alice), PublicKey::from(&bob));
+        let mut for_alice = Tunn::new(ours.clone(), alice_public, None, None, 1, None);
+        let mut for_bob = Tunn::new(ours, bob_public, None, None, 2, None);
+        let mut alice_side = Tunn::new(alice, our_public, None, None, 3, None);
+        let mut bob_side = Tunn::new(bob, our_public, None, None, 4, None);
+        let (mut a, mut b, mut out) = (vec![0u8; 256], vec![0u8; 256], vec![0u8; 256]);
+        let TunnResult::WriteToNetwork(bobs) = bob_side.format_handshake_initiation(&mut b, false) else {
+            panic!("no initiation")
+        };
+        let refused = for_alice.decapsulate(None, bobs, &mut out);
+        assert!(another_peers_initiation(&refused), "{refused:?}");
+        let taken = for_bob.decapsulate(None, bobs, &mut out);
+        assert!(matches!(taken, TunnResult::WriteToNetwork(_)) && !another_peers_initiation(&taken));
+        let TunnResult::WriteToNetwork(alices) = alice_side.format_handshake_initiation(&mut a, false) else {
+            panic!("no initiation")
+        };
+        let response = for_alice.decapsulate(None, alices, &mut out);
+        assert!(matches!(response, TunnResult::WriteToNetwork(_)), "{response:?}");
+        // A replayed initiation from the right peer is refused, but not as another peer's.
+        let mut replayed = vec![0u8; 256];
+        let TunnResult::WriteToNetwork(again) = alice_side.format_handshake_initiation(&mut replayed, true) else {
+            panic!("no initiation")
+        };
+        let again = again.to_vec();
+        assert!(matches!(for_alice.decapsulate(None, &again, &mut out), TunnResult::WriteToNetwork(_)));
+        let twice = for_alice.decapsulate(None, &again, &mut out);
+        assert!(matches!(twice, TunnResult::Err(_)) && !another_peers_initiation(&twice), "{twice:?}");
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //! decisions are `decision`'s, this module carries them out.
 //!
 //! The peer is found without trying keys: a handshake initiation names its sender's static key
-//! (found with one DH after the MAC and rate-limit checks); every other message carries our
-//! receiver index, which names the peer (see `peers`). Decrypted packets whose source is outside
+//! (found with one DH after the MAC and rate-limit checks, unless the peer last heard from its
+//! source takes it: `endpoint_index`); every other message carries our receiver index, which
+//! names the peer (see `peers`). Decrypted packets whose source is outside
 //! the peer's allowed IPs are dropped (inbound cryptokey routing). A data packet for a session we
 //! do not have starts a handshake back to its sender at once (fast failover), when `failover`
 //! allows it: not while the peer is being heard here, and within per-peer and global limits.
@@ -36,18 +37,29 @@ pub fn handle_datagram(
     if relay::is_relay(datagram) {
         return handle_relay(shared, socket, tun_writes, path, datagram, out);
     }
-    let source = path.remote;
     // One table for the whole datagram: a reload swaps in a new one between datagrams.
     let peers = shared.peers.load();
-    let (peer_id, kind) = match decision::route(datagram, |index| peers.by_receiver_index(index)) {
-        Route::Drop(reason) => {
-            Counters::count(shared.counters.dropped(reason));
-            return;
+    match decision::route(datagram, |index| peers.by_receiver_index(index)) {
+        Route::Drop(reason) => Counters::count(shared.counters.dropped(reason)),
+        Route::Initiation(init) => {
+            if !passes_rate_limit(shared, &shared.handshake_limiter, socket, path, datagram, out) {
+                return;
+            }
+            // First the peer last heard from this endpoint (`endpoint_index`): a right guess
+            // saves the Diffie-Hellman that only identifies the sender.
+            if let Some(id) = guess_initiator(shared, &peers, path.remote) {
+                let at = Target { peers: &peers, id, kind: MessageKind::Initiation, guessed: true };
+                if take(shared, socket, tun_writes, at, path, datagram, out) == Taken::Done {
+                    Counters::count(&shared.counters.initiations_known_by_endpoint);
+                    return;
+                }
+                Counters::count(&shared.counters.initiation_guesses_missed);
+            }
+            if let Some(id) = identify_initiator(shared, &peers, &init) {
+                let at = Target { peers: &peers, id, kind: MessageKind::Initiation, guessed: false };
+                take(shared, socket, tun_writes, at, path, datagram, out);
+            }
         }
-        Route::Initiation(init) => match identify_initiator(shared, &peers, socket, path, datagram, &init, out) {
-            Some(id) => (id, MessageKind::Initiation),
-            None => return,
-        },
         Route::Peer(id, kind) => {
             if kind == MessageKind::Response {
                 let last_failover = peers.get(id).last_failover_ms.load(Ordering::Relaxed);
@@ -60,21 +72,63 @@ pub fn handle_datagram(
                     return;
                 }
             }
-            (id, kind)
+            take(shared, socket, tun_writes, Target { peers: &peers, id, kind, guessed: false }, path, datagram, out);
         }
-    };
-    let peer = peers.get(peer_id);
+    }
+}
+
+/// The peer a datagram goes to, and how it was found.
+#[derive(Clone, Copy)]
+struct Target<'a> {
+    peers: &'a PeerTable,
+    id: PeerId,
+    kind: MessageKind,
+    /// An initiation given to the peer last heard from its source, not yet known to be theirs.
+    guessed: bool,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Taken {
+    Done,
+    /// A guessed initiation came from another peer: nothing happened, identify its sender.
+    WrongPeer,
+}
+
+/// Gives the datagram to its peer's `Tunn` and carries out the verdict.
+fn take(
+    shared: &DataPlaneShared,
+    socket: &UdpSocket,
+    tun_writes: &mut TunWrites,
+    at: Target,
+    path: udp::Path,
+    datagram: &[u8],
+    out: &mut [u8],
+) -> Taken {
+    let source = path.remote;
+    let peer = at.peers.get(at.id);
     if !peer.admits_source(&source) {
+        if at.guessed {
+            return Taken::WrongPeer;
+        }
         Counters::count(&shared.counters.dropped_datagrams);
-        return;
+        return Taken::Done;
     }
     let source_ip = source.ip().to_canonical();
     let mut tunn = peer.lock_tunn();
-    match decision::verdict(kind, tunn.decapsulate(Some(source_ip), datagram, out)) {
+    let result = tunn.decapsulate(Some(source_ip), datagram, out);
+    if at.guessed && decision::another_peers_initiation(&result) {
+        return Taken::WrongPeer;
+    }
+    match decision::verdict(at.kind, result) {
         DatagramVerdict::Answer { reply, handshake } => {
             send(shared, socket, reply, path);
             if let Some(role) = handshake {
                 handshake_completed(peer, source, role);
+            }
+            if handshake == Some(Role::Responder) {
+                // Its next initiation is likely to come from here too, even when another peer
+                // was heard here in between.
+                note_in_endpoint_index(shared, peer, source, None);
             }
             note_endpoint(shared, peer, path);
             // Packets queued while the session was being made can go now.
@@ -83,7 +137,7 @@ pub fn handle_datagram(
             }
         }
         DatagramVerdict::Deliver { packet, source: from } => {
-            deliver(&peers, peer_id, peer, tun_writes, packet, from);
+            deliver(at.peers, at.id, peer, tun_writes, packet, from);
             note_endpoint(shared, peer, path);
         }
         DatagramVerdict::Authenticated => note_endpoint(shared, peer, path),
@@ -101,6 +155,7 @@ pub fn handle_datagram(
         }
         DatagramVerdict::Rejected => Counters::count(&shared.counters.rejected_datagrams),
     }
+    Taken::Done
 }
 
 /// MAC check and the shared handshake rate limit (a cookie reply when under load); false when
@@ -127,20 +182,20 @@ fn passes_rate_limit(
     }
 }
 
-/// Finds the peer a handshake initiation comes from: MAC and rate limit first (cheap), then the
-/// DH that reveals the initiator's static key.
-fn identify_initiator(
-    shared: &DataPlaneShared,
-    peers: &PeerTable,
-    socket: &UdpSocket,
-    path: udp::Path,
-    datagram: &[u8],
-    init: &HandshakeInit,
-    out: &mut [u8],
-) -> Option<PeerId> {
-    if !passes_rate_limit(shared, &shared.handshake_limiter, socket, path, datagram, out) {
-        return None;
+/// The peer last authenticated from `source`, if it is still configured (`endpoint_index`).
+fn guess_initiator(shared: &DataPlaneShared, peers: &PeerTable, source: SocketAddr) -> Option<PeerId> {
+    let mut index = shared.endpoint_index.lock().unwrap_or_else(|e| e.into_inner());
+    let key = index.guess(&source)?;
+    let id = peers.by_public_key(&key);
+    if id.is_none() {
+        index.forget(&source);
     }
+    id
+}
+
+/// Finds the peer a handshake initiation comes from (after the MAC and rate-limit checks): the
+/// DH that reveals the initiator's static key.
+fn identify_initiator(shared: &DataPlaneShared, peers: &PeerTable, init: &HandshakeInit) -> Option<PeerId> {
     let half = match parse_handshake_anon(&shared.static_private, &shared.static_public, init) {
         Ok(half) => half,
         Err(_) => {
@@ -186,12 +241,25 @@ fn handshake_completed(peer: &LivePeer, source: SocketAddr, role: Role) {
     log!("peer {} handshake completed {} with {}", peer.name(), role, udp::canonical(source));
 }
 
+/// `peer` authenticated from `endpoint` (and was heard at `previous` before).
+fn note_in_endpoint_index(
+    shared: &DataPlaneShared,
+    peer: &LivePeer,
+    endpoint: SocketAddr,
+    previous: Option<SocketAddr>,
+) {
+    let mut index = shared.endpoint_index.lock().unwrap_or_else(|e| e.into_inner());
+    index.note(peer.public_key.0, endpoint, previous);
+}
+
 /// Records when and along which path an authenticated packet came; logs when a known peer
 /// moved.
 fn note_endpoint(shared: &DataPlaneShared, peer: &LivePeer, path: udp::Path) {
     peer.last_authenticated_ms.store(shared.now_ms(), Ordering::Relaxed);
     let source = path.remote;
-    if let Some(Some(old)) = peer.update_path(path) {
+    let Some(previous) = peer.update_path(path) else { return };
+    note_in_endpoint_index(shared, peer, source, previous);
+    if let Some(old) = previous {
         if peer.loopback_only {
             return;
         }

@@ -8,6 +8,7 @@
 //! through `DataPlane::status` and the heartbeat.
 
 pub(crate) mod decision;
+mod endpoint_index;
 mod failover;
 mod inbound;
 pub mod offload;
@@ -84,6 +85,10 @@ pub struct Counters {
     /// Valid handshake initiations from keys that are not our peers.
     pub unknown_peer_handshakes: AtomicU64,
     pub cookie_replies: AtomicU64,
+    /// Initiations taken by the peer last heard from their source, without the identifying DH
+    /// ([`endpoint_index`]), and those that turned out to be another peer's.
+    pub initiations_known_by_endpoint: AtomicU64,
+    pub initiation_guesses_missed: AtomicU64,
     /// Packets of unknown sessions that claimed a peer heard here moments before (forgeries
     /// or replays): no failover handshake.
     pub failover_refused_heard_recently: AtomicU64,
@@ -158,6 +163,9 @@ pub struct DataPlaneShared {
     /// Where datagrams of sessions we do not hold go, and who may have us send from an address
     /// ([`DataPlane::relay_from`], [`DataPlane::relay_to_leaving`]).
     relays: std::sync::RwLock<relay::Relays>,
+    /// Which peer last authenticated from each endpoint: initiations try it first
+    /// ([`endpoint_index`]).
+    endpoint_index: Mutex<endpoint_index::EndpointIndex>,
 }
 
 impl DataPlaneShared {
@@ -316,6 +324,7 @@ impl DataPlane {
             counters: Counters::default(),
             relay_key,
             relays: Default::default(),
+            endpoint_index: Default::default(),
         });
         for w in 0..workers {
             shared.beat(w);
