@@ -253,6 +253,17 @@ pub fn render(report: &StatusReport) -> String {
             segments,
         );
     }
+    if let Some(i) = &report.initiations {
+        let found = Family::<Labels, Counter>::default();
+        for (by, value) in [("endpoint", i.known_by_endpoint), ("guess_missed", i.guesses_missed)] {
+            found.get_or_create(&vec![interface(), ("found_by".to_string(), by.to_string())]).inc_by(value);
+        }
+        registry.register(
+            "bastion_handshake_initiations_guessed",
+            "Initiations taken by the peer last heard from their source (endpoint), or another peer's (guess_missed)",
+            found,
+        );
+    }
 
     let config = &report.config;
     let info = Family::<Labels, Gauge>::default();
@@ -375,6 +386,8 @@ mod tests {
             ("bastion_tun_super_packets_total{interface=\"wg0\",direction=\"read\"}", "10"),
             ("bastion_tun_super_packet_segments_total{interface=\"wg0\",direction=\"read\"}", "420"),
             ("bastion_tun_super_packets_total{interface=\"wg0\",direction=\"written\"}", "0"),
+            ("bastion_handshake_initiations_guessed_total{interface=\"wg0\",found_by=\"endpoint\"}", "4"),
+            ("bastion_handshake_initiations_guessed_total{interface=\"wg0\",found_by=\"guess_missed\"}", "1"),
             ("bastion_config_reload_failures_total{interface=\"wg0\"}", "1"),
             ("bastion_config_restart_pending{interface=\"wg0\"}", "1"),
             ("bastion_peers{interface=\"wg0\"}", "1"),
