@@ -212,18 +212,20 @@ bench-tools:
 	  echo "bench: wireguard-go $(WG_GO_NEW_VERSION) could not be fetched; comparing without it"
 	@$(MAKE) --no-print-directory bench-aarch64 || \
 	  echo "bench: no aarch64 build under QEMU user mode; no emulated aarch64 figures"
-# The emulated aarch64 figure: the crypto floor built for aarch64 and run under QEMU user mode
-# (qemu-user-static; TCG, so it shows relative costs, not a Graviton's). `bastion run` itself
+# The emulated aarch64 figures: the crypto floor and the bastion's data plane (`data-plane`:
+# `bastion run`'s packet path without NAT) built for aarch64 and run under QEMU user mode
+# (qemu-user-static; TCG, so they show relative costs, not a Graviton's). `bastion run` itself
 # cannot run there: QEMU 7.2's user mode has no NETLINK_NETFILTER sockets for the nftables table.
 AARCH64_RELEASE := $(CURDIR)/target/aarch64-unknown-linux-musl/release
 bench-aarch64:
 	$(call apt_install_missing,qemu-user-static gcc-aarch64-linux-gnu libc6-dev-arm64-cross)
 	CC_aarch64_unknown_linux_musl=aarch64-linux-gnu-gcc $(CARGO) build --release --target aarch64-unknown-linux-musl \
-	  -p bastion-tests --bin crypto-floor
+	  -p bastion-tests --bin crypto-floor --bin data-plane
 bench: test-deps build bench-tools
 	BASTION_BIN=$(CURDIR)/target/release/bastion BORINGTUN_BIN=$(BORINGTUN_ROOT)/bin/boringtun-cli \
 	  WIREGUARD_GO_NEW_BIN=$(WG_GO_NEW_ROOT)/usr/bin/wireguard-go \
 	  QEMU_AARCH64=/usr/bin/qemu-aarch64-static CRYPTO_FLOOR_AARCH64_BIN=$(AARCH64_RELEASE)/crypto-floor \
+	  DATA_PLANE_AARCH64_BIN=$(AARCH64_RELEASE)/data-plane \
 	  BENCH_COMMAND="make bench$(if $(BENCH_ARGS), BENCH_ARGS='$(BENCH_ARGS)')" \
 	  $(CARGO) bench -p bastion-tests --bench throughput -- --out $(CURDIR)/target/bench $(BENCH_ARGS)
 

@@ -24,6 +24,9 @@ pub enum Implementation {
     /// fetched by `make bench` into `target/bench-tools/`.
     WireguardGoNew,
     Boringtun,
+    /// The aarch64 build of the bastion's data plane alone (`data-plane`: `bastion run`'s TUN,
+    /// sockets and workers, no NAT) under QEMU user mode: the emulated ceiling only.
+    DataPlaneAarch64,
 }
 
 impl Implementation {
@@ -33,6 +36,7 @@ impl Implementation {
             Implementation::WireguardGo => "wireguard-go",
             Implementation::WireguardGoNew => "wireguard-go-2023",
             Implementation::Boringtun => "boringtun-cli",
+            Implementation::DataPlaneAarch64 => "bastion data plane, aarch64 under QEMU (emulated)",
         }
     }
 }
@@ -55,13 +59,15 @@ pub struct Binaries {
     pub aarch64: Option<Aarch64>,
 }
 
-/// What runs aarch64 code here: QEMU user mode and the aarch64 build of `crypto-floor`.
-/// (`bastion run` itself cannot run under QEMU 7.2's user mode: it has no NETLINK_NETFILTER
-/// sockets, so the nftables table cannot be installed.)
+/// What runs aarch64 code here: QEMU user mode, the aarch64 build of `crypto-floor` and of
+/// `data-plane` (`bastion run` itself cannot run under QEMU 7.2's user mode: it has no
+/// NETLINK_NETFILTER sockets, so the nftables table cannot be installed; `data-plane` is its
+/// packet path without NAT).
 #[derive(Clone, Debug)]
 pub struct Aarch64 {
     pub qemu: PathBuf,
     pub crypto_floor: PathBuf,
+    pub data_plane: Option<PathBuf>,
 }
 
 /// A peer beside the topology's clients (the flood's, the generator's): its public key (base64)
@@ -70,6 +76,41 @@ pub struct ExtraPeer {
     pub name: String,
     pub public_key: String,
     pub address: std::net::Ipv4Addr,
+}
+
+/// `[[peer]]` tables for `extra`.
+fn peers_toml(extra: &[ExtraPeer]) -> String {
+    extra
+        .iter()
+        .map(|p| {
+            format!(
+                "\n[[peer]]\nname = \"{}\"\npublic_key = \"{}\"\nallowed_ips = [\"{}/32\"]\n",
+                p.name, p.public_key, p.address
+            )
+        })
+        .collect()
+}
+
+/// The aarch64 `data-plane` under QEMU user mode in the bastion namespace, with `bastion run`'s
+/// config for `topo` and `extra`; forwarding on (the service would turn it on). Ready once it
+/// says its workers run (it has no health port).
+fn start_emulated_data_plane(
+    topo: &Topology,
+    binaries: &Binaries,
+    extra: &[ExtraPeer],
+    mut prefix: Vec<String>,
+) -> Result<Running, String> {
+    let tools = binaries.aarch64.as_ref().ok_or("no QEMU user mode")?;
+    let data_plane = tools.data_plane.as_ref().ok_or("no aarch64 build of data-plane")?;
+    let out = topo.bastion.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    if !out.success() {
+        return Err(format!("forwarding in the bastion namespace: {out}"));
+    }
+    prefix.push(tools.qemu.display().to_string());
+    let setup = BastionSetup { extra_toml: peers_toml(extra), command_prefix: prefix, ..BastionSetup::default() };
+    let b = Bastion::start(topo, data_plane, setup);
+    b.process.wait_for_log("data-plane: wg0 up", Duration::from_secs(60))?;
+    Ok(Running::Bastion(b))
 }
 
 // Few of these exist (one per bench bed): the size difference is no concern.
@@ -92,17 +133,8 @@ impl Running {
     ) -> Result<Running, String> {
         let running = match implementation {
             Implementation::Bastion => {
-                let extra_toml = extra
-                    .iter()
-                    .map(|p| {
-                        format!(
-                            "\n[[peer]]\nname = \"{}\"\npublic_key = \"{}\"\nallowed_ips = [\"{}/32\"]\n",
-                            p.name, p.public_key, p.address
-                        )
-                    })
-                    .collect();
                 let setup = BastionSetup {
-                    extra_toml,
+                    extra_toml: peers_toml(extra),
                     env: binaries.bastion_env.clone(),
                     command_prefix: prefix,
                     ..BastionSetup::default()
@@ -120,6 +152,7 @@ impl Running {
                 let binary = binaries.boringtun.as_ref().ok_or("no boringtun-cli binary")?;
                 Running::Boringtun(BoringtunBastion::start(topo, binary, binaries.boringtun_threads))
             }
+            Implementation::DataPlaneAarch64 => return start_emulated_data_plane(topo, binaries, extra, prefix),
         };
         let wg = match &running {
             Running::WireguardGo(b) => &b.wg,

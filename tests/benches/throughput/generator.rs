@@ -201,7 +201,10 @@ pub fn measure(
         .collect();
     let secrets: Vec<StaticSecret> = privates.into_iter().map(StaticSecret::from).collect();
     let pin = layout == Layout::Pinned;
-    if !matches!(implementation, Implementation::Bastion | Implementation::WireguardGoNew) {
+    if !matches!(
+        implementation,
+        Implementation::Bastion | Implementation::WireguardGoNew | Implementation::DataPlaneAarch64
+    ) {
         return Err(format!("no ceiling run for {}", implementation.label()));
     }
     // `bastion run` pinned at start counts one CPU and starts one worker.

@@ -325,7 +325,13 @@ fn measure(bed: &Bed, scenario: &Scenario, seconds: u32) -> Result<Measurement, 
 fn aarch64_tools(notes: &mut Vec<String>) -> Option<bed::Aarch64> {
     let file = |var: &str| std::env::var_os(var).map(PathBuf::from).filter(|p| p.is_file());
     match (file("QEMU_AARCH64"), file("CRYPTO_FLOOR_AARCH64_BIN")) {
-        (Some(qemu), Some(crypto_floor)) => Some(bed::Aarch64 { qemu, crypto_floor }),
+        (Some(qemu), Some(crypto_floor)) => {
+            let data_plane = file("DATA_PLANE_AARCH64_BIN");
+            if data_plane.is_none() {
+                notes.push("no emulated aarch64 ceiling: DATA_PLANE_AARCH64_BIN is not set or not a file".to_string());
+            }
+            Some(bed::Aarch64 { qemu, crypto_floor, data_plane })
+        }
         _ => {
             notes.push(
                 "no emulated aarch64 figures: QEMU_AARCH64 or CRYPTO_FLOOR_AARCH64_BIN is not set or not a file"
@@ -507,6 +513,25 @@ fn main() {
                     }
                     ceilings.push(ceiling);
                 }
+            }
+            // The aarch64 build of the same packet path under QEMU user mode, on a core of its
+            // own like the pinned `bastion run` above (emulated: see docs/performance.md).
+            let emulated = binaries.aarch64.as_ref().is_some_and(|a| a.data_plane.is_some());
+            if emulated && implementations.contains(&Implementation::Bastion) {
+                let implementation = Implementation::DataPlaneAarch64;
+                let layout = generator::Layout::Pinned;
+                let ceiling =
+                    generator::measure(implementation, layout, &binaries, packet_bytes, options.ceiling_seconds);
+                match &ceiling {
+                    Ok(c) => eprintln!(
+                        "bench: ceiling aarch64 data plane (emulated) {packet_bytes:>4} B: offered {:>8.0}/s delivered {:>8.0}/s, bastion {:.2} cores",
+                        c.offered_per_second(),
+                        c.delivered_per_second(),
+                        c.bastion_cpu / c.seconds
+                    ),
+                    Err(e) => eprintln!("bench: ceiling aarch64 data plane (emulated) FAILED: {e}"),
+                }
+                ceilings.push(ceiling);
             }
         }
     }

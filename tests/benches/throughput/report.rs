@@ -426,6 +426,20 @@ pub fn markdown(context: &Context, summary: &[ScenarioSummary], runs: &[Run]) ->
                     .unwrap();
                 }
             }
+            let pinned = crate::generator::Layout::Pinned;
+            if let (Some(emulated), Some(native)) = (
+                delivered(Implementation::DataPlaneAarch64, pinned, bytes),
+                delivered(Implementation::Bastion, pinned, bytes).filter(|n| *n > 0.0),
+            ) {
+                writeln!(
+                    s,
+                    "\nCeiling, {bytes}-byte packets, pinned: the aarch64 data plane under QEMU user mode (emulated) \
+                     delivers {:.3}× what native `bastion run` does (1 / {:.1}).",
+                    emulated / native,
+                    native / emulated.max(1.0)
+                )
+                .unwrap();
+            }
         }
     }
     if !context.handshakes.is_empty() {
