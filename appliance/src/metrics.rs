@@ -260,7 +260,7 @@ pub fn render(report: &StatusReport) -> String {
         }
         registry.register(
             "bastion_handshake_initiations_guessed",
-            "Initiations taken by the peer last heard from their source (endpoint), or another peer's (guess_missed)",
+            "Initiations answered by the peer last heard from their source (endpoint), or another peer's (guess_missed)",
             found,
         );
     }

@@ -350,7 +350,7 @@ fn initiations_from_an_unknown_key_are_counted_not_answered() {
     );
 }
 
-/// The figures of the `initiations:` line of `bastion status`: taken by the peer last heard from
+/// The figures of the `initiations:` line of `bastion status`: answered by the peer last heard from
 /// their source, and those that were another peer's.
 fn initiation_counts(status: &str) -> (u64, u64) {
     let line = status
@@ -368,8 +368,8 @@ fn initiation_counts(status: &str) -> (u64, u64) {
 /// initiation goes first to the peer last heard from its source, which saves the Diffie-Hellman
 /// that identifies the sender when it is that peer; when it is the other, that peer's keys
 /// refuse it without harm and it is identified as usual. Every initiation is answered with a
-/// response the initiator accepts (so it came from the right peer's session), and the status
-/// counts both kinds.
+/// response the initiator accepts (so it came from the right peer's session), a replayed one is
+/// not, and the status counts both kinds.
 #[test]
 #[ignore = "needs root, network namespaces and the binaries under test: `make integration-test` runs it"]
 fn initiations_try_the_peer_last_heard_from_their_endpoint_first() {
@@ -393,14 +393,16 @@ fn initiations_try_the_peer_last_heard_from_their_endpoint_first() {
 
     // From one socket: carol, carol, dave, carol, carol.
     let order = ["carol", "carol", "dave", "carol", "carol"];
-    topo.clients[0].ns.enter(|| {
+    let replay_answers = topo.clients[0].ns.enter(|| {
         let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
         socket.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
         let mut buf = [0u8; 2048];
+        let mut last = Vec::new();
         for (step, name) in order.iter().enumerate() {
             let key = if *name == "carol" { carol } else { dave };
             let mut initiator = Initiator::with_key(&encode_key(&key), &bastion_public);
-            socket.send_to(&initiator.initiation(), target).unwrap();
+            last = initiator.initiation();
+            socket.send_to(&last, target).unwrap();
             let answer = wait_until(&format!("a handshake response for {name} (step {step})"), STEP, || {
                 socket.recv_from(&mut buf).map(|(n, _)| buf[..n].to_vec()).map_err(|e| e.to_string())
             })
@@ -411,10 +413,22 @@ fn initiations_try_the_peer_last_heard_from_their_endpoint_first() {
                 .unwrap_or_else(|e| panic!("{name} at step {step}: {e}"));
             assert!(initiator.has_session(), "{name} has a session after step {step}");
         }
+        // Carol's last initiation again (a replay): her peer refuses it, unanswered, uncounted.
+        socket.send_to(&last, target).unwrap();
+        let mut answers = Vec::new();
+        let quiet_until = Instant::now() + Duration::from_millis(1000);
+        while Instant::now() < quiet_until {
+            if let Ok((n, _)) = socket.recv_from(&mut buf) {
+                answers.push(message_kind(&buf[..n]));
+            }
+        }
+        answers
     });
+    assert!(replay_answers.is_empty(), "a replayed initiation was answered: {replay_answers:?}");
     let after = status(&bastion);
     let (known, missed) = initiation_counts(&after);
-    // Steps 2 and 5 were the peer last heard there; steps 3 and 4 were the other peer's.
+    // Steps 2 and 5 were answered by the peer last heard there; steps 3 and 4 were the other
+    // peer's; the replay was neither.
     assert_eq!((known - before.0, missed - before.1), (2, 2), "initiation counts:\n{after}");
     for name in ["carol", "dave"] {
         let expected = order.iter().filter(|n| **n == name).count() as u64;

@@ -25,7 +25,7 @@ mod lifecycle;
 pub use lifecycle::ENABLE_VAR as LIFECYCLE_ENABLE_VAR;
 mod move_notices;
 mod nat_guard;
-mod plan;
+pub mod plan;
 pub mod reload;
 mod selftest_loop;
 mod status_report;

@@ -38,8 +38,8 @@ pub struct StatusReport {
     pub initiations: Option<Initiations>,
 }
 
-/// Initiations taken by the peer last heard from their source, without the Diffie-Hellman that
-/// identifies the sender, and those that turned out to be another peer's (then identified).
+/// Initiations answered by the peer last heard from their source, without the Diffie-Hellman
+/// that identifies the sender, and those that turned out to be another peer's (then identified).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Initiations {
     pub known_by_endpoint: u64,
@@ -239,7 +239,7 @@ pub fn render_text(r: &StatusReport) -> String {
     if let Some(i) = &r.initiations {
         let _ = writeln!(
             text,
-            "initiations: {} taken by the peer last heard from their source (one Diffie-Hellman saved each), \
+            "initiations: {} answered by the peer last heard from their source (one Diffie-Hellman saved each), \
              {} were another peer's",
             i.known_by_endpoint, i.guesses_missed
         );
@@ -339,7 +339,7 @@ mod tests {
             failover: 9 refused (the peer was heard here moments before: forged or replayed), 0 held back by the global budget\n\
             offloads: UDP GSO on, UDP GRO on, TUN TSO on, TUN coalescing off; TUN super-packets read 10 (420 segments), \
             written 0 (0 segments)\n\
-            initiations: 4 taken by the peer last heard from their source (one Diffie-Hellman saved each), \
+            initiations: 4 answered by the peer last heard from their source (one Diffie-Hellman saved each), \
             1 were another peer's\n\
             nat: what the service installs (`nft list table inet bastion-wg0` shows what is there):\n  table inet bastion-wg0 {\n  }\n";
         assert_eq!(text, expected);

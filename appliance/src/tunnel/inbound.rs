@@ -50,7 +50,6 @@ pub fn handle_datagram(
             if let Some(id) = guess_initiator(shared, &peers, path.remote) {
                 let at = Target { peers: &peers, id, kind: MessageKind::Initiation, guessed: true };
                 if take(shared, socket, tun_writes, at, path, datagram, out) == Taken::Done {
-                    Counters::count(&shared.counters.initiations_known_by_endpoint);
                     return;
                 }
                 Counters::count(&shared.counters.initiation_guesses_missed);
@@ -116,8 +115,14 @@ fn take(
     let source_ip = source.ip().to_canonical();
     let mut tunn = peer.lock_tunn();
     let result = tunn.decapsulate(Some(source_ip), datagram, out);
-    if at.guessed && decision::another_peers_initiation(&result) {
-        return Taken::WrongPeer;
+    if at.guessed {
+        if decision::another_peers_initiation(&result) {
+            return Taken::WrongPeer;
+        }
+        if matches!(result, TunnResult::WriteToNetwork(_)) {
+            // Answered without the identifying DH (a forged or replayed one is refused, not counted).
+            Counters::count(&shared.counters.initiations_known_by_endpoint);
+        }
     }
     match decision::verdict(at.kind, result) {
         DatagramVerdict::Answer { reply, handshake } => {

@@ -85,8 +85,8 @@ pub struct Counters {
     /// Valid handshake initiations from keys that are not our peers.
     pub unknown_peer_handshakes: AtomicU64,
     pub cookie_replies: AtomicU64,
-    /// Initiations taken by the peer last heard from their source, without the identifying DH
-    /// ([`endpoint_index`]), and those that turned out to be another peer's.
+    /// Initiations answered by the peer last heard from their source, without the identifying
+    /// DH ([`endpoint_index`]), and those that turned out to be another peer's.
     pub initiations_known_by_endpoint: AtomicU64,
     pub initiation_guesses_missed: AtomicU64,
     /// Packets of unknown sessions that claimed a peer heard here moments before (forgeries

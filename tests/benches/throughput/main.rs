@@ -489,49 +489,37 @@ fn main() {
 
     let mut ceilings = Vec::new();
     if options.ceiling_seconds > 0 {
+        let mut ceiling = |implementation: Implementation, layout: generator::Layout, packet_bytes: usize| {
+            let ceiling = generator::measure(implementation, layout, &binaries, packet_bytes, options.ceiling_seconds);
+            match &ceiling {
+                Ok(c) => eprintln!(
+                    "bench: ceiling {:<17} {:<13} {:>4} B: offered {:>8.0}/s delivered {:>8.0}/s ({:.2} Gbit/s), bastion {:.2} cores, generator {:.2}",
+                    implementation.label(),
+                    format!("{layout:?}"),
+                    packet_bytes,
+                    c.offered_per_second(),
+                    c.delivered_per_second(),
+                    c.delivered_gbit(),
+                    c.bastion_cpu / c.seconds,
+                    c.generator_cpu / c.send_seconds
+                ),
+                Err(e) => eprintln!("bench: ceiling {} {layout:?} FAILED: {e}", implementation.label()),
+            }
+            ceilings.push(ceiling);
+        };
         for packet_bytes in [1420, 128] {
             for layout in [generator::Layout::Pinned, generator::Layout::Shared, generator::Layout::SharedOnePeer] {
                 for implementation in [Implementation::Bastion, Implementation::WireguardGoNew] {
-                    if !implementations.contains(&implementation) {
-                        continue;
+                    if implementations.contains(&implementation) {
+                        ceiling(implementation, layout, packet_bytes);
                     }
-                    let ceiling =
-                        generator::measure(implementation, layout, &binaries, packet_bytes, options.ceiling_seconds);
-                    match &ceiling {
-                        Ok(c) => eprintln!(
-                            "bench: ceiling {:<17} {:<13} {:>4} B: offered {:>8.0}/s delivered {:>8.0}/s ({:.2} Gbit/s), bastion {:.2} cores, generator {:.2}",
-                            implementation.label(),
-                            format!("{layout:?}"),
-                            packet_bytes,
-                            c.offered_per_second(),
-                            c.delivered_per_second(),
-                            c.delivered_gbit(),
-                            c.bastion_cpu / c.seconds,
-                            c.generator_cpu / c.send_seconds
-                        ),
-                        Err(e) => eprintln!("bench: ceiling {} {layout:?} FAILED: {e}", implementation.label()),
-                    }
-                    ceilings.push(ceiling);
                 }
             }
             // The aarch64 build of the same packet path under QEMU user mode, on a core of its
             // own like the pinned `bastion run` above (emulated: see docs/performance.md).
             let emulated = binaries.aarch64.as_ref().is_some_and(|a| a.data_plane.is_some());
             if emulated && implementations.contains(&Implementation::Bastion) {
-                let implementation = Implementation::DataPlaneAarch64;
-                let layout = generator::Layout::Pinned;
-                let ceiling =
-                    generator::measure(implementation, layout, &binaries, packet_bytes, options.ceiling_seconds);
-                match &ceiling {
-                    Ok(c) => eprintln!(
-                        "bench: ceiling aarch64 data plane (emulated) {packet_bytes:>4} B: offered {:>8.0}/s delivered {:>8.0}/s, bastion {:.2} cores",
-                        c.offered_per_second(),
-                        c.delivered_per_second(),
-                        c.bastion_cpu / c.seconds
-                    ),
-                    Err(e) => eprintln!("bench: ceiling aarch64 data plane (emulated) FAILED: {e}"),
-                }
-                ceilings.push(ceiling);
+                ceiling(Implementation::DataPlaneAarch64, generator::Layout::Pinned, packet_bytes);
             }
         }
     }

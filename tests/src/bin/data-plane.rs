@@ -7,7 +7,8 @@
 //! of the product: forwarding and the sink are the bench's. Runs until killed; other arguments
 //! (`--socket`) are ignored.
 
-use bastion_appliance::tunnel::{DataPlane, PeerSpec, TunnelSpec};
+use bastion_appliance::keys::PrivateKey;
+use bastion_appliance::tunnel::DataPlane;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -23,29 +24,11 @@ fn main() {
         eprintln!("data-plane: {config_path}: the key must be in the file (private_key), not in SSM");
         std::process::exit(1);
     };
-    let peers = config
-        .peers
-        .iter()
-        .map(|p| PeerSpec {
-            name: p.name.clone(),
-            public_key: p.public_key,
-            preshared_key: p.preshared_key.as_ref().map(|k| k.bytes()),
-            allowed_ips: p.allowed_ips.clone(),
-            endpoint: p.endpoint,
-            persistent_keepalive: p.persistent_keepalive,
-            loopback_only: false,
-        })
-        .collect();
     let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let spec = TunnelSpec {
-        name: config.interface.name.clone(),
-        private_key,
-        listen_port: config.interface.listen_port,
-        mtu: config.interface.mtu,
-        addresses: config.interface.addresses.clone(),
-        peers,
-        workers,
-    };
+    // The same spec `bastion run` starts its data plane with; the self-test's loopback-only peer
+    // gets a key nobody holds (there is no self-test here).
+    let nobody = PrivateKey::generate().public_key();
+    let spec = bastion_appliance::service::plan::tunnel_spec(&config, &private_key, workers, nobody);
     let _data_plane = DataPlane::start(spec).unwrap_or_else(|e| {
         eprintln!("data-plane: {e}");
         std::process::exit(1);
