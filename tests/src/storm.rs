@@ -36,10 +36,7 @@ impl StormPeer {
 
     /// The `[[peer]]` table of this peer for the bastion's config.
     pub fn toml(&self) -> String {
-        format!(
-            "\n[[peer]]\nname = \"{}\"\npublic_key = \"{}\"\nallowed_ips = [\"{}/32\"]\n",
-            self.name, self.public_key, self.tunnel_v4
-        )
+        crate::bastion::peer_toml(&self.name, &self.public_key, self.tunnel_v4)
     }
 
     pub fn has_session(&self) -> bool {

@@ -11,12 +11,12 @@
 //! Needs root and `BASTION_BIN`; without `BASTION_BIN` each test says it is skipped.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use bastion_tests::bastion::{dropped_counter, peer_counter, Bastion, BastionSetup};
+use bastion_tests::bastion::{dropped_counter, peer_counter, peer_toml, Bastion, BastionSetup};
 use bastion_tests::handshake::{encode_key, message_kind, public_key_of, random_key, Initiator, MessageKind};
 use bastion_tests::topology::Topology;
 use bastion_tests::{http, wait_until, HttpResponse, HttpServer, Netns};
@@ -376,15 +376,8 @@ fn initiations_try_the_peer_last_heard_from_their_endpoint_first() {
     let binary = bastion_tests::bastion::binary();
     let topo = Topology::with(1, 1);
     let (carol, dave) = (random_key(), random_key());
-    let extra: String = [("carol", carol, "10.100.0.201"), ("dave", dave, "10.100.0.202")]
-        .iter()
-        .map(|(name, key, address)| {
-            format!(
-                "\n[[peer]]\nname = \"{name}\"\npublic_key = \"{}\"\nallowed_ips = [\"{address}/32\"]\n",
-                public_key_of(*key)
-            )
-        })
-        .collect();
+    let extra = peer_toml("carol", &public_key_of(carol), Ipv4Addr::new(10, 100, 0, 201))
+        + &peer_toml("dave", &public_key_of(dave), Ipv4Addr::new(10, 100, 0, 202));
     let bastion = Bastion::start(&topo, &binary, BastionSetup { extra_toml: extra, ..Default::default() });
     bastion.wait_healthy(START).unwrap_or_else(|e| panic!("the service did not become healthy: {e}"));
     let target = topo.endpoint_v4();

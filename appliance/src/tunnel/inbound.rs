@@ -49,10 +49,12 @@ pub fn handle_datagram(
             // saves the Diffie-Hellman that only identifies the sender.
             if let Some(id) = guess_initiator(shared, &peers, path.remote) {
                 let at = Target { peers: &peers, id, kind: MessageKind::Initiation, guessed: true };
-                if take(shared, socket, tun_writes, at, path, datagram, out) == Taken::Done {
-                    return;
+                match take(shared, socket, tun_writes, at, path, datagram, out) {
+                    // A forged or replayed initiation is refused there and counted in neither.
+                    Taken::Answered => return Counters::count(&shared.counters.initiations_known_by_endpoint),
+                    Taken::Other => return,
+                    Taken::WrongPeer => Counters::count(&shared.counters.initiation_guesses_missed),
                 }
-                Counters::count(&shared.counters.initiation_guesses_missed);
             }
             if let Some(id) = identify_initiator(shared, &peers, &init) {
                 let at = Target { peers: &peers, id, kind: MessageKind::Initiation, guessed: false };
@@ -88,7 +90,9 @@ struct Target<'a> {
 
 #[derive(Debug, PartialEq, Eq)]
 enum Taken {
-    Done,
+    /// The `Tunn` answered (a handshake message went back).
+    Answered,
+    Other,
     /// A guessed initiation came from another peer: nothing happened, identify its sender.
     WrongPeer,
 }
@@ -110,19 +114,13 @@ fn take(
             return Taken::WrongPeer;
         }
         Counters::count(&shared.counters.dropped_datagrams);
-        return Taken::Done;
+        return Taken::Other;
     }
     let source_ip = source.ip().to_canonical();
     let mut tunn = peer.lock_tunn();
     let result = tunn.decapsulate(Some(source_ip), datagram, out);
-    if at.guessed {
-        if decision::another_peers_initiation(&result) {
-            return Taken::WrongPeer;
-        }
-        if matches!(result, TunnResult::WriteToNetwork(_)) {
-            // Answered without the identifying DH (a forged or replayed one is refused, not counted).
-            Counters::count(&shared.counters.initiations_known_by_endpoint);
-        }
+    if at.guessed && decision::another_peers_initiation(&result) {
+        return Taken::WrongPeer;
     }
     match decision::verdict(at.kind, result) {
         DatagramVerdict::Answer { reply, handshake } => {
@@ -130,22 +128,18 @@ fn take(
             if let Some(role) = handshake {
                 handshake_completed(peer, source, role);
             }
-            if handshake == Some(Role::Responder) {
-                // Its next initiation is likely to come from here too, even when another peer
-                // was heard here in between.
-                note_in_endpoint_index(shared, peer, source, None);
-            }
-            note_endpoint(shared, peer, path);
+            note_endpoint(shared, peer, path, handshake == Some(Role::Responder));
             // Packets queued while the session was being made can go now.
             while let TunnResult::WriteToNetwork(queued) = tunn.decapsulate(None, &[], out) {
                 send(shared, socket, queued, path);
             }
+            return Taken::Answered;
         }
         DatagramVerdict::Deliver { packet, source: from } => {
             deliver(at.peers, at.id, peer, tun_writes, packet, from);
-            note_endpoint(shared, peer, path);
+            note_endpoint(shared, peer, path, false);
         }
-        DatagramVerdict::Authenticated => note_endpoint(shared, peer, path),
+        DatagramVerdict::Authenticated => note_endpoint(shared, peer, path, false),
         DatagramVerdict::Nothing => {}
         DatagramVerdict::UnknownSession { rejected } => {
             if rejected {
@@ -160,7 +154,7 @@ fn take(
         }
         DatagramVerdict::Rejected => Counters::count(&shared.counters.rejected_datagrams),
     }
-    Taken::Done
+    Taken::Other
 }
 
 /// MAC check and the shared handshake rate limit (a cookie reply when under load); false when
@@ -246,24 +240,19 @@ fn handshake_completed(peer: &LivePeer, source: SocketAddr, role: Role) {
     log!("peer {} handshake completed {} with {}", peer.name(), role, udp::canonical(source));
 }
 
-/// `peer` authenticated from `endpoint` (and was heard at `previous` before).
-fn note_in_endpoint_index(
-    shared: &DataPlaneShared,
-    peer: &LivePeer,
-    endpoint: SocketAddr,
-    previous: Option<SocketAddr>,
-) {
-    let mut index = shared.endpoint_index.lock().unwrap_or_else(|e| e.into_inner());
-    index.note(peer.public_key.0, endpoint, previous);
-}
-
 /// Records when and along which path an authenticated packet came; logs when a known peer
-/// moved.
-fn note_endpoint(shared: &DataPlaneShared, peer: &LivePeer, path: udp::Path) {
+/// moved. The endpoint index (`endpoint_index`) learns where the peer is when it moved, and after
+/// every handshake it began (`answered_initiation`): its next one is likely to come from there
+/// too, even when another peer was heard there in between.
+fn note_endpoint(shared: &DataPlaneShared, peer: &LivePeer, path: udp::Path, answered_initiation: bool) {
     peer.last_authenticated_ms.store(shared.now_ms(), Ordering::Relaxed);
     let source = path.remote;
-    let Some(previous) = peer.update_path(path) else { return };
-    note_in_endpoint_index(shared, peer, source, previous);
+    let moved = peer.update_path(path);
+    if moved.is_none() && !answered_initiation {
+        return;
+    }
+    let previous = moved.flatten();
+    shared.endpoint_index.lock().unwrap_or_else(|e| e.into_inner()).note(peer.public_key.0, source, previous);
     if let Some(old) = previous {
         if peer.loopback_only {
             return;

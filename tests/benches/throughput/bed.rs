@@ -80,15 +80,7 @@ pub struct ExtraPeer {
 
 /// `[[peer]]` tables for `extra`.
 fn peers_toml(extra: &[ExtraPeer]) -> String {
-    extra
-        .iter()
-        .map(|p| {
-            format!(
-                "\n[[peer]]\nname = \"{}\"\npublic_key = \"{}\"\nallowed_ips = [\"{}/32\"]\n",
-                p.name, p.public_key, p.address
-            )
-        })
-        .collect()
+    extra.iter().map(|p| bastion_tests::bastion::peer_toml(&p.name, &p.public_key, p.address)).collect()
 }
 
 /// The aarch64 `data-plane` under QEMU user mode in the bastion namespace, with `bastion run`'s

@@ -32,12 +32,8 @@ pub fn rss_kib(binary: &std::path::Path, extra: usize) -> Option<u64> {
     let mut toml = String::new();
     for i in 0..extra {
         let key = bastion_tests::handshake::public_key_of(bastion_tests::handshake::random_key());
-        toml.push_str(&format!(
-            "\n[[peer]]\nname = \"p{i}\"\npublic_key = \"{key}\"\nallowed_ips = [\"10.{}.{}.{}/32\"]\n",
-            200 + i / 65536,
-            (i / 256) % 256,
-            i % 256
-        ));
+        let address = std::net::Ipv4Addr::new(10, (200 + i / 65536) as u8, ((i / 256) % 256) as u8, (i % 256) as u8);
+        toml.push_str(&bastion_tests::bastion::peer_toml(&format!("p{i}"), &key, address));
     }
     let setup = BastionSetup { extra_toml: toml, ..BastionSetup::default() };
     let bastion = Bastion::start(&topo, binary, setup);
