@@ -42,6 +42,17 @@ pub enum Layout {
 }
 
 impl Layout {
+    pub const ALL: [Layout; 3] = [Layout::Pinned, Layout::Shared, Layout::SharedOnePeer];
+
+    /// Its name on the command line (`--ceiling-layouts`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Layout::Pinned => "pinned",
+            Layout::Shared => "shared",
+            Layout::SharedOnePeer => "one-peer",
+        }
+    }
+
     pub fn label(self) -> &'static str {
         match self {
             Layout::Pinned => "pinned: bastion on CPU 0, generator on CPU 1",
@@ -191,6 +202,7 @@ pub fn measure(
     binaries: &Binaries,
     packet_bytes: usize,
     seconds: u32,
+    offer_per_second: Option<u32>,
 ) -> Result<Ceiling, String> {
     let topo = Topology::with(1, 1);
     let privates: Vec<[u8; 32]> = (0..layout.peers()).map(|_| random_key()).collect();
@@ -267,6 +279,14 @@ pub fn measure(
                 let window = Duration::from_secs(seconds as u64);
                 let mut offered = 0u64;
                 while started.elapsed() < window {
+                    // Paced (`--ceiling-offer`): ahead of the rate, sleep until due.
+                    if let Some(rate) = offer_per_second {
+                        let due = Duration::from_secs_f64(offered as f64 / rate as f64);
+                        let now = started.elapsed();
+                        if due > now + Duration::from_micros(200) {
+                            std::thread::sleep(due - now);
+                        }
+                    }
                     for (tunn, socket, packet) in peers.iter_mut() {
                         for slot in train.chunks_mut(datagram_len) {
                             match tunn.encapsulate(packet, &mut scratch) {
@@ -307,10 +327,14 @@ pub fn measure(
 }
 
 /// The table for the report.
-pub fn markdown(ceilings: &[Result<Ceiling, String>], seconds: u32) -> String {
+pub fn markdown(ceilings: &[Result<Ceiling, String>], seconds: u32, offer_per_second: Option<u32>) -> String {
+    let pace = match offer_per_second {
+        Some(rate) => format!("at most {rate} packets a second (`--ceiling-offer`)"),
+        None => "as fast as one core can".to_string(),
+    };
     let mut s = format!(
         "The bastion's ceiling: a generator of {PEERS} boringtun sessions (one in the one-peer layout) seals on the fly and sends UDP GSO trains \
-         of {TRAIN} datagrams ({seconds} s per case); delivered = packets counted by the sink in the private host.\n\n\
+         of {TRAIN} datagrams, {pace} ({seconds} s per case); delivered = packets counted by the sink in the private host.\n\n\
          | bastion | layout | IP packet bytes | offered packets/s | delivered packets/s | delivered Gbit/s | bastion cores | generator cores |\n\
          |---|---|---|---|---|---|---|---|\n"
     );

@@ -16,6 +16,8 @@
 //!     [--udp-mbit N]
 //!     [--only bastion,wireguard-go,wireguard-go-2023,boringtun-cli] [--out DIR] [--tun-txqueuelen N]
 //!     [--client wireguard-go|wireguard-go-2023] [--bastion-env KEY=VALUE ...]
+//!     [--handshake-seconds N] [--ceiling-seconds N] [--ceiling-layouts pinned,shared,one-peer]
+//!     [--ceiling-offer PACKETS_PER_SECOND]
 //! ```
 //! Environment: `BASTION_BIN` (required), `BORINGTUN_BIN` (optional: without it, or when it
 //! cannot start, boringtun-cli is left out and the report says why), `WIREGUARD_GO_NEW_BIN`
@@ -118,6 +120,11 @@ pub struct Options {
     pub handshake_seconds: u32,
     /// Seconds of each ceiling case with the load generator (`--ceiling-seconds`, 0: none).
     pub ceiling_seconds: u32,
+    /// The ceiling's layouts (`--ceiling-layouts`, default all).
+    pub ceiling_layouts: Vec<generator::Layout>,
+    /// Packets a second the generator offers at most (`--ceiling-offer`; default: as many as it
+    /// can), so that it leaves the bastion a share of the second core.
+    pub ceiling_offer: Option<u32>,
 }
 
 const ALL: [Implementation; 4] =
@@ -136,6 +143,8 @@ fn parse_options() -> Result<Options, String> {
     let mut tun_txqueuelen = None;
     let mut handshake_seconds = 8;
     let mut ceiling_seconds = 5;
+    let mut ceiling_layouts = generator::Layout::ALL.to_vec();
+    let mut ceiling_offer = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value"));
@@ -159,6 +168,16 @@ fn parse_options() -> Result<Options, String> {
                 ceiling_seconds =
                     v.parse().map_err(|_| format!("--ceiling-seconds: expected a whole number, got {v:?}"))?;
             }
+            "--ceiling-layouts" => {
+                ceiling_layouts = Vec::new();
+                for name in value("--ceiling-layouts")?.split(',') {
+                    let layout = generator::Layout::ALL.into_iter().find(|l| l.name() == name).ok_or(format!(
+                        "--ceiling-layouts: unknown layout {name:?} (expected pinned, shared, one-peer)"
+                    ))?;
+                    ceiling_layouts.push(layout);
+                }
+            }
+            "--ceiling-offer" => ceiling_offer = Some(number("--ceiling-offer", value("--ceiling-offer")?)?),
             "--handshake-seconds" => {
                 let v = value("--handshake-seconds")?;
                 handshake_seconds =
@@ -211,6 +230,8 @@ fn parse_options() -> Result<Options, String> {
         bastion_env,
         handshake_seconds,
         ceiling_seconds,
+        ceiling_layouts,
+        ceiling_offer,
     })
 }
 
@@ -490,7 +511,14 @@ fn main() {
     let mut ceilings = Vec::new();
     if options.ceiling_seconds > 0 {
         let mut ceiling = |implementation: Implementation, layout: generator::Layout, packet_bytes: usize| {
-            let ceiling = generator::measure(implementation, layout, &binaries, packet_bytes, options.ceiling_seconds);
+            let ceiling = generator::measure(
+                implementation,
+                layout,
+                &binaries,
+                packet_bytes,
+                options.ceiling_seconds,
+                options.ceiling_offer,
+            );
             match &ceiling {
                 Ok(c) => eprintln!(
                     "bench: ceiling {:<17} {:<13} {:>4} B: offered {:>8.0}/s delivered {:>8.0}/s ({:.2} Gbit/s), bastion {:.2} cores, generator {:.2}",
@@ -508,7 +536,7 @@ fn main() {
             ceilings.push(ceiling);
         };
         for packet_bytes in [1420, 128] {
-            for layout in [generator::Layout::Pinned, generator::Layout::Shared, generator::Layout::SharedOnePeer] {
+            for &layout in &options.ceiling_layouts {
                 for implementation in [Implementation::Bastion, Implementation::WireguardGoNew] {
                     if implementations.contains(&implementation) {
                         ceiling(implementation, layout, packet_bytes);
@@ -518,7 +546,8 @@ fn main() {
             // The aarch64 build of the same packet path under QEMU user mode, on a core of its
             // own like the pinned `bastion run` above (emulated: see docs/performance.md).
             let emulated = binaries.aarch64.as_ref().is_some_and(|a| a.data_plane.is_some());
-            if emulated && implementations.contains(&Implementation::Bastion) {
+            let pinned = options.ceiling_layouts.contains(&generator::Layout::Pinned);
+            if emulated && pinned && implementations.contains(&Implementation::Bastion) {
                 ceiling(Implementation::DataPlaneAarch64, generator::Layout::Pinned, packet_bytes);
             }
         }

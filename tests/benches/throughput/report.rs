@@ -398,7 +398,7 @@ pub fn markdown(context: &Context, summary: &[ScenarioSummary], runs: &[Run]) ->
     }
     if !context.ceilings.is_empty() {
         writeln!(s).unwrap();
-        s.push_str(&crate::generator::markdown(&context.ceilings, o.ceiling_seconds));
+        s.push_str(&crate::generator::markdown(&context.ceilings, o.ceiling_seconds, o.ceiling_offer));
         let delivered = |i: Implementation, layout, bytes| {
             context
                 .ceilings
