@@ -9,10 +9,11 @@ use super::inbound::handle_datagram;
 use super::offload::coalesce::TunWrites;
 use super::offload::segment;
 use super::offload::vnet::{self, VnetHeader};
-use super::outbound::handle_tun_packet;
+use super::outbound::handle_tun_read;
 use super::send_runs::{Run, SendRuns};
 use super::tun::TunQueue;
 use super::{udp, Counters, DataPlaneShared};
+use boringtun::noise::Tunn;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use std::io::ErrorKind;
 use std::os::fd::AsFd;
@@ -145,21 +146,36 @@ pub fn run(shared: Arc<DataPlaneShared>, worker: usize, tun: TunQueue) {
             for _ in 0..BATCH {
                 match tun.read(&mut input) {
                     Ok(n) if opened.vnet_header => {
-                        let mut seal =
-                            |packet: &[u8]| handle_tun_packet(&shared, packet, &mut output, &mut runs, &mut send);
-                        let made_whole = VnetHeader::decode(&input[..n])
-                            .ok_or(segment::Unfit::NoHeader)
-                            .and_then(|h| segment::make_whole(h, &mut input[vnet::LEN..n], &mut seal));
+                        let Some(header) = VnetHeader::decode(&input[..n]) else {
+                            Counters::count(&shared.counters.dropped_tun_packets);
+                            continue;
+                        };
+                        let packet = &mut input[vnet::LEN..n];
+                        let destination = Tunn::dst_address(packet);
+                        let made_whole =
+                            handle_tun_read(&shared, destination, &mut output, &mut runs, &mut send, |seal| {
+                                segment::make_whole(header, packet, &mut |p: &[u8]| seal(p))
+                            });
                         match made_whole {
-                            Ok(1) => {}
-                            Ok(segments) => {
+                            None | Some(Ok(1)) => {}
+                            Some(Ok(segments)) => {
                                 Counters::count(&shared.counters.tun_super_packets_read);
                                 shared.counters.tun_segments_read.fetch_add(segments as u64, Ordering::Relaxed);
                             }
-                            Err(_) => Counters::count(&shared.counters.dropped_tun_packets),
+                            Some(Err(_)) => Counters::count(&shared.counters.dropped_tun_packets),
                         }
                     }
-                    Ok(n) => handle_tun_packet(&shared, &input[..n], &mut output, &mut runs, &mut send),
+                    Ok(n) => {
+                        let packet = &input[..n];
+                        handle_tun_read(
+                            &shared,
+                            Tunn::dst_address(packet),
+                            &mut output,
+                            &mut runs,
+                            &mut send,
+                            |seal| seal(packet),
+                        );
+                    }
                     Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                     Err(e) => {
