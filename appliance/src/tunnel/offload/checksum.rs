@@ -3,21 +3,26 @@
 //! Sums are kept unfolded in a `u64` until [`fold`], so pieces can be added in any order.
 
 /// Adds `bytes` (big-endian 16-bit words, an odd last byte padded with zero) to `initial`.
+///
+/// The words are summed in the machine's byte order and the folded sum swapped once at the end:
+/// the ones' complement sum does not depend on byte order (RFC 1071, 2.B), and native loads
+/// leave the compiler a plain loop to vectorise (half the time of big-endian loads on x86-64's
+/// baseline instruction set, measured on 1,380-byte segments).
 pub fn sum(bytes: &[u8], initial: u64) -> u64 {
-    let mut total = initial;
+    let mut total = 0u64;
     let mut words = bytes.chunks_exact(4);
     for word in &mut words {
-        total += u32::from_be_bytes([word[0], word[1], word[2], word[3]]) as u64;
+        total += u32::from_ne_bytes([word[0], word[1], word[2], word[3]]) as u64;
     }
     let rest = words.remainder();
     let mut pairs = rest.chunks_exact(2);
     for pair in &mut pairs {
-        total += u16::from_be_bytes([pair[0], pair[1]]) as u64;
+        total += u16::from_ne_bytes([pair[0], pair[1]]) as u64;
     }
     if let [last] = pairs.remainder() {
-        total += (*last as u64) << 8;
+        total += u16::from_ne_bytes([*last, 0]) as u64;
     }
-    total
+    initial + u16::from_be(fold(total)) as u64
 }
 
 /// Folds a sum to 16 bits (not complemented).
@@ -60,6 +65,30 @@ mod tests {
         for cut in [0, 2, 4, 6, 100, 1_000, 1_420] {
             assert_eq!(fold(sum(&bytes[cut..], sum(&bytes[..cut], 0))), whole, "cut at {cut}");
         }
+    }
+
+    /// The sum as RFC 1071 states it: big-endian 16-bit words.
+    fn reference_sum(bytes: &[u8]) -> u16 {
+        let mut total = 0u64;
+        for pair in bytes.chunks(2) {
+            total += (pair[0] as u64) << 8 | pair.get(1).map_or(0, |&b| b as u64);
+        }
+        fold(total)
+    }
+
+    #[test]
+    fn agrees_with_the_big_endian_definition_at_every_length_and_offset() {
+        let bytes: Vec<u8> = (0..1_500u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        for start in 0..4 {
+            for len in (0..70).chain([1_379, 1_380, 1_381, 1_496]) {
+                let piece = &bytes[start..start + len];
+                assert_eq!(fold(sum(piece, 0)), reference_sum(piece), "start {start}, len {len}");
+                assert_eq!(fold(sum(piece, 0x1_2345)), fold(reference_sum(piece) as u64 + 0x1_2345));
+            }
+        }
+        // All ones and all zeros, the ones' complement corners.
+        assert_eq!(fold(sum(&[0xff; 1_380], 0)), 0xffff);
+        assert_eq!(fold(sum(&[0; 1_380], 0)), 0);
     }
 
     #[test]
