@@ -244,6 +244,10 @@ pub struct PeerTable {
     by_index: HashMap<u32, PeerId>,
     by_key: HashMap<[u8; 32], PeerId>,
     routes: IpNetworkTable<PeerId>,
+    /// Per peer, the single addresses (/32, /128) of its allowed IPs that route to it: a source
+    /// among them passes the inbound check without a longest-prefix walk (nothing is more
+    /// specific than a host route).
+    host_routes: Vec<Vec<IpAddr>>,
 }
 
 impl PeerTable {
@@ -262,6 +266,7 @@ impl PeerTable {
             by_index: HashMap::new(),
             by_key: HashMap::new(),
             routes: IpNetworkTable::new(),
+            host_routes: Vec::new(),
         };
         for (id, peer) in peers.iter().enumerate() {
             table.by_index.insert(peer.index, id);
@@ -270,6 +275,19 @@ impl PeerTable {
                 table.routes.insert(*net, id);
             }
         }
+        // After every insert: a host route another peer took over (the same prefix twice, which
+        // the config refuses anyway) is not this peer's.
+        table.host_routes = peers
+            .iter()
+            .enumerate()
+            .map(|(id, peer)| {
+                let info = peer.info();
+                let is_host = |net: &IpNetwork| net.netmask() == if net.is_ipv4() { 32 } else { 128 };
+                let hosts =
+                    info.allowed_ips.iter().filter(|net| is_host(net) && table.routes.exact_match(**net) == Some(&id));
+                hosts.map(|net| net.network_address()).collect()
+            })
+            .collect();
         table.peers = peers;
         table
     }
@@ -360,7 +378,7 @@ impl PeerTable {
     /// Inbound cryptokey routing: a packet decrypted from `peer` with this source address is
     /// accepted only when routing the source would lead back to the same peer.
     pub fn source_allowed(&self, peer: PeerId, source: IpAddr) -> bool {
-        self.route(source) == Some(peer)
+        self.host_routes[peer].contains(&source) || self.route(source) == Some(peer)
     }
 }
 
@@ -460,7 +478,27 @@ mod tests {
         assert_eq!(table.route("192.168.0.1".parse().unwrap()), None);
         assert!(table.source_allowed(1, "10.1.2.3".parse().unwrap()));
         assert!(!table.source_allowed(0, "10.1.2.3".parse().unwrap()));
+        assert!(table.source_allowed(0, "10.1.2.4".parse().unwrap()));
+        assert!(!table.source_allowed(1, "10.1.2.4".parse().unwrap()));
         let alice_index = table.get(1).index;
         assert_eq!(table.by_receiver_index((alice_index << 8) | 7), Some(1));
+
+        // A host route given twice (the config refuses it; the table must still agree with its
+        // routing): only the peer the address routes to may send from it.
+        let twice = |n: u8, ips: &[&str]| PeerSpec {
+            name: format!("p{n}"),
+            public_key: key(n),
+            preshared_key: None,
+            allowed_ips: ips.iter().map(|ip| ip.parse().unwrap()).collect(),
+            endpoint: None,
+            persistent_keepalive: None,
+            loopback_only: false,
+        };
+        let table = PeerTable::new(vec![twice(3, &["10.9.9.9/32", "fd00::1/128"]), twice(4, &["10.9.9.9/32"])], &maker);
+        let owner = table.route("10.9.9.9".parse().unwrap()).unwrap();
+        assert!(table.source_allowed(owner, "10.9.9.9".parse().unwrap()));
+        assert!(!table.source_allowed(1 - owner, "10.9.9.9".parse().unwrap()));
+        assert!(table.source_allowed(0, "fd00::1".parse().unwrap()));
+        assert!(!table.source_allowed(1, "fd00::1".parse().unwrap()));
     }
 }
