@@ -219,6 +219,7 @@ bench-tools:
 AARCH64_RELEASE := $(CURDIR)/target/aarch64-unknown-linux-musl/release
 bench-aarch64:
 	$(call apt_install_missing,qemu-user-static gcc-aarch64-linux-gnu libc6-dev-arm64-cross)
+	@rustup target list --installed | grep -qx aarch64-unknown-linux-musl || rustup target add aarch64-unknown-linux-musl
 	CC_aarch64_unknown_linux_musl=aarch64-linux-gnu-gcc $(CARGO) build --release --target aarch64-unknown-linux-musl \
 	  -p bastion-tests --bin crypto-floor --bin data-plane
 bench: test-deps build bench-tools
