@@ -301,14 +301,14 @@ pub fn peer_counter(status: &str, peer: &str, label: &str) -> Option<u64> {
     after.split_whitespace().next()?.parse().ok()
 }
 
-/// In a `bastion status` report, the number before `label` on the `dropped:` line (e.g.
-/// `"cookie replies"`, `"handshakes from unknown keys"`).
 /// A `[[peer]]` table for a bastion config: a peer beside the topology's clients, with one
 /// IPv4 address (for `BastionSetup::extra_toml`).
 pub fn peer_toml(name: &str, public_key: &str, address: std::net::Ipv4Addr) -> String {
     format!("\n[[peer]]\nname = \"{name}\"\npublic_key = \"{public_key}\"\nallowed_ips = [\"{address}/32\"]\n")
 }
 
+/// In a `bastion status` report, the number before `label` on the `dropped:` line (e.g.
+/// `"cookie replies"`, `"handshakes from unknown keys"`).
 pub fn dropped_counter(status: &str, label: &str) -> Option<u64> {
     let line = status.lines().find(|l| l.trim_start().starts_with("dropped:"))?;
     let line = line.trim_start().strip_prefix("dropped:")?;

@@ -94,7 +94,8 @@ pub struct Counters {
     pub failover_refused_heard_recently: AtomicU64,
     /// Failover handshakes held back by the global budget.
     pub failover_refused_budget: AtomicU64,
-    /// TUN packets with no peer to go to.
+    /// TUN packets with no peer to go to (a TSO super-packet counts once, as it was read) or that
+    /// could not be made whole.
     pub dropped_tun_packets: AtomicU64,
     pub send_errors: AtomicU64,
     pub tun_errors: AtomicU64,

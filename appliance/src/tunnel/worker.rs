@@ -154,7 +154,7 @@ pub fn run(shared: Arc<DataPlaneShared>, worker: usize, tun: TunQueue) {
                         let destination = Tunn::dst_address(packet);
                         let made_whole =
                             handle_tun_read(&shared, destination, &mut output, &mut runs, &mut send, |seal| {
-                                segment::make_whole(header, packet, &mut |p: &[u8]| seal(p))
+                                segment::make_whole(header, packet, seal)
                             });
                         match made_whole {
                             None | Some(Ok(1)) => {}

@@ -22,8 +22,6 @@ const FLAG_CWR: u8 = 0x80;
 /// can: these mean a bug, counted as dropped TUN packets).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Unfit {
-    /// A read shorter than the virtio-net header.
-    NoHeader,
     /// The checksum offsets point outside the packet.
     ChecksumOutside,
     /// A super-packet that is not TCP over IPv4 or IPv6 without extension headers or options
@@ -38,7 +36,11 @@ pub enum Unfit {
 /// Makes `packet` (as read, after its virtio header `header`) whole and hands each resulting
 /// IP packet to `each`; returns how many (more than one: it was a super-packet). The bytes of
 /// `packet` are overwritten on the way (see the module comment).
-pub fn make_whole(header: VnetHeader, packet: &mut [u8], each: &mut impl FnMut(&[u8])) -> Result<usize, Unfit> {
+pub fn make_whole(
+    header: VnetHeader,
+    packet: &mut [u8],
+    each: &mut (impl FnMut(&[u8]) + ?Sized),
+) -> Result<usize, Unfit> {
     match header.gso_type & !vnet::GSO_ECN {
         vnet::GSO_NONE => {
             if header.flags & vnet::NEEDS_CSUM != 0 {
@@ -75,7 +77,11 @@ pub fn segment_super_packet(header: VnetHeader, packet: &[u8], each: &mut impl F
 /// IP and TCP headers: 60 + 60 bytes at most.
 const MAX_HEADERS: usize = 120;
 
-fn segment_in_place(header: VnetHeader, packet: &mut [u8], each: &mut impl FnMut(&[u8])) -> Result<usize, Unfit> {
+fn segment_in_place(
+    header: VnetHeader,
+    packet: &mut [u8],
+    each: &mut (impl FnMut(&[u8]) + ?Sized),
+) -> Result<usize, Unfit> {
     let mss = header.gso_size as usize;
     if mss == 0 {
         return Err(Unfit::NoSegmentSize);
