@@ -24,6 +24,10 @@ use boringtun::noise::{HandshakeInit, Tunn, TunnResult};
 use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
 use std::sync::atomic::Ordering;
 
+/// The largest message a `Tunn` writes in answer to a handshake message (an initiation's size;
+/// a response is 92 bytes), so the room it decrypts into is never too small for it.
+const LARGEST_ANSWER: usize = 148;
+
 /// Handles one datagram received on `socket` along `path` (from `path.remote`). `out` is scratch space for what the
 /// `Tunn` produces (at least datagram size + 32 and 148 bytes).
 pub fn handle_datagram(
@@ -118,7 +122,11 @@ fn take(
     }
     let source_ip = source.ip().to_canonical();
     let mut tunn = peer.lock_tunn();
-    let result = tunn.decapsulate(Some(source_ip), datagram, out);
+    // Decrypted straight into the TUN batch (a handshake's answer is written there too, and
+    // forgotten once sent): the packet is not copied again.
+    let room = tun_writes.room(datagram.len().max(LARGEST_ANSWER));
+    let room_at = room.as_ptr() as usize;
+    let result = tunn.decapsulate(Some(source_ip), datagram, room);
     if at.guessed && decision::another_peers_initiation(&result) {
         return Taken::WrongPeer;
     }
@@ -136,7 +144,8 @@ fn take(
             return Taken::Answered;
         }
         DatagramVerdict::Deliver { packet, source: from } => {
-            deliver(at.peers, at.id, peer, tun_writes, packet, from);
+            let (offset, len) = ((packet.as_ptr() as usize).wrapping_sub(room_at), packet.len());
+            deliver(at.peers, at.id, peer, tun_writes, offset, len, from);
             note_endpoint(shared, peer, path, false);
         }
         DatagramVerdict::Authenticated => note_endpoint(shared, peer, path, false),
@@ -209,14 +218,15 @@ fn identify_initiator(shared: &DataPlaneShared, peers: &PeerTable, init: &Handsh
     id
 }
 
-/// Queues a decrypted packet for the TUN (the worker writes the batch) if its source belongs to
-/// the peer.
+/// Queues the packet decrypted into the TUN batch's room (`offset`, `len`) for the TUN (the
+/// worker writes the batch) if its source belongs to the peer.
 fn deliver(
     peers: &PeerTable,
     peer_id: PeerId,
     peer: &LivePeer,
     tun_writes: &mut TunWrites,
-    packet: &[u8],
+    offset: usize,
+    len: usize,
     from: std::net::IpAddr,
 ) {
     if !peers.source_allowed(peer_id, from) {
@@ -224,7 +234,7 @@ fn deliver(
         return;
     }
     LivePeer::count(&peer.counters.rx_packets);
-    tun_writes.push(packet);
+    tun_writes.take_room(offset, len);
 }
 
 fn handshake_completed(peer: &LivePeer, source: SocketAddr, role: Role) {

@@ -102,7 +102,10 @@ pub struct LivePeer {
     maker: TunnMaker,
     /// Made when first needed (see the module comment).
     tunn: Mutex<Option<Box<Tunn>>>,
-    pub endpoint: RwLock<Option<SocketAddr>>,
+    endpoint: RwLock<Option<SocketAddr>>,
+    /// The endpoint as one word when it has one (`endpoint_word`), else 0: the check every
+    /// authenticated packet makes, without the lock.
+    endpoint_word: AtomicU64,
     /// The local IPv4 address the peer's authenticated datagrams last came to (0: not known):
     /// replies leave from it (see `udp::Path`).
     local_v4: AtomicU32,
@@ -139,6 +142,7 @@ impl LivePeer {
             maker: maker.clone(),
             tunn: Mutex::new(tunn),
             endpoint: RwLock::new(spec.endpoint),
+            endpoint_word: AtomicU64::new(spec.endpoint.and_then(endpoint_word).unwrap_or(0)),
             local_v4: AtomicU32::new(0),
             via: AtomicU64::new(0),
             loopback_only: spec.loopback_only,
@@ -187,7 +191,11 @@ impl LivePeer {
 
     /// Records the authenticated source of a packet; returns the old endpoint when it moved.
     pub fn update_endpoint(&self, source: SocketAddr) -> Option<Option<SocketAddr>> {
-        if self.endpoint() == Some(source) {
+        let word = endpoint_word(source);
+        if word.is_some_and(|w| self.endpoint_word.load(Ordering::Relaxed) == w) {
+            return None;
+        }
+        if word.is_none() && self.endpoint() == Some(source) {
             return None;
         }
         let mut slot = self.endpoint.write().unwrap_or_else(|e| e.into_inner());
@@ -196,6 +204,7 @@ impl LivePeer {
             return None;
         }
         *slot = Some(source);
+        self.endpoint_word.store(word.unwrap_or(0), Ordering::Relaxed);
         Some(old)
     }
 
@@ -222,6 +231,17 @@ impl LivePeer {
     pub fn count(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
     }
+}
+
+/// An IPv4 endpoint, plain or IPv4-mapped (no flow label, no scope), as one word that is never
+/// 0 and differs between the two forms; `None` for any other endpoint.
+fn endpoint_word(endpoint: SocketAddr) -> Option<u64> {
+    let (form, ip, port) = match endpoint {
+        SocketAddr::V4(a) => (1, *a.ip(), a.port()),
+        SocketAddr::V6(a) if a.flowinfo() == 0 && a.scope_id() == 0 => (2, a.ip().to_ipv4_mapped()?, a.port()),
+        SocketAddr::V6(_) => return None,
+    };
+    Some(form << 48 | u64::from(u32::from(ip)) << 16 | u64::from(port))
 }
 
 /// Index of a peer in the table.
@@ -500,5 +520,53 @@ mod tests {
         assert!(!table.source_allowed(1 - owner, "10.9.9.9".parse().unwrap()));
         assert!(table.source_allowed(0, "fd00::1".parse().unwrap()));
         assert!(!table.source_allowed(1, "fd00::1".parse().unwrap()));
+    }
+
+    #[test]
+    fn an_endpoint_moves_only_when_its_address_changes_in_any_form() {
+        let private = PrivateKey::from_bytes([9; 32]);
+        let maker: TunnMaker = Arc::new(move |recipe: &TunnRecipe, index| {
+            Tunn::new(private.to_x25519(), recipe.public_key.to_x25519(), None, None, index, None)
+        });
+        let given: SocketAddr = "198.51.100.7:51820".parse().unwrap();
+        let spec = PeerSpec {
+            name: "roamer".into(),
+            public_key: key(5),
+            preshared_key: None,
+            allowed_ips: vec![],
+            endpoint: Some(given),
+            persistent_keepalive: None,
+            loopback_only: false,
+        };
+        let table = PeerTable::new(vec![spec], &maker);
+        let peer = table.get(0);
+        // "%3": the same IPv6 address with a scope.
+        let at = |s: &str| match s.split_once("%3") {
+            Some((ip, port)) => SocketAddr::V6(std::net::SocketAddrV6::new(
+                ip.trim_start_matches('[').parse().unwrap(),
+                port.trim_start_matches("]:").parse().unwrap(),
+                0,
+                3,
+            )),
+            None => s.parse().unwrap(),
+        };
+        assert_eq!(peer.update_endpoint(given), None, "the configured endpoint is known");
+        // Each step: where the packet came from, and the endpoint it moved from (if it moved).
+        let steps = [
+            ("198.51.100.7:51821", Some(Some(given))),
+            ("198.51.100.7:51821", None),
+            ("[::ffff:198.51.100.7]:51821", Some(Some(at("198.51.100.7:51821")))),
+            ("[::ffff:198.51.100.7]:51821", None),
+            ("[2001:db8::7]:51821", Some(Some(at("[::ffff:198.51.100.7]:51821")))),
+            ("[2001:db8::7]:51821", None),
+            ("[2001:db8::7%3]:51821", Some(Some(at("[2001:db8::7]:51821")))),
+            ("198.51.100.7:51821", Some(Some(at("[2001:db8::7%3]:51821")))),
+            ("198.51.100.7:51821", None),
+        ];
+        for (from, moved) in steps {
+            assert_eq!(peer.update_endpoint(at(from)), moved, "from {from}");
+            assert_eq!(peer.endpoint(), Some(at(from)));
+        }
+        assert_ne!(endpoint_word(at("0.0.0.0:0")), Some(0));
     }
 }

@@ -134,13 +134,22 @@ pub struct Received {
     pub segment: Option<usize>,
 }
 
+/// Room for the control messages a receive brings (the GRO segment size and the local address),
+/// made once per worker: `nix::cmsg_space!` allocates, and a receive happens per GRO buffer.
+pub struct ControlSpace(Vec<u8>);
+
+impl ControlSpace {
+    pub fn new() -> ControlSpace {
+        ControlSpace(nix::cmsg_space!(libc::c_int, libc::in_pktinfo))
+    }
+}
+
 /// One receive: the bytes, their source and destination, and the size of each datagram when
 /// the kernel coalesced several (UDP GRO).
-pub fn receive(socket: &UdpSocket, buffer: &mut [u8]) -> io::Result<Received> {
-    let mut space = nix::cmsg_space!(libc::c_int, libc::in_pktinfo);
+pub fn receive(socket: &UdpSocket, buffer: &mut [u8], space: &mut ControlSpace) -> io::Result<Received> {
     let mut slices = [IoSliceMut::new(buffer)];
     let message =
-        socket::recvmsg::<SockaddrStorage>(socket.as_raw_fd(), &mut slices, Some(&mut space), MsgFlags::empty())
+        socket::recvmsg::<SockaddrStorage>(socket.as_raw_fd(), &mut slices, Some(&mut space.0), MsgFlags::empty())
             .map_err(io::Error::from)?;
     let mut segment = None;
     let mut local = None;
@@ -259,6 +268,8 @@ mod tests {
             bytes.extend_from_slice(&[i; 100]);
         }
         bytes.extend_from_slice(&[9; 50]);
+        // One control space for every receive, as a worker has.
+        let mut control = ControlSpace::new();
         for gro in [false, true] {
             let receiver = UdpSocket::bind("127.0.0.1:0").unwrap();
             receiver.set_read_timeout(Some(std::time::Duration::from_secs(2))).unwrap();
@@ -269,7 +280,7 @@ mod tests {
             let mut got: Vec<Vec<u8>> = Vec::new();
             let mut buffer = vec![0u8; 65_536];
             while got.concat().len() < bytes.len() {
-                let received = receive(&receiver, &mut buffer).unwrap();
+                let received = receive(&receiver, &mut buffer, &mut control).unwrap();
                 assert_eq!(received.path.remote, sender.local_addr().unwrap());
                 let n = received.len;
                 match received.segment {
@@ -293,10 +304,11 @@ mod tests {
         let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
         peer.set_read_timeout(Some(std::time::Duration::from_secs(2))).unwrap();
         let mut buffer = vec![0u8; 65_536];
+        let mut control = ControlSpace::new();
         for local in ["127.0.0.2", "127.0.0.3"] {
             peer.send_to(b"hello", (local, port)).unwrap();
             socket.set_nonblocking(false).unwrap();
-            let received = receive(socket, &mut buffer).unwrap();
+            let received = receive(socket, &mut buffer, &mut control).unwrap();
             assert_eq!(received.path.local, Some(local.parse().unwrap()));
             assert_eq!(canonical(received.path.remote), peer.local_addr().unwrap());
             let to = Path { remote: socket_address(peer.local_addr().unwrap(), listen.dual_stack), ..received.path };

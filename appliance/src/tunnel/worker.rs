@@ -86,6 +86,7 @@ pub fn run(shared: Arc<DataPlaneShared>, worker: usize, tun: TunQueue) {
     let socket = &shared.sockets[worker];
     let mut input = vec![0u8; BUFFER_BYTES];
     let mut output = vec![0u8; BUFFER_BYTES];
+    let mut control = udp::ControlSpace::new();
     let mut runs = SendRuns::new();
     let opened = shared.tun_opened;
     let mut tun_writes = TunWrites::new(opened.vnet_header, shared.tun_coalesce);
@@ -110,7 +111,7 @@ pub fn run(shared: Arc<DataPlaneShared>, worker: usize, tun: TunQueue) {
             // Datagrams, not receives: a GRO buffer holds up to 64 of them.
             let mut handled = 0;
             while handled < BATCH {
-                match udp::receive(socket, &mut input) {
+                match udp::receive(socket, &mut input, &mut control) {
                     Ok(received) => {
                         let bytes = &input[..received.len];
                         match received.segment {

@@ -171,7 +171,10 @@ pub struct TunWrites {
     header: bool,
     /// TCP segments of a flow are merged (needs `header`).
     coalesce: bool,
+    /// Packets behind room for their virtio headers; only `used` bytes hold this batch. It is
+    /// not cleared between batches, so a packet can be decrypted straight into it ([`Self::room`]).
     arena: Vec<u8>,
+    used: usize,
     slots: Vec<Slot>,
     groups: Vec<Group>,
 }
@@ -182,7 +185,8 @@ impl TunWrites {
         TunWrites {
             header,
             coalesce: coalesce && header,
-            arena: Vec::with_capacity(128 * 1024),
+            arena: vec![0; 128 * 1024],
+            used: 0,
             slots: Vec::new(),
             groups: Vec::new(),
         }
@@ -199,9 +203,32 @@ impl TunWrites {
 
     /// Takes one decrypted packet (copied).
     pub fn push(&mut self, packet: &[u8]) {
-        let start = self.arena.len();
-        self.arena.extend_from_slice(&[0; vnet::LEN]);
-        self.arena.extend_from_slice(packet);
+        self.room(packet.len())[..packet.len()].copy_from_slice(packet);
+        self.take_room(0, packet.len());
+    }
+
+    /// Room for the next packet, `len` bytes at least, to decrypt into: [`Self::take_room`]
+    /// takes what was written there, saving the copy [`Self::push`] makes; what is not taken is
+    /// forgotten.
+    pub fn room(&mut self, len: usize) -> &mut [u8] {
+        let start = self.used + vnet::LEN;
+        if self.arena.len() < start + len {
+            self.arena.resize(start + len, 0);
+        }
+        &mut self.arena[start..start + len]
+    }
+
+    /// Takes the packet written into [`Self::room`] at `offset`, `len` bytes.
+    pub fn take_room(&mut self, offset: usize, len: usize) {
+        let start = self.used;
+        let at = start + vnet::LEN;
+        assert!(at + offset + len <= self.arena.len(), "a packet outside the room");
+        if offset > 0 {
+            self.arena.copy_within(at + offset..at + offset + len, at);
+        }
+        self.arena[start..at].fill(0);
+        self.used = at + len;
+        let packet = &self.arena[at..at + len];
         let slot = self.slots.len();
         let segment = if self.coalesce { Segment::read(packet) } else { None };
         self.slots.push(Slot {
@@ -325,7 +352,7 @@ impl TunWrites {
                 flushed.merged_segments += slices.len();
             }
         }
-        self.arena.clear();
+        self.used = 0;
         self.slots.clear();
         self.groups.clear();
         flushed
@@ -511,6 +538,33 @@ pub(super) mod tests {
             assert!(out.iter().all(|w| w[..room].iter().all(|&b| b == 0)), "a zero header: nothing to do");
             assert!(writes.is_empty());
         }
+    }
+
+    #[test]
+    fn packets_decrypted_into_the_room_are_written_as_if_pushed() {
+        let a = payload(1_000, 1);
+        let packets = [tcp_v4(100, FLAG_ACK, &a, 40000), tcp_v4(1_100, FLAG_ACK, &a, 40000), tcp_v4(7, 0, &a, 1)];
+        let mut pushed = TunWrites::new(true, true);
+        let mut roomed = TunWrites::new(true, true);
+        // The arena is reused: a first batch leaves a super-packet's header where the next
+        // batch's lone packet goes, and room that is never taken holds garbage.
+        for writes in [&mut pushed, &mut roomed] {
+            writes.push(&packets[0]);
+            writes.push(&packets[1]);
+            assert_eq!(written(writes).1.super_packets, 1);
+        }
+        roomed.room(2_000).fill(0xee);
+        for (i, p) in packets.iter().enumerate() {
+            pushed.push(p);
+            let offset = i * 16;
+            roomed.room(offset + p.len())[offset..offset + p.len()].copy_from_slice(p);
+            roomed.take_room(offset, p.len());
+        }
+        roomed.room(70_000).fill(0xee);
+        let (from_room, flushed) = written(&mut roomed);
+        assert_eq!(from_room, written(&mut pushed).0);
+        assert_eq!(flushed, Flushed { packets: 3, writes: 2, super_packets: 1, merged_segments: 2 });
+        assert_eq!(from_room.iter().flat_map(|w| as_kernel_sees(w)).count(), 3);
     }
 
     #[test]
