@@ -28,8 +28,10 @@ use std::sync::atomic::Ordering;
 /// a response is 92 bytes), so the room it decrypts into is never too small for it.
 const LARGEST_ANSWER: usize = 148;
 
-/// Handles one datagram received on `socket` along `path` (from `path.remote`). `out` is scratch space for what the
-/// `Tunn` produces (at least datagram size + 32 and 148 bytes).
+/// Handles one datagram received on `socket` along `path` (from `path.remote`). The `Tunn`
+/// decrypts into `tun_writes`; `out` is scratch space for the rest of what goes out (packets
+/// queued during a handshake, cookie replies, failover initiations, relay messages: at least
+/// datagram size + 32 and 148 bytes).
 pub fn handle_datagram(
     shared: &DataPlaneShared,
     socket: &UdpSocket,

@@ -192,10 +192,11 @@ impl LivePeer {
     /// Records the authenticated source of a packet; returns the old endpoint when it moved.
     pub fn update_endpoint(&self, source: SocketAddr) -> Option<Option<SocketAddr>> {
         let word = endpoint_word(source);
-        if word.is_some_and(|w| self.endpoint_word.load(Ordering::Relaxed) == w) {
-            return None;
-        }
-        if word.is_none() && self.endpoint() == Some(source) {
+        let unmoved = match word {
+            Some(word) => self.endpoint_word.load(Ordering::Relaxed) == word,
+            None => self.endpoint() == Some(source),
+        };
+        if unmoved {
             return None;
         }
         let mut slot = self.endpoint.write().unwrap_or_else(|e| e.into_inner());
@@ -540,16 +541,7 @@ mod tests {
         };
         let table = PeerTable::new(vec![spec], &maker);
         let peer = table.get(0);
-        // "%3": the same IPv6 address with a scope.
-        let at = |s: &str| match s.split_once("%3") {
-            Some((ip, port)) => SocketAddr::V6(std::net::SocketAddrV6::new(
-                ip.trim_start_matches('[').parse().unwrap(),
-                port.trim_start_matches("]:").parse().unwrap(),
-                0,
-                3,
-            )),
-            None => s.parse().unwrap(),
-        };
+        let at = |s: &str| s.parse::<SocketAddr>().unwrap();
         assert_eq!(peer.update_endpoint(given), None, "the configured endpoint is known");
         // Each step: where the packet came from, and the endpoint it moved from (if it moved).
         let steps = [
@@ -559,6 +551,7 @@ mod tests {
             ("[::ffff:198.51.100.7]:51821", None),
             ("[2001:db8::7]:51821", Some(Some(at("[::ffff:198.51.100.7]:51821")))),
             ("[2001:db8::7]:51821", None),
+            // The same IPv6 address with a scope.
             ("[2001:db8::7%3]:51821", Some(Some(at("[2001:db8::7]:51821")))),
             ("198.51.100.7:51821", Some(Some(at("[2001:db8::7%3]:51821")))),
             ("198.51.100.7:51821", None),
